@@ -1,0 +1,825 @@
+//! Channels over one direction of a [`Link`](crate::Link): the byte-level [`RawSender`] /
+//! [`RawReceiver`], and the typed [`Sender<T>`] / [`Receiver<T>`] on top of them.
+//!
+//! Messages up to half the ring travel as one frame, encoded straight into the reserved ring
+//! space and readable in place. Larger messages (up to `max_message`) are split into
+//! fragments and reassembled by the receiver.
+
+use std::marker::PhantomData;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::*;
+use crate::ring::layout::kind;
+use crate::ring::{Consumer, Frame, Producer};
+use crate::sys::{self, Bell};
+use crate::wait::{wait_until, BellParker, DataIn, RoomFor, WaitOutcome, WaitStrategy};
+use crate::{codec, Error};
+
+/// When an operation gives up waiting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deadline {
+    /// Do not wait at all.
+    Now,
+    /// Wait until this instant.
+    At(Instant),
+    /// Wait for as long as it takes.
+    Never,
+}
+
+impl Deadline {
+    fn after(t: Duration) -> Deadline {
+        match Instant::now().checked_add(t) {
+            Some(i) => Deadline::At(i),
+            None => Deadline::Never,
+        }
+    }
+    fn instant(self) -> Option<Instant> {
+        match self {
+            Deadline::At(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// Why a raw operation did not complete.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// Full (send) or empty (receive), and the deadline was `Now`.
+    NotNow,
+    Timeout,
+    Disconnected,
+    Error(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Disconnected => Fail::Disconnected,
+            e => Fail::Error(e),
+        }
+    }
+}
+
+impl From<crate::ring::RingError> for Fail {
+    fn from(e: crate::ring::RingError) -> Self {
+        Fail::Error(e.into())
+    }
+}
+
+/// Sends between liveness probes of the control socket (a sender only notices a crashed
+/// peer when it waits, or at these probes).
+const PROBE_EVERY: u32 = 1024;
+/// A fragment scratch buffer above this is freed after use.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+/// Counters kept by each half (read by `shmbus stat` and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Whole messages.
+    pub messages: u64,
+    /// Payload bytes of those messages.
+    pub bytes: u64,
+}
+
+/// The byte-level sending half of a link direction.
+pub struct RawSender {
+    prod: Producer,
+    /// Rung when the consumer sleeps and data arrives.
+    data_bell: Bell,
+    /// Waited on when the ring is full.
+    space_bell: Bell,
+    ctrl: Arc<UnixStream>,
+    wait: WaitStrategy,
+    max_message: usize,
+    /// Payload bytes per fragment of a large message.
+    chunk: usize,
+    broken: Option<Error>,
+    /// A fragmented message was cut short by a timeout; an ABORT frame is owed.
+    abort_owed: bool,
+    until_probe: u32,
+    scratch: Vec<u8>,
+    stats: Stats,
+}
+
+impl RawSender {
+    pub(crate) fn new(
+        prod: Producer,
+        data_bell: Bell,
+        space_bell: Bell,
+        ctrl: Arc<UnixStream>,
+        wait: WaitStrategy,
+        max_message: usize,
+    ) -> RawSender {
+        let chunk = (prod.max_payload() / 2).max(64) & !7;
+        RawSender {
+            prod,
+            data_bell,
+            space_bell,
+            ctrl,
+            wait,
+            max_message,
+            chunk,
+            broken: None,
+            abort_owed: false,
+            until_probe: PROBE_EVERY,
+            scratch: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Largest message this sender accepts.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Largest message that travels as one frame (and can be read in place).
+    pub fn max_frame(&self) -> usize {
+        self.prod.max_payload()
+    }
+
+    /// How this sender waits when the ring is full.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.wait
+    }
+
+    /// Changes how this sender waits.
+    pub fn set_wait_strategy(&mut self, w: WaitStrategy) {
+        self.wait = w;
+    }
+
+    /// Messages and bytes sent so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Ring capacity and current fill in bytes (as last seen).
+    pub fn fill(&self) -> (u64, u64) {
+        (self.prod.capacity(), self.prod.fill())
+    }
+
+    fn fail(&mut self, e: Error) -> Fail {
+        if matches!(e, Error::Corrupt(_) | Error::Io(_)) {
+            self.broken = Some(e.duplicate());
+        }
+        Fail::from(e)
+    }
+
+    fn check_alive(&mut self) -> Result<(), Fail> {
+        if let Some(e) = &self.broken {
+            return Err(Fail::Error(e.duplicate()));
+        }
+        if self.prod.peer_closed() {
+            return Err(Fail::Disconnected);
+        }
+        self.until_probe -= 1;
+        if self.until_probe == 0 {
+            self.until_probe = PROBE_EVERY;
+            if sys::peer_hung_up(self.ctrl.as_fd()).map_err(|e| self.fail(e.into()))? {
+                return Err(Fail::Disconnected);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes committed frames and rings the consumer if it sleeps.
+    fn publish(&mut self) -> Result<(), Fail> {
+        if self.prod.publish() {
+            self.data_bell.ring().map_err(|e| self.fail(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes everything written with the `feed`-style calls and wakes the consumer.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.publish().map_err(|f| match f {
+            Fail::Error(e) => e,
+            _ => Error::Disconnected,
+        })
+    }
+
+    /// Waits until a frame of `len` payload bytes fits.
+    fn wait_room(&mut self, len: usize, deadline: Deadline) -> Result<(), Fail> {
+        if self.prod.has_room(len).map_err(|e| self.fail(e.into()))? {
+            return Ok(());
+        }
+        // Before waiting for the consumer, make sure it has everything we committed.
+        self.publish()?;
+        if self.prod.peer_closed() {
+            return Err(Fail::Disconnected);
+        }
+        if let Deadline::Now = deadline {
+            return Err(Fail::NotNow);
+        }
+        let parker = BellParker {
+            bell: &self.space_bell,
+            ctrl: self.ctrl.as_fd(),
+        };
+        let outcome = wait_until(
+            self.wait,
+            deadline.instant(),
+            &parker,
+            &mut RoomFor(&mut self.prod, len),
+        );
+        match outcome {
+            Ok(WaitOutcome::Ready) if self.prod.peer_closed() => Err(Fail::Disconnected),
+            Ok(WaitOutcome::Ready) => Ok(()),
+            Ok(WaitOutcome::TimedOut) => Err(Fail::Timeout),
+            Ok(WaitOutcome::PeerGone) => Err(Fail::Disconnected),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Writes one frame of `len` bytes filled by `fill`, waiting per `deadline`. Not published.
+    fn put_frame(
+        &mut self,
+        frame_kind: u8,
+        len: usize,
+        deadline: Deadline,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        loop {
+            match self.prod.reserve(len) {
+                Ok(Some(buf)) => {
+                    let n = fill(buf)?;
+                    self.prod.commit(frame_kind, n);
+                    return Ok(());
+                }
+                Ok(None) => self.wait_room(len, deadline)?,
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+    }
+
+    /// Sends one message of exactly `size` bytes, written by `write` into the space it is
+    /// given (which is `size` bytes long). `publish` = wake the consumer now.
+    pub(crate) fn send_with(
+        &mut self,
+        size: usize,
+        deadline: Deadline,
+        publish: bool,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        self.check_alive()?;
+        if size > self.max_message {
+            return Err(Fail::Error(Error::TooLarge {
+                size,
+                max: self.max_message,
+            }));
+        }
+        if self.abort_owed {
+            self.put_frame(kind::ABORT, 0, deadline, |_| Ok(0))?;
+            self.abort_owed = false;
+        }
+        if size <= self.prod.max_payload() {
+            self.put_frame(kind::MSG, size, deadline, write)?;
+        } else {
+            self.send_fragmented(size, deadline, write)?;
+        }
+        self.stats.messages += 1;
+        self.stats.bytes += size as u64;
+        if publish {
+            self.publish()?;
+        }
+        Ok(())
+    }
+
+    fn send_fragmented(
+        &mut self,
+        size: usize,
+        deadline: Deadline,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.resize(size, 0);
+        let res = write(&mut scratch).and_then(|n| {
+            if n == size {
+                Ok(())
+            } else {
+                Err(Error::Encode(format!("wrote {n} of {size} announced bytes")))
+            }
+        });
+        let res = match res {
+            Ok(()) => self.put_fragments(&scratch, deadline),
+            Err(e) => Err(Fail::Error(e)),
+        };
+        if scratch.capacity() <= SCRATCH_KEEP {
+            self.scratch = scratch;
+        }
+        res
+    }
+
+    fn put_fragments(&mut self, msg: &[u8], deadline: Deadline) -> Result<(), Fail> {
+        let first = (self.chunk - 8).min(msg.len());
+        self.put_frame(kind::FIRST, 8 + first, deadline, |buf| {
+            buf[..8].copy_from_slice(&(msg.len() as u64).to_le_bytes());
+            buf[8..].copy_from_slice(&msg[..first]);
+            Ok(buf.len())
+        })?;
+        self.publish()?;
+        // Once the first fragment is in, a `try_send` finishes the message (waiting for the
+        // consumer); a timed send keeps its deadline and, if it passes, owes an ABORT frame.
+        let later = match deadline {
+            Deadline::Now => Deadline::Never,
+            d => d,
+        };
+        let mut off = first;
+        while off < msg.len() {
+            let n = self.chunk.min(msg.len() - off);
+            let k = if off + n == msg.len() {
+                kind::LAST
+            } else {
+                kind::MORE
+            };
+            let part = &msg[off..off + n];
+            match self.put_frame(k, n, later, |buf| {
+                buf.copy_from_slice(part);
+                Ok(n)
+            }) {
+                Ok(()) => {}
+                Err(Fail::Timeout) => {
+                    self.abort_owed = true;
+                    return Err(Fail::Timeout);
+                }
+                Err(e) => return Err(e),
+            }
+            self.publish()?;
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Sends `bytes` as one message, waiting for room as the wait strategy says.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.send_with(bytes.len(), Deadline::Never, true, |buf| {
+            buf.copy_from_slice(bytes);
+            Ok(bytes.len())
+        })
+        .map_err(fail_to_error)
+    }
+
+    /// Sends `bytes` if there is room now; `Ok(false)` if the ring is full.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> Result<bool, Error> {
+        match self.send_with(bytes.len(), Deadline::Now, true, |buf| {
+            buf.copy_from_slice(bytes);
+            Ok(bytes.len())
+        }) {
+            Ok(()) => Ok(true),
+            Err(Fail::NotNow) => Ok(false),
+            Err(f) => Err(fail_to_error(f)),
+        }
+    }
+}
+
+fn fail_to_error(f: Fail) -> Error {
+    match f {
+        Fail::Error(e) => e,
+        Fail::NotNow | Fail::Timeout => Error::Io(std::io::ErrorKind::TimedOut.into()),
+        Fail::Disconnected => Error::Disconnected,
+    }
+}
+
+impl Drop for RawSender {
+    fn drop(&mut self) {
+        let _ = self.prod.publish();
+        self.prod.close();
+        let _ = self.data_bell.ring();
+    }
+}
+
+/// A message that is ready at the consumer.
+enum Ready {
+    /// In the ring, in place.
+    Whole(Frame),
+    /// Reassembled from fragments in `RawReceiver::assembly`.
+    Assembled,
+}
+
+/// The byte-level receiving half of a link direction.
+pub struct RawReceiver {
+    cons: Consumer,
+    /// Waited on when the ring is empty.
+    data_bell: Bell,
+    /// Rung when the producer sleeps on a full ring and space was freed.
+    space_bell: Bell,
+    ctrl: Arc<UnixStream>,
+    wait: WaitStrategy,
+    max_message: usize,
+    /// Fragments collected so far, and the announced total.
+    assembly: Vec<u8>,
+    assembling: Option<usize>,
+    broken: Option<Error>,
+    peer_gone: bool,
+    stats: Stats,
+}
+
+impl RawReceiver {
+    pub(crate) fn new(
+        cons: Consumer,
+        data_bell: Bell,
+        space_bell: Bell,
+        ctrl: Arc<UnixStream>,
+        wait: WaitStrategy,
+        max_message: usize,
+    ) -> RawReceiver {
+        RawReceiver {
+            cons,
+            data_bell,
+            space_bell,
+            ctrl,
+            wait,
+            max_message,
+            assembly: Vec::new(),
+            assembling: None,
+            broken: None,
+            peer_gone: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// How this receiver waits when the ring is empty.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.wait
+    }
+
+    /// Changes how this receiver waits.
+    pub fn set_wait_strategy(&mut self, w: WaitStrategy) {
+        self.wait = w;
+    }
+
+    /// Messages and bytes received so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Ring capacity and current fill in bytes (as last seen).
+    pub fn fill(&self) -> (u64, u64) {
+        (self.cons.capacity(), self.cons.fill())
+    }
+
+    /// The eventfd this receiver parks on (for integrating with an event loop: it becomes
+    /// readable when data may have arrived while the receiver announced sleep).
+    pub fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.data_bell.as_fd()
+    }
+
+    fn corrupt(&mut self, what: &str) -> Error {
+        let e = Error::Corrupt(what.to_string());
+        self.broken = Some(e.duplicate());
+        e
+    }
+
+    fn release(&mut self, f: Frame) -> Result<(), Error> {
+        if self.cons.release(f) {
+            self.space_bell.ring()?;
+        }
+        Ok(())
+    }
+
+    /// Advances to the next whole message, absorbing fragments. `None` = nothing whole yet.
+    fn poll_ready(&mut self) -> Result<Option<Ready>, Error> {
+        if let Some(e) = &self.broken {
+            return Err(e.duplicate());
+        }
+        loop {
+            let f = match self.cons.peek() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.corrupt(&e.to_string())),
+            };
+            match (f.kind, self.assembling) {
+                (kind::MSG, None) => return Ok(Some(Ready::Whole(f))),
+                (kind::FIRST, None) => {
+                    let p = self.cons.payload(&f);
+                    if p.len() < 8 {
+                        return Err(self.corrupt("first fragment without a length"));
+                    }
+                    let total = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+                    let total = usize::try_from(total).unwrap_or(usize::MAX);
+                    if total > self.max_message || total < p.len() - 8 {
+                        return Err(self.corrupt("fragmented message length out of range"));
+                    }
+                    self.assembly.clear();
+                    self.assembly.reserve_exact(total);
+                    self.assembly.extend_from_slice(&p[8..]);
+                    self.assembling = Some(total);
+                    self.release(f)?;
+                }
+                (kind::MORE | kind::LAST, Some(total)) => {
+                    let p = self.cons.payload(&f);
+                    let have = self.assembly.len() + p.len();
+                    let last = f.kind == kind::LAST;
+                    if have > total || (last && have != total) || (!last && have == total) {
+                        return Err(self.corrupt("fragments do not add up to the announced length"));
+                    }
+                    self.assembly.extend_from_slice(p);
+                    self.release(f)?;
+                    if last {
+                        self.assembling = None;
+                        return Ok(Some(Ready::Assembled));
+                    }
+                }
+                (kind::ABORT, _) => {
+                    self.assembling = None;
+                    self.assembly.clear();
+                    self.release(f)?;
+                }
+                _ => return Err(self.corrupt("fragment out of sequence")),
+            }
+        }
+    }
+
+    fn deliver<R>(&mut self, r: Ready, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
+        let out = match r {
+            Ready::Whole(frame) => {
+                let out = f(self.cons.payload(&frame));
+                self.stats.bytes += frame.len as u64;
+                self.release(frame)?;
+                out
+            }
+            Ready::Assembled => {
+                let out = f(&self.assembly);
+                self.stats.bytes += self.assembly.len() as u64;
+                if self.assembly.capacity() > SCRATCH_KEEP {
+                    self.assembly = Vec::new();
+                } else {
+                    self.assembly.clear();
+                }
+                out
+            }
+        };
+        self.stats.messages += 1;
+        Ok(out)
+    }
+
+    /// Receives one message and hands its bytes to `f` (in place in the ring for messages
+    /// that fit one frame).
+    pub(crate) fn recv_with<R>(
+        &mut self,
+        deadline: Deadline,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Fail> {
+        loop {
+            if let Some(r) = self.poll_ready()? {
+                return Ok(self.deliver(r, f)?);
+            }
+            if self.peer_gone || self.cons.peer_closed() {
+                // Drained: everything the peer committed before it left has been delivered.
+                if self.cons.has_data()? {
+                    continue;
+                }
+                self.peer_gone = true;
+                return Err(Fail::Disconnected);
+            }
+            if self.cons.check_producer_sleeping() {
+                self.space_bell.ring().map_err(Error::from)?;
+            }
+            if let Deadline::Now = deadline {
+                return Err(Fail::NotNow);
+            }
+            let parker = BellParker {
+                bell: &self.data_bell,
+                ctrl: self.ctrl.as_fd(),
+            };
+            match wait_until(
+                self.wait,
+                deadline.instant(),
+                &parker,
+                &mut DataIn(&mut self.cons),
+            )? {
+                WaitOutcome::Ready => {}
+                WaitOutcome::TimedOut => return Err(Fail::Timeout),
+                WaitOutcome::PeerGone => self.peer_gone = true,
+            }
+        }
+    }
+
+    /// Receives one message, waiting as the wait strategy says, and calls `f` with its bytes.
+    pub fn recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        self.recv_with(Deadline::Never, f).map_err(|e| match e {
+            Fail::Error(e) => RecvError::Failed(e),
+            _ => RecvError::Disconnected,
+        })
+    }
+
+    /// Receives one message if one is there.
+    pub fn try_recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
+        self.recv_with(Deadline::Now, f).map_err(|e| match e {
+            Fail::Error(e) => TryRecvError::Failed(e),
+            Fail::Disconnected => TryRecvError::Disconnected,
+            Fail::NotNow | Fail::Timeout => TryRecvError::Empty,
+        })
+    }
+
+    /// Receives one message, waiting at most `timeout`.
+    pub fn recv_bytes_timeout<R>(
+        &mut self,
+        timeout: Duration,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RecvTimeoutError> {
+        self.recv_with(Deadline::after(timeout), f)
+            .map_err(|e| match e {
+                Fail::Error(e) => RecvTimeoutError::Failed(e),
+                Fail::Disconnected => RecvTimeoutError::Disconnected,
+                Fail::NotNow | Fail::Timeout => RecvTimeoutError::Timeout,
+            })
+    }
+}
+
+impl Drop for RawReceiver {
+    fn drop(&mut self) {
+        self.cons.close();
+        let _ = self.space_bell.ring();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed channels
+// ---------------------------------------------------------------------------------------------
+
+/// The typed sending half: messages are bincode-encoded straight into the ring.
+pub struct Sender<T> {
+    raw: RawSender,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: Serialize> Sender<T> {
+    pub(crate) fn new(raw: RawSender) -> Self {
+        Sender {
+            raw,
+            _t: PhantomData,
+        }
+    }
+
+    fn put(&mut self, msg: &T, deadline: Deadline, publish: bool) -> Result<(), Fail> {
+        let size = codec::encoded_len(msg)?;
+        self.raw
+            .send_with(size, deadline, publish, |buf| codec::encode_into(msg, buf))
+    }
+
+    /// Sends `msg`, waiting for room as the wait strategy says (backpressure).
+    pub fn send(&mut self, msg: T) -> Result<(), SendError<T>> {
+        match self.put(&msg, Deadline::Never, true) {
+            Ok(()) => Ok(()),
+            Err(Fail::Error(e)) => Err(SendError::Failed(msg, e)),
+            Err(_) => Err(SendError::Disconnected(msg)),
+        }
+    }
+
+    /// Sends `msg` only if the ring has room now. A message larger than one frame is finished
+    /// once its first fragment is in (waiting for the consumer if needed).
+    pub fn try_send(&mut self, msg: T) -> Result<(), TrySendError<T>> {
+        match self.put(&msg, Deadline::Now, true) {
+            Ok(()) => Ok(()),
+            Err(Fail::NotNow | Fail::Timeout) => Err(TrySendError::Full(msg)),
+            Err(Fail::Disconnected) => Err(TrySendError::Disconnected(msg)),
+            Err(Fail::Error(e)) => Err(TrySendError::Failed(msg, e)),
+        }
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for room.
+    pub fn send_timeout(&mut self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        match self.put(&msg, Deadline::after(timeout), true) {
+            Ok(()) => Ok(()),
+            Err(Fail::NotNow | Fail::Timeout) => Err(SendTimeoutError::Timeout(msg)),
+            Err(Fail::Disconnected) => Err(SendTimeoutError::Disconnected(msg)),
+            Err(Fail::Error(e)) => Err(SendTimeoutError::Failed(msg, e)),
+        }
+    }
+
+    /// Sends a borrowed message (no move, nothing handed back).
+    pub fn send_ref(&mut self, msg: &T) -> Result<(), Error> {
+        self.put(msg, Deadline::Never, true).map_err(fail_to_error)
+    }
+
+    /// Writes `msg` into the ring without waking the consumer; [`flush`](Sender::flush)
+    /// publishes a whole batch with one fence and at most one wake-up. If the ring fills up,
+    /// what was fed so far is published before waiting.
+    pub fn feed(&mut self, msg: &T) -> Result<(), Error> {
+        self.put(msg, Deadline::Never, false).map_err(fail_to_error)
+    }
+
+    /// Publishes everything fed so far and wakes the consumer if it sleeps.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.raw.flush()
+    }
+
+    /// The byte-level sender underneath.
+    pub fn raw(&mut self) -> &mut RawSender {
+        &mut self.raw
+    }
+
+    /// Unwraps the byte-level sender.
+    pub fn into_raw(self) -> RawSender {
+        self.raw
+    }
+}
+
+/// A family of borrowed views for [`Receiver::recv_view`]: `Of<'a>` is the type decoded in
+/// place, borrowing `&'a str` / `&'a [u8]` fields from the ring.
+///
+/// ```
+/// # use serde::Deserialize;
+/// #[derive(Deserialize)]
+/// struct Chat<'a> { channel: &'a str, text: &'a str }
+/// struct ChatView;
+/// impl shmbus::View for ChatView { type Of<'a> = Chat<'a>; }
+/// ```
+pub trait View {
+    /// The view type for one borrow of the ring.
+    type Of<'a>: Deserialize<'a>;
+}
+
+/// The typed receiving half: messages are decoded straight from the ring.
+pub struct Receiver<T> {
+    raw: RawReceiver,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    pub(crate) fn new(raw: RawReceiver) -> Self {
+        Receiver {
+            raw,
+            _t: PhantomData,
+        }
+    }
+
+    /// Receives one message, waiting as the wait strategy says.
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        self.raw
+            .recv_bytes(codec::decode::<T>)
+            .and_then(|r| r.map_err(RecvError::Failed))
+    }
+
+    /// Receives one message if one is there.
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        self.raw
+            .try_recv_bytes(codec::decode::<T>)
+            .and_then(|r| r.map_err(TryRecvError::Failed))
+    }
+
+    /// Receives one message, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.raw
+            .recv_bytes_timeout(timeout, codec::decode::<T>)
+            .and_then(|r| r.map_err(RecvTimeoutError::Failed))
+    }
+
+    /// Receives one message and passes it to `f` by reference; it is decoded straight from
+    /// the ring bytes (no intermediate buffer) and dropped after `f` returns.
+    pub fn recv_ref<R>(&mut self, f: impl FnOnce(&T) -> R) -> Result<R, RecvError> {
+        self.raw
+            .recv_bytes(|b| codec::decode::<T>(b).map(|v| f(&v)))
+            .and_then(|r| r.map_err(RecvError::Failed))
+    }
+
+    /// Receives one message decoded *in place* as the borrowed view `V::Of<'_>`: its
+    /// `&str` / `&[u8]` fields point into the shared ring. `f` cannot keep them: the space is
+    /// given back to the sender when `f` returns.
+    pub fn recv_view<V: View, R>(
+        &mut self,
+        f: impl for<'a> FnOnce(V::Of<'a>) -> R,
+    ) -> Result<R, RecvError> {
+        self.raw
+            .recv_bytes(|b| codec::decode_borrowed::<V::Of<'_>>(b).map(f))
+            .and_then(|r| r.map_err(RecvError::Failed))
+    }
+
+    /// [`recv_view`](Receiver::recv_view) without waiting.
+    pub fn try_recv_view<V: View, R>(
+        &mut self,
+        f: impl for<'a> FnOnce(V::Of<'a>) -> R,
+    ) -> Result<R, TryRecvError> {
+        self.raw
+            .try_recv_bytes(|b| codec::decode_borrowed::<V::Of<'_>>(b).map(f))
+            .and_then(|r| r.map_err(TryRecvError::Failed))
+    }
+
+    /// The raw bytes of the next message, in place.
+    pub fn recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        self.raw.recv_bytes(f)
+    }
+
+    /// The byte-level receiver underneath.
+    pub fn raw(&mut self) -> &mut RawReceiver {
+        &mut self.raw
+    }
+
+    /// Unwraps the byte-level receiver.
+    pub fn into_raw(self) -> RawReceiver {
+        self.raw
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for Receiver<T> {
+    type Item = T;
+    /// Blocks for the next message; ends when the peer is gone (or on an error).
+    fn next(&mut self) -> Option<T> {
+        self.recv().ok()
+    }
+}

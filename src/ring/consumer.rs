@@ -1,0 +1,203 @@
+//! The reading half of a ring.
+
+use super::layout::{self, frame_size, kind, parse_frame_word, FRAME_ALIGN, FRAME_HEADER};
+use super::{RingError, RingRef};
+use crate::sync::{fence, Ordering};
+
+/// A validated frame at the consumer's head. Its payload is borrowed with
+/// [`Consumer::payload`] and given back with [`Consumer::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Frame kind (see [`layout::kind`]); never `PAD`.
+    pub kind: u8,
+    /// Payload length in bytes.
+    pub len: usize,
+    pos: u64,
+    size: u64,
+}
+
+/// The consumer half of an SPSC byte ring.
+pub struct Consumer {
+    ring: RingRef,
+    /// Bytes consumed so far. Our own copy: the shared `head` is only ever stored to.
+    /// Invariant: `head <= cached_tail <= head + cap`.
+    head: u64,
+    /// `head` as of the last fence + check of `producer_sleeping`.
+    notified: u64,
+    /// Last validated value of the producer's `tail`.
+    cached_tail: u64,
+    max_payload: usize,
+}
+
+impl Consumer {
+    pub(crate) fn new(ring: RingRef) -> Consumer {
+        let max_payload = layout::max_frame_payload(ring.cap);
+        Consumer {
+            ring,
+            head: 0,
+            notified: 0,
+            cached_tail: 0,
+            max_payload,
+        }
+    }
+
+    /// Data capacity of the ring in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.ring.cap
+    }
+
+    /// Bytes committed by the producer and not yet consumed, as last seen.
+    pub fn fill(&self) -> u64 {
+        self.cached_tail - self.head
+    }
+
+    /// Re-reads the producer's index and checks it.
+    fn load_tail(&mut self) -> Result<(), RingError> {
+        // Acquire: pairs with the producer's Release store of `tail` in `Producer::publish`;
+        // the frames below the new tail are fully written once we see it.
+        let t = self.ring.hdr().tail.load(Ordering::Acquire);
+        if t < self.cached_tail || t - self.head > self.ring.cap || t % FRAME_ALIGN != 0 {
+            return Err(RingError::Corrupt("producer index out of range"));
+        }
+        self.cached_tail = t;
+        Ok(())
+    }
+
+    /// Whether a frame is available (re-reads the producer's index when the cached one says
+    /// empty). Used to re-check after announcing sleep.
+    pub fn has_data(&mut self) -> Result<bool, RingError> {
+        if self.cached_tail == self.head {
+            self.load_tail()?;
+        }
+        Ok(self.cached_tail != self.head)
+    }
+
+    /// The next frame, validated, or `Ok(None)` when the ring is empty. Padding is skipped.
+    pub fn peek(&mut self) -> Result<Option<Frame>, RingError> {
+        let cap = self.ring.cap;
+        loop {
+            if self.cached_tail == self.head {
+                self.load_tail()?;
+                if self.cached_tail == self.head {
+                    return Ok(None);
+                }
+            }
+            let avail = self.cached_tail - self.head;
+            debug_assert!(avail >= FRAME_HEADER && avail <= cap);
+            let pos = self.head & (cap - 1);
+            self.ring.shadow_read(pos, FRAME_HEADER);
+            // SAFETY: `pos` is 8-aligned (head is) and `pos + 8 <= cap` (cap is a multiple of
+            // 8), and the producer published these bytes (`avail >= 8`). A volatile read: the
+            // value is checked below and never re-read, whatever a hostile peer does to it.
+            let word = unsafe { self.ring.at(pos).cast::<u64>().read_volatile() };
+            let (k, len) =
+                parse_frame_word(word).ok_or(RingError::Corrupt("bad frame header"))?;
+            if k == kind::PAD {
+                let to_end = cap - pos;
+                if len as u64 != to_end - FRAME_HEADER || to_end > avail {
+                    return Err(RingError::Corrupt("bad padding frame"));
+                }
+                self.advance(to_end);
+                continue;
+            }
+            if !(kind::MSG..=kind::ABORT).contains(&k) {
+                return Err(RingError::Corrupt("unknown frame kind"));
+            }
+            let len = len as usize;
+            if len > self.max_payload {
+                return Err(RingError::Corrupt("frame length above the ring's limit"));
+            }
+            let size = frame_size(len);
+            if size > avail || pos + size > cap {
+                return Err(RingError::Corrupt("frame runs past the published data"));
+            }
+            self.ring.shadow_read(pos, size);
+            return Ok(Some(Frame {
+                kind: k,
+                len,
+                pos,
+                size,
+            }));
+        }
+    }
+
+    /// The payload of `frame`, in place.
+    pub fn payload(&self, frame: &Frame) -> &[u8] {
+        debug_assert!(frame.pos + frame.size <= self.ring.cap);
+        // SAFETY: `peek` checked `[pos + 8, pos + 8 + len)` lies inside the data area and inside
+        // the published range, which the producer will not overwrite until we release it.
+        // `&self` keeps `release` (which takes `&mut self`) from running while it is borrowed.
+        unsafe { std::slice::from_raw_parts(self.ring.at(frame.pos + FRAME_HEADER), frame.len) }
+    }
+
+    fn advance(&mut self, by: u64) {
+        self.head += by;
+        // Release: pairs with the producer's Acquire load of `head` in `Producer::load_head`;
+        // our reads of the bytes we give back happen before it overwrites them.
+        self.ring.hdr().head.store(self.head, Ordering::Release);
+    }
+
+    /// Gives the frame's space back to the producer. Returns true if the producer sleeps on a
+    /// full ring and must be woken (checked once a quarter of the ring has been freed since the
+    /// last check; [`check_producer_sleeping`](Consumer::check_producer_sleeping) covers the
+    /// rest).
+    pub fn release(&mut self, frame: Frame) -> bool {
+        debug_assert_eq!(frame.pos, self.head & (self.ring.cap - 1));
+        self.advance(frame.size);
+        if self.head - self.notified >= self.ring.cap / 4 {
+            return self.check_producer_sleeping();
+        }
+        false
+    }
+
+    /// Call before waiting for data: if anything was released since the last check, fences
+    /// and reports whether the producer sleeps waiting for space (then ring its doorbell).
+    pub fn check_producer_sleeping(&mut self) -> bool {
+        if self.head == self.notified {
+            return false;
+        }
+        self.notified = self.head;
+        // SeqCst fence: keeps the `head` stores above from being reordered after the load of
+        // `producer_sleeping`. Pairs with the SeqCst fence the producer issues between
+        // `set_sleeping(true)` and its re-check in `has_room`: either it sees our head, or we
+        // see its flag.
+        fence(Ordering::SeqCst);
+        self.ring
+            .hdr()
+            .producer
+            .sleeping
+            .load(Ordering::Relaxed)
+            != 0
+    }
+
+    /// Announces (or withdraws) that the consumer is about to block until data arrives.
+    /// After `set_sleeping(true)` the caller issues a SeqCst fence and re-checks with
+    /// [`has_data`](Consumer::has_data) before blocking.
+    pub fn set_sleeping(&self, on: bool) {
+        // Relaxed: ordering comes from the SeqCst fence that follows it in the wait protocol,
+        // which pairs with the producer's fence in `Producer::publish`.
+        self.ring
+            .hdr()
+            .consumer
+            .sleeping
+            .store(on as u32, Ordering::Relaxed);
+    }
+
+    /// Marks this half closed for good (the peer then sees `Disconnected` once it has drained
+    /// what is left) and returns; the caller rings the peer's doorbell so a sleeping peer
+    /// notices.
+    pub fn close(&mut self) {
+        // Release: pairs with the Acquire load in `peer_closed` on the other side, so the peer
+        // that sees the flag also sees everything we did before.
+        self.ring.hdr().consumer.closed.store(1, Ordering::Release);
+        // SeqCst fence: the flag store is ordered before the peer's re-check after its own
+        // `sleeping` store (same Dekker pairing as the data path).
+        fence(Ordering::SeqCst);
+    }
+
+    /// Whether the other side has closed its half.
+    pub fn peer_closed(&self) -> bool {
+        // Acquire: pairs with the Release store in the peer's `close`.
+        self.ring.hdr().producer.closed.load(Ordering::Acquire) != 0
+    }
+}

@@ -1,0 +1,201 @@
+//! The SPSC byte ring: one producer, one consumer, in memory that both may share across
+//! processes.
+//!
+//! * [`layout`]: the `#[repr(C)]` header, frame header encoding and limits.
+//! * [`Producer`]: `reserve` → write in place → `commit` → `publish` (many commits may share one
+//!   publish and one wake-up).
+//! * [`Consumer`]: `peek` a frame borrowed in place → `release`.
+//!
+//! Neither side trusts the other: every index and frame header read from the ring is checked,
+//! and a bad value is a [`RingError::Corrupt`], never a read outside the ring.
+
+pub mod layout;
+mod consumer;
+mod producer;
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+pub use consumer::{Consumer, Frame};
+pub use layout::RingHeader;
+pub use producer::Producer;
+
+/// A ring-level failure. Either way, the link it happened on must be considered broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RingError {
+    /// The peer wrote an index or frame header that cannot be right.
+    Corrupt(&'static str),
+    /// A single frame larger than [`Producer::max_payload`] was reserved (caller bug; the
+    /// channel layer fragments instead).
+    FrameTooLarge {
+        /// Requested payload length.
+        len: usize,
+        /// Largest payload a frame may carry in this ring.
+        max: usize,
+    },
+}
+
+impl std::fmt::Display for RingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RingError::Corrupt(what) => write!(f, "ring corrupted by peer: {what}"),
+            RingError::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the ring's frame limit of {max} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RingError {}
+
+/// Keeps the memory behind a ring alive (a shared mapping, or a heap block in tests).
+pub(crate) type Keepalive = Arc<dyn Send + Sync>;
+
+/// Raw access to one ring: its header, data area and capacity, plus what keeps them mapped.
+#[derive(Clone)]
+pub(crate) struct RingRef {
+    hdr: NonNull<RingHeader>,
+    data: NonNull<u8>,
+    /// Power of two, within `layout::MIN_RING_CAPACITY..=layout::MAX_RING_CAPACITY`.
+    cap: u64,
+    _keep: Keepalive,
+    #[cfg(shmbus_loom)]
+    shadow: Arc<shadow::Shadow>,
+}
+
+// SAFETY: a RingRef is a pair of pointers into memory kept alive by `_keep` (Send + Sync).
+// All shared state behind `hdr` is atomics; the data bytes are handed out only by the one
+// Producer or the one Consumer that owns a given RingRef, for disjoint ranges, ordered by the
+// Release/Acquire pairs on `tail` and `head`.
+unsafe impl Send for RingRef {}
+
+impl RingRef {
+    /// # Safety
+    /// `hdr` must point to an initialised, 128-aligned [`RingHeader`] and `data` to `cap`
+    /// bytes, both valid for reads and writes for as long as `keep` lives. At most one
+    /// Producer and one Consumer may be built over the same ring, in all processes together
+    /// (the peer may still misbehave: that is checked, not assumed).
+    pub(crate) unsafe fn new(
+        hdr: NonNull<RingHeader>,
+        data: NonNull<u8>,
+        cap: u64,
+        keep: Keepalive,
+    ) -> RingRef {
+        debug_assert!(layout::valid_capacity(cap) || cfg!(any(test, shmbus_loom)));
+        debug_assert!(cap.is_power_of_two() && cap >= 64);
+        debug_assert_eq!(hdr.as_ptr() as usize % 128, 0);
+        RingRef {
+            hdr,
+            data,
+            cap,
+            _keep: keep,
+            #[cfg(shmbus_loom)]
+            shadow: Arc::new(shadow::Shadow::new(cap)),
+        }
+    }
+
+    #[inline]
+    fn hdr(&self) -> &RingHeader {
+        // SAFETY: per `new`'s contract the header is initialised and outlives `self`.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// Pointer to byte `pos` of the data area.
+    #[inline]
+    fn at(&self, pos: u64) -> *mut u8 {
+        debug_assert!(pos < self.cap);
+        // SAFETY: `pos < cap` (every caller masks or bounds-checks it), so the result stays
+        // inside the `cap`-byte data area.
+        unsafe { self.data.as_ptr().add(pos as usize) }
+    }
+
+    #[inline]
+    #[allow(unused_variables)]
+    fn shadow_write(&self, pos: u64, len: u64) {
+        #[cfg(shmbus_loom)]
+        self.shadow.write(pos, len);
+    }
+
+    #[inline]
+    #[allow(unused_variables)]
+    fn shadow_read(&self, pos: u64, len: u64) {
+        #[cfg(shmbus_loom)]
+        self.shadow.read(pos, len);
+    }
+}
+
+/// Under loom, one `UnsafeCell` per 8-byte word of the data area records every producer write
+/// and consumer read, so the model checker proves those accesses are ordered by happens-before
+/// (the raw bytes themselves are plain memory, invisible to loom).
+#[cfg(shmbus_loom)]
+mod shadow {
+    pub(crate) struct Shadow(Vec<loom::cell::UnsafeCell<u8>>);
+
+    impl Shadow {
+        pub(crate) fn new(cap: u64) -> Self {
+            Shadow(
+                (0..cap / 8)
+                    .map(|_| loom::cell::UnsafeCell::new(0))
+                    .collect(),
+            )
+        }
+        pub(crate) fn write(&self, pos: u64, len: u64) {
+            for w in pos / 8..(pos + len).div_ceil(8) {
+                self.0[w as usize].with_mut(|_| ());
+            }
+        }
+        pub(crate) fn read(&self, pos: u64, len: u64) {
+            for w in pos / 8..(pos + len).div_ceil(8) {
+                self.0[w as usize].with(|_| ());
+            }
+        }
+    }
+}
+
+/// A ring in ordinary heap memory, for single-process use, miri and loom.
+struct HeapBlock {
+    ptr: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the block is plain memory; concurrent access to it is governed by the ring protocol.
+unsafe impl Send for HeapBlock {}
+// SAFETY: as above; `&HeapBlock` exposes nothing.
+unsafe impl Sync for HeapBlock {}
+
+impl Drop for HeapBlock {
+    fn drop(&mut self) {
+        // SAFETY: the header was initialised with `ptr::write` in `heap_ring`, and this is the
+        // last owner, so no Producer/Consumer can touch it any more.
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr().cast::<RingHeader>()) };
+        // SAFETY: `ptr` came from `alloc_zeroed(self.layout)`.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// Builds a producer/consumer pair over a fresh heap ring of `cap` bytes (a power of two,
+/// at least 64).
+pub fn heap_ring(cap: u64) -> (Producer, Consumer) {
+    assert!(cap.is_power_of_two() && cap >= 64, "capacity must be a power of two >= 64");
+    let hsize = layout::RING_HEADER_SIZE
+        .max(std::mem::size_of::<RingHeader>() as u64)
+        .next_multiple_of(128);
+    let layout = std::alloc::Layout::from_size_align((hsize + cap) as usize, 128)
+        .expect("ring layout");
+    // SAFETY: the layout has a non-zero size.
+    let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+    let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+    // SAFETY: `ptr` is 128-aligned and large enough for a RingHeader; nothing else refers to
+    // the block yet.
+    unsafe { std::ptr::write(ptr.as_ptr().cast::<RingHeader>(), RingHeader::default()) };
+    let block: Keepalive = Arc::new(HeapBlock { ptr, layout });
+    // SAFETY: `hsize + cap` bytes were allocated, so the data area lies inside the block.
+    let data = unsafe { NonNull::new_unchecked(ptr.as_ptr().add(hsize as usize)) };
+    // SAFETY: header initialised above, data area is `cap` bytes, `block` keeps both alive,
+    // and exactly one Producer and one Consumer are built.
+    let ring = unsafe { RingRef::new(ptr.cast(), data, cap, block) };
+    (Producer::new(ring.clone()), Consumer::new(ring))
+}
+
+#[cfg(all(test, not(shmbus_loom)))]
+mod tests;

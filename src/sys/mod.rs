@@ -1,0 +1,414 @@
+//! The thin syscall layer. Every raw syscall shmbus makes lives in this module, and every
+//! one of them goes through nix. File descriptors become [`OwnedFd`] the moment they exist.
+//!
+//! Errors are returned as [`std::io::Error`], converted from nix's `Errno`.
+
+use std::ffi::CStr;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::socket::{
+    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+};
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+// ---------------------------------------------------------------------------------------------
+// memfd segments
+// ---------------------------------------------------------------------------------------------
+
+/// Seals every shmbus segment carries: its size can never change (so no peer can cause a
+/// SIGBUS by truncating it), and the seal set itself is frozen.
+const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+/// Creates an anonymous, sealed, close-on-exec memfd of exactly `len` bytes.
+///
+/// The contents start zeroed. The size is sealed (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`),
+/// so whoever holds the fd can write the bytes but never resize the file.
+pub fn memfd_sealed(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(errno)?;
+    let off = i64::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    nix::unistd::ftruncate(&fd, off).map_err(errno)?;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(REQUIRED_SEALS)).map_err(errno)?;
+    Ok(fd)
+}
+
+/// Checks that `fd` is a memfd whose size is sealed and returns its length in bytes.
+///
+/// A segment received from a peer must pass this before it is mapped: an unsealed file could
+/// be truncated under the mapping, and any later access would raise SIGBUS.
+pub fn check_sealed_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let seals = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(errno)?;
+    let seals = SealFlag::from_bits_truncate(seals);
+    if !seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "segment fd is not sealed against resizing",
+        ));
+    }
+    let st = nix::sys::stat::fstat(fd).map_err(errno)?;
+    usize::try_from(st.st_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment has a negative size"))
+}
+
+/// Opens a new, read-only file description for the file behind `fd` (through
+/// `/proc/self/fd`). A mapping made from the result can never be made writable.
+pub fn reopen_readonly(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(errno)
+}
+
+/// A shared mapping of a whole file. Unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+}
+
+// SAFETY: a Mapping is a plain address range. Every access to the bytes behind it goes through
+// raw pointers whose synchronisation is the caller's job (the ring uses atomics), so moving or
+// sharing the handle between threads is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: see the `Send` impl; `&Mapping` only hands out the base pointer and the length.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared, read-write or read-only.
+    pub fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
+        let nz = NonZeroUsize::new(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"))?;
+        let prot = if writable {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        } else {
+            ProtFlags::PROT_READ
+        };
+        // SAFETY: we ask the kernel for a fresh mapping (no fixed address), so no existing Rust
+        // object is affected. The fd's size was checked by the caller to be at least `len`, and
+        // it is sealed against shrinking, so the whole range stays backed.
+        let ptr = unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, fd, 0) }.map_err(errno)?;
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+            writable,
+        })
+    }
+
+    /// Base address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a mapping is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the mapping was made with `PROT_WRITE`.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned, and every borrow of the mapped
+        // bytes is tied to an owner that keeps this Mapping alive (through an Arc).
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// eventfd
+// ---------------------------------------------------------------------------------------------
+
+/// A non-blocking, close-on-exec eventfd used as a doorbell.
+#[derive(Debug)]
+pub struct Bell(EventFd);
+
+impl Bell {
+    /// A fresh doorbell with count 0.
+    pub fn new() -> io::Result<Bell> {
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map(Bell)
+            .map_err(errno)
+    }
+
+    /// Wraps an eventfd received from a peer. It is switched to non-blocking mode.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Bell> {
+        let fl = fcntl(&fd, FcntlArg::F_GETFL).map_err(errno)?;
+        let fl = OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK;
+        fcntl(&fd, FcntlArg::F_SETFL(fl)).map_err(errno)?;
+        // SAFETY: `fd` came from a peer that the handshake says sent an eventfd. If it is some
+        // other kind of fd, reads and writes of 8 bytes simply fail or misbehave as I/O on that
+        // fd; no memory safety depends on it being an eventfd.
+        Ok(Bell(unsafe { EventFd::from_owned_fd(fd) }))
+    }
+
+    /// Adds 1 to the count, waking any poller. A full counter (EAGAIN) already means "woken".
+    pub fn ring(&self) -> io::Result<()> {
+        match self.0.write(1) {
+            Ok(_) | Err(Errno::EAGAIN) => Ok(()),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Resets the count to zero without blocking. Returns the count that was read.
+    pub fn drain(&self) -> io::Result<u64> {
+        match self.0.read() {
+            Ok(n) => Ok(n),
+            Err(Errno::EAGAIN) => Ok(0),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Blocks until the count is non-zero, then resets it (the eventfd floor of `shmbus bench`).
+    pub fn wait_blocking(&self) -> io::Result<u64> {
+        loop {
+            match self.0.read() {
+                Ok(n) => return Ok(n),
+                Err(Errno::EAGAIN) => {
+                    poll_fds(&[(self.as_fd(), PollFlags::POLLIN)], None)?;
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
+    }
+
+    /// Duplicates the fd, for sending to a peer.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.0.as_fd().try_clone_to_owned()
+    }
+}
+
+impl AsFd for Bell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// poll
+// ---------------------------------------------------------------------------------------------
+
+/// What `poll` reported for one fd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Data can be read.
+    pub readable: bool,
+    /// The peer hung up (`POLLHUP`/`POLLRDHUP`) or the fd is in error.
+    pub hangup: bool,
+}
+
+/// Polls up to 4 fds for the given events until one is ready or `timeout` passes
+/// (`None` = forever). Retries on EINTR with the remaining time.
+pub fn poll_fds<const N: usize>(
+    fds: &[(BorrowedFd<'_>, PollFlags); N],
+    timeout: Option<Duration>,
+) -> io::Result<[Ready; N]> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let mut pfds: [PollFd<'_>; N] = std::array::from_fn(|i| PollFd::new(fds[i].0, fds[i].1));
+        let to = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so that a sub-millisecond remainder still sleeps instead of spinning.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match nix::poll::poll(&mut pfds, to) {
+            Ok(_) => {
+                let mut out = [Ready::default(); N];
+                for (o, p) in out.iter_mut().zip(pfds.iter()) {
+                    let r = p.revents().unwrap_or(PollFlags::empty());
+                    o.readable = r.contains(PollFlags::POLLIN);
+                    o.hangup = r.intersects(
+                        PollFlags::POLLHUP
+                            | POLLRDHUP
+                            | PollFlags::POLLERR
+                            | PollFlags::POLLNVAL,
+                    );
+                }
+                return Ok(out);
+            }
+            Err(Errno::EINTR) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok([Ready::default(); N]);
+                }
+            }
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// Events that report a dead stream peer without consuming any byte from the socket.
+pub const HANGUP_EVENTS: PollFlags = POLLRDHUP;
+
+/// `POLLRDHUP` (Linux): the stream peer shut down or closed its end. nix has no name for it.
+const POLLRDHUP: PollFlags = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+
+/// True if the stream peer of `fd` has closed its end (or died). Never blocks, never reads.
+pub fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let [r] = poll_fds(&[(fd, HANGUP_EVENTS)], Some(Duration::ZERO))?;
+    Ok(r.hangup)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SCM_RIGHTS and SO_PEERCRED
+// ---------------------------------------------------------------------------------------------
+
+/// Most fds one control message may carry.
+pub const MAX_FDS: usize = 8;
+
+/// Sends `bytes` (all of them, in one `sendmsg`) with `fds` attached as `SCM_RIGHTS`.
+pub fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS, "too many fds for one control message");
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "short sendmsg on a control message",
+                ))
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// Receives one message into `buf` together with any fds attached to it (close-on-exec).
+/// Returns the byte count (0 = EOF) and the fds. Any fds beyond [`MAX_FDS`] are closed.
+pub fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        let res = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        );
+        match res {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().map_err(errno)? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for r in raw {
+                            // SAFETY: the kernel just installed `r` in our fd table for us, and
+                            // nothing else refers to it, so we are its only owner.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                        }
+                    }
+                }
+                if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "peer sent more fds than a control message may carry",
+                    ));
+                }
+                return Ok((msg.bytes, fds));
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// The credentials of the process at the other end of a Unix socket, as the kernel saw them
+/// when the connection was made (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: i32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+/// Reads `SO_PEERCRED` from a connected Unix socket.
+pub fn peer_cred(sock: &UnixStream) -> io::Result<PeerCred> {
+    let c = getsockopt(sock, sockopt::PeerCredentials).map_err(errno)?;
+    Ok(PeerCred {
+        pid: c.pid(),
+        uid: c.uid(),
+        gid: c.gid(),
+    })
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU affinity (benchmarks)
+// ---------------------------------------------------------------------------------------------
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(errno)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(errno)
+}
+
+/// Number of CPUs this process may run on.
+pub fn cpus_allowed() -> usize {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .count()
+            .max(1),
+        Err(_) => 1,
+    }
+}
+
+/// Sends `SIGKILL` to a process (tests and the crash drills).
+pub fn kill9(pid: i32) -> io::Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(errno)
+}

@@ -1,0 +1,272 @@
+//! Doorbells and waiting: spin, then park on an eventfd, without ever losing a wake-up.
+//!
+//! # The protocol
+//!
+//! The waiting side (the consumer waiting for data, or the producer waiting for space):
+//!
+//! 1. polls the ring for a bounded spin budget (no syscall);
+//! 2. sets its `sleeping` flag in shared memory (Relaxed), issues a SeqCst fence, and
+//!    re-checks the ring;
+//! 3. only if the ring still is not ready, blocks on its eventfd (`poll`, which also watches
+//!    the control socket for the peer's death), then clears the flag and loops.
+//!
+//! The other side, after it stores its index (Release), issues a SeqCst fence and loads the
+//! flag; it writes the eventfd only if the flag is set. The two fences make this Dekker's
+//! handshake: in the single total order of SeqCst fences, whichever fence comes second sees the
+//! store before the other one, so either the waiter's re-check sees the new index or the
+//! notifier sees the flag. The busy path (flag clear) therefore costs a fence and a load, never
+//! a syscall, and no wake-up is lost. An eventfd write that races with a waiter that has
+//! already seen the data leaves a count behind; the next park returns at once, finds nothing,
+//! and parks again (one spurious round, never a missed one).
+//!
+//! The loom model in `src/loom_tests.rs` checks exactly this code with a loom condvar
+//! standing in for the eventfd.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use crate::sync::{fence, spin_hint, Ordering};
+use crate::sys::{self, Bell};
+
+/// How a blocked send or receive waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Busy-poll forever; never sleeps. Lowest latency, but burns a whole core per waiter:
+    /// use only with a core to spare per spinning thread (benchmarks, pinned hot paths).
+    Spin,
+    /// Busy-poll for `spin`, then park on the doorbell. The default.
+    SpinThenPark {
+        /// How long to spin before parking.
+        spin: Duration,
+    },
+    /// Park at once (lowest CPU; each wake-up costs a scheduler round trip).
+    Park,
+}
+
+/// Default spin budget: short enough that three or four processes waiting at once on a
+/// 2-core machine (two bots and a hub) cost each other at most a few tens of µs, long
+/// enough to catch a reply that is already on its way.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy::SpinThenPark { spin: DEFAULT_SPIN }
+    }
+}
+
+impl std::str::FromStr for WaitStrategy {
+    type Err = String;
+    /// `spin`, `park`, or `spin-then-park[:MICROS]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spin" => Ok(WaitStrategy::Spin),
+            "park" => Ok(WaitStrategy::Park),
+            "spin-then-park" | "default" => Ok(WaitStrategy::default()),
+            _ => match s.strip_prefix("spin-then-park:") {
+                Some(us) => us
+                    .parse::<u64>()
+                    .map(|us| WaitStrategy::SpinThenPark {
+                        spin: Duration::from_micros(us),
+                    })
+                    .map_err(|e| format!("bad spin budget {us:?}: {e}")),
+                None => Err(format!(
+                    "unknown wait strategy {s:?} (spin, park, spin-then-park[:MICROS])"
+                )),
+            },
+        }
+    }
+}
+
+impl WaitStrategy {
+    /// Short name used in benchmark output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WaitStrategy::Spin => "spin",
+            WaitStrategy::SpinThenPark { .. } => "spin-then-park",
+            WaitStrategy::Park => "park",
+        }
+    }
+}
+
+/// What a park returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parked {
+    Woken,
+    TimedOut,
+    PeerGone,
+}
+
+/// Something the waiting side blocks on.
+pub(crate) trait Parker {
+    /// Blocks until the doorbell rings, `deadline` passes or the peer is gone. May return
+    /// `Woken` spuriously.
+    fn park(&self, deadline: Option<Instant>) -> io::Result<Parked>;
+    /// Non-blocking liveness probe, used while spinning.
+    fn peer_gone(&self) -> io::Result<bool>;
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitOutcome {
+    Ready,
+    TimedOut,
+    PeerGone,
+}
+
+/// Spins between liveness probes in `WaitStrategy::Spin` (about 100-300 µs).
+const SPINS_PER_PROBE: u32 = 1 << 14;
+
+/// The condition a waiter waits for, and its `sleeping` flag.
+pub(crate) trait Waitable {
+    /// Re-checks the ring (re-reading the peer's index). True also when the peer closed, so
+    /// the caller can report it.
+    fn ready(&mut self) -> Result<bool, crate::Error>;
+    /// Sets or clears this side's `sleeping` flag (Relaxed; the protocol adds the fence).
+    fn announce(&mut self, on: bool);
+}
+
+/// Waiting for data in a consumer.
+pub(crate) struct DataIn<'a>(pub(crate) &'a mut crate::ring::Consumer);
+
+impl Waitable for DataIn<'_> {
+    fn ready(&mut self) -> Result<bool, crate::Error> {
+        Ok(self.0.has_data()? || self.0.peer_closed())
+    }
+    fn announce(&mut self, on: bool) {
+        self.0.set_sleeping(on)
+    }
+}
+
+/// Waiting for room for a frame of `.1` payload bytes in a producer.
+pub(crate) struct RoomFor<'a>(pub(crate) &'a mut crate::ring::Producer, pub(crate) usize);
+
+impl Waitable for RoomFor<'_> {
+    fn ready(&mut self) -> Result<bool, crate::Error> {
+        Ok(self.0.has_room(self.1)? || self.0.peer_closed())
+    }
+    fn announce(&mut self, on: bool) {
+        self.0.set_sleeping(on)
+    }
+}
+
+/// Runs the spin → park protocol until `w.ready()` says yes, the deadline (`None` = never)
+/// passes, or the peer is gone.
+pub(crate) fn wait_until(
+    strategy: WaitStrategy,
+    deadline: Option<Instant>,
+    parker: &impl Parker,
+    w: &mut impl Waitable,
+) -> Result<WaitOutcome, crate::Error> {
+    let mut ready = || w.ready();
+    let budget = match strategy {
+        WaitStrategy::Spin => None,
+        WaitStrategy::SpinThenPark { spin } => Some(spin),
+        WaitStrategy::Park => Some(Duration::ZERO),
+    };
+    if budget != Some(Duration::ZERO) {
+        let start = (budget.is_some() || deadline.is_some()).then(Instant::now);
+        let mut i: u32 = 0;
+        loop {
+            if ready()? {
+                return Ok(WaitOutcome::Ready);
+            }
+            spin_hint();
+            i = i.wrapping_add(1);
+            if i % 64 == 0 {
+                if let Some(start) = start {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return Ok(WaitOutcome::TimedOut);
+                    }
+                    if budget.is_some_and(|b| now.duration_since(start) >= b) {
+                        break;
+                    }
+                }
+                if budget.is_none() && i % SPINS_PER_PROBE == 0 && parker.peer_gone()? {
+                    return Ok(if ready()? {
+                        WaitOutcome::Ready
+                    } else {
+                        WaitOutcome::PeerGone
+                    });
+                }
+            }
+        }
+    }
+    drop(ready);
+    loop {
+        w.announce(true);
+        // SeqCst fence: orders the flag store above before the re-check below. Pairs with the
+        // notifier's fence in `Producer::publish` / `Consumer::check_producer_sleeping`.
+        fence(Ordering::SeqCst);
+        if w.ready()? {
+            w.announce(false);
+            return Ok(WaitOutcome::Ready);
+        }
+        let parked = parker.park(deadline)?;
+        w.announce(false);
+        match parked {
+            Parked::Woken => {
+                if w.ready()? {
+                    return Ok(WaitOutcome::Ready);
+                }
+            }
+            Parked::TimedOut => {
+                return Ok(if w.ready()? {
+                    WaitOutcome::Ready
+                } else {
+                    WaitOutcome::TimedOut
+                })
+            }
+            Parked::PeerGone => {
+                return Ok(if w.ready()? {
+                    WaitOutcome::Ready
+                } else {
+                    WaitOutcome::PeerGone
+                })
+            }
+        }
+    }
+}
+
+/// Parks on an eventfd doorbell while watching a control socket for the peer's hang-up.
+pub(crate) struct BellParker<'a> {
+    pub(crate) bell: &'a Bell,
+    pub(crate) ctrl: BorrowedFd<'a>,
+}
+
+impl Parker for BellParker<'_> {
+    fn park(&self, deadline: Option<Instant>) -> io::Result<Parked> {
+        use std::os::fd::AsFd;
+        loop {
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Parked::TimedOut);
+                    }
+                    Some(left)
+                }
+            };
+            let [b, c] = sys::poll_fds(
+                &[
+                    (self.bell.as_fd(), nix::poll::PollFlags::POLLIN),
+                    (self.ctrl, sys::HANGUP_EVENTS),
+                ],
+                timeout,
+            )?;
+            if b.readable {
+                self.bell.drain()?;
+                return Ok(Parked::Woken);
+            }
+            if c.hangup {
+                return Ok(Parked::PeerGone);
+            }
+        }
+    }
+
+    fn peer_gone(&self) -> io::Result<bool> {
+        sys::peer_hung_up(self.ctrl)
+    }
+}
