@@ -354,6 +354,23 @@ impl RawSender {
         Ok(())
     }
 
+    /// Sends one message of exactly `len` bytes written in place by `write`, which gets the
+    /// reserved ring space (for messages up to [`max_frame`](RawSender::max_frame); larger
+    /// ones are written into a scratch buffer and fragmented). Nothing is visible to the
+    /// receiver until `write` returns, so a writer that dies inside `write` leaves no
+    /// half-written frame behind.
+    pub fn send_in_place(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<(), Error> {
+        self.send_with(len, Deadline::Never, true, |buf| {
+            write(buf);
+            Ok(len)
+        })
+        .map_err(fail_to_error)
+    }
+
     /// Sends `bytes` as one message, waiting for room as the wait strategy says.
     pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.send_with(bytes.len(), Deadline::Never, true, |buf| {

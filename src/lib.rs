@@ -117,7 +117,7 @@ pub use error::{
 };
 pub use link::{
     bind_unix, open_link, open_segment, recv_control, send_control, AccessPolicy, Link,
-    LinkConfig, LinkListener, LinkSegment, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY,
+    LinkConfig, LinkHandshake, LinkListener, LinkSegment, HELLO_MAGIC, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY,
     MAX_CONTROL_MESSAGE,
 };
 pub use wait::WaitStrategy;

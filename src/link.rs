@@ -139,6 +139,16 @@ impl LinkSegment {
         })
     }
 
+    /// The creator's mapping of the segment (for diagnostics and hostile-peer drills).
+    pub fn mapping(&self) -> Arc<Mapping> {
+        self.map.clone()
+    }
+
+    /// Where the two rings lie in the segment (ring 0: creator → opener).
+    pub fn rings(&self) -> [RingDesc; 2] {
+        self.descs
+    }
+
     /// The five fds to send to the opener, in order: memfd, then the four bells.
     pub fn fds(&self) -> [BorrowedFd<'_>; 5] {
         [
@@ -351,23 +361,34 @@ pub fn recv_control<T: DeserializeOwned>(
     Ok(Some((codec::decode(&body)?, fds)))
 }
 
-/// The plain link handshake (the hub has its own, richer one).
+/// The plain link handshake of [`LinkListener`] / [`Link::connect`], sent with
+/// [`send_control`] (the hub has its own, richer one). Public so that tools and tests can play
+/// either side by hand.
 #[derive(Serialize, Deserialize, Debug)]
-enum LinkHandshake {
+pub enum LinkHandshake {
+    /// Connector → listener.
     Hello {
+        /// [`HELLO_MAGIC`].
         magic: u64,
+        /// [`layout::LAYOUT_VERSION`].
         version: u32,
     },
+    /// Listener → connector, with the 5 fds of [`LinkSegment::fds`] attached.
     Welcome {
+        /// [`layout::LAYOUT_VERSION`].
         version: u32,
+        /// The listener's `max_message`.
         max_message: u64,
     },
+    /// Listener → connector: not accepted.
     Refused {
+        /// Why.
         reason: String,
     },
 }
 
-const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSH1");
+/// Magic of [`LinkHandshake::Hello`].
+pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSH1");
 
 // ---------------------------------------------------------------------------------------------
 // Link

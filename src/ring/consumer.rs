@@ -18,7 +18,7 @@ pub struct Frame {
 
 /// The consumer half of an SPSC byte ring.
 pub struct Consumer {
-    ring: RingRef,
+    pub(super) ring: RingRef,
     /// Bytes consumed so far. Our own copy: the shared `head` is only ever stored to.
     /// Invariant: `head <= cached_tail <= head + cap`.
     head: u64,

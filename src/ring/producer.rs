@@ -10,7 +10,7 @@ use crate::sync::{fence, Ordering};
 /// [`commit`](Producer::commit) it as a frame, and [`publish`](Producer::publish) every
 /// committed frame at once. `publish` says whether the consumer sleeps and must be woken.
 pub struct Producer {
-    ring: RingRef,
+    pub(super) ring: RingRef,
     /// Bytes written so far, including committed but unpublished frames. Our own copy: the
     /// shared `tail` is only ever stored to, never trusted back.
     /// Invariant: `cached_head <= published <= tail <= cached_head + cap`.
