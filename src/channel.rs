@@ -393,7 +393,7 @@ impl RawSender {
     }
 }
 
-fn fail_to_error(f: Fail) -> Error {
+pub(crate) fn fail_to_error(f: Fail) -> Error {
     match f {
         Fail::Error(e) => e,
         Fail::NotNow | Fail::Timeout => Error::Io(std::io::ErrorKind::TimedOut.into()),

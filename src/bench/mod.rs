@@ -1,1 +1,500 @@
-//! Benchmarks (`shmbus bench`).
+//! The measuring tools behind `shmbus bench` and the criterion benches.
+//!
+//! Every transport runs between two processes: this one (the measuring side) and a peer it
+//! starts by re-executing its own binary with `SHMBUS_BENCH_PEER` in the environment. A binary
+//! that wants to host benchmarks calls [`maybe_run_peer`] first thing in `main`.
+//!
+//! Both sides really write and really read every payload byte: the sender copies the payload
+//! into the transport, the receiver sums it (64-bit words) and the measuring side checks the
+//! sum of every reply.
+//!
+//! * **ring**: a [`Link`](crate::Link), bincode frames encoded into the ring and decoded in
+//!   place.
+//! * **uds**: a Unix stream socket carrying the same bincode frames, each behind the same
+//!   8-byte frame header the ring uses.
+//! * **atomic**: the floor: one cache line each way in shared memory, spun on.
+//! * **eventfd**: the wake-up floor: a blocking eventfd each way, payload in shared memory.
+
+mod floor;
+mod ring;
+mod uds;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wait::WaitStrategy;
+use crate::Error;
+
+/// Environment variable that turns a process into a benchmark peer.
+pub const PEER_ENV: &str = "SHMBUS_BENCH_PEER";
+
+/// What to measure over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A shmbus link.
+    Ring,
+    /// A Unix stream socket with the same bincode framing.
+    Uds,
+    /// Bare cache-line ping-pong through shared memory (the floor).
+    Atomic,
+    /// Bare blocking eventfd ping-pong (the wake-up floor).
+    Eventfd,
+}
+
+impl Transport {
+    /// Name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ring => "ring",
+            Transport::Uds => "uds",
+            Transport::Atomic => "atomic",
+            Transport::Eventfd => "eventfd",
+        }
+    }
+
+    /// All transports.
+    pub const ALL: [Transport; 4] = [
+        Transport::Ring,
+        Transport::Uds,
+        Transport::Atomic,
+        Transport::Eventfd,
+    ];
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Transport::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown transport {s:?} (ring, uds, atomic, eventfd)"))
+    }
+}
+
+/// Benchmark settings.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// Transport.
+    pub transport: Transport,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Measured round trips (or messages, with `throughput`).
+    pub iters: u64,
+    /// How the ring waits (ring only).
+    pub wait: WaitStrategy,
+    /// Pin the two sides to different CPUs (0 and 1).
+    pub pin: bool,
+    /// One-way streaming instead of ping-pong.
+    pub throughput: bool,
+    /// Ring capacity (ring only); `None` = big enough that a message is one frame.
+    pub ring_capacity: Option<u64>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            transport: Transport::Ring,
+            size: 64,
+            iters: 100_000,
+            wait: WaitStrategy::Spin,
+            pin: false,
+            throughput: false,
+            ring_capacity: None,
+        }
+    }
+}
+
+impl Opts {
+    /// The ring capacity used: the configured one, or the smallest power of two ≥ 1 MiB that
+    /// holds four messages, so that a message is one frame, read in place.
+    pub fn ring_capacity(&self) -> u64 {
+        self.ring_capacity.unwrap_or_else(|| {
+            ((self.size as u64 + 64) * 4)
+                .next_power_of_two()
+                .max(1 << 20)
+        })
+    }
+
+    /// Name of the wait mode for reports.
+    pub fn wait_name(&self) -> &'static str {
+        match self.transport {
+            Transport::Ring => self.wait.name(),
+            Transport::Uds => "block",
+            Transport::Atomic => "spin",
+            Transport::Eventfd => "park",
+        }
+    }
+
+    fn to_env(&self, socket: &std::path::Path) -> String {
+        format!(
+            "transport={};size={};wait={};pin={};ring={};socket={}",
+            self.transport.name(),
+            self.size,
+            match self.wait {
+                WaitStrategy::Spin => "spin".to_string(),
+                WaitStrategy::Park => "park".to_string(),
+                WaitStrategy::SpinThenPark { spin } =>
+                    format!("spin-then-park:{}", spin.as_micros()),
+            },
+            self.pin as u8,
+            self.ring_capacity(),
+            socket.display()
+        )
+    }
+
+    fn from_env(s: &str) -> Result<(Opts, PathBuf), String> {
+        let mut o = Opts::default();
+        let mut socket = None;
+        for kv in s.split(';') {
+            let (k, v) = kv.split_once('=').ok_or("bad peer spec")?;
+            match k {
+                "transport" => o.transport = v.parse()?,
+                "size" => o.size = v.parse().map_err(|e| format!("{e}"))?,
+                "wait" => o.wait = v.parse()?,
+                "pin" => o.pin = v == "1",
+                "ring" => o.ring_capacity = Some(v.parse().map_err(|e| format!("{e}"))?),
+                "socket" => socket = Some(PathBuf::from(v)),
+                _ => return Err(format!("unknown peer option {k}")),
+            }
+        }
+        Ok((o, socket.ok_or("peer spec without socket")?))
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Transport name.
+    pub transport: String,
+    /// Wait mode name.
+    pub wait: String,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Measured round trips or messages.
+    pub iters: u64,
+    /// Round-trip latency percentiles in ns (`None` in throughput mode).
+    pub p50_ns: Option<u64>,
+    /// 99th percentile.
+    pub p99_ns: Option<u64>,
+    /// 99.9th percentile.
+    pub p999_ns: Option<u64>,
+    /// Slowest round trip.
+    pub max_ns: Option<u64>,
+    /// Round trips per second (ping-pong) or one-way messages per second (throughput).
+    pub msgs_per_s: f64,
+    /// Payload bytes per second in one direction.
+    pub bytes_per_s: f64,
+}
+
+impl Report {
+    fn from_samples(o: &Opts, mut samples: Vec<u64>, total: Duration) -> Report {
+        samples.sort_unstable();
+        let pct = |q: f64| -> Option<u64> {
+            if samples.is_empty() {
+                return None;
+            }
+            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+            Some(samples[i])
+        };
+        let n = samples.len() as f64;
+        let rate = n / total.as_secs_f64();
+        Report {
+            transport: o.transport.name().into(),
+            wait: o.wait_name().into(),
+            size: o.size,
+            iters: samples.len() as u64,
+            p50_ns: pct(0.50),
+            p99_ns: pct(0.99),
+            p999_ns: pct(0.999),
+            max_ns: samples.last().copied(),
+            msgs_per_s: rate,
+            bytes_per_s: rate * o.size as f64,
+        }
+    }
+
+    fn from_stream(o: &Opts, n: u64, total: Duration) -> Report {
+        let rate = n as f64 / total.as_secs_f64();
+        Report {
+            transport: o.transport.name().into(),
+            wait: o.wait_name().into(),
+            size: o.size,
+            iters: n,
+            p50_ns: None,
+            p99_ns: None,
+            p999_ns: None,
+            max_ns: None,
+            msgs_per_s: rate,
+            bytes_per_s: rate * o.size as f64,
+        }
+    }
+
+    /// The one-line JSON form.
+    pub fn to_json(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        format!(
+            "{{\"transport\":\"{}\",\"wait\":\"{}\",\"size\":{},\"iters\":{},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"msgs_per_s\":{:.1},\"bytes_per_s\":{:.1}}}",
+            self.transport,
+            self.wait,
+            self.size,
+            self.iters,
+            opt(self.p50_ns),
+            opt(self.p99_ns),
+            opt(self.p999_ns),
+            opt(self.max_ns),
+            self.msgs_per_s,
+            self.bytes_per_s
+        )
+    }
+
+    /// A readable table.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        let us = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.3}", v as f64 / 1e3));
+        let _ = writeln!(
+            s,
+            "transport {}  wait {}  size {} B  iters {}",
+            self.transport, self.wait, self.size, self.iters
+        );
+        let _ = writeln!(
+            s,
+            "  round trip µs   p50 {}   p99 {}   p99.9 {}   max {}",
+            us(self.p50_ns),
+            us(self.p99_ns),
+            us(self.p999_ns),
+            us(self.max_ns)
+        );
+        let _ = writeln!(
+            s,
+            "  rate            {:.0} msgs/s   {:.3} GiB/s",
+            self.msgs_per_s,
+            self.bytes_per_s / (1u64 << 30) as f64
+        );
+        s
+    }
+}
+
+/// Sum of the payload as little-endian u64 words plus the tail bytes: cheap, vectorisable,
+/// and it touches every byte.
+#[inline]
+pub fn checksum(b: &[u8]) -> u64 {
+    let mut chunks = b.chunks_exact(8);
+    let mut s = 0u64;
+    for c in &mut chunks {
+        s = s.wrapping_add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+    }
+    for &x in chunks.remainder() {
+        s = s.wrapping_add(x as u64);
+    }
+    s
+}
+
+/// A deterministic payload of `size` bytes.
+pub fn payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect()
+}
+
+/// The message both the ring and the UDS transport carry (bincode-encoded).
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) enum BenchMsg<'a> {
+    /// Ping: echo these bytes back.
+    Echo(#[serde(borrow, with = "bytes")] &'a [u8]),
+    /// Stream `n` messages of `size` bytes to me, then `Done`.
+    Stream { n: u64, size: u32 },
+    /// One streamed message.
+    Data(#[serde(borrow, with = "bytes")] &'a [u8]),
+    /// End of a stream, with the sum of all checksums sent.
+    Done(u64),
+}
+
+/// serde helper: `&[u8]` as bincode bytes (one length + raw bytes), borrowed on decode.
+mod bytes {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
+        <&'de [u8] as serde::Deserialize>::deserialize(d)
+    }
+}
+
+/// A running peer plus the measuring side's end of the transport.
+pub struct Session {
+    inner: SessionKind,
+    opts: Opts,
+    child: Child,
+    _dir: TempDir,
+}
+
+enum SessionKind {
+    Ring(ring::RingSide),
+    Uds(uds::UdsSide),
+    Floor(floor::FloorSide),
+}
+
+impl Session {
+    /// Starts the peer process and connects to it.
+    pub fn start(opts: &Opts) -> Result<Session, Error> {
+        if opts.throughput && opts.transport == Transport::Eventfd {
+            return Err(Error::Handshake(
+                "eventfd is a wake-up floor: counts coalesce, so one-way streaming has no \
+                 meaning on it (use ring --wait park --throughput)"
+                    .into(),
+            ));
+        }
+        let dir = TempDir::new()?;
+        let socket = dir.0.join("bench.sock");
+        let spawn = |opts: &Opts| -> Result<Child, Error> {
+            let exe = std::env::current_exe()?;
+            Ok(Command::new(exe)
+                .env(PEER_ENV, opts.to_env(&socket))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()?)
+        };
+        if opts.pin {
+            crate::sys::pin_to_cpu(0)?;
+        }
+        let (inner, child) = match opts.transport {
+            Transport::Ring => {
+                let l = ring::listen(&socket, opts)?;
+                let child = spawn(opts)?;
+                (SessionKind::Ring(ring::accept(l, opts)?), child)
+            }
+            Transport::Uds => {
+                let l = crate::link::bind_unix(&socket)?;
+                let child = spawn(opts)?;
+                (SessionKind::Uds(uds::accept(l, opts)?), child)
+            }
+            Transport::Atomic | Transport::Eventfd => {
+                let l = crate::link::bind_unix(&socket)?;
+                let child = spawn(opts)?;
+                (SessionKind::Floor(floor::accept(l, opts)?), child)
+            }
+        };
+        Ok(Session {
+            inner,
+            opts: opts.clone(),
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Runs `n` round trips; returns each one's duration in ns.
+    pub fn roundtrips(&mut self, n: u64) -> Result<Vec<u64>, Error> {
+        match &mut self.inner {
+            SessionKind::Ring(s) => s.roundtrips(n),
+            SessionKind::Uds(s) => s.roundtrips(n),
+            SessionKind::Floor(s) => s.roundtrips(n),
+        }
+    }
+
+    /// Has the peer stream `n` messages one way; returns the time from the request to the
+    /// last message received and checked.
+    pub fn stream(&mut self, n: u64) -> Result<Duration, Error> {
+        match &mut self.inner {
+            SessionKind::Ring(s) => s.stream(n),
+            SessionKind::Uds(s) => s.stream(n),
+            SessionKind::Floor(s) => s.stream(n),
+        }
+    }
+
+    /// The options this session runs with.
+    pub fn opts(&self) -> &Opts {
+        &self.opts
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Closing our end makes the peer exit; make sure it does.
+        let inner = std::mem::replace(&mut self.inner, SessionKind::Floor(floor::FloorSide::dead()));
+        drop(inner);
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs one benchmark: starts the peer, warms up, measures.
+pub fn run(opts: &Opts) -> Result<Report, Error> {
+    let mut s = Session::start(opts)?;
+    let warm = (opts.iters / 10).clamp(100, 50_000);
+    if opts.throughput {
+        s.stream(warm)?;
+        let t = s.stream(opts.iters)?;
+        Ok(Report::from_stream(opts, opts.iters, t))
+    } else {
+        s.roundtrips(warm)?;
+        let t0 = std::time::Instant::now();
+        let samples = s.roundtrips(opts.iters)?;
+        let total = t0.elapsed();
+        Ok(Report::from_samples(opts, samples, total))
+    }
+}
+
+/// If this process was started as a benchmark peer, runs the peer and exits. Call it first
+/// thing in `main` of any binary that runs [`Session`]s.
+pub fn maybe_run_peer() {
+    let Ok(spec) = std::env::var(PEER_ENV) else {
+        return;
+    };
+    let code = match Opts::from_env(&spec) {
+        Ok((o, socket)) => match run_peer(&o, &socket) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bench peer: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("bench peer: bad {PEER_ENV}: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_peer(o: &Opts, socket: &std::path::Path) -> Result<(), Error> {
+    if o.pin && crate::sys::cpus_allowed() > 1 {
+        crate::sys::pin_to_cpu(1)?;
+    }
+    match o.transport {
+        Transport::Ring => ring::peer(o, socket),
+        Transport::Uds => uds::peer(o, socket),
+        Transport::Atomic | Transport::Eventfd => floor::peer(o, socket),
+    }
+}
+
+/// A private 0700 temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir, Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("shmbus-bench-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::DirBuilder::new().mode(0o700).create(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mismatch(what: &str) -> Error {
+    Error::Corrupt(format!("benchmark check failed: {what}"))
+}

@@ -214,6 +214,36 @@ impl AsFd for Bell {
     }
 }
 
+/// A blocking eventfd (for the eventfd floor benchmark: one `read` per wake-up, no poll).
+pub fn eventfd_blocking() -> io::Result<OwnedFd> {
+    let e = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).map_err(errno)?;
+    e.as_fd().try_clone_to_owned()
+}
+
+/// Blocking read of an eventfd (resets its count). Retries on EINTR.
+pub fn eventfd_read(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    loop {
+        match nix::unistd::read(fd, &mut b) {
+            Ok(8) => return Ok(u64::from_ne_bytes(b)),
+            Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "short eventfd read")),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// Adds 1 to an eventfd's count.
+pub fn eventfd_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        match nix::unistd::write(fd, &1u64.to_ne_bytes()) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // poll
 // ---------------------------------------------------------------------------------------------
