@@ -301,7 +301,9 @@ impl RawSender {
             if n == size {
                 Ok(())
             } else {
-                Err(Error::Encode(format!("wrote {n} of {size} announced bytes")))
+                Err(Error::Encode(format!(
+                    "wrote {n} of {size} announced bytes"
+                )))
             }
         });
         let res = match res {

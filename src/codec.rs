@@ -9,7 +9,7 @@
 //! hard limit bounds any allocation a hostile length prefix could ask for, and trailing bytes
 //! after a value are an error.
 
-use bincode::config::{Configuration, LittleEndian, Limit, Varint};
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::Error;

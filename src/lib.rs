@@ -116,8 +116,8 @@ pub use error::{
     Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use link::{
-    bind_unix, open_link, open_segment, recv_control, send_control, AccessPolicy, Link,
-    LinkConfig, LinkHandshake, LinkListener, LinkSegment, HELLO_MAGIC, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY,
-    MAX_CONTROL_MESSAGE,
+    bind_unix, open_link, open_segment, recv_control, send_control, AccessPolicy, Link, LinkConfig,
+    LinkHandshake, LinkListener, LinkSegment, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY,
+    HELLO_MAGIC, MAX_CONTROL_MESSAGE,
 };
 pub use wait::WaitStrategy;

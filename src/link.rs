@@ -22,8 +22,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::channel::{RawReceiver, RawSender, Receiver, Sender};
 use crate::ring::layout::{
-    self, RingDesc, RingHeader, SegmentHeader, LAYOUT_VERSION, RING_HEADER_SIZE, SEGMENT_HEADER_SIZE,
-    SEGMENT_MAGIC,
+    self, RingDesc, RingHeader, SegmentHeader, LAYOUT_VERSION, RING_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
 };
 use crate::ring::{Consumer, Keepalive, Producer, RingRef};
 use crate::sync::Ordering;
@@ -163,7 +163,14 @@ impl LinkSegment {
     /// The creator's end of the link, over `ctrl`.
     pub fn into_link(self, ctrl: UnixStream, cfg: &LinkConfig) -> Result<Link, Error> {
         let [d0, s0, d1, s1] = self.bells;
-        build_link(&self.map, self.descs, Side::Creator, [d0, s0, d1, s1], ctrl, cfg)
+        build_link(
+            &self.map,
+            self.descs,
+            Side::Creator,
+            [d0, s0, d1, s1],
+            ctrl,
+            cfg,
+        )
     }
 }
 
@@ -292,7 +299,9 @@ pub fn open_link(fds: Vec<OwnedFd>, ctrl: UnixStream, cfg: &LinkConfig) -> Resul
     for fd in it {
         bells.push(Bell::from_fd(fd)?);
     }
-    let bells: [Bell; 4] = bells.try_into().map_err(|_| Error::Handshake("bells".into()))?;
+    let bells: [Bell; 4] = bells
+        .try_into()
+        .map_err(|_| Error::Handshake("bells".into()))?;
     build_link(&map, descs, Side::Opener, bells, ctrl, cfg)
 }
 
@@ -452,7 +461,9 @@ impl Link {
             LinkHandshake::Welcome { version, .. } => Err(Error::Handshake(format!(
                 "listener speaks layout version {version}, we speak {LAYOUT_VERSION}"
             ))),
-            LinkHandshake::Refused { reason } => Err(Error::Handshake(format!("refused: {reason}"))),
+            LinkHandshake::Refused { reason } => {
+                Err(Error::Handshake(format!("refused: {reason}")))
+            }
             LinkHandshake::Hello { .. } => Err(Error::Handshake("unexpected hello".into())),
         }
     }
@@ -556,7 +567,13 @@ impl LinkListener {
         let cred = sys::peer_cred(&sock)?;
         if !self.policy.allows(sys::euid(), &cred) {
             let reason = format!("uid {} is not allowed", cred.uid);
-            let _ = send_control(&sock, &LinkHandshake::Refused { reason: reason.clone() }, &[]);
+            let _ = send_control(
+                &sock,
+                &LinkHandshake::Refused {
+                    reason: reason.clone(),
+                },
+                &[],
+            );
             return Err(Error::Handshake(reason));
         }
         match recv_control::<LinkHandshake>(&sock)? {
@@ -564,7 +581,13 @@ impl LinkListener {
                 if magic == HELLO_MAGIC && version == LAYOUT_VERSION => {}
             Some(_) => {
                 let reason = "malformed hello".to_string();
-                let _ = send_control(&sock, &LinkHandshake::Refused { reason: reason.clone() }, &[]);
+                let _ = send_control(
+                    &sock,
+                    &LinkHandshake::Refused {
+                        reason: reason.clone(),
+                    },
+                    &[],
+                );
                 return Err(Error::Handshake(reason));
             }
             None => return Err(Error::Handshake("peer left before hello".into())),

@@ -1,7 +1,7 @@
 //! Loom models of the ring + doorbell wake-up protocol, run against the real code.
 //!
 //! ```text
-//! RUSTFLAGS="--cfg shmbus_loom" LOOM_MAX_PREEMPTIONS=3 \
+//! RUSTFLAGS="--cfg shmbus_loom" LOOM_MAX_PREEMPTIONS=4 \
 //!     cargo test --lib --release --target-dir target/loom loom_tests
 //! ```
 //! (`.ci/loom.sh` runs exactly this.)
@@ -35,7 +35,7 @@ use crate::ring::{heap_ring, Consumer, Frame, Producer};
 use crate::wait::{wait_until, DataIn, Parked, Parker, RoomFor, WaitOutcome, WaitStrategy};
 
 /// Default preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
-const PREEMPTIONS: usize = 3;
+const PREEMPTIONS: usize = 4;
 
 /// Runs `f` under loom with a bounded number of preemptions, and reports (on stderr, seen
 /// with `--nocapture`) how many interleavings were explored.
@@ -85,7 +85,10 @@ impl LoomBell {
 
 impl Parker for LoomBell {
     fn park(&self, deadline: Option<Instant>) -> io::Result<Parked> {
-        assert!(deadline.is_none(), "loom has no clock: models wait without deadline");
+        assert!(
+            deadline.is_none(),
+            "loom has no clock: models wait without deadline"
+        );
         let mut rung = self.rung.lock().unwrap();
         while !*rung {
             rung = self.cv.wait(rung).unwrap();
@@ -127,7 +130,10 @@ fn try_write(prod: &mut Producer, seq: usize, len: usize) -> bool {
 /// Checks that `f` is frame `seq` of `lens`, whole.
 fn check_frame(cons: &Consumer, f: &Frame, seq: usize, lens: &[usize]) {
     assert_eq!(f.kind, kind::MSG, "frame {seq}: kind");
-    assert_eq!(f.len, lens[seq], "frame {seq}: length (lost or reordered frame?)");
+    assert_eq!(
+        f.len, lens[seq],
+        "frame {seq}: length (lost or reordered frame?)"
+    );
     let data = cons.payload(f);
     for (j, &b) in data.iter().enumerate() {
         assert_eq!(b, pattern(seq, j), "frame {seq}: byte {j} torn");
@@ -162,7 +168,10 @@ fn data_model(ring_data_bell: bool) {
         let bell = bell.clone();
         thread::spawn(move || {
             for (seq, &len) in DATA_LENS.iter().enumerate() {
-                assert!(try_write(&mut prod, seq, len), "the data model never fills the ring");
+                assert!(
+                    try_write(&mut prod, seq, len),
+                    "the data model never fills the ring"
+                );
                 if prod.publish() && ring_data_bell {
                     bell.ring();
                 }

@@ -49,7 +49,10 @@ fn try_send_full_hands_the_message_back_and_send_timeout_gives_up() {
         }
     };
     assert_eq!(back, msg, "Full hands the message back");
-    assert!(sent >= 3, "a 4 KiB ring holds a few 1 KB messages, got {sent}");
+    assert!(
+        sent >= 3,
+        "a 4 KiB ring holds a few 1 KB messages, got {sent}"
+    );
     let t0 = Instant::now();
     match tx.send_timeout(msg.clone(), Duration::from_millis(50)) {
         Err(SendTimeoutError::Timeout(m)) => assert_eq!(m, msg),
@@ -58,13 +61,18 @@ fn try_send_full_hands_the_message_back_and_send_timeout_gives_up() {
     assert!(t0.elapsed() >= Duration::from_millis(50));
     // Draining one makes room again.
     assert_eq!(rx.recv().unwrap(), msg);
-    tx.send_timeout(msg.clone(), Duration::from_secs(5)).unwrap();
+    tx.send_timeout(msg.clone(), Duration::from_secs(5))
+        .unwrap();
 }
 
 #[test]
 fn recv_timeout_times_out() {
     let _w = util::watchdog("recv_timeout_times_out", 30);
-    for wait in [WaitStrategy::Park, WaitStrategy::default(), WaitStrategy::Spin] {
+    for wait in [
+        WaitStrategy::Park,
+        WaitStrategy::default(),
+        WaitStrategy::Spin,
+    ] {
         let (a, b) = Link::pair_with(&small(wait)).unwrap();
         let (_tx, _arx) = a.into_channel::<u8, u8>();
         let (_btx, mut rx) = b.into_channel::<u8, u8>();
@@ -228,11 +236,17 @@ fn recv_view_borrows_from_the_ring_and_recv_ref_decodes_in_place() {
             )
         })
         .unwrap();
-    assert_eq!((ch.as_str(), txt.as_str(), blob.as_slice()), ("#rust", "zero copy", &[1u8, 2, 3, 4][..]));
+    assert_eq!(
+        (ch.as_str(), txt.as_str(), blob.as_slice()),
+        ("#rust", "zero copy", &[1u8, 2, 3, 4][..])
+    );
     // The borrowed str pointed into the shared ring, not into a heap copy: its address lies
     // in the same region as the raw bytes of the next message.
     let ring_addr = rx.recv_bytes(|b| b.as_ptr() as usize).unwrap();
-    assert!(addr.abs_diff(ring_addr) < 4096, "view pointed at {addr:#x}, ring at {ring_addr:#x}");
+    assert!(
+        addr.abs_diff(ring_addr) < 4096,
+        "view pointed at {addr:#x}, ring at {ring_addr:#x}"
+    );
     tx.send_ref(&msg).unwrap();
     assert!(rx.recv_ref(|c| c == &msg).unwrap());
 }
@@ -246,7 +260,10 @@ fn decode_error_consumes_that_message_only() {
     let (_btx, mut rx) = b.into_channel::<(), String>();
     atx.send_bytes(&[5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]).unwrap(); // invalid UTF-8
     atx.send_bytes(&[2, b'o', b'k']).unwrap();
-    assert!(matches!(rx.recv(), Err(RecvError::Failed(Error::Decode(_)))));
+    assert!(matches!(
+        rx.recv(),
+        Err(RecvError::Failed(Error::Decode(_)))
+    ));
     assert_eq!(rx.recv().unwrap(), "ok");
 }
 
@@ -259,7 +276,10 @@ fn feed_and_flush_batch() {
     for i in 0..100 {
         tx.feed(&i).unwrap();
     }
-    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)), "not published yet");
+    assert!(
+        matches!(rx.try_recv(), Err(TryRecvError::Empty)),
+        "not published yet"
+    );
     tx.flush().unwrap();
     for i in 0..100 {
         assert_eq!(rx.recv().unwrap(), i);

@@ -38,7 +38,10 @@ fn roundtrip(c: &mut Criterion) {
     for (name, base) in variants() {
         let mut g = c.benchmark_group(format!("roundtrip/{name}"));
         for size in SIZES {
-            let opts = Opts { size, ..base.clone() };
+            let opts = Opts {
+                size,
+                ..base.clone()
+            };
             let mut s = Session::start(&opts).expect("start peer");
             g.throughput(Throughput::Bytes(size as u64));
             g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {

@@ -141,7 +141,10 @@ fn spin_until(sock: &UnixStream, mut f: impl FnMut() -> bool) -> Result<(), Erro
 
 pub(super) fn accept(l: UnixListener, o: &Opts) -> Result<FloorSide, Error> {
     let lay = Layout::new(o.size);
-    let fd = sys::memfd_sealed(&CString::new("shmbus-bench-floor").expect("no NUL"), lay.len)?;
+    let fd = sys::memfd_sealed(
+        &CString::new("shmbus-bench-floor").expect("no NUL"),
+        lay.len,
+    )?;
     let map = Arc::new(Mapping::map(fd.as_fd(), lay.len, true)?);
     let sh = Shared { map, l: lay };
     for i in 0..lay.slots as u64 {

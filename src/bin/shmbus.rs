@@ -8,7 +8,11 @@ use shmbus::bench::{self, Opts, Transport};
 use shmbus::WaitStrategy;
 
 #[derive(Parser)]
-#[command(name = "shmbus", version, about = "Shared-memory message bus for one Linux host")]
+#[command(
+    name = "shmbus",
+    version,
+    about = "Shared-memory message bus for one Linux host"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -18,6 +22,16 @@ struct Cli {
 enum Cmd {
     /// Measure a transport between two processes (round trips, or one-way with --throughput).
     Bench(BenchArgs),
+    /// Run the standard benchmark set in one invocation and print a markdown report with the
+    /// target ratios (ring/atomic, ring park/eventfd, uds/ring, streaming rates).
+    BenchSuite {
+        /// Round trips per latency run (streaming runs scale from it).
+        #[arg(long, default_value_t = 200_000)]
+        iters: u64,
+        /// Pin the two processes to CPUs 0 and 1.
+        #[arg(long)]
+        pin: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -76,5 +90,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::BenchSuite { iters, pin } => match bench::suite(iters, pin) {
+            Ok((_, md)) => {
+                print!("{md}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shmbus bench-suite: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -90,8 +90,7 @@ impl Consumer {
             // 8), and the producer published these bytes (`avail >= 8`). A volatile read: the
             // value is checked below and never re-read, whatever a hostile peer does to it.
             let word = unsafe { self.ring.at(pos).cast::<u64>().read_volatile() };
-            let (k, len) =
-                parse_frame_word(word).ok_or(RingError::Corrupt("bad frame header"))?;
+            let (k, len) = parse_frame_word(word).ok_or(RingError::Corrupt("bad frame header"))?;
             if k == kind::PAD {
                 let to_end = cap - pos;
                 if len as u64 != to_end - FRAME_HEADER || to_end > avail {
@@ -162,12 +161,7 @@ impl Consumer {
         // `set_sleeping(true)` and its re-check in `has_room`: either it sees our head, or we
         // see its flag.
         fence(Ordering::SeqCst);
-        self.ring
-            .hdr()
-            .producer
-            .sleeping
-            .load(Ordering::Relaxed)
-            != 0
+        self.ring.hdr().producer.sleeping.load(Ordering::Relaxed) != 0
     }
 
     /// Announces (or withdraws) that the consumer is about to block until data arrives.

@@ -56,7 +56,8 @@ pub struct RingHeader {
 
 /// Size of [`RingHeader`] in shared memory.
 pub const RING_HEADER_SIZE: u64 = 512;
-const _: () = assert!(std::mem::size_of::<RingHeader>() as u64 == RING_HEADER_SIZE || cfg!(shmbus_loom));
+const _: () =
+    assert!(std::mem::size_of::<RingHeader>() as u64 == RING_HEADER_SIZE || cfg!(shmbus_loom));
 
 /// Where one ring lives inside a segment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,8 +9,8 @@
 //! Neither side trusts the other: every index and frame header read from the ring is checked,
 //! and a bad value is a [`RingError::Corrupt`], never a read outside the ring.
 
-pub mod layout;
 mod consumer;
+pub mod layout;
 mod producer;
 
 use std::ptr::NonNull;
@@ -40,7 +40,10 @@ impl std::fmt::Display for RingError {
         match self {
             RingError::Corrupt(what) => write!(f, "ring corrupted by peer: {what}"),
             RingError::FrameTooLarge { len, max } => {
-                write!(f, "frame of {len} bytes exceeds the ring's frame limit of {max} bytes")
+                write!(
+                    f,
+                    "frame of {len} bytes exceeds the ring's frame limit of {max} bytes"
+                )
             }
         }
     }
@@ -176,12 +179,15 @@ impl Drop for HeapBlock {
 /// Builds a producer/consumer pair over a fresh heap ring of `cap` bytes (a power of two,
 /// at least 64).
 pub fn heap_ring(cap: u64) -> (Producer, Consumer) {
-    assert!(cap.is_power_of_two() && cap >= 64, "capacity must be a power of two >= 64");
+    assert!(
+        cap.is_power_of_two() && cap >= 64,
+        "capacity must be a power of two >= 64"
+    );
     let hsize = layout::RING_HEADER_SIZE
         .max(std::mem::size_of::<RingHeader>() as u64)
         .next_multiple_of(128);
-    let layout = std::alloc::Layout::from_size_align((hsize + cap) as usize, 128)
-        .expect("ring layout");
+    let layout =
+        std::alloc::Layout::from_size_align((hsize + cap) as usize, 128).expect("ring layout");
     // SAFETY: the layout has a non-zero size.
     let raw = unsafe { std::alloc::alloc_zeroed(layout) };
     let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));

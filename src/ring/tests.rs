@@ -47,14 +47,18 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
     p.publish();
     let f = c.peek().unwrap().unwrap();
     c.release(f); // head = 48
-    // 32 bytes to the end; a 48-byte frame must pad and wrap to 0.
+                  // 32 bytes to the end; a 48-byte frame must pad and wrap to 0.
     assert!(p.push(kind::MSG, &[2u8; 40]).unwrap());
     p.publish();
     let f = c.peek().unwrap().unwrap();
     assert_eq!(c.payload(&f), &a[..]);
     c.release(f);
     let f = c.peek().unwrap().unwrap();
-    assert_eq!(c.payload(&f), &[2u8; 40][..], "padding skipped, frame whole");
+    assert_eq!(
+        c.payload(&f),
+        &[2u8; 40][..],
+        "padding skipped, frame whole"
+    );
     c.release(f);
     assert_eq!(c.peek().unwrap(), None);
 }
@@ -80,7 +84,10 @@ fn corrupt_tail_is_an_error() {
     for bad in [1u64 << 40, 3, 256 + 8] {
         hdr.tail.store(bad, Ordering::Relaxed);
         let mut c2 = Consumer::new(c.ring.clone());
-        assert!(matches!(c2.peek(), Err(RingError::Corrupt(_))), "tail {bad}");
+        assert!(
+            matches!(c2.peek(), Err(RingError::Corrupt(_))),
+            "tail {bad}"
+        );
     }
     // A tail that goes backwards.
     hdr.tail.store(16, Ordering::Relaxed);
@@ -112,10 +119,10 @@ fn garbage_frames_are_errors_not_panics() {
     let words: &[u64] = &[
         0,
         u64::MAX,
-        layout::frame_word(kind::MSG, 1 << 20),  // longer than the ring's limit
-        layout::frame_word(kind::MSG, 40),       // longer than what was published
-        layout::frame_word(kind::PAD, 8),        // padding that does not reach the end
-        layout::frame_word(99, 0),               // unknown kind
+        layout::frame_word(kind::MSG, 1 << 20), // longer than the ring's limit
+        layout::frame_word(kind::MSG, 40),      // longer than what was published
+        layout::frame_word(kind::PAD, 8),       // padding that does not reach the end
+        layout::frame_word(99, 0),              // unknown kind
         layout::frame_word(kind::MSG, 0) | 1 << 45, // reserved bits set
     ];
     for &w in words {
@@ -125,7 +132,10 @@ fn garbage_frames_are_errors_not_panics() {
         // SAFETY: test-only: overwrite the published frame header (offset 0, 8-aligned,
         // inside the ring) while no one else touches it.
         unsafe { c.ring.at(0).cast::<u64>().write(w) };
-        assert!(matches!(c.peek(), Err(RingError::Corrupt(_))), "word {w:#x}");
+        assert!(
+            matches!(c.peek(), Err(RingError::Corrupt(_))),
+            "word {w:#x}"
+        );
     }
 }
 

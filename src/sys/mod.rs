@@ -40,8 +40,8 @@ const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
 /// The contents start zeroed. The size is sealed (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`),
 /// so whoever holds the fd can write the bytes but never resize the file.
 pub fn memfd_sealed(name: &CStr, len: usize) -> io::Result<OwnedFd> {
-    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-        .map_err(errno)?;
+    let fd =
+        memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(errno)?;
     let off = i64::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
     nix::unistd::ftruncate(&fd, off).map_err(errno)?;
@@ -226,7 +226,12 @@ pub fn eventfd_read(fd: BorrowedFd<'_>) -> io::Result<u64> {
     loop {
         match nix::unistd::read(fd, &mut b) {
             Ok(8) => return Ok(u64::from_ne_bytes(b)),
-            Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "short eventfd read")),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "short eventfd read",
+                ))
+            }
             Err(Errno::EINTR) => {}
             Err(e) => return Err(errno(e)),
         }
@@ -282,10 +287,7 @@ pub fn poll_fds<const N: usize>(
                     let r = p.revents().unwrap_or(PollFlags::empty());
                     o.readable = r.contains(PollFlags::POLLIN);
                     o.hangup = r.intersects(
-                        PollFlags::POLLHUP
-                            | POLLRDHUP
-                            | PollFlags::POLLERR
-                            | PollFlags::POLLNVAL,
+                        PollFlags::POLLHUP | POLLRDHUP | PollFlags::POLLERR | PollFlags::POLLNVAL,
                     );
                 }
                 return Ok(out);
@@ -327,13 +329,7 @@ pub fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) ->
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
     loop {
-        match sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(_) => {
                 return Err(io::Error::new(

@@ -49,10 +49,8 @@ impl TestDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "shmbus-test-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("shmbus-test-{name}-{}-{nanos}", std::process::id()));
         std::fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
         TestDir(p)
     }
