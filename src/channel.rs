@@ -356,6 +356,125 @@ impl RawSender {
         Ok(())
     }
 
+    /// Non-blocking single-frame send for event loops (the hub): writes the message in place
+    /// if it fits one frame and the ring has room now, without publishing. `Ok(false)` = no
+    /// room, or too big for one frame (queue it and use [`push_bytes`](RawSender::push_bytes)).
+    pub fn try_write_frame(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<bool, Error> {
+        if len > self.prod.max_payload() || self.abort_owed {
+            return Ok(false);
+        }
+        if let Some(e) = &self.broken {
+            return Err(e.duplicate());
+        }
+        if self.prod.peer_closed() {
+            return Err(Error::Disconnected);
+        }
+        match self.prod.reserve(len) {
+            Ok(Some(buf)) => {
+                let n = write(buf)?;
+                self.prod.commit(kind::MSG, n);
+                self.stats.messages += 1;
+                self.stats.bytes += n as u64;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                let e: Error = e.into();
+                self.broken = Some(e.duplicate());
+                Err(e)
+            }
+        }
+    }
+
+    /// Non-blocking send of an already encoded message, possibly in several calls: writes
+    /// what fits now (one frame, or as many fragments as fit), advancing `*sent` (start at 0).
+    /// Returns true once the whole message is in. Not published: call
+    /// [`flush`](RawSender::flush). The message must not exceed `max_message`.
+    pub fn push_bytes(&mut self, msg: &[u8], sent: &mut usize) -> Result<bool, Error> {
+        if let Some(e) = &self.broken {
+            return Err(e.duplicate());
+        }
+        if self.prod.peer_closed() {
+            return Err(Error::Disconnected);
+        }
+        if msg.len() > self.max_message {
+            return Err(Error::TooLarge {
+                size: msg.len(),
+                max: self.max_message,
+            });
+        }
+        let r = self.push_bytes_inner(msg, sent);
+        if let Err(e) = &r {
+            if matches!(e, Error::Corrupt(_)) {
+                self.broken = Some(e.duplicate());
+            }
+        }
+        r
+    }
+
+    fn push_bytes_inner(&mut self, msg: &[u8], sent: &mut usize) -> Result<bool, Error> {
+        if *sent == 0 && msg.len() <= self.prod.max_payload() {
+            if self.prod.push(kind::MSG, msg)? {
+                *sent = msg.len();
+                self.stats.messages += 1;
+                self.stats.bytes += msg.len() as u64;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        loop {
+            if *sent == 0 {
+                let first = (self.chunk - 8).min(msg.len());
+                match self.prod.reserve(8 + first)? {
+                    Some(buf) => {
+                        buf[..8].copy_from_slice(&(msg.len() as u64).to_le_bytes());
+                        buf[8..].copy_from_slice(&msg[..first]);
+                        self.prod.commit(kind::FIRST, 8 + first);
+                        *sent = first;
+                    }
+                    None => return Ok(false),
+                }
+                continue;
+            }
+            if *sent >= msg.len() {
+                self.stats.messages += 1;
+                self.stats.bytes += msg.len() as u64;
+                return Ok(true);
+            }
+            let n = self.chunk.min(msg.len() - *sent);
+            let k = if *sent + n == msg.len() {
+                kind::LAST
+            } else {
+                kind::MORE
+            };
+            if !self.prod.push(k, &msg[*sent..*sent + n])? {
+                return Ok(false);
+            }
+            *sent += n;
+        }
+    }
+
+    /// Announces that this sender waits for space (event loops that park on
+    /// [`space_doorbell`](RawSender::space_doorbell) themselves). Follow with a SeqCst fence
+    /// (the loop's) and a re-check.
+    pub fn set_waiting_for_space(&mut self, on: bool) {
+        self.prod.set_sleeping(on);
+    }
+
+    /// Whether a frame of `len` bytes fits now (re-reads the consumer's index).
+    pub fn has_room(&mut self, len: usize) -> Result<bool, Error> {
+        Ok(self.prod.has_room(len.min(self.prod.max_payload()))?)
+    }
+
+    /// The eventfd the consumer rings when it frees space while this sender waits.
+    pub fn space_doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.space_bell.as_fd()
+    }
+
     /// Sends one message of exactly `len` bytes written in place by `write`, which gets the
     /// reserved ring space (for messages up to [`max_frame`](RawSender::max_frame); larger
     /// ones are written into a scratch buffer and fragmented). Nothing is visible to the
@@ -412,6 +531,7 @@ impl Drop for RawSender {
 }
 
 /// A message that is ready at the consumer.
+#[derive(Clone, Copy)]
 enum Ready {
     /// In the ring, in place.
     Whole(Frame),
@@ -434,6 +554,8 @@ pub struct RawReceiver {
     assembling: Option<usize>,
     broken: Option<Error>,
     peer_gone: bool,
+    /// A message offered by `try_recv_maybe` and not consumed.
+    held: Option<Ready>,
     stats: Stats,
 }
 
@@ -457,6 +579,7 @@ impl RawReceiver {
             assembling: None,
             broken: None,
             peer_gone: false,
+            held: None,
             stats: Stats::default(),
         }
     }
@@ -584,6 +707,9 @@ impl RawReceiver {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, Fail> {
         loop {
+            if let Some(r) = self.held.take() {
+                return Ok(self.deliver(r, f)?);
+            }
             if let Some(r) = self.poll_ready()? {
                 return Ok(self.deliver(r, f)?);
             }
@@ -616,6 +742,58 @@ impl RawReceiver {
                 WaitOutcome::PeerGone => self.peer_gone = true,
             }
         }
+    }
+
+    /// Non-blocking receive for event loops (the hub): if a whole message is there, calls
+    /// `f` with it; the message is consumed only if `f` returns `(true, _)` — otherwise the
+    /// same message is offered again next time. `Ok(None)` = nothing whole yet.
+    pub fn try_recv_maybe<R>(
+        &mut self,
+        f: impl FnOnce(&[u8]) -> (bool, R),
+    ) -> Result<Option<R>, Error> {
+        let ready = match self.held.take() {
+            Some(r) => r,
+            None => match self.poll_ready()? {
+                Some(r) => r,
+                None => {
+                    if self.cons.peer_closed() && !self.cons.has_data()? {
+                        return Err(Error::Disconnected);
+                    }
+                    return Ok(None);
+                }
+            },
+        };
+        let (consume, out) = match &ready {
+            Ready::Whole(frame) => f(self.cons.payload(frame)),
+            Ready::Assembled => f(&self.assembly),
+        };
+        if consume {
+            self.deliver(ready, |_| ())?;
+        } else {
+            self.held = Some(ready);
+        }
+        Ok(Some(out))
+    }
+
+    /// Announces that this receiver's owner is about to park on
+    /// [`doorbell`](RawReceiver::doorbell) itself (event loops). Follow with a SeqCst fence
+    /// and a [`has_data`](RawReceiver::has_data) re-check before blocking.
+    pub fn set_waiting_for_data(&mut self, on: bool) {
+        self.cons.set_sleeping(on);
+    }
+
+    /// Whether anything is in the ring (re-reads the producer's index), or the peer closed.
+    pub fn has_data(&mut self) -> Result<bool, Error> {
+        Ok(self.held.is_some() || self.cons.has_data()? || self.cons.peer_closed())
+    }
+
+    /// Tells a producer that sleeps on a full ring about the space freed so far. Event loops
+    /// call this before they park.
+    pub fn notify_space(&mut self) -> Result<(), Error> {
+        if self.cons.check_producer_sleeping() {
+            self.space_bell.ring()?;
+        }
+        Ok(())
     }
 
     /// Receives one message, waiting as the wait strategy says, and calls `f` with its bytes.

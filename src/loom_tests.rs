@@ -46,7 +46,9 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
         b.preemption_bound = Some(PREEMPTIONS);
     }
     let bound = b.preemption_bound;
-    // A std atomic, outside the model: only counts executions.
+    // A std atomic, outside the model, that only counts executions. Relaxed everywhere: it
+    // pairs with nothing, as loom runs every execution as coroutines on this one OS thread and
+    // the count is read after `check` returns.
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = runs.clone();
     let start = Instant::now();

@@ -193,7 +193,6 @@ pub(crate) fn wait_until(
             }
         }
     }
-    drop(ready);
     loop {
         w.announce(true);
         // SeqCst fence: orders the flag store above before the re-check below. Pairs with the

@@ -331,7 +331,7 @@ pub struct Session {
 }
 
 enum SessionKind {
-    Ring(ring::RingSide),
+    Ring(Box<ring::RingSide>),
     Uds(uds::UdsSide),
     Floor(floor::FloorSide),
 }
@@ -364,7 +364,7 @@ impl Session {
             Transport::Ring => {
                 let l = ring::listen(&socket, opts)?;
                 let child = spawn(opts)?;
-                (SessionKind::Ring(ring::accept(l, opts)?), child)
+                (SessionKind::Ring(Box::new(ring::accept(l, opts)?)), child)
             }
             Transport::Uds => {
                 let l = crate::link::bind_unix(&socket)?;
@@ -621,7 +621,6 @@ pub fn suite(iters: u64, pin: bool) -> Result<(Vec<SuiteRow>, String), Error> {
             ..base.clone()
         },
     )?;
-    drop(go);
 
     let mut md = String::new();
     let us = |v: Option<u64>| v.map_or("–".into(), |v| format!("{:.2}", v as f64 / 1e3));

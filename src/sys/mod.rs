@@ -438,3 +438,79 @@ pub fn kill9(pid: i32) -> io::Result<()> {
     )
     .map_err(errno)
 }
+
+// ---------------------------------------------------------------------------------------------
+// epoll (the hub's event loop)
+// ---------------------------------------------------------------------------------------------
+
+/// An epoll instance: many fds, one wait.
+#[derive(Debug)]
+pub struct Poller(nix::sys::epoll::Epoll);
+
+/// One readiness report from [`Poller::wait`].
+#[derive(Clone, Copy, Debug)]
+pub struct PollEvent {
+    /// The token the fd was registered with.
+    pub token: u64,
+    /// Readable.
+    pub readable: bool,
+    /// Hung up / error.
+    pub hangup: bool,
+}
+
+impl Poller {
+    /// A new epoll fd (close-on-exec).
+    pub fn new() -> io::Result<Poller> {
+        nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
+            .map(Poller)
+            .map_err(errno)
+    }
+
+    /// Watches `fd` for readability (and hang-up, for sockets: `hangup = true` asks for
+    /// `EPOLLRDHUP` without `EPOLLIN`, so unread data does not wake us). `edge` = edge
+    /// triggered (eventfds that are never read).
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64, hangup_only: bool, edge: bool) -> io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        let mut fl = if hangup_only {
+            EpollFlags::EPOLLRDHUP
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        if edge {
+            fl |= EpollFlags::EPOLLET;
+        }
+        self.0.add(fd, EpollEvent::new(fl, token)).map_err(errno)
+    }
+
+    /// Stops watching `fd`.
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.0.delete(fd).map_err(errno)
+    }
+
+    /// Waits up to `timeout` (`None` = forever) and appends what is ready to `out`.
+    pub fn wait(&self, out: &mut Vec<PollEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
+        let mut evs = [EpollEvent::empty(); 64];
+        let to = match timeout {
+            None => EpollTimeout::NONE,
+            Some(t) => {
+                let ms = t.as_micros().div_ceil(1000).min(i32::MAX as u128 - 1) as i32;
+                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
+            }
+        };
+        let n = match self.0.wait(&mut evs, to) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(errno(e)),
+        };
+        for e in &evs[..n] {
+            let f = e.events();
+            out.push(PollEvent {
+                token: e.data(),
+                readable: f.contains(EpollFlags::EPOLLIN),
+                hangup: f.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! Control-plane messages on `hub.sock` (length-prefixed bincode, see
+//! [`send_control`](crate::send_control)).
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{Hello, Welcome};
+
+/// First message a connection sends to the hub.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Join the bus.
+    Hello(Hello),
+    /// Ask for a [`StatReport`] (what `shmbus stat` does); the connection then closes.
+    Stat,
+}
+
+/// What the hub sends on the control socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// Answer to a hello (the link's fds come with `Accepted`).
+    Welcome(Welcome),
+    /// Answer to `Stat`.
+    Stat(StatReport),
+    /// The hub dropped this client, and why (sent just before the socket closes).
+    Goodbye {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The hub's state, for `shmbus stat`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatReport {
+    /// Time since the hub started.
+    pub uptime_ms: u64,
+    /// Connected clients.
+    pub clients: Vec<ClientStat>,
+    /// Gets and requests waiting for their owner.
+    pub pending: Vec<PendingStat>,
+    /// Live cache entries.
+    pub cache_entries: u64,
+    /// Bytes held by them.
+    pub cache_bytes: u64,
+}
+
+/// One client in a [`StatReport`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClientStat {
+    /// Name.
+    pub name: String,
+    /// Process id (SO_PEERCRED).
+    pub pid: i32,
+    /// User id (SO_PEERCRED).
+    pub uid: u32,
+    /// Last state it set.
+    pub state: String,
+    /// Version it announced.
+    pub version: Option<String>,
+    /// Bytes waiting in the client → hub ring.
+    pub ring_in_fill: u64,
+    /// Capacity of that ring.
+    pub ring_in_capacity: u64,
+    /// Bytes waiting in the hub → client ring.
+    pub ring_out_fill: u64,
+    /// Capacity of that ring.
+    pub ring_out_capacity: u64,
+    /// Bytes queued in the hub for this client (its ring was full).
+    pub outbox_bytes: u64,
+    /// Frames received from it.
+    pub msgs_in: u64,
+    /// Frames sent to it.
+    pub msgs_out: u64,
+    /// Its topic subscriptions.
+    pub topics: Vec<String>,
+    /// Kinds pushed to it every interval.
+    pub intervals: Vec<String>,
+}
+
+/// One pending get or request in a [`StatReport`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PendingStat {
+    /// The hub's request number.
+    pub hub_req: u64,
+    /// Who must answer.
+    pub owner: String,
+    /// Who waits.
+    pub requesters: Vec<String>,
+    /// `get kind/key` or `request method`.
+    pub what: String,
+    /// How long it has waited.
+    pub age_ms: u64,
+}
+
+impl StatReport {
+    /// A readable rendering.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "hub up {:.1} s — {} clients, {} pending, cache {} entries / {} bytes",
+            self.uptime_ms as f64 / 1e3,
+            self.clients.len(),
+            self.pending.len(),
+            self.cache_entries,
+            self.cache_bytes
+        );
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10}",
+            "NAME", "PID", "UID", "STATE", "IN FILL/CAP", "OUT FILL/CAP", "MSGS IN", "MSGS OUT"
+        );
+        for c in &self.clients {
+            let _ = writeln!(
+                s,
+                "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10}",
+                c.name,
+                c.pid,
+                c.uid,
+                c.state,
+                format!("{}/{}", c.ring_in_fill, c.ring_in_capacity),
+                format!("{}/{}", c.ring_out_fill, c.ring_out_capacity),
+                c.msgs_in,
+                c.msgs_out
+            );
+        }
+        if !self.pending.is_empty() {
+            let _ = writeln!(s, "pending:");
+            for p in &self.pending {
+                let _ = writeln!(
+                    s,
+                    "  #{} {} from {:?} for {:?}, {} ms",
+                    p.hub_req, p.what, p.owner, p.requesters, p.age_ms
+                );
+            }
+        }
+        s
+    }
+}
