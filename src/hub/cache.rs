@@ -183,9 +183,28 @@ mod tests {
         c.put("user", Some("1"), p(b"short"), 1000, t0);
         c.put("nocache", None, p(b"x"), -1, t0);
         let later = t0 + Duration::from_secs(3600);
-        assert_eq!(c.get("stats", None, Encoding::Bincode, later).unwrap().bytes, b"forever");
-        assert!(c.get("user", Some("1"), Encoding::Bincode, t0 + Duration::from_millis(500)).is_some());
-        assert!(c.get("user", Some("1"), Encoding::Bincode, t0 + Duration::from_millis(1001)).is_none());
+        assert_eq!(
+            c.get("stats", None, Encoding::Bincode, later)
+                .unwrap()
+                .bytes,
+            b"forever"
+        );
+        assert!(c
+            .get(
+                "user",
+                Some("1"),
+                Encoding::Bincode,
+                t0 + Duration::from_millis(500)
+            )
+            .is_some());
+        assert!(c
+            .get(
+                "user",
+                Some("1"),
+                Encoding::Bincode,
+                t0 + Duration::from_millis(1001)
+            )
+            .is_none());
         assert!(c.get("nocache", None, Encoding::Bincode, t0).is_none());
         // ttl < 0 drops an older cached value of the key.
         c.put("stats", None, p(b"gone"), -1, t0);
@@ -199,8 +218,20 @@ mod tests {
         let t0 = Instant::now();
         c.put("k", None, p(b"bin"), 0, t0);
         assert!(c.get("k", None, Encoding::Json, t0).is_none());
-        c.put("k", None, Payload { enc: Encoding::Json, bytes: b"\"j\"" }, 0, t0);
-        assert!(c.get("k", None, Encoding::Bincode, t0).is_none(), "older encoding dropped");
+        c.put(
+            "k",
+            None,
+            Payload {
+                enc: Encoding::Json,
+                bytes: b"\"j\"",
+            },
+            0,
+            t0,
+        );
+        assert!(
+            c.get("k", None, Encoding::Bincode, t0).is_none(),
+            "older encoding dropped"
+        );
         assert_eq!(c.len(), 1);
     }
 }

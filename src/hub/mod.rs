@@ -92,7 +92,11 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 /// Creates `dir` with mode 0700 (or checks an existing one is ours and private).
 pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) => return Err(e.into()),
     }
@@ -332,7 +336,9 @@ impl Hub {
                 self.clear_sleep();
                 continue;
             }
-            let timeout = self.next_timer().map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_timer()
+                .map(|t| t.saturating_duration_since(Instant::now()));
             events.clear();
             self.poller.wait(&mut events, timeout)?;
             self.clear_sleep();
@@ -348,7 +354,10 @@ impl Hub {
         for (slot, rx) in self.rxs.iter_mut().enumerate() {
             let Some(rx) = rx else { continue };
             let _ = rx.notify_space();
-            if self.conns[slot].as_ref().is_some_and(|c| c.stalled_on.is_none()) {
+            if self.conns[slot]
+                .as_ref()
+                .is_some_and(|c| c.stalled_on.is_none())
+            {
                 rx.set_waiting_for_data(true);
             }
         }
@@ -362,7 +371,9 @@ impl Hub {
         // (`Consumer::check_producer_sleeping`), as in `crate::wait`.
         fence(Ordering::SeqCst);
         for slot in 0..self.rxs.len() {
-            let stalled = self.conns[slot].as_ref().is_none_or(|c| c.stalled_on.is_some());
+            let stalled = self.conns[slot]
+                .as_ref()
+                .is_none_or(|c| c.stalled_on.is_some());
             if let Some(rx) = self.rxs[slot].as_mut() {
                 if !stalled && rx.has_data().unwrap_or(true) {
                     return Ok(true);
@@ -576,7 +587,10 @@ impl Hub {
         let reg = self
             .poller
             .add(rx.doorbell(), token(slot, SUB_DATA), false, true)
-            .and_then(|_| self.poller.add(ctrl.as_fd(), token(slot, SUB_CTRL), true, false))
+            .and_then(|_| {
+                self.poller
+                    .add(ctrl.as_fd(), token(slot, SUB_CTRL), true, false)
+            })
             .and_then(|_| {
                 self.poller
                     .add(tx.space_doorbell(), token(slot, SUB_SPACE), false, true)
@@ -627,9 +641,13 @@ impl Hub {
             };
             let stalled = self.conns[slot].as_ref().and_then(|c| c.stalled_on);
             if let Some(dest) = stalled {
-                let still = self.conns.get(dest).and_then(Option::as_ref).is_some_and(|d| {
-                    d.doomed.is_none() && d.outbox_bytes > self.cfg.outbox_limit / 2
-                });
+                let still = self
+                    .conns
+                    .get(dest)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|d| {
+                        d.doomed.is_none() && d.outbox_bytes > self.cfg.outbox_limit / 2
+                    });
                 if still {
                     self.rxs[slot] = Some(rx);
                     continue;
@@ -639,9 +657,11 @@ impl Hub {
                 }
             }
             for _ in 0..BATCH {
-                let res = rx.try_recv_maybe(|bytes| match codec::decode_borrowed::<ClientMsg<'_>>(bytes) {
-                    Ok(msg) => (self.on_frame(slot, msg), Ok(())),
-                    Err(e) => (true, Err(e)),
+                let res = rx.try_recv_maybe(|bytes| {
+                    match codec::decode_borrowed::<ClientMsg<'_>>(bytes) {
+                        Ok(msg) => (self.on_frame(slot, msg), Ok(())),
+                        Err(e) => (true, Err(e)),
+                    }
                 });
                 match res {
                     Ok(Some(Ok(()))) => {
@@ -738,7 +758,10 @@ impl Hub {
             }
         };
         if c.outbox.is_empty() {
-            match c.tx.try_write_frame(len, |buf| codec::encode_into(msg, buf)) {
+            match c
+                .tx
+                .try_write_frame(len, |buf| codec::encode_into(msg, buf))
+            {
                 Ok(true) => {
                     c.dirty = true;
                     c.msgs_out += 1;
@@ -874,12 +897,12 @@ impl Hub {
                         .map(|(i, _)| i),
                 );
             }
-            Target::ByEventName => match proto::split_target(event)
-                .and_then(|(t, _)| self.names.get(t).copied())
-            {
-                Some(d) => dests.push(d),
-                None => dests.extend(self.others(slot)),
-            },
+            Target::ByEventName => {
+                match proto::split_target(event).and_then(|(t, _)| self.names.get(t).copied()) {
+                    Some(d) => dests.push(d),
+                    None => dests.extend(self.others(slot)),
+                }
+            }
         }
         if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
             return self.stall(slot, full);
@@ -973,7 +996,11 @@ impl Hub {
         self.keybuf.clear();
         if !fresh {
             use std::fmt::Write;
-            let _ = write!(self.keybuf, "{owner}\0{kind}\0{}\0{accept:?}", key.unwrap_or("\u{1}"));
+            let _ = write!(
+                self.keybuf,
+                "{owner}\0{kind}\0{}\0{accept:?}",
+                key.unwrap_or("\u{1}")
+            );
             if let Some(&hreq) = self.inflight.get(self.keybuf.as_str()) {
                 if let Some(p) = self.pending.get_mut(&hreq) {
                     p.waiters.push(waiter);
@@ -1025,7 +1052,10 @@ impl Hub {
             return;
         };
         if c.outbox.is_empty() {
-            match c.tx.try_write_frame(len, |buf| codec::encode_into(msg, buf)) {
+            match c
+                .tx
+                .try_write_frame(len, |buf| codec::encode_into(msg, buf))
+            {
                 Ok(true) => {
                     c.dirty = true;
                     c.msgs_out += 1;
@@ -1059,7 +1089,12 @@ impl Hub {
         if !self.has_capacity(slot) {
             return self.stall(slot, slot);
         }
-        let Some(owner) = self.names.get(to).copied().filter(|&o| self.alive(self.who(o))) else {
+        let Some(owner) = self
+            .names
+            .get(to)
+            .copied()
+            .filter(|&o| self.alive(self.who(o)))
+        else {
             let m = format!("client {to:?} is not connected");
             self.reply(slot, req, Answer::Err { message: &m });
             return true;
@@ -1204,7 +1239,10 @@ impl Hub {
             .handshakes
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.as_ref().is_some_and(|h| now.duration_since(h.since) > Duration::from_secs(2)))
+            .filter(|(_, h)| {
+                h.as_ref()
+                    .is_some_and(|h| now.duration_since(h.since) > Duration::from_secs(2))
+            })
             .map(|(i, _)| i)
             .collect();
         for i in stale {
@@ -1283,7 +1321,13 @@ impl Hub {
             let rx = self.rxs[slot].take();
             let reason = c.doomed.clone().unwrap_or_default();
             info!(name = %c.name, %reason, "client left");
-            let _ = crate::send_control(&c.ctrl, &ControlReply::Goodbye { reason: reason.clone() }, &[]);
+            let _ = crate::send_control(
+                &c.ctrl,
+                &ControlReply::Goodbye {
+                    reason: reason.clone(),
+                },
+                &[],
+            );
             if let Some(rx) = &rx {
                 let _ = self.poller.delete(rx.doorbell());
             }
@@ -1378,7 +1422,11 @@ impl Hub {
             .map(|(hreq, p)| PendingStat {
                 hub_req: *hreq,
                 owner: self.name_of(p.owner.slot).to_string(),
-                requesters: p.waiters.iter().map(|w| self.name_of(w.who.slot).to_string()).collect(),
+                requesters: p
+                    .waiters
+                    .iter()
+                    .map(|w| self.name_of(w.who.slot).to_string())
+                    .collect(),
                 what: match &p.kind {
                     PendingKind::Get { kind, key, .. } => match key {
                         Some(k) => format!("get {kind}/{k}"),

@@ -469,7 +469,13 @@ impl Poller {
     /// Watches `fd` for readability (and hang-up, for sockets: `hangup = true` asks for
     /// `EPOLLRDHUP` without `EPOLLIN`, so unread data does not wake us). `edge` = edge
     /// triggered (eventfds that are never read).
-    pub fn add(&self, fd: BorrowedFd<'_>, token: u64, hangup_only: bool, edge: bool) -> io::Result<()> {
+    pub fn add(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        hangup_only: bool,
+        edge: bool,
+    ) -> io::Result<()> {
         use nix::sys::epoll::{EpollEvent, EpollFlags};
         let mut fl = if hangup_only {
             EpollFlags::EPOLLRDHUP
@@ -508,7 +514,9 @@ impl Poller {
             out.push(PollEvent {
                 token: e.data(),
                 readable: f.contains(EpollFlags::EPOLLIN),
-                hangup: f.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR),
+                hangup: f.intersects(
+                    EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR,
+                ),
             });
         }
         Ok(())

@@ -1,0 +1,1266 @@
+//! The bus client that bots link: named, connected to a hub, with events, topics, the TTL
+//! cache, get/response correlation and requests.
+//!
+//! ```no_run
+//! use shmbus::client::{Client, ClientOptions, Ttl};
+//! # fn main() -> Result<(), shmbus::Error> {
+//! let bot = Client::connect(shmbus::hub::default_dir(), ClientOptions::new("bot"))?;
+//! bot.on_get("stats", |_g| Ok((vec![1u32, 2, 3], Ttl::Secs(30))));
+//! let web = Client::connect(shmbus::hub::default_dir(), ClientOptions::new("website"))?;
+//! let stats: Vec<u32> = web.get("bot", "stats").send()?.decode()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Threads
+//!
+//! By default a dispatcher thread receives from the hub: it answers heartbeats, fills in the
+//! replies that callers of [`Client::get`] / [`Client::request`] wait for, and runs handlers in
+//! the order messages arrived. With [`ClientOptions::dispatcher`] off, nothing runs in the
+//! background: a thread that waits in `get` receives for itself (the lowest latency), and the
+//! application calls [`Client::poll`] or [`Client::run`] to run handlers and answer pings.
+//!
+//! Handlers run on whichever thread dispatches, with no lock held, so a handler may call
+//! `get`, `emit` or any other method.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::channel::{fail_to_error, Deadline, Fail};
+use crate::hub::{socket_path, ControlReply, ControlRequest};
+use crate::proto::{
+    self, Answer, Change, ClientMsg, Encoding, Hello, HubMsg, Payload, PayloadBuf, Target, Welcome,
+};
+use crate::wait::WaitStrategy;
+use crate::{codec, Error, LinkConfig, RawReceiver, RawSender};
+
+/// A cache time-to-live, with Arthur's semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// Do not cache (`time < 0`).
+    NoCache,
+    /// Keep forever (`time == 0` or absent).
+    Forever,
+    /// Keep for this many seconds.
+    Secs(u64),
+    /// Keep for this many milliseconds.
+    Millis(u64),
+}
+
+impl Ttl {
+    /// Milliseconds on the wire: `< 0` don't cache, `0` forever.
+    pub fn as_ms(self) -> i64 {
+        match self {
+            Ttl::NoCache => -1,
+            Ttl::Forever => 0,
+            Ttl::Secs(s) => (s.saturating_mul(1000)).min(i64::MAX as u64) as i64,
+            Ttl::Millis(m) => m.clamp(1, i64::MAX as u64) as i64,
+        }
+    }
+
+    /// From milliseconds on the wire.
+    pub fn from_ms(ms: i64) -> Ttl {
+        match ms {
+            m if m < 0 => Ttl::NoCache,
+            0 => Ttl::Forever,
+            m => Ttl::Millis(m as u64),
+        }
+    }
+}
+
+/// node-ipc style reconnect policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Wait between attempts (node-ipc `retry`, default 500 ms).
+    pub interval: Duration,
+    /// Give up after this many failed attempts (node-ipc `maxRetries`; `None` = never).
+    pub max_retries: Option<u32>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            interval: Duration::from_millis(500),
+            max_retries: None,
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Unique name on the hub.
+    pub name: String,
+    /// Token, if the hub requires one.
+    pub token: Option<String>,
+    /// Cache kinds the hub pushes to us every interval.
+    pub intervals: Vec<String>,
+    /// Our version (Urban Robot's identify).
+    pub client_version: Option<String>,
+    /// How this client waits.
+    pub wait: WaitStrategy,
+    /// Ring capacity per direction (0 = the hub's default).
+    pub ring_capacity: u64,
+    /// Run a background dispatcher thread (default true).
+    pub dispatcher: bool,
+    /// Reconnect automatically after the hub goes away (default: off).
+    pub reconnect: Option<Retry>,
+    /// The encoding we want answers in (default bincode).
+    pub accept: Encoding,
+    /// Default deadline of our gets and requests (None = the hub's default).
+    pub timeout: Option<Duration>,
+}
+
+impl ClientOptions {
+    /// Defaults for a client called `name`.
+    pub fn new(name: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            name: name.into(),
+            token: None,
+            intervals: Vec::new(),
+            client_version: None,
+            wait: WaitStrategy::default(),
+            ring_capacity: 0,
+            dispatcher: true,
+            reconnect: None,
+            accept: Encoding::Bincode,
+            timeout: None,
+        }
+    }
+
+    /// Sets the token.
+    pub fn token(mut self, t: impl Into<String>) -> Self {
+        self.token = Some(t.into());
+        self
+    }
+
+    /// Sets the interval kinds.
+    pub fn intervals<I: IntoIterator<Item = S>, S: Into<String>>(mut self, kinds: I) -> Self {
+        self.intervals = kinds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the wait strategy.
+    pub fn wait(mut self, w: WaitStrategy) -> Self {
+        self.wait = w;
+        self
+    }
+
+    /// Turns the background dispatcher on or off.
+    pub fn dispatcher(mut self, on: bool) -> Self {
+        self.dispatcher = on;
+        self
+    }
+
+    /// Turns automatic reconnection on.
+    pub fn reconnect(mut self, r: Retry) -> Self {
+        self.reconnect = Some(r);
+        self
+    }
+
+    /// Sets the answer encoding.
+    pub fn accept(mut self, e: Encoding) -> Self {
+        self.accept = e;
+        self
+    }
+
+    /// Sets our version string.
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.client_version = Some(v.into());
+        self
+    }
+}
+
+/// An event delivered to handlers.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Sender.
+    pub from: String,
+    /// Event name.
+    pub event: String,
+    /// Topic, for published events.
+    pub topic: Option<String>,
+    /// Body.
+    pub payload: PayloadBuf,
+}
+
+/// A get forwarded to us as the owner.
+#[derive(Clone, Debug)]
+pub struct GetRequest {
+    /// Who asked.
+    pub requester: String,
+    /// Kind.
+    pub kind: String,
+    /// Key.
+    pub key: Option<String>,
+    /// The caller skipped the cache.
+    pub fresh: bool,
+    /// The encoding the answer will be sent in.
+    pub accept: Encoding,
+}
+
+/// A request for our responder.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Who asked.
+    pub from: String,
+    /// Method.
+    pub method: String,
+    /// Argument.
+    pub payload: PayloadBuf,
+    /// The encoding the answer will be sent in.
+    pub accept: Encoding,
+}
+
+/// An interval push of a cached value.
+#[derive(Clone, Debug)]
+pub struct DataPush {
+    /// Kind.
+    pub kind: String,
+    /// Key.
+    pub key: Option<String>,
+    /// Value.
+    pub payload: PayloadBuf,
+}
+
+/// A lifecycle change of another client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// It connected.
+    Joined(String),
+    /// It left (or died).
+    Left(String),
+    /// It set a state.
+    State(String, String),
+}
+
+/// The answer to a get or request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The value.
+    pub payload: PayloadBuf,
+    /// Its TTL as the cache sees it.
+    pub ttl: Ttl,
+}
+
+impl Reply {
+    /// Decodes the value, whatever its encoding.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        self.payload.decode()
+    }
+}
+
+/// Why a get or request failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// The owner (or the hub) answered with an error: owner missing, owner left, timeout at
+    /// the hub, or the owner's own error message.
+    Remote(String),
+    /// No answer before our own deadline.
+    Timeout,
+    /// The link to the hub failed.
+    Link(Error),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Remote(m) => write!(f, "{m}"),
+            CallError::Timeout => f.write_str("timed out waiting for the answer"),
+            CallError::Link(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl From<Error> for CallError {
+    fn from(e: Error) -> Self {
+        CallError::Link(e)
+    }
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Link(e) => e,
+            CallError::Remote(m) => Error::Decode(format!("remote error: {m}")),
+            CallError::Timeout => Error::Io(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// Identifies a registered handler, for [`Client::remove_handler`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HandlerId(u64);
+
+type EventFn = Arc<dyn Fn(&Event) + Send + Sync>;
+type GetFn = Arc<dyn Fn(&GetRequest) -> Result<(PayloadBuf, i64), String> + Send + Sync>;
+type RequestFn = Arc<dyn Fn(&Request) -> Result<PayloadBuf, String> + Send + Sync>;
+type DataFn = Arc<dyn Fn(&DataPush) + Send + Sync>;
+type LifecycleFn = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
+type DisconnectFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
+struct Handlers {
+    next: u64,
+    /// (id, event name or None for all, handler)
+    events: Vec<(HandlerId, Option<String>, EventFn)>,
+    gets: HashMap<String, (HandlerId, GetFn)>,
+    requests: HashMap<String, (HandlerId, RequestFn)>,
+    data: Vec<(HandlerId, Option<String>, DataFn)>,
+    lifecycle: Vec<(HandlerId, LifecycleFn)>,
+    disconnect: Vec<(HandlerId, DisconnectFn)>,
+}
+
+impl Handlers {
+    fn id(&mut self) -> HandlerId {
+        self.next += 1;
+        HandlerId(self.next)
+    }
+}
+
+/// A message waiting for its handlers, in arrival order.
+enum Incoming {
+    Event(Event),
+    Get(u64, GetRequest),
+    Request(u64, Request),
+    Data(DataPush),
+    Lifecycle(Lifecycle),
+}
+
+struct Slot {
+    value: Mutex<Option<Result<Reply, CallError>>>,
+    cv: Condvar,
+}
+
+struct Inner {
+    opts: ClientOptions,
+    path: PathBuf,
+    tx: Mutex<Option<RawSender>>,
+    rx: Mutex<Option<RawReceiver>>,
+    ctrl: Mutex<Option<Arc<std::os::unix::net::UnixStream>>>,
+    waits: Mutex<HashMap<u64, Arc<Slot>>>,
+    next_req: AtomicU64,
+    handlers: RwLock<Handlers>,
+    queue: Mutex<VecDeque<Incoming>>,
+    running_handlers: Mutex<()>,
+    connected: AtomicBool,
+    closing: AtomicBool,
+    topics: Mutex<Vec<String>>,
+    state: Mutex<Option<String>>,
+    watch: AtomicBool,
+    last_goodbye: Mutex<Option<String>>,
+    heartbeat: Mutex<Duration>,
+}
+
+/// A connection to the hub. Cheap to clone (all clones share the connection).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to the hub whose directory (or socket path) is `dir`.
+    pub fn connect(dir: impl AsRef<Path>, opts: ClientOptions) -> Result<Client, Error> {
+        let d = dir.as_ref();
+        let path = if d.is_dir() || d.extension().is_none() && !d.exists() {
+            socket_path(d)
+        } else {
+            d.to_path_buf()
+        };
+        let inner = Arc::new(Inner {
+            path,
+            tx: Mutex::new(None),
+            rx: Mutex::new(None),
+            ctrl: Mutex::new(None),
+            waits: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            handlers: RwLock::new(Handlers::default()),
+            queue: Mutex::new(VecDeque::new()),
+            running_handlers: Mutex::new(()),
+            connected: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            topics: Mutex::new(Vec::new()),
+            state: Mutex::new(None),
+            watch: AtomicBool::new(false),
+            last_goodbye: Mutex::new(None),
+            heartbeat: Mutex::new(Duration::ZERO),
+            opts,
+        });
+        inner.establish()?;
+        let client = Client { inner };
+        if client.inner.opts.dispatcher {
+            let weak = Arc::downgrade(&client.inner);
+            std::thread::Builder::new()
+                .name(format!("shmbus-{}", client.inner.opts.name))
+                .spawn(move || dispatcher(weak))
+                .map_err(Error::Io)?;
+        }
+        Ok(client)
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &str {
+        &self.inner.opts.name
+    }
+
+    /// Whether the link to the hub is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Acquire)
+    }
+
+    /// Why the hub dropped us last, if it said.
+    pub fn last_goodbye(&self) -> Option<String> {
+        self.inner.last_goodbye.lock().expect("lock").clone()
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    /// Sends `event` to the client named `to`.
+    pub fn emit<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        event: &str,
+        value: &T,
+    ) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::Client(to), event, &p)
+    }
+
+    /// Sends an RPF-style `target:event`: to the client `target` when one is connected,
+    /// otherwise to every other client.
+    pub fn emit_routed<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::ByEventName, event, &p)
+    }
+
+    /// Sends `event` to every other client.
+    pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::All, event, &p)
+    }
+
+    /// Sends `value` to every subscriber of `topic` (as event `topic`).
+    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::Topic(topic), topic, &p)
+    }
+
+    /// Sends an already encoded payload.
+    pub fn emit_payload(&self, to: Target<'_>, event: &str, p: &PayloadBuf) -> Result<(), Error> {
+        self.inner.send(&ClientMsg::Emit {
+            to,
+            event,
+            payload: p.as_payload(),
+        })
+    }
+
+    /// Replaces our topic set.
+    pub fn subscribe<I: IntoIterator<Item = S>, S: Into<String>>(
+        &self,
+        topics: I,
+    ) -> Result<(), Error> {
+        let t: Vec<String> = topics.into_iter().map(Into::into).collect();
+        *self.inner.topics.lock().expect("lock") = t.clone();
+        self.inner.send(&ClientMsg::Subscribe {
+            topics: t.iter().map(String::as_str).collect(),
+        })
+    }
+
+    /// Puts a value in the hub's cache (and the interval pushes).
+    pub fn data<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+        value: &T,
+        ttl: Ttl,
+    ) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.data_payload(kind, key, &p, ttl)
+    }
+
+    /// Puts an already encoded value in the cache.
+    pub fn data_payload(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+        p: &PayloadBuf,
+        ttl: Ttl,
+    ) -> Result<(), Error> {
+        self.inner.send(&ClientMsg::Data {
+            kind,
+            key,
+            payload: p.as_payload(),
+            ttl_ms: ttl.as_ms(),
+        })
+    }
+
+    /// Sets our state (ready, coma, shutdown, …); watchers are told.
+    pub fn set_state(&self, state: &str) -> Result<(), Error> {
+        *self.inner.state.lock().expect("lock") = Some(state.to_string());
+        self.inner.send(&ClientMsg::SetState { state })
+    }
+
+    /// Starts building a get of `kind` from the owner `from`.
+    pub fn get<'c>(&'c self, from: &'c str, kind: &'c str) -> GetBuilder<'c> {
+        GetBuilder {
+            client: self,
+            from,
+            kind,
+            key: None,
+            fresh: false,
+            timeout: self.inner.opts.timeout,
+        }
+    }
+
+    /// Calls `method` on the client `to` (its [`on_request`](Client::on_request) handler).
+    pub fn request<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        method: &str,
+        arg: &T,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, CallError> {
+        let p = PayloadBuf::bincode(arg)?;
+        let timeout = timeout.or(self.inner.opts.timeout);
+        let accept = self.inner.opts.accept;
+        self.inner.call(timeout, |req| ClientMsg::Request {
+            req,
+            to,
+            method,
+            payload: p.as_payload(),
+            timeout_ms: timeout_ms(timeout),
+            accept,
+        })
+    }
+
+    // ---------------------------------------------------------------- handlers
+
+    /// Calls `f` for every event named `event` (including published topics, whose event name
+    /// is the topic).
+    pub fn on(&self, event: &str, f: impl Fn(&Event) + Send + Sync + 'static) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.events.push((id, Some(event.to_string()), Arc::new(f)));
+        id
+    }
+
+    /// Calls `f` for every event.
+    pub fn on_any(&self, f: impl Fn(&Event) + Send + Sync + 'static) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.events.push((id, None, Arc::new(f)));
+        id
+    }
+
+    /// Answers gets of `kind` forwarded to us. `f` returns the value and its TTL, or an error
+    /// message; the value is encoded in whatever encoding the requester asked for.
+    pub fn on_get<T, F>(&self, kind: &str, f: F) -> HandlerId
+    where
+        T: Serialize,
+        F: Fn(&GetRequest) -> Result<(T, Ttl), String> + Send + Sync + 'static,
+    {
+        let g: GetFn = Arc::new(move |r: &GetRequest| {
+            let (v, ttl) = f(r)?;
+            let p = PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())?;
+            Ok((p, ttl.as_ms()))
+        });
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.gets.insert(kind.to_string(), (id, g));
+        id
+    }
+
+    /// Answers requests for `method`, encoding the result as the requester asked.
+    pub fn on_request<T, F>(&self, method: &str, f: F) -> HandlerId
+    where
+        T: Serialize,
+        F: Fn(&Request) -> Result<T, String> + Send + Sync + 'static,
+    {
+        let g: RequestFn = Arc::new(move |r: &Request| {
+            let v = f(r)?;
+            PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())
+        });
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.requests.insert(method.to_string(), (id, g));
+        id
+    }
+
+    /// Calls `f` for interval pushes of `kind` (`None` = every kind).
+    pub fn on_data(
+        &self,
+        kind: Option<&str>,
+        f: impl Fn(&DataPush) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.data.push((id, kind.map(str::to_string), Arc::new(f)));
+        id
+    }
+
+    /// Calls `f` when other clients join, leave or change state (and asks the hub for those
+    /// notifications).
+    pub fn on_lifecycle(
+        &self,
+        f: impl Fn(&Lifecycle) + Send + Sync + 'static,
+    ) -> Result<HandlerId, Error> {
+        let id = {
+            let mut h = self.inner.handlers.write().expect("lock");
+            let id = h.id();
+            h.lifecycle.push((id, Arc::new(f)));
+            id
+        };
+        self.inner.watch.store(true, Ordering::Release);
+        self.inner.send(&ClientMsg::Watch { lifecycle: true })?;
+        Ok(id)
+    }
+
+    /// Calls `f` with the reason when the link to the hub is lost.
+    pub fn on_disconnect(&self, f: impl Fn(&str) + Send + Sync + 'static) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.disconnect.push((id, Arc::new(f)));
+        id
+    }
+
+    /// Removes a handler. Returns whether it existed.
+    pub fn remove_handler(&self, id: HandlerId) -> bool {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let before = h.events.len()
+            + h.gets.len()
+            + h.requests.len()
+            + h.data.len()
+            + h.lifecycle.len()
+            + h.disconnect.len();
+        h.events.retain(|(i, _, _)| *i != id);
+        h.gets.retain(|_, (i, _)| *i != id);
+        h.requests.retain(|_, (i, _)| *i != id);
+        h.data.retain(|(i, _, _)| *i != id);
+        h.lifecycle.retain(|(i, _)| *i != id);
+        h.disconnect.retain(|(i, _)| *i != id);
+        let after = h.events.len()
+            + h.gets.len()
+            + h.requests.len()
+            + h.data.len()
+            + h.lifecycle.len()
+            + h.disconnect.len();
+        before != after
+    }
+
+    // ---------------------------------------------------------------- driving
+
+    /// Receives and handles what is there, waiting up to `timeout` for the first message
+    /// (for clients without the dispatcher thread). Returns the messages handled.
+    pub fn poll(&self, timeout: Duration) -> Result<usize, Error> {
+        let deadline = Deadline::At(Instant::now() + timeout);
+        let mut n = 0;
+        let mut d = deadline;
+        loop {
+            match self.inner.receive_one(d) {
+                Ok(true) => {
+                    n += 1;
+                    d = Deadline::Now;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    self.inner.run_handlers();
+                    return Err(e);
+                }
+            }
+        }
+        self.inner.run_handlers();
+        Ok(n)
+    }
+
+    /// Handles messages until the link is lost (and not re-established) or [`close`](Client::close).
+    pub fn run(&self) -> Result<(), Error> {
+        while !self.inner.closing.load(Ordering::Acquire) {
+            match self.poll(Duration::from_millis(100)) {
+                Ok(_) => {}
+                Err(Error::Disconnected) if self.inner.opts.reconnect.is_some() => {
+                    self.inner.reconnect_loop()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the link (the dispatcher thread stops).
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        *self.inner.tx.lock().expect("lock") = None;
+        *self.inner.rx.lock().expect("lock") = None;
+        *self.inner.ctrl.lock().expect("lock") = None;
+        self.inner.connected.store(false, Ordering::Release);
+    }
+
+    /// Reconnects now (same name, subscriptions, state and watch), per the retry policy (one
+    /// attempt if none is set).
+    pub fn reconnect(&self) -> Result<(), Error> {
+        self.inner.reconnect_loop()
+    }
+}
+
+fn timeout_ms(t: Option<Duration>) -> u32 {
+    t.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
+}
+
+/// Builds a get; finish with [`send`](GetBuilder::send).
+pub struct GetBuilder<'c> {
+    client: &'c Client,
+    from: &'c str,
+    kind: &'c str,
+    key: Option<&'c str>,
+    fresh: bool,
+    timeout: Option<Duration>,
+}
+
+impl<'c> GetBuilder<'c> {
+    /// The key within the kind.
+    pub fn key(mut self, k: &'c str) -> Self {
+        self.key = Some(k);
+        self
+    }
+
+    /// Skip the cache: the owner answers.
+    pub fn fresh(mut self, f: bool) -> Self {
+        self.fresh = f;
+        self
+    }
+
+    /// Deadline (also enforced by the hub).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Sends the get and waits for the answer.
+    pub fn send(self) -> Result<Reply, CallError> {
+        let accept = self.client.inner.opts.accept;
+        let (from, kind, key, fresh, timeout) =
+            (self.from, self.kind, self.key, self.fresh, self.timeout);
+        self.client.inner.call(timeout, |req| ClientMsg::Get {
+            req,
+            from,
+            kind,
+            key,
+            fresh,
+            timeout_ms: timeout_ms(timeout),
+            accept,
+        })
+    }
+}
+
+impl Inner {
+    fn link_cfg(&self) -> LinkConfig {
+        LinkConfig {
+            wait: self.opts.wait,
+            ..LinkConfig::default()
+        }
+    }
+
+    /// Connects, says hello, builds the link.
+    fn establish(&self) -> Result<(), Error> {
+        let sock = std::os::unix::net::UnixStream::connect(&self.path)?;
+        sock.set_read_timeout(Some(crate::link::HANDSHAKE_TIMEOUT))?;
+        let hello = Hello {
+            magic: proto::HELLO_MAGIC,
+            version: proto::PROTOCOL_VERSION,
+            name: self.opts.name.clone(),
+            token: self.opts.token.clone(),
+            intervals: self.opts.intervals.clone(),
+            client_version: self.opts.client_version.clone(),
+            ring_capacity: self.opts.ring_capacity,
+        };
+        crate::send_control(&sock, &ControlRequest::Hello(hello), &[])?;
+        let (reply, fds) = crate::recv_control::<ControlReply>(&sock)?
+            .ok_or_else(|| Error::Handshake("the hub closed the connection".into()))?;
+        let (max_message, heartbeat_ms) = match reply {
+            ControlReply::Welcome(Welcome::Accepted {
+                version,
+                max_message,
+                heartbeat_ms,
+                ..
+            }) if version == proto::PROTOCOL_VERSION => (max_message, heartbeat_ms),
+            ControlReply::Welcome(Welcome::Refused { reason }) => {
+                return Err(Error::Handshake(format!("refused by the hub: {reason}")))
+            }
+            other => {
+                return Err(Error::Handshake(format!(
+                    "unexpected answer to hello: {other:?}"
+                )))
+            }
+        };
+        sock.set_read_timeout(None)?;
+        let mut cfg = self.link_cfg();
+        cfg.max_message = (max_message as usize).min(crate::link::MAX_MAX_MESSAGE);
+        let link = crate::open_link(fds, sock, &cfg)?;
+        let ctrl = Arc::new(link.control().try_clone()?);
+        let (tx, rx) = link.split();
+        *self.tx.lock().expect("lock") = Some(tx);
+        *self.rx.lock().expect("lock") = Some(rx);
+        *self.ctrl.lock().expect("lock") = Some(ctrl);
+        *self.heartbeat.lock().expect("lock") = Duration::from_millis(heartbeat_ms);
+        self.connected.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Restores subscriptions, state and watch after a reconnect.
+    fn restore(&self) -> Result<(), Error> {
+        let topics = self.topics.lock().expect("lock").clone();
+        if !topics.is_empty() {
+            self.send(&ClientMsg::Subscribe {
+                topics: topics.iter().map(String::as_str).collect(),
+            })?;
+        }
+        if self.watch.load(Ordering::Acquire) {
+            self.send(&ClientMsg::Watch { lifecycle: true })?;
+        }
+        if let Some(s) = self.state.lock().expect("lock").clone() {
+            self.send(&ClientMsg::SetState { state: &s })?;
+        }
+        Ok(())
+    }
+
+    fn reconnect_loop(&self) -> Result<(), Error> {
+        let retry = self.opts.reconnect.unwrap_or(Retry {
+            interval: Duration::ZERO,
+            max_retries: Some(1),
+        });
+        let mut failures = 0u32;
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                return Err(Error::Disconnected);
+            }
+            match self.establish() {
+                Ok(()) => return self.restore(),
+                Err(e) => {
+                    failures += 1;
+                    if retry.max_retries.is_some_and(|m| failures >= m) {
+                        return Err(e);
+                    }
+                    std::thread::sleep(retry.interval);
+                }
+            }
+        }
+    }
+
+    /// Sends one frame, encoded straight into the ring. While the ring is full, keeps
+    /// draining what the hub sends us so neither side can wedge the other.
+    fn send(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
+        let len = codec::encoded_len(msg)?;
+        loop {
+            let res = {
+                let mut g = self.tx.lock().expect("lock");
+                let tx = g.as_mut().ok_or(Error::Disconnected)?;
+                tx.send_with(len, Deadline::Now, true, |buf| codec::encode_into(msg, buf))
+            };
+            match res {
+                Ok(()) => return Ok(()),
+                Err(Fail::NotNow) => {
+                    if let Ok(mut g) = self.rx.try_lock() {
+                        let _ = self.receive_locked(&mut g, Deadline::Now);
+                    }
+                    let mut g = self.tx.lock().expect("lock");
+                    let tx = g.as_mut().ok_or(Error::Disconnected)?;
+                    match tx.send_with(
+                        len,
+                        Deadline::At(Instant::now() + Duration::from_millis(1)),
+                        true,
+                        |buf| codec::encode_into(msg, buf),
+                    ) {
+                        Ok(()) => return Ok(()),
+                        Err(Fail::Timeout | Fail::NotNow) => continue,
+                        Err(f) => return Err(self.link_failed(fail_to_error(f))),
+                    }
+                }
+                Err(f) => return Err(self.link_failed(fail_to_error(f))),
+            }
+        }
+    }
+
+    fn link_failed(&self, e: Error) -> Error {
+        if matches!(e, Error::Disconnected | Error::Corrupt(_)) {
+            self.mark_disconnected();
+        }
+        e
+    }
+
+    /// Sends a get/request built by `make(req)` and waits for its reply.
+    fn call<'m>(
+        &self,
+        timeout: Option<Duration>,
+        make: impl FnOnce(u64) -> ClientMsg<'m>,
+    ) -> Result<Reply, CallError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            value: Mutex::new(None),
+            cv: Condvar::new(),
+        });
+        self.waits.lock().expect("lock").insert(req, slot.clone());
+        // Our own deadline is a little after the hub's, so the hub's clearer timeout error
+        // normally arrives first.
+        let deadline =
+            Instant::now() + timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+        if let Err(e) = self.send(&make(req)) {
+            self.waits.lock().expect("lock").remove(&req);
+            return Err(CallError::Link(e));
+        }
+        loop {
+            if let Some(v) = slot.value.lock().expect("lock").take() {
+                return v;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.waits.lock().expect("lock").remove(&req);
+                return Err(CallError::Timeout);
+            }
+            // Receive for ourselves if nobody else is; otherwise wait to be handed the reply.
+            let mine = match self.rx.try_lock() {
+                Ok(mut g) => Some(self.receive_locked(
+                    &mut g,
+                    Deadline::At(deadline.min(now + Duration::from_millis(50))),
+                )),
+                Err(_) => None,
+            };
+            match mine {
+                Some(Ok(_)) => self.run_handlers(),
+                Some(Err(e)) => {
+                    self.run_handlers();
+                    self.waits.lock().expect("lock").remove(&req);
+                    if let Some(v) = slot.value.lock().expect("lock").take() {
+                        return v;
+                    }
+                    return Err(CallError::Link(e));
+                }
+                None => {
+                    let g = slot.value.lock().expect("lock");
+                    if g.is_none() {
+                        let _ = slot
+                            .cv
+                            .wait_timeout(g, Duration::from_millis(5))
+                            .expect("lock");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Receives one message (if any within the deadline) and files it. Ok(true) if one was
+    /// received.
+    fn receive_one(&self, d: Deadline) -> Result<bool, Error> {
+        let mut g = self.rx.lock().expect("lock");
+        self.receive_locked(&mut g, d)
+    }
+
+    fn receive_locked(&self, g: &mut Option<RawReceiver>, d: Deadline) -> Result<bool, Error> {
+        let Some(rx) = g.as_mut() else {
+            return Err(Error::Disconnected);
+        };
+        let res = rx.recv_with(d, |bytes| {
+            match codec::decode_borrowed::<HubMsg<'_>>(bytes) {
+                Ok(m) => self.file(m),
+                Err(e) => Err(e),
+            }
+        });
+        match res {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(e),
+            Err(Fail::NotNow | Fail::Timeout) => Ok(false),
+            Err(Fail::Disconnected) => {
+                *g = None;
+                self.mark_disconnected();
+                Err(Error::Disconnected)
+            }
+            Err(Fail::Error(e)) => {
+                *g = None;
+                self.mark_disconnected();
+                Err(e)
+            }
+        }
+    }
+
+    /// Files one decoded message: replies go to their waiters; everything else is queued for
+    /// the handlers, in order. Pings are answered at once.
+    fn file(&self, m: HubMsg<'_>) -> Result<(), Error> {
+        match m {
+            HubMsg::Reply { req, answer } => {
+                let slot = self.waits.lock().expect("lock").remove(&req);
+                if let Some(slot) = slot {
+                    let v = match answer {
+                        Answer::Ok { payload, ttl_ms } => Ok(Reply {
+                            payload: payload.to_owned(),
+                            ttl: Ttl::from_ms(ttl_ms),
+                        }),
+                        Answer::Err { message } => Err(CallError::Remote(message.to_string())),
+                    };
+                    *slot.value.lock().expect("lock") = Some(v);
+                    slot.cv.notify_all();
+                }
+            }
+            HubMsg::Ping { nonce } => {
+                // Answered from here; the tx lock is separate from the rx lock we hold.
+                let mut g = self.tx.lock().expect("lock");
+                if let Some(tx) = g.as_mut() {
+                    let pong = ClientMsg::Pong { nonce };
+                    let len = codec::encoded_len(&pong)?;
+                    let _ = tx.send_with(
+                        len,
+                        Deadline::At(Instant::now() + Duration::from_secs(1)),
+                        true,
+                        |b| codec::encode_into(&pong, b),
+                    );
+                }
+            }
+            HubMsg::Pong { .. } => {}
+            HubMsg::Event {
+                from,
+                event,
+                topic,
+                payload,
+            } => self.enqueue(Incoming::Event(Event {
+                from: from.into(),
+                event: event.into(),
+                topic: topic.map(Into::into),
+                payload: payload.to_owned(),
+            })),
+            HubMsg::Get {
+                req,
+                requester,
+                kind,
+                key,
+                fresh,
+                accept,
+            } => self.enqueue(Incoming::Get(
+                req,
+                GetRequest {
+                    requester: requester.into(),
+                    kind: kind.into(),
+                    key: key.map(Into::into),
+                    fresh,
+                    accept,
+                },
+            )),
+            HubMsg::Request {
+                req,
+                from,
+                method,
+                payload,
+                accept,
+            } => self.enqueue(Incoming::Request(
+                req,
+                Request {
+                    from: from.into(),
+                    method: method.into(),
+                    payload: payload.to_owned(),
+                    accept,
+                },
+            )),
+            HubMsg::Data { kind, key, payload } => self.enqueue(Incoming::Data(DataPush {
+                kind: kind.into(),
+                key: key.map(Into::into),
+                payload: payload.to_owned(),
+            })),
+            HubMsg::Lifecycle { name, change } => self.enqueue(Incoming::Lifecycle(match change {
+                Change::Joined => Lifecycle::Joined(name.into()),
+                Change::Left => Lifecycle::Left(name.into()),
+                Change::State(s) => Lifecycle::State(name.into(), s.into()),
+            })),
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, i: Incoming) {
+        self.queue.lock().expect("lock").push_back(i);
+    }
+
+    /// Runs queued handlers in arrival order (one thread at a time; a nested call returns at
+    /// once and the outer loop picks its messages up).
+    fn run_handlers(&self) {
+        let Ok(_running) = self.running_handlers.try_lock() else {
+            return;
+        };
+        loop {
+            let Some(item) = self.queue.lock().expect("lock").pop_front() else {
+                return;
+            };
+            self.handle(item);
+        }
+    }
+
+    fn handle(&self, item: Incoming) {
+        match item {
+            Incoming::Event(ev) => {
+                let hs: Vec<EventFn> = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .events
+                    .iter()
+                    .filter(|(_, name, _)| name.as_deref().is_none_or(|n| n == ev.event))
+                    .map(|(_, _, f)| f.clone())
+                    .collect();
+                for f in hs {
+                    f(&ev);
+                }
+            }
+            Incoming::Get(hreq, g) => {
+                let h = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .gets
+                    .get(&g.kind)
+                    .map(|(_, f)| f.clone());
+                let answer = match h {
+                    Some(f) => f(&g),
+                    None => Err(format!(
+                        "{} has no handler for {:?}",
+                        self.opts.name, g.kind
+                    )),
+                };
+                self.answer(hreq, answer.map(|(p, ttl)| (p, ttl)));
+            }
+            Incoming::Request(hreq, r) => {
+                let h = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .requests
+                    .get(&r.method)
+                    .map(|(_, f)| f.clone());
+                let answer = match h {
+                    Some(f) => f(&r).map(|p| (p, -1)),
+                    None => Err(format!(
+                        "{} has no handler for method {:?}",
+                        self.opts.name, r.method
+                    )),
+                };
+                self.answer(hreq, answer);
+            }
+            Incoming::Data(d) => {
+                let hs: Vec<DataFn> = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .data
+                    .iter()
+                    .filter(|(_, k, _)| k.as_deref().is_none_or(|k| k == d.kind))
+                    .map(|(_, _, f)| f.clone())
+                    .collect();
+                for f in hs {
+                    f(&d);
+                }
+            }
+            Incoming::Lifecycle(l) => {
+                let hs: Vec<LifecycleFn> = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .lifecycle
+                    .iter()
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                for f in hs {
+                    f(&l);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, hreq: u64, a: Result<(PayloadBuf, i64), String>) {
+        let msg = match &a {
+            Ok((p, ttl_ms)) => ClientMsg::Answer {
+                req: hreq,
+                answer: Answer::Ok {
+                    payload: Payload {
+                        enc: p.enc,
+                        bytes: &p.bytes,
+                    },
+                    ttl_ms: *ttl_ms,
+                },
+            },
+            Err(m) => ClientMsg::Answer {
+                req: hreq,
+                answer: Answer::Err { message: m },
+            },
+        };
+        let _ = self.send(&msg);
+    }
+
+    fn mark_disconnected(&self) {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // The hub says why it dropped us, if it did, on the control socket.
+        let ctrl = self.ctrl.lock().expect("lock").take();
+        let mut reason = "the hub went away".to_string();
+        if let Some(c) = ctrl {
+            let _ = c.set_nonblocking(true);
+            if let Ok(Some((ControlReply::Goodbye { reason: r }, _))) =
+                crate::recv_control::<ControlReply>(&c)
+            {
+                reason = r;
+            }
+        }
+        *self.last_goodbye.lock().expect("lock") = Some(reason.clone());
+        *self.tx.lock().expect("lock") = None;
+        // Everyone waiting for a reply learns now.
+        let waits: Vec<Arc<Slot>> = self
+            .waits
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in waits {
+            *s.value.lock().expect("lock") = Some(Err(CallError::Link(Error::Disconnected)));
+            s.cv.notify_all();
+        }
+        let hs: Vec<DisconnectFn> = self
+            .handlers
+            .read()
+            .expect("lock")
+            .disconnect
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in hs {
+            f(&reason);
+        }
+    }
+}
+
+/// The background dispatcher: receives, files, runs handlers; reconnects if asked to.
+fn dispatcher(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let res = inner.receive_one(Deadline::At(Instant::now() + Duration::from_millis(100)));
+        inner.run_handlers();
+        match res {
+            Ok(_) => {}
+            Err(_) => {
+                if inner.opts.reconnect.is_some() && !inner.closing.load(Ordering::Acquire) {
+                    if inner.reconnect_loop().is_err() {
+                        return;
+                    }
+                } else {
+                    return;
+                }
+            }
+        }
+        // Holding `inner` across the loop would keep the client alive after the user dropped
+        // every handle; let it go each turn.
+        drop(inner);
+    }
+}

@@ -1,0 +1,456 @@
+//! The hub and the client: names, events, topics, the TTL cache, get/response correlation,
+//! requests, lifecycle, stat. The hub runs in a thread of the test process here; the
+//! crash drills with separate processes are in `hub_process.rs`.
+#![cfg(not(shmbus_loom))]
+
+mod util;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shmbus::client::{CallError, Client, ClientOptions, Lifecycle, Ttl};
+use shmbus::hub::{Hub, HubConfig, HubHandle};
+use shmbus::proto::Encoding;
+
+struct TestHub {
+    dir: util::TestDir,
+    handle: HubHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestHub {
+    fn start(name: &str, tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
+        let dir = util::TestDir::new(name);
+        let mut cfg = HubConfig {
+            dir: dir.path().to_path_buf(),
+            interval: Duration::from_millis(100),
+            get_timeout: Duration::from_millis(1000),
+            ..HubConfig::default()
+        };
+        tweak(&mut cfg);
+        let hub = Hub::bind(cfg).unwrap();
+        let handle = hub.handle();
+        let thread = std::thread::spawn(move || hub.run().unwrap());
+        TestHub {
+            dir,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    fn client(&self, name: &str) -> Client {
+        Client::connect(self.dir.path(), ClientOptions::new(name)).unwrap()
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn recv<T>(rx: &mpsc::Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("nothing arrived within 5 s")
+}
+
+#[test]
+fn emit_broadcast_topics_and_routed_events() {
+    let _w = util::watchdog("emit_broadcast_topics", 60);
+    let hub = TestHub::start("emit", |_| {});
+    let a = hub.client("a");
+    let b = hub.client("b");
+    let c = hub.client("c");
+    let (btx, brx) = mpsc::channel::<(String, String, String)>();
+    let (ctx, crx) = mpsc::channel::<(String, String, String)>();
+    for (cl, tx) in [(&b, btx), (&c, ctx)] {
+        let tx = Mutex::new(tx);
+        cl.on_any(move |e| {
+            let body: String = e.payload.decode().unwrap();
+            let _ = tx
+                .lock()
+                .unwrap()
+                .send((e.from.clone(), e.event.clone(), body));
+        });
+    }
+    a.emit("b", "hello", "to b").unwrap();
+    assert_eq!(recv(&brx), ("a".into(), "hello".into(), "to b".into()));
+    a.broadcast("all", "everyone").unwrap();
+    assert_eq!(recv(&brx).2, "everyone");
+    assert_eq!(recv(&crx).2, "everyone");
+    // RPF style: `c:cmd` goes to c only; `nobody:cmd` to everyone else.
+    a.emit_routed("c:cmd", "for c").unwrap();
+    assert_eq!(recv(&crx), ("a".into(), "c:cmd".into(), "for c".into()));
+    a.emit_routed("nobody:cmd", "fallback").unwrap();
+    assert_eq!(recv(&brx).2, "fallback");
+    assert_eq!(recv(&crx).2, "fallback");
+    // Topics: only subscribers; subscribe replaces the set.
+    b.subscribe(["news"]).unwrap();
+    c.subscribe(["sport"]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    a.publish("news", "n1").unwrap();
+    assert_eq!(recv(&brx), ("a".into(), "news".into(), "n1".into()));
+    b.subscribe(["sport"]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    a.publish("news", "n2").unwrap();
+    a.publish("sport", "s1").unwrap();
+    assert_eq!(recv(&brx).2, "s1", "b no longer gets news");
+    assert_eq!(recv(&crx).2, "s1");
+    assert!(brx.try_recv().is_err() && crx.try_recv().is_err());
+}
+
+#[test]
+fn fifo_per_sender_and_handler_removal() {
+    let _w = util::watchdog("fifo_per_sender", 60);
+    let hub = TestHub::start("fifo", |_| {});
+    let a = hub.client("a");
+    let b = hub.client("b");
+    let got = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let g = got.clone();
+    let id = b.on("n", move |e| {
+        g.lock().unwrap().push(e.payload.decode().unwrap())
+    });
+    for i in 0..5000u32 {
+        a.emit("b", "n", &i).unwrap();
+    }
+    assert!(util::eventually(10, || got.lock().unwrap().len() == 5000));
+    assert_eq!(*got.lock().unwrap(), (0..5000).collect::<Vec<_>>());
+    assert!(b.remove_handler(id));
+    a.emit("b", "n", &1u32).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(got.lock().unwrap().len(), 5000);
+}
+
+#[test]
+fn names_are_unique_unless_replacing() {
+    let _w = util::watchdog("names_unique", 60);
+    let hub = TestHub::start("names", |_| {});
+    let _a = hub.client("same");
+    let err = Client::connect(hub.dir.path(), ClientOptions::new("same"))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("already taken"), "{err}");
+    drop(hub);
+
+    let hub = TestHub::start("names-replace", |c| c.replace_names = true);
+    let old = hub.client("same");
+    let new = hub.client("same");
+    assert!(util::eventually(5, || !old.is_connected()
+        || old.poll(Duration::from_millis(10)).is_err()));
+    assert!(new.is_connected());
+}
+
+#[test]
+fn token_is_checked() {
+    let _w = util::watchdog("token", 60);
+    let hub = TestHub::start("token", |c| c.token = Some("s3cret".into()));
+    let e = Client::connect(hub.dir.path(), ClientOptions::new("x"))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("token"), "{e}");
+    let e = Client::connect(hub.dir.path(), ClientOptions::new("x").token("nope"))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("token"), "{e}");
+    let ok = Client::connect(hub.dir.path(), ClientOptions::new("x").token("s3cret")).unwrap();
+    assert!(ok.is_connected());
+}
+
+#[test]
+fn get_cached_fresh_error_missing_owner_and_ttl() {
+    let _w = util::watchdog("get_semantics", 60);
+    let hub = TestHub::start("get", |_| {});
+    let bot = hub.client("bot");
+    let web = hub.client("web");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    bot.on_get("stats", move |g| {
+        let n = c.fetch_add(1, Ordering::SeqCst) as u32 + 1;
+        Ok((format!("stats#{n} for {:?}", g.key), Ttl::Millis(300)))
+    });
+    bot.on_get("boom", |_| Err::<((), Ttl), _>("no stats today".into()));
+    bot.on_get("volatile", |_| Ok(("v", Ttl::NoCache)));
+
+    // Miss → owner; hit → cache (owner not called again); fresh → owner.
+    let r: String = web
+        .get("bot", "stats")
+        .key("g1")
+        .send()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(r, "stats#1 for Some(\"g1\")");
+    let r: String = web
+        .get("bot", "stats")
+        .key("g1")
+        .send()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(r, "stats#1 for Some(\"g1\")", "served from cache");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let r: String = web
+        .get("bot", "stats")
+        .key("g1")
+        .fresh(true)
+        .send()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(r, "stats#2 for Some(\"g1\")");
+    // TTL expiry: after 300 ms the owner is asked again.
+    std::thread::sleep(Duration::from_millis(400));
+    let r: String = web
+        .get("bot", "stats")
+        .key("g1")
+        .send()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(r, "stats#3 for Some(\"g1\")");
+    // Error answers are relayed, not cached.
+    for _ in 0..2 {
+        match web.get("bot", "boom").send() {
+            Err(CallError::Remote(m)) => assert_eq!(m, "no stats today"),
+            other => panic!("expected the owner's error, got {other:?}"),
+        }
+    }
+    // ttl < 0: never cached.
+    web.get("bot", "volatile").send().unwrap();
+    bot.remove_handler(bot.on_get("volatile", |_| Ok(("v2", Ttl::NoCache))));
+    match web.get("bot", "volatile").send() {
+        Err(CallError::Remote(m)) => assert!(m.contains("no handler"), "{m}"),
+        other => panic!("a non-cached kind must go to the owner again: {other:?}"),
+    }
+    // Owner missing: immediate error.
+    let t0 = Instant::now();
+    match web.get("ghost", "stats").send() {
+        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    // Data frames feed the cache directly.
+    bot.data("user", Some("42"), &"alice", Ttl::Forever)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let r: String = web
+        .get("bot", "user")
+        .key("42")
+        .send()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(r, "alice");
+}
+
+#[test]
+fn responder_answers_in_the_requesters_encoding() {
+    let _w = util::watchdog("encoding", 60);
+    let hub = TestHub::start("enc", |_| {});
+    let bot = hub.client("bot");
+    bot.on_get("cfg", |_| Ok((vec![1u32, 2], Ttl::NoCache)));
+    let json_web = Client::connect(
+        hub.dir.path(),
+        ClientOptions::new("jweb").accept(Encoding::Json),
+    )
+    .unwrap();
+    let r = json_web.get("bot", "cfg").send().unwrap();
+    assert_eq!(r.payload.enc, Encoding::Json);
+    assert_eq!(std::str::from_utf8(&r.payload.bytes).unwrap(), "[1,2]");
+    let web = hub.client("web");
+    let r = web.get("bot", "cfg").send().unwrap();
+    assert_eq!(r.payload.enc, Encoding::Bincode);
+    assert_eq!(r.decode::<Vec<u32>>().unwrap(), vec![1, 2]);
+}
+
+#[test]
+fn get_timeout_owner_leaving_and_coalescing() {
+    let _w = util::watchdog("get_timeout", 60);
+    let hub = TestHub::start("timeout", |_| {});
+    let slow = hub.client("slow");
+    let web = hub.client("web");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let gate = Mutex::new(gate_rx);
+    slow.on_get("x", move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(3));
+        Ok(("late", Ttl::Forever))
+    });
+    // Deadline passes → timeout error.
+    let t0 = Instant::now();
+    match web
+        .get("slow", "x")
+        .timeout(Duration::from_millis(200))
+        .send()
+    {
+        Err(CallError::Remote(m)) => assert!(m.contains("timed out"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_millis(1000));
+    gate_tx.send(()).unwrap();
+    // Concurrent identical gets share one forward: five clients ask while the owner is
+    // still working on the first one.
+    std::thread::sleep(Duration::from_millis(100));
+    let c2 = calls.clone();
+    calls.store(0, Ordering::SeqCst);
+    slow.on_get("y", move |_| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(("shared", Ttl::NoCache))
+    });
+    let clients: Vec<Client> = (0..5).map(|i| hub.client(&format!("w{i}"))).collect();
+    let barrier = Arc::new(std::sync::Barrier::new(5));
+    let ts: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                c.get("slow", "y")
+                    .send()
+                    .map(|r| r.decode::<String>().unwrap())
+            })
+        })
+        .collect();
+    for t in ts {
+        assert_eq!(t.join().unwrap().unwrap(), "shared");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "identical gets were not coalesced"
+    );
+}
+
+#[test]
+fn pending_gets_fail_when_the_owner_leaves() {
+    let _w = util::watchdog("owner_leaves", 60);
+    let hub = TestHub::start("leave", |_| {});
+    let owner = Client::connect(
+        hub.dir.path(),
+        ClientOptions::new("owner").dispatcher(false),
+    )
+    .unwrap();
+    let web = hub.client("web");
+    let d = hub.dir.path().to_path_buf();
+    let t = std::thread::spawn(move || {
+        let w = Client::connect(&d, ClientOptions::new("web2")).unwrap();
+        let t0 = Instant::now();
+        let r = w.get("owner", "k").timeout(Duration::from_secs(4)).send();
+        (r, t0.elapsed())
+    });
+    // The owner never answers (no dispatcher, never polled); once the get is pending, close.
+    assert!(util::eventually(5, || shmbus::hub::stat(hub.dir.path())
+        .unwrap()
+        .pending
+        .len()
+        == 1));
+    let t0 = Instant::now();
+    owner.close();
+    drop(owner);
+    let (r, _) = t.join().unwrap();
+    match r {
+        Err(CallError::Remote(m)) => assert!(m.contains("left"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The name is free again.
+    let again = Client::connect(hub.dir.path(), ClientOptions::new("owner")).unwrap();
+    assert!(again.is_connected());
+    drop(web);
+}
+
+#[test]
+fn request_lifecycle_states_and_intervals() {
+    let _w = util::watchdog("lifecycle", 60);
+    let hub = TestHub::start("life", |_| {});
+    let watcher = hub.client("watcher");
+    let (ltx, lrx) = mpsc::channel();
+    let ltx = Mutex::new(ltx);
+    watcher
+        .on_lifecycle(move |l| {
+            let _ = ltx.lock().unwrap().send(l.clone());
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let bot = hub.client("bot");
+    assert_eq!(recv(&lrx), Lifecycle::Joined("bot".into()));
+    bot.on_request("health_check", |r| {
+        let n: u32 = r.payload.decode().map_err(|e| e.to_string())?;
+        Ok(format!("ok {n}"))
+    });
+    let r = watcher.request("bot", "health_check", &7u32, None).unwrap();
+    assert_eq!(r.decode::<String>().unwrap(), "ok 7");
+    match watcher.request("bot", "nope", &(), None) {
+        Err(CallError::Remote(m)) => assert!(m.contains("no handler"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    bot.set_state("ready").unwrap();
+    assert_eq!(recv(&lrx), Lifecycle::State("bot".into(), "ready".into()));
+    // Intervals: a client that asked for "stats" gets every cached stats entry pushed.
+    let (dtx, drx) = mpsc::channel();
+    let dtx = Mutex::new(dtx);
+    let sub = Client::connect(
+        hub.dir.path(),
+        ClientOptions::new("sub").intervals(["stats"]),
+    )
+    .unwrap();
+    sub.on_data(Some("stats"), move |d| {
+        let _ = dtx
+            .lock()
+            .unwrap()
+            .send((d.key.clone(), d.payload.decode::<u32>().unwrap()));
+    });
+    bot.data("stats", Some("a"), &1u32, Ttl::Forever).unwrap();
+    bot.data("stats", Some("b"), &2u32, Ttl::Forever).unwrap();
+    bot.data("other", None, &3u32, Ttl::Forever).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    while seen.len() < 2 && Instant::now() < end {
+        if let Ok(v) = drx.recv_timeout(Duration::from_millis(200)) {
+            seen.insert(v);
+        }
+    }
+    assert!(
+        seen.contains(&(Some("a".into()), 1)) && seen.contains(&(Some("b".into()), 2)),
+        "{seen:?}"
+    );
+    drop(bot);
+    let mut left = false;
+    let end = Instant::now() + Duration::from_secs(3);
+    while !left && Instant::now() < end {
+        if let Ok(l) = lrx.recv_timeout(Duration::from_millis(100)) {
+            left = l == Lifecycle::Left("bot".into());
+        }
+    }
+    assert!(left, "watcher was not told that bot left");
+}
+
+#[test]
+fn stat_reports_clients_pending_and_cache() {
+    let _w = util::watchdog("stat", 60);
+    let hub = TestHub::start("stat", |_| {});
+    let a = hub.client("alpha");
+    a.data("k", None, &vec![0u8; 100], Ttl::Forever).unwrap();
+    let _b = hub.client("beta");
+    assert!(util::eventually(5, || {
+        let s = shmbus::hub::stat(hub.dir.path()).unwrap();
+        s.clients.len() == 2 && s.cache_entries == 1
+    }));
+    let s = shmbus::hub::stat(hub.dir.path()).unwrap();
+    let alpha = s.clients.iter().find(|c| c.name == "alpha").unwrap();
+    assert_eq!(alpha.pid, std::process::id() as i32);
+    assert!(alpha.msgs_in >= 1);
+    assert!(s.cache_bytes >= 100);
+    assert!(s.to_table().contains("alpha"));
+}
