@@ -180,11 +180,7 @@ fn sleep_until_killed() -> ! {
 /// returns (a missed wake-up, an undetected dead peer) thus fails its test with a clear
 /// message instead of hanging the whole binary until the watchdog aborts it. The stuck thread
 /// is leaked; it ends with the process.
-fn bounded<T: Send + 'static>(
-    secs: u64,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
+fn bounded<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
@@ -397,7 +393,10 @@ fn peer_hung_up_reports_a_closed_peer() {
     }
     let _w = util::watchdog("peer_hung_up_reports_a_closed_peer", 10);
     let (a, b) = UnixStream::pair().unwrap();
-    assert!(!shmbus::sys::peer_hung_up(a.as_fd()).unwrap(), "live peer reported gone");
+    assert!(
+        !shmbus::sys::peer_hung_up(a.as_fd()).unwrap(),
+        "live peer reported gone"
+    );
     drop(b);
     assert!(
         shmbus::sys::peer_hung_up(a.as_fd()).unwrap(),
@@ -405,7 +404,10 @@ fn peer_hung_up_reports_a_closed_peer() {
     );
     let (a, b) = Link::pair().unwrap();
     drop(b);
-    assert!(a.peer_gone(), "LIBRARY BUG: Link::peer_gone is false after the peer was dropped");
+    assert!(
+        a.peer_gone(),
+        "LIBRARY BUG: Link::peer_gone is false after the peer was dropped"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,8 +561,14 @@ fn sigkill_mid_stream_receiver_sees_disconnected_fast() {
         });
         let mut rx = rx;
         assert!(matches!(end, RecvError::Disconnected), "{wait:?}: {end:?}");
-        assert!(el < KILL_BUDGET, "{wait:?}: Disconnected {el:?} after the kill");
-        assert!(matches!(rx.try_recv_bytes(|_| ()), Err(TryRecvError::Disconnected)));
+        assert!(
+            el < KILL_BUDGET,
+            "{wait:?}: Disconnected {el:?} after the kill"
+        );
+        assert!(matches!(
+            rx.try_recv_bytes(|_| ()),
+            Err(TryRecvError::Disconnected)
+        ));
         kid.wait_killed(10);
         eprintln!(
             "{TEST} [{}]: {seq} whole messages, Disconnected {el:?} after SIGKILL",
@@ -785,7 +793,10 @@ fn sigkill_of_receiver_unblocks_sender() {
         });
         std::thread::sleep(Duration::from_millis(100));
         assert!(
-            matches!(sent_rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)),
+            matches!(
+                sent_rx.try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Empty)
+            ),
             "{wait:?}: send on a full ring returned before the kill"
         );
         let t_kill = Instant::now();
@@ -798,9 +809,15 @@ fn sigkill_of_receiver_unblocks_sender() {
             ),
         };
         let tx = waiter.join().unwrap();
-        assert!(matches!(r, Err(Error::Disconnected)), "{wait:?}: send returned {r:?}");
+        assert!(
+            matches!(r, Err(Error::Disconnected)),
+            "{wait:?}: send returned {r:?}"
+        );
         let el = t_ret - t_kill;
-        assert!(el < KILL_BUDGET, "{wait:?}: send unblocked {el:?} after the kill");
+        assert!(
+            el < KILL_BUDGET,
+            "{wait:?}: send unblocked {el:?} after the kill"
+        );
         // And stays disconnected: a second blocking send fails at once too. (`try_send_bytes`
         // is not checked: on a full ring it answers "full" (`Ok(false)`) until the next
         // liveness probe, see the report.)
@@ -809,7 +826,10 @@ fn sigkill_of_receiver_unblocks_sender() {
             let mut tx = tx;
             (tx.send_bytes(&msg), t.elapsed())
         });
-        assert!(matches!(r2, Err(Error::Disconnected)), "{wait:?}: second send: {r2:?}");
+        assert!(
+            matches!(r2, Err(Error::Disconnected)),
+            "{wait:?}: second send: {r2:?}"
+        );
         assert!(el2 < KILL_BUDGET, "{wait:?}: second send took {el2:?}");
         kid.wait_killed(10);
         eprintln!(
@@ -983,7 +1003,7 @@ fn corrupt_segment_header(raw: &Raw, case: &str) {
         "seg_ring_offset_misaligned" => raw.u64_at(r0off).store(128 + 8, Ordering::Relaxed),
         "seg_ring_in_header" => raw.u64_at(r0off).store(0, Ordering::Relaxed),
         "seg_ring_past_end" => raw.u64_at(r1off).store(len - 128, Ordering::Relaxed),
-        "seg_ring_offset_overflow" => raw.u64_at(r1off).store(u64::MAX & !127, Ordering::Relaxed),
+        "seg_ring_offset_overflow" => raw.u64_at(r1off).store(!127, Ordering::Relaxed),
         "seg_capacity_not_pow2" => raw.u64_at(r0cap).store(H_CAP + 8, Ordering::Relaxed),
         "seg_capacity_huge" => raw.u64_at(r0cap).store(1 << 30, Ordering::Relaxed),
         "seg_rings_overlap" => {
@@ -1009,7 +1029,7 @@ fn corrupt_ring(raw: &Raw, case: &str, t: u64) {
     };
     match case {
         "tail_beyond_capacity" => raw.set_tail0(t + H_CAP + 8),
-        "tail_max" => raw.set_tail0(u64::MAX & !7),
+        "tail_max" => raw.set_tail0(!7),
         "tail_unaligned" => raw.set_tail0(t + 3),
         "tail_backwards" => raw.set_tail0(t - 8 - VALID_LEN as u64),
         "frame_word_garbage" => word(0xDEAD_BEEF_DEAD_BEEF, t + 16),
@@ -1147,7 +1167,8 @@ fn hostile_ring_child(raw: &Raw, case: &str, expect: Expect, link: &mut Link, be
     // Wait for the parent to hang up: EOF on the control socket (read directly rather than
     // through `Link::peer_gone`, so that this child does not depend on the hang-up poll).
     let ctrl = link.control();
-    ctrl.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    ctrl.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut buf = [0u8; 64];
     loop {
         match std::io::Read::read(&mut &*ctrl, &mut buf) {

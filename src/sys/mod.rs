@@ -258,7 +258,7 @@ pub fn eventfd_write(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub struct Ready {
     /// Data can be read.
     pub readable: bool,
-    /// The peer hung up (`POLLHUP`/`POLLRDHUP`) or the fd is in error.
+    /// The peer hung up (`POLLHUP`) or the fd is in error.
     pub hangup: bool,
 }
 
@@ -284,11 +284,20 @@ pub fn poll_fds<const N: usize>(
             Ok(_) => {
                 let mut out = [Ready::default(); N];
                 for (o, p) in out.iter_mut().zip(pfds.iter()) {
-                    let r = p.revents().unwrap_or(PollFlags::empty());
-                    o.readable = r.contains(PollFlags::POLLIN);
-                    o.hangup = r.intersects(
-                        PollFlags::POLLHUP | POLLRDHUP | PollFlags::POLLERR | PollFlags::POLLNVAL,
-                    );
+                    match p.revents() {
+                        Some(r) => {
+                            o.readable = r.contains(PollFlags::POLLIN);
+                            o.hangup = r.intersects(
+                                PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL,
+                            );
+                        }
+                        // Bits nix cannot name (POLLRDHUP): something happened; report both
+                        // and let the caller re-check.
+                        None => {
+                            o.readable = true;
+                            o.hangup = true;
+                        }
+                    }
                 }
                 return Ok(out);
             }
@@ -302,11 +311,11 @@ pub fn poll_fds<const N: usize>(
     }
 }
 
-/// Events that report a dead stream peer without consuming any byte from the socket.
-pub const HANGUP_EVENTS: PollFlags = POLLRDHUP;
-
-/// `POLLRDHUP` (Linux): the stream peer shut down or closed its end. nix has no name for it.
-const POLLRDHUP: PollFlags = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+/// Events to ask for on a control socket to learn of the peer's death without consuming any
+/// byte from it: none. `POLLHUP` is always reported, and a Unix stream socket reports it as
+/// soon as its peer is closed (or its process died). (`POLLRDHUP` would also do, but nix's
+/// `PollFd::revents` cannot represent that bit and returns `None` for the whole set.)
+pub const HANGUP_EVENTS: PollFlags = PollFlags::empty();
 
 /// True if the stream peer of `fd` has closed its end (or died). Never blocks, never reads.
 pub fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
