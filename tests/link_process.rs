@@ -377,14 +377,14 @@ fn message_codec_self_check() {
 // 0. The hang-up probe every SIGKILL test relies on
 // ---------------------------------------------------------------------------------------------
 
-/// Minimal reproduction of a library bug found by the SIGKILL tests below: a peer that dies
-/// without closing its ring halves (SIGKILL) is noticed only through the control socket's
-/// hang-up, and `sys::poll_fds` never reports that hang-up. It asks for `POLLRDHUP`, the
-/// kernel answers `POLLHUP | POLLRDHUP`, and nix 0.31's `PollFd::revents()` returns `None`
-/// for a bit it has no name for (`PollFlags::from_bits`), which `poll_fds` turns into "no
-/// event". So `peer_hung_up` and `Link::peer_gone` stay false for a dead peer, and a blocked
-/// `recv`/`send` waits forever (park) or spins forever (spin). Expected to pass once
-/// `poll_fds` keeps unknown bits (e.g. `PollFlags::from_bits_retain` on the raw revents).
+/// Regression test for a bug the SIGKILL tests below found: a peer that dies without closing
+/// its ring halves (SIGKILL) is noticed only through the control socket's hang-up, and
+/// `sys::poll_fds` used to never report it. It asked for `POLLRDHUP`, the kernel answered
+/// `POLLHUP | POLLRDHUP`, and nix 0.31's `PollFd::revents()` returns `None` for a bit it has
+/// no name for, which `poll_fds` turned into "no event": `peer_hung_up` and
+/// `Link::peer_gone` stayed false for a dead peer, and a blocked `recv`/`send` parked or spun
+/// forever. (Fixed in `sys`: poll for `POLLHUP` only, and treat `None` as "something
+/// happened".)
 #[test]
 fn peer_hung_up_reports_a_closed_peer() {
     use std::os::fd::AsFd;

@@ -16,6 +16,7 @@
 //! * **eventfd**: the wake-up floor: a blocking eventfd each way, payload in shared memory.
 
 mod floor;
+mod hub;
 mod ring;
 mod uds;
 
@@ -43,6 +44,10 @@ pub enum Transport {
     Atomic,
     /// Bare blocking eventfd ping-pong (the wake-up floor).
     Eventfd,
+    /// A get through a hub process, answered by an owner process (or the hub's cache).
+    HubGet,
+    /// Routed events between clients through a hub process.
+    HubEmit,
 }
 
 impl Transport {
@@ -53,15 +58,19 @@ impl Transport {
             Transport::Uds => "uds",
             Transport::Atomic => "atomic",
             Transport::Eventfd => "eventfd",
+            Transport::HubGet => "hub-get",
+            Transport::HubEmit => "hub-emit",
         }
     }
 
     /// All transports.
-    pub const ALL: [Transport; 4] = [
+    pub const ALL: [Transport; 6] = [
         Transport::Ring,
         Transport::Uds,
         Transport::Atomic,
         Transport::Eventfd,
+        Transport::HubGet,
+        Transport::HubEmit,
     ];
 }
 
@@ -71,7 +80,7 @@ impl std::str::FromStr for Transport {
         Transport::ALL
             .into_iter()
             .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown transport {s:?} (ring, uds, atomic, eventfd)"))
+            .ok_or_else(|| format!("unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit)"))
     }
 }
 
@@ -92,6 +101,10 @@ pub struct Opts {
     pub throughput: bool,
     /// Ring capacity (ring only); `None` = big enough that a message is one frame.
     pub ring_capacity: Option<u64>,
+    /// hub-get: answered from the hub's cache instead of by the owner.
+    pub cached: bool,
+    /// hub-emit: how many clients emit (each to the next).
+    pub clients: usize,
 }
 
 impl Default for Opts {
@@ -104,6 +117,8 @@ impl Default for Opts {
             pin: false,
             throughput: false,
             ring_capacity: None,
+            cached: false,
+            clients: 1,
         }
     }
 }
@@ -122,16 +137,18 @@ impl Opts {
     /// Name of the wait mode for reports.
     pub fn wait_name(&self) -> &'static str {
         match self.transport {
-            Transport::Ring => self.wait.name(),
+            Transport::Ring | Transport::HubGet | Transport::HubEmit => self.wait.name(),
             Transport::Uds => "block",
             Transport::Atomic => "spin",
             Transport::Eventfd => "park",
         }
     }
 
-    fn to_env(&self, socket: &std::path::Path) -> String {
+    fn to_env(&self, socket: &std::path::Path, role: &str) -> String {
         format!(
-            "transport={};size={};wait={};pin={};ring={};socket={}",
+            "role={role};cached={};clients={};transport={};size={};wait={};pin={};ring={};socket={}",
+            self.cached as u8,
+            self.clients,
             self.transport.name(),
             self.size,
             match self.wait {
@@ -146,12 +163,16 @@ impl Opts {
         )
     }
 
-    fn from_env(s: &str) -> Result<(Opts, PathBuf), String> {
+    fn from_env(s: &str) -> Result<(Opts, PathBuf, String), String> {
         let mut o = Opts::default();
         let mut socket = None;
+        let mut role = String::new();
         for kv in s.split(';') {
             let (k, v) = kv.split_once('=').ok_or("bad peer spec")?;
             match k {
+                "role" => role = v.to_string(),
+                "cached" => o.cached = v == "1",
+                "clients" => o.clients = v.parse().map_err(|e| format!("{e}"))?,
                 "transport" => o.transport = v.parse()?,
                 "size" => o.size = v.parse().map_err(|e| format!("{e}"))?,
                 "wait" => o.wait = v.parse()?,
@@ -161,7 +182,7 @@ impl Opts {
                 _ => return Err(format!("unknown peer option {k}")),
             }
         }
-        Ok((o, socket.ok_or("peer spec without socket")?))
+        Ok((o, socket.ok_or("peer spec without socket")?, role))
     }
 }
 
@@ -326,7 +347,7 @@ mod bytes {
 pub struct Session {
     inner: SessionKind,
     opts: Opts,
-    child: Child,
+    children: Vec<Child>,
     _dir: TempDir,
 }
 
@@ -334,6 +355,8 @@ enum SessionKind {
     Ring(Box<ring::RingSide>),
     Uds(uds::UdsSide),
     Floor(floor::FloorSide),
+    Get(hub::GetSide),
+    Emit(hub::EmitSide),
 }
 
 impl Session {
@@ -348,39 +371,65 @@ impl Session {
         }
         let dir = TempDir::new()?;
         let socket = dir.0.join("bench.sock");
-        let spawn = |opts: &Opts| -> Result<Child, Error> {
+        let spawn_role = |opts: &Opts, role: &str| -> Result<Child, Error> {
             let exe = std::env::current_exe()?;
+            let target = if role == "peer" { socket.clone() } else { dir.0.clone() };
             Ok(Command::new(exe)
-                .env(PEER_ENV, opts.to_env(&socket))
+                .env(PEER_ENV, opts.to_env(&target, role))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()?)
         };
-        if opts.pin {
+        let spawn = |opts: &Opts| spawn_role(opts, "peer");
+        if opts.pin && !matches!(opts.transport, Transport::HubGet | Transport::HubEmit) {
             crate::sys::pin_to_cpu(0)?;
         }
-        let (inner, child) = match opts.transport {
+        let (inner, children) = match opts.transport {
             Transport::Ring => {
                 let l = ring::listen(&socket, opts)?;
                 let child = spawn(opts)?;
-                (SessionKind::Ring(Box::new(ring::accept(l, opts)?)), child)
+                (SessionKind::Ring(Box::new(ring::accept(l, opts)?)), vec![child])
             }
             Transport::Uds => {
                 let l = crate::link::bind_unix(&socket)?;
                 let child = spawn(opts)?;
-                (SessionKind::Uds(uds::accept(l, opts)?), child)
+                (SessionKind::Uds(uds::accept(l, opts)?), vec![child])
             }
             Transport::Atomic | Transport::Eventfd => {
                 let l = crate::link::bind_unix(&socket)?;
                 let child = spawn(opts)?;
-                (SessionKind::Floor(floor::accept(l, opts)?), child)
+                (SessionKind::Floor(floor::accept(l, opts)?), vec![child])
+            }
+            Transport::HubGet => {
+                let h = spawn_role(opts, "hub")?;
+                let o = spawn_role(opts, "owner")?;
+                let side = hub::connect_requester(opts, &dir.0);
+                let mut children = vec![o, h];
+                match side {
+                    Ok(s) => (SessionKind::Get(s), children),
+                    Err(e) => {
+                        kill_all(&mut children);
+                        return Err(e);
+                    }
+                }
+            }
+            Transport::HubEmit => {
+                let h = spawn_role(opts, "hub")?;
+                let mut children = vec![h];
+                match hub::connect_emitters(opts, &dir.0) {
+                    Ok(s) => (SessionKind::Emit(s), children),
+                    Err(e) => {
+                        kill_all(&mut children);
+                        return Err(e);
+                    }
+                }
             }
         };
         Ok(Session {
             inner,
             opts: opts.clone(),
-            child,
+            children,
             _dir: dir,
         })
     }
@@ -391,6 +440,10 @@ impl Session {
             SessionKind::Ring(s) => s.roundtrips(n),
             SessionKind::Uds(s) => s.roundtrips(n),
             SessionKind::Floor(s) => s.roundtrips(n),
+            SessionKind::Get(s) => s.roundtrips(n),
+            SessionKind::Emit(_) => Err(Error::Handshake(
+                "hub-emit measures throughput only (use --throughput)".into(),
+            )),
         }
     }
 
@@ -401,6 +454,10 @@ impl Session {
             SessionKind::Ring(s) => s.stream(n),
             SessionKind::Uds(s) => s.stream(n),
             SessionKind::Floor(s) => s.stream(n),
+            SessionKind::Emit(s) => s.stream(n),
+            SessionKind::Get(_) => Err(Error::Handshake(
+                "hub-get measures round trips only".into(),
+            )),
         }
     }
 
@@ -412,20 +469,37 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Closing our end makes the peer exit; make sure it does.
+        // Closing our end makes the peers exit; make sure they do.
         let inner = std::mem::replace(
             &mut self.inner,
             SessionKind::Floor(floor::FloorSide::dead()),
         );
         drop(inner);
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        // The hub benches' hub does not exit by itself: it is the last child; stop it after
+        // the others had a moment to leave.
+        let hub_last = matches!(self.opts.transport, Transport::HubGet | Transport::HubEmit);
+        let n = self.children.len();
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if hub_last && i + 1 == n {
+                continue;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            for _ in 0..200 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_all(&mut self.children);
+    }
+}
+
+fn kill_all(children: &mut [Child]) {
+    for c in children {
+        if let Ok(None) = c.try_wait() {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
     }
 }
 
@@ -433,10 +507,14 @@ impl Drop for Session {
 pub fn run(opts: &Opts) -> Result<Report, Error> {
     let mut s = Session::start(opts)?;
     let warm = (opts.iters / 10).clamp(100, 50_000);
-    if opts.throughput {
+    if opts.throughput || opts.transport == Transport::HubEmit {
         s.stream(warm)?;
         let t = s.stream(opts.iters)?;
-        Ok(Report::from_stream(opts, opts.iters, t))
+        let n = match &s.inner {
+            SessionKind::Emit(e) => e.sent_per_stream(opts.iters),
+            _ => opts.iters,
+        };
+        Ok(Report::from_stream(opts, n, t))
     } else {
         s.roundtrips(warm)?;
         let t0 = std::time::Instant::now();
@@ -453,7 +531,7 @@ pub fn maybe_run_peer() {
         return;
     };
     let code = match Opts::from_env(&spec) {
-        Ok((o, socket)) => match run_peer(&o, &socket) {
+        Ok((o, socket, role)) => match run_peer(&o, &socket, &role) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("bench peer: {e}");
@@ -468,7 +546,12 @@ pub fn maybe_run_peer() {
     std::process::exit(code);
 }
 
-fn run_peer(o: &Opts, socket: &std::path::Path) -> Result<(), Error> {
+fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error> {
+    match role {
+        "hub" => return hub::run_hub(o, socket),
+        "owner" => return hub::run_owner(o, socket),
+        _ => {}
+    }
     if o.pin && crate::sys::cpus_allowed() > 1 {
         crate::sys::pin_to_cpu(1)?;
     }
@@ -476,6 +559,7 @@ fn run_peer(o: &Opts, socket: &std::path::Path) -> Result<(), Error> {
         Transport::Ring => ring::peer(o, socket),
         Transport::Uds => uds::peer(o, socket),
         Transport::Atomic | Transport::Eventfd => floor::peer(o, socket),
+        Transport::HubGet | Transport::HubEmit => Err(Error::Handshake(format!("unknown bench role {role:?}"))),
     }
 }
 

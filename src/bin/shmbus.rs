@@ -137,7 +137,7 @@ fn run_hub(a: &HubArgs) -> Result<(), shmbus::Error> {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// ring | uds | atomic | eventfd
+    /// ring | uds | atomic | eventfd | hub-get | hub-emit
     transport: Transport,
     /// Payload bytes per message.
     #[arg(long, default_value_t = 64)]
@@ -160,6 +160,12 @@ struct BenchArgs {
     /// Print exactly one JSON line.
     #[arg(long)]
     json: bool,
+    /// hub-get: answered from the hub's cache (the owner is not involved).
+    #[arg(long)]
+    cached: bool,
+    /// hub-emit: number of clients, each emitting to the next.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
 }
 
 fn main() -> ExitCode {
@@ -199,6 +205,8 @@ fn main() -> ExitCode {
                 pin: a.pin,
                 throughput: a.throughput,
                 ring_capacity: a.ring_bytes,
+                cached: a.cached,
+                clients: a.clients,
             };
             match bench::run(&opts) {
                 Ok(r) => {

@@ -1,0 +1,199 @@
+//! `hub-get` and `hub-emit`: the bus through a hub process.
+//!
+//! * **hub-get**: this process (the requester) gets a value of `size` bytes from an owner
+//!   process through a hub process: fresh (hub → owner → hub → requester), or with `--cached`
+//!   answered by the hub from its cache. One round trip = one get.
+//! * **hub-emit**: `clients` clients in this process, each emitting to the next through a hub
+//!   process; the rate is routed events per second, all clients together.
+//!
+//! Pinning (`--pin`): the hub on CPU 0, the requester and the owner on CPU 1.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{checksum, mismatch, payload, Opts};
+use crate::client::{Client, ClientOptions, Ttl};
+use crate::hub::{Hub, HubConfig};
+use crate::{codec, Error, LinkConfig};
+
+/// A byte payload encoded as one bincode byte string (cheap to clone).
+#[derive(Clone)]
+struct Blob(Arc<[u8]>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+pub(super) fn run_hub(o: &Opts, dir: &Path) -> Result<(), Error> {
+    if o.pin {
+        crate::sys::pin_to_cpu(0)?;
+    }
+    let hub = Hub::bind(HubConfig {
+        dir: dir.to_path_buf(),
+        heartbeat: Duration::ZERO,
+        link: LinkConfig {
+            ring_capacity: o.ring_capacity(),
+            wait: o.wait,
+            ..LinkConfig::default()
+        },
+        ..HubConfig::default()
+    })?;
+    hub.run()
+}
+
+pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
+    if o.pin && crate::sys::cpus_allowed() > 1 {
+        crate::sys::pin_to_cpu(1)?;
+    }
+    let c = Client::connect(dir, ClientOptions::new("owner").wait(o.wait).dispatcher(false))?;
+    let p = Blob(payload(o.size).into());
+    c.on_get("bench", move |_| Ok((p.clone(), Ttl::Forever)));
+    loop {
+        match c.poll(Duration::from_millis(100)) {
+            Ok(_) => {}
+            Err(Error::Disconnected) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn wait_for_hub(dir: &Path) -> Result<(), Error> {
+    let sock = crate::hub::socket_path(dir);
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(Error::Handshake("the benchmark hub did not come up".into()))
+}
+
+pub(super) struct GetSide {
+    client: Client,
+    fresh: bool,
+    expect: u64,
+}
+
+pub(super) fn connect_requester(o: &Opts, dir: &Path) -> Result<GetSide, Error> {
+    wait_for_hub(dir)?;
+    let client = Client::connect(dir, ClientOptions::new("requester").wait(o.wait).dispatcher(false))?;
+    // Wait for the owner to join.
+    let end = Instant::now() + Duration::from_secs(10);
+    while crate::hub::stat(dir)?.clients.len() < 2 {
+        if Instant::now() > end {
+            return Err(Error::Handshake("the benchmark owner did not join".into()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if o.pin && crate::sys::cpus_allowed() > 1 {
+        crate::sys::pin_to_cpu(1)?;
+    }
+    Ok(GetSide {
+        client,
+        fresh: !o.cached,
+        expect: checksum(&payload(o.size)),
+    })
+}
+
+impl GetSide {
+    pub(super) fn roundtrips(&mut self, n: u64) -> Result<Vec<u64>, Error> {
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let r = self.client.get("owner", "bench").fresh(self.fresh).send()?;
+            let sum = codec::decode_borrowed::<&[u8]>(&r.payload.bytes).map(checksum);
+            out.push(t0.elapsed().as_nanos() as u64);
+            if sum.ok() != Some(self.expect) {
+                return Err(mismatch("hub-get payload"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(super) struct EmitSide {
+    clients: Vec<Client>,
+    got: Vec<Arc<AtomicU64>>,
+    payload: Blob,
+}
+
+pub(super) fn connect_emitters(o: &Opts, dir: &Path) -> Result<EmitSide, Error> {
+    wait_for_hub(dir)?;
+    let n = o.clients.max(1);
+    let mut clients = Vec::new();
+    let mut got = Vec::new();
+    let expect = checksum(&payload(o.size));
+    for i in 0..n {
+        let c = Client::connect(dir, ClientOptions::new(format!("e{i}")).wait(o.wait))?;
+        let g = Arc::new(AtomicU64::new(0));
+        let gg = g.clone();
+        c.on("bench", move |e| {
+            if codec::decode_borrowed::<&[u8]>(&e.payload.bytes).map(checksum).ok() == Some(expect) {
+                gg.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        clients.push(c);
+        got.push(g);
+    }
+    Ok(EmitSide {
+        clients,
+        got,
+        payload: Blob(payload(o.size).into()),
+    })
+}
+
+impl EmitSide {
+    pub(super) fn stream(&mut self, n: u64) -> Result<Duration, Error> {
+        let k = self.clients.len() as u64;
+        let per = n.div_ceil(k);
+        let before: Vec<u64> = self.got.iter().map(|g| g.load(Ordering::Relaxed)).collect();
+        let body = crate::proto::PayloadBuf::bincode(&self.payload)?;
+        let t0 = Instant::now();
+        std::thread::scope(|s| -> Result<(), Error> {
+            let hs: Vec<_> = self
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let to = format!("e{}", (i + 1) % k as usize);
+                    let body = &body;
+                    s.spawn(move || -> Result<(), Error> {
+                        for _ in 0..per {
+                            c.emit_payload(crate::proto::Target::Client(&to), "bench", body)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().map_err(|_| mismatch("emitter thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        let end = Instant::now() + Duration::from_secs(120);
+        while self
+            .got
+            .iter()
+            .zip(&before)
+            .any(|(g, b)| g.load(Ordering::Relaxed) - b < per)
+        {
+            if Instant::now() > end {
+                return Err(mismatch("hub-emit: not every event arrived"));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(t0.elapsed())
+    }
+
+    pub(super) fn sent_per_stream(&self, n: u64) -> u64 {
+        let k = self.clients.len() as u64;
+        n.div_ceil(k) * k
+    }
+}
