@@ -99,6 +99,8 @@ pub struct RawSender {
     /// Payload bytes per fragment of a large message.
     chunk: usize,
     broken: Option<Error>,
+    /// The peer is known to be gone (its socket hung up): every later send says so.
+    peer_gone: bool,
     /// A fragmented message was cut short by a timeout; an ABORT frame is owed.
     abort_owed: bool,
     until_probe: u32,
@@ -125,6 +127,7 @@ impl RawSender {
             max_message,
             chunk,
             broken: None,
+            peer_gone: false,
             abort_owed: false,
             until_probe: PROBE_EVERY,
             scratch: Vec::new(),
@@ -173,13 +176,15 @@ impl RawSender {
         if let Some(e) = &self.broken {
             return Err(Fail::Error(e.duplicate()));
         }
-        if self.prod.peer_closed() {
+        if self.peer_gone || self.prod.peer_closed() {
+            self.peer_gone = true;
             return Err(Fail::Disconnected);
         }
         self.until_probe -= 1;
         if self.until_probe == 0 {
             self.until_probe = PROBE_EVERY;
             if sys::peer_hung_up(self.ctrl.as_fd()).map_err(|e| self.fail(e.into()))? {
+                self.peer_gone = true;
                 return Err(Fail::Disconnected);
             }
         }
@@ -213,6 +218,11 @@ impl RawSender {
             return Err(Fail::Disconnected);
         }
         if let Deadline::Now = deadline {
+            // Full: make sure "full" does not hide a dead peer.
+            if sys::peer_hung_up(self.ctrl.as_fd()).unwrap_or(false) {
+                self.peer_gone = true;
+                return Err(Fail::Disconnected);
+            }
             return Err(Fail::NotNow);
         }
         let parker = BellParker {
@@ -226,10 +236,16 @@ impl RawSender {
             &mut RoomFor(&mut self.prod, len),
         );
         match outcome {
-            Ok(WaitOutcome::Ready) if self.prod.peer_closed() => Err(Fail::Disconnected),
+            Ok(WaitOutcome::Ready) if self.prod.peer_closed() => {
+                self.peer_gone = true;
+                Err(Fail::Disconnected)
+            }
             Ok(WaitOutcome::Ready) => Ok(()),
             Ok(WaitOutcome::TimedOut) => Err(Fail::Timeout),
-            Ok(WaitOutcome::PeerGone) => Err(Fail::Disconnected),
+            Ok(WaitOutcome::PeerGone) => {
+                self.peer_gone = true;
+                Err(Fail::Disconnected)
+            }
             Err(e) => Err(self.fail(e)),
         }
     }

@@ -438,16 +438,25 @@ impl Link {
         cfg.check()?;
         let sock = UnixStream::connect(path.as_ref())?;
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        send_control(
+        let hello = send_control(
             &sock,
             &LinkHandshake::Hello {
                 magic: HELLO_MAGIC,
                 version: LAYOUT_VERSION,
             },
             &[],
-        )?;
-        let (msg, fds) = recv_control::<LinkHandshake>(&sock)?
-            .ok_or_else(|| Error::Handshake("listener closed the connection".into()))?;
+        );
+        // A listener that refuses us may close before reading our hello; its refusal is
+        // still waiting in our socket, so read it before reporting the failed send.
+        let reply = recv_control::<LinkHandshake>(&sock);
+        let (msg, fds) = match (hello, reply) {
+            (_, Ok(Some(m))) => m,
+            (Err(e), _) => return Err(handshake_error("sending hello", e)),
+            (Ok(()), Ok(None)) => {
+                return Err(Error::Handshake("listener closed the connection".into()))
+            }
+            (Ok(()), Err(e)) => return Err(handshake_error("reading the welcome", e)),
+        };
         match msg {
             LinkHandshake::Welcome {
                 version,
@@ -456,7 +465,7 @@ impl Link {
                 sock.set_read_timeout(None)?;
                 let mut cfg = cfg.clone();
                 cfg.max_message = cfg.max_message.min(max_message as usize);
-                open_link(fds, sock, &cfg)
+                open_link(fds, sock, &cfg).map_err(|e| handshake_error("opening the link", e))
             }
             LinkHandshake::Welcome { version, .. } => Err(Error::Handshake(format!(
                 "listener speaks layout version {version}, we speak {LAYOUT_VERSION}"
@@ -501,6 +510,21 @@ impl Link {
     /// True once the peer has closed its end or died.
     pub fn peer_gone(&self) -> bool {
         sys::peer_hung_up(self.ctrl.as_fd()).unwrap_or(true)
+    }
+}
+
+/// Describes a failure during a handshake as [`Error::Handshake`] (keeping the cause).
+pub(crate) fn handshake_error(step: &str, e: Error) -> Error {
+    match e {
+        Error::Handshake(_) => e,
+        Error::Io(io)
+            if io.kind() == io::ErrorKind::WouldBlock || io.kind() == io::ErrorKind::TimedOut =>
+        {
+            Error::Handshake(format!(
+                "{step}: the peer did not answer within {HANDSHAKE_TIMEOUT:?}"
+            ))
+        }
+        e => Error::Handshake(format!("{step}: {e}")),
     }
 }
 

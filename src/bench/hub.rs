@@ -39,7 +39,7 @@ pub(super) fn run_hub(o: &Opts, dir: &Path) -> Result<(), Error> {
         heartbeat: Duration::ZERO,
         link: LinkConfig {
             ring_capacity: o.ring_capacity(),
-            wait: o.wait,
+            wait: o.hub_wait.unwrap_or(o.wait),
             ..LinkConfig::default()
         },
         ..HubConfig::default()
@@ -51,7 +51,10 @@ pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
     if o.pin && crate::sys::cpus_allowed() > 1 {
         crate::sys::pin_to_cpu(1)?;
     }
-    let c = Client::connect(dir, ClientOptions::new("owner").wait(o.wait).dispatcher(false))?;
+    let c = Client::connect(
+        dir,
+        ClientOptions::new("owner").wait(o.wait).dispatcher(false),
+    )?;
     let p = Blob(payload(o.size).into());
     c.on_get("bench", move |_| Ok((p.clone(), Ttl::Forever)));
     loop {
@@ -83,7 +86,12 @@ pub(super) struct GetSide {
 
 pub(super) fn connect_requester(o: &Opts, dir: &Path) -> Result<GetSide, Error> {
     wait_for_hub(dir)?;
-    let client = Client::connect(dir, ClientOptions::new("requester").wait(o.wait).dispatcher(false))?;
+    let client = Client::connect(
+        dir,
+        ClientOptions::new("requester")
+            .wait(o.wait)
+            .dispatcher(false),
+    )?;
     // Wait for the owner to join.
     let end = Instant::now() + Duration::from_secs(10);
     while crate::hub::stat(dir)?.clients.len() < 2 {
@@ -135,7 +143,11 @@ pub(super) fn connect_emitters(o: &Opts, dir: &Path) -> Result<EmitSide, Error> 
         let g = Arc::new(AtomicU64::new(0));
         let gg = g.clone();
         c.on("bench", move |e| {
-            if codec::decode_borrowed::<&[u8]>(&e.payload.bytes).map(checksum).ok() == Some(expect) {
+            if codec::decode_borrowed::<&[u8]>(&e.payload.bytes)
+                .map(checksum)
+                .ok()
+                == Some(expect)
+            {
                 gg.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -173,7 +185,8 @@ impl EmitSide {
                 })
                 .collect();
             for h in hs {
-                h.join().map_err(|_| mismatch("emitter thread panicked"))??;
+                h.join()
+                    .map_err(|_| mismatch("emitter thread panicked"))??;
             }
             Ok(())
         })?;

@@ -80,7 +80,9 @@ impl std::str::FromStr for Transport {
         Transport::ALL
             .into_iter()
             .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit)"))
+            .ok_or_else(|| {
+                format!("unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit)")
+            })
     }
 }
 
@@ -105,6 +107,8 @@ pub struct Opts {
     pub cached: bool,
     /// hub-emit: how many clients emit (each to the next).
     pub clients: usize,
+    /// hub-get / hub-emit: how the hub waits (`None` = like the clients, `wait`).
+    pub hub_wait: Option<WaitStrategy>,
 }
 
 impl Default for Opts {
@@ -119,6 +123,7 @@ impl Default for Opts {
             ring_capacity: None,
             cached: false,
             clients: 1,
+            hub_wait: None,
         }
     }
 }
@@ -146,17 +151,13 @@ impl Opts {
 
     fn to_env(&self, socket: &std::path::Path, role: &str) -> String {
         format!(
-            "role={role};cached={};clients={};transport={};size={};wait={};pin={};ring={};socket={}",
+            "role={role};cached={};clients={};hubwait={};transport={};size={};wait={};pin={};ring={};socket={}",
             self.cached as u8,
             self.clients,
+            wait_spec(self.hub_wait.unwrap_or(self.wait)),
             self.transport.name(),
             self.size,
-            match self.wait {
-                WaitStrategy::Spin => "spin".to_string(),
-                WaitStrategy::Park => "park".to_string(),
-                WaitStrategy::SpinThenPark { spin } =>
-                    format!("spin-then-park:{}", spin.as_micros()),
-            },
+            wait_spec(self.wait),
             self.pin as u8,
             self.ring_capacity(),
             socket.display()
@@ -173,6 +174,7 @@ impl Opts {
                 "role" => role = v.to_string(),
                 "cached" => o.cached = v == "1",
                 "clients" => o.clients = v.parse().map_err(|e| format!("{e}"))?,
+                "hubwait" => o.hub_wait = Some(v.parse()?),
                 "transport" => o.transport = v.parse()?,
                 "size" => o.size = v.parse().map_err(|e| format!("{e}"))?,
                 "wait" => o.wait = v.parse()?,
@@ -183,6 +185,14 @@ impl Opts {
             }
         }
         Ok((o, socket.ok_or("peer spec without socket")?, role))
+    }
+}
+
+fn wait_spec(w: WaitStrategy) -> String {
+    match w {
+        WaitStrategy::Spin => "spin".to_string(),
+        WaitStrategy::Park => "park".to_string(),
+        WaitStrategy::SpinThenPark { spin } => format!("spin-then-park:{}", spin.as_micros()),
     }
 }
 
@@ -373,7 +383,11 @@ impl Session {
         let socket = dir.0.join("bench.sock");
         let spawn_role = |opts: &Opts, role: &str| -> Result<Child, Error> {
             let exe = std::env::current_exe()?;
-            let target = if role == "peer" { socket.clone() } else { dir.0.clone() };
+            let target = if role == "peer" {
+                socket.clone()
+            } else {
+                dir.0.clone()
+            };
             Ok(Command::new(exe)
                 .env(PEER_ENV, opts.to_env(&target, role))
                 .stdin(Stdio::null())
@@ -389,7 +403,10 @@ impl Session {
             Transport::Ring => {
                 let l = ring::listen(&socket, opts)?;
                 let child = spawn(opts)?;
-                (SessionKind::Ring(Box::new(ring::accept(l, opts)?)), vec![child])
+                (
+                    SessionKind::Ring(Box::new(ring::accept(l, opts)?)),
+                    vec![child],
+                )
             }
             Transport::Uds => {
                 let l = crate::link::bind_unix(&socket)?;
@@ -455,9 +472,9 @@ impl Session {
             SessionKind::Uds(s) => s.stream(n),
             SessionKind::Floor(s) => s.stream(n),
             SessionKind::Emit(s) => s.stream(n),
-            SessionKind::Get(_) => Err(Error::Handshake(
-                "hub-get measures round trips only".into(),
-            )),
+            SessionKind::Get(_) => {
+                Err(Error::Handshake("hub-get measures round trips only".into()))
+            }
         }
     }
 
@@ -559,7 +576,9 @@ fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error>
         Transport::Ring => ring::peer(o, socket),
         Transport::Uds => uds::peer(o, socket),
         Transport::Atomic | Transport::Eventfd => floor::peer(o, socket),
-        Transport::HubGet | Transport::HubEmit => Err(Error::Handshake(format!("unknown bench role {role:?}"))),
+        Transport::HubGet | Transport::HubEmit => {
+            Err(Error::Handshake(format!("unknown bench role {role:?}")))
+        }
     }
 }
 

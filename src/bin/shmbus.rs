@@ -166,6 +166,9 @@ struct BenchArgs {
     /// hub-emit: number of clients, each emitting to the next.
     #[arg(long, default_value_t = 1)]
     clients: usize,
+    /// hub-get / hub-emit: how the hub waits (default: like --wait).
+    #[arg(long)]
+    hub_wait: Option<WaitStrategy>,
 }
 
 fn main() -> ExitCode {
@@ -207,6 +210,7 @@ fn main() -> ExitCode {
                 ring_capacity: a.ring_bytes,
                 cached: a.cached,
                 clients: a.clients,
+                hub_wait: a.hub_wait,
             };
             match bench::run(&opts) {
                 Ok(r) => {

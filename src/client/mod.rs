@@ -779,9 +779,17 @@ impl Inner {
             client_version: self.opts.client_version.clone(),
             ring_capacity: self.opts.ring_capacity,
         };
-        crate::send_control(&sock, &ControlRequest::Hello(hello), &[])?;
-        let (reply, fds) = crate::recv_control::<ControlReply>(&sock)?
-            .ok_or_else(|| Error::Handshake("the hub closed the connection".into()))?;
+        let sent = crate::send_control(&sock, &ControlRequest::Hello(hello), &[]);
+        // A hub that refuses us (uid) may close before reading the hello; its refusal is
+        // still in our socket.
+        let (reply, fds) = match (sent, crate::recv_control::<ControlReply>(&sock)) {
+            (_, Ok(Some(m))) => m,
+            (Err(e), _) => return Err(crate::link::handshake_error("sending hello", e)),
+            (Ok(()), Ok(None)) => {
+                return Err(Error::Handshake("the hub closed the connection".into()))
+            }
+            (Ok(()), Err(e)) => return Err(crate::link::handshake_error("reading the welcome", e)),
+        };
         let (max_message, heartbeat_ms) = match reply {
             ControlReply::Welcome(Welcome::Accepted {
                 version,
@@ -801,7 +809,8 @@ impl Inner {
         sock.set_read_timeout(None)?;
         let mut cfg = self.link_cfg();
         cfg.max_message = (max_message as usize).min(crate::link::MAX_MAX_MESSAGE);
-        let link = crate::open_link(fds, sock, &cfg)?;
+        let link = crate::open_link(fds, sock, &cfg)
+            .map_err(|e| crate::link::handshake_error("opening the link", e))?;
         let ctrl = Arc::new(link.control().try_clone()?);
         let (tx, rx) = link.split();
         *self.tx.lock().expect("lock") = Some(tx);
