@@ -143,7 +143,7 @@ pub(crate) struct RoomFor<'a>(pub(crate) &'a mut crate::ring::Producer, pub(crat
 
 impl Waitable for RoomFor<'_> {
     fn ready(&mut self) -> Result<bool, crate::Error> {
-        Ok(self.0.has_room(self.1)? || self.0.peer_closed())
+        Ok(self.0.has_room_to_resume(self.1)? || self.0.peer_closed())
     }
     fn announce(&mut self, on: bool) {
         self.0.set_sleeping(on)

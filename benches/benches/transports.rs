@@ -26,7 +26,7 @@ fn variants() -> Vec<(String, Opts)> {
             Opts {
                 transport,
                 wait,
-                pin: shmbus::sys::cpus_allowed() > 1,
+                pin: shmbus::sys::cpus_online() > 1,
                 ..Opts::default()
             },
         ));

@@ -48,7 +48,7 @@ pub(super) fn run_hub(o: &Opts, dir: &Path) -> Result<(), Error> {
 }
 
 pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
-    if o.pin && crate::sys::cpus_allowed() > 1 {
+    if o.pin && crate::sys::cpus_online() > 1 {
         crate::sys::pin_to_cpu(1)?;
     }
     let c = Client::connect(
@@ -100,7 +100,7 @@ pub(super) fn connect_requester(o: &Opts, dir: &Path) -> Result<GetSide, Error> 
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    if o.pin && crate::sys::cpus_allowed() > 1 {
+    if o.pin && crate::sys::cpus_online() > 1 {
         crate::sys::pin_to_cpu(1)?;
     }
     Ok(GetSide {

@@ -569,7 +569,7 @@ fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error>
         "owner" => return hub::run_owner(o, socket),
         _ => {}
     }
-    if o.pin && crate::sys::cpus_allowed() > 1 {
+    if o.pin && crate::sys::cpus_online() > 1 {
         crate::sys::pin_to_cpu(1)?;
     }
     match o.transport {

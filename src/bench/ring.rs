@@ -122,8 +122,10 @@ pub(super) fn peer(o: &Opts, socket: &Path) -> Result<(), Error> {
             Ok(Some((n, size))) => {
                 let p = payload(size as usize);
                 let sum = checksum(&p);
-                for _ in 0..n {
-                    send(&mut tx, &BenchMsg::Data(&p), true)?;
+                // Streaming uses the batch API: commit every message, publish (one fence, at
+                // most one wake-up) every 32 — what `Sender::feed` + `flush` do.
+                for i in 0..n {
+                    send(&mut tx, &BenchMsg::Data(&p), i % 32 == 31)?;
                 }
                 send(&mut tx, &BenchMsg::Done(sum.wrapping_mul(n)), true)?;
             }

@@ -4,6 +4,21 @@ use super::layout::{self, frame_size, kind, parse_frame_word, FRAME_ALIGN, FRAME
 use super::{RingError, RingRef};
 use crate::sync::{fence, Ordering};
 
+/// How far past the current frame the consumer prefetches published bytes.
+const PREFETCH_AHEAD: u64 = 512;
+
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(miri), not(shmbus_loom)))]
+    // SAFETY: a prefetch is only a hint: it never faults and never changes memory, whatever the
+    // address; `p` is inside the ring anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(shmbus_loom))))]
+    let _ = p;
+}
+
 /// A validated frame at the consumer's head. Its payload is borrowed with
 /// [`Consumer::payload`] and given back with [`Consumer::release`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +39,8 @@ pub struct Consumer {
     head: u64,
     /// `head` as of the last fence + check of `producer_sleeping`.
     notified: u64,
+    /// Last value stored to the shared `head` (`published <= head`).
+    published: u64,
     /// Last validated value of the producer's `tail`.
     cached_tail: u64,
     max_payload: usize,
@@ -36,6 +53,7 @@ impl Consumer {
             ring,
             head: 0,
             notified: 0,
+            published: 0,
             cached_tail: 0,
             max_payload,
         }
@@ -111,6 +129,16 @@ impl Consumer {
                 return Err(RingError::Corrupt("frame runs past the published data"));
             }
             self.ring.shadow_read(pos, size);
+            // The next frame's header address depends on this frame's length, so without help
+            // each header read waits for a full cache-line transfer from the producer's core.
+            // Prefetch what is already published a few lines ahead (never past it, never past
+            // the ring) so that the misses of consecutive frames overlap.
+            let ahead = (avail - size).min(PREFETCH_AHEAD).min(cap - pos - size);
+            let mut off = size;
+            while off < size + ahead {
+                prefetch(self.ring.at(pos + off));
+                off += 64;
+            }
             return Ok(Some(Frame {
                 kind: k,
                 len,
@@ -131,9 +159,22 @@ impl Consumer {
 
     fn advance(&mut self, by: u64) {
         self.head += by;
-        // Release: pairs with the producer's Acquire load of `head` in `Producer::load_head`;
-        // our reads of the bytes we give back happen before it overwrites them.
-        self.ring.hdr().head.store(self.head, Ordering::Release);
+        // Publishing `head` after every frame would bounce its cache line between the cores
+        // whenever the producer watches it (a full ring): publish every sixteenth of the ring,
+        // and always before any check of the producer's sleep flag (see below).
+        if self.head - self.published >= self.ring.cap / 16 {
+            self.publish_head();
+        }
+    }
+
+    fn publish_head(&mut self) {
+        if self.published != self.head {
+            self.published = self.head;
+            // Release: pairs with the producer's Acquire load of `head` in
+            // `Producer::load_head`; our reads of the bytes we give back happen before it
+            // overwrites them.
+            self.ring.hdr().head.store(self.head, Ordering::Release);
+        }
     }
 
     /// Gives the frame's space back to the producer. Returns true if the producer sleeps on a
@@ -152,6 +193,7 @@ impl Consumer {
     /// Call before waiting for data: if anything was released since the last check, fences
     /// and reports whether the producer sleeps waiting for space (then ring its doorbell).
     pub fn check_producer_sleeping(&mut self) -> bool {
+        self.publish_head();
         if self.head == self.notified {
             return false;
         }
@@ -181,6 +223,7 @@ impl Consumer {
     /// what is left) and returns; the caller rings the peer's doorbell so a sleeping peer
     /// notices.
     pub fn close(&mut self) {
+        self.publish_head();
         // Release: pairs with the Acquire load in `peer_closed` on the other side, so the peer
         // that sees the flag also sees everything we did before.
         self.ring.hdr().consumer.closed.store(1, Ordering::Release);

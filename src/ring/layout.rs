@@ -127,7 +127,7 @@ pub fn parse_frame_word(w: u64) -> Option<(u8, u32)> {
 /// Total ring bytes a frame with `len` payload bytes occupies (header + payload, 8-aligned).
 #[inline]
 pub fn frame_size(len: usize) -> u64 {
-    FRAME_HEADER + (len as u64).next_multiple_of(FRAME_ALIGN)
+    (FRAME_HEADER + len as u64).next_multiple_of(FRAME_ALIGN)
 }
 
 /// Largest payload one frame may carry in a ring of `capacity` bytes. Half the ring, so that a

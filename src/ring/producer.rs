@@ -71,6 +71,15 @@ impl Producer {
         Ok(self.tail - self.cached_head + self.required(len) <= self.ring.cap)
     }
 
+    /// Like [`has_room`](Producer::has_room), but once the ring was full, waits for a quarter
+    /// of it to be free (or for it to be empty) before saying yes, so a producer that
+    /// outruns its consumer writes in bursts instead of fighting over every freed frame.
+    pub fn has_room_to_resume(&mut self, len: usize) -> Result<bool, RingError> {
+        self.load_head()?;
+        let used = self.tail - self.cached_head;
+        Ok(used == 0 || used + self.required(len) + self.ring.cap / 4 <= self.ring.cap)
+    }
+
     /// Bytes needed for a frame of `len` at the current tail, including any padding to the
     /// end of the ring.
     fn required(&self, len: usize) -> u64 {

@@ -428,6 +428,14 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(errno)
 }
 
+/// Number of CPUs online on the machine (whatever this process's affinity is).
+pub fn cpus_online() -> usize {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN) {
+        Ok(Some(n)) if n > 0 => n as usize,
+        _ => 1,
+    }
+}
+
 /// Number of CPUs this process may run on.
 pub fn cpus_allowed() -> usize {
     match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
