@@ -48,6 +48,7 @@ pub(super) fn run_hub(o: &Opts, dir: &Path) -> Result<(), Error> {
 }
 
 pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
+    wait_for_hub(dir)?;
     if o.pin && crate::sys::cpus_online() > 1 {
         crate::sys::pin_to_cpu(1)?;
     }
@@ -209,4 +210,49 @@ impl EmitSide {
         let k = self.clients.len() as u64;
         n.div_ceil(k) * k
     }
+}
+
+/// `shmbus bench hub-idle`: the CPU a hub process uses with `clients` connected, idle clients
+/// over `secs` seconds, in percent of one core (from `/proc/<pid>/stat`).
+pub fn idle_cpu(clients: usize, secs: u64) -> Result<f64, Error> {
+    let dir = super::TempDir::new()?;
+    let o = Opts {
+        wait: crate::WaitStrategy::default(),
+        ..Opts::default()
+    };
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .env(super::PEER_ENV, o.to_env(&dir.0, "hub"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let res = (|| {
+        wait_for_hub(&dir.0)?;
+        let cs: Vec<Client> = (0..clients)
+            .map(|i| Client::connect(&dir.0, ClientOptions::new(format!("idle{i}"))))
+            .collect::<Result<_, _>>()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let ticks = |pid: u32| -> Result<u64, Error> {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields after the command: state is [0]; utime is [11], stime [12].
+            let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let st: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            Ok(ut + st)
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let t0 = ticks(child.id())?;
+        let w0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(secs));
+        let t1 = ticks(child.id())?;
+        let wall = w0.elapsed().as_secs_f64();
+        drop(cs);
+        Ok(100.0 * (t1 - t0) as f64 / hz / wall)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    res
 }

@@ -149,7 +149,7 @@ impl Opts {
         }
     }
 
-    fn to_env(&self, socket: &std::path::Path, role: &str) -> String {
+    pub(crate) fn to_env(&self, socket: &std::path::Path, role: &str) -> String {
         format!(
             "role={role};cached={};clients={};hubwait={};transport={};size={};wait={};pin={};ring={};socket={}",
             self.cached as u8,
@@ -583,10 +583,10 @@ fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error>
 }
 
 /// A private 0700 temporary directory, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir, Error> {
+    pub(crate) fn new() -> Result<TempDir, Error> {
         use std::os::unix::fs::DirBuilderExt;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -605,6 +605,11 @@ impl Drop for TempDir {
 
 fn mismatch(what: &str) -> Error {
     Error::Corrupt(format!("benchmark check failed: {what}"))
+}
+
+/// CPU percent of one core used by an idle hub with `clients` idle clients over `secs` s.
+pub fn hub_idle_cpu(clients: usize, secs: u64) -> Result<f64, Error> {
+    hub::idle_cpu(clients, secs)
 }
 
 /// One row of a [`suite`]: a label and what was measured.

@@ -34,6 +34,15 @@ enum Cmd {
     },
     /// Measure a transport between two processes (round trips, or one-way with --throughput).
     Bench(BenchArgs),
+    /// Measure the CPU an idle hub uses with N idle clients connected.
+    BenchHubIdle {
+        /// Idle clients to connect.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// Run the standard benchmark set in one invocation and print a markdown report with the
     /// target ratios (ring/atomic, ring park/eventfd, uds/ring, streaming rates).
     BenchSuite {
@@ -227,6 +236,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::BenchHubIdle { clients, secs } => match bench::hub_idle_cpu(clients, secs) {
+            Ok(pct) => {
+                println!(
+                    "{{\"transport\":\"hub-idle\",\"clients\":{clients},\"secs\":{secs},\"hub_cpu_percent\":{pct:.3}}}"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shmbus bench-hub-idle: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::BenchSuite { iters, pin } => match bench::suite(iters, pin) {
             Ok((_, md)) => {
                 print!("{md}");
