@@ -454,3 +454,34 @@ fn stat_reports_clients_pending_and_cache() {
     assert!(s.cache_bytes >= 100);
     assert!(s.to_table().contains("alpha"));
 }
+
+#[test]
+fn heartbeats_drop_a_stuck_client_and_keep_live_ones() {
+    let _w = util::watchdog("heartbeats", 60);
+    let hub = TestHub::start("heartbeat", |c| c.heartbeat = Duration::from_millis(200));
+    // Alive: the dispatcher thread answers pings.
+    let live = hub.client("live");
+    // Stuck: connected, but nothing ever reads its ring (no dispatcher, never polled).
+    let stuck =
+        Client::connect(hub.dir.path(), ClientOptions::new("stuck").dispatcher(false)).unwrap();
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = shmbus::hub::stat(hub.dir.path())
+            .unwrap()
+            .clients
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(), ["live", "stuck"]);
+    // The stuck one misses the second heartbeat (~400 ms) and is dropped; the live one stays.
+    assert!(util::eventually(5, || names() == ["live"]), "{:?}", names());
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(names(), ["live"]);
+    assert!(live.is_connected());
+    // The stuck client learns why when it next looks.
+    let err = stuck.poll(Duration::from_millis(100)).err();
+    assert!(err.is_some(), "a dropped client must see an error");
+    assert_eq!(stuck.last_goodbye().as_deref(), Some("missed heartbeat"));
+}
