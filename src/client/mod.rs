@@ -1135,7 +1135,7 @@ impl Inner {
                         self.opts.name, g.kind
                     )),
                 };
-                self.answer(hreq, answer.map(|(p, ttl)| (p, ttl)));
+                self.answer(hreq, answer);
             }
             Incoming::Request(hreq, r) => {
                 let h = self

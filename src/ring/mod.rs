@@ -78,6 +78,8 @@ impl RingRef {
     /// bytes, both valid for reads and writes for as long as `keep` lives. At most one
     /// Producer and one Consumer may be built over the same ring, in all processes together
     /// (the peer may still misbehave: that is checked, not assumed).
+    // Under loom the shadow cells are not Sync; RingRef is Send by its own impl above.
+    #[cfg_attr(shmbus_loom, allow(clippy::arc_with_non_send_sync))]
     pub(crate) unsafe fn new(
         hdr: NonNull<RingHeader>,
         data: NonNull<u8>,
