@@ -744,45 +744,7 @@ impl Hub {
 
     /// Writes a frame to a client: straight into its ring if possible, else to its outbox.
     fn deliver(&mut self, dest: usize, msg: &HubMsg<'_>) {
-        let Some(c) = self.conns.get_mut(dest).and_then(Option::as_mut) else {
-            return;
-        };
-        if c.doomed.is_some() {
-            return;
-        }
-        let len = match codec::encoded_len(msg) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "could not encode a frame");
-                return;
-            }
-        };
-        if c.outbox.is_empty() {
-            match c
-                .tx
-                .try_write_frame(len, |buf| codec::encode_into(msg, buf))
-            {
-                Ok(true) => {
-                    c.dirty = true;
-                    c.msgs_out += 1;
-                    return;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    c.doomed.get_or_insert(format!("write failed: {e}"));
-                    return;
-                }
-            }
-        }
-        if len > c.tx.max_message() {
-            warn!(to = %c.name, len, "dropping a frame larger than the client's max_message");
-            return;
-        }
-        let mut buf = Vec::with_capacity(len);
-        if codec::encode_append(msg, &mut buf).is_ok() {
-            c.outbox_bytes += buf.len();
-            c.outbox.push_back((buf, 0));
-        }
+        Self::deliver_split(&mut self.conns, dest, msg);
     }
 
     fn name_of(&self, slot: usize) -> &str {
@@ -1044,18 +1006,23 @@ impl Hub {
         true
     }
 
+    /// [`deliver`](Hub::deliver) for callers that hold another borrow of the hub (the cache).
     fn deliver_split(conns: &mut [Option<Conn>], dest: usize, msg: &HubMsg<'_>) {
         let Some(c) = conns.get_mut(dest).and_then(Option::as_mut) else {
             return;
         };
-        let Ok(len) = codec::encoded_len(msg) else {
+        if c.doomed.is_some() {
             return;
+        }
+        let len = match codec::encoded_len(msg) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "could not encode a frame");
+                return;
+            }
         };
         if c.outbox.is_empty() {
-            match c
-                .tx
-                .try_write_frame(len, |buf| codec::encode_into(msg, buf))
-            {
+            match c.tx.try_write_frame(len, |buf| codec::encode_into(msg, buf)) {
                 Ok(true) => {
                     c.dirty = true;
                     c.msgs_out += 1;
@@ -1067,6 +1034,10 @@ impl Hub {
                     return;
                 }
             }
+        }
+        if len > c.tx.max_message() {
+            warn!(to = %c.name, len, "dropping a frame larger than the client's max_message");
+            return;
         }
         let mut buf = Vec::with_capacity(len);
         if codec::encode_append(msg, &mut buf).is_ok() {
