@@ -1022,7 +1022,10 @@ impl Hub {
             }
         };
         if c.outbox.is_empty() {
-            match c.tx.try_write_frame(len, |buf| codec::encode_into(msg, buf)) {
+            match c
+                .tx
+                .try_write_frame(len, |buf| codec::encode_into(msg, buf))
+            {
                 Ok(true) => {
                     c.dirty = true;
                     c.msgs_out += 1;
