@@ -462,8 +462,11 @@ fn heartbeats_drop_a_stuck_client_and_keep_live_ones() {
     // Alive: the dispatcher thread answers pings.
     let live = hub.client("live");
     // Stuck: connected, but nothing ever reads its ring (no dispatcher, never polled).
-    let stuck =
-        Client::connect(hub.dir.path(), ClientOptions::new("stuck").dispatcher(false)).unwrap();
+    let stuck = Client::connect(
+        hub.dir.path(),
+        ClientOptions::new("stuck").dispatcher(false),
+    )
+    .unwrap();
     let names = || -> Vec<String> {
         let mut n: Vec<String> = shmbus::hub::stat(hub.dir.path())
             .unwrap()
