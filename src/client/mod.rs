@@ -336,6 +336,26 @@ enum Incoming {
 struct Slot {
     value: Mutex<Option<Result<Reply, CallError>>>,
     cv: Condvar,
+    /// An async caller to wake (set by the `tokio` API).
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Slot {
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            value: Mutex::new(None),
+            cv: Condvar::new(),
+            waker: Mutex::new(None),
+        })
+    }
+
+    fn fill(&self, v: Result<Reply, CallError>) {
+        *self.value.lock().expect("lock") = Some(v);
+        self.cv.notify_all();
+        if let Some(w) = self.waker.lock().expect("lock").take() {
+            w.wake();
+        }
+    }
 }
 
 struct Inner {
@@ -708,6 +728,9 @@ impl Client {
     }
 }
 
+#[cfg(feature = "tokio")]
+pub mod tokio_client;
+
 fn timeout_ms(t: Option<Duration>) -> u32 {
     t.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
 }
@@ -902,18 +925,21 @@ impl Inner {
         e
     }
 
+    /// A fresh request number and the slot its reply will be filed in.
+    fn register(&self) -> (u64, Arc<Slot>) {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot::new();
+        self.waits.lock().expect("lock").insert(req, slot.clone());
+        (req, slot)
+    }
+
     /// Sends a get/request built by `make(req)` and waits for its reply.
     fn call<'m>(
         &self,
         timeout: Option<Duration>,
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Result<Reply, CallError> {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot {
-            value: Mutex::new(None),
-            cv: Condvar::new(),
-        });
-        self.waits.lock().expect("lock").insert(req, slot.clone());
+        let (req, slot) = self.register();
         // Our own deadline is a little after the hub's, so the hub's clearer timeout error
         // normally arrives first.
         let deadline =
@@ -1010,8 +1036,7 @@ impl Inner {
                         }),
                         Answer::Err { message } => Err(CallError::Remote(message.to_string())),
                     };
-                    *slot.value.lock().expect("lock") = Some(v);
-                    slot.cv.notify_all();
+                    slot.fill(v);
                 }
             }
             HubMsg::Ping { nonce } => {
@@ -1230,8 +1255,7 @@ impl Inner {
             .map(|(_, s)| s)
             .collect();
         for s in waits {
-            *s.value.lock().expect("lock") = Some(Err(CallError::Link(Error::Disconnected)));
-            s.cv.notify_all();
+            s.fill(Err(CallError::Link(Error::Disconnected)));
         }
         let hs: Vec<DisconnectFn> = self
             .handlers

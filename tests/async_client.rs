@@ -1,0 +1,149 @@
+//! The async client (feature `tokio`): gets, requests, events and hub loss, against a hub in
+//! a thread and a synchronous owner.
+#![cfg(all(feature = "tokio", not(shmbus_loom)))]
+
+mod util;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shmbus::client::tokio_client::AsyncClient;
+use shmbus::client::{CallError, Client, ClientOptions, Ttl};
+use shmbus::hub::{Hub, HubConfig};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn async_get_request_events_and_hub_loss() {
+    let _w = util::watchdog("async_client", 60);
+    let dir = util::TestDir::new("async");
+    let hub = Hub::bind(HubConfig {
+        dir: dir.path().to_path_buf(),
+        get_timeout: Duration::from_millis(500),
+        ..HubConfig::default()
+    })
+    .unwrap();
+    let handle = hub.handle();
+    let hub_thread = std::thread::spawn(move || hub.run().unwrap());
+    let bot = Client::connect(dir.path(), ClientOptions::new("bot")).unwrap();
+    bot.on_get("stats", |g| {
+        Ok((format!("stats {:?}", g.key), Ttl::Forever))
+    });
+    bot.on_request("health_check", |_| Ok("ok"));
+    // A separate owner for the slow kind: handlers of one client run one at a time.
+    let sloth = Client::connect(dir.path(), ClientOptions::new("sloth")).unwrap();
+    sloth.on_get("slow", |_| {
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(((), Ttl::Forever))
+    });
+
+    rt().block_on(async {
+        let web = AsyncClient::connect(dir.path(), ClientOptions::new("web"))
+            .await
+            .unwrap();
+        let r = web
+            .get("bot", "stats", Some("g1"), false, None)
+            .await
+            .unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"g1\")");
+        let r = web.request("bot", "health_check", &(), None).await.unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), "ok");
+        match web.get("nobody", "stats", None, false, None).await {
+            Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match web
+            .get(
+                "sloth",
+                "slow",
+                None,
+                true,
+                Some(Duration::from_millis(200)),
+            )
+            .await
+        {
+            Err(CallError::Remote(m)) => assert!(m.contains("timed out"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Many concurrent gets on one task.
+        let futs: Vec<_> = (0..50)
+            .map(|i| {
+                let web = &web;
+                async move {
+                    let k = format!("k{i}");
+                    web.get("bot", "stats", Some(&k), true, None).await
+                }
+            })
+            .collect();
+        for (i, r) in futures_join(futs).await.into_iter().enumerate() {
+            assert_eq!(
+                r.unwrap().decode::<String>().unwrap(),
+                format!("stats Some(\"k{i}\")")
+            );
+        }
+        // Events reach handlers run by the dispatcher task.
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        web.client().on("hello", move |e| {
+            g.lock().unwrap().push(e.payload.decode::<u32>().unwrap())
+        });
+        for i in 0..10u32 {
+            bot.emit("web", "hello", &i).unwrap();
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        while got.lock().unwrap().len() < 10 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*got.lock().unwrap(), (0..10).collect::<Vec<_>>());
+        // Hub gone: the dispatcher task notices at once.
+        let lost = Arc::new(Mutex::new(None::<Instant>));
+        let l = lost.clone();
+        web.client()
+            .on_disconnect(move |_| *l.lock().unwrap() = Some(Instant::now()));
+        let t0 = Instant::now();
+        handle.shutdown();
+        let end = Instant::now() + Duration::from_secs(5);
+        while lost.lock().unwrap().is_none() && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let at = lost.lock().unwrap().expect("disconnect not seen");
+        assert!(
+            at.duration_since(t0) < Duration::from_millis(500),
+            "{:?}",
+            at.duration_since(t0)
+        );
+        assert!(!web.client().is_connected());
+    });
+    hub_thread.join().unwrap();
+}
+
+/// Awaits every future (a tiny join_all, to avoid a dependency).
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(fs.len());
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(done.into_iter().map(|v| v.expect("done")));
+    out
+}
