@@ -488,3 +488,51 @@ fn heartbeats_drop_a_stuck_client_and_keep_live_ones() {
     assert!(err.is_some(), "a dropped client must see an error");
     assert_eq!(stuck.last_goodbye().as_deref(), Some("missed heartbeat"));
 }
+
+#[test]
+fn cache_belongs_to_its_owner() {
+    let _w = util::watchdog("cache_owner", 60);
+    let hub = TestHub::start("cache-owner", |_| {});
+    let bot = hub.client("bot");
+    let other = hub.client("other");
+    let web = hub.client("web");
+    bot.on_get("stats", |_| Ok(("bot's stats", Ttl::Secs(60))));
+    other.on_get("stats", |_| Ok(("other's stats", Ttl::Secs(60))));
+    let r: String = web.get("bot", "stats").send().unwrap().decode().unwrap();
+    assert_eq!(r, "bot's stats");
+    // Another owner's cached value never answers a get that names a different owner.
+    let r: String = web.get("other", "stats").send().unwrap().decode().unwrap();
+    assert_eq!(r, "other's stats");
+    match web.get("nobody", "stats").send() {
+        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        other => panic!("a missing owner must be an error, got {other:?}"),
+    }
+    bot.data("motd", None, &"from bot", Ttl::Forever).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    match web.get("other", "motd").send() {
+        Err(CallError::Remote(m)) => assert!(m.contains("no handler"), "{m}"),
+        other => panic!("bot's data must not answer a get from other: {other:?}"),
+    }
+}
+
+#[test]
+fn events_sent_just_before_leaving_are_delivered() {
+    let _w = util::watchdog("last_words", 60);
+    let hub = TestHub::start("last-words", |_| {});
+    let web = hub.client("web");
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    web.on("last", move |_| {
+        g.fetch_add(1, Ordering::SeqCst);
+    });
+    for i in 0..100u32 {
+        let a = hub.client(&format!("a{i}"));
+        a.emit("web", "last", &i).unwrap();
+        a.close();
+    }
+    assert!(
+        util::eventually(10, || got.load(Ordering::SeqCst) == 100),
+        "only {} of 100 last events arrived",
+        got.load(Ordering::SeqCst)
+    );
+}

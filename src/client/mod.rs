@@ -168,6 +168,12 @@ impl ClientOptions {
         self
     }
 
+    /// Sets the default deadline of our gets and requests.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
     /// Sets our version string.
     pub fn version(mut self, v: impl Into<String>) -> Self {
         self.client_version = Some(v.into());

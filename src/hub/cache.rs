@@ -1,7 +1,9 @@
 //! The hub's TTL cache (in the hub's heap for now; the zero-copy shared segment replaces it).
 //!
 //! Arthur's semantics: `ttl < 0` not cached (and any older value of that key is dropped),
-//! `ttl == 0` kept forever, `ttl > 0` kept that long. Entries are per (kind, key, encoding): a
+//! `ttl == 0` kept forever, `ttl > 0` kept that long. Entries are per (owner, kind, key,
+//! encoding) — the owner is the client that sent the `data` or answered the get, so a get
+//! names whose value it wants and another owner's value never answers it. Per encoding: a
 //! get that asks for JSON is a miss on a bincode value, and is answered by the owner in JSON.
 //! Time is `Instant` (CLOCK_MONOTONIC).
 
@@ -36,8 +38,10 @@ pub(super) struct Cache {
     bytes: usize,
 }
 
-fn compose(buf: &mut String, kind: &str, key: Option<&str>, enc: Encoding) {
+fn compose(buf: &mut String, owner: &str, kind: &str, key: Option<&str>, enc: Encoding) {
     buf.clear();
+    buf.push_str(owner);
+    buf.push('\0');
     buf.push_str(kind);
     buf.push('\0');
     match key {
@@ -57,6 +61,7 @@ fn compose(buf: &mut String, kind: &str, key: Option<&str>, enc: Encoding) {
 impl Cache {
     pub(super) fn put(
         &mut self,
+        owner: &str,
         kind: &str,
         key: Option<&str>,
         payload: Payload<'_>,
@@ -66,7 +71,7 @@ impl Cache {
         if ttl_ms < 0 {
             // Not cached; a previous value of this key is stale now, in every encoding.
             for enc in [Encoding::Bincode, Encoding::Json] {
-                compose(&mut self.keybuf, kind, key, enc);
+                compose(&mut self.keybuf, owner, kind, key, enc);
                 if let Some(old) = self.map.remove(self.keybuf.as_str()) {
                     self.bytes -= old.bytes.len();
                 }
@@ -74,7 +79,7 @@ impl Cache {
             return;
         }
         let expires = (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms as u64));
-        compose(&mut self.keybuf, kind, key, payload.enc);
+        compose(&mut self.keybuf, owner, kind, key, payload.enc);
         match self.map.get_mut(self.keybuf.as_str()) {
             Some(e) => {
                 self.bytes = self.bytes - e.bytes.len() + payload.bytes.len();
@@ -103,7 +108,7 @@ impl Cache {
             Encoding::Bincode => Encoding::Json,
             Encoding::Json => Encoding::Bincode,
         };
-        compose(&mut self.keybuf, kind, key, other);
+        compose(&mut self.keybuf, owner, kind, key, other);
         if let Some(old) = self.map.remove(self.keybuf.as_str()) {
             self.bytes -= old.bytes.len();
         }
@@ -111,12 +116,13 @@ impl Cache {
 
     pub(super) fn get(
         &mut self,
+        owner: &str,
         kind: &str,
         key: Option<&str>,
         enc: Encoding,
         now: Instant,
     ) -> Option<&Entry> {
-        compose(&mut self.keybuf, kind, key, enc);
+        compose(&mut self.keybuf, owner, kind, key, enc);
         let live = self
             .map
             .get(self.keybuf.as_str())
@@ -179,12 +185,12 @@ mod tests {
     fn arthur_ttl_semantics() {
         let mut c = Cache::default();
         let t0 = Instant::now();
-        c.put("stats", None, p(b"forever"), 0, t0);
-        c.put("user", Some("1"), p(b"short"), 1000, t0);
-        c.put("nocache", None, p(b"x"), -1, t0);
+        c.put("bot", "stats", None, p(b"forever"), 0, t0);
+        c.put("bot", "user", Some("1"), p(b"short"), 1000, t0);
+        c.put("bot", "nocache", None, p(b"x"), -1, t0);
         let later = t0 + Duration::from_secs(3600);
         assert_eq!(
-            c.get("stats", None, Encoding::Bincode, later)
+            c.get("bot", "stats", None, Encoding::Bincode, later)
                 .unwrap()
                 .bytes,
             b"forever"
@@ -205,10 +211,12 @@ mod tests {
                 t0 + Duration::from_millis(1001)
             )
             .is_none());
-        assert!(c.get("nocache", None, Encoding::Bincode, t0).is_none());
+        assert!(c
+            .get("bot", "nocache", None, Encoding::Bincode, t0)
+            .is_none());
         // ttl < 0 drops an older cached value of the key.
-        c.put("stats", None, p(b"gone"), -1, t0);
-        assert!(c.get("stats", None, Encoding::Bincode, t0).is_none());
+        c.put("bot", "stats", None, p(b"gone"), -1, t0);
+        assert!(c.get("bot", "stats", None, Encoding::Bincode, t0).is_none());
         assert_eq!(c.bytes(), 0);
     }
 
@@ -216,8 +224,8 @@ mod tests {
     fn encodings_are_separate_and_newest_wins() {
         let mut c = Cache::default();
         let t0 = Instant::now();
-        c.put("k", None, p(b"bin"), 0, t0);
-        assert!(c.get("k", None, Encoding::Json, t0).is_none());
+        c.put("bot", "k", None, p(b"bin"), 0, t0);
+        assert!(c.get("bot", "k", None, Encoding::Json, t0).is_none());
         c.put(
             "k",
             None,
@@ -229,7 +237,7 @@ mod tests {
             t0,
         );
         assert!(
-            c.get("k", None, Encoding::Bincode, t0).is_none(),
+            c.get("bot", "k", None, Encoding::Bincode, t0).is_none(),
             "older encoding dropped"
         );
         assert_eq!(c.len(), 1);

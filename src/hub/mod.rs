@@ -165,6 +165,8 @@ struct Conn {
     msgs_out: u64,
     /// Marked for removal (with the reason) once the current pass is done.
     doomed: Option<String>,
+    /// Its control socket hung up: removed once its ring is drained.
+    hung_up: bool,
 }
 
 /// A handshake in progress (socket accepted, hello not read yet).
@@ -424,7 +426,15 @@ impl Hub {
                 t => {
                     let slot = ((t - TOKEN_BASE) / 4) as usize;
                     match (t - TOKEN_BASE) % 4 {
-                        SUB_CTRL if ev.hangup => self.doom(slot, "control socket closed"),
+                        // The client is gone, but frames it published before it went must
+                        // still be routed: mark it, and let `pump` drain its ring first.
+                        SUB_CTRL if ev.hangup => {
+                            if let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                                c.hung_up = true;
+                                // Level-triggered: stop watching, or it fires until reaped.
+                                let _ = self.poller.delete(c.ctrl.as_fd());
+                            }
+                        }
                         SUB_HANDSHAKE => self.finish_handshake(slot),
                         _ => {} // data/space doorbells: the next pump picks the work up
                     }
@@ -621,6 +631,7 @@ impl Hub {
             msgs_in: 0,
             msgs_out: 0,
             doomed: None,
+            hung_up: false,
         });
         self.rxs[slot] = Some(rx);
         self.lifecycle(slot, Change::Joined);
@@ -676,7 +687,12 @@ impl Hub {
                         self.doom(slot, &format!("malformed frame: {e}"));
                         break;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if self.conns[slot].as_ref().is_some_and(|c| c.hung_up) {
+                            self.doom(slot, "control socket closed");
+                        }
+                        break;
+                    }
                     Err(Error::Disconnected) => {
                         self.doom(slot, "client closed its link");
                         break;
@@ -776,7 +792,9 @@ impl Hub {
                 payload,
                 ttl_ms,
             } => {
-                self.cache.put(kind, key, payload, ttl_ms, Instant::now());
+                let owner = self.conns[slot].as_ref().map_or("", |c| c.name.as_str());
+                self.cache
+                    .put(owner, kind, key, payload, ttl_ms, Instant::now());
                 true
             }
             ClientMsg::Get {
@@ -932,7 +950,7 @@ impl Hub {
         }
         if !fresh {
             let now = Instant::now();
-            if let Some(v) = self.cache.get(kind, key, accept, now) {
+            if let Some(v) = self.cache.get(from, kind, key, accept, now) {
                 let ttl_ms = v.ttl_left_ms(now);
                 let payload = Payload {
                     enc: accept,
@@ -1138,8 +1156,9 @@ impl Hub {
                 self.inflight.retain(|_, v| *v != hreq);
             }
             if let Answer::Ok { payload, ttl_ms } = answer {
+                let owner = self.conns[slot].as_ref().map_or("", |c| c.name.as_str());
                 self.cache
-                    .put(kind, key.as_deref(), payload, ttl_ms, Instant::now());
+                    .put(owner, kind, key.as_deref(), payload, ttl_ms, Instant::now());
             }
         }
         for w in &p.waiters {
