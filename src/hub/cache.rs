@@ -197,6 +197,7 @@ mod tests {
         );
         assert!(c
             .get(
+                "bot",
                 "user",
                 Some("1"),
                 Encoding::Bincode,
@@ -205,6 +206,7 @@ mod tests {
             .is_some());
         assert!(c
             .get(
+                "bot",
                 "user",
                 Some("1"),
                 Encoding::Bincode,
@@ -218,6 +220,9 @@ mod tests {
         c.put("bot", "stats", None, p(b"gone"), -1, t0);
         assert!(c.get("bot", "stats", None, Encoding::Bincode, t0).is_none());
         assert_eq!(c.bytes(), 0);
+        // Another owner's value is not ours.
+        c.put("other", "k2", None, p(b"o"), 0, t0);
+        assert!(c.get("bot", "k2", None, Encoding::Bincode, t0).is_none());
     }
 
     #[test]
@@ -227,6 +232,7 @@ mod tests {
         c.put("bot", "k", None, p(b"bin"), 0, t0);
         assert!(c.get("bot", "k", None, Encoding::Json, t0).is_none());
         c.put(
+            "bot",
             "k",
             None,
             Payload {
