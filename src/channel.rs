@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::*;
 use crate::ring::layout::kind;
-use crate::ring::{Consumer, Frame, Producer};
+use crate::ring::{Consumer, Frame, Producer, RingError};
 use crate::sys::{self, Bell};
 use crate::wait::{wait_until, BellParker, DataIn, RoomFor, WaitOutcome, WaitStrategy};
 use crate::{codec, Error};
@@ -332,42 +332,66 @@ impl RawSender {
         res
     }
 
-    fn put_fragments(&mut self, msg: &[u8], deadline: Deadline) -> Result<(), Fail> {
-        let first = (self.chunk - 8).min(msg.len());
-        self.put_frame(kind::FIRST, 8 + first, deadline, |buf| {
+    /// Payload length of the next fragment of a `len`-byte message of which `sent` bytes are
+    /// in (the first fragment carries the total length in front).
+    fn fragment_len(&self, len: usize, sent: usize) -> usize {
+        if sent == 0 {
+            8 + (self.chunk - 8).min(len)
+        } else {
+            self.chunk.min(len - sent)
+        }
+    }
+
+    /// Writes the next fragment of `msg` if it fits now (not published), advancing `*sent`.
+    /// The one place that lays fragments out, for the blocking and the event-loop paths.
+    fn try_put_fragment(&mut self, msg: &[u8], sent: &mut usize) -> Result<bool, RingError> {
+        let n = self.fragment_len(msg.len(), *sent);
+        let Some(buf) = self.prod.reserve(n)? else {
+            return Ok(false);
+        };
+        let k = if *sent == 0 {
             buf[..8].copy_from_slice(&(msg.len() as u64).to_le_bytes());
-            buf[8..].copy_from_slice(&msg[..first]);
-            Ok(buf.len())
-        })?;
-        self.publish()?;
+            buf[8..].copy_from_slice(&msg[..n - 8]);
+            *sent = n - 8;
+            kind::FIRST
+        } else {
+            buf.copy_from_slice(&msg[*sent..*sent + n]);
+            *sent += n;
+            if *sent == msg.len() {
+                kind::LAST
+            } else {
+                kind::MORE
+            }
+        };
+        self.prod.commit(k, n);
+        Ok(true)
+    }
+
+    fn put_fragments(&mut self, msg: &[u8], deadline: Deadline) -> Result<(), Fail> {
         // Once the first fragment is in, a `try_send` finishes the message (waiting for the
         // consumer); a timed send keeps its deadline and, if it passes, owes an ABORT frame.
         let later = match deadline {
             Deadline::Now => Deadline::Never,
             d => d,
         };
-        let mut off = first;
-        while off < msg.len() {
-            let n = self.chunk.min(msg.len() - off);
-            let k = if off + n == msg.len() {
-                kind::LAST
-            } else {
-                kind::MORE
-            };
-            let part = &msg[off..off + n];
-            match self.put_frame(k, n, later, |buf| {
-                buf.copy_from_slice(part);
-                Ok(n)
-            }) {
-                Ok(()) => {}
-                Err(Fail::Timeout) => {
-                    self.abort_owed = true;
-                    return Err(Fail::Timeout);
+        let mut sent = 0;
+        while sent < msg.len() {
+            let started = sent > 0;
+            match self.try_put_fragment(msg, &mut sent) {
+                Ok(true) => self.publish()?,
+                Ok(false) => {
+                    let n = self.fragment_len(msg.len(), sent);
+                    match self.wait_room(n, if started { later } else { deadline }) {
+                        Ok(()) => {}
+                        Err(Fail::Timeout) if started => {
+                            self.abort_owed = true;
+                            return Err(Fail::Timeout);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.fail(e.into())),
             }
-            self.publish()?;
-            off += n;
         }
         Ok(())
     }
@@ -434,44 +458,19 @@ impl RawSender {
 
     fn push_bytes_inner(&mut self, msg: &[u8], sent: &mut usize) -> Result<bool, Error> {
         if *sent == 0 && msg.len() <= self.prod.max_payload() {
-            if self.prod.push(kind::MSG, msg)? {
-                *sent = msg.len();
-                self.stats.messages += 1;
-                self.stats.bytes += msg.len() as u64;
-                return Ok(true);
-            }
-            return Ok(false);
-        }
-        loop {
-            if *sent == 0 {
-                let first = (self.chunk - 8).min(msg.len());
-                match self.prod.reserve(8 + first)? {
-                    Some(buf) => {
-                        buf[..8].copy_from_slice(&(msg.len() as u64).to_le_bytes());
-                        buf[8..].copy_from_slice(&msg[..first]);
-                        self.prod.commit(kind::FIRST, 8 + first);
-                        *sent = first;
-                    }
-                    None => return Ok(false),
-                }
-                continue;
-            }
-            if *sent >= msg.len() {
-                self.stats.messages += 1;
-                self.stats.bytes += msg.len() as u64;
-                return Ok(true);
-            }
-            let n = self.chunk.min(msg.len() - *sent);
-            let k = if *sent + n == msg.len() {
-                kind::LAST
-            } else {
-                kind::MORE
-            };
-            if !self.prod.push(k, &msg[*sent..*sent + n])? {
+            if !self.prod.push(kind::MSG, msg)? {
                 return Ok(false);
             }
-            *sent += n;
+            *sent = msg.len();
         }
+        while *sent < msg.len() {
+            if !self.try_put_fragment(msg, sent)? {
+                return Ok(false);
+            }
+        }
+        self.stats.messages += 1;
+        self.stats.bytes += msg.len() as u64;
+        Ok(true)
     }
 
     /// Announces that this sender waits for space (event loops that park on

@@ -334,23 +334,13 @@ pub fn payload(size: usize) -> Vec<u8> {
 #[derive(Serialize, Deserialize, Debug)]
 pub(crate) enum BenchMsg<'a> {
     /// Ping: echo these bytes back.
-    Echo(#[serde(borrow, with = "bytes")] &'a [u8]),
+    Echo(#[serde(borrow, with = "crate::proto::bytes")] &'a [u8]),
     /// Stream `n` messages of `size` bytes to me, then `Done`.
     Stream { n: u64, size: u32 },
     /// One streamed message.
-    Data(#[serde(borrow, with = "bytes")] &'a [u8]),
+    Data(#[serde(borrow, with = "crate::proto::bytes")] &'a [u8]),
     /// End of a stream, with the sum of all checksums sent.
     Done(u64),
-}
-
-/// serde helper: `&[u8]` as bincode bytes (one length + raw bytes), borrowed on decode.
-mod bytes {
-    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
-        <&'de [u8] as serde::Deserialize>::deserialize(d)
-    }
 }
 
 /// A running peer plus the measuring side's end of the transport.

@@ -381,7 +381,6 @@ struct Inner {
     state: Mutex<Option<String>>,
     watch: AtomicBool,
     last_goodbye: Mutex<Option<String>>,
-    heartbeat: Mutex<Duration>,
 }
 
 /// A connection to the hub. Cheap to clone (all clones share the connection).
@@ -415,7 +414,6 @@ impl Client {
             state: Mutex::new(None),
             watch: AtomicBool::new(false),
             last_goodbye: Mutex::new(None),
-            heartbeat: Mutex::new(Duration::ZERO),
             opts,
         });
         inner.establish()?;
@@ -554,15 +552,8 @@ impl Client {
     ) -> Result<Reply, CallError> {
         let p = PayloadBuf::bincode(arg)?;
         let timeout = timeout.or(self.inner.opts.timeout);
-        let accept = self.inner.opts.accept;
-        self.inner.call(timeout, |req| ClientMsg::Request {
-            req,
-            to,
-            method,
-            payload: p.as_payload(),
-            timeout_ms: timeout_ms(timeout),
-            accept,
-        })
+        self.inner
+            .call(timeout, self.inner.request_frame(to, method, &p, timeout))
     }
 
     // ---------------------------------------------------------------- handlers
@@ -772,10 +763,24 @@ impl<'c> GetBuilder<'c> {
 
     /// Sends the get and waits for the answer.
     pub fn send(self) -> Result<Reply, CallError> {
-        let accept = self.client.inner.opts.accept;
-        let (from, kind, key, fresh, timeout) =
-            (self.from, self.kind, self.key, self.fresh, self.timeout);
-        self.client.inner.call(timeout, |req| ClientMsg::Get {
+        let inner = &self.client.inner;
+        let frame = inner.get_frame(self.from, self.kind, self.key, self.fresh, self.timeout);
+        inner.call(self.timeout, frame)
+    }
+}
+
+impl Inner {
+    /// The frame of a get; `call` fills in the request number.
+    fn get_frame<'m>(
+        &self,
+        from: &'m str,
+        kind: &'m str,
+        key: Option<&'m str>,
+        fresh: bool,
+        timeout: Option<Duration>,
+    ) -> impl FnOnce(u64) -> ClientMsg<'m> {
+        let accept = self.opts.accept;
+        move |req| ClientMsg::Get {
             req,
             from,
             kind,
@@ -783,11 +788,28 @@ impl<'c> GetBuilder<'c> {
             fresh,
             timeout_ms: timeout_ms(timeout),
             accept,
-        })
+        }
     }
-}
 
-impl Inner {
+    /// The frame of a request; `call` fills in the request number.
+    fn request_frame<'m>(
+        &self,
+        to: &'m str,
+        method: &'m str,
+        arg: &'m PayloadBuf,
+        timeout: Option<Duration>,
+    ) -> impl FnOnce(u64) -> ClientMsg<'m> {
+        let accept = self.opts.accept;
+        move |req| ClientMsg::Request {
+            req,
+            to,
+            method,
+            payload: arg.as_payload(),
+            timeout_ms: timeout_ms(timeout),
+            accept,
+        }
+    }
+
     fn link_cfg(&self) -> LinkConfig {
         LinkConfig {
             wait: self.opts.wait,
@@ -819,13 +841,12 @@ impl Inner {
             }
             (Ok(()), Err(e)) => return Err(crate::link::handshake_error("reading the welcome", e)),
         };
-        let (max_message, heartbeat_ms) = match reply {
+        let max_message = match reply {
             ControlReply::Welcome(Welcome::Accepted {
                 version,
                 max_message,
-                heartbeat_ms,
                 ..
-            }) if version == proto::PROTOCOL_VERSION => (max_message, heartbeat_ms),
+            }) if version == proto::PROTOCOL_VERSION => max_message,
             ControlReply::Welcome(Welcome::Refused { reason }) => {
                 return Err(Error::Handshake(format!("refused by the hub: {reason}")))
             }
@@ -845,7 +866,6 @@ impl Inner {
         *self.tx.lock().expect("lock") = Some(tx);
         *self.rx.lock().expect("lock") = Some(rx);
         *self.ctrl.lock().expect("lock") = Some(ctrl);
-        *self.heartbeat.lock().expect("lock") = Duration::from_millis(heartbeat_ms);
         self.connected.store(true, Ordering::Release);
         Ok(())
     }

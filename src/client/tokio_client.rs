@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{timeout_ms, CallError, Client, ClientOptions, Inner, Reply, Slot};
+use super::{CallError, Client, ClientOptions, Inner, Reply, Slot};
 use crate::channel::Deadline;
 use crate::proto::{ClientMsg, PayloadBuf};
 use crate::sync::{fence, Ordering};
@@ -68,17 +68,8 @@ impl AsyncClient {
     ) -> Result<Reply, CallError> {
         let inner = &self.client.inner;
         let timeout = timeout.or(inner.opts.timeout);
-        let accept = inner.opts.accept;
-        self.call(timeout, |req| ClientMsg::Get {
-            req,
-            from,
-            kind,
-            key,
-            fresh,
-            timeout_ms: timeout_ms(timeout),
-            accept,
-        })
-        .await
+        self.call(timeout, inner.get_frame(from, kind, key, fresh, timeout))
+            .await
     }
 
     /// Calls `method` on the client `to`.
@@ -92,16 +83,8 @@ impl AsyncClient {
         let p = PayloadBuf::bincode(arg)?;
         let inner = &self.client.inner;
         let timeout = timeout.or(inner.opts.timeout);
-        let accept = inner.opts.accept;
-        self.call(timeout, |req| ClientMsg::Request {
-            req,
-            to,
-            method,
-            payload: p.as_payload(),
-            timeout_ms: timeout_ms(timeout),
-            accept,
-        })
-        .await
+        self.call(timeout, inner.request_frame(to, method, &p, timeout))
+            .await
     }
 
     async fn call<'m>(

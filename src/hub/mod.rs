@@ -145,7 +145,8 @@ impl HubHandle {
 
 struct Conn {
     gen: u64,
-    name: String,
+    /// Shared so that routing can name the sender without allocating.
+    name: Arc<str>,
     cred: PeerCred,
     tx: RawSender,
     ctrl: Arc<UnixStream>,
@@ -231,6 +232,8 @@ pub struct Hub {
     started: Instant,
     policy: AccessPolicy,
     keybuf: String,
+    /// Scratch list of destinations, reused by every routed event.
+    dests: Vec<usize>,
 }
 
 impl Hub {
@@ -271,6 +274,7 @@ impl Hub {
             started: now,
             policy,
             keybuf: String::new(),
+            dests: Vec::new(),
         })
     }
 
@@ -614,7 +618,7 @@ impl Hub {
         self.names.insert(hello.name.clone(), slot);
         self.conns[slot] = Some(Conn {
             gen,
-            name: hello.name.clone(),
+            name: Arc::from(hello.name.as_str()),
             cred,
             tx,
             ctrl,
@@ -763,8 +767,16 @@ impl Hub {
         Self::deliver_split(&mut self.conns, dest, msg);
     }
 
+    /// The client's name, shared (no allocation), for frames written while `self` is borrowed
+    /// mutably.
+    fn name_arc(&self, slot: usize) -> Arc<str> {
+        self.conns[slot]
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |c| c.name.clone())
+    }
+
     fn name_of(&self, slot: usize) -> &str {
-        self.conns[slot].as_ref().map_or("", |c| c.name.as_str())
+        self.conns[slot].as_ref().map_or("", |c| &c.name)
     }
 
     fn who(&self, slot: usize) -> Who {
@@ -792,7 +804,7 @@ impl Hub {
                 payload,
                 ttl_ms,
             } => {
-                let owner = self.conns[slot].as_ref().map_or("", |c| c.name.as_str());
+                let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
                 self.cache
                     .put(owner, kind, key, payload, ttl_ms, Instant::now());
                 true
@@ -860,11 +872,13 @@ impl Hub {
     }
 
     fn emit(&mut self, slot: usize, to: Target<'_>, event: &str, payload: Payload<'_>) -> bool {
-        let mut dests: Vec<usize> = Vec::new();
+        // A buffer kept across frames: routing allocates nothing per event.
+        let mut dests = std::mem::take(&mut self.dests);
+        dests.clear();
         let mut topic = None;
         match to {
             Target::Client(name) => dests.extend(self.names.get(name).copied()),
-            Target::All => dests.extend(self.others(slot)),
+            Target::All => self.others(slot, &mut dests),
             Target::Topic(t) => {
                 topic = Some(t);
                 dests.extend(
@@ -880,37 +894,42 @@ impl Hub {
             Target::ByEventName => {
                 match proto::split_target(event).and_then(|(t, _)| self.names.get(t).copied()) {
                     Some(d) => dests.push(d),
-                    None => dests.extend(self.others(slot)),
+                    None => self.others(slot, &mut dests),
                 }
             }
         }
         if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
+            self.dests = dests;
             return self.stall(slot, full);
         }
         if dests.is_empty() {
             debug!(from = %self.name_of(slot), event, "event had no recipient");
+            self.dests = dests;
             return true;
         }
-        let from = self.name_of(slot).to_string();
+        let from = self.name_arc(slot);
         let msg = HubMsg::Event {
             from: &from,
             event,
             topic,
             payload,
         };
-        for d in dests {
+        for &d in &dests {
             self.deliver(d, &msg);
         }
+        self.dests = dests;
         true
     }
 
-    fn others(&self, slot: usize) -> Vec<usize> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| *i != slot && c.as_ref().is_some_and(|c| c.doomed.is_none()))
-            .map(|(i, _)| i)
-            .collect()
+    /// Appends every live client but `slot` to `out`.
+    fn others(&self, slot: usize, out: &mut Vec<usize>) {
+        out.extend(
+            self.conns
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| *i != slot && c.as_ref().is_some_and(|c| c.doomed.is_none()))
+                .map(|(i, _)| i),
+        );
     }
 
     fn reply(&mut self, dest: usize, req: u64, answer: Answer<'_>) {
@@ -1009,7 +1028,7 @@ impl Hub {
             },
         );
         self.deadlines.push(Reverse((deadline, hreq)));
-        let requester = self.name_of(slot).to_string();
+        let requester = self.name_arc(slot);
         self.deliver(
             owner,
             &HubMsg::Get {
@@ -1113,7 +1132,7 @@ impl Hub {
             },
         );
         self.deadlines.push(Reverse((deadline, hreq)));
-        let from = self.name_of(slot).to_string();
+        let from = self.name_arc(slot);
         self.deliver(
             owner,
             &HubMsg::Request {
@@ -1156,7 +1175,7 @@ impl Hub {
                 self.inflight.retain(|_, v| *v != hreq);
             }
             if let Answer::Ok { payload, ttl_ms } = answer {
-                let owner = self.conns[slot].as_ref().map_or("", |c| c.name.as_str());
+                let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
                 self.cache
                     .put(owner, kind, key.as_deref(), payload, ttl_ms, Instant::now());
             }
@@ -1326,8 +1345,8 @@ impl Hub {
             }
             let _ = self.poller.delete(c.ctrl.as_fd());
             let _ = self.poller.delete(c.tx.space_doorbell());
-            if self.names.get(&c.name) == Some(&slot) {
-                self.names.remove(&c.name);
+            if self.names.get(&*c.name) == Some(&slot) {
+                self.names.remove(&*c.name);
             }
             let gone = Who { slot, gen: c.gen };
             // Requests this client owned fail now; its own waits are dropped.
@@ -1392,7 +1411,7 @@ impl Hub {
                 let (in_cap, in_fill) = self.rxs[slot].as_ref().map_or((0, 0), |r| r.fill());
                 let (out_cap, out_fill) = c.tx.fill();
                 Some(ClientStat {
-                    name: c.name.clone(),
+                    name: c.name.to_string(),
                     pid: c.cred.pid,
                     uid: c.cred.uid,
                     state: c.state.clone(),

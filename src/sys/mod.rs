@@ -67,18 +67,6 @@ pub fn check_sealed_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment has a negative size"))
 }
 
-/// Opens a new, read-only file description for the file behind `fd` (through
-/// `/proc/self/fd`). A mapping made from the result can never be made writable.
-pub fn reopen_readonly(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    nix::fcntl::open(
-        path.as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(errno)
-}
-
 /// A shared mapping of a whole file. Unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
@@ -186,25 +174,6 @@ impl Bell {
             Err(Errno::EAGAIN) => Ok(0),
             Err(e) => Err(errno(e)),
         }
-    }
-
-    /// Blocks until the count is non-zero, then resets it (the eventfd floor of `shmbus bench`).
-    pub fn wait_blocking(&self) -> io::Result<u64> {
-        loop {
-            match self.0.read() {
-                Ok(n) => return Ok(n),
-                Err(Errno::EAGAIN) => {
-                    poll_fds(&[(self.as_fd(), PollFlags::POLLIN)], None)?;
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(errno(e)),
-            }
-        }
-    }
-
-    /// Duplicates the fd, for sending to a peer.
-    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
-        self.0.as_fd().try_clone_to_owned()
     }
 }
 
@@ -433,17 +402,6 @@ pub fn cpus_online() -> usize {
     match nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN) {
         Ok(Some(n)) if n > 0 => n as usize,
         _ => 1,
-    }
-}
-
-/// Number of CPUs this process may run on.
-pub fn cpus_allowed() -> usize {
-    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        Ok(set) => (0..nix::sched::CpuSet::count())
-            .filter(|&i| set.is_set(i).unwrap_or(false))
-            .count()
-            .max(1),
-        Err(_) => 1,
     }
 }
 
