@@ -12,6 +12,7 @@
 //!   place.
 //! * **uds**: a Unix stream socket carrying the same bincode frames, each behind the same
 //!   8-byte frame header the ring uses.
+//! * **tcp**: the same framing over a TCP loopback connection (`TCP_NODELAY` on both ends).
 //! * **atomic**: the floor: one cache line each way in shared memory, spun on.
 //! * **eventfd**: the wake-up floor: a blocking eventfd each way, payload in shared memory.
 
@@ -48,6 +49,8 @@ pub enum Transport {
     HubGet,
     /// Routed events between clients through a hub process.
     HubEmit,
+    /// A TCP loopback connection with the same bincode framing as `Uds` (`TCP_NODELAY`).
+    Tcp,
 }
 
 impl Transport {
@@ -60,17 +63,19 @@ impl Transport {
             Transport::Eventfd => "eventfd",
             Transport::HubGet => "hub-get",
             Transport::HubEmit => "hub-emit",
+            Transport::Tcp => "tcp",
         }
     }
 
     /// All transports.
-    pub const ALL: [Transport; 6] = [
+    pub const ALL: [Transport; 7] = [
         Transport::Ring,
         Transport::Uds,
         Transport::Atomic,
         Transport::Eventfd,
         Transport::HubGet,
         Transport::HubEmit,
+        Transport::Tcp,
     ];
 }
 
@@ -81,7 +86,9 @@ impl std::str::FromStr for Transport {
             .into_iter()
             .find(|t| t.name() == s)
             .ok_or_else(|| {
-                format!("unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit)")
+                format!(
+                    "unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit, tcp)"
+                )
             })
     }
 }
@@ -143,7 +150,7 @@ impl Opts {
     pub fn wait_name(&self) -> &'static str {
         match self.transport {
             Transport::Ring | Transport::HubGet | Transport::HubEmit => self.wait.name(),
-            Transport::Uds => "block",
+            Transport::Uds | Transport::Tcp => "block",
             Transport::Atomic => "spin",
             Transport::Eventfd => "park",
         }
@@ -403,6 +410,18 @@ impl Session {
                 let child = spawn(opts)?;
                 (SessionKind::Uds(uds::accept(l, opts)?), vec![child])
             }
+            Transport::Tcp => {
+                let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+                // The peer spec's "socket" carries the loopback address to connect to.
+                let addr = PathBuf::from(l.local_addr()?.to_string());
+                let child = Command::new(std::env::current_exe()?)
+                    .env(PEER_ENV, opts.to_env(&addr, "peer"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()?;
+                (SessionKind::Uds(uds::accept_tcp(l, opts)?), vec![child])
+            }
             Transport::Atomic | Transport::Eventfd => {
                 let l = crate::link::bind_unix(&socket)?;
                 let child = spawn(opts)?;
@@ -564,7 +583,7 @@ fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error>
     }
     match o.transport {
         Transport::Ring => ring::peer(o, socket),
-        Transport::Uds => uds::peer(o, socket),
+        Transport::Uds | Transport::Tcp => uds::peer(o, socket),
         Transport::Atomic | Transport::Eventfd => floor::peer(o, socket),
         Transport::HubGet | Transport::HubEmit => {
             Err(Error::Handshake(format!("unknown bench role {role:?}")))

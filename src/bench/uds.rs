@@ -1,7 +1,8 @@
-//! `uds`: a Unix stream socket carrying the same bincode frames as the ring, each behind the
-//! same 8-byte frame header.
+//! `uds` and `tcp`: a Unix stream socket (or a TCP loopback connection with `TCP_NODELAY`)
+//! carrying the same bincode frames as the ring, each behind the same 8-byte frame header.
 
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,9 +37,48 @@ fn read_frame<'b>(r: &mut impl Read, buf: &'b mut Vec<u8>) -> Result<&'b [u8], E
     Ok(buf)
 }
 
+/// A connected byte stream: Unix or TCP.
+pub(super) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
 pub(super) struct UdsSide {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
+    w: Stream,
+    r: BufReader<Stream>,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
     payload: Vec<u8>,
@@ -47,6 +87,17 @@ pub(super) struct UdsSide {
 
 pub(super) fn accept(l: UnixListener, o: &Opts) -> Result<UdsSide, Error> {
     let (s, _) = l.accept()?;
+    side(Stream::Unix(s), o)
+}
+
+/// TCP: the peer connects to `l` (bound on loopback); Nagle is off on both ends.
+pub(super) fn accept_tcp(l: TcpListener, o: &Opts) -> Result<UdsSide, Error> {
+    let (s, _) = l.accept()?;
+    s.set_nodelay(true)?;
+    side(Stream::Tcp(s), o)
+}
+
+fn side(s: Stream, o: &Opts) -> Result<UdsSide, Error> {
     let payload = payload(o.size);
     Ok(UdsSide {
         r: BufReader::with_capacity(256 << 10, s.try_clone()?),
@@ -99,8 +150,19 @@ impl UdsSide {
     }
 }
 
-pub(super) fn peer(_o: &Opts, socket: &Path) -> Result<(), Error> {
-    let s = UnixStream::connect(socket)?;
+pub(super) fn peer(o: &Opts, socket: &Path) -> Result<(), Error> {
+    let s = if o.transport == super::Transport::Tcp {
+        // For tcp the "socket" is the listener's loopback address.
+        let addr = socket
+            .to_str()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .ok_or_else(|| mismatch("tcp peer address"))?;
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Stream::Tcp(s)
+    } else {
+        Stream::Unix(UnixStream::connect(socket)?)
+    };
     let mut r = BufReader::with_capacity(256 << 10, s.try_clone()?);
     let mut w = BufWriter::with_capacity(256 << 10, s);
     let mut rbuf = Vec::new();
