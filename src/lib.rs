@@ -99,6 +99,9 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+#[cfg(all(feature = "bridge", not(shmbus_loom)))]
+pub mod bridge;
+pub mod cache;
 mod channel;
 pub mod client;
 pub mod codec;
@@ -120,7 +123,7 @@ pub use error::{
 };
 pub use link::{
     bind_unix, open_link, open_segment, recv_control, send_control, AccessPolicy, Link, LinkConfig,
-    LinkHandshake, LinkListener, LinkSegment, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY,
+    LinkHandshake, LinkListener, LinkSegment, PinWords, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY,
     HELLO_MAGIC, MAX_CONTROL_MESSAGE,
 };
 pub use wait::WaitStrategy;

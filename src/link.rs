@@ -281,7 +281,13 @@ fn build_link(
         cfg.wait,
         cfg.max_message,
     );
-    Ok(Link { tx, rx, ctrl, peer })
+    Ok(Link {
+        tx,
+        rx,
+        ctrl,
+        peer,
+        map: map.clone(),
+    })
 }
 
 /// Builds the opener's end from the five fds the creator sent (memfd + 4 bells).
@@ -409,6 +415,41 @@ pub struct Link {
     rx: RawReceiver,
     ctrl: Arc<UnixStream>,
     peer: PeerCred,
+    map: Arc<Mapping>,
+}
+
+/// The two cache-pin words in a link segment's header (see
+/// [`SegmentHeader::reader_pin`](crate::ring::layout::SegmentHeader)): the opener writes its
+/// pin, the creator reads it and may revoke it.
+#[derive(Clone, Debug)]
+pub struct PinWords {
+    map: Arc<Mapping>,
+}
+
+impl PinWords {
+    fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        debug_assert!(offset % 8 == 0 && offset + 8 <= SEGMENT_HEADER_SIZE as usize);
+        // SAFETY: every link segment is at least SEGMENT_HEADER_SIZE bytes (checked when it
+        // was created or opened) and page-aligned, so `offset` (8-aligned, inside the header)
+        // is a valid, aligned AtomicU64 that lives as long as the mapping we hold.
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(offset)
+                .cast::<std::sync::atomic::AtomicU64>()
+        }
+    }
+
+    /// The opener's pin word.
+    pub fn pin(&self) -> &std::sync::atomic::AtomicU64 {
+        self.word(layout::READER_PIN_OFFSET)
+    }
+
+    /// The creator's revocation word.
+    pub fn revoked(&self) -> &std::sync::atomic::AtomicU64 {
+        self.word(layout::READER_PIN_OFFSET + 8)
+    }
 }
 
 impl Link {
@@ -505,6 +546,13 @@ impl Link {
     /// The control socket (stays open for the link's life; its hang-up means the peer died).
     pub fn control(&self) -> &UnixStream {
         &self.ctrl
+    }
+
+    /// The cache-pin words in this link's segment header.
+    pub fn pin_words(&self) -> PinWords {
+        PinWords {
+            map: self.map.clone(),
+        }
     }
 
     /// True once the peer has closed its end or died.

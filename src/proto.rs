@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::{codec, Error};
 
 /// Protocol version spoken in [`Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// How a payload's bytes are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -360,7 +360,7 @@ pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSC1");
 /// Control plane: hub → client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Welcome {
-    /// Accepted; the link's 5 fds are attached.
+    /// Accepted; the link's 5 fds (and the cache segment's) are attached.
     Accepted {
         /// [`PROTOCOL_VERSION`].
         version: u32,
@@ -370,6 +370,9 @@ pub enum Welcome {
         ring_capacity: u64,
         /// The hub's heartbeat interval in ms (0 = none).
         heartbeat_ms: u64,
+        /// Largest value the hub's cache segment stores; when non-zero, a sixth fd (the
+        /// segment, read-only) follows the link's five.
+        cache_max_value: u64,
     },
     /// Refused, with the reason.
     Refused {

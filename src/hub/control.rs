@@ -41,6 +41,8 @@ pub struct StatReport {
     pub cache_entries: u64,
     /// Bytes held by them.
     pub cache_bytes: u64,
+    /// The cache segment's counters (evictions, retired space, revoked pins, …).
+    pub cache: crate::cache::WriterStats,
 }
 
 /// One client in a [`StatReport`].
@@ -109,6 +111,22 @@ impl StatReport {
             s,
             "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10}",
             "NAME", "PID", "UID", "STATE", "IN FILL/CAP", "OUT FILL/CAP", "MSGS IN", "MSGS OUT"
+        );
+        let k = &self.cache;
+        let _ = writeln!(
+            s,
+            "cache segment: {} of {} arena bytes in use, {} retired ({} blocks), epoch {}, \
+             {} updates, {} evictions, {} expired, {} rejected, {} pins revoked",
+            k.used_bytes,
+            k.arena_bytes,
+            k.retired_bytes,
+            k.retired_blocks,
+            k.epoch,
+            k.updates,
+            k.evictions,
+            k.expired,
+            k.rejected,
+            k.revocations
         );
         for c in &self.clients {
             let _ = writeln!(

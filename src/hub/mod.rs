@@ -12,7 +12,6 @@
 //! message for it (the sender's own ring then fills, and its `send` waits): memory stays
 //! bounded and nothing is dropped.
 
-mod cache;
 mod control;
 
 use std::cmp::Reverse;
@@ -27,6 +26,7 @@ use tracing::{debug, info, warn};
 
 pub use control::{ClientStat, ControlReply, ControlRequest, PendingStat, StatReport};
 
+use crate::cache::{CacheConfig, CacheWriter};
 use crate::proto::{
     self, Answer, Change, ClientMsg, Encoding, Hello, HubMsg, Payload, Target, Welcome,
 };
@@ -34,7 +34,6 @@ use crate::sync::{fence, Ordering};
 use crate::sys::{self, Bell, PeerCred, PollEvent, Poller};
 use crate::wait::WaitStrategy;
 use crate::{codec, AccessPolicy, Error, LinkConfig, LinkSegment, RawReceiver, RawSender};
-use cache::Cache;
 
 /// Hub settings.
 #[derive(Clone, Debug)]
@@ -58,6 +57,8 @@ pub struct HubConfig {
     pub link: LinkConfig,
     /// Bytes a client's outbox may hold before the hub stops reading from senders to it.
     pub outbox_limit: usize,
+    /// The shared cache segment's sizes and limits.
+    pub cache: CacheConfig,
 }
 
 impl Default for HubConfig {
@@ -72,6 +73,7 @@ impl Default for HubConfig {
             heartbeat: Duration::from_secs(30),
             link: LinkConfig::default(),
             outbox_limit: 8 << 20,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -225,8 +227,9 @@ pub struct Hub {
     inflight: HashMap<String, u64>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_req: u64,
-    cache: Cache,
+    cache: CacheWriter,
     next_interval: Instant,
+    next_cache_upkeep: Option<Instant>,
     next_heartbeat: Option<Instant>,
     nonce: u64,
     started: Instant,
@@ -247,6 +250,7 @@ impl Hub {
         let shutdown = Arc::new(Bell::new()?);
         poller.add(listener.as_fd(), TOKEN_LISTENER, false, false)?;
         poller.add(shutdown.as_fd(), TOKEN_SHUTDOWN, false, false)?;
+        let cache = CacheWriter::new(cfg.cache.clone())?;
         let now = Instant::now();
         let policy = AccessPolicy {
             extra_uids: cfg.allow_uids.clone(),
@@ -269,7 +273,8 @@ impl Hub {
             inflight: HashMap::new(),
             deadlines: BinaryHeap::new(),
             next_req: 1,
-            cache: Cache::default(),
+            cache,
+            next_cache_upkeep: None,
             nonce: 1,
             started: now,
             policy,
@@ -413,6 +418,9 @@ impl Hub {
         }
         if let Some(Reverse((d, _))) = self.deadlines.peek() {
             t = t.min(*d);
+        }
+        if let Some(c) = self.next_cache_upkeep {
+            t = t.min(c);
         }
         if self.handshakes.iter().flatten().next().is_some() {
             t = t.min(Instant::now() + Duration::from_millis(100));
@@ -571,13 +579,20 @@ impl Hub {
             Ok(s) => s,
             Err(e) => return refuse_with(&sock, format!("hub could not create the link: {e}")),
         };
+        let cache_fd = match self.cache.reader_fd() {
+            Ok(fd) => fd,
+            Err(e) => return refuse_with(&sock, format!("hub could not share its cache: {e}")),
+        };
         let welcome = ControlReply::Welcome(Welcome::Accepted {
             version: proto::PROTOCOL_VERSION,
             max_message: cfg.max_message as u64,
             ring_capacity: cfg.ring_capacity,
             heartbeat_ms: self.cfg.heartbeat.as_millis() as u64,
+            cache_max_value: self.cache.config().max_value as u64,
         });
-        if let Err(e) = crate::send_control(&sock, &welcome, &seg.fds()) {
+        let mut fds = seg.fds().to_vec();
+        fds.push(cache_fd.as_fd());
+        if let Err(e) = crate::send_control(&sock, &welcome, &fds) {
             return Err(format!("could not send welcome: {e}"));
         }
         let _ = sock.set_read_timeout(None);
@@ -585,6 +600,7 @@ impl Hub {
             Ok(l) => l,
             Err(e) => return Err(format!("link setup failed: {e}")),
         };
+        let pins = link.pin_words();
         let ctrl = Arc::new(match link.control().try_clone() {
             Ok(s) => s,
             Err(e) => return Err(format!("dup control socket: {e}")),
@@ -614,6 +630,7 @@ impl Hub {
         }
         let gen = self.next_gen;
         self.next_gen += 1;
+        self.cache.add_reader(gen, pins);
         info!(name = %hello.name, pid = cred.pid, uid = cred.uid, slot, "client joined");
         self.names.insert(hello.name.clone(), slot);
         self.conns[slot] = Some(Conn {
@@ -804,9 +821,22 @@ impl Hub {
                 payload,
                 ttl_ms,
             } => {
+                if !self.data_to_listeners(slot, kind, key, payload) {
+                    return false;
+                }
                 let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
-                self.cache
-                    .put(owner, kind, key, payload, ttl_ms, Instant::now());
+                if let Err(e) = self.cache.put(
+                    owner,
+                    kind,
+                    key,
+                    payload,
+                    ttl_ms,
+                    sys::monotonic_ns(),
+                    Instant::now(),
+                ) {
+                    warn!(%owner, kind, "value not cached: {e}");
+                }
+                self.schedule_cache_upkeep();
                 true
             }
             ClientMsg::Get {
@@ -921,6 +951,48 @@ impl Hub {
         true
     }
 
+    /// Sends a `data` update to every other client subscribed to the topic `kind` or
+    /// `kind:key` (Felix's listeners: the bridge subscribes a WebSocket's `guild:<id>`s). False
+    /// (the frame stays unread) if one of them is full.
+    fn data_to_listeners(
+        &mut self,
+        slot: usize,
+        kind: &str,
+        key: Option<&str>,
+        payload: Payload<'_>,
+    ) -> bool {
+        if !self
+            .conns
+            .iter()
+            .any(|c| c.as_ref().is_some_and(|c| !c.topics.is_empty()))
+        {
+            return true;
+        }
+        let keyed = key.map(|k| format!("{kind}:{k}"));
+        let dests: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                *i != slot
+                    && c.as_ref().is_some_and(|c| {
+                        c.doomed.is_none()
+                            && (c.topics.contains(kind)
+                                || keyed.as_ref().is_some_and(|t| c.topics.contains(t)))
+                    })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
+            return self.stall(slot, full);
+        }
+        let msg = HubMsg::Data { kind, key, payload };
+        for d in dests {
+            self.deliver(d, &msg);
+        }
+        true
+    }
+
     /// Appends every live client but `slot` to `out`.
     fn others(&self, slot: usize, out: &mut Vec<usize>) {
         out.extend(
@@ -968,13 +1040,10 @@ impl Hub {
             }
         }
         if !fresh {
-            let now = Instant::now();
-            if let Some(v) = self.cache.get(from, kind, key, accept, now) {
-                let ttl_ms = v.ttl_left_ms(now);
-                let payload = Payload {
-                    enc: accept,
-                    bytes: &v.bytes,
-                };
+            if let Some((bytes, ttl_ms)) =
+                self.cache.get(from, kind, key, accept, sys::monotonic_ns())
+            {
+                let payload = Payload { enc: accept, bytes };
                 let msg = HubMsg::Reply {
                     req,
                     answer: Answer::Ok { payload, ttl_ms },
@@ -1176,8 +1245,18 @@ impl Hub {
             }
             if let Answer::Ok { payload, ttl_ms } = answer {
                 let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
-                self.cache
-                    .put(owner, kind, key.as_deref(), payload, ttl_ms, Instant::now());
+                if let Err(e) = self.cache.put(
+                    owner,
+                    kind,
+                    key.as_deref(),
+                    payload,
+                    ttl_ms,
+                    sys::monotonic_ns(),
+                    Instant::now(),
+                ) {
+                    warn!(%owner, kind, "answer not cached: {e}");
+                }
+                self.schedule_cache_upkeep();
             }
         }
         for w in &p.waiters {
@@ -1241,6 +1320,11 @@ impl Hub {
             self.next_interval = now + self.cfg.interval;
             self.push_intervals(now);
         }
+        if self.next_cache_upkeep.is_some_and(|t| now >= t) {
+            self.next_cache_upkeep = None;
+            self.cache.maintain(sys::monotonic_ns(), now);
+            self.schedule_cache_upkeep();
+        }
         if let Some(h) = self.next_heartbeat {
             if now >= h {
                 self.next_heartbeat = Some(now + self.cfg.heartbeat);
@@ -1267,15 +1351,32 @@ impl Hub {
         self.reap();
     }
 
-    fn push_intervals(&mut self, now: Instant) {
-        self.cache.expire(now);
+    /// Retired cache space waits for readers to move on: look again soon. Expiring entries
+    /// are swept once a second (readers skip them on their own meanwhile).
+    fn schedule_cache_upkeep(&mut self) {
+        let wait = if self.cache.has_retired() {
+            Duration::from_millis(20)
+        } else if self.cache.has_expiring() {
+            Duration::from_secs(1)
+        } else {
+            return;
+        };
+        let t = Instant::now() + wait;
+        if self.next_cache_upkeep.is_none_or(|c| c > t) {
+            self.next_cache_upkeep = Some(t);
+        }
+    }
+
+    fn push_intervals(&mut self, _now: Instant) {
+        let now_ns = sys::monotonic_ns();
+        self.cache.expire(now_ns, Instant::now());
         for slot in 0..self.conns.len() {
             let kinds = match self.conns[slot].as_ref() {
                 Some(c) if !c.intervals.is_empty() && c.doomed.is_none() => c.intervals.clone(),
                 _ => continue,
             };
             for kind in &kinds {
-                let entries = self.cache.latest_of_kind(kind, now);
+                let entries = self.cache.latest_of_kind(kind, now_ns);
                 for (key, enc, bytes) in entries {
                     Self::deliver_split(
                         &mut self.conns,
@@ -1349,6 +1450,9 @@ impl Hub {
                 self.names.remove(&*c.name);
             }
             let gone = Who { slot, gen: c.gen };
+            // Its pin no longer holds cache space back.
+            self.cache.remove_reader(c.gen);
+            self.schedule_cache_upkeep();
             // Requests this client owned fail now; its own waits are dropped.
             let owned: Vec<u64> = self
                 .pending
@@ -1449,13 +1553,14 @@ impl Hub {
                 age_ms: now.duration_since(p.started).as_millis() as u64,
             })
             .collect();
-        self.cache.expire(now);
+        self.cache.maintain(sys::monotonic_ns(), now);
         StatReport {
             uptime_ms: now.duration_since(self.started).as_millis() as u64,
             clients,
             pending,
             cache_entries: self.cache.len() as u64,
             cache_bytes: self.cache.bytes() as u64,
+            cache: self.cache.stats(),
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::sync::{AtomicU32, AtomicU64, CachePadded};
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSL1");
 /// Layout version of link segments. Published last (Release) by the creator, checked (Acquire)
 /// by the opener before it trusts anything else in the header.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Smallest ring capacity accepted from a peer.
 pub const MIN_RING_CAPACITY: u64 = 4096;
@@ -83,7 +83,20 @@ pub struct SegmentHeader {
     pub segment_len: u64,
     /// Ring 0 carries creator → opener, ring 1 opener → creator.
     pub rings: [RingDesc; 2],
+    /// Unused (keeps the pin words on their own 64-byte line).
+    pub _reserved: u64,
+    /// The opener's cache-segment pin (the epoch it reads under, 0 = none). Written only by
+    /// the opener (a hub client), read by the creator (the hub) to know which retired cache
+    /// values may still be in use. See `crate::cache`.
+    pub reader_pin: AtomicU64,
+    /// Written only by the creator: a pin value it stopped honouring because it was held too
+    /// long (see `crate::cache`). Reads under that pin are refused.
+    pub pin_revoked: AtomicU64,
 }
+
+/// Offset of [`SegmentHeader::reader_pin`].
+pub const READER_PIN_OFFSET: usize = 64;
+const _: () = assert!(std::mem::offset_of!(SegmentHeader, reader_pin) == READER_PIN_OFFSET);
 
 /// Size reserved for the [`SegmentHeader`] (the first ring starts here).
 pub const SEGMENT_HEADER_SIZE: u64 = 128;

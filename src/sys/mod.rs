@@ -67,6 +67,55 @@ pub fn check_sealed_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment has a negative size"))
 }
 
+/// Creates a memfd of exactly `len` bytes for one writer and many read-only readers.
+///
+/// Returns the fd and the writer's read-write mapping. The fd is then sealed with
+/// `F_SEAL_FUTURE_WRITE` besides the size seals: from now on nobody — not even a process that
+/// reopens it through `/proc` — can `write(2)` to it or map it writable. Only the mapping
+/// returned here can change the bytes.
+pub fn memfd_single_writer(name: &CStr, len: usize) -> io::Result<(OwnedFd, Mapping)> {
+    let fd =
+        memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(errno)?;
+    let off = i64::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    nix::unistd::ftruncate(&fd, off).map_err(errno)?;
+    let map = Mapping::map(fd.as_fd(), len, true)?;
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(REQUIRED_SEALS.union(SealFlag::F_SEAL_FUTURE_WRITE)),
+    )
+    .map_err(errno)?;
+    Ok((fd, map))
+}
+
+/// Whether `fd` carries `F_SEAL_FUTURE_WRITE` (no new writable mapping is possible).
+pub fn is_write_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let seals = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(errno)?;
+    Ok(SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_FUTURE_WRITE))
+}
+
+/// Opens the file behind `fd` again, read-only, through `/proc/self/fd`: the new fd can only
+/// ever be mapped `PROT_READ`.
+pub fn reopen_readonly(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(errno)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (vDSO, no syscall). Every process on the host shares this
+/// clock, so a deadline written by one process means the same instant to all.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64,
+        Err(_) => 0,
+    }
+}
+
 /// A shared mapping of a whole file. Unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {

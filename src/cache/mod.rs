@@ -1,0 +1,26 @@
+//! The zero-copy cache segment: the hub's TTL cache in shared memory that every client maps
+//! read-only.
+//!
+//! * The hub ([`CacheWriter`]) is the only writer. The memfd carries `F_SEAL_FUTURE_WRITE`,
+//!   and clients get an fd reopened `O_RDONLY`, so no client can map it writable.
+//! * The segment holds an index (open addressing, one 64-byte slot per entry under a
+//!   seqlock) and a value arena (buddy blocks). An update writes the new value into a free
+//!   block, then swaps the slot.
+//! * Readers ([`Cache`], from [`Client::cache`](crate::client::Client::cache)) look a key up
+//!   with no syscall, no copy and no round trip, and get a [`CacheRef`] that derefs to the
+//!   bytes in the segment.
+//! * Old blocks are reused only once no reader can still see them: epoch-based reclamation
+//!   across processes, with each client's pin in its link segment header, which the hub
+//!   reads. A client that dies stops counting as soon as the hub sees it gone; one that holds
+//!   a pin past the bound is revoked (see [`reader`]).
+//! * TTLs are `CLOCK_MONOTONIC` deadlines, shared by every process on the host.
+//!
+//! Entries are keyed by (kind, key); the newest value wins, whoever owns it, and the owner's
+//! name is kept with the value so that a get naming an owner only takes that owner's value.
+
+pub mod layout;
+pub mod reader;
+pub mod writer;
+
+pub use reader::{Cache, CacheError, CacheReader, CacheRef, ReaderStats};
+pub use writer::{CacheConfig, CacheWriter, PutError, WriterStats};

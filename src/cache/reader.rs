@@ -1,0 +1,641 @@
+//! A client's read-only view of the hub's cache segment.
+//!
+//! ## Why a held value never changes
+//!
+//! A reader *pins* before it looks at the index: it loads the global epoch `e`, stores `e` in
+//! its pin word (in its link segment, which the hub reads), and loads the epoch again; if it
+//! moved, it pins again. The hub, after swapping a slot to a new block, retires the old block
+//! with tag `t` = the epoch it reads, then bumps the epoch to `t + 1`; it frees a block only
+//! when every honoured pin is 0 or greater than the block's tag. All these accesses are
+//! SeqCst (or behind SeqCst fences), so in their single total order:
+//!
+//! * if the reader saw the *old* block in a slot, its epoch load came before the hub's bump
+//!   (otherwise the bump, which follows the swap, would make the swap visible), so `e <= t`;
+//! * and the hub's scan of the pins comes after its bump; if the scan missed our pin store,
+//!   the store came after the bump, so our second epoch load returned `t + 1 != e` and we
+//!   re-pinned before reading anything.
+//!
+//! So a block a reader can reach is never freed while the reader stays pinned. The pin is
+//! held from `get` until the last [`CacheRef`] of this connection is dropped.
+//!
+//! ## Pins held too long
+//!
+//! A reader that keeps a pin longer than the hub's bound (`--cache-pin-ms`, 10 s by default)
+//! while retired space waits on it is *revoked*: the hub writes that pin value into the
+//! link's revocation word and reuses the space. From then on `get` refuses to read under that
+//! pin ([`CacheError::Revoked`]) until every `CacheRef` has been dropped and a fresh pin is
+//! taken, and [`CacheRef::is_valid`] / [`CacheRef::decode`] report that the held bytes may
+//! have changed. The mapping never goes away, so a revoked reader never faults — it only
+//! loses the "unchanged" guarantee.
+//!
+//! ## Distrust
+//!
+//! The segment is written by the hub only (the fd is sealed against new writable mappings),
+//! but a reader still checks everything: the header once at open, each slot's offsets and
+//! lengths against the arena at every read, probe chains bounded by the table size, and a
+//! slot that keeps changing under its seqlock is an error after a bounded number of retries.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::layout::{self, CacheHeader, Slot, EMPTY, HEADER_SIZE, SLOT_SIZE};
+use crate::link::PinWords;
+use crate::proto::{Encoding, Payload, PayloadBuf};
+use crate::sys::{self, Mapping};
+
+/// Why a cache read failed (a miss is `Ok(None)`, not an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheError {
+    /// The segment breaks its own layout (bad offset, length, header). Nothing was read.
+    Corrupt(String),
+    /// A slot kept changing while we read it.
+    Torn,
+    /// This reader held a pin past the hub's bound; reads under it are refused until every
+    /// `CacheRef` is dropped.
+    Revoked,
+    /// The connection this view belongs to is gone (the hub died or we reconnected).
+    Disconnected,
+    /// The value could not be decoded into the requested type.
+    Decode(String),
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Corrupt(m) => write!(f, "cache segment corrupt: {m}"),
+            CacheError::Torn => f.write_str("cache slot kept changing under the read"),
+            CacheError::Revoked => f.write_str(
+                "cache pin held past the hub's bound and revoked; drop every CacheRef first",
+            ),
+            CacheError::Disconnected => f.write_str("the hub connection of this cache is gone"),
+            CacheError::Decode(m) => write!(f, "cache value decode failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+/// Read statistics of one view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// Reads that found a live value.
+    pub hits: u64,
+    /// Reads that found nothing (or an expired value).
+    pub misses: u64,
+    /// Reads that failed.
+    pub errors: u64,
+    /// Seqlock retries.
+    pub retries: u64,
+    /// Entries in the segment (hub's count).
+    pub entries: u64,
+    /// Bytes in live blocks (hub's count).
+    pub used_bytes: u64,
+    /// Evictions so far (hub's count).
+    pub evictions: u64,
+    /// Updates so far (hub's count).
+    pub updates: u64,
+}
+
+/// Pin state word: count of live `CacheRef`s in the low bits, `LOCKED` while pinning or
+/// unpinning.
+const LOCKED: u64 = 1 << 63;
+const SEQLOCK_TRIES: usize = 1000;
+const PIN_TRIES: usize = 10_000;
+
+/// The read-only view of one cache segment for one hub connection.
+pub struct CacheReader {
+    map: Mapping,
+    slots: usize,
+    index_off: usize,
+    arena_off: usize,
+    arena_len: u64,
+    max_value: u64,
+    pins: PinWords,
+    state: AtomicU64,
+    pinned: AtomicU64,
+    alive: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    retries: AtomicU64,
+}
+
+struct Snap {
+    hash: u64,
+    block: u64,
+    vlen: u64,
+    names: u64,
+    meta: u64,
+    expires: u64,
+}
+
+impl CacheReader {
+    /// Maps the segment behind `fd` read-only and checks its header. `pins` are this
+    /// connection's pin words (the link segment header).
+    pub fn open(fd: OwnedFd, pins: PinWords) -> Result<CacheReader, CacheError> {
+        let bad = |m: &str| CacheError::Corrupt(m.to_string());
+        let len = sys::check_sealed_len(fd.as_fd()).map_err(|e| bad(&e.to_string()))?;
+        if len < HEADER_SIZE as usize {
+            return Err(bad("segment shorter than its header"));
+        }
+        let map = Mapping::map(fd.as_fd(), len, false).map_err(|e| bad(&e.to_string()))?;
+        Self::from_mapping(map, pins)
+    }
+
+    /// Checks the header of an existing mapping (used by `open` and by tests that build a
+    /// hostile segment by hand).
+    pub fn from_mapping(map: Mapping, pins: PinWords) -> Result<CacheReader, CacheError> {
+        let bad = |m: &str| CacheError::Corrupt(m.to_string());
+        let len = map.len() as u64;
+        if len < HEADER_SIZE {
+            return Err(bad("segment shorter than its header"));
+        }
+        let hdr = map.as_ptr().cast::<CacheHeader>();
+        // SAFETY: the mapping is page-aligned and at least HEADER_SIZE long. `version` is read
+        // first (Acquire, pairs with the hub's Release store); the plain fields are copied out
+        // with volatile reads and checked here, never trusted again.
+        let (version, magic, seg_len, index_off, slots, arena_off, arena_len, max_value) = unsafe {
+            (
+                (*hdr).version.load(Ordering::Acquire),
+                std::ptr::addr_of!((*hdr).magic).read_volatile(),
+                std::ptr::addr_of!((*hdr).segment_len).read_volatile(),
+                std::ptr::addr_of!((*hdr).index_off).read_volatile(),
+                std::ptr::addr_of!((*hdr).slots).read_volatile(),
+                std::ptr::addr_of!((*hdr).arena_off).read_volatile(),
+                std::ptr::addr_of!((*hdr).arena_len).read_volatile(),
+                std::ptr::addr_of!((*hdr).max_value).read_volatile(),
+            )
+        };
+        if magic != layout::CACHE_MAGIC {
+            return Err(bad("wrong magic"));
+        }
+        if version != layout::CACHE_VERSION {
+            return Err(bad(&format!(
+                "layout version {version}, this build reads {}",
+                layout::CACHE_VERSION
+            )));
+        }
+        if seg_len != len {
+            return Err(bad("length in the header differs from the mapping"));
+        }
+        let index_end = slots
+            .checked_mul(SLOT_SIZE)
+            .and_then(|b| b.checked_add(index_off));
+        let arena_end = arena_off.checked_add(arena_len);
+        let ok = slots.is_power_of_two()
+            && slots <= 1 << 26
+            && index_off >= HEADER_SIZE
+            && index_off % SLOT_SIZE == 0
+            && arena_off % 8 == 0
+            && index_end.is_some_and(|e| e <= arena_off)
+            && arena_end.is_some_and(|e| e <= len)
+            && max_value <= arena_len;
+        if !ok {
+            return Err(bad("index or arena out of bounds"));
+        }
+        Ok(CacheReader {
+            slots: slots as usize,
+            index_off: index_off as usize,
+            arena_off: arena_off as usize,
+            arena_len,
+            max_value,
+            map,
+            pins,
+            state: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        })
+    }
+
+    /// Marks the view dead (its connection is gone); later reads fail with `Disconnected`.
+    pub fn close(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    fn header(&self) -> &CacheHeader {
+        // SAFETY: checked in `from_mapping`: the header lies at offset 0 of our mapping.
+        unsafe { &*self.map.as_ptr().cast::<CacheHeader>() }
+    }
+
+    fn slot(&self, i: usize) -> &Slot {
+        debug_assert!(i < self.slots);
+        // SAFETY: `i < slots`, and `from_mapping` checked that the whole slot table lies
+        // inside the mapping at a 64-aligned offset.
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(self.index_off + i * SLOT_SIZE as usize)
+                .cast::<Slot>()
+        }
+    }
+
+    // ------------------------------------------------------------------- pinning
+
+    fn acquire(&self) -> Result<u64, CacheError> {
+        let mut spins = 0usize;
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s & LOCKED != 0 {
+                spins += 1;
+                if spins > 1000 {
+                    std::thread::yield_now();
+                }
+                std::hint::spin_loop();
+                continue;
+            }
+            if s == 0 {
+                if self
+                    .state
+                    .compare_exchange_weak(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                let r = self.pin();
+                match r {
+                    Ok(e) => {
+                        self.pinned.store(e, Ordering::Relaxed);
+                        // Release: publishes `pinned` to threads that join this pin.
+                        self.state.store(1, Ordering::Release);
+                    }
+                    Err(_) => self.state.store(0, Ordering::Release),
+                }
+                return r;
+            }
+            if self
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                let e = self.pinned.load(Ordering::Relaxed);
+                // Acquire: pairs with the hub's Release store of the revocation.
+                if self.pins.revoked().load(Ordering::Acquire) == e {
+                    self.release();
+                    return Err(CacheError::Revoked);
+                }
+                return Ok(e);
+            }
+        }
+    }
+
+    /// Stores a pin the hub will see (see the module docs for the argument).
+    fn pin(&self) -> Result<u64, CacheError> {
+        let epoch = &self.header().epoch;
+        let word = self.pins.pin();
+        for _ in 0..PIN_TRIES {
+            // SeqCst, all three: they take part in the total order the proof relies on.
+            let e = epoch.load(Ordering::SeqCst);
+            if e == 0 {
+                word.store(0, Ordering::SeqCst);
+                return Err(CacheError::Corrupt("epoch is 0".into()));
+            }
+            word.store(e, Ordering::SeqCst);
+            if epoch.load(Ordering::SeqCst) == e {
+                return Ok(e);
+            }
+        }
+        word.store(0, Ordering::SeqCst);
+        Err(CacheError::Corrupt("epoch never settles".into()))
+    }
+
+    fn release(&self) {
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            debug_assert!(s & LOCKED == 0 && s > 0, "release without a pin");
+            if s == 1 {
+                if self
+                    .state
+                    .compare_exchange_weak(1, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    // Release: every read of the pinned blocks happens before the hub sees the
+                    // pin cleared (pairs with the hub's SeqCst pin loads).
+                    self.pins.pin().store(0, Ordering::Release);
+                    self.state.store(0, Ordering::Release);
+                    return;
+                }
+            } else if self
+                .state
+                .compare_exchange_weak(s, s - 1, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------- lookup
+
+    fn read_slot(&self, i: usize) -> Result<Snap, CacheError> {
+        let s = self.slot(i);
+        for _ in 0..SEQLOCK_TRIES {
+            // Acquire: pairs with the hub's Release store that ended its write.
+            let s1 = s.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                std::hint::spin_loop();
+                continue;
+            }
+            let snap = Snap {
+                hash: s.hash.load(Ordering::Relaxed),
+                block: s.block.load(Ordering::Relaxed),
+                vlen: s.vlen.load(Ordering::Relaxed),
+                names: s.names.load(Ordering::Relaxed),
+                meta: s.meta.load(Ordering::Relaxed),
+                expires: s.expires.load(Ordering::Relaxed),
+            };
+            // Acquire fence: pairs with the hub's Release fence after it made `seq` odd, so a
+            // changed field implies we now see a changed `seq`.
+            fence(Ordering::Acquire);
+            if s.seq.load(Ordering::Relaxed) == s1 {
+                return Ok(snap);
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(CacheError::Torn)
+    }
+
+    fn arena(&self, off: u64, len: usize) -> &[u8] {
+        debug_assert!(off + len as u64 <= self.arena_len);
+        // SAFETY: callers checked `off + len <= arena_len`; the arena lies inside the mapping
+        // (checked at open). The bytes belong to a block published before our pin and not
+        // freed while we hold it (module docs).
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(self.arena_off + off as usize), len)
+        }
+    }
+
+    /// Finds (kind, key). Must be called pinned.
+    fn lookup(
+        &self,
+        owner: Option<&str>,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<Option<(u64, usize, Encoding, u64)>, CacheError> {
+        let h = layout::key_hash(kind, key);
+        let mask = self.slots - 1;
+        let mut i = h as usize & mask;
+        for _ in 0..self.slots {
+            let s = self.read_slot(i)?;
+            if s.hash == EMPTY {
+                return Ok(None);
+            }
+            if s.hash == h {
+                let (ol, kl, keyl) = layout::unpack_names(s.names);
+                let names = ol + kl + keyl.unwrap_or(0);
+                let vo = layout::value_offset(names) as u64;
+                let end = s.block.checked_add(vo).and_then(|x| x.checked_add(s.vlen));
+                if names > layout::MAX_NAMES
+                    || s.block % 8 != 0
+                    || s.vlen > self.max_value
+                    || end.is_none_or(|e| e > self.arena_len)
+                    || s.meta > 1
+                {
+                    return Err(CacheError::Corrupt(format!("slot {i} out of bounds")));
+                }
+                let nm = self.arena(s.block, names);
+                let matches = &nm[ol..ol + kl] == kind.as_bytes()
+                    && match (key, keyl) {
+                        (Some(k), Some(_)) => &nm[ol + kl..] == k.as_bytes(),
+                        (None, None) => true,
+                        _ => false,
+                    };
+                if matches {
+                    if owner.is_some_and(|o| &nm[..ol] != o.as_bytes()) {
+                        return Ok(None);
+                    }
+                    if s.expires != 0 && sys::monotonic_ns() >= s.expires {
+                        return Ok(None);
+                    }
+                    let enc = if s.meta == 1 {
+                        Encoding::Json
+                    } else {
+                        Encoding::Bincode
+                    };
+                    return Ok(Some((s.block + vo, s.vlen as usize, enc, s.expires)));
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        Ok(None)
+    }
+
+    /// Reads (kind, key) from any owner. `Ok(None)` is a miss (absent or expired).
+    pub fn try_get(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<Option<CacheRef<'_>>, CacheError> {
+        self.try_get_inner(None, kind, key)
+    }
+
+    /// Reads (kind, key) only if `owner` wrote it.
+    pub fn try_get_from(
+        &self,
+        owner: &str,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<Option<CacheRef<'_>>, CacheError> {
+        self.try_get_inner(Some(owner), kind, key)
+    }
+
+    fn try_get_inner(
+        &self,
+        owner: Option<&str>,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<Option<CacheRef<'_>>, CacheError> {
+        if !self.alive.load(Ordering::Acquire) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(CacheError::Disconnected);
+        }
+        let epoch = self.acquire().inspect_err(|_| {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        })?;
+        match self.lookup(owner, kind, key) {
+            Ok(Some((off, len, enc, expires))) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(CacheRef {
+                    reader: self,
+                    bytes: self.arena(off, len),
+                    enc,
+                    expires,
+                    epoch,
+                }))
+            }
+            Ok(None) => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.release();
+                Ok(None)
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.release();
+                Err(e)
+            }
+        }
+    }
+
+    /// Counters of this view plus the hub's own counts from the segment.
+    pub fn stats(&self) -> ReaderStats {
+        let h = self.header();
+        ReaderStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            entries: h.entries.load(Ordering::Relaxed),
+            used_bytes: h.used_bytes.load(Ordering::Relaxed),
+            evictions: h.evictions.load(Ordering::Relaxed),
+            updates: h.updates.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A value read in place from the cache segment. Derefs to the value's bytes, which stay
+/// exactly as they are for as long as this is held (within the hub's pin bound; see the
+/// module docs). Holding it keeps this connection pinned, so drop it when done.
+pub struct CacheRef<'a> {
+    reader: &'a CacheReader,
+    bytes: &'a [u8],
+    enc: Encoding,
+    expires: u64,
+    epoch: u64,
+}
+
+impl<'a> CacheRef<'a> {
+    /// The encoding the owner wrote.
+    pub fn encoding(&self) -> Encoding {
+        self.enc
+    }
+
+    /// The value as a payload (bytes + encoding), borrowed.
+    pub fn payload(&self) -> Payload<'_> {
+        Payload {
+            enc: self.enc,
+            bytes: self.bytes,
+        }
+    }
+
+    /// Copies the value out.
+    pub fn to_owned(&self) -> PayloadBuf {
+        self.payload().to_owned()
+    }
+
+    /// TTL left in ms (0 = no expiry).
+    pub fn ttl_left_ms(&self) -> i64 {
+        if self.expires == 0 {
+            0
+        } else {
+            (self.expires.saturating_sub(sys::monotonic_ns()) / 1_000_000).max(1) as i64
+        }
+    }
+
+    /// False once the hub has revoked the pin this value was read under (held past the
+    /// bound): the bytes may have been reused since.
+    pub fn is_valid(&self) -> bool {
+        // Acquire: pairs with the hub's Release store of the revocation.
+        self.reader.pins.revoked().load(Ordering::Acquire) != self.epoch
+    }
+
+    /// Decodes the value in place, whatever its encoding: `&str` and `&[u8]` fields borrow
+    /// from the segment. Fails if the pin was revoked during the decode.
+    pub fn decode<'r, T: serde::Deserialize<'r>>(&'r self) -> Result<T, CacheError> {
+        let v = self.payload().decode_borrowed::<T>();
+        if !self.is_valid() {
+            return Err(CacheError::Revoked);
+        }
+        v.map_err(|e| CacheError::Decode(e.to_string()))
+    }
+}
+
+impl std::ops::Deref for CacheRef<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl std::fmt::Debug for CacheRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheRef")
+            .field("len", &self.bytes.len())
+            .field("enc", &self.enc)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl Drop for CacheRef<'_> {
+    fn drop(&mut self) {
+        self.reader.release();
+    }
+}
+
+/// A cheap, clonable handle to one connection's cache view ([`Client::cache`]).
+///
+/// [`Client::cache`]: crate::client::Client::cache
+#[derive(Clone, Default)]
+pub struct Cache {
+    pub(crate) reader: Option<Arc<CacheReader>>,
+}
+
+impl Cache {
+    /// Wraps a reader.
+    pub fn new(reader: CacheReader) -> Cache {
+        Cache {
+            reader: Some(Arc::new(reader)),
+        }
+    }
+
+    fn reader(&self) -> Result<&CacheReader, CacheError> {
+        self.reader.as_deref().ok_or(CacheError::Disconnected)
+    }
+
+    /// The value of (kind, key) from any owner, read in place; `None` on a miss, an expired
+    /// value, or an error (counted in [`stats`](Self::stats); use [`try_get`](Self::try_get)
+    /// to see it). No syscall, no copy, no round trip.
+    pub fn get(&self, kind: &str, key: Option<&str>) -> Option<CacheRef<'_>> {
+        self.try_get(kind, key).ok().flatten()
+    }
+
+    /// Like [`get`](Self::get), with errors.
+    pub fn try_get(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<Option<CacheRef<'_>>, CacheError> {
+        self.reader()?.try_get(kind, key)
+    }
+
+    /// The value of (kind, key) only if `owner` wrote it.
+    pub fn get_from(&self, owner: &str, kind: &str, key: Option<&str>) -> Option<CacheRef<'_>> {
+        self.try_get_from(owner, kind, key).ok().flatten()
+    }
+
+    /// Like [`get_from`](Self::get_from), with errors.
+    pub fn try_get_from(
+        &self,
+        owner: &str,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<Option<CacheRef<'_>>, CacheError> {
+        self.reader()?.try_get_from(owner, kind, key)
+    }
+
+    /// Whether this view has a segment mapped (false when the hub offered none).
+    pub fn is_mapped(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// Read counters and the hub's counts.
+    pub fn stats(&self) -> ReaderStats {
+        self.reader.as_ref().map(|r| r.stats()).unwrap_or_default()
+    }
+}
