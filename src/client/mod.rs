@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cache::{Cache, CacheReader};
 use crate::channel::{fail_to_error, Deadline, Fail};
 use crate::hub::{socket_path, ControlReply, ControlRequest};
 use crate::proto::{
@@ -310,6 +311,7 @@ type RequestFn = Arc<dyn Fn(&Request) -> Result<PayloadBuf, String> + Send + Syn
 type DataFn = Arc<dyn Fn(&DataPush) + Send + Sync>;
 type LifecycleFn = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
 type DisconnectFn = Arc<dyn Fn(&str) + Send + Sync>;
+type DeferredGetFn = Arc<dyn Fn(GetRequest, GetTicket) + Send + Sync>;
 
 #[derive(Default)]
 struct Handlers {
@@ -321,6 +323,8 @@ struct Handlers {
     data: Vec<(HandlerId, Option<String>, DataFn)>,
     lifecycle: Vec<(HandlerId, LifecycleFn)>,
     disconnect: Vec<(HandlerId, DisconnectFn)>,
+    /// Catch-all for gets of kinds without an `on_get` handler, answered later.
+    deferred_get: Option<(HandlerId, DeferredGetFn)>,
 }
 
 impl Handlers {
@@ -381,6 +385,12 @@ struct Inner {
     state: Mutex<Option<String>>,
     watch: AtomicBool,
     last_goodbye: Mutex<Option<String>>,
+    /// The hub's cache segment, mapped read-only, for this connection.
+    cache: Mutex<Option<Arc<CacheReader>>>,
+    /// Largest value the hub caches (0 = no cache segment).
+    cache_max_value: AtomicU64,
+    /// Ourselves, for [`GetTicket`]s handed out by `handle`.
+    me: std::sync::Weak<Inner>,
 }
 
 /// A connection to the hub. Cheap to clone (all clones share the connection).
@@ -398,7 +408,8 @@ impl Client {
         } else {
             d.to_path_buf()
         };
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             path,
             tx: Mutex::new(None),
             rx: Mutex::new(None),
@@ -414,6 +425,8 @@ impl Client {
             state: Mutex::new(None),
             watch: AtomicBool::new(false),
             last_goodbye: Mutex::new(None),
+            cache: Mutex::new(None),
+            cache_max_value: AtomicU64::new(0),
             opts,
         });
         inner.establish()?;
@@ -516,6 +529,13 @@ impl Client {
         p: &PayloadBuf,
         ttl: Ttl,
     ) -> Result<(), Error> {
+        let max = self.inner.cache_max_value.load(Ordering::Relaxed) as usize;
+        if max != 0 && p.bytes.len() > max && ttl.as_ms() >= 0 {
+            return Err(Error::TooLarge {
+                size: p.bytes.len(),
+                max,
+            });
+        }
         self.inner.send(&ClientMsg::Data {
             kind,
             key,
@@ -538,6 +558,7 @@ impl Client {
             kind,
             key: None,
             fresh: false,
+            local: true,
             timeout: self.inner.opts.timeout,
         }
     }
@@ -649,6 +670,10 @@ impl Client {
     /// Removes a handler. Returns whether it existed.
     pub fn remove_handler(&self, id: HandlerId) -> bool {
         let mut h = self.inner.handlers.write().expect("lock");
+        if h.deferred_get.as_ref().is_some_and(|(i, _)| *i == id) {
+            h.deferred_get = None;
+            return true;
+        }
         let before = h.events.len()
             + h.gets.len()
             + h.requests.len()
@@ -709,8 +734,18 @@ impl Client {
         Ok(())
     }
 
+    /// This connection's read-only view of the hub's cache segment: reads with no syscall,
+    /// no copy and no round trip (see [`crate::cache`]). After a reconnect, call it again
+    /// for the new hub's segment; an old view then fails with `CacheError::Disconnected`.
+    pub fn cache(&self) -> Cache {
+        Cache {
+            reader: self.inner.cache.lock().expect("lock").clone(),
+        }
+    }
+
     /// Closes the link (the dispatcher thread stops).
     pub fn close(&self) {
+        self.inner.drop_cache();
         self.inner.closing.store(true, Ordering::Release);
         *self.inner.tx.lock().expect("lock") = None;
         *self.inner.rx.lock().expect("lock") = None;
@@ -739,10 +774,18 @@ pub struct GetBuilder<'c> {
     kind: &'c str,
     key: Option<&'c str>,
     fresh: bool,
+    local: bool,
     timeout: Option<Duration>,
 }
 
 impl<'c> GetBuilder<'c> {
+    /// Whether a non-fresh get may be answered from this process's mapping of the cache
+    /// segment (the default) before asking the hub. `false` always asks the hub.
+    pub fn local(mut self, l: bool) -> Self {
+        self.local = l;
+        self
+    }
+
     /// The key within the kind.
     pub fn key(mut self, k: &'c str) -> Self {
         self.key = Some(k);
@@ -764,12 +807,31 @@ impl<'c> GetBuilder<'c> {
     /// Sends the get and waits for the answer.
     pub fn send(self) -> Result<Reply, CallError> {
         let inner = &self.client.inner;
+        if !self.fresh && self.local {
+            if let Some(r) = inner.local_get(self.from, self.kind, self.key) {
+                return Ok(r);
+            }
+        }
         let frame = inner.get_frame(self.from, self.kind, self.key, self.fresh, self.timeout);
         inner.call(self.timeout, frame)
     }
 }
 
 impl Inner {
+    /// A non-fresh get answered from the local mapping of the cache segment, if it holds a
+    /// live value of `from` in an encoding we take (a bincode client decodes either).
+    fn local_get(&self, from: &str, kind: &str, key: Option<&str>) -> Option<Reply> {
+        let reader = self.cache.lock().expect("lock").clone()?;
+        let v = reader.try_get_from(from, kind, key).ok()??;
+        if v.encoding() != self.opts.accept && self.opts.accept != Encoding::Bincode {
+            return None;
+        }
+        Some(Reply {
+            payload: v.to_owned(),
+            ttl: Ttl::from_ms(v.ttl_left_ms()),
+        })
+    }
+
     /// The frame of a get; `call` fills in the request number.
     fn get_frame<'m>(
         &self,
@@ -841,12 +903,13 @@ impl Inner {
             }
             (Ok(()), Err(e)) => return Err(crate::link::handshake_error("reading the welcome", e)),
         };
-        let max_message = match reply {
+        let (max_message, cache_max_value) = match reply {
             ControlReply::Welcome(Welcome::Accepted {
                 version,
                 max_message,
+                cache_max_value,
                 ..
-            }) if version == proto::PROTOCOL_VERSION => max_message,
+            }) if version == proto::PROTOCOL_VERSION => (max_message, cache_max_value),
             ControlReply::Welcome(Welcome::Refused { reason }) => {
                 return Err(Error::Handshake(format!("refused by the hub: {reason}")))
             }
@@ -859,8 +922,26 @@ impl Inner {
         sock.set_read_timeout(None)?;
         let mut cfg = self.link_cfg();
         cfg.max_message = (max_message as usize).min(crate::link::MAX_MAX_MESSAGE);
+        let mut fds = fds;
+        let cache_fd = if cache_max_value != 0 && fds.len() == 6 {
+            fds.pop()
+        } else {
+            None
+        };
         let link = crate::open_link(fds, sock, &cfg)
             .map_err(|e| crate::link::handshake_error("opening the link", e))?;
+        let cache = match cache_fd.map(|fd| CacheReader::open(fd, link.pin_words())) {
+            Some(Ok(r)) => Some(Arc::new(r)),
+            Some(Err(e)) => {
+                tracing::warn!("the hub's cache segment is unusable, reads go to the hub: {e}");
+                None
+            }
+            None => None,
+        };
+        self.drop_cache();
+        *self.cache.lock().expect("lock") = cache;
+        self.cache_max_value
+            .store(cache_max_value, Ordering::Relaxed);
         let ctrl = Arc::new(link.control().try_clone()?);
         let (tx, rx) = link.split();
         *self.tx.lock().expect("lock") = Some(tx);
@@ -941,6 +1022,13 @@ impl Inner {
                 }
                 Err(f) => return Err(self.link_failed(fail_to_error(f))),
             }
+        }
+    }
+
+    /// Marks the current cache view dead and forgets it.
+    fn drop_cache(&self) {
+        if let Some(c) = self.cache.lock().expect("lock").take() {
+            c.close();
         }
     }
 
@@ -1172,6 +1260,11 @@ impl Inner {
                 }
             }
             Incoming::Get(hreq, g) => {
+                if let Some(d) = self.deferred_get_for(&g.kind) {
+                    let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
+                    d(g, ticket);
+                    return;
+                }
                 let h = self
                     .handlers
                     .read()
@@ -1272,6 +1365,7 @@ impl Inner {
         }
         *self.last_goodbye.lock().expect("lock") = Some(reason.clone());
         *self.tx.lock().expect("lock") = None;
+        self.drop_cache();
         // Everyone waiting for a reply learns now.
         let waits: Vec<Arc<Slot>> = self
             .waits
@@ -1321,5 +1415,109 @@ fn dispatcher(weak: std::sync::Weak<Inner>) {
         // Holding `inner` across the loop would keep the client alive after the user dropped
         // every handle; let it go each turn.
         drop(inner);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Deferred answers to forwarded gets (used by the bridge: a legacy owner answers later, over
+// its own socket).
+// ------------------------------------------------------------------------------------------
+
+impl Client {
+    /// Receives every forwarded get whose kind has no [`on_get`](Client::on_get) handler,
+    /// together with a [`GetTicket`] that answers it later, from any thread. Replaces the
+    /// previous catch-all handler. A ticket dropped unanswered answers with an error, so the
+    /// requester never waits for nothing.
+    pub fn on_get_deferred(
+        &self,
+        f: impl Fn(GetRequest, GetTicket) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.deferred_get = Some((id, Arc::new(f)));
+        id
+    }
+}
+
+impl Inner {
+    fn deferred_get_for(&self, kind: &str) -> Option<DeferredGetFn> {
+        let h = self.handlers.read().expect("lock");
+        if h.gets.contains_key(kind) {
+            return None;
+        }
+        h.deferred_get.as_ref().map(|(_, f)| f.clone())
+    }
+}
+
+/// The answer owed for one forwarded get (see [`Client::on_get_deferred`]). Answer it once
+/// with [`answer`](GetTicket::answer) or [`fail`](GetTicket::fail); dropping it unanswered
+/// sends an error answer.
+pub struct GetTicket {
+    inner: std::sync::Weak<Inner>,
+    req: u64,
+    accept: Encoding,
+    done: bool,
+}
+
+impl std::fmt::Debug for GetTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetTicket")
+            .field("req", &self.req)
+            .field("accept", &self.accept)
+            .finish()
+    }
+}
+
+impl GetTicket {
+    fn new(inner: std::sync::Weak<Inner>, req: u64, accept: Encoding) -> GetTicket {
+        GetTicket {
+            inner,
+            req,
+            accept,
+            done: false,
+        }
+    }
+
+    /// The hub's number of this get.
+    pub fn hub_request(&self) -> u64 {
+        self.req
+    }
+
+    /// The encoding the requester asked for.
+    pub fn accept(&self) -> Encoding {
+        self.accept
+    }
+
+    /// Answers with a value (in any encoding; Rust requesters decode either) and its TTL.
+    pub fn answer(mut self, payload: &PayloadBuf, ttl: Ttl) -> Result<(), Error> {
+        self.done = true;
+        self.send(Answer::Ok {
+            payload: payload.as_payload(),
+            ttl_ms: ttl.as_ms(),
+        })
+    }
+
+    /// Answers with an error message (relayed to the requester, not cached).
+    pub fn fail(mut self, message: &str) -> Result<(), Error> {
+        self.done = true;
+        self.send(Answer::Err { message })
+    }
+
+    fn send(&self, answer: Answer<'_>) -> Result<(), Error> {
+        let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
+        inner.send(&ClientMsg::Answer {
+            req: self.req,
+            answer,
+        })
+    }
+}
+
+impl Drop for GetTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.send(Answer::Err {
+                message: "the owner dropped the get without answering",
+            });
+        }
     }
 }
