@@ -1,0 +1,542 @@
+//! One node-ipc connection (Unix socket or TCP) ↔ one bus client: the Arthur-IPC mapping.
+//!
+//! | node-ipc (legacy)                          | bus                                          |
+//! |--------------------------------------------|----------------------------------------------|
+//! | `hello {id, intervals?}`                   | connect a client named `id` (second: ignored) |
+//! | `data {type, id?, data, time?}`            | `Data {kind: type, key: id, ttl: time s}`    |
+//! | `get {from, type, request, id?, fresh?}`   | `Get`; answer → `response {request, …}`      |
+//! | bus `Get` to this client                   | `get {from, type, request: n, id?, fresh?}`  |
+//! | `response {request: n, data, time}` / `{request: n, error}` | the `Get`'s answer          |
+//! | bus interval push / listener update        | `data {type, id?, data}`                     |
+//! | any other `T {D}`                          | `Emit` routed by name (`name:event`) or to all |
+//! | bus event `T` with JSON `D`                | `{type: T, data: D}`                         |
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use super::frame::{self, Splitter};
+use super::{BridgeStats, Shared};
+use crate::client::tokio_client::AsyncClient;
+use crate::client::{CallError, GetTicket, Ttl};
+use crate::proto::{Encoding, PayloadBuf, Target};
+
+/// Largest batch of frames written with one `write`.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// A present field, even `null` (plain `Option<&RawValue>` turns `null` into `None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct HelloMsg<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(default)]
+    intervals: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct DataMsg<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default)]
+    time: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct GetMsg<'a> {
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    request: &'a RawValue,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    fresh: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RequestOnly<'a> {
+    #[serde(borrow)]
+    request: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct ResponseMsg<'a> {
+    #[serde(borrow)]
+    request: &'a RawValue,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(default)]
+    time: Option<f64>,
+}
+
+/// A JSON number's text, or an error naming the field.
+fn number_text<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String> {
+    let t = raw.get();
+    match t.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9') => Ok(t),
+        _ => Err(format!("`{field}` must be a number, not {t}")),
+    }
+}
+
+/// Frames waiting for one connection's writer, with a byte budget and a close signal.
+pub(crate) struct Out {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: AtomicUsize,
+    max: usize,
+    closed: watch::Sender<bool>,
+    is_closed: AtomicBool,
+    stats: Arc<BridgeStats>,
+}
+
+impl Out {
+    fn new(max: usize, stats: Arc<BridgeStats>) -> (Arc<Out>, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out = Arc::new(Out {
+            tx,
+            queued: AtomicUsize::new(0),
+            max,
+            closed: watch::Sender::new(false),
+            is_closed: AtomicBool::new(false),
+            stats,
+        });
+        (out, rx)
+    }
+
+    /// Queues whole frames. A client that lets more than `max` bytes pile up is dropped.
+    fn send(&self, frames: Vec<u8>) {
+        if frames.is_empty() || self.is_closed.load(Ordering::Acquire) {
+            return;
+        }
+        let n = frames.len();
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.max {
+            info!(queued = n, "legacy client does not read; dropping it");
+            self.close();
+            return;
+        }
+        if self.tx.send(frames).is_err() {
+            self.close();
+        }
+    }
+
+    fn error(&self, message: &str) {
+        let mut b = Vec::with_capacity(message.len() + 48);
+        frame::write_error(&mut b, message);
+        self.send(b);
+    }
+
+    fn close(&self) {
+        self.is_closed.store(true, Ordering::Release);
+        self.closed.send_replace(true);
+    }
+}
+
+/// Writes queued frames, many per `write`, until the connection closes; then writes what is
+/// still queued (briefly) and shuts the socket down.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    out: Arc<Out>,
+) {
+    let mut closed = out.closed.subscribe();
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let first = tokio::select! {
+            biased;
+            f = rx.recv() => f,
+            _ = closed.wait_for(|c| *c) => None,
+        };
+        let Some(first) = first else { break };
+        let mut frames = 1u64;
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => {
+                    buf.extend_from_slice(&f);
+                    frames += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        out.queued.fetch_sub(buf.len(), Ordering::AcqRel);
+        let res = tokio::select! {
+            r = w.write_all(&buf) => r,
+            _ = closed.wait_for(|c| *c) => Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        if res.is_err() {
+            out.close();
+            return;
+        }
+        out.stats.frames_out.fetch_add(frames, Ordering::Relaxed);
+    }
+    // Closing: what is still queued (an error event, say) goes out if the peer reads.
+    buf.clear();
+    while let Ok(f) = rx.try_recv() {
+        buf.extend_from_slice(&f);
+    }
+    if !buf.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), w.write_all(&buf)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), w.shutdown()).await;
+}
+
+/// Gets forwarded to this (legacy) owner, waiting for its `response`, by the number the bridge
+/// gave them.
+#[derive(Default)]
+struct Owed {
+    next: u64,
+    tickets: HashMap<u64, (Instant, GetTicket)>,
+}
+
+/// Tickets older than this are answered with an error and forgotten (the hub gave up on them
+/// long ago), so a legacy owner that never answers cannot grow the table without bound.
+const OWED_HORIZON: Duration = Duration::from_secs(120);
+
+struct Conn {
+    sh: Arc<Shared>,
+    out: Arc<Out>,
+    peer: String,
+    bus: Option<Arc<AsyncClient>>,
+    /// Gets this client made, waiting for their answers.
+    gets: JoinSet<()>,
+    owed: Arc<Mutex<Owed>>,
+}
+
+/// Serves one node-ipc connection until either side closes it.
+pub(crate) async fn serve<R, W>(r: R, w: W, peer: String, sh: Arc<Shared>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    sh.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let (out, rx) = Out::new(sh.cfg.max_queued, sh.stats.clone());
+    let writer = tokio::spawn(write_loop(w, rx, out.clone()));
+    let mut conn = Conn {
+        sh: sh.clone(),
+        out: out.clone(),
+        peer,
+        bus: None,
+        gets: JoinSet::new(),
+        owed: Arc::new(Mutex::new(Owed::default())),
+    };
+    let why = conn.read_loop(r).await;
+    let name = conn.bus.as_ref().map(|b| b.client().name().to_string());
+    debug!(peer = %conn.peer, name = ?name, why, "node-ipc connection closed");
+    out.close();
+    conn.gets.abort_all();
+    // Dropping the bus client closes its link; the hub fails the gets it owned.
+    drop(conn);
+    let _ = writer.await;
+    sh.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Conn {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut r: R) -> &'static str {
+        let mut sp = Splitter::new(self.sh.cfg.max_frame);
+        let mut closed = self.out.closed.subscribe();
+        loop {
+            loop {
+                match sp.next_frame() {
+                    Ok(Some(f)) => self.frame(f).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.sh.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        self.out
+                            .error(&format!("{e}; closing the connection (--max-frame)"));
+                        return "oversized frame";
+                    }
+                }
+            }
+            while self.gets.try_join_next().is_some() {}
+            let buf = sp.buffer();
+            buf.reserve(64 << 10);
+            tokio::select! {
+                n = r.read_buf(buf) => match n {
+                    Ok(0) => return "end of stream",
+                    Ok(_) => {}
+                    Err(_) => return "read error",
+                },
+                _ = closed.wait_for(|c| *c) => return "closed by the bridge",
+            }
+        }
+    }
+
+    fn bad(&self, message: &str) {
+        self.sh.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %self.peer, message, "bad frame");
+        self.out.error(message);
+    }
+
+    /// A bad `get`: the `error` event, and a `response {request, error}` when the request
+    /// number could be read (node-ipc `sync` clients wait for an answer).
+    fn bad_get(&self, data: Option<&RawValue>, message: &str) {
+        self.bad(message);
+        let req = data
+            .and_then(|d| serde_json::from_str::<RequestOnly<'_>>(d.get()).ok())
+            .and_then(|r| number_text(r.request, "request").ok().map(str::to_string));
+        if let Some(req) = req {
+            let mut b = Vec::new();
+            frame::write_response_err(&mut b, &req, message);
+            self.out.send(b);
+        }
+    }
+
+    async fn frame(&mut self, f: &[u8]) {
+        self.sh.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        let env = match frame::parse_envelope(f) {
+            Ok(e) => e,
+            Err(m) => return self.bad(&m),
+        };
+        match &*env.kind {
+            "hello" => self.hello(env.data).await,
+            "data" => self.data(env.data),
+            "get" => self.get(env.data),
+            "response" => self.response(env.data),
+            other => self.event(other, env.data),
+        }
+    }
+
+    fn parse<'a, T: Deserialize<'a>>(&self, what: &str, data: Option<&'a RawValue>) -> Option<T> {
+        let Some(d) = data else {
+            self.bad(&format!("{what}: missing data"));
+            return None;
+        };
+        match serde_json::from_str::<T>(d.get()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.bad(&format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn need_bus(&self, what: &str) -> Option<Arc<AsyncClient>> {
+        if self.bus.is_none() {
+            self.bad(&format!("{what} before hello: send hello {{id}} first"));
+        }
+        self.bus.clone()
+    }
+
+    async fn hello(&mut self, data: Option<&RawValue>) {
+        let Some(h) = self.parse::<HelloMsg<'_>>("hello", data) else {
+            return;
+        };
+        if self.bus.is_some() {
+            return; // a second hello changes nothing
+        }
+        let name = match frame::key_text(Some(h.id)) {
+            Ok(Some(n)) if !n.is_empty() => n.into_owned(),
+            Ok(_) => return self.bad("hello: `id` must not be empty"),
+            Err(m) => return self.bad(&format!("hello: {m}")),
+        };
+        let intervals = h.intervals.unwrap_or_default();
+        let client = match self.sh.connect_bus(&name, intervals).await {
+            Ok(c) => c,
+            Err(crate::Error::Handshake(m)) => return self.bad(&format!("hello: {m}")),
+            Err(e) => {
+                // No hub: close, so node-ipc's own retry says hello again later.
+                self.bad(&format!("hello: cannot reach the hub: {e}"));
+                self.out.close();
+                return;
+            }
+        };
+        info!(peer = %self.peer, name, "node-ipc client joined");
+        self.wire(&client, &name);
+        self.bus = Some(Arc::new(client));
+    }
+
+    /// Bus → legacy: events, pushes, forwarded gets, loss of the hub.
+    fn wire(&self, ac: &AsyncClient, name: &str) {
+        let c = ac.client();
+        let (out, stats) = (self.out.clone(), self.sh.stats.clone());
+        c.on_any(move |ev| {
+            if ev.payload.enc != Encoding::Json || !frame::is_json(&ev.payload.bytes) {
+                stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+                debug!(event = %ev.event, from = %ev.from, "event payload is not JSON; a node-ipc client cannot read it");
+                return;
+            }
+            let mut b = Vec::with_capacity(ev.payload.bytes.len() + ev.event.len() + 24);
+            frame::write_event(&mut b, &ev.event, &ev.payload.bytes);
+            out.send(b);
+        });
+        let (out, stats) = (self.out.clone(), self.sh.stats.clone());
+        c.on_data(None, move |d| {
+            if d.payload.enc != Encoding::Json || !frame::is_json(&d.payload.bytes) {
+                stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let mut b = Vec::with_capacity(d.payload.bytes.len() + 64);
+            frame::write_data(&mut b, &d.kind, d.key.as_deref(), &d.payload.bytes);
+            out.send(b);
+        });
+        let (out, owed, me) = (self.out.clone(), self.owed.clone(), name.to_string());
+        c.on_get_deferred(move |g, ticket| {
+            let n = {
+                let mut o = owed.lock().expect("lock");
+                o.next += 1;
+                let n = o.next;
+                let now = Instant::now();
+                if o.tickets.len() >= 1024 && o.tickets.len().is_power_of_two() {
+                    o.tickets
+                        .retain(|_, (t, _)| now.duration_since(*t) < OWED_HORIZON);
+                }
+                o.tickets.insert(n, (now, ticket));
+                n
+            };
+            let mut b = Vec::with_capacity(96);
+            frame::write_get(
+                &mut b,
+                &me,
+                &g.kind,
+                n,
+                g.key.as_deref(),
+                g.fresh,
+                &g.requester,
+            );
+            out.send(b);
+        });
+        let out = self.out.clone();
+        c.on_disconnect(move |reason| {
+            out.error(&format!("lost the bus: {reason}"));
+            out.close();
+        });
+    }
+
+    fn data(&self, data: Option<&RawValue>) {
+        let Some(bus) = self.need_bus("data") else {
+            return;
+        };
+        let Some(d) = self.parse::<DataMsg<'_>>("data", data) else {
+            return;
+        };
+        let key = match frame::key_text(d.id) {
+            Ok(k) => k,
+            Err(m) => return self.bad(&format!("data: {m}")),
+        };
+        let ttl = Ttl::from_ms(frame::ttl_ms_from_secs(d.time));
+        let p = PayloadBuf::raw_json(d.data.get().as_bytes());
+        if let Err(e) = bus.client().data_payload(&d.kind, key.as_deref(), &p, ttl) {
+            self.bad(&format!("data: {e}"));
+        }
+    }
+
+    fn get(&mut self, data: Option<&RawValue>) {
+        let Some(bus) = self.bus.clone() else {
+            return self.bad_get(data, "get before hello: send hello {id} first");
+        };
+        let g = match data.map(|d| serde_json::from_str::<GetMsg<'_>>(d.get())) {
+            Some(Ok(g)) => g,
+            Some(Err(e)) => return self.bad_get(data, &format!("get: {e}")),
+            None => return self.bad("get: missing data"),
+        };
+        let request = match number_text(g.request, "request") {
+            Ok(r) => r.to_string(),
+            Err(m) => return self.bad(&format!("get: {m}")),
+        };
+        let key = match frame::key_text(g.id) {
+            Ok(k) => k.map(Cow::into_owned),
+            Err(m) => return self.bad_get(data, &format!("get: {m}")),
+        };
+        let (from, kind, fresh) = (
+            g.from.into_owned(),
+            g.kind.into_owned(),
+            g.fresh == Some(true),
+        );
+        let (out, stats) = (self.out.clone(), self.sh.stats.clone());
+        self.gets.spawn(async move {
+            let r = bus.get(&from, &kind, key.as_deref(), fresh, None).await;
+            let mut b = Vec::new();
+            match r {
+                Ok(reply) if reply.payload.enc == Encoding::Json && frame::is_json(&reply.payload.bytes) => {
+                    b.reserve(reply.payload.bytes.len() + request.len() + 64);
+                    frame::write_response_ok(&mut b, &request, &reply.payload.bytes, reply.ttl.as_ms());
+                }
+                Ok(_) => {
+                    stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+                    frame::write_response_err(&mut b, &request, "the owner's answer is not JSON (a Rust owner answers JSON requesters in JSON: encode with PayloadBuf::encode(get.accept, ..))");
+                }
+                Err(CallError::Remote(m)) => frame::write_response_err(&mut b, &request, &m),
+                Err(CallError::Timeout) => frame::write_response_err(&mut b, &request, "timed out waiting for the answer"),
+                Err(CallError::Link(e)) => frame::write_response_err(&mut b, &request, &format!("bus link failed: {e}")),
+            }
+            out.send(b);
+        });
+    }
+
+    fn response(&self, data: Option<&RawValue>) {
+        if self.need_bus("response").is_none() {
+            return;
+        }
+        let Some(r) = self.parse::<ResponseMsg<'_>>("response", data) else {
+            return;
+        };
+        let n = match number_text(r.request, "request").map(str::parse::<u64>) {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => {
+                return self.bad(&format!(
+                    "response: no get with request {} is waiting",
+                    r.request.get()
+                ))
+            }
+            Err(m) => return self.bad(&format!("response: {m}")),
+        };
+        let Some((_, ticket)) = self.owed.lock().expect("lock").tickets.remove(&n) else {
+            return self.bad(&format!(
+                "response: no get with request {n} is waiting (answered already, or the bridge gave up on it)"
+            ));
+        };
+        let error = r.error.filter(|e| !matches!(e.get(), "null" | "false"));
+        let res = match (error, r.data) {
+            (Some(e), _) => {
+                let msg = match e.get() {
+                    "true" => Cow::Borrowed("error"),
+                    t => serde_json::from_str::<Cow<'_, str>>(t).unwrap_or(Cow::Borrowed(t)),
+                };
+                ticket.fail(&msg)
+            }
+            (None, Some(d)) => {
+                let ttl = Ttl::from_ms(frame::ttl_ms_from_secs(r.time));
+                ticket.answer(&PayloadBuf::raw_json(d.get().as_bytes()), ttl)
+            }
+            (None, None) => {
+                self.bad("response: needs `data` or `error`");
+                ticket.fail("the owner sent a malformed response (no data, no error)")
+            }
+        };
+        if let Err(e) = res {
+            self.bad(&format!("response: {e}"));
+        }
+    }
+
+    fn event(&self, kind: &str, data: Option<&RawValue>) {
+        let Some(bus) = self.need_bus(kind) else {
+            return;
+        };
+        let body = data.map_or("null", RawValue::get);
+        let p = PayloadBuf::raw_json(body.as_bytes());
+        if let Err(e) = bus.client().emit_payload(Target::ByEventName, kind, &p) {
+            self.bad(&format!("{kind}: {e}"));
+        }
+    }
+}

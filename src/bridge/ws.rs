@@ -1,0 +1,456 @@
+//! WebSocket clients (Felix's protocol, seed 004) on the bus, with tokio-tungstenite.
+//!
+//! * The `Authorization` header must equal the token exactly (no `Bearer`); anything else is
+//!   refused with HTTP 403 before the upgrade.
+//! * A ping every `ws_ping`; a connection that has not answered the previous ping when the next
+//!   one is due is closed.
+//! * Frames are `{code, data}` JSON, mapped by a [`WsTable`]: the heartbeat code gets the ACK
+//!   `{receivedAt, uptime, memoryUsage, clients, ignored}`, the listeners code replaces the
+//!   connection's topic set (`guild:<id>`, `user:<id>`, …) as a whole, and a bus `data` of a
+//!   pushed kind reaches the listeners of its key as `{code, data: {<idField>: key,
+//!   <dataField>: value}}`. Extra rules map codes to bus events and back.
+//! * An unknown or missing code, and garbage, are ignored and counted; the connection stays.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info};
+
+use super::frame::push_str;
+use super::Shared;
+use crate::proto::{Encoding, PayloadBuf, Target};
+
+/// A bus `data` kind pushed to the WebSocket listeners of its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushRule {
+    /// Bus cache kind (`guild`).
+    pub kind: String,
+    /// Code of the push (`10002`).
+    pub code: i64,
+    /// Field of the listeners message that lists the keys (`guilds`).
+    pub listen_field: String,
+    /// Field of the push that carries the key (`guildID`).
+    pub id_field: String,
+    /// Field of the push that carries the value (`guildData`).
+    pub data_field: String,
+}
+
+impl std::str::FromStr for PushRule {
+    type Err = String;
+    /// `KIND=CODE:LISTEN_FIELD:ID_FIELD:DATA_FIELD`, e.g. `guild=10002:guilds:guildID:guildData`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?}: expected KIND=CODE:LISTEN_FIELD:ID_FIELD:DATA_FIELD");
+        let (kind, rest) = s.split_once('=').ok_or_else(err)?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        let [code, listen, id, data] = parts[..] else {
+            return Err(err());
+        };
+        if kind.is_empty() || [listen, id, data].iter().any(|p| p.is_empty()) {
+            return Err(err());
+        }
+        Ok(PushRule {
+            kind: kind.into(),
+            code: code.parse().map_err(|_| err())?,
+            listen_field: listen.into(),
+            id_field: id.into(),
+            data_field: data.into(),
+        })
+    }
+}
+
+/// A WebSocket code ↔ bus event pair: `{code, data}` from a client is emitted as the bus event
+/// (routed by name: `name:event` to that client, else to all), and that bus event reaching a
+/// WebSocket client is sent to it as `{code, data}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRule {
+    /// The code.
+    pub code: i64,
+    /// The bus event name.
+    pub event: String,
+}
+
+impl std::str::FromStr for EventRule {
+    type Err = String;
+    /// `CODE=EVENT`, e.g. `20005=baguette`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?}: expected CODE=EVENT");
+        let (code, event) = s.split_once('=').ok_or_else(err)?;
+        if event.is_empty() {
+            return Err(err());
+        }
+        Ok(EventRule {
+            code: code.parse().map_err(|_| err())?,
+            event: event.into(),
+        })
+    }
+}
+
+/// The code ↔ event table. The defaults are Felix's codes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WsTable {
+    /// Client heartbeat (`20001`).
+    pub heartbeat: i64,
+    /// Its ACK (`10001`).
+    pub heartbeat_ack: i64,
+    /// Listeners update (`20002`).
+    pub listeners: i64,
+    /// Pushed kinds (`guild` → `10002`, `user` → `10003`).
+    pub pushes: Vec<PushRule>,
+    /// Extra code ↔ event pairs (none by default).
+    pub events: Vec<EventRule>,
+}
+
+impl Default for WsTable {
+    fn default() -> Self {
+        WsTable {
+            heartbeat: 20001,
+            heartbeat_ack: 10001,
+            listeners: 20002,
+            pushes: vec![
+                PushRule {
+                    kind: "guild".into(),
+                    code: 10002,
+                    listen_field: "guilds".into(),
+                    id_field: "guildID".into(),
+                    data_field: "guildData".into(),
+                },
+                PushRule {
+                    kind: "user".into(),
+                    code: 10003,
+                    listen_field: "users".into(),
+                    id_field: "userID".into(),
+                    data_field: "userData".into(),
+                },
+            ],
+            events: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeMsg<'a> {
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Per-connection counters, echoed in the heartbeat ACK.
+#[derive(Default)]
+struct Ignored {
+    unknown_code: AtomicU64,
+    garbage: AtomicU64,
+}
+
+/// Text frames waiting to be sent, with a byte budget.
+struct Out {
+    tx: mpsc::UnboundedSender<String>,
+    queued: AtomicUsize,
+    max: usize,
+    closed: watch::Sender<bool>,
+}
+
+impl Out {
+    fn send(&self, s: String) {
+        let n = s.len();
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.max {
+            info!("WebSocket client does not read; dropping it");
+            self.closed.send_replace(true);
+            return;
+        }
+        if self.tx.send(s).is_err() {
+            self.closed.send_replace(true);
+        }
+    }
+}
+
+fn forbidden(why: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(format!("403 Forbidden: {why}\n")));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r
+}
+
+/// Serves one WebSocket connection.
+pub(crate) async fn serve(stream: TcpStream, peer: std::net::SocketAddr, sh: Arc<Shared>) {
+    let token = sh.cfg.ws_token.clone().unwrap_or_default();
+    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        match req.headers().get("authorization") {
+            Some(v) if !token.is_empty() && v.as_bytes() == token.as_bytes() => Ok(resp),
+            Some(_) => Err(forbidden("invalid token")),
+            None => Err(forbidden("no Authorization header")),
+        }
+    };
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(sh.cfg.max_frame);
+    cfg.max_frame_size = Some(sh.cfg.max_frame);
+    let ws = match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg)),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "WebSocket handshake refused or failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "WebSocket handshake timed out");
+            return;
+        }
+    };
+    sh.stats.connections.fetch_add(1, Ordering::Relaxed);
+    run(ws, peer, &sh).await;
+    sh.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run(
+    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    peer: std::net::SocketAddr,
+    sh: &Arc<Shared>,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let name = sh.next_ws_name();
+    let bus = match sh.connect_bus(&name, Vec::new()).await {
+        Ok(c) => c,
+        Err(e) => {
+            info!(%peer, error = %e, "no bus client for a WebSocket; closing it");
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    info!(%peer, name, "WebSocket client joined");
+    let table = &sh.cfg.ws_table;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let out = Arc::new(Out {
+        tx,
+        queued: AtomicUsize::new(0),
+        max: sh.cfg.max_queued,
+        closed: watch::Sender::new(false),
+    });
+    let mut closed = out.closed.subscribe();
+    let ignored = Ignored::default();
+    {
+        let c = bus.client();
+        let (o, t, stats) = (out.clone(), table.clone(), sh.stats.clone());
+        c.on_data(None, move |d| {
+            let Some(rule) = t.pushes.iter().find(|r| r.kind == d.kind) else {
+                return;
+            };
+            let Some(body) = json_text(d.payload.enc, &d.payload.bytes) else {
+                stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut s = Vec::with_capacity(body.len() + 64);
+            s.extend_from_slice(format!("{{\"code\":{},\"data\":{{", rule.code).as_bytes());
+            push_str(&mut s, &rule.id_field);
+            s.push(b':');
+            match &d.key {
+                Some(k) => push_str(&mut s, k),
+                None => s.extend_from_slice(b"null"),
+            }
+            s.push(b',');
+            push_str(&mut s, &rule.data_field);
+            s.push(b':');
+            s.extend_from_slice(body.as_bytes());
+            s.extend_from_slice(b"}}");
+            o.send(String::from_utf8(s).unwrap_or_default());
+        });
+        let (o, t, stats) = (out.clone(), table.clone(), sh.stats.clone());
+        c.on_any(move |ev| {
+            let Some(rule) = t.events.iter().find(|r| r.event == ev.event) else {
+                return;
+            };
+            let Some(body) = json_text(ev.payload.enc, &ev.payload.bytes) else {
+                stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            o.send(format!("{{\"code\":{},\"data\":{body}}}", rule.code));
+        });
+        let o = out.clone();
+        c.on_disconnect(move |_| {
+            o.closed.send_replace(true);
+        });
+    }
+    let period = sh.cfg.ws_ping.max(Duration::from_millis(1));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut awaiting_pong = false;
+    let why = loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(reply) = on_text(t.as_str(), sh, &bus, &ignored) {
+                        if sink.send(Message::text(reply)).await.is_err() {
+                            break "write failed";
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    ignored.garbage.fetch_add(1, Ordering::Relaxed);
+                    sh.stats.ws_garbage.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break "closed by the client",
+                Some(Err(_)) => break "protocol error",
+            },
+            s = rx.recv() => {
+                let Some(s) = s else { break "closed" };
+                out.queued.fetch_sub(s.len(), Ordering::AcqRel);
+                if sink.send(Message::text(s)).await.is_err() {
+                    break "write failed";
+                }
+            }
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    break "no pong to the previous ping";
+                }
+                awaiting_pong = true;
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break "write failed";
+                }
+            }
+            _ = until_closed(&mut closed) => break "closed by the bridge",
+        }
+    };
+    info!(%peer, name, why, "WebSocket connection closed");
+    let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
+}
+
+/// Completes once the close flag is set (a helper so that no watch guard lives in the select).
+async fn until_closed(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}
+
+/// The payload as JSON text, if it is JSON.
+fn json_text(enc: Encoding, bytes: &[u8]) -> Option<&str> {
+    if enc != Encoding::Json || !super::frame::is_json(bytes) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()
+}
+
+/// Handles one text frame; returns a reply to send, if any.
+fn on_text(
+    text: &str,
+    sh: &Shared,
+    bus: &crate::client::tokio_client::AsyncClient,
+    ignored: &Ignored,
+) -> Option<String> {
+    let table = &sh.cfg.ws_table;
+    let garbage = || {
+        ignored.garbage.fetch_add(1, Ordering::Relaxed);
+        sh.stats.ws_garbage.fetch_add(1, Ordering::Relaxed);
+        None
+    };
+    let Ok(msg) = serde_json::from_str::<CodeMsg<'_>>(text) else {
+        return garbage();
+    };
+    let Some(code) = msg.code.as_ref().and_then(serde_json::Value::as_i64) else {
+        ignored.unknown_code.fetch_add(1, Ordering::Relaxed);
+        sh.stats.ws_unknown_code.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    if code == table.heartbeat {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        return Some(format!(
+            "{{\"code\":{},\"data\":{{\"receivedAt\":{now_ms},\"uptime\":{},\"memoryUsage\":{},\"clients\":{},\"ignored\":{{\"unknownCode\":{},\"garbage\":{}}}}}}}",
+            table.heartbeat_ack,
+            sh.started.elapsed().as_millis(),
+            super::rss_bytes(),
+            sh.stats.connections.load(Ordering::Relaxed),
+            ignored.unknown_code.load(Ordering::Relaxed),
+            ignored.garbage.load(Ordering::Relaxed),
+        ));
+    }
+    if code == table.listeners {
+        let Some(topics) = msg.data.and_then(|d| listener_topics(table, d)) else {
+            return garbage();
+        };
+        if let Err(e) = bus.client().subscribe(topics) {
+            debug!(error = %e, "subscribe failed");
+        }
+        return None;
+    }
+    if let Some(rule) = table.events.iter().find(|r| r.code == code) {
+        let body = msg.data.map_or("null", RawValue::get);
+        let _ = bus.client().emit_payload(
+            Target::ByEventName,
+            &rule.event,
+            &PayloadBuf::raw_json(body.as_bytes()),
+        );
+        return None;
+    }
+    ignored.unknown_code.fetch_add(1, Ordering::Relaxed);
+    sh.stats.ws_unknown_code.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+/// `{users: [..], guilds: [..]}` → the topic set `user:<id>`, `guild:<id>`, … (a missing list
+/// is empty: the set is replaced as a whole). `None` if it is not that shape.
+fn listener_topics(table: &WsTable, data: &RawValue) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(data.get()).ok()?;
+    let obj = v.as_object()?;
+    let mut topics = Vec::new();
+    for rule in &table.pushes {
+        let Some(list) = obj.get(&rule.listen_field) else {
+            continue;
+        };
+        for id in list.as_array()? {
+            let id = match id {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            topics.push(format!("{}:{id}", rule.kind));
+        }
+    }
+    Some(topics)
+}
+
+#[cfg(all(test, not(shmbus_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse() {
+        let r: PushRule = "guild=10002:guilds:guildID:guildData".parse().unwrap();
+        assert_eq!(r, WsTable::default().pushes[0]);
+        assert!("guild=x:guilds:guildID:guildData"
+            .parse::<PushRule>()
+            .is_err());
+        assert!("guild=1:guilds:guildID".parse::<PushRule>().is_err());
+        let e: EventRule = "20005=baguette".parse().unwrap();
+        assert_eq!(e.code, 20005);
+        assert!("20005=".parse::<EventRule>().is_err());
+    }
+
+    #[test]
+    fn listeners_to_topics() {
+        let t = WsTable::default();
+        let raw = |s: &str| serde_json::from_str::<Box<RawValue>>(s).unwrap();
+        assert_eq!(
+            listener_topics(&t, &raw(r#"{"users":["1",2],"guilds":["g"]}"#)).unwrap(),
+            vec!["guild:g", "user:1", "user:2"]
+        );
+        assert_eq!(
+            listener_topics(&t, &raw(r#"{"guilds":[]}"#)).unwrap(),
+            Vec::<String>::new()
+        );
+        assert!(listener_topics(&t, &raw(r#"{"users":"1"}"#)).is_none());
+        assert!(listener_topics(&t, &raw(r#"[1]"#)).is_none());
+    }
+}
