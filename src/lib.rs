@@ -101,8 +101,6 @@
 pub mod bench;
 #[cfg(all(feature = "bridge", not(shmbus_loom)))]
 pub mod bridge;
-#[cfg(all(feature = "bridge", not(shmbus_loom)))]
-pub mod bridge;
 pub mod cache;
 mod channel;
 pub mod client;

@@ -312,7 +312,6 @@ type DataFn = Arc<dyn Fn(&DataPush) + Send + Sync>;
 type LifecycleFn = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
 type DisconnectFn = Arc<dyn Fn(&str) + Send + Sync>;
 type DeferredGetFn = Arc<dyn Fn(GetRequest, GetTicket) + Send + Sync>;
-type DeferredGetFn = Arc<dyn Fn(GetRequest, GetTicket) + Send + Sync>;
 
 #[derive(Default)]
 struct Handlers {
@@ -671,10 +670,6 @@ impl Client {
     /// Removes a handler. Returns whether it existed.
     pub fn remove_handler(&self, id: HandlerId) -> bool {
         let mut h = self.inner.handlers.write().expect("lock");
-        if h.deferred_get.as_ref().is_some_and(|(i, _)| *i == id) {
-            h.deferred_get = None;
-            return true;
-        }
         if h.deferred_get.as_ref().is_some_and(|(i, _)| *i == id) {
             h.deferred_get = None;
             return true;
@@ -1265,11 +1260,6 @@ impl Inner {
                 }
             }
             Incoming::Get(hreq, g) => {
-                if let Some(d) = self.deferred_get_for(&g.kind) {
-                    let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
-                    d(g, ticket);
-                    return;
-                }
                 if let Some(d) = self.deferred_get_for(&g.kind) {
                     let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
                     d(g, ticket);

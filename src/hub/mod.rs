@@ -824,9 +824,6 @@ impl Hub {
                 if !self.data_to_listeners(slot, kind, key, payload) {
                     return false;
                 }
-                if !self.data_to_listeners(slot, kind, key, payload) {
-                    return false;
-                }
                 let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
                 if let Err(e) = self.cache.put(
                     owner,
@@ -951,48 +948,6 @@ impl Hub {
             self.deliver(d, &msg);
         }
         self.dests = dests;
-        true
-    }
-
-    /// Sends a `data` update to every other client subscribed to the topic `kind` or
-    /// `kind:key` (Felix's listeners: the bridge subscribes a WebSocket's `guild:<id>`s). False
-    /// (the frame stays unread) if one of them is full.
-    fn data_to_listeners(
-        &mut self,
-        slot: usize,
-        kind: &str,
-        key: Option<&str>,
-        payload: Payload<'_>,
-    ) -> bool {
-        if !self
-            .conns
-            .iter()
-            .any(|c| c.as_ref().is_some_and(|c| !c.topics.is_empty()))
-        {
-            return true;
-        }
-        let keyed = key.map(|k| format!("{kind}:{k}"));
-        let dests: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| {
-                *i != slot
-                    && c.as_ref().is_some_and(|c| {
-                        c.doomed.is_none()
-                            && (c.topics.contains(kind)
-                                || keyed.as_ref().is_some_and(|t| c.topics.contains(t)))
-                    })
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
-            return self.stall(slot, full);
-        }
-        let msg = HubMsg::Data { kind, key, payload };
-        for d in dests {
-            self.deliver(d, &msg);
-        }
         true
     }
 
