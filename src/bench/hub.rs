@@ -42,6 +42,11 @@ pub(super) fn run_hub(o: &Opts, dir: &Path) -> Result<(), Error> {
             wait: o.hub_wait.unwrap_or(o.wait),
             ..LinkConfig::default()
         },
+        cache: crate::cache::CacheConfig {
+            max_value: o.size.max(1 << 20),
+            bytes: (64 << 20).max(o.size * 16),
+            ..Default::default()
+        },
         ..HubConfig::default()
     })?;
     hub.run()
@@ -67,7 +72,7 @@ pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
     }
 }
 
-fn wait_for_hub(dir: &Path) -> Result<(), Error> {
+pub(super) fn wait_for_hub(dir: &Path) -> Result<(), Error> {
     let sock = crate::hub::socket_path(dir);
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
@@ -116,7 +121,13 @@ impl GetSide {
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n {
             let t0 = Instant::now();
-            let r = self.client.get("owner", "bench").fresh(self.fresh).send()?;
+            // `local(false)`: through the hub even when cached (the segment read is `cache`).
+            let r = self
+                .client
+                .get("owner", "bench")
+                .fresh(self.fresh)
+                .local(false)
+                .send()?;
             let sum = codec::decode_borrowed::<&[u8]>(&r.payload.bytes).map(checksum);
             out.push(t0.elapsed().as_nanos() as u64);
             if sum.ok() != Some(self.expect) {

@@ -16,6 +16,7 @@
 //! * **atomic**: the floor: one cache line each way in shared memory, spun on.
 //! * **eventfd**: the wake-up floor: a blocking eventfd each way, payload in shared memory.
 
+mod cache;
 mod floor;
 mod hub;
 mod ring;
@@ -51,6 +52,8 @@ pub enum Transport {
     HubEmit,
     /// A TCP loopback connection with the same bincode framing as `Uds` (`TCP_NODELAY`).
     Tcp,
+    /// Reads from the hub's cache segment, in place (see `cache.rs`).
+    Cache,
 }
 
 impl Transport {
@@ -64,11 +67,12 @@ impl Transport {
             Transport::HubGet => "hub-get",
             Transport::HubEmit => "hub-emit",
             Transport::Tcp => "tcp",
+            Transport::Cache => "cache",
         }
     }
 
     /// All transports.
-    pub const ALL: [Transport; 7] = [
+    pub const ALL: [Transport; 8] = [
         Transport::Ring,
         Transport::Uds,
         Transport::Atomic,
@@ -76,6 +80,7 @@ impl Transport {
         Transport::HubGet,
         Transport::HubEmit,
         Transport::Tcp,
+        Transport::Cache,
     ];
 }
 
@@ -87,7 +92,7 @@ impl std::str::FromStr for Transport {
             .find(|t| t.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit, tcp)"
+                    "unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit, tcp, cache)"
                 )
             })
     }
@@ -116,6 +121,10 @@ pub struct Opts {
     pub clients: usize,
     /// hub-get / hub-emit: how the hub waits (`None` = like the clients, `wait`).
     pub hub_wait: Option<WaitStrategy>,
+    /// cache: reader processes (with `throughput` or `updates`).
+    pub readers: usize,
+    /// cache: measure the hub's update rate while `readers` read.
+    pub updates: bool,
 }
 
 impl Default for Opts {
@@ -131,6 +140,8 @@ impl Default for Opts {
             cached: false,
             clients: 1,
             hub_wait: None,
+            readers: 0,
+            updates: false,
         }
     }
 }
@@ -153,13 +164,17 @@ impl Opts {
             Transport::Uds | Transport::Tcp => "block",
             Transport::Atomic => "spin",
             Transport::Eventfd => "park",
+            Transport::Cache => "none",
         }
     }
 
     pub(crate) fn to_env(&self, socket: &std::path::Path, role: &str) -> String {
         format!(
-            "role={role};cached={};clients={};hubwait={};transport={};size={};wait={};pin={};ring={};socket={}",
+            "role={role};iters={};cached={};updates={};readers={};clients={};hubwait={};transport={};size={};wait={};pin={};ring={};socket={}",
+            self.iters,
             self.cached as u8,
+            self.updates as u8,
+            self.readers,
             self.clients,
             wait_spec(self.hub_wait.unwrap_or(self.wait)),
             self.transport.name(),
@@ -180,6 +195,9 @@ impl Opts {
             match k {
                 "role" => role = v.to_string(),
                 "cached" => o.cached = v == "1",
+                "updates" => o.updates = v == "1",
+                "iters" => o.iters = v.parse().map_err(|e| format!("{e}"))?,
+                "readers" => o.readers = v.parse().map_err(|e| format!("{e}"))?,
                 "clients" => o.clients = v.parse().map_err(|e| format!("{e}"))?,
                 "hubwait" => o.hub_wait = Some(v.parse()?),
                 "transport" => o.transport = v.parse()?,
@@ -440,6 +458,11 @@ impl Session {
                     }
                 }
             }
+            Transport::Cache => {
+                return Err(Error::Handshake(
+                    "the cache bench runs through bench::run, not a Session".into(),
+                ))
+            }
             Transport::HubEmit => {
                 let h = spawn_role(opts, "hub")?;
                 let mut children = vec![h];
@@ -531,6 +554,9 @@ fn kill_all(children: &mut [Child]) {
 
 /// Runs one benchmark: starts the peer, warms up, measures.
 pub fn run(opts: &Opts) -> Result<Report, Error> {
+    if opts.transport == Transport::Cache {
+        return cache::run(opts);
+    }
     let mut s = Session::start(opts)?;
     let warm = (opts.iters / 10).clamp(100, 50_000);
     if opts.throughput || opts.transport == Transport::HubEmit {
@@ -576,6 +602,7 @@ fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error>
     match role {
         "hub" => return hub::run_hub(o, socket),
         "owner" => return hub::run_owner(o, socket),
+        r if r.starts_with("cache-reader") => return cache::reader_peer(o, socket, r),
         _ => {}
     }
     if o.pin && crate::sys::cpus_online() > 1 {
@@ -585,9 +612,38 @@ fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error>
         Transport::Ring => ring::peer(o, socket),
         Transport::Uds | Transport::Tcp => uds::peer(o, socket),
         Transport::Atomic | Transport::Eventfd => floor::peer(o, socket),
-        Transport::HubGet | Transport::HubEmit => {
+        Transport::HubGet | Transport::HubEmit | Transport::Cache => {
             Err(Error::Handshake(format!("unknown bench role {role:?}")))
         }
+    }
+}
+
+/// Starts this executable as the bench peer `role`, with `dir` as its directory.
+pub(crate) fn spawn_role_in(o: &Opts, dir: &std::path::Path, role: &str) -> Result<Child, Error> {
+    Ok(Command::new(std::env::current_exe()?)
+        .env(PEER_ENV, o.to_env(dir, role))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+/// Waits for a child, killing it past `limit`.
+pub(crate) fn wait_child_deadline(
+    c: &mut Child,
+    limit: Duration,
+) -> Result<std::process::ExitStatus, Error> {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = c.try_wait()? {
+            return Ok(st);
+        }
+        if std::time::Instant::now() > end {
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err(mismatch("a benchmark peer overran its deadline"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -95,6 +95,19 @@ struct HubArgs {
     /// How the hub waits: spin | park | spin-then-park[:MICROS].
     #[arg(long, default_value = "spin-then-park")]
     wait: WaitStrategy,
+    /// Size of the shared cache segment (index + values), in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    cache_bytes: usize,
+    /// Most cache entries at once.
+    #[arg(long, default_value_t = 16384)]
+    cache_entries: usize,
+    /// Largest cached value, in bytes (a bigger `data` is refused with a clear error).
+    #[arg(long, default_value_t = 1 << 20)]
+    cache_max_value: usize,
+    /// How long a client may hold a cache pin that keeps retired space from reuse before the
+    /// hub revokes it (its reads are then refused until it drops its refs), in ms.
+    #[arg(long, default_value_t = 10_000)]
+    cache_pin_ms: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log: String,
@@ -114,6 +127,12 @@ impl HubArgs {
                 ring_capacity: self.ring_bytes,
                 max_message: self.max_message,
                 wait: self.wait,
+            },
+            cache: shmbus::cache::CacheConfig {
+                bytes: self.cache_bytes,
+                entries: self.cache_entries.max(1),
+                max_value: self.cache_max_value,
+                pin_bound: Duration::from_millis(self.cache_pin_ms.max(1)),
             },
             ..Default::default()
         }
@@ -155,7 +174,7 @@ fn run_hub(a: &HubArgs) -> Result<(), shmbus::Error> {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// ring | uds | atomic | eventfd | hub-get | hub-emit
+    /// ring | uds | atomic | eventfd | hub-get | hub-emit | tcp | cache
     transport: Transport,
     /// Payload bytes per message.
     #[arg(long, default_value_t = 64)]
@@ -187,6 +206,13 @@ struct BenchArgs {
     /// hub-get / hub-emit: how the hub waits (default: like --wait).
     #[arg(long)]
     hub_wait: Option<WaitStrategy>,
+    /// cache: reader processes (with --throughput: read rate; with --updates: readers
+    /// reading while the hub updates).
+    #[arg(long, default_value_t = 0)]
+    readers: usize,
+    /// cache: measure the hub's update rate while --readers read.
+    #[arg(long)]
+    updates: bool,
 }
 
 fn main() -> ExitCode {
@@ -243,6 +269,12 @@ fn main() -> ExitCode {
                 cached: a.cached,
                 clients: a.clients,
                 hub_wait: a.hub_wait,
+                readers: if a.throughput {
+                    a.readers.max(1)
+                } else {
+                    a.readers
+                },
+                updates: a.updates,
             };
             match bench::run(&opts) {
                 Ok(r) => {
