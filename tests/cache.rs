@@ -359,12 +359,12 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
         shmbus::sys::memfd_sealed(&std::ffi::CString::new("garbage").unwrap(), len).unwrap();
     let copy = shmbus::sys::Mapping::map(copy_fd.as_fd(), len, true).unwrap();
     let reset = || {
-        // SAFETY (test): both mappings are `len` bytes; nothing else writes `copy` now.
+        // SAFETY: (test) both mappings are `len` bytes; nothing else writes `copy` now.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), copy.as_ptr(), len) }
     };
     let poke = |off: usize, v: u64| {
         assert!(off + 8 <= len);
-        // SAFETY (test): in bounds, 8-aligned offsets into our own writable mapping.
+        // SAFETY: (test) in bounds, 8-aligned offsets into our own writable mapping.
         unsafe { copy.as_ptr().add(off).cast::<u64>().write_volatile(v) }
     };
     let (_a, b) = shmbus::Link::pair().unwrap();
@@ -406,7 +406,7 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
     let mut found = None;
     for i in 0..slots {
         let s = (home + i) & (slots - 1);
-        // SAFETY (test): slot `s` lies inside the index.
+        // SAFETY: (test) slot `s` lies inside the index.
         let hash = unsafe {
             src.as_ptr()
                 .add(index_off + s * 64 + 8)
