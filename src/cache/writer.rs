@@ -1023,4 +1023,49 @@ mod tests {
             assert!((&rw).write(b"x").is_err(), "write(2) sealed too");
         }
     }
+    #[test]
+    fn random_puts_and_removals_match_a_model() {
+        // Few slots, many keys: long probe chains, wrap-around, backward shifts.
+        let mut c = CacheWriter::new(CacheConfig {
+            bytes: 1 << 20,
+            entries: 16,
+            max_value: 256,
+            pin_bound: Duration::from_secs(10),
+        })
+        .unwrap();
+        let (hub_end, client_end) = crate::Link::pair().unwrap();
+        c.add_reader(1, hub_end.pin_words());
+        let r = CacheReader::open(c.reader_fd().unwrap(), client_end.pin_words()).unwrap();
+        let t = Instant::now();
+        let mut model: std::collections::HashMap<String, Vec<u8>> = Default::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("k{}", x % 24);
+            if x % 5 == 0 {
+                c.put("o", "kind", Some(&key), p(b""), -1, 1, t).unwrap();
+                model.remove(&key);
+            } else {
+                let v = step.to_le_bytes().repeat((x % 8) as usize + 1);
+                c.put("o", "kind", Some(&key), p(&v), 0, 1, t).unwrap();
+                model.insert(key.clone(), v);
+                // The entry limit may have evicted the least recently updated key.
+                if model.len() > 16 {
+                    model
+                        .retain(|k, _| c.get("o", "kind", Some(k), Encoding::Bincode, 1).is_some());
+                }
+            }
+            c.reclaim();
+            if step % 97 == 0 {
+                for i in 0..24 {
+                    let k = format!("k{i}");
+                    let got = r.try_get("kind", Some(&k)).unwrap().map(|v| v.to_vec());
+                    assert_eq!(got.as_ref(), model.get(&k), "step {step} key {k}");
+                }
+            }
+        }
+        assert_eq!(c.len(), model.len());
+    }
 }
