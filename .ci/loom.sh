@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Model-checks the ring + doorbell wake-up protocol with loom (src/loom_tests.rs).
+# Model-checks the ring + doorbell wake-up protocol and the cache segment's epoch pins with
+# loom (src/loom_tests.rs).
 #
 # `--cfg shmbus_loom` swaps the crate's atomics for loom's (src/sync.rs) and turns on the
 # ring's loom shadow; every other unit-test module is compiled out under that cfg, and the

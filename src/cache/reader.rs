@@ -296,6 +296,9 @@ impl CacheReader {
                 return Err(CacheError::Corrupt("epoch is 0".into()));
             }
             word.store(e, Ordering::SeqCst);
+            // SeqCst fence: pairs with the hub's SeqCst fences in `retire` and `min_pin`
+            // (store → fence → load, Dekker style; modelled in loom_tests::cache_epoch).
+            fence(Ordering::SeqCst);
             if epoch.load(Ordering::SeqCst) == e {
                 return Ok(e);
             }
