@@ -320,7 +320,9 @@ mod tests {
 
     #[test]
     fn keys_and_times() {
-        let raw = |s: &str| serde_json::from_str::<&RawValue>(s).unwrap();
+        fn raw(s: &str) -> &RawValue {
+            serde_json::from_str(s).unwrap()
+        }
         assert_eq!(key_text(Some(raw("\"a\\\"b\""))).unwrap().unwrap(), "a\"b");
         assert_eq!(key_text(Some(raw("123"))).unwrap().unwrap(), "123");
         assert_eq!(key_text(Some(raw("null"))).unwrap(), None);
