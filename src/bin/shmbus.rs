@@ -4,11 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use clap::{Parser, Subcommand};
 use shmbus::bench::{self, Opts, Transport};
-use shmbus::bridge::{Bridge, BridgeConfig, WsTable};
 use shmbus::WaitStrategy;
 
 #[derive(Parser)]
@@ -24,9 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[cfg(feature = "bridge")]
     /// Run the hub and the bridge together with the defaults: node-ipc on /tmp/app.shmbus and
     /// 127.0.0.1:8000, WebSocket on 127.0.0.1:8090 when --ws-token is given.
     Up(UpArgs),
+    #[cfg(feature = "bridge")]
     /// Run the compatibility bridge for legacy node-ipc and WebSocket JSON clients.
     Bridge(BridgeCmd),
     /// Run the hub: clients connect to <dir>/hub.sock.
@@ -219,6 +218,7 @@ fn main() -> ExitCode {
     bench::maybe_run_peer();
     let cli = Cli::parse();
     match cli.cmd {
+        #[cfg(feature = "bridge")]
         Cmd::Up(a) => match run_up(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -226,6 +226,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "bridge")]
         Cmd::Bridge(a) => match run_bridge(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -320,310 +321,319 @@ fn main() -> ExitCode {
 // bridge and up
 // ------------------------------------------------------------------------------------------
 
-/// Where and how the bridge serves legacy clients. `off` disables a listener.
-#[derive(clap::Args, Clone, Default)]
-struct BridgeArgs {
-    /// node-ipc over this Unix socket path (a stale socket file is removed first).
-    #[arg(long, value_name = "PATH")]
-    node_ipc_path: Option<PathBuf>,
-    /// node-ipc's client id: serves node-ipc's own default path /tmp/app.<ID>.
-    #[arg(long, value_name = "ID")]
-    node_ipc_id: Option<String>,
-    /// node-ipc over TCP, same framing (node-ipc's own default is 127.0.0.1:8000).
-    #[arg(long, value_name = "HOST:PORT")]
-    node_ipc_tcp: Option<String>,
-    /// WebSocket on this address (needs --ws-token).
-    #[arg(long, value_name = "HOST:PORT")]
-    ws: Option<String>,
-    /// The WebSocket token: the Authorization header must equal it (no `Bearer`).
-    #[arg(long, value_name = "TOKEN")]
-    ws_token: Option<String>,
-    /// WebSocket ping period in ms; a client that has not answered the previous ping is dropped.
-    #[arg(long, default_value_t = 30_000)]
-    ws_ping_ms: u64,
-    /// WebSocket heartbeat code (answered with the ACK code).
-    #[arg(long, default_value_t = 20001)]
-    ws_heartbeat_code: i64,
-    /// WebSocket heartbeat ACK code.
-    #[arg(long, default_value_t = 10001)]
-    ws_ack_code: i64,
-    /// WebSocket listeners-update code (replaces the connection's listener set).
-    #[arg(long, default_value_t = 20002)]
-    ws_listeners_code: i64,
-    /// A pushed bus kind, KIND=CODE:LISTEN_FIELD:ID_FIELD:DATA_FIELD (repeatable; replaces the
-    /// defaults guild=10002:guilds:guildID:guildData and user=10003:users:userID:userData).
-    #[arg(long = "ws-push", value_name = "RULE")]
-    ws_push: Vec<String>,
-    /// A WebSocket code ↔ bus event pair, CODE=EVENT (repeatable).
-    #[arg(long = "ws-event", value_name = "CODE=EVENT")]
-    ws_event: Vec<String>,
-    /// Largest node-ipc frame (and WebSocket message) in bytes; a bigger one closes that
-    /// connection.
-    #[arg(long, default_value_t = shmbus::bridge::frame::DEFAULT_MAX_FRAME)]
-    max_frame: usize,
-    /// Bytes queued for one legacy client that does not read before it is dropped.
-    #[arg(long, default_value_t = 64 << 20)]
-    max_queued: usize,
-    /// Ring capacity of each legacy connection's bus link (0 = the hub's default).
-    #[arg(long, default_value_t = 0)]
-    bus_ring_bytes: u64,
-}
+#[cfg(feature = "bridge")]
+mod bridge_cli {
+    use super::*;
+    use std::sync::Arc;
 
-fn off(s: &str) -> bool {
-    matches!(s, "off" | "none" | "")
-}
+    use shmbus::bridge::{Bridge, BridgeConfig, WsTable};
 
-impl BridgeArgs {
-    fn config(&self, dir: PathBuf, hub_token: Option<String>) -> Result<BridgeConfig, String> {
-        let node_ipc_path = match (&self.node_ipc_path, &self.node_ipc_id) {
-            (Some(p), _) if off(&p.to_string_lossy()) => None,
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(id)) => Some(shmbus::bridge::node_ipc_default_path(id)),
-            (None, None) => None,
-        };
-        let mut table = WsTable {
-            heartbeat: self.ws_heartbeat_code,
-            heartbeat_ack: self.ws_ack_code,
-            listeners: self.ws_listeners_code,
-            ..WsTable::default()
-        };
-        if !self.ws_push.is_empty() {
-            table.pushes = self
-                .ws_push
+    /// Where and how the bridge serves legacy clients. `off` disables a listener.
+    #[derive(clap::Args, Clone, Default)]
+    struct BridgeArgs {
+        /// node-ipc over this Unix socket path (a stale socket file is removed first).
+        #[arg(long, value_name = "PATH")]
+        node_ipc_path: Option<PathBuf>,
+        /// node-ipc's client id: serves node-ipc's own default path /tmp/app.<ID>.
+        #[arg(long, value_name = "ID")]
+        node_ipc_id: Option<String>,
+        /// node-ipc over TCP, same framing (node-ipc's own default is 127.0.0.1:8000).
+        #[arg(long, value_name = "HOST:PORT")]
+        node_ipc_tcp: Option<String>,
+        /// WebSocket on this address (needs --ws-token).
+        #[arg(long, value_name = "HOST:PORT")]
+        ws: Option<String>,
+        /// The WebSocket token: the Authorization header must equal it (no `Bearer`).
+        #[arg(long, value_name = "TOKEN")]
+        ws_token: Option<String>,
+        /// WebSocket ping period in ms; a client that has not answered the previous ping is dropped.
+        #[arg(long, default_value_t = 30_000)]
+        ws_ping_ms: u64,
+        /// WebSocket heartbeat code (answered with the ACK code).
+        #[arg(long, default_value_t = 20001)]
+        ws_heartbeat_code: i64,
+        /// WebSocket heartbeat ACK code.
+        #[arg(long, default_value_t = 10001)]
+        ws_ack_code: i64,
+        /// WebSocket listeners-update code (replaces the connection's listener set).
+        #[arg(long, default_value_t = 20002)]
+        ws_listeners_code: i64,
+        /// A pushed bus kind, KIND=CODE:LISTEN_FIELD:ID_FIELD:DATA_FIELD (repeatable; replaces the
+        /// defaults guild=10002:guilds:guildID:guildData and user=10003:users:userID:userData).
+        #[arg(long = "ws-push", value_name = "RULE")]
+        ws_push: Vec<String>,
+        /// A WebSocket code ↔ bus event pair, CODE=EVENT (repeatable).
+        #[arg(long = "ws-event", value_name = "CODE=EVENT")]
+        ws_event: Vec<String>,
+        /// Largest node-ipc frame (and WebSocket message) in bytes; a bigger one closes that
+        /// connection.
+        #[arg(long, default_value_t = shmbus::bridge::frame::DEFAULT_MAX_FRAME)]
+        max_frame: usize,
+        /// Bytes queued for one legacy client that does not read before it is dropped.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_queued: usize,
+        /// Ring capacity of each legacy connection's bus link (0 = the hub's default).
+        #[arg(long, default_value_t = 0)]
+        bus_ring_bytes: u64,
+    }
+
+    fn off(s: &str) -> bool {
+        matches!(s, "off" | "none" | "")
+    }
+
+    impl BridgeArgs {
+        fn config(&self, dir: PathBuf, hub_token: Option<String>) -> Result<BridgeConfig, String> {
+            let node_ipc_path = match (&self.node_ipc_path, &self.node_ipc_id) {
+                (Some(p), _) if off(&p.to_string_lossy()) => None,
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(id)) => Some(shmbus::bridge::node_ipc_default_path(id)),
+                (None, None) => None,
+            };
+            let mut table = WsTable {
+                heartbeat: self.ws_heartbeat_code,
+                heartbeat_ack: self.ws_ack_code,
+                listeners: self.ws_listeners_code,
+                ..WsTable::default()
+            };
+            if !self.ws_push.is_empty() {
+                table.pushes = self
+                    .ws_push
+                    .iter()
+                    .map(|r| r.parse())
+                    .collect::<Result<_, _>>()?;
+            }
+            table.events = self
+                .ws_event
                 .iter()
                 .map(|r| r.parse())
                 .collect::<Result<_, _>>()?;
+            Ok(BridgeConfig {
+                dir,
+                hub_token,
+                node_ipc_path,
+                node_ipc_tcp: self.node_ipc_tcp.clone().filter(|a| !off(a)),
+                ws: self.ws.clone().filter(|a| !off(a)),
+                ws_token: self.ws_token.clone(),
+                ws_ping: Duration::from_millis(self.ws_ping_ms.max(1)),
+                ws_table: table,
+                max_frame: self.max_frame,
+                max_queued: self.max_queued,
+                ring_capacity: self.bus_ring_bytes,
+            })
         }
-        table.events = self
-            .ws_event
-            .iter()
-            .map(|r| r.parse())
-            .collect::<Result<_, _>>()?;
-        Ok(BridgeConfig {
-            dir,
-            hub_token,
-            node_ipc_path,
-            node_ipc_tcp: self.node_ipc_tcp.clone().filter(|a| !off(a)),
-            ws: self.ws.clone().filter(|a| !off(a)),
-            ws_token: self.ws_token.clone(),
-            ws_ping: Duration::from_millis(self.ws_ping_ms.max(1)),
-            ws_table: table,
-            max_frame: self.max_frame,
-            max_queued: self.max_queued,
-            ring_capacity: self.bus_ring_bytes,
+
+        /// The same settings as `shmbus bridge` arguments (for `up`, which re-executes itself).
+        fn to_args(&self) -> Vec<String> {
+            let mut a = Vec::new();
+            let mut opt = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    a.push(format!("--{k}"));
+                    a.push(v);
+                }
+            };
+            opt(
+                "node-ipc-path",
+                self.node_ipc_path
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+            );
+            opt("node-ipc-id", self.node_ipc_id.clone());
+            opt("node-ipc-tcp", self.node_ipc_tcp.clone());
+            opt("ws", self.ws.clone());
+            opt("ws-ping-ms", Some(self.ws_ping_ms.to_string()));
+            opt(
+                "ws-heartbeat-code",
+                Some(self.ws_heartbeat_code.to_string()),
+            );
+            opt("ws-ack-code", Some(self.ws_ack_code.to_string()));
+            opt(
+                "ws-listeners-code",
+                Some(self.ws_listeners_code.to_string()),
+            );
+            for r in &self.ws_push {
+                opt("ws-push", Some(r.clone()));
+            }
+            for r in &self.ws_event {
+                opt("ws-event", Some(r.clone()));
+            }
+            opt("max-frame", Some(self.max_frame.to_string()));
+            opt("max-queued", Some(self.max_queued.to_string()));
+            opt("bus-ring-bytes", Some(self.bus_ring_bytes.to_string()));
+            a
+        }
+    }
+
+    #[derive(clap::Args)]
+    pub(crate) struct BridgeCmd {
+        /// Hub directory (default: $XDG_RUNTIME_DIR/shmbus, else /tmp/shmbus-<uid>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The hub's token, if it requires one (or the environment variable SHMBUS_HUB_TOKEN).
+        #[arg(long)]
+        hub_token: Option<String>,
+        #[command(flatten)]
+        serve: BridgeArgs,
+        /// Log level: error, warn, info, debug, trace.
+        #[arg(long, default_value = "info")]
+        log: String,
+        /// Exit when standard input reaches end of file (`up` runs the bridge like this, so the
+        /// bridge never outlives it).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    }
+
+    #[derive(clap::Args)]
+    pub(crate) struct UpArgs {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(flatten)]
+        serve: BridgeArgs,
+    }
+
+    const HUB_TOKEN_VAR: &str = "SHMBUS_HUB_TOKEN";
+
+    /// Blocks SIGINT/SIGTERM in this thread (and the threads it starts) and returns the set.
+    fn block_signals() -> Result<nix::sys::signal::SigSet, shmbus::Error> {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.thread_block()
+            .map_err(|e| shmbus::Error::Io(e.into()))?;
+        Ok(set)
+    }
+
+    pub(crate) fn run_bridge(a: BridgeCmd) -> Result<(), shmbus::Error> {
+        use std::io::{Read, Write};
+        init_log(&a.log);
+        let dir = a.dir.clone().unwrap_or_else(shmbus::hub::default_dir);
+        let token = a
+            .hub_token
+            .clone()
+            .or_else(|| std::env::var(HUB_TOKEN_VAR).ok());
+        let cfg = a.serve.config(dir, token).map_err(|e| {
+            shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        let set = block_signals()?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                if let Ok(sig) = set.wait() {
+                    tracing::info!(signal = ?sig, "bridge shutting down");
+                }
+                stop.notify_one();
+            });
+        }
+        if a.exit_with_parent {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                let mut stdin = std::io::stdin();
+                while matches!(stdin.read(&mut b), Ok(n) if n > 0) {}
+                tracing::info!("parent gone; bridge shutting down");
+                stop.notify_one();
+            });
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let bridge = Bridge::bind(cfg).await?;
+            let mut out = std::io::stdout().lock();
+            for l in bridge.listening() {
+                let _ = writeln!(out, "shmbus bridge: {l}");
+                tracing::info!("serving {l}");
+            }
+            let _ = writeln!(out, "shmbus bridge: ready");
+            let _ = out.flush();
+            drop(out);
+            bridge.run(async move { stop.notified().await }).await
         })
     }
 
-    /// The same settings as `shmbus bridge` arguments (for `up`, which re-executes itself).
-    fn to_args(&self) -> Vec<String> {
-        let mut a = Vec::new();
-        let mut opt = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                a.push(format!("--{k}"));
-                a.push(v);
+    pub(crate) fn run_up(a: UpArgs) -> Result<(), shmbus::Error> {
+        use std::process::{Command, Stdio};
+        init_log(&a.hub.log);
+        let mut serve = a.serve.clone();
+        if serve.node_ipc_path.is_none() && serve.node_ipc_id.is_none() {
+            serve.node_ipc_id = Some("shmbus".into());
+        }
+        if serve.node_ipc_tcp.is_none() {
+            serve.node_ipc_tcp = Some("127.0.0.1:8000".into());
+        }
+        if serve.ws.is_none() && serve.ws_token.is_some() {
+            serve.ws = Some("127.0.0.1:8090".into());
+        }
+        let cfg = a.hub.config();
+        let dir = cfg.dir.clone();
+        // Check the bridge settings before starting anything.
+        serve.config(dir.clone(), None).map_err(|e| {
+            shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        let set = block_signals()?;
+        let hub = shmbus::hub::Hub::bind(cfg)?;
+        let handle = hub.handle();
+        let hub_thread = std::thread::Builder::new()
+            .name("shmbus-hub".into())
+            .spawn(move || hub.run())?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("bridge")
+            .arg("--dir")
+            .arg(&dir)
+            .args(serve.to_args())
+            .args(["--log", &a.hub.log, "--exit-with-parent"])
+            .stdin(Stdio::piped());
+        if let Some(t) = &serve.ws_token {
+            cmd.args(["--ws-token", t]);
+        }
+        if let Some(t) = &a.hub.token {
+            cmd.env(HUB_TOKEN_VAR, t);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                handle.shutdown();
+                let _ = hub_thread.join();
+                return Err(e.into());
             }
         };
-        opt(
-            "node-ipc-path",
-            self.node_ipc_path
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-        );
-        opt("node-ipc-id", self.node_ipc_id.clone());
-        opt("node-ipc-tcp", self.node_ipc_tcp.clone());
-        opt("ws", self.ws.clone());
-        opt("ws-ping-ms", Some(self.ws_ping_ms.to_string()));
-        opt(
-            "ws-heartbeat-code",
-            Some(self.ws_heartbeat_code.to_string()),
-        );
-        opt("ws-ack-code", Some(self.ws_ack_code.to_string()));
-        opt(
-            "ws-listeners-code",
-            Some(self.ws_listeners_code.to_string()),
-        );
-        for r in &self.ws_push {
-            opt("ws-push", Some(r.clone()));
+        tracing::info!(pid = child.id(), "bridge started");
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (stopping, handle) = (stopping.clone(), handle.clone());
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            std::thread::spawn(move || {
+                if let Ok(sig) = set.wait() {
+                    tracing::info!(signal = ?sig, "shutting down");
+                }
+                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                handle.shutdown();
+            });
         }
-        for r in &self.ws_event {
-            opt("ws-event", Some(r.clone()));
-        }
-        opt("max-frame", Some(self.max_frame.to_string()));
-        opt("max-queued", Some(self.max_queued.to_string()));
-        opt("bus-ring-bytes", Some(self.bus_ring_bytes.to_string()));
-        a
-    }
-}
-
-#[derive(clap::Args)]
-struct BridgeCmd {
-    /// Hub directory (default: $XDG_RUNTIME_DIR/shmbus, else /tmp/shmbus-<uid>).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// The hub's token, if it requires one (or the environment variable SHMBUS_HUB_TOKEN).
-    #[arg(long)]
-    hub_token: Option<String>,
-    #[command(flatten)]
-    serve: BridgeArgs,
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info")]
-    log: String,
-    /// Exit when standard input reaches end of file (`up` runs the bridge like this, so the
-    /// bridge never outlives it).
-    #[arg(long, hide = true)]
-    exit_with_parent: bool,
-}
-
-#[derive(clap::Args)]
-struct UpArgs {
-    #[command(flatten)]
-    hub: HubArgs,
-    #[command(flatten)]
-    serve: BridgeArgs,
-}
-
-const HUB_TOKEN_VAR: &str = "SHMBUS_HUB_TOKEN";
-
-/// Blocks SIGINT/SIGTERM in this thread (and the threads it starts) and returns the set.
-fn block_signals() -> Result<nix::sys::signal::SigSet, shmbus::Error> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()
-        .map_err(|e| shmbus::Error::Io(e.into()))?;
-    Ok(set)
-}
-
-fn run_bridge(a: BridgeCmd) -> Result<(), shmbus::Error> {
-    use std::io::{Read, Write};
-    init_log(&a.log);
-    let dir = a.dir.clone().unwrap_or_else(shmbus::hub::default_dir);
-    let token = a
-        .hub_token
-        .clone()
-        .or_else(|| std::env::var(HUB_TOKEN_VAR).ok());
-    let cfg = a
-        .serve
-        .config(dir, token)
-        .map_err(|e| shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    let set = block_signals()?;
-    let stop = Arc::new(tokio::sync::Notify::new());
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if let Ok(sig) = set.wait() {
-                tracing::info!(signal = ?sig, "bridge shutting down");
-            }
-            stop.notify_one();
-        });
-    }
-    if a.exit_with_parent {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut b), Ok(n) if n > 0) {}
-            tracing::info!("parent gone; bridge shutting down");
-            stop.notify_one();
-        });
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let bridge = Bridge::bind(cfg).await?;
-        let mut out = std::io::stdout().lock();
-        for l in bridge.listening() {
-            let _ = writeln!(out, "shmbus bridge: {l}");
-            tracing::info!("serving {l}");
-        }
-        let _ = writeln!(out, "shmbus bridge: ready");
-        let _ = out.flush();
-        drop(out);
-        bridge.run(async move { stop.notified().await }).await
-    })
-}
-
-fn run_up(a: UpArgs) -> Result<(), shmbus::Error> {
-    use std::process::{Command, Stdio};
-    init_log(&a.hub.log);
-    let mut serve = a.serve.clone();
-    if serve.node_ipc_path.is_none() && serve.node_ipc_id.is_none() {
-        serve.node_ipc_id = Some("shmbus".into());
-    }
-    if serve.node_ipc_tcp.is_none() {
-        serve.node_ipc_tcp = Some("127.0.0.1:8000".into());
-    }
-    if serve.ws.is_none() && serve.ws_token.is_some() {
-        serve.ws = Some("127.0.0.1:8090".into());
-    }
-    let cfg = a.hub.config();
-    let dir = cfg.dir.clone();
-    // Check the bridge settings before starting anything.
-    serve
-        .config(dir.clone(), None)
-        .map_err(|e| shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    let set = block_signals()?;
-    let hub = shmbus::hub::Hub::bind(cfg)?;
-    let handle = hub.handle();
-    let hub_thread = std::thread::Builder::new()
-        .name("shmbus-hub".into())
-        .spawn(move || hub.run())?;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("bridge")
-        .arg("--dir")
-        .arg(&dir)
-        .args(serve.to_args())
-        .args(["--log", &a.hub.log, "--exit-with-parent"])
-        .stdin(Stdio::piped());
-    if let Some(t) = &serve.ws_token {
-        cmd.args(["--ws-token", t]);
-    }
-    if let Some(t) = &a.hub.token {
-        cmd.env(HUB_TOKEN_VAR, t);
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
+        let status = child.wait();
+        let stdin = child.stdin.take();
+        let unexpected = !stopping.load(std::sync::atomic::Ordering::SeqCst);
+        if unexpected {
+            tracing::error!(status = ?status, "the bridge exited; stopping the hub");
             handle.shutdown();
-            let _ = hub_thread.join();
-            return Err(e.into());
         }
-    };
-    tracing::info!(pid = child.id(), "bridge started");
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let (stopping, handle) = (stopping.clone(), handle.clone());
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        std::thread::spawn(move || {
-            if let Ok(sig) = set.wait() {
-                tracing::info!(signal = ?sig, "shutting down");
-            }
-            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            handle.shutdown();
+        let hub_res = hub_thread.join().unwrap_or_else(|_| {
+            Err(shmbus::Error::Io(std::io::Error::other(
+                "hub thread panicked",
+            )))
         });
+        drop(stdin);
+        hub_res?;
+        if unexpected {
+            return Err(shmbus::Error::Io(std::io::Error::other(format!(
+                "the bridge exited ({})",
+                status.map_or_else(|e| e.to_string(), |s| s.to_string())
+            ))));
+        }
+        Ok(())
     }
-    let status = child.wait();
-    let stdin = child.stdin.take();
-    let unexpected = !stopping.load(std::sync::atomic::Ordering::SeqCst);
-    if unexpected {
-        tracing::error!(status = ?status, "the bridge exited; stopping the hub");
-        handle.shutdown();
-    }
-    let hub_res = hub_thread.join().unwrap_or_else(|_| {
-        Err(shmbus::Error::Io(std::io::Error::other(
-            "hub thread panicked",
-        )))
-    });
-    drop(stdin);
-    hub_res?;
-    if unexpected {
-        return Err(shmbus::Error::Io(std::io::Error::other(format!(
-            "the bridge exited ({})",
-            status.map_or_else(|e| e.to_string(), |s| s.to_string())
-        ))));
-    }
-    Ok(())
 }
+#[cfg(feature = "bridge")]
+use bridge_cli::{run_bridge, run_up, BridgeCmd, UpArgs};

@@ -242,8 +242,8 @@ pub fn ttl_ms_from_secs(time: Option<f64>) -> i64 {
         None => 0,
         Some(t) if t.is_nan() => 0,
         Some(t) if t < 0.0 => -1,
-        Some(t) if t == 0.0 => 0,
-        Some(t) => ((t * 1000.0).ceil() as i64).max(1),
+        Some(t) if t > 0.0 => ((t * 1000.0).ceil() as i64).max(1),
+        Some(_) => 0,
     }
 }
 

@@ -174,6 +174,7 @@ impl Out {
     }
 }
 
+#[allow(clippy::result_large_err)]
 fn forbidden(why: &str) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(format!("403 Forbidden: {why}\n")));
     *r.status_mut() = StatusCode::FORBIDDEN;
@@ -183,6 +184,8 @@ fn forbidden(why: &str) -> ErrorResponse {
 /// Serves one WebSocket connection.
 pub(crate) async fn serve(stream: TcpStream, peer: std::net::SocketAddr, sh: Arc<Shared>) {
     let token = sh.cfg.ws_token.clone().unwrap_or_default();
+    // The callback's signature is tungstenite's; its error type is what it is.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         match req.headers().get("authorization") {
             Some(v) if !token.is_empty() && v.as_bytes() == token.as_bytes() => Ok(resp),
@@ -354,6 +357,10 @@ fn on_text(
         sh.stats.ws_garbage.fetch_add(1, Ordering::Relaxed);
         None
     };
+    // An object only (serde would also read a struct from an array).
+    if !text.trim_start().starts_with('{') {
+        return garbage();
+    }
     let Ok(msg) = serde_json::from_str::<CodeMsg<'_>>(text) else {
         return garbage();
     };

@@ -18,7 +18,7 @@ let ws = null;
 function command(c) {
   switch (c.op) {
     case 'open':
-      ws = new WebSocket(c.url, null, {
+      ws = new WebSocket(c.url, [], {
         perMessageDeflate: false,
         headers: c.headers || {},
         autoPong: c.autoPong !== false,
