@@ -23,20 +23,39 @@ echo "== machine"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)
 [ -n "$cpu" ] || cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n1)
 echo "CPU: $cpu, $(nproc) online; kernel $(uname -r)"
+# How busy the machine is without us: CPU time used by others over 3 s, in percent of both CPUs.
+cpu_busy() {
+    read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
+    sleep 3
+    read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
+    local busy=$(( (u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1) ))
+    local idle=$(( (i2 + w2) - (i1 + w1) ))
+    echo $(( 100 * busy / (busy + idle + 1) ))
+}
+busy=$(cpu_busy)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "load average before the run: $load"
+echo "before the run: CPUs ${busy} % busy over 3 s, load average $load"
 echo "pinning: measuring process on CPU 0, its peer on CPU 1 (--pin)"
+
+# Others' CPU use during the run: the machine's busy time (/proc/stat) minus what this shell's
+# children (compare, its case processes and their peers) used (bash `times`).
+stat_busy() { read -r _ u n s i w q sq st _ </proc/stat; echo $((u + n + s + q + sq + st)); }
+children_cpu() { times | sed -n 2p | awk '{ n = 0; for (f = 1; f <= 2; f++) { split($f, a, "m"); sub("s", "", a[2]); n += a[1] * 60 + a[2] } print n }'; }
 
 tmp=$(mktemp)
 trap 'rm -f "$tmp" "$tmp.svg"' EXIT
 status=0
+b0=$(stat_busy); c0=$(children_cpu); t0=$(date +%s.%N)
 "$bin" --pin --markdown --cdf-out "$tmp.svg" "$@" >"$tmp" || status=$?
+b1=$(stat_busy); c1=$(children_cpu); t1=$(date +%s.%N)
+others=$(awk -v b0="$b0" -v b1="$b1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { o = (b1 - b0) / hz - (c1 - c0); if (o < 0) o = 0; printf "%.0f", 100 * o / ((t1 - t0) * n) }')
+echo "during the run: other processes used ~${others} % of the CPUs"
 if [ "$status" -ne 0 ] && [ "$status" -ne 2 ]; then
     echo "compare failed (exit $status)" >&2
     exit "$status"
 fi
 [ "$status" -eq 2 ] && echo "note: some cases failed; their rows say why" >&2
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mkdir -p docs
 [ -s "$tmp.svg" ] && cp "$tmp.svg" "$svg"
@@ -46,7 +65,14 @@ block=$(mktemp)
     echo "$begin"
     echo
     echo "Command: \`compare/run.sh $*\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))."
-    echo "Machine: $cpu, $(nproc) CPUs online, Linux $(uname -r). Load average before / after: $load / $load_after."
+    echo "Machine: $cpu, $(nproc) CPUs online, Linux $(uname -r). Other processes used ${busy} % of the"
+    echo "CPUs just before the run (3 s sample; load average $load) and ~${others} % during it."
+    if [ "$busy" -gt 10 ] || [ "$others" -gt 5 ]; then
+        echo
+        echo "**The machine was not quiet**: other processes competed for the two CPUs, so spinning"
+        echo "rows lost timeslices and wake-up rows varied. Re-run \`compare/run.sh\` on a quiet machine"
+        echo "before drawing conclusions."
+    fi
     echo
     cat "$tmp"
     echo
