@@ -379,6 +379,12 @@ async fn accept_error(e: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// Completes once a close flag is set (a function, so that no watch guard is held inside a
+/// `select!` across awaits, which would make the task `!Send`).
+pub(crate) async fn until_closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}
+
 /// Resident memory of this process in bytes (for the WebSocket heartbeat ACK).
 pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -151,8 +151,25 @@ impl Out {
     }
 }
 
+/// Writes `buf[*pos..]`, advancing `pos` as bytes go out (so a cancelled call can be resumed).
+async fn write_from<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    pos: &mut usize,
+) -> std::io::Result<()> {
+    while *pos < buf.len() {
+        let n = w.write(&buf[*pos..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        *pos += n;
+    }
+    Ok(())
+}
+
 /// Writes queued frames, many per `write`, until the connection closes; then writes what is
-/// still queued (briefly) and shuts the socket down.
+/// still queued (for at most half a second: a peer that does not read is not waited for) and
+/// shuts the socket down.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -160,15 +177,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     let mut closed = out.closed.subscribe();
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut pos = 0;
     loop {
         let first = tokio::select! {
             biased;
             f = rx.recv() => f,
-            _ = closed.wait_for(|c| *c) => None,
+            _ = super::until_closed(&mut closed) => None,
         };
         let Some(first) = first else { break };
         let mut frames = 1u64;
         buf.clear();
+        pos = 0;
         buf.extend_from_slice(&first);
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
@@ -180,24 +199,36 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         out.queued.fetch_sub(buf.len(), Ordering::AcqRel);
-        let res = tokio::select! {
-            r = w.write_all(&buf) => r,
-            _ = closed.wait_for(|c| *c) => Err(std::io::ErrorKind::BrokenPipe.into()),
+        let done = {
+            let f = write_from(&mut w, &buf, &mut pos);
+            tokio::pin!(f);
+            tokio::select! {
+                r = &mut f => Some(r),
+                _ = super::until_closed(&mut closed) => None,
+            }
         };
-        if res.is_err() {
-            out.close();
-            return;
+        match done {
+            Some(Ok(())) => {
+                out.stats.frames_out.fetch_add(frames, Ordering::Relaxed);
+            }
+            Some(Err(_)) => {
+                out.close();
+                return;
+            }
+            None => break, // closing mid-batch: the rest of `buf` goes out below
         }
-        out.stats.frames_out.fetch_add(frames, Ordering::Relaxed);
     }
-    // Closing: what is still queued (an error event, say) goes out if the peer reads.
-    buf.clear();
+    // Closing: the rest of the batch and what is still queued (an error event, say).
+    buf.drain(..pos);
     while let Ok(f) = rx.try_recv() {
         buf.extend_from_slice(&f);
     }
-    if !buf.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_millis(500), w.write_all(&buf)).await;
-    }
+    let mut pos = 0;
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        write_from(&mut w, &buf, &mut pos),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_millis(500), w.shutdown()).await;
 }
 
@@ -277,7 +308,7 @@ impl Conn {
                     Ok(_) => {}
                     Err(_) => return "read error",
                 },
-                _ = closed.wait_for(|c| *c) => return "closed by the bridge",
+                _ = super::until_closed(&mut closed) => return "closed by the bridge",
             }
         }
     }

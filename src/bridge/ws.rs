@@ -324,16 +324,11 @@ async fn run(
                     break "write failed";
                 }
             }
-            _ = until_closed(&mut closed) => break "closed by the bridge",
+            _ = super::until_closed(&mut closed) => break "closed by the bridge",
         }
     };
     info!(%peer, name, why, "WebSocket connection closed");
     let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
-}
-
-/// Completes once the close flag is set (a helper so that no watch guard lives in the select).
-async fn until_closed(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|c| *c).await;
 }
 
 /// The payload as JSON text, if it is JSON.
