@@ -46,7 +46,9 @@ tmp=$(mktemp)
 trap 'rm -f "$tmp" "$tmp.svg"' EXIT
 status=0
 b0=$(stat_busy); c0=$(children_cpu); t0=$(date +%s.%N)
-"$bin" --pin --markdown --cdf-out "$tmp.svg" "$@" >"$tmp" || status=$?
+# The rows (with distributions) are kept for `compare --report-from FILE --markdown`.
+json="${CARGO_TARGET_DIR:-target}/compare-last.jsonl"
+"$bin" --pin --markdown --cdf-out "$tmp.svg" --json-out "$json" "$@" >"$tmp" || status=$?
 b1=$(stat_busy); c1=$(children_cpu); t1=$(date +%s.%N)
 others=$(awk -v b0="$b0" -v b1="$b1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { o = (b1 - b0) / hz - (c1 - c0); if (o < 0) o = 0; printf "%.0f", 100 * o / ((t1 - t0) * n) }')

@@ -53,7 +53,8 @@ fn prefix() -> String {
 
 /// Opens (or creates) the ports of one side. `out`/`inn` are the directions' suffixes.
 fn open(spec: &PeerSpec, out: &str, inn: &str) -> Result<Ends> {
-    set_log_level(LogLevel::Warn);
+    // Quiet: without this every process warns that no iceoryx2 config file exists.
+    set_log_level(LogLevel::Error);
     let node = NodeBuilder::new()
         .signal_handling_mode(SignalHandlingMode::Disabled)
         .create::<Svc>()?;

@@ -66,6 +66,16 @@ struct Cli {
     /// Seconds after which a case is killed and reported as failed.
     #[arg(long, default_value_t = 120)]
     case_timeout: u64,
+    /// Measure nothing: print the report (and plot) of a run saved with --json-out.
+    #[arg(long)]
+    report_from: Option<PathBuf>,
+}
+
+/// The first line of a --json-out file.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    header: String,
+    pinned: bool,
 }
 
 /// One case, as handed to the case process.
@@ -155,6 +165,15 @@ fn drive(cli: &Cli) -> shmbus_compare::Result<bool> {
             }
         }
     }
+    if let Some(path) = &cli.report_from {
+        let text = std::fs::read_to_string(path)?;
+        let mut lines = text.lines();
+        let saved: Saved = serde_json::from_str(lines.next().unwrap_or_default())?;
+        let rows = lines
+            .map(serde_json::from_str::<Row>)
+            .collect::<Result<Vec<_>, _>>()?;
+        return output(cli, &rows, &saved);
+    }
     let pinned = cli.pin && shmbus::sys::cpus_online() > 1;
     cleanup_iceoryx2();
     let started = Instant::now();
@@ -195,10 +214,26 @@ fn drive(cli: &Cli) -> shmbus_compare::Result<bool> {
         budget.secs,
         elapsed.as_secs_f64()
     );
+    let saved = Saved { header, pinned };
+    if let Some(path) = &cli.json_out {
+        let mut s = serde_json::to_string(&saved)?;
+        s.push('\n');
+        for r in &rows {
+            s.push_str(&serde_json::to_string(r)?);
+            s.push('\n');
+        }
+        std::fs::write(path, s)?;
+    }
+    output(cli, &rows, &saved)
+}
+
+/// Prints the report and writes the plot; `false` if any case failed.
+fn output(cli: &Cli, rows: &[Row], saved: &Saved) -> shmbus_compare::Result<bool> {
+    let (header, pinned) = (&saved.header, saved.pinned);
     if cli.markdown {
-        print!("{}", report::markdown(&rows, &header));
+        print!("{}", report::markdown(rows, header));
     } else {
-        print!("{header}\n{}", report::text(&rows));
+        print!("{header}\n{}", report::text(rows));
     }
     if let Some(path) = &cli.cdf_out {
         let title = format!(
@@ -206,21 +241,13 @@ fn drive(cli: &Cli) -> shmbus_compare::Result<bool> {
             cli.cdf_size,
             if pinned { "pinned" } else { "unpinned" }
         );
-        match report::cdf_svg(&rows, cli.cdf_size, &title) {
+        match report::cdf_svg(rows, cli.cdf_size, &title) {
             Some(svg) => std::fs::write(path, svg)?,
             None => eprintln!(
                 "compare: no round trips at {} B measured, no plot written",
                 cli.cdf_size
             ),
         }
-    }
-    if let Some(path) = &cli.json_out {
-        let mut s = String::new();
-        for r in &rows {
-            s.push_str(&serde_json::to_string(r)?);
-            s.push('\n');
-        }
-        std::fs::write(path, s)?;
     }
     Ok(rows.iter().all(|r| r.error.is_none()))
 }
