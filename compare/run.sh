@@ -66,7 +66,7 @@ block=$(mktemp)
 {
     echo "$begin"
     echo
-    echo "Command: \`compare/run.sh $*\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))."
+    echo "Command: \`compare/run.sh${*:+ $*}\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))."
     echo "Machine: $cpu, $(nproc) CPUs online, Linux $(uname -r). Other processes used ${busy} % of the"
     echo "CPUs just before the run (3 s sample; load average $load) and ~${others} % during it."
     if [ "$busy" -gt 10 ] || [ "$others" -gt 5 ]; then
