@@ -612,8 +612,10 @@ mod bridge_cli {
                 handle.shutdown();
             });
         }
-        let status = child.wait();
+        // Held until the end: its end of file tells the bridge we are gone (and
+        // `Child::wait` would close it).
         let stdin = child.stdin.take();
+        let status = child.wait();
         let unexpected = !stopping.load(std::sync::atomic::Ordering::SeqCst);
         if unexpected {
             tracing::error!(status = ?status, "the bridge exited; stopping the hub");
