@@ -25,8 +25,14 @@ fn main() {
     };
     match mode.as_str() {
         "serve" => {
-            let c = Client::connect(dir, ClientOptions::new("rust").accept(Encoding::Json))
-                .expect("connect");
+            // Handlers run on this thread (`run`), with no dispatcher thread beside it.
+            let c = Client::connect(
+                dir,
+                ClientOptions::new("rust")
+                    .accept(Encoding::Json)
+                    .dispatcher(false),
+            )
+            .expect("connect");
             let me = c.clone();
             c.on("rust:ping", move |ev| {
                 let _ = me.emit_payload(

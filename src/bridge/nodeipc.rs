@@ -13,14 +13,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
@@ -29,9 +29,6 @@ use super::{BridgeStats, Shared};
 use crate::client::tokio_client::AsyncClient;
 use crate::client::{CallError, GetTicket, Ttl};
 use crate::proto::{Encoding, PayloadBuf, Target};
-
-/// Largest batch of frames written with one `write`.
-const WRITE_BATCH: usize = 256 << 10;
 
 /// A present field, even `null` (plain `Option<&RawValue>` turns `null` into `None`).
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -99,10 +96,12 @@ fn number_text<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String> {
     }
 }
 
-/// Frames waiting for one connection's writer, with a byte budget and a close signal.
+/// Whole frames waiting for one connection's writer: appended to one buffer (no allocation
+/// per frame), which the writer swaps out and writes with one `write`. A byte budget, and a
+/// close signal.
 pub(crate) struct Out {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    queued: AtomicUsize,
+    buf: Mutex<Vec<u8>>,
+    wake: Notify,
     max: usize,
     closed: watch::Sender<bool>,
     is_closed: AtomicBool,
@@ -110,44 +109,50 @@ pub(crate) struct Out {
 }
 
 impl Out {
-    fn new(max: usize, stats: Arc<BridgeStats>) -> (Arc<Out>, mpsc::UnboundedReceiver<Vec<u8>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let out = Arc::new(Out {
-            tx,
-            queued: AtomicUsize::new(0),
+    fn new(max: usize, stats: Arc<BridgeStats>) -> Arc<Out> {
+        Arc::new(Out {
+            buf: Mutex::new(Vec::with_capacity(16 << 10)),
+            wake: Notify::new(),
             max,
             closed: watch::Sender::new(false),
             is_closed: AtomicBool::new(false),
             stats,
-        });
-        (out, rx)
+        })
     }
 
-    /// Queues whole frames. A client that lets more than `max` bytes pile up is dropped.
-    fn send(&self, frames: Vec<u8>) {
-        if frames.is_empty() || self.is_closed.load(Ordering::Acquire) {
+    /// Appends whole frames written by `f`. A client that lets more than `max` bytes pile up
+    /// unread is dropped.
+    fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        if self.is_closed.load(Ordering::Acquire) {
             return;
         }
-        let n = frames.len();
-        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.max {
-            info!(queued = n, "legacy client does not read; dropping it");
+        let over = {
+            let mut b = self.buf.lock().expect("lock");
+            f(&mut b);
+            b.len() > self.max
+        };
+        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        if over {
+            info!("legacy client does not read; dropping it");
             self.close();
             return;
         }
-        if self.tx.send(frames).is_err() {
-            self.close();
-        }
+        self.wake.notify_one();
     }
 
     fn error(&self, message: &str) {
-        let mut b = Vec::with_capacity(message.len() + 48);
-        frame::write_error(&mut b, message);
-        self.send(b);
+        self.push(|b| frame::write_error(b, message));
     }
 
     fn close(&self) {
         self.is_closed.store(true, Ordering::Release);
         self.closed.send_replace(true);
+        self.wake.notify_one();
+    }
+
+    /// Swaps the queued bytes into `into` (which must be empty).
+    fn take(&self, into: &mut Vec<u8>) {
+        std::mem::swap(&mut *self.buf.lock().expect("lock"), into);
     }
 }
 
@@ -167,40 +172,27 @@ async fn write_from<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Writes queued frames, many per `write`, until the connection closes; then writes what is
-/// still queued (for at most half a second: a peer that does not read is not waited for) and
-/// shuts the socket down.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    out: Arc<Out>,
-) {
+/// Writes whatever is queued, all of it with one `write` when the socket takes it, until the
+/// connection closes; then writes what is still queued (for at most half a second: a peer that
+/// does not read is not waited for) and shuts the socket down.
+async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, out: Arc<Out>) {
     let mut closed = out.closed.subscribe();
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-    let mut pos = 0;
+    let mut mine: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut pos;
     loop {
-        let first = tokio::select! {
-            biased;
-            f = rx.recv() => f,
-            _ = super::until_closed(&mut closed) => None,
-        };
-        let Some(first) = first else { break };
-        let mut frames = 1u64;
-        buf.clear();
+        mine.clear();
         pos = 0;
-        buf.extend_from_slice(&first);
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(f) => {
-                    buf.extend_from_slice(&f);
-                    frames += 1;
-                }
-                Err(_) => break,
+        out.take(&mut mine);
+        if mine.is_empty() {
+            if out.is_closed.load(Ordering::Acquire) {
+                break;
             }
+            // A push after `take` left a permit: this returns at once.
+            out.wake.notified().await;
+            continue;
         }
-        out.queued.fetch_sub(buf.len(), Ordering::AcqRel);
         let done = {
-            let f = write_from(&mut w, &buf, &mut pos);
+            let f = write_from(&mut w, &mine, &mut pos);
             tokio::pin!(f);
             tokio::select! {
                 r = &mut f => Some(r),
@@ -209,24 +201,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         match done {
             Some(Ok(())) => {
-                out.stats.frames_out.fetch_add(frames, Ordering::Relaxed);
+                if mine.capacity() > 4 << 20 {
+                    mine = Vec::with_capacity(16 << 10);
+                }
             }
             Some(Err(_)) => {
                 out.close();
                 return;
             }
-            None => break, // closing mid-batch: the rest of `buf` goes out below
+            None => break, // closing mid-write: the rest goes out below
         }
     }
-    // Closing: the rest of the batch and what is still queued (an error event, say).
-    buf.drain(..pos);
-    while let Ok(f) = rx.try_recv() {
-        buf.extend_from_slice(&f);
-    }
+    // Closing: the rest of the last write and what is still queued (an error event, say).
+    mine.drain(..pos.min(mine.len()));
+    let mut more = Vec::new();
+    out.take(&mut more);
+    mine.extend_from_slice(&more);
     let mut pos = 0;
     let _ = tokio::time::timeout(
         Duration::from_millis(500),
-        write_from(&mut w, &buf, &mut pos),
+        write_from(&mut w, &mine, &mut pos),
     )
     .await;
     let _ = tokio::time::timeout(Duration::from_millis(500), w.shutdown()).await;
@@ -261,8 +255,8 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     sh.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let (out, rx) = Out::new(sh.cfg.max_queued, sh.stats.clone());
-    let writer = tokio::spawn(write_loop(w, rx, out.clone()));
+    let out = Out::new(sh.cfg.max_queued, sh.stats.clone());
+    let writer = tokio::spawn(write_loop(w, out.clone()));
     let mut conn = Conn {
         sh: sh.clone(),
         out: out.clone(),
@@ -327,9 +321,8 @@ impl Conn {
             .and_then(|d| serde_json::from_str::<RequestOnly<'_>>(d.get()).ok())
             .and_then(|r| number_text(r.request, "request").ok().map(str::to_string));
         if let Some(req) = req {
-            let mut b = Vec::new();
-            frame::write_response_err(&mut b, &req, message);
-            self.out.send(b);
+            self.out
+                .push(|b| frame::write_response_err(b, &req, message));
         }
     }
 
@@ -407,9 +400,7 @@ impl Conn {
                 debug!(event = %ev.event, from = %ev.from, "event payload is not JSON; a node-ipc client cannot read it");
                 return;
             }
-            let mut b = Vec::with_capacity(ev.payload.bytes.len() + ev.event.len() + 24);
-            frame::write_event(&mut b, &ev.event, &ev.payload.bytes);
-            out.send(b);
+            out.push(|b| frame::write_event(b, &ev.event, &ev.payload.bytes));
         });
         let (out, stats) = (self.out.clone(), self.sh.stats.clone());
         c.on_data(None, move |d| {
@@ -417,9 +408,7 @@ impl Conn {
                 stats.undeliverable.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let mut b = Vec::with_capacity(d.payload.bytes.len() + 64);
-            frame::write_data(&mut b, &d.kind, d.key.as_deref(), &d.payload.bytes);
-            out.send(b);
+            out.push(|b| frame::write_data(b, &d.kind, d.key.as_deref(), &d.payload.bytes));
         });
         let (out, owed, me) = (self.out.clone(), self.owed.clone(), name.to_string());
         c.on_get_deferred(move |g, ticket| {
@@ -435,17 +424,9 @@ impl Conn {
                 o.tickets.insert(n, (now, ticket));
                 n
             };
-            let mut b = Vec::with_capacity(96);
-            frame::write_get(
-                &mut b,
-                &me,
-                &g.kind,
-                n,
-                g.key.as_deref(),
-                g.fresh,
-                &g.requester,
-            );
-            out.send(b);
+            out.push(|b| {
+                frame::write_get(b, &me, &g.kind, n, g.key.as_deref(), g.fresh, &g.requester)
+            });
         });
         let out = self.out.clone();
         c.on_disconnect(move |reason| {
@@ -497,21 +478,25 @@ impl Conn {
         let (out, stats) = (self.out.clone(), self.sh.stats.clone());
         self.gets.spawn(async move {
             let r = bus.get(&from, &kind, key.as_deref(), fresh, None).await;
-            let mut b = Vec::new();
-            match r {
-                Ok(reply) if reply.payload.enc == Encoding::Json && frame::is_json(&reply.payload.bytes) => {
-                    b.reserve(reply.payload.bytes.len() + request.len() + 64);
-                    frame::write_response_ok(&mut b, &request, &reply.payload.bytes, reply.ttl.as_ms());
+            out.push(|b| match r {
+                Ok(reply)
+                    if reply.payload.enc == Encoding::Json
+                        && frame::is_json(&reply.payload.bytes) =>
+                {
+                    frame::write_response_ok(b, &request, &reply.payload.bytes, reply.ttl.as_ms())
                 }
                 Ok(_) => {
                     stats.undeliverable.fetch_add(1, Ordering::Relaxed);
-                    frame::write_response_err(&mut b, &request, "the owner's answer is not JSON (a Rust owner answers JSON requesters in JSON: encode with PayloadBuf::encode(get.accept, ..))");
+                    frame::write_response_err(b, &request, "the owner's answer is not JSON (a Rust owner answers JSON requesters in JSON: encode with PayloadBuf::encode(get.accept, ..))");
                 }
-                Err(CallError::Remote(m)) => frame::write_response_err(&mut b, &request, &m),
-                Err(CallError::Timeout) => frame::write_response_err(&mut b, &request, "timed out waiting for the answer"),
-                Err(CallError::Link(e)) => frame::write_response_err(&mut b, &request, &format!("bus link failed: {e}")),
-            }
-            out.send(b);
+                Err(CallError::Remote(m)) => frame::write_response_err(b, &request, &m),
+                Err(CallError::Timeout) => {
+                    frame::write_response_err(b, &request, "timed out waiting for the answer")
+                }
+                Err(CallError::Link(e)) => {
+                    frame::write_response_err(b, &request, &format!("bus link failed: {e}"))
+                }
+            });
         });
     }
 
