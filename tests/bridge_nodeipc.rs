@@ -504,3 +504,79 @@ fn bad_frames_unix() {
 fn bad_frames_tcp() {
     bad_frames(Transport::Tcp);
 }
+
+/// `shmbus up` runs the hub and the bridge (a second process) with the hub's flags; a legacy
+/// website gets from a Rust bot through it; when `up` is SIGKILLed the bridge exits too.
+#[test]
+fn up_runs_hub_and_bridge() {
+    use std::process::{Command, Stdio};
+    let _w = util::watchdog("shmbus up", 60);
+    bridge_util::ensure_node();
+    let dir = util::TestDir::new("bridge-up");
+    let sock = dir.join("app.sock");
+    let mut up = bridge_util::Proc(
+        Command::new(env!("CARGO_BIN_EXE_shmbus"))
+            .arg("up")
+            .arg("--dir")
+            .arg(dir.join("hub"))
+            .arg("--node-ipc-path")
+            .arg(&sock)
+            .args([
+                "--node-ipc-tcp",
+                "off",
+                "--get-timeout-ms",
+                "700",
+                "--log",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(util::eventually(10, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    }));
+    let rbot = Client::connect(dir.join("hub"), ClientOptions::new("rbot")).unwrap();
+    rbot.on_get("stats", |_| Ok((json!({"up": true}), Ttl::NoCache)));
+    rbot.on_get("slow", |_| {
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok((json!(1), Ttl::NoCache))
+    });
+    let b = bridge_util::BridgeProc {
+        proc: bridge_util::Proc(Command::new("true").spawn().unwrap()),
+        unix: Some(sock.clone()),
+        tcp: None,
+        ws: None,
+    };
+    let mut web = Agent::node_ipc(&b, Transport::Unix, "website", json!({"maxRetries": 0}));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        get(&mut web, 1, "rbot", "stats", json!({}))["data"],
+        json!({"up": true})
+    );
+    // --get-timeout-ms reached the hub.
+    let r = get(&mut web, 2, "rbot", "slow", json!({}));
+    assert!(r["error"].as_str().unwrap().contains("timed out"), "{r}");
+    let bridge_pid = {
+        let out = Command::new("pgrep")
+            .args(["-P", &up.0.id().to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .unwrap()
+    };
+    up.kill9();
+    assert!(
+        util::eventually(10, || !std::path::Path::new(&format!("/proc/{bridge_pid}"))
+            .exists()
+            || std::fs::read_to_string(format!("/proc/{bridge_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))),
+        "the bridge outlived `up`"
+    );
+    web.expect("disconnect", 10, |_| true);
+}

@@ -39,6 +39,11 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_sock() { for _ in $(seq 500); do [ -S "$1" ] && return 0; sleep 0.01; done; echo "no socket $1" >&2; exit 1; }
 wait_port() { for _ in $(seq 500); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.01; done; echo "no port $1" >&2; exit 1; }
+# CPU time (user + system) of a process in ms
+cpu() { awk '{print ($14+$15)*1000/'"$(getconf CLK_TCK)"'}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# per_get MS_BEFORE MS_AFTER GETS -> µs per get
+per_get() { python3 -c "import sys; print(round((float(sys.argv[2])-float(sys.argv[1]))*1000/float(sys.argv[3]),1))" "$@"; }
+CPULOG=$TMP/cpu.log
 stop() { for p in "$@"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; PIDS=(); }
 # addr TRANSPORT SOCK PORT -> node-ipc client arguments
 addr() { if [ "$1" = unix ]; then echo "--path $2"; else echo "--host 127.0.0.1 --port $3"; fi; }
@@ -51,7 +56,11 @@ run_baseline() {
     if [ "$1" = unix ]; then wait_sock "$sock"; else wait_port "$port"; fi
     node $B/bot.js $(addr "$1" "$sock" "$port") & local bot=$!; PIDS+=("$bot")
     sleep 0.3
-    node $B/website.js $(addr "$1" "$sock" "$port") --n "$N" --window "$WINDOW"
+    local s0 b0 j; s0=$(cpu "$srv"); b0=$(cpu "$bot")
+    j=$(node $B/website.js $(addr "$1" "$sock" "$port") --n "$N" --window "$WINDOW")
+    local g; g=$(field "$j" total_gets)
+    echo "$1 baseline website=$(field "$j" cpu_us_per_get) bot=$(per_get "$b0" "$(cpu "$bot")" "$g") server=$(per_get "$s0" "$(cpu "$srv")" "$g")" >>"$CPULOG"
+    echo "$j"
     stop "$bot" "$srv"
 }
 
@@ -64,7 +73,12 @@ run_bridge() {
     if [ "$1" = unix ]; then wait_sock "$sock"; else wait_port "$port"; fi
     node $B/bot.js $(addr "$1" "$sock" "$port") & local bot=$!; PIDS+=("$bot")
     sleep 0.3
-    node $B/website.js $(addr "$1" "$sock" "$port") --n "$N" --window "$WINDOW"
+    local br; br=$(pgrep -P "$up" | head -1)
+    local u0 r0 b0 j; u0=$(cpu "$up"); r0=$(cpu "$br"); b0=$(cpu "$bot")
+    j=$(node $B/website.js $(addr "$1" "$sock" "$port") --n "$N" --window "$WINDOW")
+    local g; g=$(field "$j" total_gets)
+    echo "$1 bridge-$2 website=$(field "$j" cpu_us_per_get) bot=$(per_get "$b0" "$(cpu "$bot")" "$g") hub=$(per_get "$u0" "$(cpu "$up")" "$g") bridge=$(per_get "$r0" "$(cpu "$br")" "$g")" >>"$CPULOG"
+    echo "$j"
     stop "$bot" "$up"
 }
 
@@ -111,6 +125,14 @@ for t in unix tcp; do
             "${TPUT[$t.baseline]}" "${P99[$t.baseline]}" "${TPUT[$t.$cfg]}" "${P99[$t.$cfg]}" "$t" "$cfg"
     done
 done
+
+echo
+echo "CPU per get (µs, user + system, each run; the website's includes its warm-up): the node"
+echo "clients' share bounds what any server can gain on 2 cores."
+echo
+echo '```'
+cat "$CPULOG"
+echo '```'
 
 # Overhead: legacy <-> Rust round trips through bridge + hub, against Rust <-> Rust through the
 # hub and node-ipc <-> node-ipc with no bus.

@@ -35,6 +35,7 @@ const go = () => {
     if (k >= 0) lat[k] = Number(process.hrtime.bigint() - t) / 1000;
     done++;
     if (done === WARM) t0 = process.hrtime.bigint();
+    if (WARM === 0 && done === 1) t0 = t;
     if (done === total) {
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       lat.sort();
@@ -42,6 +43,9 @@ const go = () => {
       process.stdout.write(JSON.stringify({
         gets: N, window: W, secs: +secs.toFixed(3), gets_per_s: Math.round(N / secs),
         p50_us: +p(0.5).toFixed(1), p99_us: +p(0.99).toFixed(1), p999_us: +p(0.999).toFixed(1), errors,
+        // CPU this process used per get over the whole run (warm-up included).
+        cpu_us_per_get: +((process.cpuUsage().user + process.cpuUsage().system) / total).toFixed(1),
+        total_gets: total,
       }) + '\n');
       process.exit(errors ? 1 : 0);
     }
