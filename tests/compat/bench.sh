@@ -133,6 +133,22 @@ echo
 echo '```'
 cat "$CPULOG"
 echo '```'
+echo
+python3 - "$CPULOG" <<'PY'
+import re, sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    t, cfg, *kv = line.split()
+    rows.setdefault((t, cfg), []).append(dict((k, float(v)) for k, v in (x.split("=") for x in kv)))
+for (t, cfg), rs in sorted(rows.items()):
+    if "bridge" in rs[0]:
+        b = statistics.median(r["bridge"] for r in rs)
+        h = statistics.median(r["hub"] for r in rs)
+        print(f"- {t} {cfg}: bridge CPU {b:.1f} µs per get = {b / 4:.1f} µs per message (a get is 4 node-ipc frames: get in, get out, response in, response out); hub {h / 4:.1f} µs per message")
+    else:
+        s = statistics.median(r["server"] for r in rs)
+        print(f"- {t} {cfg}: node-ipc server CPU {s:.1f} µs per get = {s / 4:.1f} µs per message")
+PY
 
 # Overhead: legacy <-> Rust round trips through bridge + hub, against Rust <-> Rust through the
 # hub and node-ipc <-> node-ipc with no bus.
@@ -158,4 +174,11 @@ for row in "node-ipc client → bridge → hub → Rust client → hub → bridg
     j=${row#*|}
     echo "| ${row%%|*} | $(field "$j" p50_us) | $(field "$j" p99_us) | $(field "$j" mean_us) |"
 done
-python3 -c "import json,sys; l,r,d=(json.loads(a) for a in sys.argv[1:4]); print(f'\n- bridge overhead per message (one way, p50): ({l[\"p50_us\"]} - {r[\"p50_us\"]}) / 2 = {(l[\"p50_us\"]-r[\"p50_us\"])/2:.1f} µs: the socket hop, the JSON frame and the node-ipc client itself, on top of the Rust path'); print(f'- for scale: one node-ipc round trip with no bus at all is {d[\"p50_us\"]} µs p50')" "$legacy" "$rust" "$direct"
+python3 - "$legacy" "$rust" "$direct" <<'PY'
+import json, sys
+l, r, d = (json.loads(a) for a in sys.argv[1:4])
+L, R, D = l["p50_us"], r["p50_us"], d["p50_us"]
+print()
+print(f"- a legacy client reaching a Rust client, over a Rust client doing the same, per message (one way, p50): (L - R) / 2 = ({L} - {R}) / 2 = {(L - R) / 2:.1f} µs; this includes the node-ipc client's own work and its socket hop")
+print(f"- for scale, node-ipc's own hop (client + socket + a trivial node echo server), one way: D / 2 = {D / 2:.1f} µs")
+PY
