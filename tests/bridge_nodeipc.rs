@@ -292,6 +292,8 @@ fn routing(t: Transport) {
     let mut bob = Agent::node_ipc(&b.bridge, t, "bob", json!({}));
     std::thread::sleep(Duration::from_millis(100));
 
+    // A second hello changes nothing: alice keeps her name (every `from` below is alice).
+    a.emit("hello", json!({"id": "mallory"}));
     a.emit("rust:ping", json!({"x": 1}));
     a.emit("bob:hello", json!({"y": [1, 2]}));
     a.emit("news", json!("extra"));

@@ -232,6 +232,36 @@ fn ws_listeners_replace_and_pushes() {
     assert_eq!(gids(&a), ["g1", "g2", "g2", "g3"]);
 }
 
+/// `--ws-event CODE=EVENT`: a client's `{code, data}` becomes a bus event, and that bus event
+/// reaches WebSocket clients as `{code, data}`.
+#[test]
+fn ws_event_table() {
+    let _w = util::watchdog("ws events", 60);
+    let b = bus("ws-events", &["--ws-event", "20010=chat"]);
+    let rust = Client::connect(b.dir.join("hub"), ClientOptions::new("rust")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    rust.on("chat", move |ev| {
+        let _ = tx.send((ev.from.clone(), ev.payload.decode::<Value>().unwrap()));
+    });
+    let mut a = b.open("dash");
+    a.cmd(json!({"op": "send", "text": "{\"code\":20010,\"data\":{\"text\":\"hi\"}}"}));
+    let (from, data) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(from.starts_with("ws-"), "{from}");
+    assert_eq!(data, json!({"text": "hi"}));
+    rust.emit_payload(
+        shmbus::proto::Target::All,
+        "chat",
+        &PayloadBuf::json(&json!({"text": "hello, dashboard"})).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        expect_msg(&mut a, 20010, 5),
+        json!({"text": "hello, dashboard"})
+    );
+    // Without the rule, 20010 would have been an unknown code.
+    assert_eq!(heartbeat(&mut a)["ignored"]["unknownCode"], 0);
+}
+
 #[test]
 fn ws_ping_timeout_drops_the_silent_peer() {
     let _w = util::watchdog("ws ping", 60);
