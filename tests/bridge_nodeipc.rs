@@ -18,7 +18,7 @@ use shmbus::proto::{Encoding, PayloadBuf, Target};
 
 struct Bus {
     dir: util::TestDir,
-    _hub: bridge_util::Proc,
+    hub_proc: bridge_util::Proc,
     bridge: bridge_util::BridgeProc,
 }
 
@@ -37,7 +37,7 @@ fn bus(name: &str, hub_flags: &[&str], bridge_flags: &[&str]) -> Bus {
     let bridge = bridge_util::bridge(&dir.join("hub"), &args);
     Bus {
         dir,
-        _hub: hub,
+        hub_proc: hub,
         bridge,
     }
 }
@@ -581,4 +581,32 @@ fn up_runs_hub_and_bridge() {
         "the bridge outlived `up`"
     );
     web.expect("disconnect", 10, |_| true);
+}
+
+/// The hub dies and comes back: the bridge closes its legacy connections when it loses the
+/// bus, node-ipc reconnects and says hello again, and gets work against the new hub.
+#[test]
+fn hub_restart() {
+    let _w = util::watchdog("bridge hub restart", 60);
+    let mut b = bus("bridge-hub-restart", &[], &[]);
+    let mut lbot = Agent::node_ipc(&b.bridge, Transport::Unix, "lbot", json!({"retry": 100}));
+    lbot.cmd(json!({"op":"serve","type":"stats","data":{},"time":-1}));
+    let mut web = Agent::node_ipc(&b.bridge, Transport::Unix, "website", json!({"retry": 100}));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(get(&mut web, 1, "lbot", "stats", json!({}))["data"]["n"], 1);
+    b.hub_proc.kill9();
+    web.expect("disconnect", 10, |_| true);
+    lbot.expect("disconnect", 10, |_| true);
+    b.hub_proc = bridge_util::hub(&b.dir.join("hub"), &[]);
+    // node-ipc retries every 100 ms; each connect says hello, which the bridge refuses (closes)
+    // until the hub is back.
+    let dir = b.dir.join("hub");
+    assert!(util::eventually(15, || shmbus::hub::stat(&dir).is_ok_and(
+        |s| {
+            let v = serde_json::to_value(&s).unwrap().to_string();
+            v.contains("\"website\"") && v.contains("\"lbot\"")
+        }
+    )));
+    let r = get(&mut web, 2, "lbot", "stats", json!({}));
+    assert_eq!(r["data"]["n"], 2, "{r}");
 }
