@@ -610,3 +610,32 @@ fn hub_restart() {
     let r = get(&mut web, 2, "lbot", "stats", json!({}));
     assert_eq!(r["data"]["n"], 2, "{r}");
 }
+
+/// A legacy owner that goes away with gets pending on it: the requesters get an error at once
+/// (the bridge drops the owner's bus client, the hub fails what it owned).
+#[test]
+fn legacy_owner_leaves_with_pending_gets() {
+    let _w = util::watchdog("bridge owner leaves", 60);
+    let b = bus("bridge-owner-leaves", &["--get-timeout-ms", "20000"], &[]);
+    let lbot = Agent::node_ipc(&b.bridge, Transport::Unix, "lbot", json!({}));
+    let mut web = Agent::node_ipc(&b.bridge, Transport::Unix, "website", json!({}));
+    let rweb = b.rust("rweb");
+    std::thread::sleep(Duration::from_millis(100));
+    // lbot serves nothing: the gets stay pending.
+    for i in 1..=3 {
+        web.emit("get", json!({"from": "lbot", "type": "slow", "request": i}));
+    }
+    let rust_get = std::thread::spawn(move || rweb.get("lbot", "slow").fresh(true).send());
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    drop(lbot); // SIGKILL of the node process
+    for i in 1..=3 {
+        let r = web.response(i);
+        assert!(r["error"].as_str().unwrap().contains("lbot"), "{r}");
+    }
+    match rust_get.join().unwrap() {
+        Err(CallError::Remote(m)) => assert!(m.contains("lbot"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}

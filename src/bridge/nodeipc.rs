@@ -235,7 +235,8 @@ struct Owed {
 }
 
 /// Tickets older than this are answered with an error and forgotten (the hub gave up on them
-/// long ago), so a legacy owner that never answers cannot grow the table without bound.
+/// long ago), so a legacy owner that never answers cannot grow the table without bound. The
+/// table is swept every 256 forwarded gets.
 const OWED_HORIZON: Duration = Duration::from_secs(120);
 
 struct Conn {
@@ -417,7 +418,7 @@ impl Conn {
                 o.next += 1;
                 let n = o.next;
                 let now = Instant::now();
-                if o.tickets.len() >= 1024 && o.tickets.len().is_power_of_two() {
+                if n % 256 == 0 {
                     o.tickets
                         .retain(|_, (t, _)| now.duration_since(*t) < OWED_HORIZON);
                 }
