@@ -33,7 +33,7 @@
 //! The segment is written by the hub only (the fd is sealed against new writable mappings),
 //! but a reader still checks everything: the header once at open, each slot's offsets and
 //! lengths against the arena at every read, probe chains bounded by the table size, and a
-//! slot that keeps changing under its seqlock is an error after a bounded number of retries.
+//! slot that keeps changing under its seqlock is an error after 100 ms of retrying (the hub may be descheduled mid-write).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
@@ -100,7 +100,12 @@ pub struct ReaderStats {
 /// Pin state word: count of live `CacheRef`s in the low bits, `LOCKED` while pinning or
 /// unpinning.
 const LOCKED: u64 = 1 << 63;
-const SEQLOCK_TRIES: usize = 1000;
+/// Seqlock retries that only spin; after these the reader yields between tries.
+const SEQLOCK_SPINS: u32 = 64;
+/// Default of how long a slot may stay mid-write before the read reports `Torn`. The hub can
+/// be descheduled in the middle of a slot write (a timeslice is milliseconds), so this is a
+/// time, not a count.
+pub const TORN_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 const PIN_TRIES: usize = 10_000;
 
 /// The read-only view of one cache segment for one hub connection.
@@ -112,6 +117,7 @@ pub struct CacheReader {
     arena_len: u64,
     max_value: u64,
     pins: PinWords,
+    torn_after: std::time::Duration,
     state: AtomicU64,
     pinned: AtomicU64,
     alive: AtomicBool,
@@ -202,6 +208,7 @@ impl CacheReader {
             max_value,
             map,
             pins,
+            torn_after: TORN_AFTER,
             state: AtomicU64::new(0),
             pinned: AtomicU64::new(0),
             alive: AtomicBool::new(true),
@@ -210,6 +217,13 @@ impl CacheReader {
             errors: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         })
+    }
+
+    /// Sets how long a read waits for a slot the hub is writing before it fails with
+    /// [`CacheError::Torn`] (default [`TORN_AFTER`]).
+    pub fn with_torn_timeout(mut self, d: std::time::Duration) -> CacheReader {
+        self.torn_after = d;
+        self
     }
 
     /// Marks the view dead (its connection is gone); later reads fail with `Disconnected`.
@@ -226,13 +240,7 @@ impl CacheReader {
         debug_assert!(i < self.slots);
         // SAFETY: `i < slots`, and `from_mapping` checked that the whole slot table lies
         // inside the mapping at a 64-aligned offset.
-        unsafe {
-            &*self
-                .map
-                .as_ptr()
-                .add(self.index_off + i * SLOT_SIZE as usize)
-                .cast::<Slot>()
-        }
+        unsafe { Slot::at(self.map.as_ptr(), self.index_off, i) }
     }
 
     // ------------------------------------------------------------------- pinning
@@ -337,31 +345,39 @@ impl CacheReader {
 
     fn read_slot(&self, i: usize) -> Result<Snap, CacheError> {
         let s = self.slot(i);
-        for _ in 0..SEQLOCK_TRIES {
+        let mut tries = 0u32;
+        let mut give_up = None;
+        loop {
             // Acquire: pairs with the hub's Release store that ended its write.
             let s1 = s.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                self.retries.fetch_add(1, Ordering::Relaxed);
+            if s1 & 1 == 0 {
+                let snap = Snap {
+                    hash: s.hash.load(Ordering::Relaxed),
+                    block: s.block.load(Ordering::Relaxed),
+                    vlen: s.vlen.load(Ordering::Relaxed),
+                    names: s.names.load(Ordering::Relaxed),
+                    meta: s.meta.load(Ordering::Relaxed),
+                    expires: s.expires.load(Ordering::Relaxed),
+                };
+                // Acquire fence: pairs with the hub's Release fence after it made `seq` odd,
+                // so a changed field implies we now see a changed `seq`.
+                fence(Ordering::Acquire);
+                if s.seq.load(Ordering::Relaxed) == s1 {
+                    return Ok(snap);
+                }
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tries += 1;
+            if tries <= SEQLOCK_SPINS {
                 std::hint::spin_loop();
                 continue;
             }
-            let snap = Snap {
-                hash: s.hash.load(Ordering::Relaxed),
-                block: s.block.load(Ordering::Relaxed),
-                vlen: s.vlen.load(Ordering::Relaxed),
-                names: s.names.load(Ordering::Relaxed),
-                meta: s.meta.load(Ordering::Relaxed),
-                expires: s.expires.load(Ordering::Relaxed),
-            };
-            // Acquire fence: pairs with the hub's Release fence after it made `seq` odd, so a
-            // changed field implies we now see a changed `seq`.
-            fence(Ordering::Acquire);
-            if s.seq.load(Ordering::Relaxed) == s1 {
-                return Ok(snap);
+            let now = std::time::Instant::now();
+            if now >= *give_up.get_or_insert(now + self.torn_after) {
+                return Err(CacheError::Torn);
             }
-            self.retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::yield_now();
         }
-        Err(CacheError::Torn)
     }
 
     fn arena(&self, off: u64, len: usize) -> &[u8] {
