@@ -10,13 +10,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shmbus::client::{CallError, Client, ClientOptions, Lifecycle, Ttl};
-use shmbus::hub::{Hub, HubConfig, HubHandle};
+use shmbus::hub::HubConfig;
 use shmbus::proto::Encoding;
 
 struct TestHub {
+    // Declared first: the hub stops before its directory is removed.
+    _hub: util::ThreadHub,
     dir: util::TestDir,
-    handle: HubHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestHub {
@@ -29,27 +29,14 @@ impl TestHub {
             ..HubConfig::default()
         };
         tweak(&mut cfg);
-        let hub = Hub::bind(cfg).unwrap();
-        let handle = hub.handle();
-        let thread = std::thread::spawn(move || hub.run().unwrap());
         TestHub {
+            _hub: util::ThreadHub::start(cfg),
             dir,
-            handle,
-            thread: Some(thread),
         }
     }
 
     fn client(&self, name: &str) -> Client {
         Client::connect(self.dir.path(), ClientOptions::new(name)).unwrap()
-    }
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

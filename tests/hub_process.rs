@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shmbus::client::{CallError, Client, ClientOptions, Retry, Ttl};
-use shmbus::hub::{ControlReply, ControlRequest, Hub, HubConfig, HubHandle};
+use shmbus::hub::{ControlReply, ControlRequest, HubConfig};
 use shmbus::proto::{self, Hello, Welcome};
 
 /// A `shmbus hub` child process.
@@ -62,34 +62,12 @@ impl Drop for HubProc {
     }
 }
 
-struct ThreadHub {
-    handle: HubHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ThreadHub {
-    fn start(dir: &std::path::Path) -> ThreadHub {
-        let hub = Hub::bind(HubConfig {
-            dir: dir.to_path_buf(),
-            get_timeout: Duration::from_secs(10),
-            ..HubConfig::default()
-        })
-        .unwrap();
-        let handle = hub.handle();
-        ThreadHub {
-            handle,
-            thread: Some(std::thread::spawn(move || hub.run().unwrap())),
-        }
-    }
-}
-
-impl Drop for ThreadHub {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn thread_hub(dir: &std::path::Path) -> util::ThreadHub {
+    util::ThreadHub::start(HubConfig {
+        dir: dir.to_path_buf(),
+        get_timeout: Duration::from_secs(10),
+        ..HubConfig::default()
+    })
 }
 
 struct KillOnDrop(Child);
@@ -117,7 +95,7 @@ fn sigkill_owner_with_100_pending_gets() {
     }
     let _w = util::watchdog("sigkill_owner_with_100_pending_gets", 120);
     let dir = util::TestDir::new("kill-owner");
-    let _hub = ThreadHub::start(dir.path());
+    let _hub = thread_hub(dir.path());
     let mut owner = KillOnDrop(util::spawn_child(
         "sigkill_owner_with_100_pending_gets",
         "owner",
@@ -429,7 +407,7 @@ fn foreign_uid_is_refused_by_policy() {
     assert!(!extra.allows(own, &cred(own + 1)));
     // And the real accept path admits our own uid.
     let dir = util::TestDir::new("uid");
-    let _hub = ThreadHub::start(dir.path());
+    let _hub = thread_hub(dir.path());
     assert!(Client::connect(dir.path(), ClientOptions::new("me"))
         .unwrap()
         .is_connected());

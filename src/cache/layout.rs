@@ -97,6 +97,19 @@ pub struct Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() as u64 == SLOT_SIZE);
 
+impl Slot {
+    /// Slot `i` of the table at `index_off` in the mapping at `base`.
+    ///
+    /// # Safety
+    /// The table (at least `i + 1` slots) lies inside a mapping that starts at the page-aligned
+    /// `base` and outlives `'a`, at a 64-aligned `index_off`.
+    pub(crate) unsafe fn at<'a>(base: *const u8, index_off: usize, i: usize) -> &'a Slot {
+        // SAFETY: the caller's contract: in bounds, aligned, alive for 'a; a Slot is all
+        // atomics, valid for any bytes.
+        unsafe { &*base.add(index_off + i * SLOT_SIZE as usize).cast::<Slot>() }
+    }
+}
+
 /// `key_len` meaning "no key".
 pub const NO_KEY: u32 = u32::MAX;
 

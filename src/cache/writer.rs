@@ -121,7 +121,8 @@ struct Retired {
     tag: u64,
     off: u64,
     order: u32,
-    at: Instant,
+    /// When it was retired, `CLOCK_MONOTONIC` ns.
+    at: u64,
 }
 
 struct ReaderPin {
@@ -289,13 +290,7 @@ impl CacheWriter {
         debug_assert!(i < self.slots);
         // SAFETY: `i < slots`, and the slot table lies inside the mapping at `index_off`,
         // 64-aligned (the header is 256 bytes and the mapping page-aligned).
-        unsafe {
-            &*self
-                .map
-                .as_ptr()
-                .add(self.index_off + i * SLOT_SIZE as usize)
-                .cast::<Slot>()
-        }
+        unsafe { Slot::at(self.map.as_ptr(), self.index_off, i) }
     }
 
     /// Writes a slot under its seqlock. `f` = (hash, block, vlen, names, meta, expires,
@@ -365,7 +360,7 @@ impl CacheWriter {
         self.free[order as usize].insert(off);
     }
 
-    fn retire(&mut self, off: u64, order: u32, now: Instant) {
+    fn retire(&mut self, off: u64, order: u32, now_ns: u64) {
         // SeqCst fence: the slot swap above is ordered before the epoch we read and bump
         // (see the proof in `reader.rs`).
         fence(Ordering::SeqCst);
@@ -380,7 +375,7 @@ impl CacheWriter {
             tag,
             off,
             order,
-            at: now,
+            at: now_ns,
         });
     }
 
@@ -420,11 +415,11 @@ impl CacheWriter {
     }
 
     /// Stops honouring pins that have held retired space back for longer than the bound.
-    fn revoke_stale(&mut self, now: Instant) -> bool {
+    fn revoke_stale(&mut self, now_ns: u64) -> bool {
         let Some(front) = self.retired.front() else {
             return false;
         };
-        if now.saturating_duration_since(front.at) < self.cfg.pin_bound {
+        if u128::from(now_ns.saturating_sub(front.at)) < self.cfg.pin_bound.as_nanos() {
             return false;
         }
         let tag = front.tag;
@@ -448,7 +443,7 @@ impl CacheWriter {
         any
     }
 
-    fn alloc(&mut self, order: u32, now_ns: u64, now: Instant, keep: Option<usize>) -> Option<u64> {
+    fn alloc(&mut self, order: u32, now_ns: u64, keep: Option<usize>) -> Option<u64> {
         let mut expired_done = false;
         loop {
             if let Some(off) = self.buddy_alloc(order) {
@@ -459,7 +454,7 @@ impl CacheWriter {
             }
             if !expired_done {
                 expired_done = true;
-                if self.expire(now_ns, now) > 0 {
+                if self.expire(now_ns) > 0 {
                     continue;
                 }
             }
@@ -467,7 +462,7 @@ impl CacheWriter {
             let victim = self.lru.values().copied().find(|&id| Some(id) != keep)?;
             self.stats.evictions += 1;
             self.header().evictions.fetch_add(1, Ordering::Relaxed);
-            self.remove_id(victim, now);
+            self.remove_id(victim, now_ns);
             // Readers pin for nanoseconds; give them a moment to move past the eviction.
             let until = Instant::now() + EVICT_SPIN;
             while self.reclaim() == 0 {
@@ -521,7 +516,7 @@ impl CacheWriter {
         self.slot_ids[i] = NO_ID;
     }
 
-    fn remove_id(&mut self, id: usize, now: Instant) {
+    fn remove_id(&mut self, id: usize, now_ns: u64) {
         let Some(m) = self.metas[id].take() else {
             return;
         };
@@ -533,7 +528,7 @@ impl CacheWriter {
         self.stats.used_bytes -= 1 << m.order;
         self.expiring -= usize::from(m.expires_ns != 0);
         self.publish_counts();
-        self.retire(m.off, m.order, now);
+        self.retire(m.off, m.order, now_ns);
     }
 
     fn publish_counts(&self) {
@@ -543,7 +538,10 @@ impl CacheWriter {
     }
 
     /// Removes every entry whose TTL has run out. Returns how many.
-    pub fn expire(&mut self, now_ns: u64, now: Instant) -> usize {
+    pub fn expire(&mut self, now_ns: u64) -> usize {
+        if self.expiring == 0 {
+            return 0;
+        }
         let dead: Vec<usize> = self
             .metas
             .iter()
@@ -554,7 +552,7 @@ impl CacheWriter {
             })
             .collect();
         for &id in &dead {
-            self.remove_id(id, now);
+            self.remove_id(id, now_ns);
         }
         self.stats.expired += dead.len() as u64;
         dead.len()
@@ -572,7 +570,6 @@ impl CacheWriter {
         payload: Payload<'_>,
         ttl_ms: i64,
         now_ns: u64,
-        now: Instant,
     ) -> Result<(), PutError> {
         let mut kb = std::mem::take(&mut self.keybuf);
         mapkey(&mut kb, kind, key);
@@ -580,7 +577,7 @@ impl CacheWriter {
         if ttl_ms < 0 {
             self.keybuf = kb;
             if let Some(id) = existing {
-                self.remove_id(id, now);
+                self.remove_id(id, now_ns);
             }
             return Ok(());
         }
@@ -612,17 +609,16 @@ impl CacheWriter {
                 },
             );
         }
-        if existing.is_none() && self.ids.len() >= self.cfg.entries && self.expire(now_ns, now) == 0
-        {
+        if existing.is_none() && self.ids.len() >= self.cfg.entries && self.expire(now_ns) == 0 {
             if let Some((_, &victim)) = self.lru.iter().next() {
                 self.stats.evictions += 1;
                 self.header().evictions.fetch_add(1, Ordering::Relaxed);
-                self.remove_id(victim, now);
+                self.remove_id(victim, now_ns);
             }
         }
         let vo = layout::value_offset(names);
         let order = order_for((vo + vlen) as u64);
-        let Some(off) = self.alloc(order, now_ns, now, existing) else {
+        let Some(off) = self.alloc(order, now_ns, existing) else {
             self.keybuf = kb;
             return reject(self, PutError::Full);
         };
@@ -680,7 +676,7 @@ impl CacheWriter {
                 self.stats.used_bytes -= 1 << old_order;
                 self.publish_counts();
                 self.keybuf = kb;
-                self.retire(old_off, old_order, now);
+                self.retire(old_off, old_order, now_ns);
             }
             None => {
                 let hash = layout::key_hash(kind, key);
@@ -726,14 +722,6 @@ impl CacheWriter {
         Ok(())
     }
 
-    fn live(&self, kind: &str, key: Option<&str>, now_ns: u64) -> Option<&Meta> {
-        let mut kb = Vec::with_capacity(kind.len() + key.map_or(0, str::len) + 2);
-        mapkey(&mut kb, kind, key);
-        let id = *self.ids.get(kb.as_slice())?;
-        let m = self.metas[id].as_ref()?;
-        (m.expires_ns == 0 || m.expires_ns > now_ns).then_some(m)
-    }
-
     fn value_of(&self, m: &Meta) -> &[u8] {
         // SAFETY: the block belongs to a live entry (not free, not retired); we wrote its
         // value at `value_offset(names)` with `vlen` bytes, inside the arena. Only this
@@ -749,15 +737,18 @@ impl CacheWriter {
     /// The live value of (kind, key) if `owner` wrote it in encoding `enc`: (bytes, TTL left
     /// in ms, 0 = forever).
     pub fn get(
-        &self,
+        &mut self,
         owner: &str,
         kind: &str,
         key: Option<&str>,
         enc: Encoding,
         now_ns: u64,
     ) -> Option<(&[u8], i64)> {
-        let m = self.live(kind, key, now_ns)?;
-        if m.owner != owner || m.enc != enc {
+        mapkey(&mut self.keybuf, kind, key);
+        let id = *self.ids.get(self.keybuf.as_slice())?;
+        let m = self.metas[id].as_ref()?;
+        let live = m.expires_ns == 0 || m.expires_ns > now_ns;
+        if !live || m.owner != owner || m.enc != enc {
             return None;
         }
         let ttl = if m.expires_ns == 0 {
@@ -783,10 +774,10 @@ impl CacheWriter {
     }
 
     /// Periodic work: expire, reclaim, revoke pins held past the bound.
-    pub fn maintain(&mut self, now_ns: u64, now: Instant) {
-        self.expire(now_ns, now);
+    pub fn maintain(&mut self, now_ns: u64) {
+        self.expire(now_ns);
         self.reclaim();
-        if self.revoke_stale(now) {
+        if self.revoke_stale(now_ns) {
             self.reclaim();
         }
     }
@@ -854,13 +845,11 @@ mod tests {
     #[test]
     fn arthur_ttl_semantics() {
         let mut c = small();
-        let t = Instant::now();
         let t0 = 100 * S;
-        c.put("bot", "stats", None, p(b"forever"), 0, t0, t)
+        c.put("bot", "stats", None, p(b"forever"), 0, t0).unwrap();
+        c.put("bot", "user", Some("1"), p(b"short"), 1000, t0)
             .unwrap();
-        c.put("bot", "user", Some("1"), p(b"short"), 1000, t0, t)
-            .unwrap();
-        c.put("bot", "nocache", None, p(b"x"), -1, t0, t).unwrap();
+        c.put("bot", "nocache", None, p(b"x"), -1, t0).unwrap();
         let later = t0 + 3600 * S;
         let v = c.get("bot", "stats", None, Encoding::Bincode, later);
         assert_eq!(v, Some((&b"forever"[..], 0)));
@@ -873,23 +862,22 @@ mod tests {
             .get("bot", "nocache", None, Encoding::Bincode, t0)
             .is_none());
         // ttl < 0 drops an older cached value of the key.
-        c.put("bot", "stats", None, p(b"gone"), -1, t0, t).unwrap();
+        c.put("bot", "stats", None, p(b"gone"), -1, t0).unwrap();
         assert!(c.get("bot", "stats", None, Encoding::Bincode, t0).is_none());
         // Another owner's value is not ours, and a JSON get misses a bincode value.
-        c.put("other", "k2", None, p(b"o"), 0, t0, t).unwrap();
+        c.put("other", "k2", None, p(b"o"), 0, t0).unwrap();
         assert!(c.get("bot", "k2", None, Encoding::Bincode, t0).is_none());
         assert!(c.get("other", "k2", None, Encoding::Json, t0).is_none());
-        assert_eq!(c.expire(t0 + 2 * S, t), 1, "the 1 s entry expires");
+        assert_eq!(c.expire(t0 + 2 * S), 1, "the 1 s entry expires");
         assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn newest_value_of_a_key_wins_and_old_space_is_reused() {
         let mut c = small();
-        let t = Instant::now();
         for i in 0..10_000u32 {
             let v = i.to_le_bytes();
-            c.put("bot", "n", None, p(&v), 0, S, t).unwrap();
+            c.put("bot", "n", None, p(&v), 0, S).unwrap();
             c.reclaim();
         }
         assert_eq!(
@@ -900,7 +888,7 @@ mod tests {
         assert_eq!(st.entries, 1);
         assert_eq!(st.retired_blocks, 0, "no reader pinned: all reclaimed");
         assert_eq!(st.evictions, 0);
-        c.put("eve", "n", None, p(b"e"), 0, S, t).unwrap();
+        c.put("eve", "n", None, p(b"e"), 0, S).unwrap();
         assert!(c.get("bot", "n", None, Encoding::Bincode, S).is_none());
         assert_eq!(c.len(), 1);
     }
@@ -908,20 +896,18 @@ mod tests {
     #[test]
     fn full_segment_evicts_expired_then_least_recently_updated() {
         let mut c = small();
-        let t = Instant::now();
         let big = vec![7u8; 4000];
         // 1 MiB segment: the arena holds well under 300 blocks of 8 KiB; write many more.
-        c.put("bot", "ttl", None, p(&big), 10, S, t).unwrap();
-        c.put("bot", "old", None, p(&big), 0, S, t).unwrap();
+        c.put("bot", "ttl", None, p(&big), 10, S).unwrap();
+        c.put("bot", "old", None, p(&big), 0, S).unwrap();
         for i in 0..40 {
-            c.put("bot", &format!("k{i}"), None, p(&big), 0, S, t)
-                .unwrap();
+            c.put("bot", &format!("k{i}"), None, p(&big), 0, S).unwrap();
         }
         // Time has passed: the TTL entry goes first, then the oldest ("old").
         let now = 2 * S;
         let mut n = 0;
         while c.stats().evictions == 0 && n < 1000 {
-            c.put("bot", &format!("m{n}"), None, p(&big), 0, now, t)
+            c.put("bot", &format!("m{n}"), None, p(&big), 0, now)
                 .unwrap();
             n += 1;
         }
@@ -934,12 +920,11 @@ mod tests {
     #[test]
     fn too_large_is_refused_clearly() {
         let mut c = small();
-        let t = Instant::now();
-        let e = c.put("bot", "k", None, p(&[0; 4097]), 0, S, t).unwrap_err();
+        let e = c.put("bot", "k", None, p(&[0; 4097]), 0, S).unwrap_err();
         assert!(matches!(e, PutError::TooLarge { size: 4097, .. }), "{e}");
         let long = "x".repeat(5000);
         assert!(matches!(
-            c.put("bot", "k", Some(&long), p(b"1"), 0, S, t),
+            c.put("bot", "k", Some(&long), p(b"1"), 0, S),
             Err(PutError::TooLarge { .. })
         ));
         assert_eq!(c.stats().rejected, 2);
@@ -952,13 +937,12 @@ mod tests {
         let (hub_end, client_end) = crate::Link::pair().unwrap();
         c.add_reader(1, hub_end.pin_words());
         let r = CacheReader::open(c.reader_fd().unwrap(), client_end.pin_words()).unwrap();
-        let t = Instant::now();
         let now = crate::sys::monotonic_ns();
-        c.put("bot", "k", Some("a"), p(b"one"), 0, now, t).unwrap();
+        c.put("bot", "k", Some("a"), p(b"one"), 0, now).unwrap();
         let held = r.try_get("k", Some("a")).unwrap().unwrap();
         assert_eq!(&*held, b"one");
         for i in 0..1000u32 {
-            c.put("bot", "k", Some("a"), p(&i.to_le_bytes()), 0, now, t)
+            c.put("bot", "k", Some("a"), p(&i.to_le_bytes()), 0, now)
                 .unwrap();
             c.reclaim();
         }
@@ -981,14 +965,13 @@ mod tests {
         let (hub_end, client_end) = crate::Link::pair().unwrap();
         c.add_reader(1, hub_end.pin_words());
         let r = CacheReader::open(c.reader_fd().unwrap(), client_end.pin_words()).unwrap();
-        let t = Instant::now();
-        c.put("bot", "k", None, p(b"v1"), 0, 1, t).unwrap();
+        c.put("bot", "k", None, p(b"v1"), 0, 1).unwrap();
         let held = r.try_get("k", None).unwrap().unwrap();
-        c.put("bot", "k", None, p(b"v2"), 0, 1, t).unwrap();
-        c.maintain(1, t + Duration::from_millis(10));
+        c.put("bot", "k", None, p(b"v2"), 0, 1).unwrap();
+        c.maintain(1 + 10_000_000);
         assert!(held.is_valid());
         assert_eq!(c.stats().retired_blocks, 1);
-        c.maintain(1, t + Duration::from_millis(60));
+        c.maintain(1 + 60_000_000);
         assert_eq!(c.stats().revocations, 1);
         assert_eq!(c.stats().retired_blocks, 0, "space reused past the pin");
         assert!(!held.is_valid());
@@ -1036,7 +1019,6 @@ mod tests {
         let (hub_end, client_end) = crate::Link::pair().unwrap();
         c.add_reader(1, hub_end.pin_words());
         let r = CacheReader::open(c.reader_fd().unwrap(), client_end.pin_words()).unwrap();
-        let t = Instant::now();
         let mut model: std::collections::HashMap<String, Vec<u8>> = Default::default();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for step in 0..20_000u64 {
@@ -1045,11 +1027,11 @@ mod tests {
             x ^= x << 17;
             let key = format!("k{}", x % 24);
             if x % 5 == 0 {
-                c.put("o", "kind", Some(&key), p(b""), -1, 1, t).unwrap();
+                c.put("o", "kind", Some(&key), p(b""), -1, 1).unwrap();
                 model.remove(&key);
             } else {
                 let v = step.to_le_bytes().repeat((x % 8) as usize + 1);
-                c.put("o", "kind", Some(&key), p(&v), 0, 1, t).unwrap();
+                c.put("o", "kind", Some(&key), p(&v), 0, 1).unwrap();
                 model.insert(key.clone(), v);
                 // The entry limit may have evicted the least recently updated key.
                 if model.len() > 16 {

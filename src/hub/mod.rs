@@ -825,15 +825,10 @@ impl Hub {
                     return false;
                 }
                 let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
-                if let Err(e) = self.cache.put(
-                    owner,
-                    kind,
-                    key,
-                    payload,
-                    ttl_ms,
-                    sys::monotonic_ns(),
-                    Instant::now(),
-                ) {
+                if let Err(e) =
+                    self.cache
+                        .put(owner, kind, key, payload, ttl_ms, sys::monotonic_ns())
+                {
                     warn!(%owner, kind, "value not cached: {e}");
                 }
                 self.schedule_cache_upkeep();
@@ -1252,7 +1247,6 @@ impl Hub {
                     payload,
                     ttl_ms,
                     sys::monotonic_ns(),
-                    Instant::now(),
                 ) {
                     warn!(%owner, kind, "answer not cached: {e}");
                 }
@@ -1318,11 +1312,11 @@ impl Hub {
         }
         if now >= self.next_interval {
             self.next_interval = now + self.cfg.interval;
-            self.push_intervals(now);
+            self.push_intervals();
         }
         if self.next_cache_upkeep.is_some_and(|t| now >= t) {
             self.next_cache_upkeep = None;
-            self.cache.maintain(sys::monotonic_ns(), now);
+            self.cache.maintain(sys::monotonic_ns());
             self.schedule_cache_upkeep();
         }
         if let Some(h) = self.next_heartbeat {
@@ -1367,9 +1361,9 @@ impl Hub {
         }
     }
 
-    fn push_intervals(&mut self, _now: Instant) {
+    fn push_intervals(&mut self) {
         let now_ns = sys::monotonic_ns();
-        self.cache.expire(now_ns, Instant::now());
+        self.cache.expire(now_ns);
         for slot in 0..self.conns.len() {
             let kinds = match self.conns[slot].as_ref() {
                 Some(c) if !c.intervals.is_empty() && c.doomed.is_none() => c.intervals.clone(),
@@ -1553,7 +1547,7 @@ impl Hub {
                 age_ms: now.duration_since(p.started).as_millis() as u64,
             })
             .collect();
-        self.cache.maintain(sys::monotonic_ns(), now);
+        self.cache.maintain(sys::monotonic_ns());
         StatReport {
             uptime_ms: now.duration_since(self.started).as_millis() as u64,
             clients,

@@ -124,3 +124,29 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A hub on a thread of this test process; shut down and joined on drop.
+pub struct ThreadHub {
+    handle: shmbus::hub::HubHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadHub {
+    pub fn start(cfg: shmbus::hub::HubConfig) -> ThreadHub {
+        let hub = shmbus::hub::Hub::bind(cfg).unwrap();
+        let handle = hub.handle();
+        ThreadHub {
+            handle,
+            thread: Some(std::thread::spawn(move || hub.run().unwrap())),
+        }
+    }
+}
+
+impl Drop for ThreadHub {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
