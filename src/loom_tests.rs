@@ -158,9 +158,10 @@ fn wait_for_room(bell: &LoomBell, prod: &mut Producer, len: usize) {
 // (a) No lost wake-up on data.
 // ---------------------------------------------------------------------------------------------
 
-/// Payload lengths for the data model: frames of 16 + 24 + 24 bytes fill the 64-byte ring
-/// exactly, so the producer never waits for room (max payload in a 64-byte ring is 24).
-const DATA_LENS: [usize; 3] = [8, 12, 16];
+/// Payload lengths for the data model: frames of 16 + 24 + 16 bytes fill the 64-byte ring up
+/// to the one header word that must stay free, so the producer never waits for room (max
+/// payload in a 64-byte ring is 24).
+const DATA_LENS: [usize; 3] = [8, 12, 8];
 
 fn data_model(ring_data_bell: bool) {
     let (mut prod, mut cons) = heap_ring(64);
@@ -213,7 +214,7 @@ fn loom_data_wakeup_missing_ring_is_caught() {
 
 /// Negative control for the fences: the data model with the consumer's wait loop copied from
 /// `wait_until` minus its SeqCst fence. Without it, the `sleeping` store may still sit in the
-/// consumer's store buffer when its re-check reads the old `tail`, while the producer's load
+/// consumer's store buffer when its re-check reads the old (zero) header word, while the producer's load
 /// after its own fence reads the old flag (the store-buffering outcome), and nobody rings.
 /// Loom must find that outcome, which proves the positive model depends on the real fences.
 #[test]
@@ -259,7 +260,8 @@ fn loom_data_wakeup_missing_fence_is_caught() {
 /// ```text
 ///   frame 0: [ 0, 48)   frame 1: [48, 64)   frame 2: [64, 72)   tail = 72
 ///   frame 3 (64 bytes) does not fit in the 56 bytes to the end: it pads [72, 128) and goes
-///   to [0, 64), so it needs head >= 64, i.e. frames 0 and 1 released.
+///   to [0, 64); with the header word after it that must stay free, that is all 128 bytes, so
+///   it needs head = 72, i.e. frames 0, 1 and 2 released.
 /// ```
 ///
 /// Releasing frame 0 checks the producer's flag (48 >= 32); releasing frames 1 and 2 does not

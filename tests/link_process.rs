@@ -878,6 +878,8 @@ enum Expect {
     RecvDisconnected,
     /// The link opens, the prelude arrives, then the parent's sends fail with `Corrupt`.
     SendCorrupt,
+    /// The garbage is in a diagnostic field: the next valid message still arrives whole.
+    Harmless,
 }
 
 const HOSTILE_CASES: &[(&str, Expect)] = &[
@@ -901,21 +903,20 @@ const HOSTILE_CASES: &[(&str, Expect)] = &[
     ("welcome_garbage_bytes", Expect::ConnectFails),
     ("segment_fd_is_an_eventfd", Expect::ConnectFails),
     ("creator_says_nothing", Expect::ConnectFails),
-    // Ring 0 indices (creator → us), after a valid prelude.
-    ("tail_beyond_capacity", Expect::RecvCorrupt),
-    ("tail_max", Expect::RecvCorrupt),
-    ("tail_unaligned", Expect::RecvCorrupt),
-    ("tail_backwards", Expect::RecvCorrupt),
-    // Ring 0 frames.
+    // Ring 0's `tail` (creator → us), after a valid prelude: only a diagnostic since frames
+    // are committed in-band, so garbage there must change nothing.
+    ("tail_beyond_capacity", Expect::Harmless),
+    ("tail_max", Expect::Harmless),
+    ("tail_unaligned", Expect::Harmless),
+    ("tail_backwards", Expect::Harmless),
+    // Ring 0 frames (each header word is a commit marker).
     ("frame_word_garbage", Expect::RecvCorrupt),
-    ("frame_word_zero", Expect::RecvCorrupt),
     ("frame_word_reserved_bits", Expect::RecvCorrupt),
     ("frame_unknown_kind", Expect::RecvCorrupt),
-    ("frame_len_beyond_published", Expect::RecvCorrupt),
     ("frame_len_above_limit", Expect::RecvCorrupt),
     ("frame_runs_past_ring_end", Expect::RecvCorrupt),
     ("pad_short_of_the_end", Expect::RecvCorrupt),
-    ("pad_unpublished", Expect::RecvCorrupt),
+    ("pad_from_ring_start", Expect::RecvCorrupt),
     ("fragment_without_first", Expect::RecvCorrupt),
     ("fragment_total_too_large", Expect::RecvCorrupt),
     ("fragments_do_not_add_up", Expect::RecvCorrupt),
@@ -980,7 +981,14 @@ impl Raw {
         self.u64_at(self.rings[ring].offset + RING_HEADER_SIZE + pos)
             .store(w, Ordering::Relaxed);
     }
-    /// Publishes a garbage tail for ring 0, as the producer would (Release).
+    /// Stores a frame header word in ring `ring` at `pos` as the producer commits one (Release,
+    /// after every other write).
+    fn commit_word(&self, ring: usize, pos: u64, w: u64) {
+        assert!(pos + 8 <= self.rings[ring].capacity);
+        self.u64_at(self.rings[ring].offset + RING_HEADER_SIZE + pos)
+            .store(w, Ordering::Release);
+    }
+    /// Publishes a garbage tail for ring 0 (a diagnostic field the consumer must ignore).
     fn set_tail0(&self, t: u64) {
         self.tail(0).store(t, Ordering::Release);
     }
@@ -1028,31 +1036,31 @@ fn corrupt_ring(raw: &Raw, case: &str, t: u64) {
         to_end, 64,
         "the prelude should leave 64 bytes to the end of the ring"
     );
-    let word = |w: u64, tail: u64| {
-        raw.data_word(0, pos, w);
-        raw.set_tail0(tail);
-    };
+    // A frame is committed by storing its header word (Release), after everything else.
+    let word = |w: u64| raw.commit_word(0, pos, w);
     match case {
         "tail_beyond_capacity" => raw.set_tail0(t + H_CAP + 8),
         "tail_max" => raw.set_tail0(!7),
         "tail_unaligned" => raw.set_tail0(t + 3),
         "tail_backwards" => raw.set_tail0(t - 8 - VALID_LEN as u64),
-        "frame_word_garbage" => word(0xDEAD_BEEF_DEAD_BEEF, t + 16),
-        "frame_word_zero" => word(0, t + 16),
-        "frame_word_reserved_bits" => word(frame_word(kind::MSG, 8) | 1 << 41, t + 16),
-        "frame_unknown_kind" => word(frame_word(9, 8), t + 16),
-        // A 48-byte frame fits before the end, but only 16 bytes are published.
-        "frame_len_beyond_published" => word(frame_word(kind::MSG, 48), t + 16),
-        "frame_len_above_limit" => word(frame_word(kind::MSG, u32::MAX), t + 64),
-        // 112 bytes published, but only 64 remain before the end of the ring.
-        "frame_runs_past_ring_end" => word(frame_word(kind::MSG, 100), t + 112),
-        "pad_short_of_the_end" => word(frame_word(kind::PAD, 16), t + 64),
-        // A correct padding frame, but only its header is published.
-        "pad_unpublished" => word(frame_word(kind::PAD, (to_end - 8) as u32), t + 8),
-        "fragment_without_first" => word(frame_word(kind::MORE, 8), t + 16),
+        "frame_word_garbage" => word(0xDEAD_BEEF_DEAD_BEEF),
+        "frame_word_reserved_bits" => word(frame_word(kind::MSG, 8) | 1 << 41),
+        "frame_unknown_kind" => word(frame_word(9, 8)),
+        "frame_len_above_limit" => word(frame_word(kind::MSG, u32::MAX)),
+        // Only 64 bytes remain before the end of the ring.
+        "frame_runs_past_ring_end" => word(frame_word(kind::MSG, 100)),
+        "pad_short_of_the_end" => word(frame_word(kind::PAD, 16)),
+        // A correct padding frame, then one at 0 that claims the whole ring (a correct producer
+        // never pads from 0; accepting it would let a peer spin us in place forever).
+        "pad_from_ring_start" => {
+            raw.commit_word(0, 0, frame_word(kind::PAD, (H_CAP - 8) as u32));
+            word(frame_word(kind::PAD, (to_end - 8) as u32))
+        }
+        "fragment_without_first" => word(frame_word(kind::MORE, 8)),
         "fragment_total_too_large" => {
             raw.data_word(0, pos + 8, u64::MAX);
-            word(frame_word(kind::FIRST, 8), t + 16)
+            raw.data_word(0, pos + 16, 0);
+            word(frame_word(kind::FIRST, 8))
         }
         "fragments_do_not_add_up" => {
             // FIRST announcing 100 bytes with 8 of them, then LAST with 8 more.
@@ -1060,7 +1068,8 @@ fn corrupt_ring(raw: &Raw, case: &str, t: u64) {
             raw.data_word(0, pos + 16, 0x1111_1111_1111_1111);
             raw.data_word(0, pos + 24, frame_word(kind::LAST, 8));
             raw.data_word(0, pos + 32, 0x2222_2222_2222_2222);
-            word(frame_word(kind::FIRST, 16), t + 40)
+            raw.data_word(0, pos + 40, 0);
+            word(frame_word(kind::FIRST, 16))
         }
         "producer_closed_flag_garbage" => {
             raw.producer_closed(0).store(0xFFFF_FFFF, Ordering::Release)
@@ -1161,8 +1170,9 @@ fn hostile_ring_child(raw: &Raw, case: &str, expect: Expect, link: &mut Link, be
         "{case}: the parent consumed the prelude"
     );
     corrupt_ring(raw, case, t);
-    if expect == Expect::SendCorrupt {
-        // Tell the parent to start sending: one more valid message (it pads and wraps).
+    if matches!(expect, Expect::SendCorrupt | Expect::Harmless) {
+        // One more valid message (it pads and wraps): for SendCorrupt it tells the parent to
+        // start sending; for Harmless it must arrive intact.
         link.sender()
             .send_in_place(VALID_LEN, |b| fill(b, H_VALID))
             .unwrap();
@@ -1263,6 +1273,17 @@ fn hostile_case(case: &str, expect: Expect, wait: WaitStrategy) -> String {
                         Error::Corrupt(m) => format!("send Corrupt({m}) after {sent} sends"),
                         e => panic!("{what}: send failed with {e:?}, expected Corrupt"),
                     }
+                }
+                Expect::Harmless => {
+                    match rx.recv_bytes_timeout(Duration::from_secs(20), |b| {
+                        check(b, H_VALID, VALID_LEN)
+                    }) {
+                        Ok(Ok(())) => {}
+                        other => panic!("{what}: the message after the garbage: {other:?}"),
+                    }
+                    let (cap, fill) = rx.fill();
+                    assert!(fill <= cap, "{what}: fill {fill} above capacity {cap}");
+                    "next message intact".to_string()
                 }
                 _ => unreachable!(),
             };

@@ -1,11 +1,8 @@
 //! The reading half of a ring.
 
-use super::layout::{self, frame_size, kind, parse_frame_word, FRAME_ALIGN, FRAME_HEADER};
+use super::layout::{self, frame_size, kind, parse_frame_word, FRAME_HEADER};
 use super::{RingError, RingRef};
 use crate::sync::{fence, Ordering};
-
-/// How far past the current frame the consumer prefetches published bytes.
-const PREFETCH_AHEAD: u64 = 512;
 
 #[inline(always)]
 fn prefetch(p: *const u8) {
@@ -32,17 +29,18 @@ pub struct Frame {
 }
 
 /// The consumer half of an SPSC byte ring.
+///
+/// It waits on the header word at its head, which the producer stores last (Release) to commit
+/// a frame; zero means "nothing yet" (see [`Producer`](super::Producer)). It reads nothing else
+/// of the producer's on the hot path.
 pub struct Consumer {
     pub(super) ring: RingRef,
     /// Bytes consumed so far. Our own copy: the shared `head` is only ever stored to.
-    /// Invariant: `head <= cached_tail <= head + cap`.
     head: u64,
     /// `head` as of the last fence + check of `producer_sleeping`.
     notified: u64,
     /// Last value stored to the shared `head` (`published <= head`).
     published: u64,
-    /// Last validated value of the producer's `tail`.
-    cached_tail: u64,
     max_payload: usize,
 }
 
@@ -54,7 +52,6 @@ impl Consumer {
             head: 0,
             notified: 0,
             published: 0,
-            cached_tail: 0,
             max_payload,
         }
     }
@@ -64,54 +61,45 @@ impl Consumer {
         self.ring.cap
     }
 
-    /// Bytes committed by the producer and not yet consumed, as last seen.
+    /// Bytes committed by the producer and not yet consumed, by the producer's diagnostic
+    /// `tail` (untrusted: clamped to the ring; for `stat`, never for reading).
     pub fn fill(&self) -> u64 {
-        self.cached_tail - self.head
+        // Relaxed: a diagnostic read; it pairs with nothing (see `Producer::release_held`).
+        let t = self.ring.hdr().tail.load(Ordering::Relaxed);
+        t.saturating_sub(self.head).min(self.ring.cap)
     }
 
-    /// Re-reads the producer's index and checks it.
-    fn load_tail(&mut self) -> Result<(), RingError> {
-        // Acquire: pairs with the producer's Release store of `tail` in `Producer::publish`;
-        // the frames below the new tail are fully written once we see it.
-        let t = self.ring.hdr().tail.load(Ordering::Acquire);
-        if t < self.cached_tail || t - self.head > self.ring.cap || t % FRAME_ALIGN != 0 {
-            return Err(RingError::Corrupt("producer index out of range"));
-        }
-        self.cached_tail = t;
-        Ok(())
+    /// The header word at our head (Acquire; 0 = nothing published there yet).
+    #[inline]
+    fn head_word(&self) -> (u64, u64) {
+        let pos = self.head & (self.ring.cap - 1);
+        // Acquire: pairs with the producer's Release store of this header (`commit_header` or
+        // `release_held`), so the frame's payload and the zeroed header word after it are
+        // visible once we see the header.
+        (pos, self.ring.header(pos).load(Ordering::Acquire))
     }
 
-    /// Whether a frame is available (re-reads the producer's index when the cached one says
-    /// empty). Used to re-check after announcing sleep.
+    /// Whether a frame is available (a committed header word at our head; `peek` validates
+    /// it). Used to re-check after announcing sleep.
     pub fn has_data(&mut self) -> Result<bool, RingError> {
-        if self.cached_tail == self.head {
-            self.load_tail()?;
-        }
-        Ok(self.cached_tail != self.head)
+        Ok(self.head_word().1 != 0)
     }
 
     /// The next frame, validated, or `Ok(None)` when the ring is empty. Padding is skipped.
     pub fn peek(&mut self) -> Result<Option<Frame>, RingError> {
         let cap = self.ring.cap;
         loop {
-            if self.cached_tail == self.head {
-                self.load_tail()?;
-                if self.cached_tail == self.head {
-                    return Ok(None);
-                }
+            let (pos, word) = self.head_word();
+            if word == 0 {
+                return Ok(None);
             }
-            let avail = self.cached_tail - self.head;
-            debug_assert!(avail >= FRAME_HEADER && avail <= cap);
-            let pos = self.head & (cap - 1);
             self.ring.shadow_read(pos, FRAME_HEADER);
-            // SAFETY: `pos` is 8-aligned (head is) and `pos + 8 <= cap` (cap is a multiple of
-            // 8), and the producer published these bytes (`avail >= 8`). A volatile read: the
-            // value is checked below and never re-read, whatever a hostile peer does to it.
-            let word = unsafe { self.ring.at(pos).cast::<u64>().read_volatile() };
             let (k, len) = parse_frame_word(word).ok_or(RingError::Corrupt("bad frame header"))?;
             if k == kind::PAD {
+                // Padding runs exactly to the end of the ring, and never starts at 0 (no frame
+                // is larger than half the ring), so at most one is skipped per call.
                 let to_end = cap - pos;
-                if len as u64 != to_end - FRAME_HEADER || to_end > avail {
+                if len as u64 != to_end - FRAME_HEADER || pos == 0 {
                     return Err(RingError::Corrupt("bad padding frame"));
                 }
                 self.advance(to_end);
@@ -125,19 +113,19 @@ impl Consumer {
                 return Err(RingError::Corrupt("frame length above the ring's limit"));
             }
             let size = frame_size(len);
-            if size > avail || pos + size > cap {
-                return Err(RingError::Corrupt("frame runs past the published data"));
+            if pos + size > cap {
+                return Err(RingError::Corrupt("frame runs past the end of the ring"));
             }
             self.ring.shadow_read(pos, size);
-            // The next frame's header address depends on this frame's length, so without help
-            // each header read waits for a full cache-line transfer from the producer's core.
-            // Prefetch what is already published a few lines ahead (never past it, never past
-            // the ring) so that the misses of consecutive frames overlap.
-            let ahead = (avail - size).min(PREFETCH_AHEAD).min(cap - pos - size);
-            let mut off = size;
-            while off < size + ahead {
-                prefetch(self.ring.at(pos + off));
-                off += 64;
+            // The header's line is here; the frame's other lines are still on the producer's
+            // core. Ask for all of them now, so that their transfers overlap with each other
+            // and with the decoding that precedes the first read of them. (Prefetching past the
+            // frame, into lines the producer may still be writing, was measured to slow the
+            // round trip and not to speed up streaming.)
+            let mut line = (pos | 63) + 1;
+            while line < pos + size {
+                prefetch(self.ring.at(line));
+                line += 64;
             }
             return Ok(Some(Frame {
                 kind: k,
@@ -151,8 +139,9 @@ impl Consumer {
     /// The payload of `frame`, in place.
     pub fn payload(&self, frame: &Frame) -> &[u8] {
         debug_assert!(frame.pos + frame.size <= self.ring.cap);
-        // SAFETY: `peek` checked `[pos + 8, pos + 8 + len)` lies inside the data area and inside
-        // the published range, which the producer will not overwrite until we release it.
+        // SAFETY: `peek` checked `[pos + 8, pos + 8 + len)` lies inside the data area, and the
+        // producer committed it (its header was stored) and will not overwrite it until we
+        // release it; a hostile producer can change the bytes, never the bounds.
         // `&self` keeps `release` (which takes `&mut self`) from running while it is borrowed.
         unsafe { std::slice::from_raw_parts(self.ring.at(frame.pos + FRAME_HEADER), frame.len) }
     }

@@ -10,7 +10,9 @@ use crate::sync::{AtomicU32, AtomicU64, CachePadded};
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSL1");
 /// Layout version of link segments. Published last (Release) by the creator, checked (Acquire)
 /// by the opener before it trusts anything else in the header.
-pub const LAYOUT_VERSION: u32 = 2;
+/// Version 3: frames are committed in-band (header word stored last, the next header zeroed
+/// first); `tail` is only a diagnostic.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Smallest ring capacity accepted from a peer.
 pub const MIN_RING_CAPACITY: u64 = 4096;
@@ -36,14 +38,14 @@ pub struct SideFlags {
 /// Per-ring control block: one SPSC byte ring's indices and flags. 512 bytes; the data area
 /// follows it directly.
 ///
-/// Index ranges (checked by the reader of each value, see `producer.rs`/`consumer.rs`):
-/// * `head <= tail <= head + capacity`
-/// * both are multiples of [`FRAME_ALIGN`] and only ever grow.
+/// Frames are committed in-band: the consumer waits on the frame header word at its head, which
+/// the producer stores last (zero = nothing yet; see `producer.rs`). The producer reads `head`
+/// and checks it: `head <= tail`, a multiple of [`FRAME_ALIGN`], never going back.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct RingHeader {
-    /// Bytes ever committed and published by the producer. Written only by the producer
-    /// (Release), read by the consumer (Acquire).
+    /// Bytes ever committed and published by the producer. Written only by the producer, and
+    /// only a diagnostic (ring fill in `stat`): the consumer never trusts or orders on it.
     pub(crate) tail: CachePadded<AtomicU64>,
     /// Bytes ever consumed and released by the consumer. Written only by the consumer
     /// (Release), read by the producer (Acquire).

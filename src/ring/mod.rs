@@ -16,6 +16,8 @@ mod producer;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use crate::sync::{AtomicU64, Ordering};
+
 pub use consumer::{Consumer, Frame};
 pub use layout::RingHeader;
 pub use producer::Producer;
@@ -114,6 +116,33 @@ impl RingRef {
         unsafe { self.data.as_ptr().add(pos as usize) }
     }
 
+    /// The frame-header word at `pos` (8-aligned, `pos + 8 <= cap`), as an atomic. Header words
+    /// are the ring's commit markers: the producer stores them (zero = "nothing here yet"), the
+    /// consumer loads them, both always atomically.
+    #[inline]
+    fn header(&self, pos: u64) -> &AtomicU64 {
+        debug_assert!(pos % layout::FRAME_HEADER == 0 && pos + layout::FRAME_HEADER <= self.cap);
+        #[cfg(shmbus_loom)]
+        return self.shadow.header(pos);
+        #[cfg(not(shmbus_loom))]
+        // SAFETY: `pos` is 8-aligned and `pos + 8 <= cap` (every caller masks an 8-aligned index
+        // or checks the bound), and the data area is 8-aligned (it follows a 128-aligned
+        // 512-byte header), so this is an aligned, in-bounds 8-byte word of memory that `_keep`
+        // keeps mapped for as long as `self` lives. Both processes access header words only
+        // through atomics; a hostile peer that writes them otherwise can only change the values
+        // we read, which are validated.
+        unsafe {
+            &*self.at(pos).cast::<AtomicU64>()
+        }
+    }
+
+    /// Stores a frame-header word (the producer side; see [`header`](RingRef::header)).
+    #[inline]
+    fn store_header(&self, pos: u64, word: u64, order: Ordering) {
+        self.shadow_write(pos, layout::FRAME_HEADER);
+        self.header(pos).store(word, order);
+    }
+
     #[inline]
     #[allow(unused_variables)]
     fn shadow_write(&self, pos: u64, len: u64) {
@@ -134,24 +163,35 @@ impl RingRef {
 /// (the raw bytes themselves are plain memory, invisible to loom).
 #[cfg(shmbus_loom)]
 mod shadow {
-    pub(crate) struct Shadow(Vec<loom::cell::UnsafeCell<u8>>);
+    /// Per 8-byte word: a cell that records plain accesses, and the loom atomic that stands in
+    /// for the word whenever it is used as a frame header (the commit marker).
+    pub(crate) struct Shadow {
+        cells: Vec<loom::cell::UnsafeCell<u8>>,
+        headers: Vec<loom::sync::atomic::AtomicU64>,
+    }
 
     impl Shadow {
         pub(crate) fn new(cap: u64) -> Self {
-            Shadow(
-                (0..cap / 8)
+            Shadow {
+                cells: (0..cap / 8)
                     .map(|_| loom::cell::UnsafeCell::new(0))
                     .collect(),
-            )
+                headers: (0..cap / 8)
+                    .map(|_| loom::sync::atomic::AtomicU64::new(0))
+                    .collect(),
+            }
+        }
+        pub(crate) fn header(&self, pos: u64) -> &loom::sync::atomic::AtomicU64 {
+            &self.headers[(pos / 8) as usize]
         }
         pub(crate) fn write(&self, pos: u64, len: u64) {
             for w in pos / 8..(pos + len).div_ceil(8) {
-                self.0[w as usize].with_mut(|_| ());
+                self.cells[w as usize].with_mut(|_| ());
             }
         }
         pub(crate) fn read(&self, pos: u64, len: u64) {
             for w in pos / 8..(pos + len).div_ceil(8) {
-                self.0[w as usize].with(|_| ());
+                self.cells[w as usize].with(|_| ());
             }
         }
     }

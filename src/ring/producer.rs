@@ -9,14 +9,25 @@ use crate::sync::{fence, Ordering};
 /// Write path: [`reserve`](Producer::reserve) a payload slice in place, fill it,
 /// [`commit`](Producer::commit) it as a frame, and [`publish`](Producer::publish) every
 /// committed frame at once. `publish` says whether the consumer sleeps and must be woken.
+///
+/// Commit is in-band: a frame becomes visible when its header word is stored (Release) in the
+/// data area, so the consumer waits on the very cache line it must read anyway, and no shared
+/// index sits on the hot path. Before a frame's header is stored, the header word of the frame
+/// after it is zeroed ("nothing here yet"), and the producer always leaves that word free, so
+/// the consumer can never mistake stale bytes of an earlier lap for a header. A batch is
+/// published at once by holding back the header of its first frame until `publish`.
 pub struct Producer {
     pub(super) ring: RingRef,
     /// Bytes written so far, including committed but unpublished frames. Our own copy: the
-    /// shared `tail` is only ever stored to, never trusted back.
-    /// Invariant: `cached_head <= published <= tail <= cached_head + cap`.
+    /// shared `tail` is only a diagnostic (ring fill in `stat`), never trusted back.
+    /// Invariant: `cached_head <= published <= tail <= cached_head + cap - FRAME_HEADER`.
     tail: u64,
-    /// Last value stored to the shared `tail`.
+    /// Last value stored to the shared (diagnostic) `tail`.
     published: u64,
+    /// The header of the first committed but unpublished frame: `(position, word)`. Frames
+    /// committed after it have their headers stored already, but the consumer cannot reach them
+    /// before this one is stored by `publish`.
+    held: Option<(u64, u64)>,
     /// Last validated value of the consumer's `head`.
     cached_head: u64,
     /// `(position, len)` of the slice handed out by the last `reserve`.
@@ -31,6 +42,7 @@ impl Producer {
             ring,
             tail: 0,
             published: 0,
+            held: None,
             cached_head: 0,
             reserved: None,
             max_payload,
@@ -45,6 +57,13 @@ impl Producer {
     /// Largest payload a single frame may carry (half the ring, minus the header).
     pub fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    /// Whether `required` more ring bytes fit, as last seen. One header word beyond them must
+    /// stay free as well: it is zeroed to mark the end of the published frames.
+    #[inline]
+    fn fits(&self, required: u64) -> bool {
+        self.tail - self.cached_head + required + FRAME_HEADER <= self.ring.cap
     }
 
     /// Bytes in the ring as last seen (committed and not yet released by the consumer).
@@ -68,7 +87,7 @@ impl Producer {
     /// consumer's index). Used to re-check after announcing sleep.
     pub fn has_room(&mut self, len: usize) -> Result<bool, RingError> {
         self.load_head()?;
-        Ok(self.tail - self.cached_head + self.required(len) <= self.ring.cap)
+        Ok(self.fits(self.required(len)))
     }
 
     /// Like [`has_room`](Producer::has_room), but once the ring was full, waits for a quarter
@@ -77,7 +96,7 @@ impl Producer {
     pub fn has_room_to_resume(&mut self, len: usize) -> Result<bool, RingError> {
         self.load_head()?;
         let used = self.tail - self.cached_head;
-        Ok(used == 0 || used + self.required(len) + self.ring.cap / 4 <= self.ring.cap)
+        Ok(used == 0 || self.fits(self.required(len) + self.ring.cap / 4))
     }
 
     /// Bytes needed for a frame of `len` at the current tail, including any padding to the
@@ -104,25 +123,18 @@ impl Producer {
         }
         let cap = self.ring.cap;
         let required = self.required(len);
-        if self.tail - self.cached_head + required > cap {
+        if !self.fits(required) {
             self.load_head()?;
-            if self.tail - self.cached_head + required > cap {
+            if !self.fits(required) {
                 return Ok(None);
             }
         }
         let mut pos = self.tail & (cap - 1);
         let to_end = cap - pos;
         if frame_size(len) > to_end {
-            // The frame would wrap: pad to the end of the ring and start again at 0.
-            self.ring.shadow_write(pos, FRAME_HEADER);
-            // SAFETY: `pos` is 8-aligned and `pos + 8 <= cap`, and the bytes `[pos, cap)` are
-            // free (the space check above counted them), so the consumer is not reading them.
-            unsafe {
-                self.ring
-                    .at(pos)
-                    .cast::<u64>()
-                    .write(frame_word(kind::PAD, (to_end - FRAME_HEADER) as u32))
-            };
+            // The frame would wrap: pad to the end of the ring and start again at 0. `[pos, cap)`
+            // and the first word at 0 are free (the space check above counted them).
+            self.commit_header(pos, frame_word(kind::PAD, (to_end - FRAME_HEADER) as u32), 0);
             self.tail += to_end;
             pos = 0;
         }
@@ -146,15 +158,27 @@ impl Producer {
     pub fn commit(&mut self, frame_kind: u8, len: usize) {
         let (pos, rlen) = self.reserved.take().expect("commit without a reservation");
         assert!(len <= rlen, "commit longer than the reservation");
-        // SAFETY: `pos` is the 8-aligned start of the reserved (free) frame space.
-        unsafe {
-            self.ring
-                .at(pos)
-                .cast::<u64>()
-                .write(frame_word(frame_kind, len as u32))
-        };
+        let next = (pos + frame_size(len)) & (self.ring.cap - 1);
+        self.commit_header(pos, frame_word(frame_kind, len as u32), next);
         self.tail += frame_size(len);
-        debug_assert!(self.tail - self.cached_head <= self.ring.cap);
+        debug_assert!(self.tail - self.cached_head + FRAME_HEADER <= self.ring.cap);
+    }
+
+    /// Commits the frame whose header word is at `pos`: zeroes the header word at `next`, where
+    /// the consumer looks after this frame, then stores this frame's header, or holds it back
+    /// for `publish` if it is the first frame of a batch. Both words are free space: the
+    /// reservation counted the frame and the word after it.
+    fn commit_header(&mut self, pos: u64, word: u64, next: u64) {
+        // Relaxed: the consumer reads this word only after it has loaded (Acquire) the header at
+        // `pos`, whose Release store below or in `publish` comes later in program order.
+        self.ring.store_header(next, 0, Ordering::Relaxed);
+        if self.held.is_none() {
+            self.held = Some((pos, word));
+        } else {
+            // Release: pairs with the consumer's Acquire load of this header in
+            // `Consumer::peek` (it is also ordered by the held header's later Release store).
+            self.ring.store_header(pos, word, Ordering::Release);
+        }
     }
 
     /// Reserves, fills and commits one frame from `bytes`. `Ok(false)` = full.
@@ -171,23 +195,34 @@ impl Producer {
 
     /// Whether committed frames are waiting for [`publish`](Producer::publish).
     pub fn has_unpublished(&self) -> bool {
-        self.tail != self.published
+        self.held.is_some()
+    }
+
+    /// Stores the held-back header of the batch, which makes every committed frame visible.
+    fn release_held(&mut self) {
+        if let Some((pos, word)) = self.held.take() {
+            // Release: pairs with the consumer's Acquire load of this header in
+            // `Consumer::peek`/`has_data`; every payload, header and zeroed word written for
+            // this batch comes before it in program order, so the consumer that sees this
+            // header sees the whole batch.
+            self.ring.store_header(pos, word, Ordering::Release);
+        }
+        if self.tail != self.published {
+            // Relaxed: the shared `tail` is a diagnostic (ring fill in `stat`); nothing orders
+            // on it and the consumer never trusts it.
+            self.ring.hdr().tail.store(self.tail, Ordering::Relaxed);
+            self.published = self.tail;
+        }
     }
 
     /// Makes every committed frame visible to the consumer. Returns true if the consumer has
     /// announced that it sleeps, in which case the caller must ring its doorbell.
     pub fn publish(&mut self) -> bool {
-        if self.tail != self.published {
-            // Release: pairs with the consumer's Acquire load of `tail` in
-            // `Consumer::load_tail`; the frame headers and payloads written before this store
-            // are visible to it once it sees the new tail.
-            self.ring.hdr().tail.store(self.tail, Ordering::Release);
-            self.published = self.tail;
-        }
-        // SeqCst fence: keeps the tail store above from being reordered after the load of
+        self.release_held();
+        // SeqCst fence: keeps the header store above from being reordered after the load of
         // `consumer_sleeping` below. Pairs with the SeqCst fence the consumer issues between
-        // setting `consumer_sleeping` and re-checking `tail` (`crate::wait`): either its
-        // re-check sees our tail, or this load sees its flag. No wake-up is lost.
+        // setting `consumer_sleeping` and re-checking the header at its head (`crate::wait`):
+        // either its re-check sees our header, or this load sees its flag. No wake-up is lost.
         fence(Ordering::SeqCst);
         self.ring.hdr().consumer.sleeping.load(Ordering::Relaxed) != 0
     }
@@ -209,6 +244,7 @@ impl Producer {
     /// what is left) and returns; the caller rings the peer's doorbell so a sleeping peer
     /// notices.
     pub fn close(&mut self) {
+        self.release_held();
         // Release: pairs with the Acquire load in `peer_closed` on the other side, so the peer
         // that sees the flag also sees everything we did before.
         self.ring.hdr().producer.closed.store(1, Ordering::Release);
