@@ -17,7 +17,7 @@ use crate::error::*;
 use crate::ring::layout::kind;
 use crate::ring::{Consumer, Frame, Producer, RingError};
 use crate::sys::{self, Bell};
-use crate::wait::{wait_until, BellParker, DataIn, RoomFor, WaitOutcome, WaitStrategy};
+use crate::wait::{wait_until, BellParker, DataIn, RoomFor, Sleeper, WaitOutcome, WaitStrategy};
 use crate::{codec, Error};
 
 /// When an operation gives up waiting.
@@ -106,6 +106,8 @@ pub struct RawSender {
     until_probe: u32,
     scratch: Vec<u8>,
     stats: Stats,
+    /// Where this half sleeps on a full ring (created at the first park).
+    sleeper: Sleeper,
 }
 
 impl RawSender {
@@ -132,6 +134,7 @@ impl RawSender {
             until_probe: PROBE_EVERY,
             scratch: Vec::new(),
             stats: Stats::default(),
+            sleeper: Sleeper::default(),
         }
     }
 
@@ -228,6 +231,7 @@ impl RawSender {
         let parker = BellParker {
             bell: &self.space_bell,
             ctrl: self.ctrl.as_fd(),
+            sleeper: &self.sleeper,
         };
         let outcome = wait_until(
             self.wait,
@@ -572,6 +576,8 @@ pub struct RawReceiver {
     /// A message offered by `try_recv_maybe` and not consumed.
     held: Option<Ready>,
     stats: Stats,
+    /// Where this half sleeps on an empty ring (created at the first park).
+    sleeper: Sleeper,
 }
 
 impl RawReceiver {
@@ -596,6 +602,7 @@ impl RawReceiver {
             peer_gone: false,
             held: None,
             stats: Stats::default(),
+            sleeper: Sleeper::default(),
         }
     }
 
@@ -745,6 +752,7 @@ impl RawReceiver {
             let parker = BellParker {
                 bell: &self.data_bell,
                 ctrl: self.ctrl.as_fd(),
+                sleeper: &self.sleeper,
             };
             match wait_until(
                 self.wait,
@@ -817,6 +825,36 @@ impl RawReceiver {
             Fail::Error(e) => RecvError::Failed(e),
             _ => RecvError::Disconnected,
         })
+    }
+
+    /// Receives a batch: waits (as [`recv_bytes`](RawReceiver::recv_bytes) does) for one
+    /// message, then takes every whole message already in the ring, up to `max` in all, and
+    /// calls `f` with each one's bytes in order. Returns how many were delivered (at least 1).
+    ///
+    /// The streaming receiver's counterpart of [`Sender::feed`]/`flush`: one wait and one
+    /// set of liveness checks per batch instead of per message. An error met after the first
+    /// message ends the batch early; the next call reports it.
+    pub fn recv_batch_bytes(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvError> {
+        self.recv_bytes(&mut f)?;
+        let mut n = 1;
+        while n < max {
+            match self.poll_ready() {
+                Ok(Some(r)) => {
+                    // `f` has run even when this fails (only waking a full producer can).
+                    let res = self.deliver(r, &mut f);
+                    n += 1;
+                    if res.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(n)
     }
 
     /// Receives one message if one is there.

@@ -64,8 +64,8 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     );
 }
 
-/// An eventfd stand-in: `ring` sets a sticky flag and wakes a parked waiter; `park` blocks
-/// until the flag is set, then clears it (like reading an eventfd in non-semaphore mode).
+/// An eventfd stand-in: `ring` sets a sticky flag and wakes a parked waiter; `reset` clears it
+/// (like reading an eventfd in non-semaphore mode); `park` blocks until the flag is set.
 struct LoomBell {
     rung: Mutex<bool>,
     cv: Condvar,
@@ -86,6 +86,11 @@ impl LoomBell {
 }
 
 impl Parker for LoomBell {
+    fn reset(&self) -> io::Result<()> {
+        *self.rung.lock().unwrap() = false;
+        Ok(())
+    }
+
     fn park(&self, deadline: Option<Instant>) -> io::Result<Parked> {
         assert!(
             deadline.is_none(),
@@ -95,7 +100,6 @@ impl Parker for LoomBell {
         while !*rung {
             rung = self.cv.wait(rung).unwrap();
         }
-        *rung = false;
         Ok(Parked::Woken)
     }
 
@@ -212,6 +216,30 @@ fn loom_data_wakeup_missing_ring_is_caught() {
     model(|| data_model(false));
 }
 
+/// Negative control for the in-band commit: the data model with the frame headers stored
+/// Relaxed instead of Release. The consumer may then see a header before the payload written
+/// ahead of it; loom's shadow cells must report that read as racing with the write.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_relaxed_commit_is_caught() {
+    model(|| {
+        let (mut prod, mut cons) = heap_ring(64);
+        prod.weak_commit = true;
+        let producer = thread::spawn(move || {
+            assert!(try_write(&mut prod, 0, 8));
+            let _ = prod.publish();
+        });
+        loop {
+            if let Some(f) = cons.peek().unwrap() {
+                check_frame(&cons, &f, 0, &[8]);
+                break;
+            }
+            thread::yield_now();
+        }
+        producer.join().unwrap();
+    });
+}
+
 /// Negative control for the fences: the data model with the consumer's wait loop copied from
 /// `wait_until` minus its SeqCst fence. Without it, the `sleeping` store may still sit in the
 /// consumer's store buffer when its re-check reads the old (zero) header word, while the producer's load
@@ -238,6 +266,7 @@ fn loom_data_wakeup_missing_fence_is_caught() {
                 break;
             }
             // `wait_until`'s park loop, without `fence(SeqCst)` between announce and re-check.
+            bell.reset().unwrap();
             cons.set_sleeping(true);
             if cons.has_data().unwrap() {
                 cons.set_sleeping(false);
@@ -270,8 +299,9 @@ fn loom_data_wakeup_missing_fence_is_caught() {
 /// the in-`release` check and the on-empty one, plus the padding frame.
 const SPACE_LENS: [usize; 4] = [40, 8, 0, 56];
 
-fn space_model(check_when_empty: bool) {
+fn space_model(check_when_empty: bool, skip_zero: bool) {
     let (mut prod, mut cons) = heap_ring(128);
+    prod.skip_zero = skip_zero;
     let data = LoomBell::new();
     let space = LoomBell::new();
 
@@ -318,7 +348,16 @@ fn space_model(check_when_empty: bool) {
 /// after the padding) arrive whole and in order.
 #[test]
 fn loom_space_wakeup() {
-    model(|| space_model(true));
+    model(|| space_model(true, false));
+}
+
+/// Negative control for the zeroed header word: frame 3 wraps to offset 0, after which the
+/// consumer looks at offset 64, where frame 2's header of the previous lap still is. Without
+/// the zeroing it takes that stale header for a new frame, which the model must catch.
+#[test]
+#[should_panic(expected = "assertion `left == right` failed")]
+fn loom_stale_header_is_caught() {
+    model(|| space_model(true, true));
 }
 
 /// Negative control: without the check on the empty ring, a producer that went to sleep after
@@ -326,7 +365,7 @@ fn loom_space_wakeup() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn loom_space_wakeup_missing_empty_check_is_caught() {
-    model(|| space_model(false));
+    model(|| space_model(false, false));
 }
 
 // ---------------------------------------------------------------------------------------------

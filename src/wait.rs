@@ -99,8 +99,13 @@ pub(crate) enum Parked {
 
 /// Something the waiting side blocks on.
 pub(crate) trait Parker {
-    /// Blocks until the doorbell rings, `deadline` passes or the peer is gone. May return
-    /// `Woken` spuriously.
+    /// Resets the doorbell, before the sleep flag is raised and the condition re-checked. A
+    /// ring that came before the reset is not lost: it followed a publish that the re-check
+    /// will see. Resetting here, rather than after waking, keeps the reset's syscall off the
+    /// wake-up path.
+    fn reset(&self) -> io::Result<()>;
+    /// Blocks until the doorbell has rung since the last [`reset`](Parker::reset), `deadline`
+    /// passes or the peer is gone. May return `Woken` spuriously.
     fn park(&self, deadline: Option<Instant>) -> io::Result<Parked>;
     /// Non-blocking liveness probe, used while spinning.
     fn peer_gone(&self) -> io::Result<bool>;
@@ -194,6 +199,7 @@ pub(crate) fn wait_until(
         }
     }
     loop {
+        parker.reset()?;
         w.announce(true);
         // SeqCst fence: orders the flag store above before the re-check below. Pairs with the
         // notifier's fence in `Producer::publish` / `Consumer::check_producer_sleeping`.
@@ -228,15 +234,49 @@ pub(crate) fn wait_until(
     }
 }
 
+/// The epoll instance a [`BellParker`] sleeps in, created at the first park and kept for the
+/// life of the channel half that owns it (one fd, and only for halves that ever park).
+#[derive(Default)]
+pub(crate) struct Sleeper(std::cell::OnceCell<sys::Poller>);
+
+const TOKEN_BELL: u64 = 0;
+const TOKEN_CTRL: u64 = 1;
+
 /// Parks on an eventfd doorbell while watching a control socket for the peer's hang-up.
+///
+/// The doorbell is registered edge-triggered and never read: epoll reports every ring that
+/// came after the last report, whatever the count, so there is no reset syscall at all and a
+/// park costs one `epoll_wait` (against a blocking `read` on a socket: the same count as UDS).
+/// A ring that was already reported before the flag was raised can make a park return at
+/// once; that is a spurious wake-up, which `wait_until` re-checks.
 pub(crate) struct BellParker<'a> {
     pub(crate) bell: &'a Bell,
     pub(crate) ctrl: BorrowedFd<'a>,
+    pub(crate) sleeper: &'a Sleeper,
+}
+
+impl BellParker<'_> {
+    fn poller(&self) -> io::Result<&sys::Poller> {
+        use std::os::fd::AsFd;
+        if let Some(p) = self.sleeper.0.get() {
+            return Ok(p);
+        }
+        let p = sys::Poller::new()?;
+        p.add(self.bell.as_fd(), TOKEN_BELL, false, true)?;
+        p.add(self.ctrl, TOKEN_CTRL, true, false)?;
+        Ok(self.sleeper.0.get_or_init(|| p))
+    }
 }
 
 impl Parker for BellParker<'_> {
+    fn reset(&self) -> io::Result<()> {
+        // Nothing to reset: the doorbell is edge-triggered (see above).
+        Ok(())
+    }
+
     fn park(&self, deadline: Option<Instant>) -> io::Result<Parked> {
-        use std::os::fd::AsFd;
+        let ep = self.poller()?;
+        let mut events = Vec::with_capacity(2);
         loop {
             let timeout = match deadline {
                 None => None,
@@ -248,18 +288,12 @@ impl Parker for BellParker<'_> {
                     Some(left)
                 }
             };
-            let [b, c] = sys::poll_fds(
-                &[
-                    (self.bell.as_fd(), nix::poll::PollFlags::POLLIN),
-                    (self.ctrl, sys::HANGUP_EVENTS),
-                ],
-                timeout,
-            )?;
-            if b.readable {
-                self.bell.drain()?;
+            events.clear();
+            ep.wait(&mut events, timeout)?;
+            if events.iter().any(|e| e.token == TOKEN_BELL) {
                 return Ok(Parked::Woken);
             }
-            if c.hangup {
+            if events.iter().any(|e| e.token == TOKEN_CTRL && e.hangup) {
                 return Ok(Parked::PeerGone);
             }
         }

@@ -89,23 +89,27 @@ impl RingSide {
             true,
         )?;
         let expect = self.expect;
-        let mut got = 0u64;
-        loop {
-            let done = recv(&mut self.rx, |m| match m {
-                BenchMsg::Data(b) if checksum(b) == expect => Ok(None),
-                BenchMsg::Done(sum) => Ok(Some(sum)),
-                _ => Err(mismatch("ring stream payload")),
-            })?;
-            match done {
-                None => got += 1,
-                Some(sum) => {
-                    if got != n || sum != expect.wrapping_mul(n) {
-                        return Err(mismatch("ring stream count"));
-                    }
-                    return Ok(t0.elapsed());
-                }
-            }
+        let (mut got, mut done, mut bad) = (0u64, None, false);
+        // The batch API (`recv_batch_bytes`), as a streaming receiver would use it.
+        while done.is_none() && !bad {
+            self.rx
+                .recv_batch_bytes(256, |b| match codec::decode_borrowed::<BenchMsg<'_>>(b) {
+                    Ok(BenchMsg::Data(b)) if checksum(b) == expect && done.is_none() => got += 1,
+                    Ok(BenchMsg::Done(sum)) if done.is_none() => done = Some(sum),
+                    _ => bad = true,
+                })
+                .map_err(|e| match e {
+                    crate::RecvError::Disconnected => Error::Disconnected,
+                    crate::RecvError::Failed(e) => e,
+                })?;
         }
+        if bad {
+            return Err(mismatch("ring stream payload"));
+        }
+        if got != n || done != Some(expect.wrapping_mul(n)) {
+            return Err(mismatch("ring stream count"));
+        }
+        Ok(t0.elapsed())
     }
 }
 

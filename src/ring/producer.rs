@@ -33,6 +33,14 @@ pub struct Producer {
     /// `(position, len)` of the slice handed out by the last `reserve`.
     reserved: Option<(u64, usize)>,
     max_payload: usize,
+    /// Loom negative control only: commit with Relaxed instead of Release, which the model
+    /// must catch (`loom_tests::loom_relaxed_commit_is_caught`).
+    #[cfg(shmbus_loom)]
+    pub(crate) weak_commit: bool,
+    /// Loom negative control only: do not zero the next header word
+    /// (`loom_tests::loom_stale_header_is_caught`).
+    #[cfg(shmbus_loom)]
+    pub(crate) skip_zero: bool,
 }
 
 impl Producer {
@@ -46,6 +54,10 @@ impl Producer {
             cached_head: 0,
             reserved: None,
             max_payload,
+            #[cfg(shmbus_loom)]
+            weak_commit: false,
+            #[cfg(shmbus_loom)]
+            skip_zero: false,
         }
     }
 
@@ -57,6 +69,16 @@ impl Producer {
     /// Largest payload a single frame may carry (half the ring, minus the header).
     pub fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    /// The ordering of a commit store: Release (see its callers).
+    #[inline]
+    fn commit_order(&self) -> Ordering {
+        #[cfg(shmbus_loom)]
+        if self.weak_commit {
+            return Ordering::Relaxed;
+        }
+        Ordering::Release
     }
 
     /// Whether `required` more ring bytes fit, as last seen. One header word beyond them must
@@ -134,7 +156,11 @@ impl Producer {
         if frame_size(len) > to_end {
             // The frame would wrap: pad to the end of the ring and start again at 0. `[pos, cap)`
             // and the first word at 0 are free (the space check above counted them).
-            self.commit_header(pos, frame_word(kind::PAD, (to_end - FRAME_HEADER) as u32), 0);
+            self.commit_header(
+                pos,
+                frame_word(kind::PAD, (to_end - FRAME_HEADER) as u32),
+                0,
+            );
             self.tail += to_end;
             pos = 0;
         }
@@ -171,13 +197,19 @@ impl Producer {
     fn commit_header(&mut self, pos: u64, word: u64, next: u64) {
         // Relaxed: the consumer reads this word only after it has loaded (Acquire) the header at
         // `pos`, whose Release store below or in `publish` comes later in program order.
-        self.ring.store_header(next, 0, Ordering::Relaxed);
+        #[cfg(shmbus_loom)]
+        let zero = !self.skip_zero;
+        #[cfg(not(shmbus_loom))]
+        let zero = true;
+        if zero {
+            self.ring.store_header(next, 0, Ordering::Relaxed);
+        }
         if self.held.is_none() {
             self.held = Some((pos, word));
         } else {
             // Release: pairs with the consumer's Acquire load of this header in
             // `Consumer::peek` (it is also ordered by the held header's later Release store).
-            self.ring.store_header(pos, word, Ordering::Release);
+            self.ring.store_header(pos, word, self.commit_order());
         }
     }
 
@@ -205,7 +237,7 @@ impl Producer {
             // `Consumer::peek`/`has_data`; every payload, header and zeroed word written for
             // this batch comes before it in program order, so the consumer that sees this
             // header sees the whole batch.
-            self.ring.store_header(pos, word, Ordering::Release);
+            self.ring.store_header(pos, word, self.commit_order());
         }
         if self.tail != self.published {
             // Relaxed: the shared `tail` is a diagnostic (ring fill in `stat`); nothing orders

@@ -51,7 +51,10 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
         !p.push(kind::MSG, &[0u8; 24]).unwrap(),
         "a 32-byte frame would leave no free header word after it"
     );
-    assert!(p.push(kind::MSG, &[3u8; 16]).unwrap(), "24 bytes + 8 free: fits");
+    assert!(
+        p.push(kind::MSG, &[3u8; 16]).unwrap(),
+        "24 bytes + 8 free: fits"
+    );
     p.publish();
     let f = c.peek().unwrap().unwrap();
     c.release(f); // head = 48
@@ -61,7 +64,7 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
     let f = c.peek().unwrap().unwrap();
     assert_eq!(c.payload(&f), &[3u8; 16][..]);
     c.release(f); // head = 120
-    // 8 bytes to the end; a 48-byte frame must pad and wrap to 0.
+                  // 8 bytes to the end; a 48-byte frame must pad and wrap to 0.
     assert!(p.push(kind::MSG, &[2u8; 40]).unwrap());
     p.publish();
     let f = c.peek().unwrap().unwrap();
@@ -90,7 +93,10 @@ fn garbage_in_the_diagnostic_tail_changes_nothing() {
     let (mut p, mut c) = heap_ring(256);
     let ring = c.ring.clone();
     let hdr = ring.hdr();
-    for (i, bad) in [1u64 << 40, 3, 256 + 8, 0, u64::MAX].into_iter().enumerate() {
+    for (i, bad) in [1u64 << 40, 3, 256 + 8, 0, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
         p.push(kind::MSG, &[i as u8; 5]).unwrap();
         p.publish();
         hdr.tail.store(bad, Ordering::Relaxed);
