@@ -57,9 +57,16 @@ pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
     if o.pin && crate::sys::cpus_online() > 1 {
         crate::sys::pin_to_cpu(1)?;
     }
+    // With `--cached` the owner answers only the first get (which fills the cache) and then
+    // sits idle: it parks, so that it does not spin on the requester's CPU.
+    let wait = if o.cached {
+        crate::WaitStrategy::Park
+    } else {
+        o.wait
+    };
     let c = Client::connect(
         dir,
-        ClientOptions::new("owner").wait(o.wait).dispatcher(false),
+        ClientOptions::new("owner").wait(wait).dispatcher(false),
     )?;
     let p = Blob(payload(o.size).into());
     c.on_get("bench", move |_| Ok((p.clone(), Ttl::Forever)));

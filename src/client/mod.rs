@@ -343,27 +343,81 @@ enum Incoming {
     Lifecycle(Lifecycle),
 }
 
+/// Hashes request numbers, which this client hands out itself (sequential, never chosen by a
+/// peer): a multiply is enough, and much cheaper than SipHash on every call.
+#[derive(Default)]
+struct ReqHasher(u64);
+
+impl std::hash::Hasher for ReqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads sequential numbers over the high bits hashbrown uses.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type ReqHash = std::hash::BuildHasherDefault<ReqHasher>;
+
+/// Where the reply to one call is filed.
 struct Slot {
-    value: Mutex<Option<Result<Reply, CallError>>>,
+    state: Mutex<SlotState>,
     cv: Condvar,
     /// An async caller to wake (set by the `tokio` API).
     waker: Mutex<Option<std::task::Waker>>,
 }
 
+struct SlotState {
+    value: Option<Result<Reply, CallError>>,
+    /// A caller is blocked on `cv` (only then does `fill` notify it: a notify is a futex
+    /// syscall, which a caller that receives for itself would pay on every reply).
+    sleeping: bool,
+}
+
 impl Slot {
     fn new() -> Arc<Slot> {
         Arc::new(Slot {
-            value: Mutex::new(None),
+            state: Mutex::new(SlotState {
+                value: None,
+                sleeping: false,
+            }),
             cv: Condvar::new(),
             waker: Mutex::new(None),
         })
     }
 
     fn fill(&self, v: Result<Reply, CallError>) {
-        *self.value.lock().expect("lock") = Some(v);
-        self.cv.notify_all();
+        let wake = {
+            let mut g = self.state.lock().expect("lock");
+            g.value = Some(v);
+            g.sleeping
+        };
+        if wake {
+            self.cv.notify_all();
+        }
         if let Some(w) = self.waker.lock().expect("lock").take() {
             w.wake();
+        }
+    }
+
+    /// The reply, if it has been filed.
+    fn take(&self) -> Option<Result<Reply, CallError>> {
+        self.state.lock().expect("lock").value.take()
+    }
+
+    /// Blocks until the reply is filed or `d` passes.
+    fn wait_for(&self, d: Duration) {
+        let mut g = self.state.lock().expect("lock");
+        if g.value.is_none() {
+            g.sleeping = true;
+            let (mut g, _) = self.cv.wait_timeout(g, d).expect("lock");
+            g.sleeping = false;
         }
     }
 }
@@ -374,7 +428,9 @@ struct Inner {
     tx: Mutex<Option<RawSender>>,
     rx: Mutex<Option<RawReceiver>>,
     ctrl: Mutex<Option<Arc<std::os::unix::net::UnixStream>>>,
-    waits: Mutex<HashMap<u64, Arc<Slot>>>,
+    waits: Mutex<HashMap<u64, Arc<Slot>, ReqHash>>,
+    /// A slot left over by a finished call, reused by the next one (no allocation per call).
+    spare: Mutex<Option<Arc<Slot>>>,
     next_req: AtomicU64,
     handlers: RwLock<Handlers>,
     queue: Mutex<VecDeque<Incoming>>,
@@ -414,7 +470,8 @@ impl Client {
             tx: Mutex::new(None),
             rx: Mutex::new(None),
             ctrl: Mutex::new(None),
-            waits: Mutex::new(HashMap::new()),
+            waits: Mutex::new(HashMap::default()),
+            spare: Mutex::new(None),
             next_req: AtomicU64::new(1),
             handlers: RwLock::new(Handlers::default()),
             queue: Mutex::new(VecDeque::new()),
@@ -1042,9 +1099,27 @@ impl Inner {
     /// A fresh request number and the slot its reply will be filed in.
     fn register(&self) -> (u64, Arc<Slot>) {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot::new();
+        let slot = self
+            .spare
+            .lock()
+            .expect("lock")
+            .take()
+            .unwrap_or_else(Slot::new);
         self.waits.lock().expect("lock").insert(req, slot.clone());
         (req, slot)
+    }
+
+    /// Keeps a finished call's slot for the next call, if nothing else holds it any more.
+    fn recycle(&self, slot: Arc<Slot>) {
+        if Arc::strong_count(&slot) == 1 {
+            {
+                let mut g = slot.state.lock().expect("lock");
+                g.value = None;
+                g.sleeping = false;
+            }
+            *slot.waker.lock().expect("lock") = None;
+            *self.spare.lock().expect("lock") = Some(slot);
+        }
     }
 
     /// Sends a get/request built by `make(req)` and waits for its reply.
@@ -1054,20 +1129,37 @@ impl Inner {
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Result<Reply, CallError> {
         let (req, slot) = self.register();
+        let r = self.call_in(req, &slot, timeout, make);
+        self.recycle(slot);
+        r
+    }
+
+    fn call_in<'m>(
+        &self,
+        req: u64,
+        slot: &Slot,
+        timeout: Option<Duration>,
+        make: impl FnOnce(u64) -> ClientMsg<'m>,
+    ) -> Result<Reply, CallError> {
         // Our own deadline is a little after the hub's, so the hub's clearer timeout error
         // normally arrives first.
+        let start = Instant::now();
         let deadline =
-            Instant::now() + timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+            start + timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
         if let Err(e) = self.send(&make(req)) {
             self.waits.lock().expect("lock").remove(&req);
             return Err(CallError::Link(e));
         }
+        let mut first = true;
         loop {
-            if let Some(v) = slot.value.lock().expect("lock").take() {
+            if let Some(v) = slot.take() {
                 return v;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            // The clock is read again only from the second turn on: the first receive is what
+            // a reply that is already on its way waits for.
+            let t = if first { start } else { Instant::now() };
+            first = false;
+            if t >= deadline {
                 self.waits.lock().expect("lock").remove(&req);
                 return Err(CallError::Timeout);
             }
@@ -1075,7 +1167,7 @@ impl Inner {
             let mine = match self.rx.try_lock() {
                 Ok(mut g) => Some(self.receive_locked(
                     &mut g,
-                    Deadline::At(deadline.min(now + Duration::from_millis(50))),
+                    Deadline::At(deadline.min(t + Duration::from_millis(50))),
                 )),
                 Err(_) => None,
             };
@@ -1084,20 +1176,12 @@ impl Inner {
                 Some(Err(e)) => {
                     self.run_handlers();
                     self.waits.lock().expect("lock").remove(&req);
-                    if let Some(v) = slot.value.lock().expect("lock").take() {
+                    if let Some(v) = slot.take() {
                         return v;
                     }
                     return Err(CallError::Link(e));
                 }
-                None => {
-                    let g = slot.value.lock().expect("lock");
-                    if g.is_none() {
-                        let _ = slot
-                            .cv
-                            .wait_timeout(g, Duration::from_millis(5))
-                            .expect("lock");
-                    }
-                }
+                None => slot.wait_for(Duration::from_millis(5)),
             }
         }
     }

@@ -122,12 +122,12 @@ struct SlotFuture(Arc<Slot>);
 impl Future for SlotFuture {
     type Output = Result<Reply, CallError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(v) = self.0.value.lock().expect("lock").take() {
+        if let Some(v) = self.0.take() {
             return Poll::Ready(v);
         }
         *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
         // Filed between the check and storing the waker? Then take it now.
-        match self.0.value.lock().expect("lock").take() {
+        match self.0.take() {
             Some(v) => Poll::Ready(v),
             None => Poll::Pending,
         }
