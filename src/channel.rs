@@ -829,7 +829,8 @@ impl RawReceiver {
 
     /// Receives a batch: waits (as [`recv_bytes`](RawReceiver::recv_bytes) does) for one
     /// message, then takes every whole message already in the ring, up to `max` in all, and
-    /// calls `f` with each one's bytes in order. Returns how many were delivered (at least 1).
+    /// calls `f` with each one's bytes in order; `f` returns false to end the batch after
+    /// that message. Returns how many were delivered (at least 1).
     ///
     /// The streaming receiver's counterpart of [`Sender::feed`]/`flush`: one wait and one
     /// set of liveness checks per batch instead of per message. An error met after the first
@@ -837,9 +838,11 @@ impl RawReceiver {
     pub fn recv_batch_bytes(
         &mut self,
         max: usize,
-        mut f: impl FnMut(&[u8]),
+        mut f: impl FnMut(&[u8]) -> bool,
     ) -> Result<usize, RecvError> {
-        self.recv_bytes(&mut f)?;
+        if !self.recv_bytes(&mut f)? {
+            return Ok(1);
+        }
         let mut n = 1;
         while n < max {
             match self.poll_ready() {
@@ -847,7 +850,7 @@ impl RawReceiver {
                     // `f` has run even when this fails (only waking a full producer can).
                     let res = self.deliver(r, &mut f);
                     n += 1;
-                    if res.is_err() {
+                    if !matches!(res, Ok(true)) {
                         break;
                     }
                 }
@@ -1053,6 +1056,31 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// The raw bytes of the next message, in place.
     pub fn recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         self.raw.recv_bytes(f)
+    }
+
+    /// Receives a batch: waits for one message, then takes every message already in the ring,
+    /// up to `max` in all, and hands each to `f` in order (see
+    /// [`RawReceiver::recv_batch_bytes`]). Returns how many were delivered. A message that does
+    /// not decode ends the batch with its error; the ones before it were delivered, and nothing
+    /// after it was consumed.
+    pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(T)) -> Result<usize, RecvError> {
+        let mut err = None;
+        let n = self
+            .raw
+            .recv_batch_bytes(max, |b| match codec::decode::<T>(b) {
+                Ok(v) => {
+                    f(v);
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            })?;
+        match err {
+            Some(e) => Err(RecvError::Failed(e)),
+            None => Ok(n),
+        }
     }
 
     /// The byte-level receiver underneath.

@@ -287,3 +287,32 @@ fn feed_and_flush_batch() {
         assert_eq!(rx.recv().unwrap(), i);
     }
 }
+
+#[test]
+fn recv_batch_takes_what_is_there_in_order_and_stops_at_a_bad_message() {
+    let _w = util::watchdog("recv_batch", 30);
+    let (a, b) = Link::pair_with(&small(WaitStrategy::default())).unwrap();
+    let (mut tx, _arx) = a.into_channel::<u32, ()>();
+    let (_btx, mut rx) = b.into_channel::<(), u32>();
+    for i in 0..100u32 {
+        tx.feed(&i).unwrap();
+    }
+    tx.flush().unwrap();
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let n = rx.recv_batch(30, |v| got.push(v)).unwrap();
+        assert!((1..=30).contains(&n), "batch of {n}");
+    }
+    assert_eq!(got, (0..100).collect::<Vec<_>>(), "all, in order, once");
+    // A message that is no u32 (an empty frame) ends the batch with an error, and the
+    // message after it is still there for the next call.
+    tx.feed(&7).unwrap();
+    tx.raw().send_bytes(&[]).unwrap();
+    tx.feed(&8).unwrap();
+    tx.flush().unwrap();
+    let mut got = Vec::new();
+    let r = rx.recv_batch(10, |v| got.push(v));
+    assert!(matches!(r, Err(RecvError::Failed(_))), "{r:?}");
+    assert_eq!(got, [7]);
+    assert_eq!(rx.recv().unwrap(), 8);
+}

@@ -337,12 +337,12 @@ fn reason(r: &Row, res: &Results<'_>) -> String {
                  1× beats the floor itself, so there the wake-up path, not the transport, \
                  decides the row.) A blocking round trip is two wake-ups of a sleeping vCPU, tens of µs each on \
                  this VM, for every transport here; the rest is a few µs of syscalls, inside \
-                 the hypervisor's run-to-run noise (±10 %). shmbus park also does `poll` on two \
-                 fds (doorbell + control socket, so that a dead peer wakes it) plus a `read`, \
-                 one syscall more than a plain blocking read. What would close it: wait in a \
-                 single blocking `read` on the doorbell and check liveness only on a timeout; \
-                 if socket wake-ups keep beating the eventfd floor on a quiet machine, a \
-                 socket-pair doorbell; or the default spin-then-park, which answers a fast peer \
+                 the hypervisor's run-to-run noise (±10 %). shmbus park sleeps in one \
+                 `epoll_wait` (doorbell edge-triggered and never read, plus the control socket \
+                 so that a dead peer wakes it) and is woken by one `write`: the same syscall \
+                 count as a blocking socket. What would close it: nothing in user space that \
+                 keeps the semantics, as the cost is the VM's idle-vCPU wake-up; a haltpoll-style \
+                 guest idle driver, or the default spin-then-park, which answers a fast peer \
                  before it sleeps.",
             );
             s

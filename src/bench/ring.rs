@@ -93,10 +93,15 @@ impl RingSide {
         // The batch API (`recv_batch_bytes`), as a streaming receiver would use it.
         while done.is_none() && !bad {
             self.rx
-                .recv_batch_bytes(256, |b| match codec::decode_borrowed::<BenchMsg<'_>>(b) {
-                    Ok(BenchMsg::Data(b)) if checksum(b) == expect && done.is_none() => got += 1,
-                    Ok(BenchMsg::Done(sum)) if done.is_none() => done = Some(sum),
-                    _ => bad = true,
+                .recv_batch_bytes(256, |b| {
+                    match codec::decode_borrowed::<BenchMsg<'_>>(b) {
+                        Ok(BenchMsg::Data(b)) if checksum(b) == expect && done.is_none() => {
+                            got += 1
+                        }
+                        Ok(BenchMsg::Done(sum)) if done.is_none() => done = Some(sum),
+                        _ => bad = true,
+                    }
+                    !bad
                 })
                 .map_err(|e| match e {
                     crate::RecvError::Disconnected => Error::Disconnected,
