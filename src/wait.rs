@@ -237,7 +237,11 @@ pub(crate) fn wait_until(
 /// The epoll instance a [`BellParker`] sleeps in, created at the first park and kept for the
 /// life of the channel half that owns it (one fd, and only for halves that ever park).
 #[derive(Default)]
-pub(crate) struct Sleeper(std::cell::OnceCell<sys::Poller>);
+pub(crate) struct Sleeper {
+    poller: std::cell::OnceCell<sys::Poller>,
+    /// `epoll_wait`'s output, kept so that a park allocates nothing.
+    events: std::cell::RefCell<Vec<sys::PollEvent>>,
+}
 
 const TOKEN_BELL: u64 = 0;
 const TOKEN_CTRL: u64 = 1;
@@ -258,13 +262,13 @@ pub(crate) struct BellParker<'a> {
 impl BellParker<'_> {
     fn poller(&self) -> io::Result<&sys::Poller> {
         use std::os::fd::AsFd;
-        if let Some(p) = self.sleeper.0.get() {
+        if let Some(p) = self.sleeper.poller.get() {
             return Ok(p);
         }
         let p = sys::Poller::new()?;
         p.add(self.bell.as_fd(), TOKEN_BELL, false, true)?;
         p.add(self.ctrl, TOKEN_CTRL, true, false)?;
-        Ok(self.sleeper.0.get_or_init(|| p))
+        Ok(self.sleeper.poller.get_or_init(|| p))
     }
 }
 
@@ -276,7 +280,7 @@ impl Parker for BellParker<'_> {
 
     fn park(&self, deadline: Option<Instant>) -> io::Result<Parked> {
         let ep = self.poller()?;
-        let mut events = Vec::with_capacity(2);
+        let mut events = self.sleeper.events.borrow_mut();
         loop {
             let timeout = match deadline {
                 None => None,

@@ -771,14 +771,19 @@ impl Hub {
                     }
                 }
             }
-            if c.dirty {
-                c.dirty = false;
-                if let Err(e) = c.tx.flush() {
-                    c.doomed.get_or_insert(format!("publish failed: {e}"));
-                }
-            }
+            Self::publish_dirty(c);
         }
         moved
+    }
+
+    /// Publishes what was written to `c` since its last publish, if anything.
+    fn publish_dirty(c: &mut Conn) {
+        if c.dirty {
+            c.dirty = false;
+            if let Err(e) = c.tx.flush() {
+                c.doomed.get_or_insert(format!("publish failed: {e}"));
+            }
+        }
     }
 
     /// Whether `dest` can take more (its outbox is under the limit).
@@ -1018,11 +1023,8 @@ impl Hub {
     /// reply ends a caller's wait, so it is worth its own fence (events keep batching).
     fn publish_now(conns: &mut [Option<Conn>], dest: usize) {
         if let Some(c) = conns.get_mut(dest).and_then(Option::as_mut) {
-            if c.dirty && c.outbox.is_empty() {
-                c.dirty = false;
-                if let Err(e) = c.tx.flush() {
-                    c.doomed.get_or_insert(format!("publish failed: {e}"));
-                }
+            if c.outbox.is_empty() {
+                Self::publish_dirty(c);
             }
         }
     }
