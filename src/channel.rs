@@ -29,21 +29,9 @@ pub(crate) enum Deadline {
     At(Instant),
     /// Wait for as long as it takes.
     Never,
-}
-
-impl Deadline {
-    fn after(t: Duration) -> Deadline {
-        match Instant::now().checked_add(t) {
-            Some(i) => Deadline::At(i),
-            None => Deadline::Never,
-        }
-    }
-    fn instant(self) -> Option<Instant> {
-        match self {
-            Deadline::At(i) => Some(i),
-            _ => None,
-        }
-    }
+    /// Wait this long, counted from the waiter's first clock reading (see
+    /// [`wait_until`]): a wait that ends at once reads no clock.
+    Within(Duration),
 }
 
 /// Why a raw operation did not complete.
@@ -235,7 +223,7 @@ impl RawSender {
         };
         let outcome = wait_until(
             self.wait,
-            deadline.instant(),
+            deadline,
             &parker,
             &mut RoomFor(&mut self.prod, len),
         );
@@ -754,12 +742,7 @@ impl RawReceiver {
                 ctrl: self.ctrl.as_fd(),
                 sleeper: &self.sleeper,
             };
-            match wait_until(
-                self.wait,
-                deadline.instant(),
-                &parker,
-                &mut DataIn(&mut self.cons),
-            )? {
+            match wait_until(self.wait, deadline, &parker, &mut DataIn(&mut self.cons))? {
                 WaitOutcome::Ready => {}
                 WaitOutcome::TimedOut => return Err(Fail::Timeout),
                 WaitOutcome::PeerGone => self.peer_gone = true,
@@ -875,7 +858,7 @@ impl RawReceiver {
         timeout: Duration,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, RecvTimeoutError> {
-        self.recv_with(Deadline::after(timeout), f)
+        self.recv_with(Deadline::Within(timeout), f)
             .map_err(|e| match e {
                 Fail::Error(e) => RecvTimeoutError::Failed(e),
                 Fail::Disconnected => RecvTimeoutError::Disconnected,
@@ -937,7 +920,7 @@ impl<T: Serialize> Sender<T> {
 
     /// Sends `msg`, waiting at most `timeout` for room.
     pub fn send_timeout(&mut self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        match self.put(&msg, Deadline::after(timeout), true) {
+        match self.put(&msg, Deadline::Within(timeout), true) {
             Ok(()) => Ok(()),
             Err(Fail::NotNow | Fail::Timeout) => Err(SendTimeoutError::Timeout(msg)),
             Err(Fail::Disconnected) => Err(SendTimeoutError::Disconnected(msg)),

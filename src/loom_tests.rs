@@ -30,6 +30,7 @@ use std::time::Instant;
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
+use crate::channel::Deadline;
 use crate::ring::layout::kind;
 use crate::ring::{heap_ring, Consumer, Frame, Producer};
 use crate::wait::{wait_until, DataIn, Parked, Parker, RoomFor, WaitOutcome, WaitStrategy};
@@ -149,12 +150,18 @@ fn check_frame(cons: &Consumer, f: &Frame, seq: usize, lens: &[usize]) {
 /// The consumer waits for data with the real protocol; panics unless it was woken for a
 /// reason (loom reports a deadlock instead if nobody ever rings).
 fn wait_for_data(bell: &LoomBell, cons: &mut Consumer) {
-    let out = wait_until(WaitStrategy::Park, None, bell, &mut DataIn(cons)).unwrap();
+    let out = wait_until(WaitStrategy::Park, Deadline::Never, bell, &mut DataIn(cons)).unwrap();
     assert_eq!(out, WaitOutcome::Ready);
 }
 
 fn wait_for_room(bell: &LoomBell, prod: &mut Producer, len: usize) {
-    let out = wait_until(WaitStrategy::Park, None, bell, &mut RoomFor(prod, len)).unwrap();
+    let out = wait_until(
+        WaitStrategy::Park,
+        Deadline::Never,
+        bell,
+        &mut RoomFor(prod, len),
+    )
+    .unwrap();
     assert_eq!(out, WaitOutcome::Ready);
 }
 

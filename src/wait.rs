@@ -26,6 +26,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
+use crate::channel::Deadline;
 use crate::sync::{fence, spin_hint, Ordering};
 use crate::sys::{self, Bell};
 
@@ -155,11 +156,13 @@ impl Waitable for RoomFor<'_> {
     }
 }
 
-/// Runs the spin → park protocol until `w.ready()` says yes, the deadline (`None` = never)
-/// passes, or the peer is gone.
+/// Runs the spin → park protocol until `w.ready()` says yes, the deadline passes, or the peer
+/// is gone. The clock is first read after 64 spins, not on entry: a wait that ends within them
+/// (a reply already on its way) reads no clock at all, and a [`Deadline::Within`] is counted
+/// from that first reading.
 pub(crate) fn wait_until(
     strategy: WaitStrategy,
-    deadline: Option<Instant>,
+    deadline: Deadline,
     parker: &impl Parker,
     w: &mut impl Waitable,
 ) -> Result<WaitOutcome, crate::Error> {
@@ -169,8 +172,19 @@ pub(crate) fn wait_until(
         WaitStrategy::SpinThenPark { spin } => Some(spin),
         WaitStrategy::Park => Some(Duration::ZERO),
     };
+    // The absolute deadline, once known (`Within` is resolved at the first clock reading).
+    let mut until = match deadline {
+        Deadline::At(i) => Some(i),
+        Deadline::Now => Some(Instant::now()),
+        Deadline::Never | Deadline::Within(_) => None,
+    };
+    let within = match deadline {
+        Deadline::Within(d) => Some(d),
+        _ => None,
+    };
     if budget != Some(Duration::ZERO) {
-        let start = (budget.is_some() || deadline.is_some()).then(Instant::now);
+        let timed = budget.is_some() || !matches!(deadline, Deadline::Never);
+        let mut start: Option<Instant> = None;
         let mut i: u32 = 0;
         loop {
             if ready()? {
@@ -179,9 +193,13 @@ pub(crate) fn wait_until(
             spin_hint();
             i = i.wrapping_add(1);
             if i % 64 == 0 {
-                if let Some(start) = start {
+                if timed {
                     let now = Instant::now();
-                    if deadline.is_some_and(|d| now >= d) {
+                    let start = *start.get_or_insert(now);
+                    if let (None, Some(d)) = (until, within) {
+                        until = now.checked_add(d);
+                    }
+                    if until.is_some_and(|d| now >= d) {
                         return Ok(WaitOutcome::TimedOut);
                     }
                     if budget.is_some_and(|b| now.duration_since(start) >= b) {
@@ -198,6 +216,10 @@ pub(crate) fn wait_until(
             }
         }
     }
+    if let (None, Some(d)) = (until, within) {
+        until = Instant::now().checked_add(d);
+    }
+    let deadline = until;
     loop {
         parker.reset()?;
         w.announce(true);

@@ -523,3 +523,64 @@ fn events_sent_just_before_leaving_are_delivered() {
         got.load(Ordering::SeqCst)
     );
 }
+
+/// Clients that receive for themselves (no dispatcher thread): a call holds the receiver and
+/// takes its reply straight from the ring, but must still run handlers that arrive meanwhile.
+/// Here `a` gets from `b`, and `b`'s handler can only answer after getting from `a`: `a` has to
+/// answer `b`'s get in the middle of its own call.
+#[test]
+fn self_receiving_calls_answer_nested_gets_and_share_the_receiver() {
+    let _w = util::watchdog("self_receiving_calls", 60);
+    let hub = TestHub::start("selfrecv", |_| {});
+    let opts = |n: &str| ClientOptions::new(n).dispatcher(false);
+    let a = Arc::new(Client::connect(hub.dir.path(), opts("a")).unwrap());
+    let b = Arc::new(Client::connect(hub.dir.path(), opts("b")).unwrap());
+    a.on_get("inner", |_| Ok(("from a", Ttl::NoCache)));
+    let bb = b.clone();
+    b.on_get("outer", move |_| {
+        // 40 ms: shorter than the 50 ms a caller may keep the receiver for itself, so this
+        // fails if `a` sat on `b`'s get until its own receive turn ran out.
+        let inner: String = bb
+            .get("a", "inner")
+            .fresh(true)
+            .timeout(Duration::from_millis(40))
+            .send()
+            .map_err(|e| e.to_string())?
+            .decode()
+            .map_err(|e| e.to_string())?;
+        Ok((format!("b saw: {inner}"), Ttl::NoCache))
+    });
+    b.on_get("n", |g| {
+        Ok((g.key.clone().unwrap_or_default(), Ttl::NoCache))
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (b2, stop2) = (b.clone(), stop.clone());
+    let pump = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            b2.poll(Duration::from_millis(20)).unwrap();
+        }
+    });
+    for _ in 0..20 {
+        let r = a.get("b", "outer").fresh(true).send().unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), "b saw: from a");
+    }
+    // Four threads calling through one self-receiving client: whoever holds the receiver
+    // files the others' replies; each gets its own answer, none is lost or swapped.
+    let ts: Vec<_> = (0..4)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let key = format!("{t}-{i}");
+                    let r = a.get("b", "n").key(&key).fresh(true).send().unwrap();
+                    assert_eq!(r.decode::<String>().unwrap(), key);
+                }
+            })
+        })
+        .collect();
+    for t in ts {
+        t.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    pump.join().unwrap();
+}

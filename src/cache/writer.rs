@@ -7,6 +7,7 @@
 //! current epoch as its tag → bump the epoch. A retired block is freed once every pinned
 //! reader's pin is newer than its tag (see `reader.rs` for why that is enough).
 
+use crate::hash::FastHash;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ffi::CString;
 use std::io;
@@ -147,7 +148,7 @@ pub struct CacheWriter {
     arena_len: u64,
     top_order: u32,
     free: Vec<BTreeSet<u64>>,
-    ids: HashMap<Vec<u8>, usize>,
+    ids: HashMap<Vec<u8>, usize, FastHash>,
     metas: Vec<Option<Meta>>,
     free_ids: Vec<usize>,
     slot_ids: Vec<u32>,
@@ -220,7 +221,7 @@ impl CacheWriter {
             arena_len,
             top_order,
             free,
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             metas: Vec::new(),
             free_ids: Vec::new(),
             slot_ids: vec![NO_ID; slots],
@@ -735,26 +736,30 @@ impl CacheWriter {
     }
 
     /// The live value of (kind, key) if `owner` wrote it in encoding `enc`: (bytes, TTL left
-    /// in ms, 0 = forever).
+    /// in ms, 0 = forever). `now_ns` is called only for an entry with a TTL.
     pub fn get(
         &mut self,
         owner: &str,
         kind: &str,
         key: Option<&str>,
         enc: Encoding,
-        now_ns: u64,
+        now_ns: impl FnOnce() -> u64,
     ) -> Option<(&[u8], i64)> {
         mapkey(&mut self.keybuf, kind, key);
         let id = *self.ids.get(self.keybuf.as_slice())?;
         let m = self.metas[id].as_ref()?;
-        let live = m.expires_ns == 0 || m.expires_ns > now_ns;
-        if !live || m.owner != owner || m.enc != enc {
+        if m.owner != owner || m.enc != enc {
             return None;
         }
+        // The clock is read only for an entry that can expire.
         let ttl = if m.expires_ns == 0 {
             0
         } else {
-            ((m.expires_ns - now_ns) / 1_000_000).max(1) as i64
+            let now = now_ns();
+            if m.expires_ns <= now {
+                return None;
+            }
+            ((m.expires_ns - now) / 1_000_000).max(1) as i64
         };
         Some((self.value_of(m), ttl))
     }
@@ -851,23 +856,25 @@ mod tests {
             .unwrap();
         c.put("bot", "nocache", None, p(b"x"), -1, t0).unwrap();
         let later = t0 + 3600 * S;
-        let v = c.get("bot", "stats", None, Encoding::Bincode, later);
+        let v = c.get("bot", "stats", None, Encoding::Bincode, || later);
         assert_eq!(v, Some((&b"forever"[..], 0)));
-        let half = c.get("bot", "user", Some("1"), Encoding::Bincode, t0 + S / 2);
+        let half = c.get("bot", "user", Some("1"), Encoding::Bincode, || t0 + S / 2);
         assert_eq!(half, Some((&b"short"[..], 500)));
         assert!(c
-            .get("bot", "user", Some("1"), Encoding::Bincode, t0 + S + 1)
+            .get("bot", "user", Some("1"), Encoding::Bincode, || t0 + S + 1)
             .is_none());
         assert!(c
-            .get("bot", "nocache", None, Encoding::Bincode, t0)
+            .get("bot", "nocache", None, Encoding::Bincode, || t0)
             .is_none());
         // ttl < 0 drops an older cached value of the key.
         c.put("bot", "stats", None, p(b"gone"), -1, t0).unwrap();
-        assert!(c.get("bot", "stats", None, Encoding::Bincode, t0).is_none());
+        assert!(c
+            .get("bot", "stats", None, Encoding::Bincode, || t0)
+            .is_none());
         // Another owner's value is not ours, and a JSON get misses a bincode value.
         c.put("other", "k2", None, p(b"o"), 0, t0).unwrap();
-        assert!(c.get("bot", "k2", None, Encoding::Bincode, t0).is_none());
-        assert!(c.get("other", "k2", None, Encoding::Json, t0).is_none());
+        assert!(c.get("bot", "k2", None, Encoding::Bincode, || t0).is_none());
+        assert!(c.get("other", "k2", None, Encoding::Json, || t0).is_none());
         assert_eq!(c.expire(t0 + 2 * S), 1, "the 1 s entry expires");
         assert_eq!(c.len(), 1);
     }
@@ -881,7 +888,7 @@ mod tests {
             c.reclaim();
         }
         assert_eq!(
-            c.get("bot", "n", None, Encoding::Bincode, S).unwrap().0,
+            c.get("bot", "n", None, Encoding::Bincode, || S).unwrap().0,
             9999u32.to_le_bytes()
         );
         let st = c.stats();
@@ -889,7 +896,7 @@ mod tests {
         assert_eq!(st.retired_blocks, 0, "no reader pinned: all reclaimed");
         assert_eq!(st.evictions, 0);
         c.put("eve", "n", None, p(b"e"), 0, S).unwrap();
-        assert!(c.get("bot", "n", None, Encoding::Bincode, S).is_none());
+        assert!(c.get("bot", "n", None, Encoding::Bincode, || S).is_none());
         assert_eq!(c.len(), 1);
     }
 
@@ -912,8 +919,12 @@ mod tests {
             n += 1;
         }
         assert!(c.stats().expired >= 1, "{:?}", c.stats());
-        assert!(c.get("bot", "old", None, Encoding::Bincode, now).is_none());
-        assert!(c.get("bot", "k39", None, Encoding::Bincode, now).is_some());
+        assert!(c
+            .get("bot", "old", None, Encoding::Bincode, || now)
+            .is_none());
+        assert!(c
+            .get("bot", "k39", None, Encoding::Bincode, || now)
+            .is_some());
         assert!(c.len() <= 64);
     }
 
@@ -1035,8 +1046,10 @@ mod tests {
                 model.insert(key.clone(), v);
                 // The entry limit may have evicted the least recently updated key.
                 if model.len() > 16 {
-                    model
-                        .retain(|k, _| c.get("o", "kind", Some(k), Encoding::Bincode, 1).is_some());
+                    model.retain(|k, _| {
+                        c.get("o", "kind", Some(k), Encoding::Bincode, || 1)
+                            .is_some()
+                    });
                 }
             }
             c.reclaim();

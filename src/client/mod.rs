@@ -16,8 +16,10 @@
 //! By default a dispatcher thread receives from the hub: it answers heartbeats, fills in the
 //! replies that callers of [`Client::get`] / [`Client::request`] wait for, and runs handlers in
 //! the order messages arrived. With [`ClientOptions::dispatcher`] off, nothing runs in the
-//! background: a thread that waits in `get` receives for itself (the lowest latency), and the
-//! application calls [`Client::poll`] or [`Client::run`] to run handlers and answer pings.
+//! background: a thread that waits in `get` receives for itself (the lowest latency: it takes
+//! its reply straight from the ring, with no hand-over between threads), and the application
+//! calls [`Client::poll`] or [`Client::run`] to run handlers and answer pings. Handlers for
+//! messages that arrive while a `get` waits still run during that wait.
 //!
 //! Handlers run on whichever thread dispatches, with no lock held, so a handler may call
 //! `get`, `emit` or any other method.
@@ -343,27 +345,8 @@ enum Incoming {
     Lifecycle(Lifecycle),
 }
 
-/// Hashes request numbers, which this client hands out itself (sequential, never chosen by a
-/// peer): a multiply is enough, and much cheaper than SipHash on every call.
-#[derive(Default)]
-struct ReqHasher(u64);
-
-impl std::hash::Hasher for ReqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: spreads sequential numbers over the high bits hashbrown uses.
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type ReqHash = std::hash::BuildHasherDefault<ReqHasher>;
+/// Request numbers are this client's own (sequential, never chosen by a peer).
+type ReqHash = crate::hash::FastHash;
 
 /// Where the reply to one call is filed.
 struct Slot {
@@ -420,6 +403,25 @@ impl Slot {
             g.sleeping = false;
         }
     }
+}
+
+/// How long one receive turn of a waiting call lasts before it lets others receive.
+const RECEIVE_TURN: Duration = Duration::from_millis(50);
+
+/// How [`Inner::call_direct`] ended.
+enum Direct {
+    /// With the reply (or the call's failure).
+    Done(Result<Reply, CallError>),
+    /// Not yet: continue on the shared path, `waited` into the call.
+    Shared { waited: Duration },
+}
+
+/// One message received by [`Inner::call_direct`].
+enum Got {
+    /// The reply it waits for.
+    Mine(Result<Reply, CallError>),
+    /// Something else, filed; true if it was queued for the handlers.
+    Filed(bool),
 }
 
 struct Inner {
@@ -1051,6 +1053,16 @@ impl Inner {
     /// Sends one frame, encoded straight into the ring. While the ring is full, keeps
     /// draining what the hub sends us so neither side can wedge the other.
     fn send(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
+        self.send_draining(msg, None)
+    }
+
+    /// [`send`](Inner::send) for a caller that may already hold the receiver (`held`): it
+    /// drains through that guard instead of trying the lock it holds.
+    fn send_draining(
+        &self,
+        msg: &ClientMsg<'_>,
+        mut held: Option<&mut Option<RawReceiver>>,
+    ) -> Result<(), Error> {
         let len = codec::encoded_len(msg)?;
         loop {
             let res = {
@@ -1061,14 +1073,21 @@ impl Inner {
             match res {
                 Ok(()) => return Ok(()),
                 Err(Fail::NotNow) => {
-                    if let Ok(mut g) = self.rx.try_lock() {
-                        let _ = self.receive_locked(&mut g, Deadline::Now);
+                    match held.as_deref_mut() {
+                        Some(g) => {
+                            let _ = self.receive_locked(g, Deadline::Now);
+                        }
+                        None => {
+                            if let Ok(mut g) = self.rx.try_lock() {
+                                let _ = self.receive_locked(&mut g, Deadline::Now);
+                            }
+                        }
                     }
                     let mut g = self.tx.lock().expect("lock");
                     let tx = g.as_mut().ok_or(Error::Disconnected)?;
                     match tx.send_with(
                         len,
-                        Deadline::At(Instant::now() + Duration::from_millis(1)),
+                        Deadline::Within(Duration::from_millis(1)),
                         true,
                         |buf| codec::encode_into(msg, buf),
                     ) {
@@ -1096,9 +1115,13 @@ impl Inner {
         e
     }
 
-    /// A fresh request number and the slot its reply will be filed in.
-    fn register(&self) -> (u64, Arc<Slot>) {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+    /// A fresh request number.
+    fn next_req(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The slot a reply to `req` will be filed in (a spare one if there is one).
+    fn register(&self, req: u64) -> Arc<Slot> {
         let slot = self
             .spare
             .lock()
@@ -1106,7 +1129,7 @@ impl Inner {
             .take()
             .unwrap_or_else(Slot::new);
         self.waits.lock().expect("lock").insert(req, slot.clone());
-        (req, slot)
+        slot
     }
 
     /// Keeps a finished call's slot for the next call, if nothing else holds it any more.
@@ -1123,52 +1146,129 @@ impl Inner {
     }
 
     /// Sends a get/request built by `make(req)` and waits for its reply.
+    ///
+    /// Fast path: a caller that finds the receiver free holds it from before the send until
+    /// its reply, so nobody else can take that reply: it decodes the reply straight from the
+    /// ring, with no reply slot, no wait-map entry and no clock reading. Anything else that
+    /// arrives meanwhile, or a wait longer than one receive turn, moves the call to the
+    /// shared path: it files a slot for its number while it still holds the receiver, lets
+    /// go of it, and runs the handlers like any other call.
     fn call<'m>(
         &self,
         timeout: Option<Duration>,
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Result<Reply, CallError> {
-        let (req, slot) = self.register();
-        let r = self.call_in(req, &slot, timeout, make);
+        let req = self.next_req();
+        // Our own deadline is a little after the hub's, so the hub's clearer timeout error
+        // normally arrives first.
+        let total = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+        let (slot, deadline) = match self.rx.try_lock() {
+            Ok(mut g) => {
+                let turn = total.min(RECEIVE_TURN);
+                match self.call_direct(&mut g, req, turn, make) {
+                    Direct::Done(r) => return r,
+                    Direct::Shared { waited } => {
+                        let slot = self.register(req);
+                        drop(g);
+                        self.run_handlers();
+                        (slot, Instant::now() + total.saturating_sub(waited))
+                    }
+                }
+            }
+            Err(_) => {
+                let slot = self.register(req);
+                let deadline = Instant::now() + total;
+                if let Err(e) = self.send(&make(req)) {
+                    self.waits.lock().expect("lock").remove(&req);
+                    return Err(CallError::Link(e));
+                }
+                (slot, deadline)
+            }
+        };
+        let r = self.await_reply(req, &slot, deadline);
         self.recycle(slot);
         r
     }
 
-    fn call_in<'m>(
+    /// The fast path of [`call`](Inner::call), with the receiver held: sends, then receives
+    /// for up to `turn` until the reply to `req` comes.
+    fn call_direct<'m>(
         &self,
+        g: &mut Option<RawReceiver>,
         req: u64,
-        slot: &Slot,
-        timeout: Option<Duration>,
+        turn: Duration,
         make: impl FnOnce(u64) -> ClientMsg<'m>,
-    ) -> Result<Reply, CallError> {
-        // Our own deadline is a little after the hub's, so the hub's clearer timeout error
-        // normally arrives first.
-        let start = Instant::now();
-        let deadline =
-            start + timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
-        if let Err(e) = self.send(&make(req)) {
-            self.waits.lock().expect("lock").remove(&req);
-            return Err(CallError::Link(e));
+    ) -> Direct {
+        if let Err(e) = self.send_draining(&make(req), Some(g)) {
+            return Direct::Done(Err(CallError::Link(e)));
         }
-        let mut first = true;
+        loop {
+            let Some(rx) = g.as_mut() else {
+                return Direct::Done(Err(CallError::Link(Error::Disconnected)));
+            };
+            let res = rx.recv_with(
+                Deadline::Within(turn),
+                |bytes| match codec::decode_borrowed::<HubMsg<'_>>(bytes) {
+                    Ok(HubMsg::Reply { req: r, answer }) if r == req => {
+                        Ok(Got::Mine(Self::reply_of(answer)))
+                    }
+                    Ok(m) => self.file(m).map(Got::Filed),
+                    Err(e) => Err(e),
+                },
+            );
+            match res {
+                Ok(Ok(Got::Mine(v))) => return Direct::Done(v),
+                // Something for the handlers: they must run while we wait (a handler may be
+                // what our owner's answer depends on), so go to the shared path.
+                Ok(Ok(Got::Filed(true))) => {
+                    return Direct::Shared {
+                        waited: Duration::ZERO,
+                    }
+                }
+                Ok(Ok(Got::Filed(false))) => {}
+                Ok(Err(e)) => return Direct::Done(Err(CallError::Link(e))),
+                Err(Fail::NotNow | Fail::Timeout) => return Direct::Shared { waited: turn },
+                Err(f) => {
+                    *g = None;
+                    self.mark_disconnected();
+                    let e = match f {
+                        Fail::Error(e) => e,
+                        _ => Error::Disconnected,
+                    };
+                    return Direct::Done(Err(CallError::Link(e)));
+                }
+            }
+        }
+    }
+
+    /// A reply's answer as the caller sees it.
+    fn reply_of(answer: Answer<'_>) -> Result<Reply, CallError> {
+        match answer {
+            Answer::Ok { payload, ttl_ms } => Ok(Reply {
+                payload: payload.to_owned(),
+                ttl: Ttl::from_ms(ttl_ms),
+            }),
+            Answer::Err { message } => Err(CallError::Remote(message.to_string())),
+        }
+    }
+
+    /// The shared path of [`call`](Inner::call): waits for the reply to `req` to be filed in
+    /// `slot`, receiving for everyone while nobody else does.
+    fn await_reply(&self, req: u64, slot: &Slot, deadline: Instant) -> Result<Reply, CallError> {
         loop {
             if let Some(v) = slot.take() {
                 return v;
             }
-            // The clock is read again only from the second turn on: the first receive is what
-            // a reply that is already on its way waits for.
-            let t = if first { start } else { Instant::now() };
-            first = false;
+            let t = Instant::now();
             if t >= deadline {
                 self.waits.lock().expect("lock").remove(&req);
                 return Err(CallError::Timeout);
             }
             // Receive for ourselves if nobody else is; otherwise wait to be handed the reply.
             let mine = match self.rx.try_lock() {
-                Ok(mut g) => Some(self.receive_locked(
-                    &mut g,
-                    Deadline::At(deadline.min(t + Duration::from_millis(50))),
-                )),
+                Ok(mut g) => {
+                    Some(self.receive_locked(&mut g, Deadline::At(deadline.min(t + RECEIVE_TURN))))
+                }
                 Err(_) => None,
             };
             match mine {
@@ -1204,7 +1304,7 @@ impl Inner {
             }
         });
         match res {
-            Ok(Ok(())) => Ok(true),
+            Ok(Ok(_)) => Ok(true),
             Ok(Err(e)) => Err(e),
             Err(Fail::NotNow | Fail::Timeout) => Ok(false),
             Err(Fail::Disconnected) => {
@@ -1222,20 +1322,14 @@ impl Inner {
 
     /// Files one decoded message: replies go to their waiters; everything else is queued for
     /// the handlers, in order. Pings are answered at once.
-    fn file(&self, m: HubMsg<'_>) -> Result<(), Error> {
-        match m {
+    fn file(&self, m: HubMsg<'_>) -> Result<bool, Error> {
+        let queued = match m {
             HubMsg::Reply { req, answer } => {
                 let slot = self.waits.lock().expect("lock").remove(&req);
                 if let Some(slot) = slot {
-                    let v = match answer {
-                        Answer::Ok { payload, ttl_ms } => Ok(Reply {
-                            payload: payload.to_owned(),
-                            ttl: Ttl::from_ms(ttl_ms),
-                        }),
-                        Answer::Err { message } => Err(CallError::Remote(message.to_string())),
-                    };
-                    slot.fill(v);
+                    slot.fill(Self::reply_of(answer));
                 }
+                false
             }
             HubMsg::Ping { nonce } => {
                 // Answered from here; the tx lock is separate from the rx lock we hold.
@@ -1250,8 +1344,9 @@ impl Inner {
                         |b| codec::encode_into(&pong, b),
                     );
                 }
+                false
             }
-            HubMsg::Pong { .. } => {}
+            HubMsg::Pong { .. } => false,
             HubMsg::Event {
                 from,
                 event,
@@ -1305,12 +1400,13 @@ impl Inner {
                 Change::Left => Lifecycle::Left(name.into()),
                 Change::State(s) => Lifecycle::State(name.into(), s.into()),
             })),
-        }
-        Ok(())
+        };
+        Ok(queued)
     }
 
-    fn enqueue(&self, i: Incoming) {
+    fn enqueue(&self, i: Incoming) -> bool {
         self.queue.lock().expect("lock").push_back(i);
+        true
     }
 
     /// Runs queued handlers in arrival order (one thread at a time; a nested call returns at

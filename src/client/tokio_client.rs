@@ -93,7 +93,8 @@ impl AsyncClient {
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Result<Reply, CallError> {
         let inner = &self.client.inner;
-        let (req, slot) = inner.register();
+        let req = inner.next_req();
+        let slot = inner.register(req);
         if let Err(e) = inner.send(&make(req)) {
             inner.waits.lock().expect("lock").remove(&req);
             return Err(CallError::Link(e));

@@ -14,6 +14,7 @@
 
 mod control;
 
+use crate::hash::FastHash;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::AsFd;
@@ -224,10 +225,10 @@ pub struct Hub {
     /// cheaper than moving the whole receiver on every turn of the loop.
     rxs: Vec<Option<Box<RawReceiver>>>,
     handshakes: Vec<Option<Handshake>>,
-    names: HashMap<String, usize>,
+    names: HashMap<String, usize, FastHash>,
     next_gen: u64,
-    pending: HashMap<u64, Pending>,
-    inflight: HashMap<String, u64>,
+    pending: HashMap<u64, Pending, FastHash>,
+    inflight: HashMap<String, u64, FastHash>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_req: u64,
     cache: CacheWriter,
@@ -270,10 +271,10 @@ impl Hub {
             conns: Vec::new(),
             rxs: Vec::new(),
             handshakes: Vec::new(),
-            names: HashMap::new(),
+            names: HashMap::default(),
             next_gen: 1,
-            pending: HashMap::new(),
-            inflight: HashMap::new(),
+            pending: HashMap::default(),
+            inflight: HashMap::default(),
             deadlines: BinaryHeap::new(),
             next_req: 1,
             cache,
@@ -1050,19 +1051,14 @@ impl Hub {
         timeout_ms: u32,
         accept: Encoding,
     ) -> bool {
-        let owner = self.names.get(from).copied();
         // Everything below may write to the caller, and forwards write to the owner.
         if !self.has_capacity(slot) {
             return self.stall(slot, slot);
         }
-        if let Some(o) = owner {
-            if !self.has_capacity(o) {
-                return self.stall(slot, o);
-            }
-        }
+        // A cache hit needs nothing of the owner: it is answered before the owner is looked up.
         if !fresh {
             if let Some((bytes, ttl_ms)) =
-                self.cache.get(from, kind, key, accept, sys::monotonic_ns())
+                self.cache.get(from, kind, key, accept, sys::monotonic_ns)
             {
                 let payload = Payload { enc: accept, bytes };
                 let msg = HubMsg::Reply {
@@ -1073,6 +1069,12 @@ impl Hub {
                 Self::deliver_split(&mut self.conns, slot, &msg);
                 Self::publish_now(&mut self.conns, slot);
                 return true;
+            }
+        }
+        let owner = self.names.get(from).copied();
+        if let Some(o) = owner {
+            if !self.has_capacity(o) {
+                return self.stall(slot, o);
             }
         }
         let Some(owner) = owner.filter(|&o| self.alive(self.who(o))) else {
