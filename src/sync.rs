@@ -19,6 +19,15 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
+/// Gives the CPU to another runnable thread, if any (`sched_yield`; loom: the model's yield).
+#[inline]
+pub(crate) fn yield_now() {
+    #[cfg(shmbus_loom)]
+    loom::thread::yield_now();
+    #[cfg(not(shmbus_loom))]
+    std::thread::yield_now();
+}
+
 /// A spin-loop hint (loom: yield to the model's scheduler instead).
 #[inline(always)]
 pub(crate) fn spin_hint() {

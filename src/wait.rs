@@ -27,7 +27,7 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use crate::channel::Deadline;
-use crate::sync::{fence, spin_hint, Ordering};
+use crate::sync::{fence, spin_hint, yield_now, Ordering};
 use crate::sys::{self, Bell};
 
 /// How a blocked send or receive waits.
@@ -43,6 +43,13 @@ pub enum WaitStrategy {
     },
     /// Park at once (lowest CPU; each wake-up costs a scheduler round trip).
     Park,
+    /// Busy-poll forever, giving the CPU away (`sched_yield`) between polls; never sleeps.
+    /// For more spinning threads than cores, such as a requester, a hub and an owner all
+    /// polling on a 2-core machine: a waiter that yields lets the process it waits for run on
+    /// its core at the cost of a context switch (a few µs), where plain `Spin` holds the core
+    /// until the scheduler's time slice ends (milliseconds) and a parked waiter pays a full
+    /// wake-up (~30 µs per hop on a VM). Still burns a core when nothing else wants it.
+    SpinYield,
 }
 
 /// Default spin budget: short enough that three or four processes waiting at once on a
@@ -58,10 +65,11 @@ impl Default for WaitStrategy {
 
 impl std::str::FromStr for WaitStrategy {
     type Err = String;
-    /// `spin`, `park`, or `spin-then-park[:MICROS]`.
+    /// `spin`, `spin-yield`, `park`, or `spin-then-park[:MICROS]`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "spin" => Ok(WaitStrategy::Spin),
+            "spin-yield" => Ok(WaitStrategy::SpinYield),
             "park" => Ok(WaitStrategy::Park),
             "spin-then-park" | "default" => Ok(WaitStrategy::default()),
             _ => match s.strip_prefix("spin-then-park:") {
@@ -72,7 +80,7 @@ impl std::str::FromStr for WaitStrategy {
                     })
                     .map_err(|e| format!("bad spin budget {us:?}: {e}")),
                 None => Err(format!(
-                    "unknown wait strategy {s:?} (spin, park, spin-then-park[:MICROS])"
+                    "unknown wait strategy {s:?} (spin, spin-yield, park, spin-then-park[:MICROS])"
                 )),
             },
         }
@@ -84,6 +92,7 @@ impl WaitStrategy {
     pub fn name(&self) -> &'static str {
         match self {
             WaitStrategy::Spin => "spin",
+            WaitStrategy::SpinYield => "spin-yield",
             WaitStrategy::SpinThenPark { .. } => "spin-then-park",
             WaitStrategy::Park => "park",
         }
@@ -168,7 +177,7 @@ pub(crate) fn wait_until(
 ) -> Result<WaitOutcome, crate::Error> {
     let mut ready = || w.ready();
     let budget = match strategy {
-        WaitStrategy::Spin => None,
+        WaitStrategy::Spin | WaitStrategy::SpinYield => None,
         WaitStrategy::SpinThenPark { spin } => Some(spin),
         WaitStrategy::Park => Some(Duration::ZERO),
     };
@@ -182,6 +191,7 @@ pub(crate) fn wait_until(
         Deadline::Within(d) => Some(d),
         _ => None,
     };
+    let yielding = strategy == WaitStrategy::SpinYield;
     if budget != Some(Duration::ZERO) {
         let timed = budget.is_some() || !matches!(deadline, Deadline::Never);
         let mut start: Option<Instant> = None;
@@ -190,7 +200,11 @@ pub(crate) fn wait_until(
             if ready()? {
                 return Ok(WaitOutcome::Ready);
             }
-            spin_hint();
+            if yielding {
+                yield_now();
+            } else {
+                spin_hint();
+            }
             i = i.wrapping_add(1);
             if i % 64 == 0 {
                 if timed {

@@ -74,6 +74,7 @@ fn recv_timeout_times_out() {
         WaitStrategy::Park,
         WaitStrategy::default(),
         WaitStrategy::Spin,
+        WaitStrategy::SpinYield,
     ] {
         let (a, b) = Link::pair_with(&small(wait)).unwrap();
         let (_tx, _arx) = a.into_channel::<u8, u8>();
@@ -154,7 +155,11 @@ fn drop_of_the_sender_disconnects_after_draining() {
 #[test]
 fn blocked_receiver_wakes_on_disconnect() {
     let _w = util::watchdog("blocked_receiver_wakes", 30);
-    for wait in [WaitStrategy::Park, WaitStrategy::Spin] {
+    for wait in [
+        WaitStrategy::Park,
+        WaitStrategy::Spin,
+        WaitStrategy::SpinYield,
+    ] {
         let (a, b) = Link::pair_with(&small(wait)).unwrap();
         let (_btx, mut rx) = b.into_channel::<u32, u32>();
         let t = std::thread::spawn(move || {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use shmbus::client::{CallError, Client, ClientOptions, Lifecycle, Ttl};
 use shmbus::hub::HubConfig;
 use shmbus::proto::Encoding;
+use shmbus::WaitStrategy;
 
 struct TestHub {
     // Declared first: the hub stops before its directory is removed.
@@ -583,4 +584,31 @@ fn self_receiving_calls_answer_nested_gets_and_share_the_receiver() {
     }
     stop.store(true, Ordering::Relaxed);
     pump.join().unwrap();
+}
+
+/// Everyone spin-yields (a hub, a requester and an owner polling with more spinners than a
+/// 2-core machine has cores): fresh gets and events still arrive, whole and in order.
+#[test]
+fn spin_yield_everywhere_routes_gets_and_events() {
+    let _w = util::watchdog("spin_yield_everywhere", 60);
+    let hub = TestHub::start("spinyield", |c| c.link.wait = WaitStrategy::SpinYield);
+    let opts = |n: &str| ClientOptions::new(n).wait(WaitStrategy::SpinYield);
+    let owner = Client::connect(hub.dir.path(), opts("owner")).unwrap();
+    let web = Client::connect(hub.dir.path(), opts("web").dispatcher(false)).unwrap();
+    owner.on_get("n", |g| {
+        Ok((g.key.clone().unwrap_or_default(), Ttl::NoCache))
+    });
+    let (tx, rx) = mpsc::channel();
+    owner.on("tick", move |e| {
+        let _ = tx.send(e.payload.decode::<u32>().unwrap());
+    });
+    for i in 0..2000u32 {
+        let key = i.to_string();
+        let r = web.get("owner", "n").key(&key).fresh(true).send().unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), key);
+        web.emit("owner", "tick", &i).unwrap();
+    }
+    for i in 0..2000u32 {
+        assert_eq!(recv(&rx), i);
+    }
 }

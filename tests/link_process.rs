@@ -59,6 +59,7 @@ fn wait_arg() -> WaitStrategy {
 fn wait_name(w: WaitStrategy) -> &'static str {
     match w {
         WaitStrategy::Spin => "spin",
+        WaitStrategy::SpinYield => "spin-yield",
         WaitStrategy::Park => "park",
         WaitStrategy::SpinThenPark { .. } => "default",
     }
@@ -521,6 +522,7 @@ fn sigkill_mid_stream_receiver_sees_disconnected_fast() {
     let _w = util::watchdog(TEST, 120);
     for wait in [
         WaitStrategy::Spin,
+        WaitStrategy::SpinYield,
         WaitStrategy::Park,
         WaitStrategy::default(),
     ] {
@@ -642,6 +644,7 @@ fn sigkill_mid_write_never_exposes_half_a_frame() {
     for case in ["frame", "big_in_write", "big_after_fragments"] {
         for wait in [
             WaitStrategy::Spin,
+            WaitStrategy::SpinYield,
             WaitStrategy::Park,
             WaitStrategy::default(),
         ] {

@@ -216,6 +216,7 @@ impl Opts {
 fn wait_spec(w: WaitStrategy) -> String {
     match w {
         WaitStrategy::Spin => "spin".to_string(),
+        WaitStrategy::SpinYield => "spin-yield".to_string(),
         WaitStrategy::Park => "park".to_string(),
         WaitStrategy::SpinThenPark { spin } => format!("spin-then-park:{}", spin.as_micros()),
     }

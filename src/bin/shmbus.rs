@@ -91,7 +91,7 @@ struct HubArgs {
     /// Largest message, in bytes.
     #[arg(long, default_value_t = shmbus::DEFAULT_MAX_MESSAGE)]
     max_message: usize,
-    /// How the hub waits: spin | park | spin-then-park[:MICROS].
+    /// How the hub waits: spin | spin-yield | park | spin-then-park[:MICROS].
     #[arg(long, default_value = "spin-then-park")]
     wait: WaitStrategy,
     /// Size of the shared cache segment (index + values), in bytes.
@@ -181,7 +181,7 @@ struct BenchArgs {
     /// Measured round trips (or messages with --throughput).
     #[arg(long, default_value_t = 200_000)]
     iters: u64,
-    /// How the ring waits: spin | park | spin-then-park[:MICROS].
+    /// How the ring waits: spin | spin-yield | park | spin-then-park[:MICROS].
     #[arg(long, default_value = "spin")]
     wait: WaitStrategy,
     /// Pin the two processes to CPUs 0 and 1.

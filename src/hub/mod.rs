@@ -306,8 +306,9 @@ impl Hub {
         info!(socket = %self.path.display(), "hub listening");
         let mut events = Vec::with_capacity(64);
         let mut idle_since: Option<Instant> = None;
+        let yielding = self.cfg.link.wait == WaitStrategy::SpinYield;
         let spin = match self.cfg.link.wait {
-            WaitStrategy::Spin => None,
+            WaitStrategy::Spin | WaitStrategy::SpinYield => None,
             WaitStrategy::SpinThenPark { spin } => Some(spin),
             WaitStrategy::Park => Some(Duration::ZERO),
         };
@@ -330,6 +331,9 @@ impl Hub {
             // No `pause` here: on this class of CPU it stalls ~140 cycles, as long as the rest
             // of a turn, and the turn's own loads already pace the loop.
             if spin != Some(Duration::ZERO) && turns % 64 != 0 {
+                if yielding {
+                    std::thread::yield_now();
+                }
                 continue;
             }
             let now = Instant::now();
