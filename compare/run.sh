@@ -3,7 +3,7 @@
 # BENCHMARKS.md (between the compare:begin/compare:end markers) and the latency plot into
 # docs/compare-cdf-64B.svg.
 #
-#   compare/run.sh              # the full run (~5 minutes on 2 cores)
+#   compare/run.sh              # the full run (~3 minutes of measuring on 2 cores, once built)
 #   compare/run.sh --quick      # a smoke test; extra arguments go to `compare`
 #
 # Spinning transports need both cores: run it on a quiet machine (no build, no other load).

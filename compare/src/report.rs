@@ -308,10 +308,13 @@ fn reason(r: &Row, res: &Results<'_>) -> String {
                  The socket peer batches: its 256 KiB `BufWriter` turns thousands of frames into \
                  one `write`, and the reader parses them out of a 256 KiB buffer, so per message \
                  it pays a memcpy and a decode and the kernel's cost is amortised. The ring's \
-                 consumer pays per message a frame-header load on a line the producer just \
-                 wrote, validation, release and the decode. What would close it: a batch \
-                 receive (`try_recv_many`) that validates and releases many frames per call, \
-                 and the in-band commit word (BENCHMARKS.md, the link section).",
+                 consumer already takes every frame that is there under one wait \
+                 (`recv_batch_bytes`) and publishes its head only every sixteenth of the \
+                 ring, but it reads each frame's header from a line the producer is still \
+                 filling (a coherence miss every few 8 B frames), where the socket's reader \
+                 copies a finished 256 KiB block. Not profiled further. What would likely \
+                 close it: a consumer that prefetches a few lines ahead of its head within a \
+                 batch, or one that starts a batch only once a few lines are committed.",
             );
             s
         }
