@@ -51,6 +51,34 @@ fn async_get_request_events_and_hub_loss() {
             .await
             .unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"g1\")");
+        // Now cached: non-fresh gets are read from the segment in this process and never
+        // reach the hub (its count of frames from `web` stays put); a fresh one does.
+        let frames_from_web = || {
+            shmbus::hub::stat(dir.path())
+                .unwrap()
+                .clients
+                .iter()
+                .find(|c| c.name == "web")
+                .map(|c| c.msgs_in)
+                .unwrap()
+        };
+        let before = frames_from_web();
+        for _ in 0..10 {
+            let r = web
+                .get("bot", "stats", Some("g1"), false, None)
+                .await
+                .unwrap();
+            assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"g1\")");
+        }
+        assert_eq!(frames_from_web(), before, "cached gets went to the hub");
+        web.get("bot", "stats", Some("g1"), true, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            frames_from_web(),
+            before + 1,
+            "a fresh get must go to the hub"
+        );
         let r = web.request("bot", "health_check", &(), None).await.unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "ok");
         match web.get("nobody", "stats", None, false, None).await {

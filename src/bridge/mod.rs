@@ -9,7 +9,9 @@
 //! Payloads from legacy clients travel as the exact JSON text they arrived in
 //! ([`Encoding::Json`](crate::proto::Encoding::Json)); the bridge's clients ask for answers in
 //! JSON, so a Rust owner's answer to a legacy requester is encoded as JSON by the owner's own
-//! library. Nothing is re-encoded on the way.
+//! library. Nothing is re-encoded on the way. A legacy client's non-fresh `get` is answered
+//! from the bridge's mapping of the cache segment when it holds a live JSON value of that
+//! owner, without a round trip through the hub.
 //!
 //! One tokio runtime (current-thread) runs everything: an accept task per listener, and per
 //! connection a reader (frames → bus), a writer (batches whole frames into one write) and the

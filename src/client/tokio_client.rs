@@ -57,7 +57,10 @@ impl AsyncClient {
         &self.client
     }
 
-    /// Gets `kind` (optionally `key`) from the owner `from`.
+    /// Gets `kind` (optionally `key`) from the owner `from`. A non-fresh get is answered from
+    /// this process's mapping of the cache segment when it holds a live value of `from` in an
+    /// encoding this client takes (as the sync [`GetBuilder`](crate::client::GetBuilder) does
+    /// by default), without a round trip through the hub.
     pub async fn get(
         &self,
         from: &str,
@@ -67,6 +70,11 @@ impl AsyncClient {
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
         let inner = &self.client.inner;
+        if !fresh {
+            if let Some(r) = inner.local_get(from, kind, key) {
+                return Ok(r);
+            }
+        }
         let timeout = timeout.or(inner.opts.timeout);
         self.call(timeout, inner.get_frame(from, kind, key, fresh, timeout))
             .await
