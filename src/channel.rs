@@ -716,6 +716,18 @@ impl RawReceiver {
         deadline: Deadline,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, Fail> {
+        self.recv_kickable(deadline, None, f)
+    }
+
+    /// [`recv_with`](RawReceiver::recv_with) that also gives up (`Fail::NotNow`) once `kick`
+    /// is set, while it spins or when something wakes it: another thread of this process
+    /// wants the receiver. A message already in the ring is delivered first.
+    pub(crate) fn recv_kickable<R>(
+        &mut self,
+        deadline: Deadline,
+        kick: Option<&std::sync::atomic::AtomicBool>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Fail> {
         loop {
             if let Some(r) = self.held.take() {
                 return Ok(self.deliver(r, f)?);
@@ -734,7 +746,11 @@ impl RawReceiver {
             if self.cons.check_producer_sleeping() {
                 self.space_bell.ring().map_err(Error::from)?;
             }
-            if let Deadline::Now = deadline {
+            // Relaxed: the kick only asks us to stop waiting; the mutex our caller releases
+            // next orders everything that matters.
+            if matches!(deadline, Deadline::Now)
+                || kick.is_some_and(|k| k.load(std::sync::atomic::Ordering::Relaxed))
+            {
                 return Err(Fail::NotNow);
             }
             let parker = BellParker {
@@ -742,7 +758,8 @@ impl RawReceiver {
                 ctrl: self.ctrl.as_fd(),
                 sleeper: &self.sleeper,
             };
-            match wait_until(self.wait, deadline, &parker, &mut DataIn(&mut self.cons))? {
+            let mut w = DataIn(&mut self.cons, kick);
+            match wait_until(self.wait, deadline, &parker, &mut w)? {
                 WaitOutcome::Ready => {}
                 WaitOutcome::TimedOut => return Err(Fail::Timeout),
                 WaitOutcome::PeerGone => self.peer_gone = true,

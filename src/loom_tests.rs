@@ -150,7 +150,13 @@ fn check_frame(cons: &Consumer, f: &Frame, seq: usize, lens: &[usize]) {
 /// The consumer waits for data with the real protocol; panics unless it was woken for a
 /// reason (loom reports a deadlock instead if nobody ever rings).
 fn wait_for_data(bell: &LoomBell, cons: &mut Consumer) {
-    let out = wait_until(WaitStrategy::Park, Deadline::Never, bell, &mut DataIn(cons)).unwrap();
+    let out = wait_until(
+        WaitStrategy::Park,
+        Deadline::Never,
+        bell,
+        &mut DataIn(cons, None),
+    )
+    .unwrap();
     assert_eq!(out, WaitOutcome::Ready);
 }
 

@@ -141,12 +141,21 @@ pub(crate) trait Waitable {
     fn announce(&mut self, on: bool);
 }
 
-/// Waiting for data in a consumer.
-pub(crate) struct DataIn<'a>(pub(crate) &'a mut crate::ring::Consumer);
+/// Waiting for data in a consumer; with a kick flag, also until that flag is set (the waiter
+/// then re-checks and gives up: see `RawReceiver::recv_kickable`).
+pub(crate) struct DataIn<'a>(
+    pub(crate) &'a mut crate::ring::Consumer,
+    pub(crate) Option<&'a std::sync::atomic::AtomicBool>,
+);
 
 impl Waitable for DataIn<'_> {
     fn ready(&mut self) -> Result<bool, crate::Error> {
-        Ok(self.0.has_data()? || self.0.peer_closed())
+        // Relaxed kick load: a hint to stop waiting, ordered by the caller's mutex.
+        Ok(self.0.has_data()?
+            || self.0.peer_closed()
+            || self
+                .1
+                .is_some_and(|k| k.load(std::sync::atomic::Ordering::Relaxed)))
     }
     fn announce(&mut self, on: bool) {
         self.0.set_sleeping(on)

@@ -612,3 +612,40 @@ fn spin_yield_everywhere_routes_gets_and_events() {
         assert_eq!(recv(&rx), i);
     }
 }
+
+/// A client with its dispatcher thread, making a stream of calls while events arrive: the
+/// calling thread takes the receiver from the dispatcher (which steps aside while calls come)
+/// and runs the handlers for what it receives; once the calls stop, the dispatcher takes the
+/// receiver back and handles events with no call in progress.
+#[test]
+fn dispatcher_steps_aside_for_callers_and_comes_back() {
+    let _w = util::watchdog("dispatcher_steps_aside", 60);
+    let hub = TestHub::start("stepaside", |_| {});
+    let owner = hub.client("owner");
+    owner.on_get("n", |g| {
+        Ok((g.key.clone().unwrap_or_default(), Ttl::NoCache))
+    });
+    let web = hub.client("web");
+    let (tx, rx) = mpsc::channel();
+    web.on("tick", move |e| {
+        let _ = tx.send(e.payload.decode::<u32>().unwrap());
+    });
+    let ticker = hub.client("ticker");
+    for i in 0..3000u32 {
+        ticker.emit("web", "tick", &i).unwrap();
+        let key = i.to_string();
+        let r = web.get("owner", "n").key(&key).fresh(true).send().unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), key);
+    }
+    for i in 0..3000u32 {
+        assert_eq!(recv(&rx), i);
+    }
+    // No calls now: only the dispatcher can receive these.
+    std::thread::sleep(Duration::from_millis(20));
+    for i in 3000..3100u32 {
+        ticker.emit("web", "tick", &i).unwrap();
+    }
+    for i in 3000..3100u32 {
+        assert_eq!(recv(&rx), i);
+    }
+}

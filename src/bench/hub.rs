@@ -103,7 +103,7 @@ pub(super) fn connect_requester(o: &Opts, dir: &Path) -> Result<GetSide, Error> 
         dir,
         ClientOptions::new("requester")
             .wait(o.wait)
-            .dispatcher(false),
+            .dispatcher(o.dispatcher),
     )?;
     // Wait for the owner to join.
     let end = Instant::now() + Duration::from_secs(10);

@@ -117,6 +117,9 @@ pub struct Opts {
     pub ring_capacity: Option<u64>,
     /// hub-get: answered from the hub's cache instead of by the owner.
     pub cached: bool,
+    /// hub-get: the requester runs the client's dispatcher thread (the default client
+    /// options); without it the requester receives only inside its calls.
+    pub dispatcher: bool,
     /// hub-emit: how many clients emit (each to the next).
     pub clients: usize,
     /// hub-get / hub-emit: how the hub waits (`None` = like the clients, `wait`).
@@ -138,6 +141,7 @@ impl Default for Opts {
             throughput: false,
             ring_capacity: None,
             cached: false,
+            dispatcher: false,
             clients: 1,
             hub_wait: None,
             readers: 0,

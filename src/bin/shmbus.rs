@@ -199,6 +199,10 @@ struct BenchArgs {
     /// hub-get: answered from the hub's cache (the owner is not involved).
     #[arg(long)]
     cached: bool,
+    /// hub-get: the requester runs the client's dispatcher thread (the default client
+    /// options) instead of receiving only in its calls.
+    #[arg(long)]
+    dispatcher: bool,
     /// hub-emit: number of clients, each emitting to the next.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -268,6 +272,7 @@ fn main() -> ExitCode {
                 throughput: a.throughput,
                 ring_capacity: a.ring_bytes,
                 cached: a.cached,
+                dispatcher: a.dispatcher,
                 clients: a.clients,
                 hub_wait: a.hub_wait,
                 readers: if a.throughput {

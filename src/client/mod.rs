@@ -15,7 +15,11 @@
 //!
 //! By default a dispatcher thread receives from the hub: it answers heartbeats, fills in the
 //! replies that callers of [`Client::get`] / [`Client::request`] wait for, and runs handlers in
-//! the order messages arrived. With [`ClientOptions::dispatcher`] off, nothing runs in the
+//! the order messages arrived. While calls are being made (and for a millisecond after the
+//! last one) it steps aside: a calling thread takes the receiver (kicking a dispatcher that
+//! spins on it), receives its own reply straight from the ring and runs the handlers for
+//! whatever else arrives, so a stream of calls costs no hand-over between threads. With
+//! [`ClientOptions::dispatcher`] off, nothing runs in the
 //! background: a thread that waits in `get` receives for itself (the lowest latency: it takes
 //! its reply straight from the ring, with no hand-over between threads), and the application
 //! calls [`Client::poll`] or [`Client::run`] to run handlers and answer pings. Handlers for
@@ -26,7 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -408,6 +412,38 @@ impl Slot {
 /// How long one receive turn of a waiting call lasts before it lets others receive.
 const RECEIVE_TURN: Duration = Duration::from_millis(50);
 
+/// How long the dispatcher thread stays out of the callers' way after the last call: calls
+/// that come in a stream each take the receiver themselves (the direct path) instead of
+/// having their replies handed over by the dispatcher (a futex wake-up each).
+const STEP_ASIDE: Duration = Duration::from_millis(1);
+
+/// How many times a caller retries for the receiver after kicking a dispatcher that holds it
+/// (a spinning dispatcher lets go within a poll or two; a parked one does not, and the
+/// caller then has its reply handed over).
+const KICK_TRIES: u32 = 64;
+
+/// Counts a call in progress for as long as it lives.
+struct InCall<'a>(&'a Inner);
+
+impl<'a> InCall<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        // SeqCst: ordered before the caller's `kick` store and after the dispatcher's clearing
+        // of `kick` and its re-check of `callers` (all SeqCst), so a dispatcher that misses
+        // this caller sees its kick.
+        inner.callers.fetch_add(1, Ordering::SeqCst);
+        InCall(inner)
+    }
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        // Relaxed: the dispatcher only uses these to decide when to take the receiver back;
+        // the receiver's mutex orders the rest.
+        self.0.calls.fetch_add(1, Ordering::Relaxed);
+        self.0.callers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// How [`Inner::call_direct`] ended.
 enum Direct {
     /// With the reply (or the call's failure).
@@ -449,6 +485,14 @@ struct Inner {
     cache_max_value: AtomicU64,
     /// Ourselves, for [`GetTicket`]s handed out by `handle`.
     me: std::sync::Weak<Inner>,
+    /// Calls in progress. While there are any (and for [`STEP_ASIDE`] after the last one),
+    /// the dispatcher thread leaves the receiver to the calling threads.
+    callers: AtomicUsize,
+    /// Calls ever finished (the dispatcher watches it to see that calls are still coming).
+    calls: AtomicU64,
+    /// Set by a caller that finds the dispatcher holding the receiver: the dispatcher stops
+    /// waiting and lets go.
+    kick: AtomicBool,
 }
 
 /// A connection to the hub. Cheap to clone (all clones share the connection).
@@ -486,6 +530,9 @@ impl Client {
             last_goodbye: Mutex::new(None),
             cache: Mutex::new(None),
             cache_max_value: AtomicU64::new(0),
+            callers: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            kick: AtomicBool::new(false),
             opts,
         });
         inner.establish()?;
@@ -1158,12 +1205,13 @@ impl Inner {
         timeout: Option<Duration>,
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Result<Reply, CallError> {
+        let _in_call = InCall::new(self);
         let req = self.next_req();
         // Our own deadline is a little after the hub's, so the hub's clearer timeout error
         // normally arrives first.
         let total = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
-        let (slot, deadline) = match self.rx.try_lock() {
-            Ok(mut g) => {
+        let (slot, deadline) = match self.take_receiver() {
+            Some(mut g) => {
                 let turn = total.min(RECEIVE_TURN);
                 match self.call_direct(&mut g, req, turn, make) {
                     Direct::Done(r) => return r,
@@ -1175,7 +1223,7 @@ impl Inner {
                     }
                 }
             }
-            Err(_) => {
+            None => {
                 let slot = self.register(req);
                 let deadline = Instant::now() + total;
                 if let Err(e) = self.send(&make(req)) {
@@ -1188,6 +1236,27 @@ impl Inner {
         let r = self.await_reply(req, &slot, deadline);
         self.recycle(slot);
         r
+    }
+
+    /// The receiver, if this caller can have it: free, or held by a dispatcher thread that
+    /// is spinning and lets go when kicked. `None` if another caller holds it, or a parked
+    /// dispatcher does (the reply is then handed over).
+    fn take_receiver(&self) -> Option<std::sync::MutexGuard<'_, Option<RawReceiver>>> {
+        if let Ok(g) = self.rx.try_lock() {
+            return Some(g);
+        }
+        if !self.opts.dispatcher {
+            return None;
+        }
+        // SeqCst: pairs with the dispatcher's clearing of `kick` and re-check of `callers`.
+        self.kick.store(true, Ordering::SeqCst);
+        for _ in 0..KICK_TRIES {
+            crate::sync::spin_hint();
+            if let Ok(g) = self.rx.try_lock() {
+                return Some(g);
+            }
+        }
+        None
     }
 
     /// The fast path of [`call`](Inner::call), with the receiver held: sends, then receives
@@ -1294,10 +1363,25 @@ impl Inner {
     }
 
     fn receive_locked(&self, g: &mut Option<RawReceiver>, d: Deadline) -> Result<bool, Error> {
+        self.receive_in(g, d, None)
+    }
+
+    /// [`receive_locked`](Inner::receive_locked) for the dispatcher: gives up early (Ok(false))
+    /// when a caller kicks it.
+    fn receive_kickable(&self, g: &mut Option<RawReceiver>, d: Deadline) -> Result<bool, Error> {
+        self.receive_in(g, d, Some(&self.kick))
+    }
+
+    fn receive_in(
+        &self,
+        g: &mut Option<RawReceiver>,
+        d: Deadline,
+        kick: Option<&AtomicBool>,
+    ) -> Result<bool, Error> {
         let Some(rx) = g.as_mut() else {
             return Err(Error::Disconnected);
         };
-        let res = rx.recv_with(d, |bytes| {
+        let res = rx.recv_kickable(d, kick, |bytes| {
             match codec::decode_borrowed::<HubMsg<'_>>(bytes) {
                 Ok(m) => self.file(m),
                 Err(e) => Err(e),
@@ -1573,12 +1657,35 @@ impl Inner {
 
 /// The background dispatcher: receives, files, runs handlers; reconnects if asked to.
 fn dispatcher(weak: std::sync::Weak<Inner>) {
+    let mut seen_calls = 0;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.closing.load(Ordering::Acquire) {
             return;
         }
-        let res = inner.receive_one(Deadline::At(Instant::now() + Duration::from_millis(100)));
+        // Calls in progress, or finished within the last `STEP_ASIDE`: the calling threads
+        // receive for themselves (and run what they receive for the handlers).
+        let calls = inner.calls.load(Ordering::Relaxed);
+        if inner.callers.load(Ordering::SeqCst) > 0 || calls != seen_calls {
+            seen_calls = calls;
+            drop(inner);
+            std::thread::sleep(STEP_ASIDE);
+            continue;
+        }
+        let res = {
+            let mut g = inner.rx.lock().expect("lock");
+            // SeqCst (all three): a caller that came after our check of `callers` below
+            // sets `kick` after we cleared it, so our wait sees it.
+            inner.kick.store(false, Ordering::SeqCst);
+            if inner.callers.load(Ordering::SeqCst) > 0 {
+                Ok(false)
+            } else {
+                inner.receive_kickable(
+                    &mut g,
+                    Deadline::At(Instant::now() + Duration::from_millis(100)),
+                )
+            }
+        };
         inner.run_handlers();
         match res {
             Ok(_) => {}
