@@ -153,7 +153,9 @@ pub(super) fn accept(l: UnixListener, o: &Opts) -> Result<FloorSide, Error> {
     }
     let req_bell = sys::eventfd_blocking()?;
     let resp_bell = sys::eventfd_blocking()?;
-    let (sock, _) = l.accept()?;
+    l.set_nonblocking(true)?;
+    let (sock, _) = super::accept_within(|| l.accept())?;
+    sock.set_nonblocking(false)?;
     sys::send_with_fds(
         &sock,
         b"floor",

@@ -633,6 +633,30 @@ pub(crate) fn spawn_role_in(o: &Opts, dir: &std::path::Path, role: &str) -> Resu
         .spawn()?)
 }
 
+/// How long a benchmark waits for its peer to connect.
+pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts the peer's connection on a listener (set non-blocking by the caller: `try_accept`
+/// is its `accept`), giving up after [`ACCEPT_TIMEOUT`] so that a peer that never comes fails
+/// the run instead of hanging it.
+pub(crate) fn accept_within<S>(
+    mut try_accept: impl FnMut() -> std::io::Result<S>,
+) -> Result<S, Error> {
+    let end = std::time::Instant::now() + ACCEPT_TIMEOUT;
+    loop {
+        match try_accept() {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > end {
+                    return Err(mismatch("the benchmark peer did not connect within 10 s"));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Waits for a child, killing it past `limit`.
 pub(crate) fn wait_child_deadline(
     c: &mut Child,

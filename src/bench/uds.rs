@@ -43,7 +43,28 @@ pub(super) enum Stream {
     Tcp(TcpStream),
 }
 
+/// A benchmark socket operation gives up after this long (a stuck peer fails the run with a
+/// timeout error instead of hanging it).
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Stream {
+    /// Blocking, with [`IO_TIMEOUT`] on every read and write.
+    fn with_timeouts(self) -> std::io::Result<Stream> {
+        match &self {
+            Stream::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+            }
+            Stream::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+            }
+        }
+        Ok(self)
+    }
+
     fn try_clone(&self) -> std::io::Result<Stream> {
         Ok(match self {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
@@ -86,18 +107,21 @@ pub(super) struct UdsSide {
 }
 
 pub(super) fn accept(l: UnixListener, o: &Opts) -> Result<UdsSide, Error> {
-    let (s, _) = l.accept()?;
+    l.set_nonblocking(true)?;
+    let (s, _) = super::accept_within(|| l.accept())?;
     side(Stream::Unix(s), o)
 }
 
 /// TCP: the peer connects to `l` (bound on loopback); Nagle is off on both ends.
 pub(super) fn accept_tcp(l: TcpListener, o: &Opts) -> Result<UdsSide, Error> {
-    let (s, _) = l.accept()?;
+    l.set_nonblocking(true)?;
+    let (s, _) = super::accept_within(|| l.accept())?;
     s.set_nodelay(true)?;
     side(Stream::Tcp(s), o)
 }
 
 fn side(s: Stream, o: &Opts) -> Result<UdsSide, Error> {
+    let s = s.with_timeouts()?;
     let payload = payload(o.size);
     Ok(UdsSide {
         r: BufReader::with_capacity(256 << 10, s.try_clone()?),
@@ -163,6 +187,7 @@ pub(super) fn peer(o: &Opts, socket: &Path) -> Result<(), Error> {
     } else {
         Stream::Unix(UnixStream::connect(socket)?)
     };
+    let s = s.with_timeouts()?;
     let mut r = BufReader::with_capacity(256 << 10, s.try_clone()?);
     let mut w = BufWriter::with_capacity(256 << 10, s);
     let mut rbuf = Vec::new();
