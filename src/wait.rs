@@ -36,7 +36,9 @@ pub enum WaitStrategy {
     /// Busy-poll forever; never sleeps. Lowest latency, but burns a whole core per waiter:
     /// use only with a core to spare per spinning thread (benchmarks, pinned hot paths).
     Spin,
-    /// Busy-poll for `spin`, then park on the doorbell. The default.
+    /// Busy-poll for `spin`, then park on the doorbell. The default. The first 64 polls
+    /// pause between polls; the rest of the budget yields the CPU (`sched_yield`) between
+    /// polls, so that with more waiting processes than cores the one being waited for runs.
     SpinThenPark {
         /// How long to spin before parking.
         spin: Duration,
@@ -129,6 +131,12 @@ pub(crate) enum WaitOutcome {
     PeerGone,
 }
 
+/// Spins of a `SpinThenPark` wait that pause (a few µs: a reply already on its way arrives
+/// within them); the rest of its spin budget yields the CPU between polls, so that with more
+/// waiters than cores the process being waited for gets to run instead of the waiter holding
+/// its core until the budget ends.
+const PAUSE_SPINS: u32 = 64;
+
 /// Spins between liveness probes in `WaitStrategy::Spin` (about 100-300 µs).
 const SPINS_PER_PROBE: u32 = 1 << 14;
 
@@ -200,7 +208,12 @@ pub(crate) fn wait_until(
         Deadline::Within(d) => Some(d),
         _ => None,
     };
-    let yielding = strategy == WaitStrategy::SpinYield;
+    // From which spin on the waiter yields its CPU between polls instead of pausing.
+    let yield_from = match strategy {
+        WaitStrategy::SpinYield => Some(0),
+        WaitStrategy::SpinThenPark { .. } => Some(PAUSE_SPINS),
+        WaitStrategy::Spin | WaitStrategy::Park => None,
+    };
     if budget != Some(Duration::ZERO) {
         let timed = budget.is_some() || !matches!(deadline, Deadline::Never);
         let mut start: Option<Instant> = None;
@@ -209,13 +222,15 @@ pub(crate) fn wait_until(
             if ready()? {
                 return Ok(WaitOutcome::Ready);
             }
+            let yielding = yield_from.is_some_and(|n| i >= n);
             if yielding {
                 yield_now();
             } else {
                 spin_hint();
             }
             i = i.wrapping_add(1);
-            if i % 64 == 0 {
+            // A yield takes far longer than a pause: look at the clock more often then.
+            if i % if yielding { 8 } else { 64 } == 0 {
                 if timed {
                     let now = Instant::now();
                     let start = *start.get_or_insert(now);
