@@ -29,8 +29,10 @@ pub(crate) enum Deadline {
     At(Instant),
     /// Wait for as long as it takes.
     Never,
-    /// Wait this long, counted from the waiter's first clock reading (see
-    /// [`wait_until`]): a wait that ends at once reads no clock.
+    /// Wait this long, counted from the waiter's first clock reading (see [`wait_until`]):
+    /// after 64 pausing polls, 8 yielding ones, or just before parking. A wait that ends
+    /// sooner reads no clock. (A yielding waiter on a busy machine may start counting a few
+    /// time slices late; the timeouts built on this are liveness bounds, not precise timers.)
     Within(Duration),
 }
 
