@@ -5,7 +5,7 @@
 mod util;
 
 use std::os::fd::AsFd;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,24 +21,9 @@ struct HubProc {
 
 impl HubProc {
     fn start(dir: &std::path::Path, extra: &[&str]) -> HubProc {
-        let child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
-            .arg("hub")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--log", "warn"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let sock = dir.join("hub.sock");
-        assert!(
-            util::eventually(10, || std::os::unix::net::UnixStream::connect(&sock)
-                .is_ok()),
-            "hub did not come up"
-        );
-        HubProc { child }
+        HubProc {
+            child: util::hub_process(dir, extra),
+        }
     }
 
     fn kill9(&mut self) {

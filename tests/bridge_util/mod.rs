@@ -77,24 +77,7 @@ impl Drop for Proc {
 
 /// `shmbus hub --dir dir` plus `extra` flags, once its socket accepts.
 pub fn hub(dir: &Path, extra: &[&str]) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
-        .arg("hub")
-        .arg("--dir")
-        .arg(dir)
-        .args(["--log", "warn"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let sock = dir.join("hub.sock");
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < end, "hub did not come up");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Proc(child)
+    Proc(crate::util::hub_process(dir, extra))
 }
 
 /// A running `shmbus bridge` and what it listens on.

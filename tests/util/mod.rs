@@ -125,6 +125,29 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Starts `shmbus hub --dir dir` plus `extra` flags as a child process and returns it once
+/// its socket accepts (panics after 10 s).
+pub fn hub_process(dir: &Path, extra: &[&str]) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .arg("hub")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--log", "warn"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let sock = dir.join("hub.sock");
+    assert!(
+        eventually(10, || std::os::unix::net::UnixStream::connect(&sock)
+            .is_ok()),
+        "hub did not come up"
+    );
+    child
+}
+
 /// A hub on a thread of this test process; shut down and joined on drop.
 pub struct ThreadHub {
     handle: shmbus::hub::HubHandle,
