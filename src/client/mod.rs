@@ -422,25 +422,31 @@ const STEP_ASIDE: Duration = Duration::from_millis(1);
 /// caller then has its reply handed over).
 const KICK_TRIES: u32 = 64;
 
-/// Counts a call in progress for as long as it lives.
-struct InCall<'a>(&'a Inner);
+/// Counts a call in progress for as long as it lives, for the dispatcher thread (a client
+/// without one counts nothing).
+struct InCall<'a>(Option<&'a Inner>);
 
 impl<'a> InCall<'a> {
     fn new(inner: &'a Inner) -> Self {
+        if !inner.opts.dispatcher {
+            return InCall(None);
+        }
         // SeqCst: ordered before the caller's `kick` store and after the dispatcher's clearing
         // of `kick` and its re-check of `callers` (all SeqCst), so a dispatcher that misses
         // this caller sees its kick.
         inner.callers.fetch_add(1, Ordering::SeqCst);
-        InCall(inner)
+        InCall(Some(inner))
     }
 }
 
 impl Drop for InCall<'_> {
     fn drop(&mut self) {
-        // Relaxed: the dispatcher only uses these to decide when to take the receiver back;
-        // the receiver's mutex orders the rest.
-        self.0.calls.fetch_add(1, Ordering::Relaxed);
-        self.0.callers.fetch_sub(1, Ordering::SeqCst);
+        if let Some(inner) = self.0 {
+            // Relaxed: the dispatcher only uses this to decide when to take the receiver
+            // back; the receiver's mutex orders the rest.
+            inner.calls.fetch_add(1, Ordering::Relaxed);
+            inner.callers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -1272,40 +1278,24 @@ impl Inner {
             return Direct::Done(Err(CallError::Link(e)));
         }
         loop {
-            let Some(rx) = g.as_mut() else {
-                return Direct::Done(Err(CallError::Link(Error::Disconnected)));
-            };
-            let res = rx.recv_with(
-                Deadline::Within(turn),
-                |bytes| match codec::decode_borrowed::<HubMsg<'_>>(bytes) {
-                    Ok(HubMsg::Reply { req: r, answer }) if r == req => {
-                        Ok(Got::Mine(Self::reply_of(answer)))
-                    }
-                    Ok(m) => self.file(m).map(Got::Filed),
-                    Err(e) => Err(e),
-                },
-            );
-            match res {
-                Ok(Ok(Got::Mine(v))) => return Direct::Done(v),
+            let got = self.receive_with(g, Deadline::Within(turn), None, |m| match m {
+                HubMsg::Reply { req: r, answer } if r == req => {
+                    Ok(Got::Mine(Self::reply_of(answer)))
+                }
+                m => self.file(m).map(Got::Filed),
+            });
+            match got {
+                Ok(Some(Got::Mine(v))) => return Direct::Done(v),
                 // Something for the handlers: they must run while we wait (a handler may be
                 // what our owner's answer depends on), so go to the shared path.
-                Ok(Ok(Got::Filed(true))) => {
+                Ok(Some(Got::Filed(true))) => {
                     return Direct::Shared {
                         waited: Duration::ZERO,
                     }
                 }
-                Ok(Ok(Got::Filed(false))) => {}
-                Ok(Err(e)) => return Direct::Done(Err(CallError::Link(e))),
-                Err(Fail::NotNow | Fail::Timeout) => return Direct::Shared { waited: turn },
-                Err(f) => {
-                    *g = None;
-                    self.mark_disconnected();
-                    let e = match f {
-                        Fail::Error(e) => e,
-                        _ => Error::Disconnected,
-                    };
-                    return Direct::Done(Err(CallError::Link(e)));
-                }
+                Ok(Some(Got::Filed(false))) => {}
+                Ok(None) => return Direct::Shared { waited: turn },
+                Err(e) => return Direct::Done(Err(CallError::Link(e))),
             }
         }
     }
@@ -1378,28 +1368,34 @@ impl Inner {
         d: Deadline,
         kick: Option<&AtomicBool>,
     ) -> Result<bool, Error> {
+        Ok(self.receive_with(g, d, kick, |m| self.file(m))?.is_some())
+    }
+
+    /// Receives one message (if any within the deadline, `None` otherwise) and hands it,
+    /// decoded, to `on`. A dead or corrupt link is dropped and the client marked disconnected.
+    fn receive_with<R>(
+        &self,
+        g: &mut Option<RawReceiver>,
+        d: Deadline,
+        kick: Option<&AtomicBool>,
+        on: impl FnOnce(HubMsg<'_>) -> Result<R, Error>,
+    ) -> Result<Option<R>, Error> {
         let Some(rx) = g.as_mut() else {
             return Err(Error::Disconnected);
         };
         let res = rx.recv_kickable(d, kick, |bytes| {
-            match codec::decode_borrowed::<HubMsg<'_>>(bytes) {
-                Ok(m) => self.file(m),
-                Err(e) => Err(e),
-            }
+            codec::decode_borrowed::<HubMsg<'_>>(bytes).and_then(on)
         });
         match res {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) => Err(e),
-            Err(Fail::NotNow | Fail::Timeout) => Ok(false),
-            Err(Fail::Disconnected) => {
+            Ok(r) => r.map(Some),
+            Err(Fail::NotNow | Fail::Timeout) => Ok(None),
+            Err(f) => {
                 *g = None;
                 self.mark_disconnected();
-                Err(Error::Disconnected)
-            }
-            Err(Fail::Error(e)) => {
-                *g = None;
-                self.mark_disconnected();
-                Err(e)
+                Err(match f {
+                    Fail::Error(e) => e,
+                    _ => Error::Disconnected,
+                })
             }
         }
     }
@@ -1680,10 +1676,7 @@ fn dispatcher(weak: std::sync::Weak<Inner>) {
             if inner.callers.load(Ordering::SeqCst) > 0 {
                 Ok(false)
             } else {
-                inner.receive_kickable(
-                    &mut g,
-                    Deadline::At(Instant::now() + Duration::from_millis(100)),
-                )
+                inner.receive_kickable(&mut g, Deadline::Within(Duration::from_millis(100)))
             }
         };
         inner.run_handlers();
