@@ -1,4 +1,5 @@
-//! Doorbells and waiting: spin, then park on an eventfd, without ever losing a wake-up.
+//! Doorbells and waiting: spin, then park on an eventfd, without ever losing a wake-up; and
+//! the `Deadline` a wait gives up at.
 //!
 //! # The protocol
 //!
@@ -26,7 +27,6 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use crate::channel::Deadline;
 use crate::sync::{fence, spin_hint, yield_now, Ordering};
 use crate::sys::{self, Bell};
 
@@ -99,6 +99,22 @@ impl WaitStrategy {
             WaitStrategy::Park => "park",
         }
     }
+}
+
+/// When an operation gives up waiting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deadline {
+    /// Do not wait at all.
+    Now,
+    /// Wait until this instant.
+    At(Instant),
+    /// Wait for as long as it takes.
+    Never,
+    /// Wait this long, counted from the waiter's first clock reading (see `wait_until`):
+    /// after 64 pausing polls, 8 yielding ones, or just before parking. A wait that ends
+    /// sooner reads no clock. (A yielding waiter on a busy machine may start counting a few
+    /// time slices late; the timeouts built on this are liveness bounds, not precise timers.)
+    Within(Duration),
 }
 
 /// What a park returned.

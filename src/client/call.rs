@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::messages::reply_of;
 use super::{CallError, Client, Inner, Reply, Ttl};
-use crate::channel::Deadline;
 use crate::proto::{ClientMsg, Encoding, HubMsg, PayloadBuf};
+use crate::wait::Deadline;
 use crate::RawReceiver;
 
 /// Where the reply to one call is filed.

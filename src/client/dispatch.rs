@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use super::handlers::Incoming;
 use super::messages::reply_of;
 use super::{Client, DataPush, Event, GetRequest, Inner, Lifecycle, Request};
-use crate::channel::{Deadline, Fail};
+use crate::error::Fail;
 use crate::proto::{Change, ClientMsg, HubMsg};
+use crate::wait::Deadline;
 use crate::{codec, Error, RawReceiver};
 
 /// How long the dispatcher thread stays out of the callers' way after the last call: calls

@@ -57,9 +57,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cache::{Cache, CacheReader};
-use crate::channel::{fail_to_error, Deadline, Fail};
+use crate::error::{fail_to_error, Fail};
 use crate::hub::socket_path;
 use crate::proto::{ClientMsg, PayloadBuf, Target};
+use crate::wait::Deadline;
 use crate::{codec, Error, RawReceiver, RawSender};
 
 mod call;

@@ -20,9 +20,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::{CallError, Client, ClientOptions, Inner, Reply, Slot};
-use crate::channel::Deadline;
 use crate::proto::{ClientMsg, PayloadBuf};
 use crate::sync::{fence, Ordering};
+use crate::wait::Deadline;
 use crate::Error;
 
 /// An async handle on a hub connection. Everything that does not wait (emit, data,
