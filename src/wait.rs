@@ -276,12 +276,7 @@ pub(crate) fn wait_until(
     let deadline = until;
     loop {
         parker.reset()?;
-        w.announce(true);
-        // SeqCst fence: orders the flag store above before the re-check below. Pairs with the
-        // notifier's fence in `Producer::publish` / `Consumer::check_producer_sleeping`.
-        fence(Ordering::SeqCst);
-        if w.ready()? {
-            w.announce(false);
+        if prepare_park(w)? {
             return Ok(WaitOutcome::Ready);
         }
         let parked = parker.park(deadline)?;
@@ -308,6 +303,28 @@ pub(crate) fn wait_until(
             }
         }
     }
+}
+
+/// The waiter's half of the no-lost-wake-up handshake (see the module docs): announces sleep,
+/// fences, re-checks. `Ok(true)`: ready after all, the announcement is withdrawn again, do not
+/// block. `Ok(false)`: the flag stays raised and the caller may block on its doorbell; it
+/// withdraws the flag once it wakes.
+///
+/// This is the one copy of the handshake: [`wait_until`] parks through it (which is what the
+/// loom models in `src/loom_tests.rs` check), and so do the event loops that park on a
+/// doorbell themselves, the hub and the tokio client (`RawReceiver::prepare_park`,
+/// `RawSender::prepare_park_for_space`). On an error from the re-check the flag stays raised;
+/// the caller withdraws it.
+pub(crate) fn prepare_park(w: &mut impl Waitable) -> Result<bool, crate::Error> {
+    w.announce(true);
+    // SeqCst fence: orders the flag store above before the re-check below. Pairs with the
+    // notifier's fence in `Producer::publish` / `Consumer::check_producer_sleeping`.
+    fence(Ordering::SeqCst);
+    if w.ready()? {
+        w.announce(false);
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// The epoll instance a [`BellParker`] sleeps in, created at the first park and kept for the

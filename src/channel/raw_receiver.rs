@@ -21,7 +21,9 @@ use crate::error::{Fail, RecvError, RecvTimeoutError, TryRecvError};
 use crate::ring::layout::kind;
 use crate::ring::{Consumer, Frame};
 use crate::sys::Bell;
-use crate::wait::{wait_until, BellParker, DataIn, Deadline, Sleeper, WaitOutcome, WaitStrategy};
+use crate::wait::{
+    self, wait_until, BellParker, DataIn, Deadline, Sleeper, WaitOutcome, WaitStrategy, Waitable,
+};
 use crate::Error;
 
 /// A message that is ready at the consumer.
@@ -285,9 +287,19 @@ impl RawReceiver {
         Ok(Some(out))
     }
 
-    /// Announces that this receiver's owner is about to park on
-    /// [`doorbell`](RawReceiver::doorbell) itself (event loops). Follow with a SeqCst fence
-    /// and a [`has_data`](RawReceiver::has_data) re-check before blocking.
+    /// For event loops that park on [`doorbell`](RawReceiver::doorbell) themselves: announces
+    /// that this receiver's owner is about to sleep, fences, and re-checks with
+    /// [`has_data`](RawReceiver::has_data) (the handshake of [`crate::wait`], the very code a
+    /// blocking receive parks through). `Ok(true)`: something is there (or the peer closed),
+    /// so do not park; the announcement was withdrawn. `Ok(false)`: park on the doorbell, then
+    /// withdraw the announcement with [`set_waiting_for_data(false)`](Self::set_waiting_for_data).
+    pub fn prepare_park(&mut self) -> Result<bool, Error> {
+        wait::prepare_park(&mut ParkingReceiver(self))
+    }
+
+    /// Raises or withdraws this receiver's sleep announcement. Raising it is
+    /// [`prepare_park`](RawReceiver::prepare_park)'s job (with the fence and the re-check
+    /// that must follow); event loops call this with `false` once they wake.
     pub fn set_waiting_for_data(&mut self, on: bool) {
         self.cons.set_sleeping(on);
     }
@@ -375,5 +387,18 @@ impl Drop for RawReceiver {
     fn drop(&mut self) {
         self.cons.close();
         let _ = self.space_bell.ring();
+    }
+}
+
+/// A receiver whose owner parks on its doorbell itself: ready when
+/// [`has_data`](RawReceiver::has_data) says so.
+struct ParkingReceiver<'a>(&'a mut RawReceiver);
+
+impl Waitable for ParkingReceiver<'_> {
+    fn ready(&mut self) -> Result<bool, Error> {
+        self.0.has_data()
+    }
+    fn announce(&mut self, on: bool) {
+        self.0.cons.set_sleeping(on)
     }
 }

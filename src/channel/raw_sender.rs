@@ -20,7 +20,9 @@ use crate::error::{fail_to_error, Fail};
 use crate::ring::layout::kind;
 use crate::ring::{Producer, RingError};
 use crate::sys::{self, Bell};
-use crate::wait::{wait_until, BellParker, Deadline, RoomFor, Sleeper, WaitOutcome, WaitStrategy};
+use crate::wait::{
+    self, wait_until, BellParker, Deadline, RoomFor, Sleeper, WaitOutcome, WaitStrategy, Waitable,
+};
 use crate::Error;
 
 /// Sends between liveness probes of the control socket (a sender only notices a crashed
@@ -418,9 +420,19 @@ impl RawSender {
         Ok(true)
     }
 
-    /// Announces that this sender waits for space (event loops that park on
-    /// [`space_doorbell`](RawSender::space_doorbell) themselves). Follow with a SeqCst fence
-    /// (the loop's) and a re-check.
+    /// For event loops that park on [`space_doorbell`](RawSender::space_doorbell) themselves:
+    /// announces that this sender waits for room for a frame of `len` bytes, fences, and
+    /// re-checks with [`has_room`](RawSender::has_room) (the handshake of [`crate::wait`], the
+    /// very code a blocking send parks through). `Ok(true)`: the room is there, so do not
+    /// park; the announcement was withdrawn. `Ok(false)`: park on the doorbell, then withdraw
+    /// the announcement with [`set_waiting_for_space(false)`](Self::set_waiting_for_space).
+    pub fn prepare_park_for_space(&mut self, len: usize) -> Result<bool, Error> {
+        wait::prepare_park(&mut ParkingSender(self, len))
+    }
+
+    /// Raises or withdraws this sender's sleep announcement. Raising it is
+    /// [`prepare_park_for_space`](RawSender::prepare_park_for_space)'s job (with the fence and
+    /// the re-check that must follow); event loops call this with `false` once they wake.
     pub fn set_waiting_for_space(&mut self, on: bool) {
         self.prod.set_sleeping(on);
     }
@@ -479,5 +491,18 @@ impl Drop for RawSender {
         let _ = self.prod.publish();
         self.prod.close();
         let _ = self.data_bell.ring();
+    }
+}
+
+/// A sender whose owner parks on its space doorbell itself, waiting for room for a frame of
+/// `.1` bytes: ready when [`has_room`](RawSender::has_room) says so.
+struct ParkingSender<'a>(&'a mut RawSender, usize);
+
+impl Waitable for ParkingSender<'_> {
+    fn ready(&mut self) -> Result<bool, Error> {
+        self.0.has_room(self.1)
+    }
+    fn announce(&mut self, on: bool) {
+        self.0.prod.set_sleeping(on)
     }
 }

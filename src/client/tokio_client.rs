@@ -21,7 +21,6 @@ use tokio::io::Interest;
 
 use super::{CallError, Client, ClientOptions, Inner, Reply, Slot};
 use crate::proto::{ClientMsg, PayloadBuf};
-use crate::sync::{fence, Ordering};
 use crate::wait::Deadline;
 use crate::Error;
 
@@ -187,15 +186,8 @@ async fn dispatch(inner: Arc<Inner>, bell: OwnedFd, ctrl: OwnedFd) -> Result<(),
             let mut g = inner.rx.lock().expect("lock");
             let rx = g.as_mut().ok_or(Error::Disconnected)?;
             rx.notify_space()?;
-            rx.set_waiting_for_data(true);
-            // SeqCst fence: pairs with the hub's fence after it publishes
-            // (`Producer::publish`): either we see its data now or it sees our flag.
-            fence(Ordering::SeqCst);
-            let r = rx.has_data()?;
-            if r {
-                rx.set_waiting_for_data(false);
-            }
-            r
+            // Either we see the hub's data now or it sees our flag and rings the doorbell.
+            rx.prepare_park()?
         };
         if ready {
             continue;

@@ -57,7 +57,6 @@ use requests::Pending;
 use route::Conn;
 
 use crate::cache::CacheWriter;
-use crate::sync::{fence, Ordering};
 use crate::sys::{Bell, PollEvent, Poller};
 use crate::wait::WaitStrategy;
 use crate::{AccessPolicy, Error, RawReceiver};
@@ -254,33 +253,20 @@ impl Hub {
         Ok(())
     }
 
-    /// Sets every sleep flag, fences, and re-checks; true if something is already there.
+    /// Announces sleep on every ring the hub reads and every full ring it waits to write, with
+    /// the handshake of [`crate::wait`] on each (announce, fence, re-check); true if something
+    /// is already there (the caller then clears every announcement and goes on).
     fn announce_sleep(&mut self) -> Result<bool, Error> {
-        for (slot, rx) in self.rxs.iter_mut().enumerate() {
-            let Some(rx) = rx else { continue };
+        for rx in self.rxs.iter_mut().flatten() {
             let _ = rx.notify_space();
-            if self.conns[slot]
-                .as_ref()
-                .is_some_and(|c| c.stalled_on.is_none())
-            {
-                rx.set_waiting_for_data(true);
-            }
         }
-        for c in self.conns.iter_mut().flatten() {
-            if !c.outbox.is_empty() {
-                c.tx.set_waiting_for_space(true);
-            }
-        }
-        // SeqCst fence: orders the flag stores above before the re-checks below. Pairs with
-        // the clients' fences after they publish (`Producer::publish`) or free space
-        // (`Consumer::check_producer_sleeping`), as in `crate::wait`.
-        fence(Ordering::SeqCst);
         for slot in 0..self.rxs.len() {
+            // A stalled client is not read until its destination drains: no need to wake.
             let stalled = self.conns[slot]
                 .as_ref()
                 .is_none_or(|c| c.stalled_on.is_some());
             if let Some(rx) = self.rxs[slot].as_mut() {
-                if !stalled && rx.has_data().unwrap_or(true) {
+                if !stalled && rx.prepare_park().unwrap_or(true) {
                     return Ok(true);
                 }
             }
@@ -288,7 +274,7 @@ impl Hub {
         for c in self.conns.iter_mut().flatten() {
             if let Some((front, _)) = c.outbox.front() {
                 let need = front.len();
-                if c.tx.has_room(need).unwrap_or(true) {
+                if c.tx.prepare_park_for_space(need).unwrap_or(true) {
                     return Ok(true);
                 }
             }
