@@ -19,6 +19,9 @@ mod raw_receiver;
 mod raw_sender;
 mod typed;
 
+#[cfg(all(test, not(shmbus_loom)))]
+mod tests;
+
 pub use raw_receiver::RawReceiver;
 pub use raw_sender::RawSender;
 pub use typed::{Receiver, Sender, View};

@@ -24,7 +24,7 @@ use crate::RawReceiver;
 
 /// Where the reply to one call is filed.
 pub(super) struct Slot {
-    state: Mutex<SlotState>,
+    pub(super) state: Mutex<SlotState>,
     cv: Condvar,
     /// An async caller to wake (set by the `tokio` API).
     pub(super) waker: Mutex<Option<std::task::Waker>>,
@@ -34,11 +34,11 @@ pub(super) struct SlotState {
     value: Option<Result<Reply, CallError>>,
     /// A caller is blocked on `cv` (only then does `fill` notify it: a notify is a futex
     /// syscall, which a caller that receives for itself would pay on every reply).
-    sleeping: bool,
+    pub(super) sleeping: bool,
 }
 
 impl Slot {
-    fn new() -> Arc<Slot> {
+    pub(super) fn new() -> Arc<Slot> {
         Arc::new(Slot {
             state: Mutex::new(SlotState {
                 value: None,
@@ -69,7 +69,7 @@ impl Slot {
     }
 
     /// Blocks until the reply is filed or `d` passes.
-    fn wait_for(&self, d: Duration) {
+    pub(super) fn wait_for(&self, d: Duration) {
         let mut g = self.state.lock().expect("lock");
         if g.value.is_none() {
             g.sleeping = true;
@@ -160,7 +160,7 @@ impl Client {
     }
 }
 
-fn timeout_ms(t: Option<Duration>) -> u32 {
+pub(super) fn timeout_ms(t: Option<Duration>) -> u32 {
     t.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
 }
 

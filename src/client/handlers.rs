@@ -51,6 +51,33 @@ impl Handlers {
         self.next += 1;
         HandlerId(self.next)
     }
+
+    /// Removes the handler `id`, whatever its kind. Returns whether it existed.
+    pub(super) fn remove(&mut self, id: HandlerId) -> bool {
+        if self.deferred_get.as_ref().is_some_and(|(i, _)| *i == id) {
+            self.deferred_get = None;
+            return true;
+        }
+        let before = self.events.len()
+            + self.gets.len()
+            + self.requests.len()
+            + self.data.len()
+            + self.lifecycle.len()
+            + self.disconnect.len();
+        self.events.retain(|(i, _, _)| *i != id);
+        self.gets.retain(|_, (i, _)| *i != id);
+        self.requests.retain(|_, (i, _)| *i != id);
+        self.data.retain(|(i, _, _)| *i != id);
+        self.lifecycle.retain(|(i, _)| *i != id);
+        self.disconnect.retain(|(i, _)| *i != id);
+        let after = self.events.len()
+            + self.gets.len()
+            + self.requests.len()
+            + self.data.len()
+            + self.lifecycle.len()
+            + self.disconnect.len();
+        before != after
+    }
 }
 
 /// A message waiting for its handlers, in arrival order.
@@ -153,30 +180,7 @@ impl Client {
 
     /// Removes a handler. Returns whether it existed.
     pub fn remove_handler(&self, id: HandlerId) -> bool {
-        let mut h = self.inner.handlers.write().expect("lock");
-        if h.deferred_get.as_ref().is_some_and(|(i, _)| *i == id) {
-            h.deferred_get = None;
-            return true;
-        }
-        let before = h.events.len()
-            + h.gets.len()
-            + h.requests.len()
-            + h.data.len()
-            + h.lifecycle.len()
-            + h.disconnect.len();
-        h.events.retain(|(i, _, _)| *i != id);
-        h.gets.retain(|_, (i, _)| *i != id);
-        h.requests.retain(|_, (i, _)| *i != id);
-        h.data.retain(|(i, _, _)| *i != id);
-        h.lifecycle.retain(|(i, _)| *i != id);
-        h.disconnect.retain(|(i, _)| *i != id);
-        let after = h.events.len()
-            + h.gets.len()
-            + h.requests.len()
-            + h.data.len()
-            + h.lifecycle.len()
-            + h.disconnect.len();
-        before != after
+        self.inner.handlers.write().expect("lock").remove(id)
     }
 }
 

@@ -70,6 +70,8 @@ mod dispatch;
 mod handlers;
 mod messages;
 mod options;
+#[cfg(all(test, not(shmbus_loom)))]
+mod tests;
 #[cfg(feature = "tokio")]
 pub mod tokio_client;
 

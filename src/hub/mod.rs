@@ -38,6 +38,9 @@ mod requests;
 mod route;
 mod timers;
 
+#[cfg(all(test, not(shmbus_loom)))]
+mod tests;
+
 use crate::hash::FastHash;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
