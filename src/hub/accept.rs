@@ -10,7 +10,6 @@
 //! a refused hello leaves the hub as it was, except that with `replace_names` the old
 //! client of that name has already been reaped.
 
-use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -211,27 +210,15 @@ impl Hub {
         self.cache.add_reader(gen, pins);
         info!(name = %hello.name, pid = cred.pid, uid = cred.uid, slot, "client joined");
         self.names.insert(hello.name.clone(), slot);
-        self.conns[slot] = Some(Conn {
+        self.conns[slot] = Some(Conn::new(
             gen,
-            name: Arc::from(hello.name.as_str()),
+            &hello.name,
             cred,
             tx,
             ctrl,
-            intervals: hello.intervals,
-            topics: HashSet::new(),
-            state: "connected".into(),
-            version: hello.client_version,
-            watch: false,
-            outbox: VecDeque::new(),
-            outbox_bytes: 0,
-            stalled_on: None,
-            dirty: false,
-            ping: None,
-            msgs_in: 0,
-            msgs_out: 0,
-            doomed: None,
-            hung_up: false,
-        });
+            hello.intervals,
+            hello.client_version,
+        ));
         self.rxs[slot] = Some(Box::new(rx));
         self.lifecycle(slot, Change::Joined);
         self.flush_all();

@@ -55,6 +55,41 @@ pub(super) struct Conn {
     pub(super) hung_up: bool,
 }
 
+impl Conn {
+    /// A client just admitted: connected, subscribed to nothing, nothing queued.
+    pub(super) fn new(
+        gen: u64,
+        name: &str,
+        cred: PeerCred,
+        tx: RawSender,
+        ctrl: Arc<UnixStream>,
+        intervals: Vec<String>,
+        version: Option<String>,
+    ) -> Conn {
+        Conn {
+            gen,
+            name: Arc::from(name),
+            cred,
+            tx,
+            ctrl,
+            intervals,
+            topics: HashSet::new(),
+            state: "connected".into(),
+            version,
+            watch: false,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            stalled_on: None,
+            dirty: false,
+            ping: None,
+            msgs_in: 0,
+            msgs_out: 0,
+            doomed: None,
+            hung_up: false,
+        }
+    }
+}
+
 impl Hub {
     /// One pass over every client: read, route, write, publish. True if anything moved.
     pub(super) fn pump(&mut self) -> Result<bool, Error> {

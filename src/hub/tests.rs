@@ -2,7 +2,6 @@
 //! with `Link::pair` and put straight into the hub's tables (no handshake, no epoll), and the
 //! tests drive `pump`, `timers` and `reap` by hand, reading what each client is sent.
 
-use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -182,36 +181,45 @@ fn join(hub: &mut Hub, name: &str) -> Peer {
     let ctrl = Arc::new(a.control().try_clone().unwrap());
     let (tx, rx) = a.split();
     let slot = hub.conns.len();
-    hub.conns.push(Some(Conn {
-        gen: hub.next_gen,
-        name: Arc::from(name),
-        cred: PeerCred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        },
-        tx,
-        ctrl,
-        intervals: Vec::new(),
-        topics: HashSet::new(),
-        state: "connected".into(),
-        version: None,
-        watch: false,
-        outbox: VecDeque::new(),
-        outbox_bytes: 0,
-        stalled_on: None,
-        dirty: false,
-        ping: None,
-        msgs_in: 0,
-        msgs_out: 0,
-        doomed: None,
-        hung_up: false,
-    }));
+    let cred = PeerCred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let conn = Conn::new(hub.next_gen, name, cred, tx, ctrl, Vec::new(), None);
+    hub.conns.push(Some(conn));
     hub.next_gen += 1;
     hub.rxs.push(Some(Box::new(rx)));
     hub.names.insert(name.to_string(), slot);
     let (tx, rx) = b.split();
     Peer { slot, tx, rx }
+}
+
+fn ok(req: u64, bytes: &[u8]) -> Got {
+    Got::Reply {
+        req,
+        answer: Ok(bytes.to_vec()),
+    }
+}
+
+fn err(req: u64, message: &str) -> Got {
+    Got::Reply {
+        req,
+        answer: Err(message.into()),
+    }
+}
+
+/// Three clients, `bot`, `a` and `b`; `a` and `b` asked `bot` for the same non-fresh value
+/// (requests 1 and 2), which the hub forwarded once, as its request returned here.
+fn coalesced_get(hub: &mut Hub) -> (Peer, Peer, Peer, u64) {
+    let mut bot = join(hub, "bot");
+    let mut a = join(hub, "a");
+    let mut b = join(hub, "b");
+    a.get(1, "bot", false, 0);
+    b.get(2, "bot", false, 0);
+    hub.pump().unwrap();
+    let h = forwarded(&mut bot);
+    (bot, a, b, h)
 }
 
 /// The hub's number of the one get or request `owner` was forwarded.
@@ -229,13 +237,7 @@ fn a_get_of_a_missing_owner_is_answered_at_once() {
     let mut web = join(&mut hub, "web");
     web.get(7, "bot", false, 0);
     hub.pump().unwrap();
-    assert_eq!(
-        web.got(),
-        [Got::Reply {
-            req: 7,
-            answer: Err("owner \"bot\" is not connected".into())
-        }]
-    );
+    assert_eq!(web.got(), [err(7, "owner \"bot\" is not connected")]);
     assert!(hub.pending.is_empty());
 }
 
@@ -243,30 +245,20 @@ fn a_get_of_a_missing_owner_is_answered_at_once() {
 fn identical_gets_share_one_forward_and_the_answer_is_cached() {
     let d = TestDir::new();
     let mut hub = hub(&d);
-    let mut bot = join(&mut hub, "bot");
-    let mut a = join(&mut hub, "a");
-    let mut b = join(&mut hub, "b");
-    a.get(1, "bot", false, 0);
-    b.get(9, "bot", false, 0);
-    hub.pump().unwrap();
-    let h = forwarded(&mut bot);
+    let (mut bot, mut a, mut b, h) = coalesced_get(&mut hub);
     assert_eq!(hub.pending.len(), 1);
     assert_eq!(hub.pending[&h].waiters.len(), 2);
     assert_eq!(hub.inflight.len(), 1);
     bot.answer(h, b"v");
     hub.pump().unwrap();
-    let ok = |req| Got::Reply {
-        req,
-        answer: Ok(b"v".to_vec()),
-    };
-    assert_eq!(a.got(), [ok(1)]);
-    assert_eq!(b.got(), [ok(9)]);
+    assert_eq!(a.got(), [ok(1, b"v")]);
+    assert_eq!(b.got(), [ok(2, b"v")]);
     assert!(hub.pending.is_empty() && hub.inflight.is_empty());
     // The answer went into the cache: the next get is answered without the owner.
     let mut c = join(&mut hub, "c");
     c.get(4, "bot", false, 0);
     hub.pump().unwrap();
-    assert_eq!(c.got(), [ok(4)]);
+    assert_eq!(c.got(), [ok(4, b"v")]);
     assert_eq!(bot.got(), []);
 }
 
@@ -304,13 +296,7 @@ fn an_answer_from_a_client_that_does_not_own_the_call_is_dropped() {
     assert!(hub.pending.contains_key(&h));
     bot.answer(h, b"real");
     hub.pump().unwrap();
-    assert_eq!(
-        a.got(),
-        [Got::Reply {
-            req: 1,
-            answer: Ok(b"real".to_vec())
-        }]
-    );
+    assert_eq!(a.got(), [ok(1, b"real")]);
 }
 
 #[test]
@@ -360,50 +346,26 @@ fn an_owner_that_leaves_fails_its_calls_and_frees_its_name() {
     forwarded(&mut bot);
     hub.doom(bot.slot, "test");
     hub.reap();
-    assert_eq!(
-        a.got(),
-        [Got::Reply {
-            req: 1,
-            answer: Err("owner \"bot\" left".into())
-        }]
-    );
+    assert_eq!(a.got(), [err(1, "owner \"bot\" left")]);
     assert!(hub.pending.is_empty() && hub.inflight.is_empty());
     assert!(!hub.names.contains_key("bot"));
     assert!(hub.conns[bot.slot].is_none());
     a.get(2, "bot", false, 0);
     hub.pump().unwrap();
-    assert_eq!(
-        a.got(),
-        [Got::Reply {
-            req: 2,
-            answer: Err("owner \"bot\" is not connected".into())
-        }]
-    );
+    assert_eq!(a.got(), [err(2, "owner \"bot\" is not connected")]);
 }
 
 #[test]
 fn a_waiter_that_leaves_is_dropped_from_its_call() {
     let d = TestDir::new();
     let mut hub = hub(&d);
-    let mut bot = join(&mut hub, "bot");
-    let mut a = join(&mut hub, "a");
-    let mut b = join(&mut hub, "b");
-    a.get(1, "bot", false, 0);
-    b.get(2, "bot", false, 0);
-    hub.pump().unwrap();
-    let h = forwarded(&mut bot);
+    let (mut bot, a, mut b, h) = coalesced_get(&mut hub);
     hub.doom(a.slot, "test");
     hub.reap();
     assert_eq!(hub.pending[&h].waiters.len(), 1);
     bot.answer(h, b"v");
     hub.pump().unwrap();
-    assert_eq!(
-        b.got(),
-        [Got::Reply {
-            req: 2,
-            answer: Ok(b"v".to_vec())
-        }]
-    );
+    assert_eq!(b.got(), [ok(2, b"v")]);
     assert!(hub.pending.is_empty());
 }
 
