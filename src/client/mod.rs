@@ -873,6 +873,8 @@ impl Client {
 }
 
 #[cfg(feature = "tokio")]
+mod async_send;
+#[cfg(feature = "tokio")]
 pub mod tokio_client;
 
 fn timeout_ms(t: Option<Duration>) -> u32 {
