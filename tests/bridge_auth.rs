@@ -380,3 +380,78 @@ fn ws_token_from_the_environment() {
     );
     assert_eq!(ws_status(&b, json!({}), None), Some(403));
 }
+
+/// `shmbus up` gives the bridge the hub's allow-list (`--allow-uid`) and its tokens through
+/// the environment, never on the bridge's command line (which every local user can read).
+#[test]
+fn up_passes_the_allow_list_and_keeps_tokens_off_the_command_line() {
+    use std::process::{Command, Stdio};
+    let _w = util::watchdog("auth up", 60);
+    let Some((ok, no)) = users() else { return };
+    bridge_util::ensure_node();
+    let dir = util::TestDir::new("auth-up");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let sock = dir.join("app.sock");
+    let up = bridge_util::Proc(
+        Command::new(env!("CARGO_BIN_EXE_shmbus"))
+            .arg("up")
+            .arg("--dir")
+            .arg(dir.join("hub"))
+            .arg("--node-ipc-path")
+            .arg(&sock)
+            .args(["--node-ipc-tcp", "off", "--ws", "127.0.0.1:0"])
+            .args(["--ws-token", WS_TOKEN, "--allow-uid", &ok.0.to_string()])
+            .args(["--log", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(util::eventually(10, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    }));
+    let out = Command::new("pgrep")
+        .args(["-P", &up.0.id().to_string()])
+        .output()
+        .unwrap();
+    let bridge_pid: u32 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{bridge_pid}/cmdline")).unwrap())
+            .replace('\0', " ");
+    assert!(
+        cmdline.contains(&format!("--allow-uid {}", ok.0)),
+        "{cmdline}"
+    );
+    assert!(
+        !cmdline.contains(WS_TOKEN),
+        "the token is on the command line: {cmdline}"
+    );
+    let b = Bus {
+        dir,
+        _hub: bridge_util::Proc(Command::new("true").spawn().unwrap()),
+        bridge: BridgeProc {
+            proc: bridge_util::Proc(Command::new("true").spawn().unwrap()),
+            unix: Some(sock),
+            tcp: None,
+            ws: None,
+        },
+    };
+    let _owner = b.owner();
+    let mut allowed =
+        Agent::node_ipc_start(&b.bridge, Transport::Unix, "allowed", json!({}), Some(ok));
+    served(&mut allowed);
+    let mut other = Agent::node_ipc_start(
+        &b.bridge,
+        Transport::Unix,
+        "intruder",
+        json!({"maxRetries": 0}),
+        Some(no),
+    );
+    refused(&b, &mut other, "not allowed");
+    drop(up);
+}

@@ -8,8 +8,12 @@
 //! `--hello-timeout-ms` deadline, what peers that never say hello can make the bridge hold is
 //! bounded by the cap, whatever their number.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The shared counter and its cap.
 #[derive(Debug)]
@@ -70,6 +74,82 @@ impl PreHello {
 impl Drop for PreHello {
     fn drop(&mut self) {
         self.budget.held.fetch_sub(self.charged, Ordering::Relaxed);
+    }
+}
+
+/// A stream whose reads are charged to the pre-hello budget until [`Counted::admitted`] (the
+/// WebSocket upgrade: tungstenite buffers the request, up to its own 64 KiB cap, and the charge
+/// makes those bytes count against `--pre-hello-total` too). A read that takes the total over
+/// the cap fails, which fails the handshake.
+pub(crate) struct Counted<S> {
+    inner: S,
+    pre: Option<PreHello>,
+    read: usize,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(inner: S, budget: &Arc<PreHelloBudget>) -> Counted<S> {
+        Counted {
+            inner,
+            pre: Some(PreHello::new(budget)),
+            read: 0,
+        }
+    }
+
+    /// The peer is in: its reads are no longer charged (and its charge is released).
+    pub(crate) fn admitted(&mut self) {
+        self.pre = None;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(p)) = (&r, me.pre.as_mut()) {
+            me.read += buf.filled().len() - before;
+            if !p.hold(me.read) {
+                return Poll::Ready(Err(std::io::Error::other(
+                    "the bridge holds too many unfinished handshakes (--pre-hello-total)",
+                )));
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
 
 use super::frame::push_str;
+use super::prehello::Counted;
 use super::Shared;
 use crate::proto::{Encoding, PayloadBuf, Target};
 
@@ -228,13 +229,18 @@ pub(crate) async fn serve(stream: TcpStream, peer: std::net::SocketAddr, sh: Arc
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(sh.cfg.max_frame);
     cfg.max_frame_size = Some(sh.cfg.max_frame);
+    // The upgrade request's bytes count against the pre-hello total until it is accepted.
+    let stream = Counted::new(stream, &sh.pre_hello);
     let ws = match tokio::time::timeout(
         sh.cfg.hello_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg)),
     )
     .await
     {
-        Ok(Ok(ws)) => ws,
+        Ok(Ok(mut ws)) => {
+            ws.get_mut().admitted();
+            ws
+        }
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "WebSocket handshake refused or failed");
             return;
@@ -249,7 +255,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: std::net::SocketAddr, sh: Arc
     sh.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-type Sink = futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, Message>;
+type Stream = tokio_tungstenite::WebSocketStream<Counted<TcpStream>>;
+type Sink = futures_util::stream::SplitSink<Stream, Message>;
 
 /// Sends `m` unless the connection closes first (a client that does not read leaves the send
 /// waiting on a full socket). False if it was not sent.
@@ -290,11 +297,7 @@ async fn write_loop(
     let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
 }
 
-async fn run(
-    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
-    peer: std::net::SocketAddr,
-    sh: &Arc<Shared>,
-) {
+async fn run(ws: Stream, peer: std::net::SocketAddr, sh: &Arc<Shared>) {
     let (mut sink, mut stream) = ws.split();
     let name = sh.next_ws_name();
     let bus = match sh.connect_bus(&name, Vec::new()).await {
