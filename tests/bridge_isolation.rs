@@ -457,3 +457,28 @@ fn pre_hello_total_cap() {
         "only {closed} of 10 pre-hello peers were closed"
     );
 }
+
+/// A node-ipc client that stops reading is dropped at `--max-queued` bytes; the others on the
+/// same bridge are served meanwhile, and the Rust sender is never held up.
+#[test]
+fn node_ipc_client_that_stops_reading_is_dropped_at_max_queued() {
+    let _w = util::watchdog("isolation node-ipc max-queued", 120);
+    let b = bus("iso-ipc-stop", &[], &["--max-queued", "1048576"]);
+    let _owner = b.owner();
+    let mut slow = Agent::node_ipc(&b.bridge, Transport::Tcp, "slow", json!({"maxRetries": 0}));
+    let mut other = Agent::node_ipc(&b.bridge, Transport::Unix, "other", json!({}));
+    assert!(util::eventually(10, || b.client("slow").is_some()));
+    slow.cmd(json!({"op": "pause"}));
+    std::thread::sleep(Duration::from_millis(200));
+    let bot = Client::connect(b.hub_dir(), ClientOptions::new("bot")).unwrap();
+    let ev = PayloadBuf::json(&json!({"blob": "y".repeat(65536)})).unwrap();
+    for _ in 0..300 {
+        bot.emit_payload(shmbus::proto::Target::Client("slow"), "ev", &ev)
+            .unwrap();
+    }
+    assert!(
+        util::eventually(20, || b.client("slow").is_none()),
+        "the node-ipc client that stopped reading is still connected"
+    );
+    gets_succeed(&mut other, 1, 10);
+}

@@ -202,8 +202,9 @@ impl Conn {
                 // A frame waits for room in the bus ring without holding anyone else up; the
                 // connection closing (its outbox over budget, the hub gone) ends the wait.
                 tokio::select! {
-                    _ = self.frame(f) => {}
+                    biased;
                     _ = super::until_closed(&mut closed) => return "closed by the bridge",
+                    _ = self.frame(f) => {}
                 }
                 if self.bus.is_some() && pre.is_some() {
                     pre = None; // releases this connection's share of the total

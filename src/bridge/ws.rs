@@ -374,12 +374,13 @@ async fn run(ws: Stream, peer: std::net::SocketAddr, sh: &Arc<Shared>) {
                     // Handling may wait for room in the bus ring; the connection closing
                     // (outbox over budget, no pong, hub gone) ends that wait.
                     tokio::select! {
+                        biased;
+                        _ = super::until_closed(&mut closed) => break "closed by the bridge",
                         reply = on_text(t.as_str(), sh, &bus, &ignored) => {
                             if let Some(reply) = reply {
                                 out.send(reply);
                             }
                         }
-                        _ = super::until_closed(&mut closed) => break "closed by the bridge",
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
