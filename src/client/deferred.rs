@@ -42,10 +42,10 @@ impl Inner {
 /// with [`answer`](GetTicket::answer) or [`fail`](GetTicket::fail); dropping it unanswered
 /// sends an error answer.
 pub struct GetTicket {
-    inner: std::sync::Weak<Inner>,
-    req: u64,
-    accept: Encoding,
-    done: bool,
+    pub(super) inner: std::sync::Weak<Inner>,
+    pub(super) req: u64,
+    pub(super) accept: Encoding,
+    pub(super) done: bool,
 }
 
 impl std::fmt::Debug for GetTicket {

@@ -63,6 +63,8 @@ use crate::proto::{ClientMsg, PayloadBuf, Target};
 use crate::wait::Deadline;
 use crate::{codec, Error, RawReceiver, RawSender};
 
+#[cfg(feature = "tokio")]
+mod async_send;
 mod call;
 mod connect;
 mod deferred;
