@@ -331,6 +331,7 @@ struct Handlers {
     disconnect: Vec<(HandlerId, DisconnectFn)>,
     /// Catch-all for gets of kinds without an `on_get` handler, answered later.
     deferred_get: Option<(HandlerId, DeferredGetFn)>,
+    deferred_request: Option<(HandlerId, json_calls::DeferredRequestFn)>,
 }
 
 impl Handlers {
@@ -786,6 +787,10 @@ impl Client {
             h.deferred_get = None;
             return true;
         }
+        if h.deferred_request.as_ref().is_some_and(|(i, _)| *i == id) {
+            h.deferred_request = None;
+            return true;
+        }
         let before = h.events.len()
             + h.gets.len()
             + h.requests.len()
@@ -874,6 +879,9 @@ impl Client {
 
 #[cfg(feature = "tokio")]
 pub mod tokio_client;
+
+mod json_calls;
+pub use json_calls::RequestTicket;
 
 fn timeout_ms(t: Option<Duration>) -> u32 {
     t.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
@@ -1542,6 +1550,9 @@ impl Inner {
                 self.answer(hreq, answer);
             }
             Incoming::Request(hreq, r) => {
+                let Some(r) = self.defer_request(hreq, r) else {
+                    return;
+                };
                 let h = self
                     .handlers
                     .read()
