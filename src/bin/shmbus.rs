@@ -23,10 +23,11 @@ struct Cli {
 enum Cmd {
     #[cfg(feature = "bridge")]
     /// Run the hub and the bridge together with the defaults: node-ipc on /tmp/app.shmbus and
-    /// 127.0.0.1:8000, WebSocket on 127.0.0.1:8090 when --ws-token is given.
+    /// 127.0.0.1:8000, WebSocket on 127.0.0.1:8090 when --ws-token is given, Socket.IO on
+    /// 127.0.0.1:8095 when --socketio-token is given.
     Up(UpArgs),
     #[cfg(feature = "bridge")]
-    /// Run the compatibility bridge for legacy node-ipc and WebSocket JSON clients.
+    /// Run the compatibility bridge for legacy node-ipc, WebSocket and Socket.IO JSON clients.
     Bridge(BridgeCmd),
     /// Run the hub: clients connect to <dir>/hub.sock.
     Hub(HubArgs),
@@ -380,6 +381,22 @@ mod bridge_cli {
         /// Ring capacity of each legacy connection's bus link (0 = the hub's default).
         #[arg(long, default_value_t = 0)]
         bus_ring_bytes: u64,
+        /// Socket.IO (python-socketio 5, socket.io-client 4) on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        socketio: Option<String>,
+        /// Socket.IO clients must send this token in their handshake's `auth.token`.
+        #[arg(long, value_name = "TOKEN")]
+        socketio_token: Option<String>,
+        /// Socket.IO events (and acks) without a connected `name:` prefix go to this client
+        /// instead of everyone (Urban Robot's supervisor).
+        #[arg(long, value_name = "NAME")]
+        socketio_to: Option<String>,
+        /// Socket.IO sessions that have not connected to the namespace yet, at most.
+        #[arg(long, default_value_t = 1024)]
+        socketio_max_pending: usize,
+        /// Socket.IO TCP connections, at most.
+        #[arg(long, default_value_t = 16384)]
+        socketio_max_conns: usize,
     }
 
     fn off(s: &str) -> bool {
@@ -424,6 +441,11 @@ mod bridge_cli {
                 max_frame: self.max_frame,
                 max_queued: self.max_queued,
                 ring_capacity: self.bus_ring_bytes,
+                socketio: self.socketio.clone().filter(|a| !off(a)),
+                socketio_token: self.socketio_token.clone().filter(|t| !t.is_empty()),
+                socketio_to: self.socketio_to.clone().filter(|t| !t.is_empty()),
+                socketio_max_pending: self.socketio_max_pending,
+                socketio_max_conns: self.socketio_max_conns,
             })
         }
 
@@ -464,6 +486,16 @@ mod bridge_cli {
             opt("max-frame", Some(self.max_frame.to_string()));
             opt("max-queued", Some(self.max_queued.to_string()));
             opt("bus-ring-bytes", Some(self.bus_ring_bytes.to_string()));
+            opt("socketio", self.socketio.clone());
+            opt("socketio-to", self.socketio_to.clone());
+            opt(
+                "socketio-max-pending",
+                Some(self.socketio_max_pending.to_string()),
+            );
+            opt(
+                "socketio-max-conns",
+                Some(self.socketio_max_conns.to_string()),
+            );
             a
         }
     }
@@ -570,6 +602,9 @@ mod bridge_cli {
         if serve.ws.is_none() && serve.ws_token.is_some() {
             serve.ws = Some("127.0.0.1:8090".into());
         }
+        if serve.socketio.is_none() && serve.socketio_token.is_some() {
+            serve.socketio = Some("127.0.0.1:8095".into());
+        }
         let cfg = a.hub.config();
         let dir = cfg.dir.clone();
         // Check the bridge settings before starting anything.
@@ -591,6 +626,9 @@ mod bridge_cli {
             .stdin(Stdio::piped());
         if let Some(t) = &serve.ws_token {
             cmd.args(["--ws-token", t]);
+        }
+        if let Some(t) = &serve.socketio_token {
+            cmd.args(["--socketio-token", t]);
         }
         if let Some(t) = &a.hub.token {
             cmd.env(HUB_TOKEN_VAR, t);
