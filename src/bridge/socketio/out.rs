@@ -175,6 +175,41 @@ impl Owed {
     }
 }
 
+/// An ack's arguments, all of them: none is `null`, one is itself, several are an array.
+/// (It deserializes as a tuple struct, so socketioxide hands it the whole argument list
+/// instead of only the first element, which fails on an empty ack.)
+pub(crate) struct AckArgs(Vec<serde_json::Value>);
+
+impl AckArgs {
+    fn into_value(mut self) -> serde_json::Value {
+        match self.0.len() {
+            0 => serde_json::Value::Null,
+            1 => self.0.pop().unwrap_or_default(),
+            _ => serde_json::Value::Array(self.0),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AckArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AckArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("the ack's argument list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<AckArgs, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element()? {
+                    v.push(x);
+                }
+                Ok(AckArgs(v))
+            }
+        }
+        d.deserialize_tuple_struct("AckArgs", usize::MAX, V)
+    }
+}
+
 /// How long the writer waits before retrying while socketioxide's channel is full.
 const FULL_RETRY: Duration = Duration::from_millis(2);
 
@@ -192,7 +227,7 @@ pub(crate) async fn write_loop(
             Item::Event(e, d) => socket.emit(e.as_str(), &**d).map(|_| None),
             Item::Call(m, d, _) => socket
                 .timeout(ack_wait)
-                .emit_with_ack::<_, serde_json::Value>(m.as_str(), &**d)
+                .emit_with_ack::<_, AckArgs>(m.as_str(), &**d)
                 .map(Some),
         };
         match res {
@@ -212,7 +247,7 @@ pub(crate) async fn write_loop(
                         return;
                     };
                     let _ = match r {
-                        Ok(v) => match PayloadBuf::json(&v) {
+                        Ok(v) => match PayloadBuf::json(&v.into_value()) {
                             Ok(p) => t.answer(&p),
                             Err(e) => t.fail(&e.to_string()),
                         },
