@@ -251,7 +251,8 @@ fn exchange(bus: &Bus, lang: Lang, transports: Value, name: &str) {
             .unwrap()
             .push((ev.from.clone(), ev.payload.decode().unwrap()))
     });
-    rust.on_request("echo", |r| r.payload.decode::<Value>().map_err(|e| e.to_string()));
+    // The method is the event name in full, as the receiver of an event sees it.
+    rust.on_request(&format!("rust-{name}:echo"), |r| r.payload.decode::<Value>().map_err(|e| e.to_string()));
     let mut s = Sio::start(lang, &bus.b, name, json!({"name": name}), transports);
     s.expect("connect", 15, |_| true);
     let rn = format!("rust-{name}");

@@ -225,14 +225,23 @@ fn wire_bus(conn: &Arc<Conn>, bus: &AsyncClient, s: &SocketRef) {
     let sock = s.clone();
     c.on_disconnect(move |reason| {
         info!(reason, "Socket.IO client lost its bus link; disconnecting it");
-        let _ = sock.clone().disconnect();
+        disconnect_later(&sock);
+    });
+}
+
+/// Disconnects from a task of its own: a bus handler may run while its client holds its
+/// receiver, and the disconnect drops that client.
+fn disconnect_later(s: &SocketRef) {
+    let s = s.clone();
+    tokio::spawn(async move {
+        let _ = s.disconnect();
     });
 }
 
 /// The client lets more than `--max-queued` bytes pile up unread.
 fn drop_slow(s: &SocketRef) {
     info!(sid = %s.id, "Socket.IO client does not read; dropping it (--max-queued)");
-    let _ = s.clone().disconnect();
+    disconnect_later(s);
 }
 
 /// A bus payload as JSON text, if it is JSON.
