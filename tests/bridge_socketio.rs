@@ -287,3 +287,162 @@ fn sio_polling_only_and_websocket_only() {
     exchange(&bus, Lang::Js, json!(["polling"]), "js-poll");
     exchange(&bus, Lang::Js, json!(["websocket"]), "js-ws");
 }
+
+#[test]
+fn sio_js_with_python_and_node_ipc() {
+    let _w = util::watchdog("sio js/python/node-ipc", 90);
+    sio_util::ensure_sio_node();
+    let dir = util::TestDir::new("sio-cross");
+    let _hub = bridge_util::hub(&dir.join("hub"), &[]);
+    let sock = dir.join("app.sock");
+    let b = sio_util::bridge(&dir.join("hub"), &["--node-ipc-path", sock.to_str().unwrap()]);
+    let mut js = Sio::start(Lang::Js, &b, "js", json!({"name": "js"}), Value::Null);
+    js.expect("connect", 15, |_| true);
+    let mut py = Sio::start(Lang::Python, &b, "py", json!({"name": "py"}), Value::Null);
+    py.expect("connect", 15, |_| true);
+    let mut ni = bridge_util::Agent::spawn("agent.js", "legacy");
+    ni.cmd(json!({"op": "connect", "id": "legacy", "path": sock}));
+    ni.expect("connect", 10, |_| true);
+    // Give the node-ipc hello a moment to make its bus client (a barrier: a routed event it
+    // receives proves it is there).
+    assert!(util::eventually(10, || sio_util::client_stat(&dir.join("hub"), "legacy").is_some()));
+
+    js.emit("py:from_js", json!({"a": [1, 2, 3]}));
+    assert_eq!(py.event("py:from_js", 10), json!({"a": [1, 2, 3]}));
+    py.emit("js:from_py", json!("text"));
+    assert_eq!(js.event("js:from_py", 10), json!("text"));
+    js.emit("legacy:from_js", json!({"n": 5}));
+    assert_eq!(ni.expect("legacy:from_js", 10, |_| true), json!({"n": 5}));
+    ni.cmd(json!({"op": "emit", "type": "js:from_ipc", "data": {"ok": true}}));
+    assert_eq!(js.event("js:from_ipc", 10), json!({"ok": true}));
+    // An ack between two Socket.IO clients: a request from one, emitWithAck on the other.
+    py.answer("py:sum", json!(42));
+    assert_eq!(js.call("py:sum", json!([40, 2]), 10), json!(42));
+    assert_eq!(py.event("py:sum", 5), json!([40, 2]));
+    // A plain event (no prefix, no --socketio-to) reaches everyone else.
+    js.emit("hello_all", json!(1));
+    assert_eq!(py.event("hello_all", 10), json!(1));
+    assert_eq!(ni.expect("hello_all", 10, |_| true), json!(1));
+    assert!(!js.saw("event", |d| d["event"] == "hello_all"));
+}
+
+#[test]
+fn sio_killed_shard_fails_the_pending_request() {
+    let _w = util::watchdog("sio kill", 60);
+    let bus = bus("sio-kill", &[], &[]);
+    let sup = bus.client("supervisor");
+    let mut shard = Sio::connect(Lang::Python, &bus.b, "shard-k", None);
+    shard.hang("health_check");
+    let s = sup.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let r = s.request_json(
+            "shard-k",
+            "health_check",
+            &json!({}),
+            Some(Duration::from_secs(20)),
+        );
+        tx.send(Instant::now()).unwrap();
+        r
+    });
+    shard.event("health_check", 10); // the request is at the shard, unanswered
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shard.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let failed_at = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the request did not fail within 5 s of the kill");
+    let r = t.join().unwrap();
+    let took = failed_at.duration_since(killed);
+    eprintln!("sio kill: the pending request failed {took:?} after SIGKILL: {r:?}");
+    match r {
+        Err(CallError::Remote(m)) => assert!(
+            m.contains("disconnected") || m.contains("left"),
+            "{m}"
+        ),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+}
+
+#[test]
+fn sio_client_that_does_not_read_is_dropped() {
+    let _w = util::watchdog("sio slow reader", 120);
+    let bus = bus("sio-slow", &[], &["--max-queued", "1048576"]);
+    let rust = bus.client("pusher");
+    let life = lifecycle_log(&rust);
+    let mut stuck = Sio::connect(Lang::Python, &bus.b, "stuck", None);
+    let mut fine = Sio::connect(Lang::Js, &bus.b, "fine", None);
+    let pid = nix::unistd::Pid::from_raw(stuck.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let big = PayloadBuf::json(&json!({"fill": "z".repeat(64 << 10)})).unwrap();
+    let small = PayloadBuf::json(&json!(1)).unwrap();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while !life.lock().unwrap().contains(&Lifecycle::Left("stuck".into())) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the client that does not read was not dropped after {sent} x 64 KiB"
+        );
+        let _ = rust.emit_payload(Target::Client("stuck"), "fill", &big);
+        rust.emit_payload(Target::Client("fine"), "tick", &small).unwrap();
+        sent += 1;
+        if sent % 64 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    eprintln!("sio slow reader: dropped after {sent} x 64 KiB in {:?}", start.elapsed());
+    // The other client carried on.
+    rust.emit_payload(Target::Client("fine"), "after", &small).unwrap();
+    fine.event("after", 10);
+    assert!(fine.saw("event", |d| d["event"] == "tick"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    stuck.expect("disconnect", 20, |_| true);
+}
+
+#[test]
+fn sio_thousand_connections() {
+    let _w = util::watchdog("sio 1000", 240);
+    sio_util::raise_nofile();
+    sio_util::ensure_sio_node();
+    let bus = bus("sio-1000", &[], &["--bus-ring-bytes", "65536"]);
+    let counter = bus.client("counter");
+    let hellos: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let h = hellos.clone();
+    counter.on("counter:hello", move |ev| {
+        h.lock().unwrap().insert(ev.from.clone());
+    });
+    counter.on_request("counter:ping", |r| r.payload.decode::<Value>().map_err(|e| e.to_string()));
+    const N: usize = 1000;
+    let mut child = std::process::Command::new("node")
+        .arg(sio_util::compat_dir().join("sio_many.js"))
+        .args(["--url", &bus.b.url(), "--n", &N.to_string(), "--prefix", "many"])
+        .current_dir(sio_util::compat_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _many = bridge_util::Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&l).unwrap_or(json!({"ev": l}))).is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let c = rx.recv_timeout(Duration::from_secs(180)).expect("no word from sio_many.js");
+    assert_eq!(c["ev"], "connected", "{c}");
+    eprintln!("sio 1000: all connected after {:?}", started.elapsed());
+    let a = rx.recv_timeout(Duration::from_secs(120)).expect("no acks from sio_many.js");
+    assert_eq!(a["ev"], "acked", "{a}");
+    assert!(util::eventually(30, || hellos.lock().unwrap().len() == N));
+    let st = shmbus::hub::stat(&bus.hub_dir()).unwrap();
+    assert!(st.clients.iter().filter(|c| c.name.starts_with("many-")).count() == N);
+}
