@@ -272,6 +272,13 @@ fn exchange(bus: &Bus, lang: Lang, transports: Value, name: &str) {
     )
     .unwrap();
     assert_eq!(s.event("to_sio", 10)["big"].as_str().unwrap().len(), 100_000);
+    // A bincode event cannot become JSON: not delivered (counted undeliverable); the next
+    // JSON one is.
+    rust.emit(name, "bincode_ev", &5u32).unwrap();
+    rust.emit_payload(Target::Client(name), "after_bin", &PayloadBuf::json(&2).unwrap())
+        .unwrap();
+    assert_eq!(s.event("after_bin", 10), json!(2));
+    assert!(!s.saw("event", |d| d["event"] == "bincode_ev"));
     s.answer("ask", json!("answered"));
     let r = rust.request_json(name, "ask", &json!(null), None).unwrap();
     assert_eq!(r.decode::<Value>().unwrap(), json!("answered"));
@@ -445,4 +452,38 @@ fn sio_thousand_connections() {
     assert!(util::eventually(30, || hellos.lock().unwrap().len() == N));
     let st = shmbus::hub::stat(&bus.hub_dir()).unwrap();
     assert!(st.clients.iter().filter(|c| c.name.starts_with("many-")).count() == N);
+}
+
+/// One raw HTTP/1.1 request; the status code of the answer.
+fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut b = Vec::new();
+    let _ = s.read_to_end(&mut b);
+    let t = String::from_utf8_lossy(&b);
+    t.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn sio_pending_handshakes_are_bounded() {
+    let _w = util::watchdog("sio pending", 90);
+    let bus = bus("sio-pending", &[], &["--socketio-max-pending", "3"]);
+    let open = "/socket.io/?EIO=4&transport=polling";
+    // Three sessions that never connect to the namespace are admitted; the fourth is not.
+    for _ in 0..3 {
+        assert_eq!(http_status(bus.b.addr, open), 200);
+    }
+    assert_eq!(http_status(bus.b.addr, open), 503);
+    // A real client is refused too while they are pending…
+    let mut s = Sio::start(Lang::Python, &bus.b, "late", json!({"name": "late"}), Value::Null);
+    s.expect("connect_failed", 20, |_| true);
+    // …and admitted once they expired (socketioxide closes them after the same 10 s).
+    let start = Instant::now();
+    while http_status(bus.b.addr, open) == 503 {
+        assert!(start.elapsed() < Duration::from_secs(30), "pending sessions never expired");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ok = Sio::connect(Lang::Python, &bus.b, "on-time", None);
 }

@@ -69,20 +69,29 @@ impl Out {
         })
     }
 
-    /// Queues `item`. `false`: the client let more than `max` bytes pile up (the item is
-    /// dropped, and so must the client be), or the connection is closed.
+    /// Queues `item`. `false` exactly once: the client let more than `max` bytes pile up
+    /// unread, so the queue closes (and the caller drops the client). Items pushed after
+    /// that are dropped quietly.
     pub(crate) fn push(&self, item: Item) -> bool {
-        {
+        let over = {
             let mut q = self.q.lock().expect("lock");
             if q.closed {
-                return false;
+                drop(q);
+                fail_item(item);
+                return true;
             }
             let c = item.cost();
             if q.bytes + c > self.max && !q.items.is_empty() {
-                return false;
+                true
+            } else {
+                q.bytes += c;
+                q.items.push_back(item);
+                false
             }
-            q.bytes += c;
-            q.items.push_back(item);
+        };
+        if over {
+            self.close();
+            return false;
         }
         self.wake.notify_one();
         true
@@ -97,11 +106,7 @@ impl Out {
             std::mem::take(&mut q.items)
         };
         self.wake.notify_one();
-        for i in dropped {
-            if let Item::Call(_, _, t) = i {
-                let _ = t.fail("the Socket.IO client disconnected");
-            }
-        }
+        dropped.into_iter().for_each(fail_item);
     }
 
     async fn next(&self) -> Option<Item> {
@@ -125,13 +130,17 @@ impl Out {
         let mut q = self.q.lock().expect("lock");
         if q.closed {
             drop(q);
-            if let Item::Call(_, _, t) = item {
-                let _ = t.fail("the Socket.IO client disconnected");
-            }
-            return;
+            return fail_item(item);
         }
         q.bytes += item.cost();
         q.items.push_front(item);
+    }
+}
+
+/// A dropped item: a request in it fails now.
+fn fail_item(item: Item) {
+    if let Item::Call(_, _, t) = item {
+        let _ = t.fail("the Socket.IO client disconnected");
     }
 }
 
