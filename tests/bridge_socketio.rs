@@ -57,7 +57,9 @@ fn saw_lifecycle(log: &Mutex<Vec<Lifecycle>>, want: &Lifecycle) -> bool {
 
 /// The Urban Robot supervisor of the test: answers `identify` with `hello`, sends `ok` on
 /// `ready`, relays `cache_sync` to every other ready shard.
-fn supervisor(bus: &Bus) -> (Client, Arc<Mutex<HashSet<String>>>, Arc<Mutex<Vec<Value>>>) {
+type Shared<T> = Arc<Mutex<T>>;
+
+fn supervisor(bus: &Bus) -> (Client, Shared<HashSet<String>>, Shared<Vec<Value>>) {
     let sup = bus.client("supervisor");
     sup.on_request_payload("identify", |r| {
         let id: Value = r.payload.decode().map_err(|e| e.to_string())?;
@@ -130,26 +132,25 @@ fn sio_urban_robot_lifecycle() {
 
     // ready -> the command `ok`; the bus state follows.
     s1.emit("ready", json!({"guilds": 12}));
-    assert_eq!(
-        s1.event("command", 10),
-        json!({"t": "command", "d": "ok"})
-    );
+    assert_eq!(s1.event("command", 10), json!({"t": "command", "d": "ok"}));
     assert!(saw_lifecycle(
         &life,
         &Lifecycle::State("shard-1".into(), "ready".into())
     ));
     s2.emit("ready", json!({"guilds": 7}));
+    assert_eq!(s2.event("command", 10), json!({"t": "command", "d": "ok"}));
     assert_eq!(
-        s2.event("command", 10),
-        json!({"t": "command", "d": "ok"})
-    );
-    assert_eq!(
-        sio_util::client_stat(&bus.hub_dir(), "shard-2").unwrap().state,
+        sio_util::client_stat(&bus.hub_dir(), "shard-2")
+            .unwrap()
+            .state,
         "ready"
     );
 
     // The supervisor's health_check, answered by the shard's ack.
-    s1.answer("health_check", json!({"status": "OK", "cogs": ["music", "mod"]}));
+    s1.answer(
+        "health_check",
+        json!({"status": "OK", "cogs": ["music", "mod"]}),
+    );
     let r = sup
         .request_json("shard-1", "health_check", &json!({"full": true}), None)
         .unwrap();
@@ -212,12 +213,21 @@ fn sio_refused_wrong_token_and_taken_name() {
             let mut s = Sio::start(lang, &bus.b, "refused", auth.clone(), Value::Null);
             let e = s.expect("connect_error", 15, |_| true);
             let msg = e["message"].as_str().unwrap_or_default().to_string();
-            assert!(msg.contains(want), "{lang:?} {auth}: {msg:?} should say {want:?}");
+            assert!(
+                msg.contains(want),
+                "{lang:?} {auth}: {msg:?} should say {want:?}"
+            );
             assert!(!s.saw("connect", |_| true));
         }
     }
     // The default name, with the right token.
-    let mut s = Sio::start(Lang::Python, &bus.b, "anon", json!({"token": TOKEN}), Value::Null);
+    let mut s = Sio::start(
+        Lang::Python,
+        &bus.b,
+        "anon",
+        json!({"token": TOKEN}),
+        Value::Null,
+    );
     s.expect("connect", 15, |_| true);
     assert!(util::eventually(5, || {
         shmbus::hub::stat(&bus.hub_dir())
@@ -252,7 +262,9 @@ fn exchange(bus: &Bus, lang: Lang, transports: Value, name: &str) {
             .push((ev.from.clone(), ev.payload.decode().unwrap()))
     });
     // The method is the event name in full, as the receiver of an event sees it.
-    rust.on_request(&format!("rust-{name}:echo"), |r| r.payload.decode::<Value>().map_err(|e| e.to_string()));
+    rust.on_request(&format!("rust-{name}:echo"), |r| {
+        r.payload.decode::<Value>().map_err(|e| e.to_string())
+    });
     let mut s = Sio::start(lang, &bus.b, name, json!({"name": name}), transports);
     s.expect("connect", 15, |_| true);
     let rn = format!("rust-{name}");
@@ -271,12 +283,19 @@ fn exchange(bus: &Bus, lang: Lang, transports: Value, name: &str) {
         &PayloadBuf::json(&json!({"big": "y".repeat(100_000)})).unwrap(),
     )
     .unwrap();
-    assert_eq!(s.event("to_sio", 10)["big"].as_str().unwrap().len(), 100_000);
+    assert_eq!(
+        s.event("to_sio", 10)["big"].as_str().unwrap().len(),
+        100_000
+    );
     // A bincode event cannot become JSON: not delivered (counted undeliverable); the next
     // JSON one is.
     rust.emit(name, "bincode_ev", &5u32).unwrap();
-    rust.emit_payload(Target::Client(name), "after_bin", &PayloadBuf::json(&2).unwrap())
-        .unwrap();
+    rust.emit_payload(
+        Target::Client(name),
+        "after_bin",
+        &PayloadBuf::json(&2).unwrap(),
+    )
+    .unwrap();
     assert_eq!(s.event("after_bin", 10), json!(2));
     assert!(!s.saw("event", |d| d["event"] == "bincode_ev"));
     s.answer("ask", json!("answered"));
@@ -302,7 +321,10 @@ fn sio_js_with_python_and_node_ipc() {
     let dir = util::TestDir::new("sio-cross");
     let _hub = bridge_util::hub(&dir.join("hub"), &[]);
     let sock = dir.join("app.sock");
-    let b = sio_util::bridge(&dir.join("hub"), &["--node-ipc-path", sock.to_str().unwrap()]);
+    let b = sio_util::bridge(
+        &dir.join("hub"),
+        &["--node-ipc-path", sock.to_str().unwrap()],
+    );
     let mut js = Sio::start(Lang::Js, &b, "js", json!({"name": "js"}), Value::Null);
     js.expect("connect", 15, |_| true);
     let mut py = Sio::start(Lang::Python, &b, "py", json!({"name": "py"}), Value::Null);
@@ -312,7 +334,11 @@ fn sio_js_with_python_and_node_ipc() {
     ni.expect("connect", 10, |_| true);
     // Give the node-ipc hello a moment to make its bus client (a barrier: a routed event it
     // receives proves it is there).
-    assert!(util::eventually(10, || sio_util::client_stat(&dir.join("hub"), "legacy").is_some()));
+    assert!(util::eventually(10, || sio_util::client_stat(
+        &dir.join("hub"),
+        "legacy"
+    )
+    .is_some()));
 
     js.emit("py:from_js", json!({"a": [1, 2, 3]}));
     assert_eq!(py.event("py:from_js", 10), json!({"a": [1, 2, 3]}));
@@ -366,10 +392,9 @@ fn sio_killed_shard_fails_the_pending_request() {
     let took = failed_at.duration_since(killed);
     eprintln!("sio kill: the pending request failed {took:?} after SIGKILL: {r:?}");
     match r {
-        Err(CallError::Remote(m)) => assert!(
-            m.contains("disconnected") || m.contains("left"),
-            "{m}"
-        ),
+        Err(CallError::Remote(m)) => {
+            assert!(m.contains("disconnected") || m.contains("left"), "{m}")
+        }
         other => panic!("expected a remote error, got {other:?}"),
     }
 }
@@ -388,21 +413,30 @@ fn sio_client_that_does_not_read_is_dropped() {
     let small = PayloadBuf::json(&json!(1)).unwrap();
     let start = Instant::now();
     let mut sent = 0u64;
-    while !life.lock().unwrap().contains(&Lifecycle::Left("stuck".into())) {
+    while !life
+        .lock()
+        .unwrap()
+        .contains(&Lifecycle::Left("stuck".into()))
+    {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the client that does not read was not dropped after {sent} x 64 KiB"
         );
         let _ = rust.emit_payload(Target::Client("stuck"), "fill", &big);
-        rust.emit_payload(Target::Client("fine"), "tick", &small).unwrap();
+        rust.emit_payload(Target::Client("fine"), "tick", &small)
+            .unwrap();
         sent += 1;
         if sent % 64 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    eprintln!("sio slow reader: dropped after {sent} x 64 KiB in {:?}", start.elapsed());
+    eprintln!(
+        "sio slow reader: dropped after {sent} x 64 KiB in {:?}",
+        start.elapsed()
+    );
     // The other client carried on.
-    rust.emit_payload(Target::Client("fine"), "after", &small).unwrap();
+    rust.emit_payload(Target::Client("fine"), "after", &small)
+        .unwrap();
     fine.event("after", 10);
     assert!(fine.saw("event", |d| d["event"] == "tick"));
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
@@ -421,11 +455,20 @@ fn sio_thousand_connections() {
     counter.on("counter:hello", move |ev| {
         h.lock().unwrap().insert(ev.from.clone());
     });
-    counter.on_request("counter:ping", |r| r.payload.decode::<Value>().map_err(|e| e.to_string()));
+    counter.on_request("counter:ping", |r| {
+        r.payload.decode::<Value>().map_err(|e| e.to_string())
+    });
     const N: usize = 1000;
     let mut child = std::process::Command::new("node")
         .arg(sio_util::compat_dir().join("sio_many.js"))
-        .args(["--url", &bus.b.url(), "--n", &N.to_string(), "--prefix", "many"])
+        .args([
+            "--url",
+            &bus.b.url(),
+            "--n",
+            &N.to_string(),
+            "--prefix",
+            "many",
+        ])
         .current_dir(sio_util::compat_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -438,20 +481,33 @@ fn sio_thousand_connections() {
     std::thread::spawn(move || {
         use std::io::BufRead;
         for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(serde_json::from_str(&l).unwrap_or(json!({"ev": l}))).is_err() {
+            if tx
+                .send(serde_json::from_str(&l).unwrap_or(json!({"ev": l})))
+                .is_err()
+            {
                 return;
             }
         }
     });
     let started = Instant::now();
-    let c = rx.recv_timeout(Duration::from_secs(180)).expect("no word from sio_many.js");
+    let c = rx
+        .recv_timeout(Duration::from_secs(180))
+        .expect("no word from sio_many.js");
     assert_eq!(c["ev"], "connected", "{c}");
     eprintln!("sio 1000: all connected after {:?}", started.elapsed());
-    let a = rx.recv_timeout(Duration::from_secs(120)).expect("no acks from sio_many.js");
+    let a = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("no acks from sio_many.js");
     assert_eq!(a["ev"], "acked", "{a}");
     assert!(util::eventually(30, || hellos.lock().unwrap().len() == N));
     let st = shmbus::hub::stat(&bus.hub_dir()).unwrap();
-    assert!(st.clients.iter().filter(|c| c.name.starts_with("many-")).count() == N);
+    assert!(
+        st.clients
+            .iter()
+            .filter(|c| c.name.starts_with("many-"))
+            .count()
+            == N
+    );
 }
 
 /// One raw HTTP/1.1 request; the status code of the answer.
@@ -459,11 +515,18 @@ fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut b = Vec::new();
     let _ = s.read_to_end(&mut b);
     let t = String::from_utf8_lossy(&b);
-    t.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    t.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -477,12 +540,21 @@ fn sio_pending_handshakes_are_bounded() {
     }
     assert_eq!(http_status(bus.b.addr, open), 503);
     // A real client is refused too while they are pending…
-    let mut s = Sio::start(Lang::Python, &bus.b, "late", json!({"name": "late"}), Value::Null);
+    let mut s = Sio::start(
+        Lang::Python,
+        &bus.b,
+        "late",
+        json!({"name": "late"}),
+        Value::Null,
+    );
     s.expect("connect_failed", 20, |_| true);
     // …and admitted once they expired (socketioxide closes them after the same 10 s).
     let start = Instant::now();
     while http_status(bus.b.addr, open) == 503 {
-        assert!(start.elapsed() < Duration::from_secs(30), "pending sessions never expired");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pending sessions never expired"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let _ok = Sio::connect(Lang::Python, &bus.b, "on-time", None);

@@ -201,75 +201,75 @@ impl Drop for RequestTicket {
 
 #[cfg(feature = "tokio")]
 mod async_calls {
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
 
-use serde::Serialize;
+    use serde::Serialize;
 
-use super::super::tokio_client::AsyncClient;
-use super::super::{CallError, Reply, Slot};
-use crate::proto::PayloadBuf;
+    use super::super::tokio_client::AsyncClient;
+    use super::super::{CallError, Reply, Slot};
+    use crate::proto::PayloadBuf;
 
-impl AsyncClient {
-    /// [`request`](AsyncClient::request) with an already encoded argument (for example
-    /// [`PayloadBuf::json`]).
-    pub async fn request_payload(
-        &self,
-        to: &str,
-        method: &str,
-        arg: &PayloadBuf,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, CallError> {
-        let inner = &self.client().inner;
-        let timeout = timeout.or(inner.opts.timeout);
-        let req = inner.next_req();
-        let slot = inner.register(req);
-        if let Err(e) = inner.send(&(inner.request_frame(to, method, arg, timeout))(req)) {
-            inner.waits.lock().expect("lock").remove(&req);
-            return Err(CallError::Link(e));
-        }
-        // A little after the hub's deadline, so its clearer timeout error arrives first.
-        let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
-        match tokio::time::timeout(wait, Filed(slot)).await {
-            Ok(v) => v,
-            Err(_) => {
+    impl AsyncClient {
+        /// [`request`](AsyncClient::request) with an already encoded argument (for example
+        /// [`PayloadBuf::json`]).
+        pub async fn request_payload(
+            &self,
+            to: &str,
+            method: &str,
+            arg: &PayloadBuf,
+            timeout: Option<Duration>,
+        ) -> Result<Reply, CallError> {
+            let inner = &self.client().inner;
+            let timeout = timeout.or(inner.opts.timeout);
+            let req = inner.next_req();
+            let slot = inner.register(req);
+            if let Err(e) = inner.send(&(inner.request_frame(to, method, arg, timeout))(req)) {
                 inner.waits.lock().expect("lock").remove(&req);
-                Err(CallError::Timeout)
+                return Err(CallError::Link(e));
+            }
+            // A little after the hub's deadline, so its clearer timeout error arrives first.
+            let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+            match tokio::time::timeout(wait, Filed(slot)).await {
+                Ok(v) => v,
+                Err(_) => {
+                    inner.waits.lock().expect("lock").remove(&req);
+                    Err(CallError::Timeout)
+                }
+            }
+        }
+
+        /// [`request`](AsyncClient::request) with the argument encoded as JSON.
+        pub async fn request_json<T: Serialize + ?Sized>(
+            &self,
+            to: &str,
+            method: &str,
+            arg: &T,
+            timeout: Option<Duration>,
+        ) -> Result<Reply, CallError> {
+            let p = PayloadBuf::json(arg)?;
+            self.request_payload(to, method, &p, timeout).await
+        }
+    }
+
+    /// Completes when the dispatcher files the reply into the slot.
+    struct Filed(Arc<Slot>);
+
+    impl Future for Filed {
+        type Output = Result<Reply, CallError>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if let Some(v) = self.0.take() {
+                return Poll::Ready(v);
+            }
+            *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
+            // Filed between the check and storing the waker? Then take it now.
+            match self.0.take() {
+                Some(v) => Poll::Ready(v),
+                None => Poll::Pending,
             }
         }
     }
-
-    /// [`request`](AsyncClient::request) with the argument encoded as JSON.
-    pub async fn request_json<T: Serialize + ?Sized>(
-        &self,
-        to: &str,
-        method: &str,
-        arg: &T,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, CallError> {
-        let p = PayloadBuf::json(arg)?;
-        self.request_payload(to, method, &p, timeout).await
-    }
-}
-
-/// Completes when the dispatcher files the reply into the slot.
-struct Filed(Arc<Slot>);
-
-impl Future for Filed {
-    type Output = Result<Reply, CallError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(v) = self.0.take() {
-            return Poll::Ready(v);
-        }
-        *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
-        // Filed between the check and storing the waker? Then take it now.
-        match self.0.take() {
-            Some(v) => Poll::Ready(v),
-            None => Poll::Pending,
-        }
-    }
-}
 }

@@ -55,7 +55,10 @@ pub fn ensure_sio_node() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let dir = compat_dir();
-        let ok = |d: &Path| d.join("node_modules/socket.io-client/package.json").is_file();
+        let ok = |d: &Path| {
+            d.join("node_modules/socket.io-client/package.json")
+                .is_file()
+        };
         locked("shmbus-npm-ci.lock", || {
             if !ok(&dir) {
                 let st = Command::new("npm")

@@ -106,7 +106,9 @@ async fn connect_bus(sh: &Shared, name: &str) -> Result<AsyncClient, Error> {
         opts.token = sh.cfg.hub_token.clone();
         opts.ring_capacity = sh.cfg.ring_capacity;
         match AsyncClient::connect(sh.cfg.dir.clone(), opts).await {
-            Err(Error::Handshake(m)) if m.contains("already taken") && Instant::now() < deadline => {
+            Err(Error::Handshake(m))
+                if m.contains("already taken") && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             r => return r,
@@ -136,7 +138,10 @@ impl<A: Adapter> FromMessageParts<A> for RawEvent {
         v: &mut Value,
         ack_id: &Option<i64>,
     ) -> Result<Self, Self::Error> {
-        let text = v.as_str().map(|s| s.as_str().to_string()).unwrap_or_default();
+        let text = v
+            .as_str()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
         Ok(RawEvent(text, ack_id.is_some()))
     }
 }
@@ -168,9 +173,11 @@ pub(crate) fn joined(sio: Arc<Sio>, s: SocketRef) {
         sh.stats.clone(),
     ));
     let c = conn.clone();
-    s.on_fallback(move |s: SocketRef, RawEvent(text, want): RawEvent, ack: AckSender| {
-        c.incoming(&s, &text, want, ack);
-    });
+    s.on_fallback(
+        move |s: SocketRef, RawEvent(text, want): RawEvent, ack: AckSender| {
+            c.incoming(&s, &text, want, ack);
+        },
+    );
     s.on_disconnect(move |reason: DisconnectReason| {
         conn.left(&reason.to_string());
     });
@@ -224,7 +231,10 @@ fn wire_bus(conn: &Arc<Conn>, bus: &AsyncClient, s: &SocketRef) {
     });
     let sock = s.clone();
     c.on_disconnect(move |reason| {
-        info!(reason, "Socket.IO client lost its bus link; disconnecting it");
+        info!(
+            reason,
+            "Socket.IO client lost its bus link; disconnecting it"
+        );
         disconnect_later(&sock);
     });
 }

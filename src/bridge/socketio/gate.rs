@@ -41,7 +41,10 @@ impl Gate {
     pub(crate) fn try_open(&self) -> bool {
         let now = Instant::now();
         let mut q = self.opened.lock().expect("lock");
-        while q.front().is_some_and(|t| now.duration_since(*t) >= PENDING_FOR) {
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= PENDING_FOR)
+        {
             q.pop_front();
         }
         if q.len() >= self.max {
@@ -122,7 +125,10 @@ mod tests {
             "/socket.io/",
             Some("EIO=4&transport=polling&t=x")
         ));
-        assert!(opens_session("/socket.io/", Some("EIO=4&transport=websocket")));
+        assert!(opens_session(
+            "/socket.io/",
+            Some("EIO=4&transport=websocket")
+        ));
         assert!(!opens_session(
             "/socket.io/",
             Some("EIO=4&transport=polling&sid=abc")

@@ -66,10 +66,7 @@ impl Directory {
             Ok(Err(e)) => warn!(error = %e, "socketio: cannot list the hub's clients"),
             Err(e) => warn!(error = %e, "socketio: cannot list the hub's clients"),
         }
-        Ok(Directory {
-            names,
-            _watcher: w,
-        })
+        Ok(Directory { names, _watcher: w })
     }
 
     fn has(&self, name: &str) -> bool {
@@ -79,7 +76,10 @@ impl Directory {
 
 /// The `name` of a `name:event` event name.
 fn prefix(event: &str) -> Option<&str> {
-    event.split_once(':').map(|(n, _)| n).filter(|n| !n.is_empty())
+    event
+        .split_once(':')
+        .map(|(n, _)| n)
+        .filter(|n| !n.is_empty())
 }
 
 /// Where an event goes.
