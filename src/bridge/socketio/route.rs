@@ -143,6 +143,9 @@ pub(crate) fn identify_version(data: &RawValue) -> Option<String> {
         #[serde(borrow)]
         version: Option<&'a RawValue>,
     }
+    if !data.get().starts_with('{') {
+        return None; // serde would read a struct from an array too
+    }
     let v = serde_json::from_str::<Id<'_>>(data.get()).ok()?.version?;
     Some(serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_string()))
 }
