@@ -23,10 +23,11 @@ struct Cli {
 enum Cmd {
     #[cfg(feature = "bridge")]
     /// Run the hub and the bridge together with the defaults: node-ipc on /tmp/app.shmbus and
-    /// 127.0.0.1:8000, WebSocket on 127.0.0.1:8090 when --ws-token is given.
+    /// 127.0.0.1:8000, WebSocket on 127.0.0.1:8090 when --ws-token is given, Socket.IO on
+    /// 127.0.0.1:8095 when --socketio-token is given.
     Up(UpArgs),
     #[cfg(feature = "bridge")]
-    /// Run the compatibility bridge for legacy node-ipc and WebSocket JSON clients.
+    /// Run the compatibility bridge for legacy node-ipc, WebSocket and Socket.IO JSON clients.
     Bridge(BridgeCmd),
     /// Run the hub: clients connect to <dir>/hub.sock.
     Hub(HubArgs),
@@ -401,6 +402,23 @@ mod bridge_cli {
         /// Time a connection has to say hello (node-ipc) or finish its upgrade (WebSocket), in ms.
         #[arg(long, default_value_t = 10_000)]
         hello_timeout_ms: u64,
+        /// Socket.IO (python-socketio 5, socket.io-client 4) on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        socketio: Option<String>,
+        /// Socket.IO clients must send this token in their handshake's `auth.token` (or the
+        /// environment variable SHMBUS_SOCKETIO_TOKEN, which other users cannot read).
+        #[arg(long, value_name = "TOKEN")]
+        socketio_token: Option<String>,
+        /// Socket.IO events (and acks) without a connected `name:` prefix go to this client
+        /// instead of everyone (Urban Robot's supervisor).
+        #[arg(long, value_name = "NAME")]
+        socketio_to: Option<String>,
+        /// Socket.IO sessions that have not connected to the namespace yet, at most.
+        #[arg(long, default_value_t = 1024)]
+        socketio_max_pending: usize,
+        /// Socket.IO TCP connections, at most.
+        #[arg(long, default_value_t = 16384)]
+        socketio_max_conns: usize,
     }
 
     fn off(s: &str) -> bool {
@@ -409,6 +427,7 @@ mod bridge_cli {
 
     const WS_TOKEN_VAR: &str = "SHMBUS_WS_TOKEN";
     const NODE_IPC_TOKEN_VAR: &str = "SHMBUS_NODE_IPC_TOKEN";
+    const SOCKETIO_TOKEN_VAR: &str = "SHMBUS_SOCKETIO_TOKEN";
 
     impl BridgeArgs {
         fn config(
@@ -465,6 +484,15 @@ mod bridge_cli {
                 pre_hello_bytes: self.pre_hello_bytes.max(64),
                 pre_hello_total: self.pre_hello_total,
                 hello_timeout: Duration::from_millis(self.hello_timeout_ms.max(1)),
+                socketio: self.socketio.clone().filter(|a| !off(a)),
+                socketio_token: self
+                    .socketio_token
+                    .clone()
+                    .or_else(|| std::env::var(SOCKETIO_TOKEN_VAR).ok())
+                    .filter(|t| !t.is_empty()),
+                socketio_to: self.socketio_to.clone().filter(|t| !t.is_empty()),
+                socketio_max_pending: self.socketio_max_pending,
+                socketio_max_conns: self.socketio_max_conns,
             })
         }
 
@@ -508,6 +536,16 @@ mod bridge_cli {
             opt("pre-hello-bytes", Some(self.pre_hello_bytes.to_string()));
             opt("pre-hello-total", Some(self.pre_hello_total.to_string()));
             opt("hello-timeout-ms", Some(self.hello_timeout_ms.to_string()));
+            opt("socketio", self.socketio.clone());
+            opt("socketio-to", self.socketio_to.clone());
+            opt(
+                "socketio-max-pending",
+                Some(self.socketio_max_pending.to_string()),
+            );
+            opt(
+                "socketio-max-conns",
+                Some(self.socketio_max_conns.to_string()),
+            );
             if self.node_ipc_tcp_public {
                 a.push("--node-ipc-tcp-public".into());
             }
@@ -634,6 +672,12 @@ mod bridge_cli {
         if serve.ws.is_none() && serve.ws_token.is_some() {
             serve.ws = Some("127.0.0.1:8090".into());
         }
+        if serve.socketio_token.is_none() {
+            serve.socketio_token = std::env::var(SOCKETIO_TOKEN_VAR).ok();
+        }
+        if serve.socketio.is_none() && serve.socketio_token.is_some() {
+            serve.socketio = Some("127.0.0.1:8095".into());
+        }
         let cfg = a.hub.config();
         let dir = cfg.dir.clone();
         // Check the bridge settings before starting anything.
@@ -665,6 +709,9 @@ mod bridge_cli {
         }
         if let Some(t) = &serve.node_ipc_token {
             cmd.env(NODE_IPC_TOKEN_VAR, t);
+        }
+        if let Some(t) = &serve.socketio_token {
+            cmd.env(SOCKETIO_TOKEN_VAR, t);
         }
         if let Some(t) = &a.hub.token {
             cmd.env(HUB_TOKEN_VAR, t);

@@ -39,6 +39,8 @@ pub mod frame;
 mod nodeipc;
 mod outbox;
 mod prehello;
+#[cfg(feature = "socketio")]
+mod socketio;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
@@ -103,6 +105,16 @@ pub struct BridgeConfig {
     pub pre_hello_total: usize,
     /// Time a connection has to say hello (node-ipc) or finish its upgrade (WebSocket).
     pub hello_timeout: Duration,
+    /// Serve Socket.IO on this TCP address (feature `socketio`).
+    pub socketio: Option<String>,
+    /// Socket.IO clients must send this as `auth.token`, when set.
+    pub socketio_token: Option<String>,
+    /// Where Socket.IO events without a connected `name:` prefix go (instead of everyone).
+    pub socketio_to: Option<String>,
+    /// Socket.IO sessions that have not connected to the namespace yet, at most.
+    pub socketio_max_pending: usize,
+    /// Socket.IO TCP connections, at most.
+    pub socketio_max_conns: usize,
 }
 
 impl Default for BridgeConfig {
@@ -125,6 +137,11 @@ impl Default for BridgeConfig {
             pre_hello_bytes: 64 << 10,
             pre_hello_total: 16 << 20,
             hello_timeout: Duration::from_secs(10),
+            socketio: None,
+            socketio_token: None,
+            socketio_to: None,
+            socketio_max_pending: 1024,
+            socketio_max_conns: 16384,
         }
     }
 }
@@ -201,6 +218,8 @@ pub enum Listening {
     NodeIpcTcp(std::net::SocketAddr),
     /// WebSocket.
     Ws(std::net::SocketAddr),
+    /// Socket.IO.
+    SocketIo(std::net::SocketAddr),
 }
 
 impl std::fmt::Display for Listening {
@@ -209,6 +228,7 @@ impl std::fmt::Display for Listening {
             Listening::NodeIpcUnix(p) => write!(f, "node-ipc unix {}", p.display()),
             Listening::NodeIpcTcp(a) => write!(f, "node-ipc tcp {a}"),
             Listening::Ws(a) => write!(f, "ws {a}"),
+            Listening::SocketIo(a) => write!(f, "socketio {a}"),
         }
     }
 }
@@ -220,6 +240,7 @@ pub struct Bridge {
     /// The listener, and whether its address is public (not loopback).
     tcp: Option<(TcpListener, bool)>,
     ws: Option<TcpListener>,
+    socketio: Option<TcpListener>,
     listening: Vec<Listening>,
 }
 
@@ -267,10 +288,20 @@ impl Bridge {
     /// Checks the hub is there and binds every configured listener. Must be called inside a
     /// tokio runtime.
     pub async fn bind(cfg: BridgeConfig) -> Result<Bridge, Error> {
-        if cfg.node_ipc_path.is_none() && cfg.node_ipc_tcp.is_none() && cfg.ws.is_none() {
+        if cfg.node_ipc_path.is_none()
+            && cfg.node_ipc_tcp.is_none()
+            && cfg.ws.is_none()
+            && cfg.socketio.is_none()
+        {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "nothing to serve: give --node-ipc-path, --node-ipc-id, --node-ipc-tcp or --ws",
+                "nothing to serve: give --node-ipc-path, --node-ipc-id, --node-ipc-tcp, --ws or --socketio",
+            )));
+        }
+        if cfg.socketio.is_some() && !cfg!(feature = "socketio") {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--socketio needs shmbus built with the `socketio` feature",
             )));
         }
         if cfg.ws.is_some() && cfg.ws_token.as_deref().is_none_or(str::is_empty) {
@@ -366,6 +397,17 @@ impl Bridge {
             None => None,
         };
         info!(uids = ?access.uids(), "uids allowed on the node-ipc listeners");
+        let socketio = match &cfg.socketio {
+            Some(a) => {
+                raise_nofile();
+                let l = TcpListener::bind(a.as_str())
+                    .await
+                    .map_err(|e| io_err(a, e))?;
+                listening.push(Listening::SocketIo(l.local_addr()?));
+                Some(l)
+            }
+            None => None,
+        };
         Ok(Bridge {
             shared: Arc::new(Shared {
                 pre_hello: PreHelloBudget::new(cfg.pre_hello_total),
@@ -378,6 +420,7 @@ impl Bridge {
             unix,
             tcp,
             ws,
+            socketio,
             listening,
         })
     }
@@ -399,6 +442,7 @@ impl Bridge {
             unix,
             tcp,
             ws,
+            socketio,
             ..
         } = self;
         let mut tasks = tokio::task::JoinSet::new();
@@ -444,6 +488,12 @@ impl Bridge {
                 }
             });
         }
+        #[cfg(feature = "socketio")]
+        if let Some(l) = socketio {
+            tasks.spawn(socketio::serve(l, shared.clone()));
+        }
+        #[cfg(not(feature = "socketio"))]
+        drop(socketio);
         shutdown.await;
         tasks.abort_all();
         if let Some(p) = unix_path {
@@ -545,6 +595,17 @@ async fn accept_tcp(s: TcpStream, peer: std::net::SocketAddr, public: bool, sh: 
 async fn accept_error(e: &std::io::Error) {
     warn!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Raises this process's soft open-file limit to its hard limit: every Socket.IO (or other
+/// legacy) connection holds a socket plus its bus client's descriptors.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// Completes once a close flag is set (a function, so that no watch guard is held inside a

@@ -426,6 +426,9 @@ impl Inner {
                     self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
                 }
                 Incoming::Request(hreq, r) => {
+                    let Some(r) = self.defer_request(hreq, r) else {
+                        continue;
+                    };
                     let h = self
                         .handlers
                         .read()

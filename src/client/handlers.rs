@@ -44,6 +44,8 @@ pub(super) struct Handlers {
     pub(super) disconnect: Vec<(HandlerId, DisconnectFn)>,
     /// Catch-all for gets of kinds without an `on_get` handler, answered later.
     pub(super) deferred_get: Option<(HandlerId, DeferredGetFn)>,
+    /// Catch-all for requests of methods without an `on_request` handler, answered later.
+    pub(super) deferred_request: Option<(HandlerId, super::json_calls::DeferredRequestFn)>,
 }
 
 impl Handlers {
@@ -56,6 +58,14 @@ impl Handlers {
     pub(super) fn remove(&mut self, id: HandlerId) -> bool {
         if self.deferred_get.as_ref().is_some_and(|(i, _)| *i == id) {
             self.deferred_get = None;
+            return true;
+        }
+        if self
+            .deferred_request
+            .as_ref()
+            .is_some_and(|(i, _)| *i == id)
+        {
+            self.deferred_request = None;
             return true;
         }
         let before = self.events.len()
@@ -243,6 +253,9 @@ impl Inner {
                 self.answer(hreq, answer);
             }
             Incoming::Request(hreq, r) => {
+                let Some(r) = self.defer_request(hreq, r) else {
+                    return;
+                };
                 let h = self
                     .handlers
                     .read()

@@ -77,6 +77,9 @@ mod tests;
 #[cfg(feature = "tokio")]
 pub mod tokio_client;
 
+mod json_calls;
+pub use json_calls::RequestTicket;
+
 pub use call::GetBuilder;
 use call::Slot;
 pub use deferred::GetTicket;

@@ -297,6 +297,12 @@ impl Hub {
                 self.lifecycle(slot, Change::State(state));
                 true
             }
+            ClientMsg::SetVersion { version } => {
+                if let Some(c) = self.conns[slot].as_mut() {
+                    c.version = Some(version.chars().take(256).collect());
+                }
+                true
+            }
             ClientMsg::Watch { lifecycle } => {
                 if let Some(c) = self.conns[slot].as_mut() {
                     c.watch = lifecycle;
