@@ -98,8 +98,10 @@ fn calls_succeed(c: &mut Sio, first: u64, n: u64) {
 }
 
 fn flood(a: &mut Sio, event: &str, count: u64, size: usize, ack_every: u64) {
-    a.cmd(json!({"op": "flood", "event": event, "count": count, "size": size,
-                 "ack_every": ack_every}));
+    a.cmd(
+        json!({"op": "flood", "event": event, "count": count, "size": size,
+                 "ack_every": ack_every}),
+    );
     a.expect("flooded", 60, |d| d["count"] == count);
 }
 
@@ -178,9 +180,20 @@ fn sio_flooder_whose_queue_overflows_is_dropped() {
     assert!(gone("A"), "the hub still holds A after B drained it");
     stuck.poll(Duration::from_millis(500)).unwrap();
     let got = seqs.lock().unwrap().clone();
-    eprintln!("sio overflow: {} of 300 events reached B before A was dropped", got.len());
-    assert!(!got.is_empty() && got.len() < 300, "{} events reached B", got.len());
-    assert_eq!(got, (0..got.len() as u64).collect::<Vec<u64>>(), "B's events out of order");
+    eprintln!(
+        "sio overflow: {} of 300 events reached B before A was dropped",
+        got.len()
+    );
+    assert!(
+        !got.is_empty() && got.len() < 300,
+        "{} events reached B",
+        got.len()
+    );
+    assert_eq!(
+        got,
+        (0..got.len() as u64).collect::<Vec<u64>>(),
+        "B's events out of order"
+    );
 }
 
 /// 1,000 events from one Socket.IO client, every tenth sent with an ack (a bus request), reach
@@ -206,7 +219,10 @@ fn sio_thousand_events_arrive_in_order() {
     let mut a = Sio::connect(Lang::Js, &b.b, "A", None);
     flood(&mut a, "R:ev", 1000, 16, 10);
     a.expect("flood_acked", 60, |d| d["acks"] == 100);
-    assert!(!a.saw("flood_bad_ack", |_| true), "an ack carried a wrong answer");
+    assert!(
+        !a.saw("flood_bad_ack", |_| true),
+        "an ack carried a wrong answer"
+    );
     assert!(util::eventually(30, || seen.lock().unwrap().len() >= 1000));
     let got = seen.lock().unwrap().clone();
     let first_bad = (0..1000u64).find(|&i| got.get(i as usize) != Some(&i));

@@ -520,7 +520,9 @@ pub struct PendingReply {
 
 impl std::fmt::Debug for PendingReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingReply").field("req", &self.req).finish()
+        f.debug_struct("PendingReply")
+            .field("req", &self.req)
+            .finish()
     }
 }
 

@@ -289,13 +289,7 @@ async fn send_loop(sio: Arc<Sio>, bus: Arc<AsyncClient>, name: String, mut rx: I
 
 /// One packet to the bus: the version or state it implies, then the event as an emit or, with
 /// an ack, as a request (written before the next packet; its answer becomes the ack).
-async fn forward(
-    sio: &Sio,
-    bus: &AsyncClient,
-    name: &str,
-    p: Packet,
-    calls: &mut JoinSet<()>,
-) {
+async fn forward(sio: &Sio, bus: &AsyncClient, name: &str, p: Packet, calls: &mut JoinSet<()>) {
     let stats = &sio.sh.stats;
     let (ev, data) = match route::split_args(&p.text) {
         Ok(v) => v,
@@ -358,11 +352,7 @@ fn answer_ack(ack: AckSender, r: Result<Reply, CallError>, stats: &BridgeStats) 
 impl Conn {
     /// Client → bus: queues the packet for the sender task (never waits).
     fn incoming(&self, s: &SocketRef, text: String, want_ack: bool, ack: AckSender) {
-        self.sio
-            .sh
-            .stats
-            .frames_in
-            .fetch_add(1, Ordering::Relaxed);
+        self.sio.sh.stats.frames_in.fetch_add(1, Ordering::Relaxed);
         let p = Packet {
             text,
             ack: want_ack.then_some(ack),

@@ -124,7 +124,11 @@ mod tests {
     #[tokio::test]
     async fn bounded_in_bytes_and_in_order() {
         let (inbox, mut rx) = Inbox::new(1000);
-        assert_eq!(inbox.push(packet(5000)), Pushed::Queued, "one big packet fits alone");
+        assert_eq!(
+            inbox.push(packet(5000)),
+            Pushed::Queued,
+            "one big packet fits alone"
+        );
         assert_eq!(rx.next().await.map(|p| p.text.len()), Some(5000));
         for n in 1..=5 {
             assert_eq!(inbox.push(packet(n)), Pushed::Queued);

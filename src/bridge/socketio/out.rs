@@ -266,7 +266,8 @@ pub(crate) async fn write_loop(
                             Err(e) => t.fail(&e.to_string()).await,
                         },
                         Err(AckError::Timeout) => {
-                            let m = format!("timed out: the Socket.IO client did not ack {method:?}");
+                            let m =
+                                format!("timed out: the Socket.IO client did not ack {method:?}");
                             t.fail(&m).await
                         }
                         Err(AckError::Socket(_)) => {
