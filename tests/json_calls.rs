@@ -176,3 +176,178 @@ fn async_request_json() {
         assert!(matches!(e, Err(CallError::Remote(_))), "{e:?}");
     });
 }
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The async client's deferred requests (answer, fail, fail without waiting, drop), its
+/// `set_version`, and its routed / broadcast / publish payload sends.
+#[test]
+fn async_deferred_requests_versions_and_payload_sends() {
+    let _w = util::watchdog("async deferred requests", 60);
+    let (dir, _h) = hub("json-async-deferred");
+    let caller = Client::connect(dir.path(), ClientOptions::new("caller")).unwrap();
+    let (etx, erx) = mpsc::channel();
+    for ev in ["caller:x", "all", "news"] {
+        let etx = etx.clone();
+        caller.on(ev, move |e| {
+            let v: Value = e.payload.decode().unwrap();
+            let _ = etx.send((e.event.clone(), e.payload.enc, v));
+        });
+    }
+    caller.subscribe(["news"]).unwrap();
+    current_thread().block_on(async {
+        let owner = AsyncClient::connect(dir.path(), ClientOptions::new("owner").version("0.1"))
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        owner.on_request_deferred(move |r, t| {
+            let _ = tx.send((r.method.clone(), r.payload.decode::<Value>().unwrap(), t));
+        });
+        let call = |m: &'static str| {
+            let c = caller.clone();
+            std::thread::spawn(move || c.request_json("owner", m, &json!({"m": m}), None))
+        };
+        let answered = call("later");
+        let (m, arg, t) = rx.recv().await.unwrap();
+        assert_eq!((m.as_str(), arg), ("later", json!({"m": "later"})));
+        assert_eq!(t.accept(), Encoding::Bincode);
+        t.answer(&PayloadBuf::json(&"done").unwrap()).await.unwrap();
+        let r = answered.join().unwrap().unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), "done");
+
+        let failed = call("f");
+        rx.recv().await.unwrap().2.fail("nope").await.unwrap();
+        assert!(matches!(failed.join().unwrap(), Err(CallError::Remote(m)) if m == "nope"));
+        let gone = call("g");
+        rx.recv().await.unwrap().2.fail_without_waiting("gone");
+        assert!(matches!(gone.join().unwrap(), Err(CallError::Remote(m)) if m == "gone"));
+        let dropped = call("d");
+        drop(rx.recv().await.unwrap());
+        assert!(
+            matches!(dropped.join().unwrap(), Err(CallError::Remote(m)) if m.contains("without answering"))
+        );
+
+        let ver = || {
+            shmbus::hub::stat(dir.path())
+                .unwrap()
+                .clients
+                .into_iter()
+                .find(|c| c.name == "owner")
+                .and_then(|c| c.version)
+        };
+        assert_eq!(ver().as_deref(), Some("0.1"));
+        owner.set_version("2.0").await.unwrap();
+        assert!(util::eventually(5, || ver().as_deref() == Some("2.0")));
+
+        let p = PayloadBuf::json(&json!({"k": 1})).unwrap();
+        owner.emit_routed_payload("caller:x", &p).await.unwrap();
+        owner.broadcast_payload("all", &p).await.unwrap();
+        owner.publish_payload("news", &p).await.unwrap();
+    });
+    let mut got: Vec<String> = (0..3)
+        .map(|_| erx.recv_timeout(Duration::from_secs(5)).unwrap())
+        .map(|(e, enc, v)| {
+            assert_eq!((enc, v), (Encoding::Json, json!({"k": 1})));
+            e
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["all", "caller:x", "news"]);
+}
+
+/// `AsyncClient::request_payload` into a full ring waits on the ring's doorbell: the runtime
+/// keeps running other tasks while 300 JSON requests of 64 KiB wait for a client that does not
+/// read, and every one is answered once it reads.
+#[test]
+fn async_request_payload_into_a_full_ring_does_not_block_the_runtime() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let _w = util::watchdog("async request_payload full ring", 180);
+    let dir = util::TestDir::new("json-async-full");
+    let _hub = util::ThreadHub::start(HubConfig {
+        dir: dir.path().to_path_buf(),
+        get_timeout: Duration::from_secs(60),
+        ..HubConfig::default()
+    });
+    let stuck = Client::connect(
+        dir.path(),
+        ClientOptions::new("B")
+            .accept(Encoding::Json)
+            .dispatcher(false),
+    )
+    .unwrap();
+    stuck.on_request_payload("m", |r| {
+        PayloadBuf::json(&r.payload.bytes.len()).map_err(|e| e.to_string())
+    });
+    let ticks = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt_thread = {
+        let (ticks, answered, stop) = (ticks.clone(), answered.clone(), stop.clone());
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            current_thread().block_on(async move {
+                let opts = ClientOptions::new("A").accept(Encoding::Json);
+                let a = Arc::new(AsyncClient::connect(path, opts).await.unwrap());
+                let s = stop.clone();
+                let ticker = tokio::spawn(async move {
+                    while !s.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                let big = PayloadBuf::json(&"j".repeat(65536)).unwrap();
+                let mut calls = Vec::new();
+                for _ in 0..300 {
+                    let (a, answered, big) = (a.clone(), answered.clone(), big.clone());
+                    calls.push(tokio::spawn(async move {
+                        let r = a
+                            .request_payload("B", "m", &big, Some(Duration::from_secs(60)))
+                            .await;
+                        if r.is_ok() {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }));
+                }
+                for h in calls {
+                    let _ = h.await;
+                }
+                let _ = ticker.await;
+            })
+        })
+    };
+    let stat_of = |name: &str| {
+        shmbus::hub::stat(dir.path())
+            .ok()
+            .and_then(|s| s.clients.into_iter().find(|c| c.name == name))
+    };
+    assert!(
+        util::eventually(60, || {
+            let (Some(sa), Some(sb)) = (stat_of("A"), stat_of("B")) else {
+                return false;
+            };
+            sb.outbox_bytes > 4 << 20 && sa.ring_in_fill * 2 > sa.ring_in_capacity
+        }),
+        "the requests did not stall A"
+    );
+    let t0 = ticks.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    let t1 = ticks.load(Ordering::Relaxed);
+    assert!(
+        t1 >= t0 + 10,
+        "the runtime stalled with A's ring full: {} ticks in 2 s",
+        t1 - t0
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(90);
+    while answered.load(Ordering::Relaxed) < 300 && std::time::Instant::now() < end {
+        stuck.poll(Duration::from_millis(50)).unwrap();
+    }
+    assert_eq!(answered.load(Ordering::Relaxed), 300);
+    stop.store(true, Ordering::Relaxed);
+    rt_thread.join().unwrap();
+}

@@ -458,25 +458,34 @@ impl Inner {
         timeout: Option<Duration>,
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Result<Reply, CallError> {
+        self.start_call_async(side, timeout, make)
+            .await?
+            .reply()
+            .await
+    }
+
+    /// The first half of [`call_async`](Inner::call_async): returns once the frame is written
+    /// (so calls started one after another reach the hub in that order), with the reply still
+    /// to await.
+    pub(super) async fn start_call_async<'m>(
+        self: &Arc<Self>,
+        side: &Arc<AsyncSide>,
+        timeout: Option<Duration>,
+        make: impl FnOnce(u64) -> ClientMsg<'m>,
+    ) -> Result<PendingReply, CallError> {
         let req = self.next_req();
-        let slot = self.register(req);
         let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+        let pending = PendingReply {
+            slot: self.register(req),
+            inner: self.clone(),
+            req,
+            deadline: tokio::time::Instant::now() + wait,
+        };
         let msg = make(req);
-        let r = tokio::time::timeout(wait, async {
-            self.send_async(side, &msg).await.map_err(CallError::Link)?;
-            super::tokio_client::SlotFuture(slot).await
-        })
-        .await;
-        match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.waits.lock().expect("lock").remove(&req);
-                Err(e)
-            }
-            Err(_) => {
-                self.waits.lock().expect("lock").remove(&req);
-                Err(CallError::Timeout)
-            }
+        match tokio::time::timeout_at(pending.deadline, self.send_async(side, &msg)).await {
+            Ok(Ok(())) => Ok(pending),
+            Ok(Err(e)) => Err(CallError::Link(e)),
+            Err(_) => Err(CallError::Timeout),
         }
     }
 
@@ -494,6 +503,43 @@ impl Inner {
     /// Queues an answer without waiting (a dropped ticket's error answer).
     pub(super) fn answer_later(self: &Arc<Self>, side: &Arc<AsyncSide>, a: OwedAnswer) {
         self.send_or_defer(side, DeferredItem::Answer(a));
+    }
+}
+
+/// A get or request already sent, whose reply is still to come (see
+/// [`AsyncClient::send_request_payload`](super::tokio_client::AsyncClient::send_request_payload)).
+/// Await it with [`reply`](PendingReply::reply); dropping it forgets the call (a late reply is
+/// then discarded).
+pub struct PendingReply {
+    inner: Arc<Inner>,
+    req: u64,
+    slot: Arc<super::Slot>,
+    /// The call's own deadline (the hub's plus 250 ms), counted from before the send.
+    deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("req", &self.req)
+            .finish()
+    }
+}
+
+impl PendingReply {
+    /// The reply, or the error that came instead (a timeout once the call's deadline passed).
+    pub async fn reply(self) -> Result<Reply, CallError> {
+        let slot = super::tokio_client::SlotFuture(self.slot.clone());
+        tokio::time::timeout_at(self.deadline, slot)
+            .await
+            .unwrap_or(Err(CallError::Timeout))
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        // Filed already (then the dispatcher removed it), or never will be: forget it.
+        self.inner.waits.lock().expect("lock").remove(&self.req);
     }
 }
 

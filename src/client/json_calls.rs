@@ -7,6 +7,13 @@
 //! counterpart of [`Client::on_get_deferred`] (the bridge forwards a request to a Socket.IO
 //! client and answers it when the client's ack arrives), and [`Client::set_version`].
 //!
+//! The async client has the same calls (feature `tokio`), all of which wait for room without
+//! blocking the runtime; its deferred requests are answered through an
+//! [`AsyncRequestTicket`](super::tokio_client::AsyncRequestTicket), and
+//! [`AsyncClient::send_request_payload`](super::tokio_client::AsyncClient::send_request_payload)
+//! returns once the request is written, so requests and events sent one after another reach
+//! the hub in that order.
+//!
 //! Invariants: a payload is sent with the encoding tag it carries, never re-encoded; a
 //! [`RequestTicket`] answers exactly once (dropping it unanswered sends an error answer), so a
 //! requester never waits for nothing.
@@ -187,6 +194,15 @@ impl RequestTicket {
             answer,
         })
     }
+
+    /// Takes the ticket's request number and accepted encoding; the ticket no longer answers
+    /// on drop (an [`AsyncRequestTicket`](super::tokio_client::AsyncRequestTicket) owes the
+    /// answer now).
+    #[cfg(feature = "tokio")]
+    pub(super) fn disarm(mut self) -> (u64, Encoding) {
+        self.done = true;
+        (self.req, self.accept)
+    }
 }
 
 impl Drop for RequestTicket {
@@ -201,19 +217,31 @@ impl Drop for RequestTicket {
 
 #[cfg(feature = "tokio")]
 mod async_calls {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::Arc;
-    use std::task::{Context, Poll};
     use std::time::Duration;
 
     use serde::Serialize;
 
-    use super::super::tokio_client::AsyncClient;
-    use super::super::{CallError, Reply, Slot};
-    use crate::proto::PayloadBuf;
+    use super::super::tokio_client::{AsyncClient, PendingReply};
+    use super::super::{CallError, Reply};
+    use crate::proto::{ClientMsg, PayloadBuf, Target};
+    use crate::Error;
 
     impl AsyncClient {
+        /// [`emit_routed`](AsyncClient::emit_routed) with an already encoded payload.
+        pub async fn emit_routed_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
+            self.emit_payload(Target::ByEventName, event, p).await
+        }
+
+        /// [`broadcast`](AsyncClient::broadcast) with an already encoded payload.
+        pub async fn broadcast_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
+            self.emit_payload(Target::All, event, p).await
+        }
+
+        /// [`publish`](AsyncClient::publish) with an already encoded payload.
+        pub async fn publish_payload(&self, topic: &str, p: &PayloadBuf) -> Result<(), Error> {
+            self.emit_payload(Target::Topic(topic), topic, p).await
+        }
+
         /// [`request`](AsyncClient::request) with an already encoded argument (for example
         /// [`PayloadBuf::json`]).
         pub async fn request_payload(
@@ -223,23 +251,32 @@ mod async_calls {
             arg: &PayloadBuf,
             timeout: Option<Duration>,
         ) -> Result<Reply, CallError> {
-            let inner = &self.client().inner;
+            self.send_request_payload(to, method, arg, timeout)
+                .await?
+                .reply()
+                .await
+        }
+
+        /// The first half of [`request_payload`](AsyncClient::request_payload): returns once
+        /// the request is written to the ring (waiting for room without blocking the runtime),
+        /// with its reply still to await. What this client sends next reaches the hub after
+        /// it. The send and the wait both count against the timeout.
+        pub async fn send_request_payload(
+            &self,
+            to: &str,
+            method: &str,
+            arg: &PayloadBuf,
+            timeout: Option<Duration>,
+        ) -> Result<PendingReply, CallError> {
+            let inner = self.inner();
             let timeout = timeout.or(inner.opts.timeout);
-            let req = inner.next_req();
-            let slot = inner.register(req);
-            if let Err(e) = inner.send(&(inner.request_frame(to, method, arg, timeout))(req)) {
-                inner.waits.lock().expect("lock").remove(&req);
-                return Err(CallError::Link(e));
-            }
-            // A little after the hub's deadline, so its clearer timeout error arrives first.
-            let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
-            match tokio::time::timeout(wait, Filed(slot)).await {
-                Ok(v) => v,
-                Err(_) => {
-                    inner.waits.lock().expect("lock").remove(&req);
-                    Err(CallError::Timeout)
-                }
-            }
+            inner
+                .start_call_async(
+                    self.side(),
+                    timeout,
+                    inner.request_frame(to, method, arg, timeout),
+                )
+                .await
         }
 
         /// [`request`](AsyncClient::request) with the argument encoded as JSON.
@@ -253,23 +290,10 @@ mod async_calls {
             let p = PayloadBuf::json(arg)?;
             self.request_payload(to, method, &p, timeout).await
         }
-    }
 
-    /// Completes when the dispatcher files the reply into the slot.
-    struct Filed(Arc<Slot>);
-
-    impl Future for Filed {
-        type Output = Result<Reply, CallError>;
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            if let Some(v) = self.0.take() {
-                return Poll::Ready(v);
-            }
-            *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
-            // Filed between the check and storing the waker? Then take it now.
-            match self.0.take() {
-                Some(v) => Poll::Ready(v),
-                None => Poll::Pending,
-            }
+        /// Replaces the version this client announced (shown by `shmbus stat`).
+        pub async fn set_version(&self, version: &str) -> Result<(), Error> {
+            self.send(&ClientMsg::SetVersion { version }).await
         }
     }
 }

@@ -10,7 +10,9 @@
 //! await the ring's space doorbell in `AsyncFd`; the dispatcher answers pings and handler
 //! results without waiting (or queues them for a worker task); every send operation of the sync
 //! client has an async form here ([`AsyncClient::emit_payload`], [`AsyncClient::data_payload`],
-//! [`AsyncClient::subscribe`], …) and deferred gets are answered through an [`AsyncTicket`].
+//! [`AsyncClient::subscribe`], …) and deferred gets and requests are answered through an
+//! [`AsyncTicket`] / [`AsyncRequestTicket`], whose drop queues its error answer without
+//! waiting.
 //!
 //! Handlers run on the dispatcher task: keep them short, or hand work to other tasks.
 
@@ -25,8 +27,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
+pub use super::async_send::PendingReply;
 use super::async_send::{register, AsyncSide, DISPATCH_BUDGET};
-use super::{CallError, Client, ClientOptions, GetRequest, HandlerId, Inner, Reply, Slot, Ttl};
+use super::{
+    CallError, Client, ClientOptions, GetRequest, HandlerId, Inner, Reply, Request, Slot, Ttl,
+};
 use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf, Target};
 use crate::Error;
 
@@ -66,11 +71,15 @@ impl AsyncClient {
         &self.client
     }
 
-    fn inner(&self) -> &Arc<Inner> {
+    pub(super) fn inner(&self) -> &Arc<Inner> {
         &self.client.inner
     }
 
-    async fn send(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
+    pub(super) fn side(&self) -> &Arc<AsyncSide> {
+        &self.side
+    }
+
+    pub(super) async fn send(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
         self.inner().send_async(&self.side, msg).await
     }
 
@@ -248,19 +257,31 @@ impl AsyncClient {
         let inner = Arc::downgrade(self.inner());
         self.client.on_get_deferred(move |g, ticket| {
             let (req, accept) = ticket.disarm();
-            f(
-                g,
-                AsyncTicket {
-                    inner: inner.clone(),
-                    side: side.clone(),
-                    req,
-                    accept,
-                    done: false,
-                },
-            );
+            let t = AsyncTicket::new(&inner, &side, req, accept, GET_DROPPED);
+            f(g, t);
+        })
+    }
+
+    /// Receives every request whose method has no `on_request` handler, with an
+    /// [`AsyncRequestTicket`] that answers it later from async code (the async counterpart of
+    /// [`Client::on_request_deferred`]). Replaces the previous catch-all. `f` runs on the
+    /// dispatcher task: keep it short.
+    pub fn on_request_deferred(
+        &self,
+        f: impl Fn(Request, AsyncRequestTicket) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let side = self.side.clone();
+        let inner = Arc::downgrade(self.inner());
+        self.client.on_request_deferred(move |r, ticket| {
+            let (req, accept) = ticket.disarm();
+            let t = AsyncTicket::new(&inner, &side, req, accept, REQUEST_DROPPED);
+            f(r, AsyncRequestTicket(t));
         })
     }
 }
+
+const GET_DROPPED: &str = "the owner dropped the get without answering";
+const REQUEST_DROPPED: &str = "the responder dropped the request without answering";
 
 impl Drop for AsyncClient {
     fn drop(&mut self) {
@@ -278,6 +299,8 @@ pub struct AsyncTicket {
     req: u64,
     accept: Encoding,
     done: bool,
+    /// The error answer a drop sends.
+    dropped: &'static str,
 }
 
 impl std::fmt::Debug for AsyncTicket {
@@ -290,6 +313,23 @@ impl std::fmt::Debug for AsyncTicket {
 }
 
 impl AsyncTicket {
+    fn new(
+        inner: &Weak<Inner>,
+        side: &Arc<AsyncSide>,
+        req: u64,
+        accept: Encoding,
+        dropped: &'static str,
+    ) -> AsyncTicket {
+        AsyncTicket {
+            inner: inner.clone(),
+            side: side.clone(),
+            req,
+            accept,
+            done: false,
+            dropped,
+        }
+    }
+
     /// The hub's number of this get.
     pub fn hub_request(&self) -> u64 {
         self.req
@@ -319,24 +359,62 @@ impl AsyncTicket {
             .answer_async(&self.side, self.req, Answer::Err { message })
             .await
     }
+
+    /// Answers with an error message without waiting, for code that cannot await (a
+    /// disconnect handler): written at once if the ring has room, else queued for the
+    /// client's worker task, as a drop does.
+    pub fn fail_without_waiting(mut self, message: &str) {
+        self.done = true;
+        self.fail_later(message);
+    }
+
+    fn fail_later(&self, message: &str) {
+        if let Some(inner) = self.inner.upgrade() {
+            if inner.connected.load(std::sync::atomic::Ordering::Acquire) {
+                inner.answer_later(&self.side, (self.req, Err(message.into())));
+            }
+        }
+    }
 }
 
 impl Drop for AsyncTicket {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            self.fail_later(self.dropped);
         }
-        if let Some(inner) = self.inner.upgrade() {
-            if inner.connected.load(std::sync::atomic::Ordering::Acquire) {
-                inner.answer_later(
-                    &self.side,
-                    (
-                        self.req,
-                        Err("the owner dropped the get without answering".into()),
-                    ),
-                );
-            }
-        }
+    }
+}
+
+/// The answer owed for one forwarded request, for async code (see
+/// [`AsyncClient::on_request_deferred`]): an [`AsyncTicket`] that answers without a TTL.
+/// Answer it once; dropping it unanswered queues an error answer (without waiting).
+#[derive(Debug)]
+pub struct AsyncRequestTicket(AsyncTicket);
+
+impl AsyncRequestTicket {
+    /// The hub's number of this request.
+    pub fn hub_request(&self) -> u64 {
+        self.0.req
+    }
+
+    /// The encoding the requester asked for.
+    pub fn accept(&self) -> Encoding {
+        self.0.accept
+    }
+
+    /// Answers with a value (waits for room without blocking the runtime).
+    pub async fn answer(self, payload: &PayloadBuf) -> Result<(), Error> {
+        self.0.answer(payload, Ttl::NoCache).await
+    }
+
+    /// Answers with an error message, relayed to the requester.
+    pub async fn fail(self, message: &str) -> Result<(), Error> {
+        self.0.fail(message).await
+    }
+
+    /// [`AsyncTicket::fail_without_waiting`].
+    pub fn fail_without_waiting(self, message: &str) {
+        self.0.fail_without_waiting(message)
     }
 }
 

@@ -1,5 +1,8 @@
 // A real socket.io-client@4.8 driven by the Rust tests: the same stdin/stdout JSON-lines
-// protocol as sio_agent.py (connect, emit, call, answer, hang, disconnect, quit).
+// protocol as sio_agent.py (connect, emit, call, answer, hang, disconnect, quit), plus
+// flood: `count` events `event` of {seq, pad: `size` chars}, every `ack_every`-th with an ack
+// (its value must be the seq) -> `flooded {count}` once queued, `flood_acked {acks}` once
+// every ack came back (or `flood_bad_ack {seq, value}`).
 'use strict';
 const { io } = require('socket.io-client');
 const readline = require('readline');
@@ -32,6 +35,28 @@ function command(c) {
     case 'call':
       socket.emit(c.event, c.data, (v) => out('ack', { id: c.id, value: v }));
       break;
+    case 'flood': {
+      const pad = 'x'.repeat(c.size || 0);
+      const every = c.ack_every || 0;
+      let want = 0, got = 0, done = false;
+      for (let i = 0; i < c.count; i++) {
+        const data = { seq: i, pad };
+        if (every && i % every === every - 1) {
+          want++;
+          socket.emit(c.event, data, (v) => {
+            if (v !== i) out('flood_bad_ack', { seq: i, value: v });
+            got++;
+            if (done && got === want) out('flood_acked', { acks: got });
+          });
+        } else {
+          socket.emit(c.event, data);
+        }
+      }
+      done = true;
+      out('flooded', { count: c.count });
+      if (want && got === want) out('flood_acked', { acks: got });
+      break;
+    }
     case 'answer':
       answers.set(c.event, c.value);
       out('answering', { event: c.event });

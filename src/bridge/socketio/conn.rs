@@ -4,13 +4,17 @@
 //!   payload and connects the bus client (refusals become the client's `connect_error`). The
 //!   bus client rides in the socket's extensions until [`joined`] takes it, so a socket that
 //!   dies in between drops it.
-//! * [`joined`] wires the bus client (events, pushes and requests → [`Out`]) and installs the
-//!   catch-all event handler (events → emits, events with an ack → requests).
-//! * The disconnect handler fails every request owed by the client at once, aborts the
-//!   requests it made, and drops the bus client (the hub then tells watchers it left).
+//! * [`joined`] wires the bus client (events, pushes and requests → [`Out`]), installs the
+//!   catch-all event handler (packets → the connection's [`Inbox`]) and starts the
+//!   connection's sender task, which sends the packets in order with async sends (events →
+//!   emits, events with an ack → requests, whose answers it awaits in tasks of their own).
+//! * The disconnect handler fails every request owed by the client at once, stops the sender
+//!   task (and with it the requests it made), and drops the bus client (the hub then tells
+//!   watchers it left).
 //!
-//! Handlers never wait: bus handlers only queue; the event handler emits (a non-blocking ring
-//! write) or spawns the request task.
+//! Handlers never wait: bus handlers and the event handler only queue; only tasks send to the
+//! hub, through the async client (a full ring is awaited on its doorbell, never blocking the
+//! runtime). A client whose inbox overflows `--max-queued` is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,15 +27,16 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::{FromMessageParts, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info};
 
 use super::gate::Gate;
+use super::inbox::{Inbox, InboxRx, Packet, Pushed};
 use super::out::{self, Item, Out, Owed};
 use super::route::{self, Directory};
-use crate::bridge::Shared;
+use crate::bridge::{BridgeStats, Shared};
 use crate::client::tokio_client::AsyncClient;
-use crate::client::{CallError, ClientOptions};
+use crate::client::{CallError, ClientOptions, Reply};
 use crate::proto::{Encoding, PayloadBuf};
 use crate::Error;
 
@@ -124,8 +129,10 @@ struct Conn {
     bus: Mutex<Option<Arc<AsyncClient>>>,
     out: Arc<Out>,
     owed: Arc<Mutex<Owed>>,
-    /// Requests this client made (events with an ack), waiting for their answers.
-    calls: Mutex<JoinSet<()>>,
+    /// Client → bus, in order (see [`send_loop`]).
+    inbox: Inbox,
+    /// The sender task (`None` once the client left).
+    sender: Mutex<Option<AbortHandle>>,
 }
 
 /// The raw text of an event packet, `["event", arg…]`, and whether the client wants an ack.
@@ -156,13 +163,16 @@ pub(crate) fn joined(sio: Arc<Sio>, s: SocketRef) {
     sh.stats.connections.fetch_add(1, Ordering::Relaxed);
     let name = bus.client().name().to_string();
     info!(name, transport = ?s.transport_type(), "Socket.IO client joined");
+    let (inbox, rx) = Inbox::new(sh.cfg.max_queued);
+    let sender = tokio::spawn(send_loop(sio.clone(), bus.clone(), name.clone(), rx));
     let conn = Arc::new(Conn {
         sio: sio.clone(),
         name,
         bus: Mutex::new(Some(bus.clone())),
         out: Out::new(sh.cfg.max_queued),
         owed: Arc::default(),
-        calls: Mutex::new(JoinSet::new()),
+        inbox,
+        sender: Mutex::new(Some(sender.abort_handle())),
     });
     wire_bus(&conn, &bus, &s);
     tokio::spawn(out::write_loop(
@@ -175,7 +185,7 @@ pub(crate) fn joined(sio: Arc<Sio>, s: SocketRef) {
     let c = conn.clone();
     s.on_fallback(
         move |s: SocketRef, RawEvent(text, want): RawEvent, ack: AckSender| {
-            c.incoming(&s, &text, want, ack);
+            c.incoming(&s, text, want, ack);
         },
     );
     s.on_disconnect(move |reason: DisconnectReason| {
@@ -216,10 +226,10 @@ fn wire_bus(conn: &Arc<Conn>, bus: &AsyncClient, s: &SocketRef) {
     });
     let stats = conn.sio.sh.stats.clone();
     let (out, sock) = (conn.out.clone(), s.clone());
-    c.on_request_deferred(move |r, ticket| {
+    bus.on_request_deferred(move |r, ticket| {
         let Some(arg) = json_of(&r.payload) else {
             stats.undeliverable.fetch_add(1, Ordering::Relaxed);
-            let _ = ticket.fail(
+            ticket.fail_without_waiting(
                 "the argument is bincode; a Socket.IO client reads JSON only (send it with \
                  request_json or a PayloadBuf::json)",
             );
@@ -266,68 +276,91 @@ fn ack_error(ack: AckSender, message: &str) {
     let _ = ack.send(&json!({ "error": message }));
 }
 
-impl Conn {
-    fn bus(&self) -> Option<Arc<AsyncClient>> {
-        self.bus.lock().expect("lock").clone()
-    }
-
-    /// Client → bus.
-    fn incoming(&self, _s: &SocketRef, text: &str, want_ack: bool, ack: AckSender) {
-        let stats = &self.sio.sh.stats;
-        stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        let Some(bus) = self.bus() else {
-            return;
-        };
-        let (ev, data) = match route::split_args(text) {
-            Ok(v) => v,
-            Err(m) => {
-                stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                if want_ack {
-                    ack_error(ack, &m);
-                }
-                return;
-            }
-        };
-        let c = bus.client();
-        if ev == "identify" {
-            if let Some(v) = route::identify_version(&data) {
-                let _ = c.set_version(&v);
-            }
-        }
-        if let Some(st) = route::lifecycle_state(&ev) {
-            let _ = c.set_state(st);
-        }
-        let p = PayloadBuf::raw_json(data.get().as_bytes());
-        let (to, dir) = (self.sio.to(), self.sio.dir.as_ref());
-        if !want_ack {
-            if let Err(e) = c.emit_payload(route::event_target(&ev, to, dir), &ev, &p) {
-                debug!(name = %self.name, event = %ev, error = %e, "emit failed");
-            }
-            return;
-        }
-        let target = match route::request_target(&ev, to, dir) {
-            Ok(t) => t.to_string(),
-            Err(m) => return ack_error(ack, &m),
-        };
-        let stats = stats.clone();
-        let mut calls = self.calls.lock().expect("lock");
+/// Client → bus: sends the connection's packets in the order they came (see `inbox`), each
+/// send waiting for room without blocking the runtime. The answers of the requests it sends
+/// are awaited in tasks of its own, which end with it.
+async fn send_loop(sio: Arc<Sio>, bus: Arc<AsyncClient>, name: String, mut rx: InboxRx) {
+    let mut calls = JoinSet::new();
+    while let Some(p) = rx.next().await {
         while calls.try_join_next().is_some() {}
-        calls.spawn(async move {
-            match bus.request_payload(&target, &ev, &p, None).await {
-                Ok(r) => match json_of(&r.payload) {
-                    Some(v) => {
-                        let _ = ack.send(&*v);
-                    }
-                    None => {
-                        stats.undeliverable.fetch_add(1, Ordering::Relaxed);
-                        ack_error(ack, "the answer is bincode; the responder must answer JSON requesters in JSON (PayloadBuf::encode(r.accept, ..))");
-                    }
-                },
-                Err(CallError::Remote(m)) => ack_error(ack, &m),
-                Err(CallError::Timeout) => ack_error(ack, "timed out waiting for the answer"),
-                Err(CallError::Link(e)) => ack_error(ack, &format!("bus link failed: {e}")),
+        forward(&sio, &bus, &name, p, &mut calls).await;
+    }
+}
+
+/// One packet to the bus: the version or state it implies, then the event as an emit or, with
+/// an ack, as a request (written before the next packet; its answer becomes the ack).
+async fn forward(sio: &Sio, bus: &AsyncClient, name: &str, p: Packet, calls: &mut JoinSet<()>) {
+    let stats = &sio.sh.stats;
+    let (ev, data) = match route::split_args(&p.text) {
+        Ok(v) => v,
+        Err(m) => {
+            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            if let Some(ack) = p.ack {
+                ack_error(ack, &m);
             }
-        });
+            return;
+        }
+    };
+    if ev == "identify" {
+        if let Some(v) = route::identify_version(&data) {
+            let _ = bus.set_version(&v).await;
+        }
+    }
+    if let Some(st) = route::lifecycle_state(&ev) {
+        let _ = bus.set_state(st).await;
+    }
+    let payload = PayloadBuf::raw_json(data.get().as_bytes());
+    let (to, dir) = (sio.to(), sio.dir.as_ref());
+    let Some(ack) = p.ack else {
+        let target = route::event_target(&ev, to, dir);
+        if let Err(e) = bus.emit_payload(target, &ev, &payload).await {
+            debug!(name, event = %ev, error = %e, "emit failed");
+        }
+        return;
+    };
+    let target = match route::request_target(&ev, to, dir) {
+        Ok(t) => t,
+        Err(m) => return ack_error(ack, &m),
+    };
+    match bus.send_request_payload(target, &ev, &payload, None).await {
+        Ok(pending) => {
+            let stats = stats.clone();
+            calls.spawn(async move { answer_ack(ack, pending.reply().await, &stats) });
+        }
+        Err(e) => answer_ack(ack, Err(e), stats),
+    }
+}
+
+/// A request's outcome as the client's ack: the answer, or `{error}`.
+fn answer_ack(ack: AckSender, r: Result<Reply, CallError>, stats: &BridgeStats) {
+    match r {
+        Ok(r) => match json_of(&r.payload) {
+            Some(v) => {
+                let _ = ack.send(&*v);
+            }
+            None => {
+                stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+                ack_error(ack, "the answer is bincode; the responder must answer JSON requesters in JSON (PayloadBuf::encode(r.accept, ..))");
+            }
+        },
+        Err(CallError::Remote(m)) => ack_error(ack, &m),
+        Err(CallError::Timeout) => ack_error(ack, "timed out waiting for the answer"),
+        Err(CallError::Link(e)) => ack_error(ack, &format!("bus link failed: {e}")),
+    }
+}
+
+impl Conn {
+    /// Client → bus: queues the packet for the sender task (never waits).
+    fn incoming(&self, s: &SocketRef, text: String, want_ack: bool, ack: AckSender) {
+        self.sio.sh.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        let p = Packet {
+            text,
+            ack: want_ack.then_some(ack),
+        };
+        if self.inbox.push(p) == Pushed::Overflow {
+            info!(name = %self.name, "Socket.IO client sends more than the bus takes (its receiver does not read); dropping it (--max-queued)");
+            disconnect_later(s);
+        }
     }
 
     /// The client disconnected (or was dropped): fail what it owes, stop what it asked, leave.
@@ -336,7 +369,10 @@ impl Conn {
         let msg = format!("the Socket.IO client {} disconnected", self.name);
         Owed::fail_all(&self.owed, &msg);
         self.out.close();
-        self.calls.lock().expect("lock").abort_all();
+        self.inbox.close();
+        if let Some(t) = self.sender.lock().expect("lock").take() {
+            t.abort();
+        }
         if self.bus.lock().expect("lock").take().is_some() {
             self.sio
                 .sh

@@ -14,13 +14,20 @@
 //! | bus `Request {method, arg}` to it           | `emitWithAck(method, arg)`; the ack is the answer |
 //! | interval push                               | `emit("data", {type, id, data})`               |
 //!
-//! Bounds: a client that does not read is dropped at `--max-queued` bytes ([`out`]); sessions
+//! Bounds: a client that does not read is dropped at `--max-queued` bytes ([`out`]), and so is
+//! one whose events pile up unsent because their receiver does not read ([`inbox`]); sessions
 //! that never connect to the namespace are bounded in number, bytes and time ([`gate`]); TCP
-//! connections in number (`--socketio-max-conns`). Module map: [`gate`], [`out`], [`route`],
-//! `conn` (one connection).
+//! connections in number (`--socketio-max-conns`). Module map: [`gate`], [`inbox`], [`out`],
+//! [`route`], `conn` (one connection).
+//!
+//! Never blocking (issue 12): everything a connection sends to the hub goes through the async
+//! client from the connection's own task, in the order the client sent it ([`inbox`]), and
+//! answers to forwarded requests go through async tickets; a full ring holds up only the
+//! connection whose messages wait for it.
 
 mod conn;
 pub(crate) mod gate;
+pub(crate) mod inbox;
 pub(crate) mod out;
 pub(crate) mod route;
 

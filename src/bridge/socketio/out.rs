@@ -8,9 +8,11 @@
 //! that lets more than `--max-queued` bytes pile up is dropped: [`Out::push`] says so and the
 //! caller disconnects it. Order is kept: one queue, one writer.
 //!
-//! Requests forwarded to the client keep their [`RequestTicket`] in [`Owed`] until the ack
-//! arrives, the ack times out, or the client disconnects — then every owed ticket is failed at
-//! once, so a requester learns of the disconnect without waiting for its deadline.
+//! Requests forwarded to the client keep their [`AsyncRequestTicket`] in [`Owed`] until the
+//! ack arrives, the ack times out, or the client disconnects — then every owed ticket is failed
+//! at once, so a requester learns of the disconnect without waiting for its deadline. Answers
+//! go out through the async client: awaited in the ack's task, or queued without waiting where
+//! nothing can await (a dropped item, a disconnect).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -24,7 +26,7 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::bridge::BridgeStats;
-use crate::client::RequestTicket;
+use crate::client::tokio_client::AsyncRequestTicket;
 use crate::proto::PayloadBuf;
 
 /// One thing to send to the client.
@@ -32,7 +34,7 @@ pub(crate) enum Item {
     /// `emit(event, data)`.
     Event(String, Box<RawValue>),
     /// `emitWithAck(method, arg)`; the ack answers the ticket.
-    Call(String, Box<RawValue>, RequestTicket),
+    Call(String, Box<RawValue>, AsyncRequestTicket),
 }
 
 impl Item {
@@ -140,7 +142,7 @@ impl Out {
 /// A dropped item: a request in it fails now.
 fn fail_item(item: Item) {
     if let Item::Call(_, _, t) = item {
-        let _ = t.fail("the Socket.IO client disconnected");
+        t.fail_without_waiting("the Socket.IO client disconnected");
     }
 }
 
@@ -148,17 +150,17 @@ fn fail_item(item: Item) {
 #[derive(Default)]
 pub(crate) struct Owed {
     next: u64,
-    tickets: HashMap<u64, RequestTicket>,
+    tickets: HashMap<u64, AsyncRequestTicket>,
     closed: bool,
 }
 
 impl Owed {
     /// Files a ticket; `None` (and the ticket failed) once the client is gone.
-    fn file(me: &Mutex<Owed>, t: RequestTicket) -> Option<u64> {
+    fn file(me: &Mutex<Owed>, t: AsyncRequestTicket) -> Option<u64> {
         let mut o = me.lock().expect("lock");
         if o.closed {
             drop(o);
-            let _ = t.fail("the Socket.IO client disconnected");
+            t.fail_without_waiting("the Socket.IO client disconnected");
             return None;
         }
         o.next += 1;
@@ -167,19 +169,19 @@ impl Owed {
         Some(n)
     }
 
-    fn take(me: &Mutex<Owed>, n: u64) -> Option<RequestTicket> {
+    fn take(me: &Mutex<Owed>, n: u64) -> Option<AsyncRequestTicket> {
         me.lock().expect("lock").tickets.remove(&n)
     }
 
     /// The client left: every owed request fails now.
     pub(crate) fn fail_all(me: &Mutex<Owed>, why: &str) {
-        let ts: Vec<RequestTicket> = {
+        let ts: Vec<AsyncRequestTicket> = {
             let mut o = me.lock().expect("lock");
             o.closed = true;
             o.tickets.drain().map(|(_, t)| t).collect()
         };
         for t in ts {
-            let _ = t.fail(why);
+            t.fail_without_waiting(why);
         }
     }
 }
@@ -260,15 +262,20 @@ pub(crate) async fn write_loop(
                     };
                     let _ = match r {
                         Ok(v) => match PayloadBuf::json(&v.into_value()) {
-                            Ok(p) => t.answer(&p),
-                            Err(e) => t.fail(&e.to_string()),
+                            Ok(p) => t.answer(&p).await,
+                            Err(e) => t.fail(&e.to_string()).await,
                         },
-                        Err(AckError::Timeout) => t.fail(&format!(
-                            "timed out: the Socket.IO client did not ack {method:?}"
-                        )),
-                        Err(AckError::Socket(_)) => t.fail("the Socket.IO client disconnected"),
+                        Err(AckError::Timeout) => {
+                            let m =
+                                format!("timed out: the Socket.IO client did not ack {method:?}");
+                            t.fail(&m).await
+                        }
+                        Err(AckError::Socket(_)) => {
+                            t.fail("the Socket.IO client disconnected").await
+                        }
                         Err(AckError::Decode(e)) => {
-                            t.fail(&format!("the Socket.IO client's ack is not JSON: {e}"))
+                            let m = format!("the Socket.IO client's ack is not JSON: {e}");
+                            t.fail(&m).await
                         }
                     };
                 });
@@ -286,7 +293,8 @@ pub(crate) async fn write_loop(
                 debug!(error = %e, "cannot encode an event for a Socket.IO client");
                 stats.undeliverable.fetch_add(1, Ordering::Relaxed);
                 if let Item::Call(_, _, t) = item {
-                    let _ = t.fail(&format!("cannot send to the Socket.IO client: {e}"));
+                    let m = format!("cannot send to the Socket.IO client: {e}");
+                    let _ = t.fail(&m).await;
                 }
             }
         }
