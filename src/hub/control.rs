@@ -43,6 +43,8 @@ pub struct StatReport {
     pub cache_bytes: u64,
     /// The cache segment's counters (evictions, retired space, revoked pins, …).
     pub cache: crate::cache::WriterStats,
+    /// Federation: our node, NATS, the other nodes and their clients (`--nats`).
+    pub federation: Option<crate::federation::FederationStat>,
 }
 
 /// One client in a [`StatReport`].
@@ -141,6 +143,9 @@ impl StatReport {
                 c.msgs_in,
                 c.msgs_out
             );
+        }
+        if let Some(f) = &self.federation {
+            s.push_str(&f.to_table());
         }
         if !self.pending.is_empty() {
             let _ = writeln!(s, "pending:");

@@ -13,6 +13,11 @@
 //! bounded and nothing is dropped.
 
 mod control;
+#[cfg(feature = "federation")]
+mod federation;
+#[cfg(not(feature = "federation"))]
+#[path = "federation_off.rs"]
+mod federation;
 
 use crate::hash::FastHash;
 use std::cmp::Reverse;
@@ -60,6 +65,8 @@ pub struct HubConfig {
     pub outbox_limit: usize,
     /// The shared cache segment's sizes and limits.
     pub cache: CacheConfig,
+    /// Federation over NATS (`--nats`); needs the `federation` feature.
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 impl Default for HubConfig {
@@ -75,6 +82,7 @@ impl Default for HubConfig {
             link: LinkConfig::default(),
             outbox_limit: 8 << 20,
             cache: CacheConfig::default(),
+            federation: None,
         }
     }
 }
@@ -118,6 +126,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_SHUTDOWN: u64 = 1;
+const TOKEN_FED: u64 = 2;
 const TOKEN_BASE: u64 = 16;
 const SUB_DATA: u64 = 0;
 const SUB_CTRL: u64 = 1;
@@ -241,6 +250,9 @@ pub struct Hub {
     keybuf: String,
     /// Scratch list of destinations, reused by every routed event.
     dests: Vec<usize>,
+    /// Federation over NATS (`src/hub/federation.rs`), if configured.
+    #[cfg_attr(not(feature = "federation"), allow(dead_code))]
+    fed: Option<Box<federation::Fed>>,
 }
 
 impl Hub {
@@ -255,6 +267,14 @@ impl Hub {
         poller.add(listener.as_fd(), TOKEN_LISTENER, false, false)?;
         poller.add(shutdown.as_fd(), TOKEN_SHUTDOWN, false, false)?;
         let cache = CacheWriter::new(cfg.cache.clone())?;
+        let fed = match cfg.federation.clone() {
+            Some(f) => {
+                let fed = Box::new(federation::Fed::start(f)?);
+                poller.add(fed.bell_fd(), TOKEN_FED, false, false)?;
+                Some(fed)
+            }
+            None => None,
+        };
         let now = Instant::now();
         let policy = AccessPolicy {
             extra_uids: cfg.allow_uids.clone(),
@@ -284,6 +304,7 @@ impl Hub {
             policy,
             keybuf: String::new(),
             dests: Vec::new(),
+            fed,
         })
     }
 
@@ -440,6 +461,7 @@ impl Hub {
         if self.handshakes.iter().flatten().next().is_some() {
             t = t.min(Instant::now() + Duration::from_millis(100));
         }
+        self.fed_next_timer(&mut t);
         Some(t)
     }
 
@@ -450,6 +472,7 @@ impl Hub {
                 TOKEN_SHUTDOWN => {
                     let _ = self.shutdown.drain();
                 }
+                TOKEN_FED => self.fed_bell(),
                 t => {
                     let slot = ((t - TOKEN_BASE) / 4) as usize;
                     match (t - TOKEN_BASE) % 4 {
@@ -574,6 +597,10 @@ impl Hub {
         if hello.name.is_empty() || hello.name.len() > 256 || hello.name.contains(['\0', '\n']) {
             return refuse_with(&sock, "invalid client name".into());
         }
+        let remote_claim = match self.fed_admit_check(&hello.name) {
+            Ok(c) => c,
+            Err(reason) => return refuse_with(&sock, reason),
+        };
         if let Some(&old) = self.names.get(&hello.name) {
             if self.cfg.replace_names {
                 info!(name = %hello.name, "replacing the client of the same name");
@@ -670,6 +697,7 @@ impl Hub {
             hung_up: false,
         });
         self.rxs[slot] = Some(Box::new(rx));
+        self.fed_joined(slot, remote_claim);
         self.lifecycle(slot, Change::Joined);
         self.flush_all();
         Ok(())
@@ -681,20 +709,23 @@ impl Hub {
 
     /// One pass over every client: read, route, write, publish. True if anything moved.
     fn pump(&mut self) -> Result<bool, Error> {
-        let mut progress = false;
+        let mut progress = self.fed_pump();
         for slot in 0..self.rxs.len() {
             let Some(mut rx) = self.rxs[slot].take() else {
                 continue;
             };
             let stalled = self.conns[slot].as_ref().and_then(|c| c.stalled_on);
             if let Some(dest) = stalled {
-                let still = self
-                    .conns
-                    .get(dest)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|d| {
-                        d.doomed.is_none() && d.outbox_bytes > self.cfg.outbox_limit / 2
-                    });
+                let still = if dest == federation::FED_SLOT {
+                    !self.fed_has_room()
+                } else {
+                    self.conns
+                        .get(dest)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|d| {
+                            d.doomed.is_none() && d.outbox_bytes > self.cfg.outbox_limit / 2
+                        })
+                };
                 if still {
                     self.rxs[slot] = Some(rx);
                     continue;
@@ -813,13 +844,20 @@ impl Hub {
     }
 
     fn name_of(&self, slot: usize) -> &str {
-        self.conns[slot].as_ref().map_or("", |c| &c.name)
+        self.conns
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or("", |c| &c.name)
     }
 
     fn who(&self, slot: usize) -> Who {
         Who {
             slot,
-            gen: self.conns[slot].as_ref().map_or(0, |c| c.gen),
+            gen: self
+                .conns
+                .get(slot)
+                .and_then(Option::as_ref)
+                .map_or(0, |c| c.gen),
         }
     }
 
@@ -841,9 +879,13 @@ impl Hub {
                 payload,
                 ttl_ms,
             } => {
+                let Ok(remote) = self.fed_data_prepare(slot, kind, key, payload, ttl_ms) else {
+                    return self.stall(slot, federation::FED_SLOT);
+                };
                 if !self.data_to_listeners(slot, kind, key, payload) {
                     return false;
                 }
+                self.fed_data_send(remote);
                 let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
                 if let Err(e) =
                     self.cache
@@ -876,12 +918,14 @@ impl Hub {
                 if let Some(c) = self.conns[slot].as_mut() {
                     c.topics = topics.into_iter().map(str::to_string).collect();
                 }
+                self.fed_topics(slot);
                 true
             }
             ClientMsg::SetState { state } => {
                 if let Some(c) = self.conns[slot].as_mut() {
                     c.state = state.to_string();
                 }
+                self.fed_state(slot);
                 self.lifecycle(slot, Change::State(state));
                 true
             }
@@ -921,6 +965,7 @@ impl Hub {
         let mut dests = std::mem::take(&mut self.dests);
         dests.clear();
         let mut topic = None;
+        let plan = self.fed_plan(to, event);
         match to {
             Target::Client(name) => dests.extend(self.names.get(name).copied()),
             Target::All => self.others(slot, &mut dests),
@@ -939,6 +984,7 @@ impl Hub {
             Target::ByEventName => {
                 match proto::split_target(event).and_then(|(t, _)| self.names.get(t).copied()) {
                     Some(d) => dests.push(d),
+                    None if plan.is_remote_client() => {}
                     None => self.others(slot, &mut dests),
                 }
             }
@@ -946,6 +992,10 @@ impl Hub {
         if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
             self.dests = dests;
             return self.stall(slot, full);
+        }
+        if !self.fed_forward(slot, &plan, to, event, payload) {
+            self.dests = dests;
+            return self.stall(slot, federation::FED_SLOT);
         }
         if dests.is_empty() {
             debug!(from = %self.name_of(slot), event, "event had no recipient");
@@ -1076,6 +1126,12 @@ impl Hub {
             }
         }
         let owner = self.names.get(from).copied();
+        if owner.is_none() {
+            if let Some(done) = self.fed_get(slot, req, from, kind, key, fresh, timeout_ms, accept)
+            {
+                return done;
+            }
+        }
         if let Some(o) = owner {
             if !self.has_capacity(o) {
                 return self.stall(slot, o);
@@ -1197,6 +1253,12 @@ impl Hub {
         if !self.has_capacity(slot) {
             return self.stall(slot, slot);
         }
+        if !self.names.contains_key(to) {
+            if let Some(done) = self.fed_request(slot, req, to, method, payload, timeout_ms, accept)
+            {
+                return done;
+            }
+        }
         let Some(owner) = self
             .names
             .get(to)
@@ -1256,7 +1318,7 @@ impl Hub {
             .waiters
             .iter()
             .map(|w| &w.who.slot)
-            .find(|&&d| !self.has_capacity(d))
+            .find(|&&d| d != federation::FED_SLOT && !self.has_capacity(d))
         {
             return self.stall(slot, full);
         }
@@ -1287,7 +1349,9 @@ impl Hub {
             }
         }
         for w in &p.waiters {
-            if self.alive(w.who) {
+            if w.who.slot == federation::FED_SLOT {
+                self.fed_reply(w, answer);
+            } else if self.alive(w.who) {
                 self.reply(w.who.slot, w.req, answer);
             }
         }
@@ -1302,7 +1366,9 @@ impl Hub {
             self.inflight.retain(|_, v| *v != hreq);
         }
         for w in &p.waiters {
-            if self.alive(w.who) {
+            if w.who.slot == federation::FED_SLOT {
+                self.fed_reply(w, Answer::Err { message });
+            } else if self.alive(w.who) {
                 self.reply(w.who.slot, w.req, Answer::Err { message });
             }
         }
@@ -1374,6 +1440,7 @@ impl Hub {
                 warn!(pid = h.cred.pid, "handshake timed out");
             }
         }
+        self.fed_timers(now);
         self.flush_all();
         self.reap();
     }
@@ -1497,6 +1564,7 @@ impl Hub {
             for p in self.pending.values_mut() {
                 p.waiters.retain(|w| w.who != gone);
             }
+            self.fed_left(&name, gone);
             for other in self.conns.iter_mut().flatten() {
                 if other.stalled_on == Some(slot) {
                     other.stalled_on = None;
@@ -1528,6 +1596,7 @@ impl Hub {
             self.doom(slot, "hub shutting down");
         }
         self.reap();
+        self.fed_shutdown();
         let _ = std::fs::remove_file(&self.path);
     }
 
@@ -1588,6 +1657,7 @@ impl Hub {
             cache_entries: self.cache.len() as u64,
             cache_bytes: self.cache.bytes() as u64,
             cache: self.cache.stats(),
+            federation: self.fed_stat(),
         }
     }
 }
