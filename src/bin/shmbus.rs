@@ -110,9 +110,47 @@ struct HubArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log: String,
+    /// Federate with the hubs of other hosts through these NATS servers
+    /// (nats://HOST:PORT or tls://…, comma-separated). Needs `--features federation`.
+    #[arg(long, value_name = "URL[,URL…]", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// This hub's node name in the federation (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The federation's cluster name; all NATS subjects are namespaced by it.
+    #[arg(long, value_name = "NAME", default_value = "shmbus")]
+    cluster: String,
+    /// A NATS credentials file (JWT + nkey seed).
+    #[arg(long, value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// A PEM CA certificate to trust for TLS to NATS (turns TLS on).
+    #[arg(long, value_name = "FILE")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Presence heartbeat period, in ms.
+    #[arg(long, default_value_t = 500)]
+    nats_heartbeat_ms: u64,
+    /// A node not heard from for this long is gone (its clients leave, its calls fail), in ms.
+    #[arg(long, default_value_t = 2000)]
+    nats_node_timeout_ms: u64,
 }
 
 impl HubArgs {
+    fn federation(&self) -> Option<shmbus::federation::FederationConfig> {
+        if self.nats.is_empty() {
+            return None;
+        }
+        let mut f = shmbus::federation::FederationConfig::new(self.nats.clone());
+        if let Some(n) = &self.node {
+            f.node = n.clone();
+        }
+        f.cluster = self.cluster.clone();
+        f.creds = self.nats_creds.clone();
+        f.tls_ca = self.nats_tls_ca.clone();
+        f.heartbeat = Duration::from_millis(self.nats_heartbeat_ms.max(10));
+        f.node_timeout = Duration::from_millis(self.nats_node_timeout_ms.max(20));
+        Some(f)
+    }
+
     fn config(&self) -> shmbus::hub::HubConfig {
         shmbus::hub::HubConfig {
             dir: self.dir.clone().unwrap_or_else(shmbus::hub::default_dir),
@@ -133,6 +171,7 @@ impl HubArgs {
                 max_value: self.cache_max_value,
                 pin_bound: Duration::from_millis(self.cache_pin_ms.max(1)),
             },
+            federation: self.federation(),
             ..Default::default()
         }
     }
