@@ -235,6 +235,11 @@ impl Routes {
         let Some(n) = self.nodes.remove(node) else {
             return;
         };
+        // First, so that calls pending on the node fail with the node's reason.
+        out.push(Change::NodeGone {
+            node: n.name.clone(),
+            reason: reason.to_string(),
+        });
         for name in n.clients.keys() {
             self.index_remove(&n.name, name);
             out.push(Change::Left {
@@ -242,10 +247,6 @@ impl Routes {
                 name: name.clone(),
             });
         }
-        out.push(Change::NodeGone {
-            node: n.name.clone(),
-            reason: reason.to_string(),
-        });
     }
 
     fn join(&mut self, node: &Arc<str>, info: &ClientInfo<'_>, out: &mut Vec<Change>) {

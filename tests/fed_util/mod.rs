@@ -137,19 +137,22 @@ fn ip(args: &[&str]) {
 }
 
 fn netns_usable() -> bool {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        return false;
-    }
-    let probe = format!("sbfp{}", std::process::id());
-    let ok = Command::new("ip")
-        .args(["netns", "add", &probe])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    }
-    ok
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return false;
+        }
+        let probe = format!("sbfp{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+        }
+        ok
+    })
 }
 
 /// The network the hubs and the server sit on.
@@ -515,6 +518,24 @@ impl Cluster {
                  run this test as root"
             ),
         }
+    }
+
+    /// Runs `f` on a thread inside host `i`'s network namespace (or here, on loopback), so
+    /// the test can talk to the nats-server as that host does.
+    pub fn in_host<T: Send + 'static>(&self, i: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = match &self.net {
+            Net::Netns { hosts, .. } => Some(hosts[i].clone()),
+            Net::Loopback => None,
+        };
+        std::thread::spawn(move || {
+            if let Some(ns) = ns {
+                let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            }
+            f()
+        })
+        .join()
+        .expect("host thread")
     }
 
     /// Whether the hosts are in namespaces.
