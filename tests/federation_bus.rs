@@ -57,7 +57,9 @@ fn names_events_broadcast_topics_lifecycle_and_stat() {
     let b1_rx = events(&b1);
     let b2_rx = events(&b2);
     let w_rx = events(&watcher);
-    assert!(eventually(5.0, || a.sees("b1") && a.sees("b2") && b.sees("a1")));
+    assert!(eventually(5.0, || a.sees("b1")
+        && a.sees("b2")
+        && b.sees("a1")));
     // Lifecycle watchers see remote clients join.
     let mut joined = Vec::new();
     while joined.len() < 2 {
@@ -71,7 +73,10 @@ fn names_events_broadcast_topics_lifecycle_and_stat() {
     assert_eq!(joined, ["b1", "b2"]);
 
     // One namespace: a name held on another node is refused like a local one.
-    let err = b.client_with(ClientOptions::new("a1")).err().expect("refused");
+    let err = b
+        .client_with(ClientOptions::new("a1"))
+        .err()
+        .expect("refused");
     assert!(
         err.to_string().contains("already taken") && err.to_string().contains("alpha"),
         "{err}"
@@ -83,9 +88,15 @@ fn names_events_broadcast_topics_lifecycle_and_stat() {
     assert!(quiet(&b2_rx, 200), "only b1 gets it");
     // target:event routing to a remote client, and the fallback to everyone everywhere.
     a1.emit_routed("b2:cmd", "for b2").unwrap();
-    assert_eq!(recv(&b2_rx), ("a1".into(), "b2:cmd".into(), "for b2".into()));
+    assert_eq!(
+        recv(&b2_rx),
+        ("a1".into(), "b2:cmd".into(), "for b2".into())
+    );
     b1.emit_routed("a1:cmd", "for a1").unwrap();
-    assert_eq!(recv(&a1_rx), ("b1".into(), "a1:cmd".into(), "for a1".into()));
+    assert_eq!(
+        recv(&a1_rx),
+        ("b1".into(), "a1:cmd".into(), "for a1".into())
+    );
     a1.emit_routed("nobody:cmd", "fallback").unwrap();
     assert_eq!(recv(&b1_rx).2, "fallback");
     assert_eq!(recv(&b2_rx).2, "fallback");
@@ -101,7 +112,12 @@ fn names_events_broadcast_topics_lifecycle_and_stat() {
     b1.subscribe(["news"]).unwrap();
     b2.subscribe(["news"]).unwrap();
     assert!(eventually(5.0, || {
-        b.stat().clients.iter().filter(|c| c.topics.contains(&"news".to_string())).count() == 2
+        b.stat()
+            .clients
+            .iter()
+            .filter(|c| c.topics.contains(&"news".to_string()))
+            .count()
+            == 2
             && a.stat().federation.is_some()
     }));
     // Wait until alpha knows beta's subscriptions (a publish now reaches both).
@@ -176,9 +192,15 @@ fn names_events_broadcast_topics_lifecycle_and_stat() {
     let n = &f.nodes[0];
     assert_eq!(n.name, "beta");
     assert_eq!(n.clients, vec![("b1".to_string(), "ready".to_string())]);
-    assert!(n.msgs_out > 300 && n.bytes_out > 0 && n.msgs_in > 0 && n.bytes_in > 0, "{n:?}");
+    assert!(
+        n.msgs_out > 300 && n.bytes_out > 0 && n.msgs_in > 0 && n.bytes_in > 0,
+        "{n:?}"
+    );
     let table = s.to_table();
-    assert!(table.contains("beta") && table.contains("connected"), "{table}");
+    assert!(
+        table.contains("beta") && table.contains("connected"),
+        "{table}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shmbus"))
         .args(["stat", "--dir"])
         .arg(a.dir())
@@ -186,7 +208,9 @@ fn names_events_broadcast_topics_lifecycle_and_stat() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("federation: node \"alpha\"") && text.contains("b1 (ready)"),
+        out.status.success()
+            && text.contains("federation: node \"alpha\"")
+            && text.contains("b1 (ready)"),
         "{text}"
     );
 }
@@ -231,11 +255,24 @@ fn gets_requests_cache_and_data_across_nodes() {
     // second get that never reaches the owner.
     let cache = web.cache();
     assert!(cache.get_from("owner", "stats", Some("1")).is_some());
-    let r = web.get("owner", "stats").key("1").local(false).send().unwrap();
+    let r = web
+        .get("owner", "stats")
+        .key("1")
+        .local(false)
+        .send()
+        .unwrap();
     assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"1\") for web");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "answered from alpha's cache");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "answered from alpha's cache"
+    );
     // fresh bypasses the caches.
-    web.get("owner", "stats").key("1").fresh(true).send().unwrap();
+    web.get("owner", "stats")
+        .key("1")
+        .fresh(true)
+        .send()
+        .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // Errors are relayed and not cached.
     for _ in 0..2 {
@@ -271,14 +308,25 @@ fn gets_requests_cache_and_data_across_nodes() {
         .into_iter()
         .map(|c| {
             std::thread::spawn(move || {
-                let r = c.get("owner", "stats").key("slow").local(false).send().unwrap();
+                let r = c
+                    .get("owner", "stats")
+                    .key("slow")
+                    .local(false)
+                    .send()
+                    .unwrap();
                 r.decode::<String>().unwrap()
             })
         })
         .collect();
     let answers: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_eq!(calls.load(Ordering::SeqCst) - before, 1, "one forward for 6 gets");
-    assert!(answers.iter().all(|x| x == &answers[0] && x.starts_with("slow for w")));
+    assert_eq!(
+        calls.load(Ordering::SeqCst) - before,
+        1,
+        "one forward for 6 gets"
+    );
+    assert!(answers
+        .iter()
+        .all(|x| x == &answers[0] && x.starts_with("slow for w")));
     // Requests across nodes, with the local semantics.
     let n: u32 = web
         .request("owner", "health_check", &41u32, None)
@@ -320,12 +368,19 @@ fn gets_requests_cache_and_data_across_nodes() {
         ("guild".into(), Some("7".into()), "guild seven".into())
     );
     let cache = pushes.cache();
-    assert!(eventually(2.0, || cache
-        .get_from("owner", "guild", Some("7"))
-        .is_some_and(|v| v.decode::<String>().unwrap() == "guild seven")));
+    assert!(eventually(2.0, || {
+        cache
+            .get_from("owner", "guild", Some("7"))
+            .is_some_and(|v| v.decode::<String>().unwrap() == "guild seven")
+    }));
     // A get on alpha is answered from alpha's cache, never reaching the owner.
     let before = calls.load(Ordering::SeqCst);
-    let r = web.get("owner", "guild").key("7").local(false).send().unwrap();
+    let r = web
+        .get("owner", "guild")
+        .key("7")
+        .local(false)
+        .send()
+        .unwrap();
     assert_eq!(r.decode::<String>().unwrap(), "guild seven");
     assert_eq!(calls.load(Ordering::SeqCst), before);
     // The interval push of the remote value (the hub's interval is 5 s by default).
@@ -340,11 +395,15 @@ fn gets_requests_cache_and_data_across_nodes() {
         }
     }
     // The TTL ran out on alpha too (1.5 s after the update, whatever the push saw).
-    assert!(eventually(5.0, || cache.get_from("owner", "guild", Some("7")).is_none()));
+    assert!(eventually(5.0, || cache
+        .get_from("owner", "guild", Some("7"))
+        .is_none()));
     let _ = pushed;
     // The newest update wins everywhere.
     for i in 0..20 {
-        owner.data("score", None, &format!("v{i}"), Ttl::Forever).unwrap();
+        owner
+            .data("score", None, &format!("v{i}"), Ttl::Forever)
+            .unwrap();
     }
     assert!(eventually(5.0, || web
         .cache()

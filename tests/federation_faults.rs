@@ -41,7 +41,11 @@ fn nats_restarted_mid_run() {
     let local_rx = events(&local_owner);
     assert!(eventually(5.0, || cl.hubs[0].sees("owner")));
     assert_eq!(
-        web.get("owner", "k").send().unwrap().decode::<String>().unwrap(),
+        web.get("owner", "k")
+            .send()
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
         "v"
     );
 
@@ -70,7 +74,11 @@ fn nats_restarted_mid_run() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
 
     // Presence recovers on reconnect.
     cl.nats.restart();
@@ -83,7 +91,11 @@ fn nats_restarted_mid_run() {
         cl.hubs[0].log_tail()
     );
     assert_eq!(
-        web.get("owner", "k").send().unwrap().decode::<String>().unwrap(),
+        web.get("owner", "k")
+            .send()
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
         "v"
     );
     let s = cl.hubs[0].stat().federation.unwrap();
@@ -154,8 +166,14 @@ fn name_conflict_after_a_partition_keeps_the_older_claim() {
     }
     assert!(
         eventually(10.0, || {
-            cl.hubs[0].stat().federation.is_some_and(|f| f.nodes.is_empty())
-                && cl.hubs[1].stat().federation.is_some_and(|f| f.nodes.is_empty())
+            cl.hubs[0]
+                .stat()
+                .federation
+                .is_some_and(|f| f.nodes.is_empty())
+                && cl.hubs[1]
+                    .stat()
+                    .federation
+                    .is_some_and(|f| f.nodes.is_empty())
         }),
         "the nodes did not lose each other"
     );
@@ -177,7 +195,12 @@ fn name_conflict_after_a_partition_keeps_the_older_claim() {
     // disconnected with a clear error.
     let why = grx
         .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("the newer client was not dropped; beta log:\n{}", cl.hubs[1].log_tail()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "the newer client was not dropped; beta log:\n{}",
+                cl.hubs[1].log_tail()
+            )
+        });
     let goodbye = newer.last_goodbye().unwrap_or(why);
     assert!(
         goodbye.contains("older claim") && goodbye.contains("alpha"),

@@ -185,8 +185,9 @@ impl Link {
         let bad = |e: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
         let mut addrs = Vec::new();
         for u in &s.urls {
-            let a: async_nats::ServerAddr =
-                u.parse().map_err(|e| bad(format!("bad NATS URL {u:?}: {e}")))?;
+            let a: async_nats::ServerAddr = u
+                .parse()
+                .map_err(|e| bad(format!("bad NATS URL {u:?}: {e}")))?;
             addrs.push(a);
         }
         if addrs.is_empty() {
@@ -319,7 +320,10 @@ struct LinkTask {
 }
 
 impl LinkTask {
-    async fn options(&self, events: mpsc::UnboundedSender<async_nats::Event>) -> Result<async_nats::ConnectOptions, Error> {
+    async fn options(
+        &self,
+        events: mpsc::UnboundedSender<async_nats::Event>,
+    ) -> Result<async_nats::ConnectOptions, Error> {
         let mut o = match &self.s.creds {
             Some(p) => async_nats::ConnectOptions::with_credentials_file(p)
                 .await
@@ -329,19 +333,22 @@ impl LinkTask {
         if let Some(ca) = &self.s.tls_ca {
             o = o.add_root_certificates(ca.clone()).require_tls(true);
         }
-        Ok(o
-            .name(format!("shmbus {} ({})", self.s.node, self.s.prefix))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .ping_interval(Duration::from_secs(2))
-            .connection_timeout(Duration::from_secs(3))
-            .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).clamp(100, 1000)))
-            .event_callback(move |ev| {
-                let events = events.clone();
-                async move {
-                    let _ = events.send(ev);
-                }
-            }))
+        Ok(
+            o.name(format!("shmbus {} ({})", self.s.node, self.s.prefix))
+                .retry_on_initial_connect()
+                .max_reconnects(None)
+                .ping_interval(Duration::from_secs(2))
+                .connection_timeout(Duration::from_secs(3))
+                .reconnect_delay_callback(|n| {
+                    Duration::from_millis((n as u64 * 100).clamp(100, 1000))
+                })
+                .event_callback(move |ev| {
+                    let events = events.clone();
+                    async move {
+                        let _ = events.send(ev);
+                    }
+                }),
+        )
     }
 
     fn ring(&self) {
@@ -366,14 +373,16 @@ impl LinkTask {
         };
         let inbox = format!("{}.n.{}", self.s.prefix, self.s.node);
         let presence = format!("{}.presence", self.s.prefix);
-        let (mut data_sub, mut pres_sub) =
-            match (client.subscribe(inbox.clone()).await, client.subscribe(presence.clone()).await) {
-                (Ok(a), Ok(b)) => (a, b),
-                (Err(e), _) | (_, Err(e)) => {
-                    warn!(error = %e, "NATS subscribe failed; federation off");
-                    return;
-                }
-            };
+        let (mut data_sub, mut pres_sub) = match (
+            client.subscribe(inbox.clone()).await,
+            client.subscribe(presence.clone()).await,
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "NATS subscribe failed; federation off");
+                return;
+            }
+        };
         let header = wire::header_record(&self.s.node, self.s.incarnation).unwrap_or_default();
         let mut carry: Option<Outgoing> = None;
         let stop = self.stop.clone();
@@ -518,7 +527,9 @@ impl LinkTask {
         match client.publish(subject, buf.into()).await {
             Ok(()) => {
                 self.counters.nats_out.fetch_add(1, Ordering::Relaxed);
-                self.counters.nats_bytes_out.fetch_add(len, Ordering::Relaxed);
+                self.counters
+                    .nats_bytes_out
+                    .fetch_add(len, Ordering::Relaxed);
             }
             Err(e) => {
                 self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);

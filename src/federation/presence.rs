@@ -100,11 +100,15 @@ impl LocalPresence {
         let mut bytes = 0;
         let mut part = 0u32;
         for c in clients {
-            let claim = self.claims.get(c.name).copied().unwrap_or(Claim {
-                epoch: 0,
-                at_ms: 0,
-            });
-            let size = c.name.len() + c.state.len() + c.topics.iter().map(|t| t.len() + 2).sum::<usize>() + 32;
+            let claim = self
+                .claims
+                .get(c.name)
+                .copied()
+                .unwrap_or(Claim { epoch: 0, at_ms: 0 });
+            let size = c.name.len()
+                + c.state.len()
+                + c.topics.iter().map(|t| t.len() + 2).sum::<usize>()
+                + 32;
             if bytes + size > SNAPSHOT_PART_BYTES && !cur.is_empty() {
                 parts.push(wire::record(&Presence::Snapshot {
                     seq: self.seq,
@@ -190,8 +194,14 @@ mod tests {
 
     #[test]
     fn conflicts_are_decided_the_same_on_both_sides() {
-        let a = Claim { epoch: 0, at_ms: 10 };
-        let b = Claim { epoch: 0, at_ms: 20 };
+        let a = Claim {
+            epoch: 0,
+            at_ms: 10,
+        };
+        let b = Claim {
+            epoch: 0,
+            at_ms: 20,
+        };
         assert_eq!(resolve("x", a, "n1", b, "n2"), Conflict::Keep);
         assert!(matches!(resolve("x", b, "n2", a, "n1"), Conflict::Yield(_)));
     }

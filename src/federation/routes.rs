@@ -448,7 +448,9 @@ impl Routes {
             .iter()
             .filter_map(|(name, c)| match old.get(name) {
                 None => Some((name.clone(), c.claim, None)),
-                Some(o) if o.state != c.state => Some((name.clone(), c.claim, Some(c.state.clone()))),
+                Some(o) if o.state != c.state => {
+                    Some((name.clone(), c.claim, Some(c.state.clone())))
+                }
                 Some(_) => None,
             })
             .collect();
@@ -513,7 +515,10 @@ mod tests {
         ClientInfo {
             name,
             state: "connected",
-            claim: Claim { epoch: 0, at_ms: at },
+            claim: Claim {
+                epoch: 0,
+                at_ms: at,
+            },
             topics,
         }
     }
@@ -569,7 +574,9 @@ mod tests {
         r.apply("me", "b", 1, &snap, t);
         assert!(r.node_of("x").is_some());
         let ch = r.expire(t + Duration::from_secs(3), Duration::from_secs(2));
-        assert!(ch.iter().any(|c| matches!(c, Change::Left { name, .. } if name == "x")));
+        assert!(ch
+            .iter()
+            .any(|c| matches!(c, Change::Left { name, .. } if name == "x")));
         assert!(ch.iter().any(|c| matches!(c, Change::NodeGone { .. })));
         assert!(r.node_of("x").is_none());
         r.apply("me", "b", 1, &snap, t);
@@ -618,7 +625,10 @@ mod tests {
             clients: vec![info("b", 1, vec![])],
         };
         r.apply("me", "n", 1, &p0, t);
-        assert!(r.node_of("a").is_none(), "not installed before the last part");
+        assert!(
+            r.node_of("a").is_none(),
+            "not installed before the last part"
+        );
         r.apply("me", "n", 1, &p1, t);
         assert!(r.node_of("a").is_some() && r.node_of("b").is_some());
         let p = Presence::Snapshot {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::{Hub, PendingKind, Pending, Waiter, Who};
+use super::{Hub, Pending, PendingKind, Waiter, Who};
 use crate::federation::calls::{Call, CallKind, Calls};
 use crate::federation::link::{Dest, Incoming, Link, LinkSettings, Msg, SendError};
 use crate::federation::presence::{self, Conflict, LocalClient, LocalPresence};
@@ -453,9 +453,8 @@ impl Hub {
         let requester = self.name_arc(slot);
         let deadline = self.deadline(timeout_ms);
         let f = self.fed.as_deref_mut()?;
-        let coalesce = (!fresh).then(|| {
-            format!("{from}\0{kind}\0{}\0{accept:?}", key.unwrap_or("\u{1}"))
-        });
+        let coalesce =
+            (!fresh).then(|| format!("{from}\0{kind}\0{}\0{accept:?}", key.unwrap_or("\u{1}")));
         let waiter = match &coalesce {
             Some(k) => match f.calls.join(k, waiter) {
                 Ok(()) => return Some(true),
@@ -463,7 +462,9 @@ impl Hub {
             },
             None => waiter,
         };
-        let left = deadline.saturating_duration_since(Instant::now()).as_millis() as u32;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u32;
         // The call number is the next one `open` hands out.
         let probe = Frame::Get {
             call: 0,
@@ -534,7 +535,9 @@ impl Hub {
         };
         let from = self.name_arc(slot);
         let deadline = self.deadline(timeout_ms);
-        let left = deadline.saturating_duration_since(Instant::now()).as_millis() as u32;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u32;
         let f = self.fed.as_deref_mut()?;
         let size = payload.bytes.len() + from.len() + to.len() + method.len() + 64;
         if !f.link.has_room(size) {
@@ -573,9 +576,7 @@ impl Hub {
                 Ok(()) => return,
                 Err(SendError::TooLarge) => "request too large to cross nodes".to_string(),
                 Err(SendError::Full) => "federation queue full".to_string(),
-                Err(SendError::Down) => {
-                    "federation unavailable: NATS is not connected".to_string()
-                }
+                Err(SendError::Down) => "federation unavailable: NATS is not connected".to_string(),
             },
             Err(e) => format!("request not encoded: {e}"),
         };
@@ -816,13 +817,16 @@ impl Hub {
         let Some(f) = self.fed.as_deref() else {
             return;
         };
-        let clients = self.conns.iter().flatten().filter(|c| c.doomed.is_none()).map(|c| {
-            LocalClient {
+        let clients = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| c.doomed.is_none())
+            .map(|c| LocalClient {
                 name: &c.name,
                 state: &c.state,
                 topics: c.topics.iter().map(String::as_str).collect(),
-            }
-        });
+            });
         let parts = f.local.snapshot(clients);
         let n = self.names.len();
         let f = self.fed.as_deref_mut().expect("checked");
@@ -1125,9 +1129,9 @@ impl Hub {
                 if !f.stamps.remote(node, kind, key, stamp) {
                     return Ok(()); // an older update than the one we hold
                 }
-                if let Err(e) = self
-                    .cache
-                    .put(owner, kind, key, payload, ttl_ms, sys::monotonic_ns())
+                if let Err(e) =
+                    self.cache
+                        .put(owner, kind, key, payload, ttl_ms, sys::monotonic_ns())
                 {
                     warn!(%owner, kind, "remote value not cached: {e}");
                 }
@@ -1158,7 +1162,9 @@ impl Hub {
                 payload,
                 accept,
                 timeout_ms,
-            } => self.fed_incoming_request(node, call, from, to, method, payload, accept, timeout_ms),
+            } => {
+                self.fed_incoming_request(node, call, from, to, method, payload, accept, timeout_ms)
+            }
             Frame::Answer {
                 call,
                 stamp,
@@ -1250,7 +1256,12 @@ impl Hub {
                 return Ok(());
             }
         }
-        let Some(o) = self.names.get(owner).copied().filter(|&o| self.alive(self.who(o))) else {
+        let Some(o) = self
+            .names
+            .get(owner)
+            .copied()
+            .filter(|&o| self.alive(self.who(o)))
+        else {
             let m = format!("owner {owner:?} is not connected");
             self.fed_answer_now(node, call, Answer::Err { message: &m });
             return Ok(());
@@ -1330,7 +1341,12 @@ impl Hub {
         accept: Encoding,
         timeout_ms: u32,
     ) -> Result<(), usize> {
-        let Some(o) = self.names.get(to).copied().filter(|&o| self.alive(self.who(o))) else {
+        let Some(o) = self
+            .names
+            .get(to)
+            .copied()
+            .filter(|&o| self.alive(self.who(o)))
+        else {
             let m = format!("client {to:?} is not connected");
             self.fed_answer_now(node, call, Answer::Err { message: &m });
             return Ok(());

@@ -99,7 +99,11 @@ pub fn eventually(secs: f64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn nats_server_path() -> PathBuf {
-    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] {
+    for p in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
         if Path::new(p).exists() {
             return PathBuf::from(p);
         }
@@ -191,7 +195,11 @@ impl Nats {
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
         let bin = nats_server_path();
-        let host = if self.netns.is_some() { "0.0.0.0" } else { "127.0.0.1" };
+        let host = if self.netns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -264,9 +272,8 @@ impl Hub {
 
     /// A client of this hub.
     pub fn client(&self, name: &str) -> Client {
-        Client::connect(&self.dir, ClientOptions::new(name)).unwrap_or_else(|e| {
-            panic!("client {name} on node {} did not connect: {e}", self.node)
-        })
+        Client::connect(&self.dir, ClientOptions::new(name))
+            .unwrap_or_else(|e| panic!("client {name} on node {} did not connect: {e}", self.node))
     }
 
     /// A client with options.
@@ -342,7 +349,8 @@ impl Hub {
         self.child = Some(child);
         let sock = self.dir.join("hub.sock");
         assert!(
-            eventually(20.0, || std::os::unix::net::UnixStream::connect(&sock).is_ok()),
+            eventually(20.0, || std::os::unix::net::UnixStream::connect(&sock)
+                .is_ok()),
             "hub {} did not come up (log: {})",
             self.node,
             self.dir.join("hub.log").display()
@@ -405,9 +413,25 @@ impl Cluster {
                     "-n", &server_ns, "link", "add", &v, "type", "veth", "peer", "name", "eth0",
                     "netns", &h,
                 ]);
-                ip(&["-n", &server_ns, "addr", "add", &format!("10.99.{i}.1/24"), "dev", &v]);
+                ip(&[
+                    "-n",
+                    &server_ns,
+                    "addr",
+                    "add",
+                    &format!("10.99.{i}.1/24"),
+                    "dev",
+                    &v,
+                ]);
                 ip(&["-n", &server_ns, "link", "set", &v, "up"]);
-                ip(&["-n", &h, "addr", "add", &format!("10.99.{i}.2/24"), "dev", "eth0"]);
+                ip(&[
+                    "-n",
+                    &h,
+                    "addr",
+                    "add",
+                    &format!("10.99.{i}.2/24"),
+                    "dev",
+                    "eth0",
+                ]);
                 ip(&["-n", &h, "link", "set", "eth0", "up"]);
                 hosts.push(h);
             }
@@ -488,9 +512,10 @@ impl Cluster {
         let want = live.len() - 1;
         let ok = eventually(20.0, || {
             live.iter().all(|h| match shmbus::hub::stat(&h.dir) {
-                Ok(r) => r.federation.as_ref().is_some_and(|f| {
-                    f.nats == "connected" && f.nodes.len() == want
-                }),
+                Ok(r) => r
+                    .federation
+                    .as_ref()
+                    .is_some_and(|f| f.nats == "connected" && f.nodes.len() == want),
                 Err(_) => false,
             })
         });
@@ -522,7 +547,11 @@ impl Cluster {
 
     /// Runs `f` on a thread inside host `i`'s network namespace (or here, on loopback), so
     /// the test can talk to the nats-server as that host does.
-    pub fn in_host<T: Send + 'static>(&self, i: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub fn in_host<T: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         let ns = match &self.net {
             Net::Netns { hosts, .. } => Some(hosts[i].clone()),
             Net::Loopback => None,
