@@ -8,7 +8,6 @@
 
 mod bridge_util;
 mod fed_util;
-#[allow(dead_code)]
 mod util;
 
 use std::time::Duration;

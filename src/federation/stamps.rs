@@ -85,7 +85,7 @@ mod tests {
     fn newest_wins_and_clock_moves() {
         let mut a = Stamps::new(100);
         let s1 = a.local("a", "k", None);
-        assert!(!a.remote("b", "k", None, s1 - 1 + 0), "older loses");
+        assert!(!a.remote("b", "k", None, s1 - 1), "older loses");
         assert!(a.remote("b", "k", None, s1), "same stamp: higher node wins");
         assert!(!a.remote("a", "k", None, s1));
         assert!(a.remote("a", "k", None, 50));

@@ -44,7 +44,7 @@ pub struct StatReport {
     /// The cache segment's counters (evictions, retired space, revoked pins, …).
     pub cache: crate::cache::WriterStats,
     /// Federation: our node, NATS, the other nodes and their clients (`--nats`).
-    pub federation: Option<crate::federation::FederationStat>,
+    pub federation: Option<Box<crate::federation::FederationStat>>,
 }
 
 /// One client in a [`StatReport`].

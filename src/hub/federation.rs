@@ -691,7 +691,7 @@ impl Hub {
     }
 
     /// `shmbus stat`'s federation part.
-    pub(super) fn fed_stat(&self) -> Option<FederationStat> {
+    pub(super) fn fed_stat(&self) -> Option<Box<FederationStat>> {
         use std::sync::atomic::Ordering::Relaxed;
         let f = self.fed.as_ref()?;
         let c = &f.link.counters;
@@ -719,7 +719,7 @@ impl Hub {
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Some(FederationStat {
+        Some(Box::new(FederationStat {
             node: f.cfg.node.clone(),
             cluster: f.cfg.cluster.clone(),
             urls: f.cfg.urls.clone(),
@@ -736,7 +736,7 @@ impl Hub {
             queued_bytes: f.link.queued_bytes() as u64,
             calls_pending: f.calls.len() as u64,
             nodes,
-        })
+        }))
     }
 
     // ------------------------------------------------------------------------------------

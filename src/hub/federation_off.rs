@@ -110,7 +110,7 @@ impl Hub {
     pub(super) fn fed_timers(&mut self, _: Instant) {}
     pub(super) fn fed_bell(&mut self) {}
     pub(super) fn fed_shutdown(&mut self) {}
-    pub(super) fn fed_stat(&self) -> Option<FederationStat> {
+    pub(super) fn fed_stat(&self) -> Option<Box<FederationStat>> {
         None
     }
     pub(super) fn fed_pump(&mut self) -> bool {
