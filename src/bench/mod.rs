@@ -17,6 +17,8 @@
 //! * **eventfd**: the wake-up floor: a blocking eventfd each way, payload in shared memory.
 
 mod cache;
+#[cfg(feature = "federation")]
+pub mod federation;
 mod floor;
 mod hub;
 mod ring;

@@ -52,6 +52,24 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         secs: u64,
     },
+    /// Federation figures in one run: a remote fresh get vs raw async-nats request-reply,
+    /// cross-node emit vs raw publish, local get/emit with federation on (NATS idle) vs off.
+    /// Starts nats-server on loopback unless --nats is given.
+    #[cfg(feature = "federation")]
+    BenchFederation {
+        /// Round trips per latency case.
+        #[arg(long, default_value_t = 20_000)]
+        iters: u64,
+        /// Messages per throughput case.
+        #[arg(long, default_value_t = 200_000)]
+        msgs: u64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Use this nats-server instead of starting one.
+        #[arg(long)]
+        nats: Option<String>,
+    },
     /// Run the standard benchmark set in one invocation and print a markdown report with the
     /// target ratios (ring/atomic, ring park/eventfd, uds/ring, streaming rates).
     BenchSuite {
@@ -350,6 +368,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "federation")]
+        Cmd::BenchFederation {
+            iters,
+            msgs,
+            size,
+            nats,
+        } => {
+            let o = shmbus::bench::federation::FedOpts {
+                iters: iters.max(10),
+                msgs: msgs.max(10),
+                size,
+                nats,
+            };
+            match shmbus::bench::federation::run(&o) {
+                Ok((_, md)) => {
+                    print!("{md}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shmbus bench-federation: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::BenchSuite { iters, pin } => match bench::suite(iters, pin) {
             Ok((_, md)) => {
                 print!("{md}");

@@ -109,6 +109,9 @@ pub struct LinkCounters {
     pub publish_errors: AtomicU64,
     /// Times the connection was (re)established.
     pub connects: AtomicU64,
+    /// Items in the in-queues not yet taken by the hub: the hub's loop reads this one word
+    /// (instead of polling two channels) on every pass.
+    queued_in: AtomicU64,
 }
 
 impl LinkCounters {
@@ -275,14 +278,30 @@ impl Link {
         self.out_bytes - self.out_sem.available_permits()
     }
 
+    /// Whether the in-queues hold anything (one atomic load).
+    pub fn has_incoming(&self) -> bool {
+        // Acquire: pairs with the Release increment in `LinkTask::push`.
+        self.counters.queued_in.load(Ordering::Acquire) != 0
+    }
+
+    fn took(&self, item: Option<Incoming>) -> Option<Incoming> {
+        if item.is_some() {
+            // Relaxed: only this thread decrements; the item itself came through the channel.
+            self.counters.queued_in.fetch_sub(1, Ordering::Relaxed);
+        }
+        item
+    }
+
     /// The next presence item, if any.
     pub fn try_presence(&mut self) -> Option<Incoming> {
-        self.presence_rx.try_recv().ok()
+        let item = self.presence_rx.try_recv().ok();
+        self.took(item)
     }
 
     /// The next data item, if any.
     pub fn try_data(&mut self) -> Option<Incoming> {
-        self.data_rx.try_recv().ok()
+        let item = self.data_rx.try_recv().ok();
+        self.took(item)
     }
 
     /// Stops the thread after it has published what is queued (at most `wait`).
@@ -432,14 +451,12 @@ impl LinkTask {
                 self.counters.state.store(1, Ordering::Relaxed);
                 self.counters.connects.fetch_add(1, Ordering::Relaxed);
                 info!("NATS connected");
-                let _ = self.presence_tx.send(Incoming::Up);
-                self.ring();
+                self.push(true, Incoming::Up);
             }
             Event::Disconnected => {
                 self.counters.state.store(2, Ordering::Relaxed);
                 warn!("NATS disconnected; reconnecting");
-                let _ = self.presence_tx.send(Incoming::Down);
-                self.ring();
+                self.push(true, Incoming::Down);
             }
             Event::SlowConsumer(sid) => {
                 self.counters.dropped_in.fetch_add(1, Ordering::Relaxed);
@@ -472,11 +489,25 @@ impl LinkTask {
             bytes: payload,
             _permit: permit,
         };
-        let _ = if presence {
-            self.presence_tx.send(Incoming::Presence(msg))
+        if presence {
+            self.push(true, Incoming::Presence(msg));
         } else {
-            self.data_tx.send(Incoming::Data(msg))
+            self.push(false, Incoming::Data(msg));
+        }
+    }
+
+    /// Queues an item for the hub, counts it, and rings the hub's eventfd.
+    fn push(&self, presence: bool, item: Incoming) {
+        let sent = if presence {
+            self.presence_tx.send(item).is_ok()
+        } else {
+            self.data_tx.send(item).is_ok()
         };
+        if sent {
+            // Release: pairs with the Acquire load in `Link::has_incoming`, so a hub that
+            // sees the count also finds the item in its channel.
+            self.counters.queued_in.fetch_add(1, Ordering::Release);
+        }
         self.ring();
     }
 

@@ -745,8 +745,11 @@ impl Hub {
 
     /// Handles what the link queued. True if anything moved.
     pub(super) fn fed_pump(&mut self) -> bool {
-        if self.fed.is_none() {
-            return false;
+        match self.fed.as_deref() {
+            None => return false,
+            // The hot path of an idle federation: one atomic load per pass.
+            Some(f) if f.cursor.is_none() && !f.link.has_incoming() => return false,
+            Some(_) => {}
         }
         let mut progress = false;
         for _ in 0..64 {
