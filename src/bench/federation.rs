@@ -66,7 +66,9 @@ fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> Result<(), Error> {
 }
 
 fn free_port() -> Result<u16, Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_hub(dir: &Path, fed: Option<(&str, &str, &str)>) -> Result<Kill, Error> {
@@ -82,7 +84,9 @@ fn start_hub(dir: &Path, fed: Option<(&str, &str, &str)>) -> Result<Kill, Error>
             .spawn()?,
     );
     let sock = dir.join("hub.sock");
-    wait_for(20, || std::os::unix::net::UnixStream::connect(&sock).is_ok())?;
+    wait_for(20, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    })?;
     Ok(child)
 }
 
@@ -195,7 +199,9 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
                     ))
                 })?;
             _server = Some(Kill(child));
-            wait_for(10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+            wait_for(10, || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            })?;
             format!("nats://127.0.0.1:{port}")
         }
     };
@@ -216,8 +222,11 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
     let req = Client::connect(&da, ClientOptions::new("req"))?;
     wait_for(20, || {
         crate::hub::stat(&da).is_ok_and(|s| {
-            s.federation
-                .is_some_and(|f| f.nodes.iter().any(|n| n.clients.iter().any(|c| c.0 == "owner")))
+            s.federation.is_some_and(|f| {
+                f.nodes
+                    .iter()
+                    .any(|n| n.clients.iter().any(|c| c.0 == "owner"))
+            })
         })
     })?;
     rows.push(latency_row(
@@ -235,8 +244,11 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
     let src = Client::connect(&da, ClientOptions::new("src"))?;
     wait_for(20, || {
         crate::hub::stat(&da).is_ok_and(|s| {
-            s.federation
-                .is_some_and(|f| f.nodes.iter().any(|n| n.clients.iter().any(|c| c.0 == "sink")))
+            s.federation.is_some_and(|f| {
+                f.nodes
+                    .iter()
+                    .any(|n| n.clients.iter().any(|c| c.0 == "sink"))
+            })
         })
     })?;
     rows.push(Row {
@@ -346,10 +358,7 @@ async fn raw_nats(url: &str, o: &FedOpts) -> Result<(Vec<u64>, f64), Error> {
     let mut v = Vec::with_capacity(o.iters as usize);
     for i in 0..o.iters + o.iters / 10 {
         let t = Instant::now();
-        let r = client
-            .request("bench.rr", body.clone())
-            .await
-            .map_err(io)?;
+        let r = client.request("bench.rr", body.clone()).await.map_err(io)?;
         let el = t.elapsed().as_nanos() as u64;
         if r.payload.len() != o.size {
             return Err(io("short raw reply"));
