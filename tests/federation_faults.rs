@@ -274,3 +274,32 @@ fn hostile_nats_messages_cost_only_themselves() {
     assert_eq!(recv(&rx), "still works");
     assert!(cl.hubs[0].sees("b"));
 }
+
+#[test]
+fn replace_names_takes_a_remote_name_over() {
+    let _w = watchdog("replace_names", 120);
+    let cl = Cluster::start("replace", &["alpha", "beta"], &["--replace-names"]);
+    let old = cl.hubs[0].client("svc");
+    let (gtx, grx) = mpsc::channel();
+    let gtx = Mutex::new(gtx);
+    old.on_disconnect(move |why| {
+        let _ = gtx.lock().unwrap().send(why.to_string());
+    });
+    assert!(eventually(5.0, || cl.hubs[1].sees("svc")));
+    let new = cl.hubs[1].client("svc");
+    let why = grx.recv_timeout(Duration::from_secs(10)).expect("old client dropped");
+    let goodbye = old.last_goodbye().unwrap_or(why);
+    assert!(
+        goodbye.contains("replaced") && goodbye.contains("beta"),
+        "{goodbye}"
+    );
+    assert!(new.is_connected());
+    // The new holder keeps it, and routing from alpha reaches it.
+    let rx = events(&new);
+    assert!(eventually(5.0, || cl.hubs[0].sees("svc")));
+    let a = cl.hubs[0].client("a");
+    a.emit("svc", "e", "to the new one").unwrap();
+    assert_eq!(recv(&rx), "to the new one");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(new.is_connected(), "the takeover is not undone");
+}

@@ -156,6 +156,10 @@ pub fn resolve(
 ) -> Conflict {
     if ours.beats(local_node, &theirs, remote_node) {
         Conflict::Keep
+    } else if theirs.epoch > ours.epoch {
+        Conflict::Yield(format!(
+            "replaced by a new client with the same name {name:?} on node {remote_node:?}"
+        ))
     } else {
         Conflict::Yield(format!(
             "name {name:?} is also held by a client on node {remote_node:?} with an older \

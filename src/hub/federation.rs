@@ -29,7 +29,7 @@ use super::{Hub, Pending, PendingKind, Waiter, Who};
 use crate::federation::calls::{Call, CallKind, Calls};
 use crate::federation::link::{Dest, Incoming, Link, LinkSettings, Msg, SendError};
 use crate::federation::presence::{self, Conflict, LocalClient, LocalPresence};
-use crate::federation::routes::{Change, Routes, Traffic};
+use crate::federation::routes::{Change, Routes, Traffic, MAX_NODES};
 use crate::federation::stamps::Stamps;
 use crate::federation::wire::{self, Claim, ClientInfo, Delta, EventTo, Frame, Presence};
 use crate::federation::{FederationConfig, FederationStat, NodeStat};
@@ -141,7 +141,7 @@ impl Fed {
         if let Some(i) = self.origins.iter().position(|n| n == node) {
             return Some(i as u64);
         }
-        if self.origins.len() >= crate::federation::routes::MAX_NODES * 4 {
+        if self.origins.len() >= MAX_NODES * 4 {
             return None;
         }
         self.origins.push(node.clone());
@@ -157,7 +157,9 @@ impl Fed {
         };
         match self.link.send(dest, rec) {
             Ok(()) => {
-                if let Some(n) = node {
+                if let Some(n) = node.filter(|n| {
+                    self.traffic.contains_key(n) || self.traffic.len() < 4 * MAX_NODES
+                }) {
                     let t = self.traffic.entry(n).or_default();
                     t.msgs_out += 1;
                     t.bytes_out += len;
@@ -1035,9 +1037,12 @@ impl Hub {
                 return false;
             }
             if let Some(f) = self.fed.as_deref_mut() {
-                let t = f.traffic.entry(node.clone()).or_default();
-                t.msgs_in += 1;
-                t.bytes_in += used as u64;
+                // Counted only for nodes we know (a peer inventing names grows nothing).
+                if f.routes.node(&node).is_some() || f.traffic.contains_key(&node) {
+                    let t = f.traffic.entry(node.clone()).or_default();
+                    t.msgs_in += 1;
+                    t.bytes_in += used as u64;
+                }
             }
         }
         if recs.truncated {
