@@ -287,7 +287,9 @@ fn replace_names_takes_a_remote_name_over() {
     });
     assert!(eventually(5.0, || cl.hubs[1].sees("svc")));
     let new = cl.hubs[1].client("svc");
-    let why = grx.recv_timeout(Duration::from_secs(10)).expect("old client dropped");
+    let why = grx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("old client dropped");
     let goodbye = old.last_goodbye().unwrap_or(why);
     assert!(
         goodbye.contains("replaced") && goodbye.contains("beta"),

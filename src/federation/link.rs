@@ -354,6 +354,7 @@ impl LinkTask {
         }
         Ok(
             o.name(format!("shmbus {} ({})", self.s.node, self.s.prefix))
+                .no_echo()
                 .retry_on_initial_connect()
                 .max_reconnects(None)
                 .ping_interval(Duration::from_secs(2))

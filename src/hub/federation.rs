@@ -157,9 +157,9 @@ impl Fed {
         };
         match self.link.send(dest, rec) {
             Ok(()) => {
-                if let Some(n) = node.filter(|n| {
-                    self.traffic.contains_key(n) || self.traffic.len() < 4 * MAX_NODES
-                }) {
+                if let Some(n) = node
+                    .filter(|n| self.traffic.contains_key(n) || self.traffic.len() < 4 * MAX_NODES)
+                {
                     let t = self.traffic.entry(n).or_default();
                     t.msgs_out += 1;
                     t.bytes_out += len;
