@@ -3,8 +3,8 @@
 //! the server's namespace by a veth pair, so only NATS crosses between "hosts".
 //!
 //! * `nats-server` missing: the test fails with the install command (never skips).
-//! * Not root, or `ip netns` unusable: everything runs on loopback, and the harness says so
-//!   on stderr.
+//! * Not root, or `ip netns` unusable (or `SHMBUS_FED_LOOPBACK=1`): everything runs on
+//!   loopback, and the harness says so on stderr.
 //! * Every child process and namespace is registered: dropping the [`Cluster`] removes them,
 //!   and [`watchdog`] removes them too before it aborts a test that overran, so nothing
 //!   outlives a failed test.
@@ -143,7 +143,10 @@ fn ip(args: &[&str]) {
 fn netns_usable() -> bool {
     static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *USABLE.get_or_init(|| {
-        if nix::unistd::geteuid().as_raw() != 0 {
+        // `SHMBUS_FED_LOOPBACK=1` runs the non-root path as root too (to test it).
+        if std::env::var_os("SHMBUS_FED_LOOPBACK").is_some_and(|v| v == "1")
+            || nix::unistd::geteuid().as_raw() != 0
+        {
             return false;
         }
         let probe = format!("sbfp{}", std::process::id());
@@ -441,7 +444,7 @@ impl Cluster {
             Net::Netns { server_ns, hosts }
         } else {
             eprintln!(
-                "federation harness: not root (or `ip netns` unusable): hubs and nats-server \
+                "federation harness: not root (or `ip netns` unusable, or SHMBUS_FED_LOOPBACK=1): hubs and nats-server \
                  share loopback, no network namespaces"
             );
             Net::Loopback
