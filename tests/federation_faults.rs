@@ -305,3 +305,29 @@ fn replace_names_takes_a_remote_name_over() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(new.is_connected(), "the takeover is not undone");
 }
+
+#[test]
+fn a_clean_shutdown_says_bye() {
+    let _w = watchdog("clean_shutdown", 120);
+    // With a 30 s node timeout, only the goodbye can make alpha forget beta within 10 s.
+    let mut cl = Cluster::start(
+        "bye",
+        &["alpha", "beta"],
+        &["--nats-node-timeout-ms", "30000"],
+    );
+    let _b = cl.hubs[1].client("leaver");
+    let web = cl.hubs[0].client("web");
+    assert!(eventually(5.0, || cl.hubs[0].sees("leaver")));
+    cl.hubs[1].terminate();
+    assert!(
+        eventually(10.0, || cl.hubs[0]
+            .stat()
+            .federation
+            .is_some_and(|f| f.nodes.is_empty())),
+        "alpha still lists beta"
+    );
+    match web.get("leaver", "k").send() {
+        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -227,7 +227,23 @@ impl Link {
         };
         let thread = std::thread::Builder::new()
             .name("shmbus-nats".into())
-            .spawn(move || rt.block_on(task.run()))?;
+            .spawn(move || {
+                // Process signals are not ours: a SIGTERM delivered to this thread would kill
+                // the process before the hub that embeds us could shut down cleanly (and say
+                // goodbye to the other nodes).
+                use nix::sys::signal::{SigSet, Signal};
+                let mut set = SigSet::empty();
+                for s in [
+                    Signal::SIGINT,
+                    Signal::SIGTERM,
+                    Signal::SIGHUP,
+                    Signal::SIGQUIT,
+                ] {
+                    set.add(s);
+                }
+                let _ = set.thread_block();
+                rt.block_on(task.run())
+            })?;
         Ok(Link {
             out: out_tx,
             out_sem,

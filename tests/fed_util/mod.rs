@@ -319,6 +319,23 @@ impl Hub {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// SIGTERMs the hub (a clean shutdown) and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            unregister(&Cleanup::Pid(c.id()));
+        }
+    }
+
     /// SIGKILLs the hub.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
