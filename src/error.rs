@@ -1,5 +1,10 @@
 //! The crate's error type and the per-operation error enums of the channel API, in the style
-//! of crossbeam-channel: each send error hands the message back.
+//! of crossbeam-channel: each send error hands the message back; and the crate-internal
+//! [`Fail`], why a raw operation did not complete, which each public call maps to its own
+//! enum.
+//!
+//! Invariants: this module depends on nothing of the crate but `ring::RingError`, so every
+//! other module may use it. A send error always carries the message back.
 
 use std::fmt;
 use std::io;
@@ -205,5 +210,40 @@ recv_errors! {
     RecvTimeoutError {
         /// Nothing arrived before the deadline.
         Timeout
+    }
+}
+
+/// Why a raw operation did not complete.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// Full (send) or empty (receive), and the deadline was `Now`.
+    NotNow,
+    Timeout,
+    Disconnected,
+    Error(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Disconnected => Fail::Disconnected,
+            e => Fail::Error(e),
+        }
+    }
+}
+
+impl From<crate::ring::RingError> for Fail {
+    fn from(e: crate::ring::RingError) -> Self {
+        Fail::Error(e.into())
+    }
+}
+
+/// The crate error a raw operation's failure stands for (`NotNow` and `Timeout` are
+/// `TimedOut` I/O errors).
+pub(crate) fn fail_to_error(f: Fail) -> Error {
+    match f {
+        Fail::Error(e) => e,
+        Fail::NotNow | Fail::Timeout => Error::Io(std::io::ErrorKind::TimedOut.into()),
+        Fail::Disconnected => Error::Disconnected,
     }
 }

@@ -30,9 +30,9 @@ use std::time::Instant;
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
-use crate::channel::Deadline;
 use crate::ring::layout::kind;
 use crate::ring::{heap_ring, Consumer, Frame, Producer};
+use crate::wait::Deadline;
 use crate::wait::{wait_until, DataIn, Parked, Parker, RoomFor, WaitOutcome, WaitStrategy};
 
 /// Default preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
@@ -254,9 +254,10 @@ fn loom_relaxed_commit_is_caught() {
 }
 
 /// Negative control for the fences: the data model with the consumer's wait loop copied from
-/// `wait_until` minus its SeqCst fence. Without it, the `sleeping` store may still sit in the
-/// consumer's store buffer when its re-check reads the old (zero) header word, while the producer's load
-/// after its own fence reads the old flag (the store-buffering outcome), and nobody rings.
+/// `wait_until` (its `prepare_park`) minus the SeqCst fence. Without it, the `sleeping` store
+/// may still sit in the consumer's store buffer when its re-check reads the old (zero) header
+/// word, while the producer's load after its own fence reads the old flag (the
+/// store-buffering outcome), and nobody rings.
 /// Loom must find that outcome, which proves the positive model depends on the real fences.
 #[test]
 #[should_panic(expected = "deadlock")]
@@ -278,7 +279,8 @@ fn loom_data_wakeup_missing_fence_is_caught() {
                 check_frame(&cons, &f, 0, &[8]);
                 break;
             }
-            // `wait_until`'s park loop, without `fence(SeqCst)` between announce and re-check.
+            // `wait_until`'s park loop (`prepare_park`), without `fence(SeqCst)` between
+            // announce and re-check.
             bell.reset().unwrap();
             cons.set_sleeping(true);
             if cons.has_data().unwrap() {

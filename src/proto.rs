@@ -240,6 +240,11 @@ pub enum ClientMsg<'a> {
         /// The hub's nonce.
         nonce: u64,
     },
+    /// Replaces the version this client announced in its hello (shown by `shmbus stat`).
+    SetVersion {
+        /// The new version.
+        version: &'a str,
+    },
 }
 
 /// A lifecycle change of some client.

@@ -1,4 +1,5 @@
-//! Doorbells and waiting: spin, then park on an eventfd, without ever losing a wake-up.
+//! Doorbells and waiting: spin, then park on an eventfd, without ever losing a wake-up; and
+//! the `Deadline` a wait gives up at.
 //!
 //! # The protocol
 //!
@@ -26,7 +27,6 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use crate::channel::Deadline;
 use crate::sync::{fence, spin_hint, yield_now, Ordering};
 use crate::sys::{self, Bell};
 
@@ -99,6 +99,22 @@ impl WaitStrategy {
             WaitStrategy::Park => "park",
         }
     }
+}
+
+/// When an operation gives up waiting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deadline {
+    /// Do not wait at all.
+    Now,
+    /// Wait until this instant.
+    At(Instant),
+    /// Wait for as long as it takes.
+    Never,
+    /// Wait this long, counted from the waiter's first clock reading (see `wait_until`):
+    /// after 64 pausing polls, 8 yielding ones, or just before parking. A wait that ends
+    /// sooner reads no clock. (A yielding waiter on a busy machine may start counting a few
+    /// time slices late; the timeouts built on this are liveness bounds, not precise timers.)
+    Within(Duration),
 }
 
 /// What a park returned.
@@ -260,12 +276,7 @@ pub(crate) fn wait_until(
     let deadline = until;
     loop {
         parker.reset()?;
-        w.announce(true);
-        // SeqCst fence: orders the flag store above before the re-check below. Pairs with the
-        // notifier's fence in `Producer::publish` / `Consumer::check_producer_sleeping`.
-        fence(Ordering::SeqCst);
-        if w.ready()? {
-            w.announce(false);
+        if prepare_park(w)? {
             return Ok(WaitOutcome::Ready);
         }
         let parked = parker.park(deadline)?;
@@ -292,6 +303,28 @@ pub(crate) fn wait_until(
             }
         }
     }
+}
+
+/// The waiter's half of the no-lost-wake-up handshake (see the module docs): announces sleep,
+/// fences, re-checks. `Ok(true)`: ready after all, the announcement is withdrawn again, do not
+/// block. `Ok(false)`: the flag stays raised and the caller may block on its doorbell; it
+/// withdraws the flag once it wakes.
+///
+/// This is the one copy of the handshake: [`wait_until`] parks through it (which is what the
+/// loom models in `src/loom_tests.rs` check), and so do the event loops that park on a
+/// doorbell themselves, the hub and the tokio client (`RawReceiver::prepare_park`,
+/// `RawSender::prepare_park_for_space`). On an error from the re-check the flag stays raised;
+/// the caller withdraws it.
+pub(crate) fn prepare_park(w: &mut impl Waitable) -> Result<bool, crate::Error> {
+    w.announce(true);
+    // SeqCst fence: orders the flag store above before the re-check below. Pairs with the
+    // notifier's fence in `Producer::publish` / `Consumer::check_producer_sleeping`.
+    fence(Ordering::SeqCst);
+    if w.ready()? {
+        w.announce(false);
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// The epoll instance a [`BellParker`] sleeps in, created at the first park and kept for the

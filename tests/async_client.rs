@@ -175,3 +175,116 @@ async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
     out.extend(done.into_iter().map(|v| v.expect("done")));
     out
 }
+
+/// Issue 12.9: a call into a full ring waits (on the ring's space doorbell) without holding the
+/// runtime's thread. While 300 requests of 64 KiB from A to a client that never reads are
+/// stalled, a timer task and another client's gets on the same current-thread runtime keep
+/// going; once the reader drains its ring, every stalled request completes.
+#[test]
+fn a_full_ring_does_not_block_the_runtime() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _w = util::watchdog("async full ring", 180);
+    let dir = util::TestDir::new("async-full");
+    let _hub = util::ThreadHub::start(HubConfig {
+        dir: dir.path().to_path_buf(),
+        get_timeout: Duration::from_secs(60),
+        ..HubConfig::default()
+    });
+    let bot = Client::connect(dir.path(), ClientOptions::new("bot")).unwrap();
+    bot.on_get("stats", |_| Ok((1u32, Ttl::NoCache)));
+    let stuck = Client::connect(dir.path(), ClientOptions::new("B").dispatcher(false)).unwrap();
+    stuck.on_request("m", |r| Ok(r.payload.bytes.len()));
+
+    let ticks = Arc::new(AtomicU64::new(0));
+    let gets_ok = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt_thread = {
+        let (ticks, gets_ok, answered, stop) = (
+            ticks.clone(),
+            gets_ok.clone(),
+            answered.clone(),
+            stop.clone(),
+        );
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            rt().block_on(async move {
+                let a = Arc::new(
+                    AsyncClient::connect(path.clone(), ClientOptions::new("A"))
+                        .await
+                        .unwrap(),
+                );
+                let c = AsyncClient::connect(path, ClientOptions::new("C"))
+                    .await
+                    .unwrap();
+                let s = stop.clone();
+                tokio::spawn(async move {
+                    while !s.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                let mut calls = Vec::new();
+                for _ in 0..300 {
+                    let (a, answered) = (a.clone(), answered.clone());
+                    calls.push(tokio::spawn(async move {
+                        let big = vec![7u8; 65536];
+                        let r = a
+                            .request("B", "m", &big, Some(Duration::from_secs(60)))
+                            .await;
+                        if r.is_ok() {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }));
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    if c.get("bot", "stats", None, true, None).await.is_ok() {
+                        gets_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                for h in calls {
+                    let _ = h.await;
+                }
+            })
+        })
+    };
+    // The stall is real: the hub holds frames for B and A's ring is full.
+    let stat_of = |name: &str| {
+        shmbus::hub::stat(dir.path())
+            .ok()
+            .and_then(|s| s.clients.into_iter().find(|c| c.name == name))
+    };
+    assert!(
+        util::eventually(60, || {
+            let (Some(sa), Some(sb)) = (stat_of("A"), stat_of("B")) else {
+                return false;
+            };
+            sb.outbox_bytes > 4 << 20 && sa.ring_in_fill * 2 > sa.ring_in_capacity
+        }),
+        "the requests did not stall A"
+    );
+    let (t0, g0) = (
+        ticks.load(Ordering::Relaxed),
+        gets_ok.load(Ordering::Relaxed),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (t1, g1) = (
+        ticks.load(Ordering::Relaxed),
+        gets_ok.load(Ordering::Relaxed),
+    );
+    assert!(
+        t1 >= t0 + 10 && g1 >= g0 + 5,
+        "the runtime stalled with A's ring full: {} ticks and {} gets in 2 s",
+        t1 - t0,
+        g1 - g0
+    );
+    // B reads at last: every stalled request is answered.
+    let end = Instant::now() + Duration::from_secs(90);
+    while answered.load(Ordering::Relaxed) < 300 && Instant::now() < end {
+        stuck.poll(Duration::from_millis(50)).unwrap();
+    }
+    assert_eq!(answered.load(Ordering::Relaxed), 300);
+    stop.store(true, Ordering::Relaxed);
+    rt_thread.join().unwrap();
+}

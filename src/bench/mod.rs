@@ -15,16 +15,20 @@
 //! * **tcp**: the same framing over a TCP loopback connection (`TCP_NODELAY` on both ends).
 //! * **atomic**: the floor: one cache line each way in shared memory, spun on.
 //! * **eventfd**: the wake-up floor: a blocking eventfd each way, payload in shared memory.
+//!
+//! `report` holds what a run measured, `suite` the standard set; the transports are in
+//! `ring`, `uds`, `floor`, `hub` and `cache`.
 
 mod cache;
 #[cfg(feature = "federation")]
 pub mod federation;
 mod floor;
 mod hub;
+mod report;
 mod ring;
+mod suite;
 mod uds;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -228,117 +232,8 @@ fn wait_spec(w: WaitStrategy) -> String {
     }
 }
 
-/// What one run measured.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Report {
-    /// Transport name.
-    pub transport: String,
-    /// Wait mode name.
-    pub wait: String,
-    /// Payload bytes per message.
-    pub size: usize,
-    /// Measured round trips or messages.
-    pub iters: u64,
-    /// Round-trip latency percentiles in ns (`None` in throughput mode).
-    pub p50_ns: Option<u64>,
-    /// 99th percentile.
-    pub p99_ns: Option<u64>,
-    /// 99.9th percentile.
-    pub p999_ns: Option<u64>,
-    /// Slowest round trip.
-    pub max_ns: Option<u64>,
-    /// Round trips per second (ping-pong) or one-way messages per second (throughput).
-    pub msgs_per_s: f64,
-    /// Payload bytes per second in one direction.
-    pub bytes_per_s: f64,
-}
-
-impl Report {
-    fn from_samples(o: &Opts, mut samples: Vec<u64>, total: Duration) -> Report {
-        samples.sort_unstable();
-        let pct = |q: f64| -> Option<u64> {
-            if samples.is_empty() {
-                return None;
-            }
-            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
-            Some(samples[i])
-        };
-        let n = samples.len() as f64;
-        let rate = n / total.as_secs_f64();
-        Report {
-            transport: o.transport.name().into(),
-            wait: o.wait_name().into(),
-            size: o.size,
-            iters: samples.len() as u64,
-            p50_ns: pct(0.50),
-            p99_ns: pct(0.99),
-            p999_ns: pct(0.999),
-            max_ns: samples.last().copied(),
-            msgs_per_s: rate,
-            bytes_per_s: rate * o.size as f64,
-        }
-    }
-
-    fn from_stream(o: &Opts, n: u64, total: Duration) -> Report {
-        let rate = n as f64 / total.as_secs_f64();
-        Report {
-            transport: o.transport.name().into(),
-            wait: o.wait_name().into(),
-            size: o.size,
-            iters: n,
-            p50_ns: None,
-            p99_ns: None,
-            p999_ns: None,
-            max_ns: None,
-            msgs_per_s: rate,
-            bytes_per_s: rate * o.size as f64,
-        }
-    }
-
-    /// The one-line JSON form.
-    pub fn to_json(&self) -> String {
-        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
-        format!(
-            "{{\"transport\":\"{}\",\"wait\":\"{}\",\"size\":{},\"iters\":{},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"msgs_per_s\":{:.1},\"bytes_per_s\":{:.1}}}",
-            self.transport,
-            self.wait,
-            self.size,
-            self.iters,
-            opt(self.p50_ns),
-            opt(self.p99_ns),
-            opt(self.p999_ns),
-            opt(self.max_ns),
-            self.msgs_per_s,
-            self.bytes_per_s
-        )
-    }
-
-    /// A readable table.
-    pub fn to_table(&self) -> String {
-        let mut s = String::new();
-        let us = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.3}", v as f64 / 1e3));
-        let _ = writeln!(
-            s,
-            "transport {}  wait {}  size {} B  iters {}",
-            self.transport, self.wait, self.size, self.iters
-        );
-        let _ = writeln!(
-            s,
-            "  round trip µs   p50 {}   p99 {}   p99.9 {}   max {}",
-            us(self.p50_ns),
-            us(self.p99_ns),
-            us(self.p999_ns),
-            us(self.max_ns)
-        );
-        let _ = writeln!(
-            s,
-            "  rate            {:.0} msgs/s   {:.3} GiB/s",
-            self.msgs_per_s,
-            self.bytes_per_s / (1u64 << 30) as f64
-        );
-        s
-    }
-}
+pub use report::Report;
+pub use suite::{suite, SuiteRow};
 
 /// Sum of the payload as little-endian u64 words plus the tail bytes: cheap, vectorisable,
 /// and it touches every byte.
@@ -706,180 +601,4 @@ fn mismatch(what: &str) -> Error {
 /// CPU percent of one core used by an idle hub with `clients` idle clients over `secs` s.
 pub fn hub_idle_cpu(clients: usize, secs: u64) -> Result<f64, Error> {
     hub::idle_cpu(clients, secs)
-}
-
-/// One row of a [`suite`]: a label and what was measured.
-pub type SuiteRow = (String, Report);
-
-/// Runs the standard set in one invocation — 64 B round trips over every transport, and
-/// one-way streaming at 64 B and 1 MiB — and returns the rows plus a markdown report with
-/// the ratios the targets are stated in.
-pub fn suite(iters: u64, pin: bool) -> Result<(Vec<SuiteRow>, String), Error> {
-    let base = Opts {
-        iters,
-        pin,
-        ..Opts::default()
-    };
-    let mut rows: Vec<SuiteRow> = Vec::new();
-    let mut go = |label: &str, o: Opts| -> Result<Report, Error> {
-        let r = run(&o)?;
-        rows.push((label.to_string(), r.clone()));
-        Ok(r)
-    };
-    let atomic = go(
-        "atomic (floor)",
-        Opts {
-            transport: Transport::Atomic,
-            ..base.clone()
-        },
-    )?;
-    let ring = go(
-        "ring spin",
-        Opts {
-            transport: Transport::Ring,
-            ..base.clone()
-        },
-    )?;
-    let park_iters = (iters / 4).max(1000);
-    let eventfd = go(
-        "eventfd (wake-up floor)",
-        Opts {
-            transport: Transport::Eventfd,
-            iters: park_iters,
-            ..base.clone()
-        },
-    )?;
-    let park = go(
-        "ring park",
-        Opts {
-            transport: Transport::Ring,
-            wait: WaitStrategy::Park,
-            iters: park_iters,
-            ..base.clone()
-        },
-    )?;
-    let uds = go(
-        "uds",
-        Opts {
-            transport: Transport::Uds,
-            iters: park_iters,
-            ..base.clone()
-        },
-    )?;
-    let stream_n = iters.max(1000) * 20;
-    let t64 = go(
-        "ring spin stream 64 B",
-        Opts {
-            transport: Transport::Ring,
-            throughput: true,
-            iters: stream_n,
-            ..base.clone()
-        },
-    )?;
-    go(
-        "ring park stream 64 B",
-        Opts {
-            transport: Transport::Ring,
-            wait: WaitStrategy::Park,
-            throughput: true,
-            iters: stream_n,
-            ..base.clone()
-        },
-    )?;
-    go(
-        "atomic stream 64 B",
-        Opts {
-            transport: Transport::Atomic,
-            throughput: true,
-            iters: stream_n,
-            ..base.clone()
-        },
-    )?;
-    go(
-        "uds stream 64 B",
-        Opts {
-            transport: Transport::Uds,
-            throughput: true,
-            iters: stream_n / 10,
-            ..base.clone()
-        },
-    )?;
-    let big_n = (iters / 20).clamp(200, 20_000);
-    let t1m = go(
-        "ring spin stream 1 MiB",
-        Opts {
-            transport: Transport::Ring,
-            throughput: true,
-            size: 1 << 20,
-            iters: big_n,
-            ..base.clone()
-        },
-    )?;
-    go(
-        "atomic stream 1 MiB",
-        Opts {
-            transport: Transport::Atomic,
-            throughput: true,
-            size: 1 << 20,
-            iters: big_n,
-            ..base.clone()
-        },
-    )?;
-
-    let mut md = String::new();
-    let us = |v: Option<u64>| v.map_or("–".into(), |v| format!("{:.2}", v as f64 / 1e3));
-    let _ = writeln!(
-        md,
-        "| run | size | iters | p50 µs | p99 µs | p99.9 µs | max µs | msgs/s | GiB/s |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-    for (label, r) in &rows {
-        let _ = writeln!(
-            md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {:.0} | {:.3} |",
-            r.size,
-            r.iters,
-            us(r.p50_ns),
-            us(r.p99_ns),
-            us(r.p999_ns),
-            us(r.max_ns),
-            r.msgs_per_s,
-            r.bytes_per_s / (1u64 << 30) as f64
-        );
-    }
-    let p50 = |r: &Report| r.p50_ns.unwrap_or(0).max(1) as f64;
-    let _ = writeln!(md);
-    let _ = writeln!(md, "| ratio (same run) | value | target |");
-    let _ = writeln!(md, "|---|---|---|");
-    let _ = writeln!(
-        md,
-        "| ring spin p50 / atomic p50 | {:.2} | ≤ 1.5 |",
-        p50(&ring) / p50(&atomic)
-    );
-    let _ = writeln!(
-        md,
-        "| ring park p50 / eventfd p50 | {:.2} | ≤ 1.1 |",
-        p50(&park) / p50(&eventfd)
-    );
-    let _ = writeln!(
-        md,
-        "| uds p50 / ring spin p50 | {:.2} | – |",
-        p50(&uds) / p50(&ring)
-    );
-    let _ = writeln!(
-        md,
-        "| ring park p50 / uds p50 | {:.2} | < 1 |",
-        p50(&park) / p50(&uds)
-    );
-    let _ = writeln!(
-        md,
-        "| ring stream 64 B, M msgs/s | {:.1} | ≥ 20 |",
-        t64.msgs_per_s / 1e6
-    );
-    let _ = writeln!(
-        md,
-        "| ring stream 1 MiB, GiB/s | {:.2} | ≥ 10 |",
-        t1m.bytes_per_s / (1u64 << 30) as f64
-    );
-    Ok((rows, md))
 }

@@ -4,8 +4,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{checksum, mismatch, payload, BenchMsg, Opts};
-use crate::channel::{fail_to_error, Deadline, RawReceiver, RawSender};
+use crate::error::fail_to_error;
+use crate::wait::Deadline;
 use crate::{codec, Error, Link, LinkConfig, LinkListener};
+use crate::{RawReceiver, RawSender};
 
 fn cfg(o: &Opts) -> LinkConfig {
     LinkConfig {

@@ -25,10 +25,11 @@ struct Cli {
 enum Cmd {
     #[cfg(feature = "bridge")]
     /// Run the hub and the bridge together with the defaults: node-ipc on /tmp/app.shmbus and
-    /// 127.0.0.1:8000, WebSocket on 127.0.0.1:8090 when --ws-token is given.
+    /// 127.0.0.1:8000, WebSocket on 127.0.0.1:8090 when --ws-token is given, Socket.IO on
+    /// 127.0.0.1:8095 when --socketio-token is given.
     Up(UpArgs),
     #[cfg(feature = "bridge")]
-    /// Run the compatibility bridge for legacy node-ipc and WebSocket JSON clients.
+    /// Run the compatibility bridge for legacy node-ipc, WebSocket and Socket.IO JSON clients.
     Bridge(BridgeCmd),
     /// Run the hub: clients connect to <dir>/hub.sock.
     Hub(HubArgs),
@@ -431,7 +432,9 @@ mod bridge_cli {
         /// WebSocket on this address (needs --ws-token).
         #[arg(long, value_name = "HOST:PORT")]
         ws: Option<String>,
-        /// The WebSocket token: the Authorization header must equal it (no `Bearer`).
+        /// The WebSocket token: the one Authorization header must equal it (no `Bearer`). Or the
+        /// environment variable SHMBUS_WS_TOKEN (other users can read a command line, not the
+        /// environment).
         #[arg(long, value_name = "TOKEN")]
         ws_token: Option<String>,
         /// WebSocket ping period in ms; a client that has not answered the previous ping is dropped.
@@ -463,14 +466,59 @@ mod bridge_cli {
         /// Ring capacity of each legacy connection's bus link (0 = the hub's default).
         #[arg(long, default_value_t = 0)]
         bus_ring_bytes: u64,
+        /// Allow --node-ipc-tcp on a non-loopback address (prints a warning; needs
+        /// --node-ipc-token). Loopback TCP checks the connecting socket's owner uid instead.
+        #[arg(long)]
+        node_ipc_tcp_public: bool,
+        /// The token every node-ipc hello must carry (`hello {id, token}`) on a public TCP
+        /// address (or the environment variable SHMBUS_NODE_IPC_TOKEN, which other users cannot
+        /// read, unlike the command line).
+        #[arg(long, value_name = "TOKEN")]
+        node_ipc_token: Option<String>,
+        /// Largest unfinished frame a connection may hold before its hello, in bytes.
+        #[arg(long, default_value_t = 64 << 10)]
+        pre_hello_bytes: usize,
+        /// Bytes held for unfinished hellos across all connections; a connection that would
+        /// go over is closed.
+        #[arg(long, default_value_t = 16 << 20)]
+        pre_hello_total: usize,
+        /// Time a connection has to say hello (node-ipc) or finish its upgrade (WebSocket), in ms.
+        #[arg(long, default_value_t = 10_000)]
+        hello_timeout_ms: u64,
+        /// Socket.IO (python-socketio 5, socket.io-client 4) on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        socketio: Option<String>,
+        /// Socket.IO clients must send this token in their handshake's `auth.token` (or the
+        /// environment variable SHMBUS_SOCKETIO_TOKEN, which other users cannot read).
+        #[arg(long, value_name = "TOKEN")]
+        socketio_token: Option<String>,
+        /// Socket.IO events (and acks) without a connected `name:` prefix go to this client
+        /// instead of everyone (Urban Robot's supervisor).
+        #[arg(long, value_name = "NAME")]
+        socketio_to: Option<String>,
+        /// Socket.IO sessions that have not connected to the namespace yet, at most.
+        #[arg(long, default_value_t = 1024)]
+        socketio_max_pending: usize,
+        /// Socket.IO TCP connections, at most.
+        #[arg(long, default_value_t = 16384)]
+        socketio_max_conns: usize,
     }
 
     fn off(s: &str) -> bool {
         matches!(s, "off" | "none" | "")
     }
 
+    const WS_TOKEN_VAR: &str = "SHMBUS_WS_TOKEN";
+    const NODE_IPC_TOKEN_VAR: &str = "SHMBUS_NODE_IPC_TOKEN";
+    const SOCKETIO_TOKEN_VAR: &str = "SHMBUS_SOCKETIO_TOKEN";
+
     impl BridgeArgs {
-        fn config(&self, dir: PathBuf, hub_token: Option<String>) -> Result<BridgeConfig, String> {
+        fn config(
+            &self,
+            dir: PathBuf,
+            hub_token: Option<String>,
+            allow_uids: Vec<u32>,
+        ) -> Result<BridgeConfig, String> {
             let node_ipc_path = match (&self.node_ipc_path, &self.node_ipc_id) {
                 (Some(p), _) if off(&p.to_string_lossy()) => None,
                 (Some(p), _) => Some(p.clone()),
@@ -501,12 +549,33 @@ mod bridge_cli {
                 node_ipc_path,
                 node_ipc_tcp: self.node_ipc_tcp.clone().filter(|a| !off(a)),
                 ws: self.ws.clone().filter(|a| !off(a)),
-                ws_token: self.ws_token.clone(),
+                ws_token: self
+                    .ws_token
+                    .clone()
+                    .or_else(|| std::env::var(WS_TOKEN_VAR).ok()),
                 ws_ping: Duration::from_millis(self.ws_ping_ms.max(1)),
                 ws_table: table,
                 max_frame: self.max_frame,
                 max_queued: self.max_queued,
                 ring_capacity: self.bus_ring_bytes,
+                allow_uids,
+                node_ipc_tcp_public: self.node_ipc_tcp_public,
+                node_ipc_token: self
+                    .node_ipc_token
+                    .clone()
+                    .or_else(|| std::env::var(NODE_IPC_TOKEN_VAR).ok()),
+                pre_hello_bytes: self.pre_hello_bytes.max(64),
+                pre_hello_total: self.pre_hello_total,
+                hello_timeout: Duration::from_millis(self.hello_timeout_ms.max(1)),
+                socketio: self.socketio.clone().filter(|a| !off(a)),
+                socketio_token: self
+                    .socketio_token
+                    .clone()
+                    .or_else(|| std::env::var(SOCKETIO_TOKEN_VAR).ok())
+                    .filter(|t| !t.is_empty()),
+                socketio_to: self.socketio_to.clone().filter(|t| !t.is_empty()),
+                socketio_max_pending: self.socketio_max_pending,
+                socketio_max_conns: self.socketio_max_conns,
             })
         }
 
@@ -547,6 +616,23 @@ mod bridge_cli {
             opt("max-frame", Some(self.max_frame.to_string()));
             opt("max-queued", Some(self.max_queued.to_string()));
             opt("bus-ring-bytes", Some(self.bus_ring_bytes.to_string()));
+            opt("pre-hello-bytes", Some(self.pre_hello_bytes.to_string()));
+            opt("pre-hello-total", Some(self.pre_hello_total.to_string()));
+            opt("hello-timeout-ms", Some(self.hello_timeout_ms.to_string()));
+            opt("socketio", self.socketio.clone());
+            opt("socketio-to", self.socketio_to.clone());
+            opt(
+                "socketio-max-pending",
+                Some(self.socketio_max_pending.to_string()),
+            );
+            opt(
+                "socketio-max-conns",
+                Some(self.socketio_max_conns.to_string()),
+            );
+            if self.node_ipc_tcp_public {
+                a.push("--node-ipc-tcp-public".into());
+            }
+            // Tokens travel in the environment (see `run_up`), never on a command line.
             a
         }
     }
@@ -559,6 +645,10 @@ mod bridge_cli {
         /// The hub's token, if it requires one (or the environment variable SHMBUS_HUB_TOKEN).
         #[arg(long)]
         hub_token: Option<String>,
+        /// Also allow node-ipc clients of this uid (repeatable): give the hub's --allow-uid
+        /// list. The hub's own uid (read from its socket) and the bridge's are always allowed.
+        #[arg(long = "allow-uid", value_name = "UID")]
+        allow_uid: Vec<u32>,
         #[command(flatten)]
         serve: BridgeArgs,
         /// Log level: error, warn, info, debug, trace.
@@ -599,9 +689,12 @@ mod bridge_cli {
             .hub_token
             .clone()
             .or_else(|| std::env::var(HUB_TOKEN_VAR).ok());
-        let cfg = a.serve.config(dir, token).map_err(|e| {
-            shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        })?;
+        let cfg = a
+            .serve
+            .config(dir, token, a.allow_uid.clone())
+            .map_err(|e| {
+                shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
         let set = block_signals()?;
         let stop = Arc::new(tokio::sync::Notify::new());
         {
@@ -623,10 +716,12 @@ mod bridge_cli {
                 stop.notify_one();
             });
         }
+        // One thread: the bridge's runtime only does async work (nothing on it waits for a
+        // peer), so more threads would add contention, not isolation (docs/ARCHITECTURE.md).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(async move {
+        let res = rt.block_on(async move {
             let bridge = Bridge::bind(cfg).await?;
             let mut out = std::io::stdout().lock();
             for l in bridge.listening() {
@@ -637,7 +732,11 @@ mod bridge_cli {
             let _ = out.flush();
             drop(out);
             bridge.run(async move { stop.notified().await }).await
-        })
+        });
+        // A hub handshake still running on a blocking thread (a stopped hub) must not hold
+        // the exit up.
+        rt.shutdown_timeout(Duration::from_millis(500));
+        res
     }
 
     pub(crate) fn run_up(a: UpArgs) -> Result<(), shmbus::Error> {
@@ -650,15 +749,26 @@ mod bridge_cli {
         if serve.node_ipc_tcp.is_none() {
             serve.node_ipc_tcp = Some("127.0.0.1:8000".into());
         }
+        if serve.ws_token.is_none() {
+            serve.ws_token = std::env::var(WS_TOKEN_VAR).ok();
+        }
         if serve.ws.is_none() && serve.ws_token.is_some() {
             serve.ws = Some("127.0.0.1:8090".into());
+        }
+        if serve.socketio_token.is_none() {
+            serve.socketio_token = std::env::var(SOCKETIO_TOKEN_VAR).ok();
+        }
+        if serve.socketio.is_none() && serve.socketio_token.is_some() {
+            serve.socketio = Some("127.0.0.1:8095".into());
         }
         let cfg = a.hub.config();
         let dir = cfg.dir.clone();
         // Check the bridge settings before starting anything.
-        serve.config(dir.clone(), None).map_err(|e| {
-            shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        })?;
+        serve
+            .config(dir.clone(), None, a.hub.allow_uid.clone())
+            .map_err(|e| {
+                shmbus::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
         let set = block_signals()?;
         let hub = shmbus::hub::Hub::bind(cfg)?;
         let handle = hub.handle();
@@ -672,8 +782,19 @@ mod bridge_cli {
             .args(serve.to_args())
             .args(["--log", &a.hub.log, "--exit-with-parent"])
             .stdin(Stdio::piped());
+        // The hub's allow-list is the bridge's too.
+        for uid in &a.hub.allow_uid {
+            cmd.args(["--allow-uid", &uid.to_string()]);
+        }
+        // Secrets in the environment: other local users can read /proc/PID/cmdline.
         if let Some(t) = &serve.ws_token {
-            cmd.args(["--ws-token", t]);
+            cmd.env(WS_TOKEN_VAR, t);
+        }
+        if let Some(t) = &serve.node_ipc_token {
+            cmd.env(NODE_IPC_TOKEN_VAR, t);
+        }
+        if let Some(t) = &serve.socketio_token {
+            cmd.env(SOCKETIO_TOKEN_VAR, t);
         }
         if let Some(t) = &a.hub.token {
             cmd.env(HUB_TOKEN_VAR, t);

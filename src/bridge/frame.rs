@@ -98,6 +98,11 @@ impl Splitter {
         }
     }
 
+    /// Changes the cap on one frame (the bridge allows more once a connection said hello).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Bytes of an unfinished frame held.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start

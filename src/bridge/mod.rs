@@ -17,11 +17,30 @@
 //! connection a reader (frames → bus), a writer (batches whole frames into one write) and the
 //! bus client's dispatcher task (bus → frames).
 //!
-//! Module map: [`frame`] (node-ipc framing), `nodeipc` (the Arthur-IPC mapping), [`ws`]
-//! (the WebSocket server and its code table).
+//! Isolation (issue 12): the runtime only ever does async work. Every send to the hub is an
+//! [`AsyncClient`] send that awaits the ring's space doorbell when the ring is full, so a full
+//! ring stops only the connection whose message waits; every connection's outgoing frames wait
+//! in a bounded outbox, and one over `--max-queued` is dropped, never the bridge. Peers that
+//! never say hello are bounded in bytes (`--pre-hello-bytes`, `--pre-hello-total`) and time
+//! (`--hello-timeout-ms`).
+//!
+//! Trust (issue 13): every listener checks its peer before reading from it ([`auth`]): the
+//! node-ipc Unix socket by `SO_PEERCRED`, loopback TCP by the kernel's socket table, both
+//! against the hub's allow-list; a public TCP address by a token in the hello; WebSocket by
+//! the single `Authorization` header.
+//!
+//! Module map: [`frame`] (node-ipc framing), `nodeipc` (the Arthur-IPC mapping), `outbox`
+//! (a node-ipc connection's bounded outbox and writer), `prehello` (the total pre-hello
+//! budget), [`auth`] (allow-list, socket table, token comparison), [`ws`] (the WebSocket
+//! server and its code table).
 
+pub mod auth;
 pub mod frame;
 mod nodeipc;
+mod outbox;
+mod prehello;
+#[cfg(feature = "socketio")]
+mod socketio;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
@@ -29,8 +48,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tracing::{info, warn};
+
+use auth::AccessList;
+use nodeipc::Origin;
+use prehello::PreHelloBudget;
 
 use crate::client::tokio_client::AsyncClient;
 use crate::client::ClientOptions;
@@ -69,6 +93,28 @@ pub struct BridgeConfig {
     pub max_queued: usize,
     /// Ring capacity of each bus client (0 = the hub's default).
     pub ring_capacity: u64,
+    /// Uids allowed besides the hub's and the bridge's own (the hub's `--allow-uid` list).
+    pub allow_uids: Vec<u32>,
+    /// Allow `node_ipc_tcp` on a non-loopback address (then `node_ipc_token` is required).
+    pub node_ipc_tcp_public: bool,
+    /// The token a node-ipc hello must carry on a public TCP address.
+    pub node_ipc_token: Option<String>,
+    /// Largest unfinished frame a connection may hold before its hello.
+    pub pre_hello_bytes: usize,
+    /// Bytes held for unfinished hellos across all connections.
+    pub pre_hello_total: usize,
+    /// Time a connection has to say hello (node-ipc) or finish its upgrade (WebSocket).
+    pub hello_timeout: Duration,
+    /// Serve Socket.IO on this TCP address (feature `socketio`).
+    pub socketio: Option<String>,
+    /// Socket.IO clients must send this as `auth.token`, when set.
+    pub socketio_token: Option<String>,
+    /// Where Socket.IO events without a connected `name:` prefix go (instead of everyone).
+    pub socketio_to: Option<String>,
+    /// Socket.IO sessions that have not connected to the namespace yet, at most.
+    pub socketio_max_pending: usize,
+    /// Socket.IO TCP connections, at most.
+    pub socketio_max_conns: usize,
 }
 
 impl Default for BridgeConfig {
@@ -85,6 +131,17 @@ impl Default for BridgeConfig {
             max_frame: frame::DEFAULT_MAX_FRAME,
             max_queued: 64 << 20,
             ring_capacity: 0,
+            allow_uids: Vec::new(),
+            node_ipc_tcp_public: false,
+            node_ipc_token: None,
+            pre_hello_bytes: 64 << 10,
+            pre_hello_total: 16 << 20,
+            hello_timeout: Duration::from_secs(10),
+            socketio: None,
+            socketio_token: None,
+            socketio_to: None,
+            socketio_max_pending: 1024,
+            socketio_max_conns: 16384,
         }
     }
 }
@@ -106,12 +163,16 @@ pub struct BridgeStats {
     pub ws_garbage: AtomicU64,
     /// Bus payloads that could not be passed to a legacy client (bincode, or invalid JSON).
     pub undeliverable: AtomicU64,
+    /// Connections refused at accept (uid not allowed, or its owner not found).
+    pub refused: AtomicU64,
 }
 
 pub(crate) struct Shared {
     pub(crate) cfg: BridgeConfig,
     pub(crate) started: Instant,
     pub(crate) stats: Arc<BridgeStats>,
+    pub(crate) pre_hello: Arc<PreHelloBudget>,
+    pub(crate) access: AccessList,
     next_ws: AtomicU64,
 }
 
@@ -157,6 +218,8 @@ pub enum Listening {
     NodeIpcTcp(std::net::SocketAddr),
     /// WebSocket.
     Ws(std::net::SocketAddr),
+    /// Socket.IO.
+    SocketIo(std::net::SocketAddr),
 }
 
 impl std::fmt::Display for Listening {
@@ -165,6 +228,7 @@ impl std::fmt::Display for Listening {
             Listening::NodeIpcUnix(p) => write!(f, "node-ipc unix {}", p.display()),
             Listening::NodeIpcTcp(a) => write!(f, "node-ipc tcp {a}"),
             Listening::Ws(a) => write!(f, "ws {a}"),
+            Listening::SocketIo(a) => write!(f, "socketio {a}"),
         }
     }
 }
@@ -173,9 +237,18 @@ impl std::fmt::Display for Listening {
 pub struct Bridge {
     shared: Arc<Shared>,
     unix: Option<(UnixListener, PathBuf)>,
-    tcp: Option<TcpListener>,
+    /// The listener, and whether its address is public (not loopback).
+    tcp: Option<(TcpListener, bool)>,
     ws: Option<TcpListener>,
+    socketio: Option<TcpListener>,
     listening: Vec<Listening>,
+}
+
+fn invalid(what: &str) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        what.to_string(),
+    ))
 }
 
 fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
@@ -215,10 +288,20 @@ impl Bridge {
     /// Checks the hub is there and binds every configured listener. Must be called inside a
     /// tokio runtime.
     pub async fn bind(cfg: BridgeConfig) -> Result<Bridge, Error> {
-        if cfg.node_ipc_path.is_none() && cfg.node_ipc_tcp.is_none() && cfg.ws.is_none() {
+        if cfg.node_ipc_path.is_none()
+            && cfg.node_ipc_tcp.is_none()
+            && cfg.ws.is_none()
+            && cfg.socketio.is_none()
+        {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "nothing to serve: give --node-ipc-path, --node-ipc-id, --node-ipc-tcp or --ws",
+                "nothing to serve: give --node-ipc-path, --node-ipc-id, --node-ipc-tcp, --ws or --socketio",
+            )));
+        }
+        if cfg.socketio.is_some() && !cfg!(feature = "socketio") {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--socketio needs shmbus built with the `socketio` feature",
             )));
         }
         if cfg.ws.is_some() && cfg.ws_token.as_deref().is_none_or(str::is_empty) {
@@ -227,13 +310,22 @@ impl Bridge {
                 "--ws needs --ws-token (clients send it as their Authorization header)",
             )));
         }
-        // The hub must be there (a few seconds of grace for `up` and restarts).
-        let dir = cfg.dir.clone();
+        if cfg.node_ipc_tcp_public && cfg.node_ipc_token.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "--node-ipc-tcp-public needs --node-ipc-token (or SHMBUS_NODE_IPC_TOKEN): \
+                 every hello on a public address must carry it",
+            ));
+        }
+        // The hub must be there (a few seconds of grace for `up` and restarts); its uid, from
+        // SO_PEERCRED on its socket, heads the allow-list.
+        let sock = crate::hub::socket_path(&cfg.dir);
         let probe = tokio::task::spawn_blocking(move || {
             let end = Instant::now() + Duration::from_secs(5);
             loop {
-                match crate::hub::stat(&dir) {
-                    Ok(_) => return Ok(()),
+                match std::os::unix::net::UnixStream::connect(&sock)
+                    .and_then(|s| crate::sys::peer_cred(&s))
+                {
+                    Ok(c) => return Ok(c.uid),
                     Err(e) if Instant::now() >= end => return Err(e),
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
@@ -241,17 +333,23 @@ impl Bridge {
         })
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        if let Err(e) = probe {
-            return Err(io_err(
-                format!("no hub at {}", cfg.dir.display()),
-                std::io::Error::other(e.to_string()),
-            ));
-        }
+        let hub_uid = probe.map_err(|e| io_err(format!("no hub at {}", cfg.dir.display()), e))?;
+        let access = AccessList::new(hub_uid, crate::sys::euid(), &cfg.allow_uids);
         let mut listening = Vec::new();
         let unix = match &cfg.node_ipc_path {
             Some(p) => {
                 clear_stale_socket(p)?;
                 let l = UnixListener::bind(p).map_err(|e| io_err(p.display(), e))?;
+                // Only our own uid: 0600. Other allowed uids must be able to connect (the
+                // socket needs write permission); SO_PEERCRED then decides.
+                let mode = if access.only(crate::sys::euid()) {
+                    0o600
+                } else {
+                    0o666
+                };
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_err(p.display(), e))?;
                 listening.push(Listening::NodeIpcUnix(p.clone()));
                 Some((l, p.clone()))
             }
@@ -262,8 +360,29 @@ impl Bridge {
                 let l = TcpListener::bind(a.as_str())
                     .await
                     .map_err(|e| io_err(a, e))?;
-                listening.push(Listening::NodeIpcTcp(l.local_addr()?));
-                Some(l)
+                let at = l.local_addr()?;
+                let public = !auth::is_loopback(at.ip());
+                if public && !cfg.node_ipc_tcp_public {
+                    return Err(invalid(&format!(
+                        "--node-ipc-tcp {a} is not a loopback address: any host that reaches it \
+                         could use the bus. Give --node-ipc-tcp-public and --node-ipc-token to \
+                         serve it with a hello token, or use 127.0.0.1"
+                    )));
+                }
+                if public {
+                    warn!(
+                        address = %at,
+                        "node-ipc on a PUBLIC address: every peer that can reach it and knows \
+                         the token is a bus client; traffic is not encrypted"
+                    );
+                    eprintln!(
+                        "shmbus bridge: WARNING: node-ipc is served on the non-loopback address \
+                         {at}. Anyone who can reach it and presents the token becomes a bus \
+                         client, and the traffic (token included) is not encrypted."
+                    );
+                }
+                listening.push(Listening::NodeIpcTcp(at));
+                Some((l, public))
             }
             None => None,
         };
@@ -277,16 +396,31 @@ impl Bridge {
             }
             None => None,
         };
+        info!(uids = ?access.uids(), "uids allowed on the node-ipc listeners");
+        let socketio = match &cfg.socketio {
+            Some(a) => {
+                raise_nofile();
+                let l = TcpListener::bind(a.as_str())
+                    .await
+                    .map_err(|e| io_err(a, e))?;
+                listening.push(Listening::SocketIo(l.local_addr()?));
+                Some(l)
+            }
+            None => None,
+        };
         Ok(Bridge {
             shared: Arc::new(Shared {
+                pre_hello: PreHelloBudget::new(cfg.pre_hello_total),
                 cfg,
                 started: Instant::now(),
                 stats: Arc::new(BridgeStats::default()),
+                access,
                 next_ws: AtomicU64::new(0),
             }),
             unix,
             tcp,
             ws,
+            socketio,
             listening,
         })
     }
@@ -308,6 +442,7 @@ impl Bridge {
             unix,
             tcp,
             ws,
+            socketio,
             ..
         } = self;
         let mut tasks = tokio::task::JoinSet::new();
@@ -319,23 +454,20 @@ impl Bridge {
                 loop {
                     match l.accept().await {
                         Ok((s, _)) => {
-                            let (r, w) = s.into_split();
-                            tokio::spawn(nodeipc::serve(r, w, "unix".into(), sh.clone()));
+                            tokio::spawn(accept_unix(s, sh.clone()));
                         }
                         Err(e) => accept_error(&e).await,
                     }
                 }
             });
         }
-        if let Some(l) = tcp {
+        if let Some((l, public)) = tcp {
             let sh = shared.clone();
             tasks.spawn(async move {
                 loop {
                     match l.accept().await {
                         Ok((s, peer)) => {
-                            let _ = s.set_nodelay(true);
-                            let (r, w) = s.into_split();
-                            tokio::spawn(nodeipc::serve(r, w, peer.to_string(), sh.clone()));
+                            tokio::spawn(accept_tcp(s, peer, public, sh.clone()));
                         }
                         Err(e) => accept_error(&e).await,
                     }
@@ -356,6 +488,12 @@ impl Bridge {
                 }
             });
         }
+        #[cfg(feature = "socketio")]
+        if let Some(l) = socketio {
+            tasks.spawn(socketio::serve(l, shared.clone()));
+        }
+        #[cfg(not(feature = "socketio"))]
+        drop(socketio);
         shutdown.await;
         tasks.abort_all();
         if let Some(p) = unix_path {
@@ -369,9 +507,87 @@ impl Bridge {
             ws_unknown_code = s.ws_unknown_code.load(Ordering::Relaxed),
             ws_garbage = s.ws_garbage.load(Ordering::Relaxed),
             undeliverable = s.undeliverable.load(Ordering::Relaxed),
+            refused = s.refused.load(Ordering::Relaxed),
             "bridge stopped"
         );
         Ok(())
+    }
+}
+
+/// Closes a refused connection with an `error` event saying why (node-ipc publishes it).
+/// What the peer already sent is read and thrown away (at most 64 KiB, for at most 1 s) before
+/// the socket closes: closing with unread input would reset the connection, and the peer would
+/// lose the error event.
+async fn refuse<S>(mut s: S, peer: &str, why: &str, sh: &Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    sh.stats.refused.fetch_add(1, Ordering::Relaxed);
+    warn!(%peer, why, "node-ipc connection refused");
+    let mut b = Vec::new();
+    frame::write_error(&mut b, why);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = s.write_all(&b).await;
+        let _ = s.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut left = 64usize << 10;
+        while left > 0 {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+/// A node-ipc connection on the Unix socket: its uid (SO_PEERCRED) must be allowed.
+async fn accept_unix(s: UnixStream, sh: Arc<Shared>) {
+    match s.peer_cred() {
+        Ok(c) if sh.access.allows(c.uid()) => {
+            let peer = format!("unix pid {}", c.pid().unwrap_or(0));
+            let (r, w) = s.into_split();
+            nodeipc::serve(r, w, peer, Origin::Checked, sh).await;
+        }
+        Ok(c) => {
+            let why = format!("uid {} is not allowed on this bridge", c.uid());
+            refuse(s, &format!("unix pid {}", c.pid().unwrap_or(0)), &why, &sh).await;
+        }
+        Err(e) => refuse(s, "unix", &format!("no peer credentials: {e}"), &sh).await,
+    }
+}
+
+/// A node-ipc connection over TCP: on loopback, the owner of the connecting socket (the
+/// kernel's socket table) must be allowed; on a public address the hello carries the token.
+async fn accept_tcp(s: TcpStream, peer: std::net::SocketAddr, public: bool, sh: Arc<Shared>) {
+    let _ = s.set_nodelay(true);
+    let name = peer.to_string();
+    if public {
+        let (r, w) = s.into_split();
+        return nodeipc::serve(r, w, name, Origin::NeedsToken, sh).await;
+    }
+    let Ok(local) = s.local_addr() else {
+        return refuse(s, &name, "no local address", &sh).await;
+    };
+    // Reading the socket table is a few file reads; off the runtime's thread all the same.
+    let owner = tokio::task::spawn_blocking(move || auth::tcp_peer_uid(peer, local)).await;
+    match owner {
+        Ok(Ok(Some(uid))) if sh.access.allows(uid) => {
+            let (r, w) = s.into_split();
+            nodeipc::serve(r, w, name, Origin::Checked, sh).await;
+        }
+        Ok(Ok(Some(uid))) => {
+            let why = format!("uid {uid} is not allowed on this bridge");
+            refuse(s, &name, &why, &sh).await;
+        }
+        Ok(Ok(None)) => {
+            let why = "the connecting socket's owner is not in the kernel's socket table \
+                       (not allowed: only local processes of allowed uids may connect)";
+            refuse(s, &name, why, &sh).await;
+        }
+        Ok(Err(e)) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
+        Err(e) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
     }
 }
 
@@ -379,6 +595,17 @@ impl Bridge {
 async fn accept_error(e: &std::io::Error) {
     warn!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Raises this process's soft open-file limit to its hard limit: every Socket.IO (or other
+/// legacy) connection holds a socket plus its bus client's descriptors.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// Completes once a close flag is set (a function, so that no watch guard is held inside a

@@ -10,24 +10,32 @@
 //! | bus interval push / listener update        | `data {type, id?, data}`                     |
 //! | any other `T {D}`                          | `Emit` routed by name (`name:event`) or to all |
 //! | bus event `T` with JSON `D`                | `{type: T, data: D}`                         |
+//!
+//! Isolation: the reader awaits every send to the bus (a full ring stops reading this one
+//! connection, nothing else); gets run as tasks, at most [`MAX_GETS`] at a time; bus → legacy
+//! frames go through the connection's bounded [`Out`]. Before hello a connection may hold at
+//! most `--pre-hello-bytes` of an unfinished frame (and the bridge `--pre-hello-total` across
+//! such connections), for at most `--hello-timeout-ms`. A half-closed peer (EOF) still gets
+//! the answers to the gets it made before.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use super::frame::{self, Splitter};
-use super::{BridgeStats, Shared};
-use crate::client::tokio_client::AsyncClient;
-use crate::client::{CallError, GetTicket, Ttl};
+use super::outbox::{write_loop, Out};
+use super::prehello::PreHello;
+use super::Shared;
+use crate::client::tokio_client::{AsyncClient, AsyncTicket};
+use crate::client::{CallError, Ttl};
 use crate::proto::{Encoding, PayloadBuf, Target};
 
 /// A present field, even `null` (plain `Option<&RawValue>` turns `null` into `None`).
@@ -41,6 +49,9 @@ struct HelloMsg<'a> {
     id: &'a RawValue,
     #[serde(default)]
     intervals: Option<Vec<String>>,
+    /// Required on a public (non-loopback) TCP listener.
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -96,142 +107,12 @@ fn number_text<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String> {
     }
 }
 
-/// Whole frames waiting for one connection's writer: appended to one buffer (no allocation
-/// per frame), which the writer swaps out and writes with one `write`. A byte budget, and a
-/// close signal.
-pub(crate) struct Out {
-    buf: Mutex<Vec<u8>>,
-    wake: Notify,
-    max: usize,
-    closed: watch::Sender<bool>,
-    is_closed: AtomicBool,
-    stats: Arc<BridgeStats>,
-}
-
-impl Out {
-    fn new(max: usize, stats: Arc<BridgeStats>) -> Arc<Out> {
-        Arc::new(Out {
-            buf: Mutex::new(Vec::with_capacity(16 << 10)),
-            wake: Notify::new(),
-            max,
-            closed: watch::Sender::new(false),
-            is_closed: AtomicBool::new(false),
-            stats,
-        })
-    }
-
-    /// Appends whole frames written by `f`. A client that lets more than `max` bytes pile up
-    /// unread is dropped.
-    fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
-        if self.is_closed.load(Ordering::Acquire) {
-            return;
-        }
-        let over = {
-            let mut b = self.buf.lock().expect("lock");
-            f(&mut b);
-            b.len() > self.max
-        };
-        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        if over {
-            info!("legacy client does not read; dropping it");
-            self.close();
-            return;
-        }
-        self.wake.notify_one();
-    }
-
-    fn error(&self, message: &str) {
-        self.push(|b| frame::write_error(b, message));
-    }
-
-    fn close(&self) {
-        self.is_closed.store(true, Ordering::Release);
-        self.closed.send_replace(true);
-        self.wake.notify_one();
-    }
-
-    /// Swaps the queued bytes into `into` (which must be empty).
-    fn take(&self, into: &mut Vec<u8>) {
-        std::mem::swap(&mut *self.buf.lock().expect("lock"), into);
-    }
-}
-
-/// Writes `buf[*pos..]`, advancing `pos` as bytes go out (so a cancelled call can be resumed).
-async fn write_from<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    buf: &[u8],
-    pos: &mut usize,
-) -> std::io::Result<()> {
-    while *pos < buf.len() {
-        let n = w.write(&buf[*pos..]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        *pos += n;
-    }
-    Ok(())
-}
-
-/// Writes whatever is queued, all of it with one `write` when the socket takes it, until the
-/// connection closes; then writes what is still queued (for at most half a second: a peer that
-/// does not read is not waited for) and shuts the socket down.
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, out: Arc<Out>) {
-    let mut closed = out.closed.subscribe();
-    let mut mine: Vec<u8> = Vec::with_capacity(16 << 10);
-    let mut pos;
-    loop {
-        mine.clear();
-        pos = 0;
-        out.take(&mut mine);
-        if mine.is_empty() {
-            if out.is_closed.load(Ordering::Acquire) {
-                break;
-            }
-            // A push after `take` left a permit: this returns at once.
-            out.wake.notified().await;
-            continue;
-        }
-        let done = {
-            let f = write_from(&mut w, &mine, &mut pos);
-            tokio::pin!(f);
-            tokio::select! {
-                r = &mut f => Some(r),
-                _ = super::until_closed(&mut closed) => None,
-            }
-        };
-        match done {
-            Some(Ok(())) => {
-                if mine.capacity() > 4 << 20 {
-                    mine = Vec::with_capacity(16 << 10);
-                }
-            }
-            Some(Err(_)) => {
-                out.close();
-                return;
-            }
-            None => break, // closing mid-write: the rest goes out below
-        }
-    }
-    // Closing: the rest of the last write and what is still queued (an error event, say).
-    mine.drain(..pos.min(mine.len()));
-    let mut more = Vec::new();
-    out.take(&mut more);
-    mine.extend_from_slice(&more);
-    let mut pos = 0;
-    let _ = tokio::time::timeout(
-        Duration::from_millis(500),
-        write_from(&mut w, &mine, &mut pos),
-    )
-    .await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), w.shutdown()).await;
-}
-
 /// Gets forwarded to this (legacy) owner, waiting for its `response`, by the number the bridge
 /// gave them.
 #[derive(Default)]
 struct Owed {
     next: u64,
-    tickets: HashMap<u64, (Instant, GetTicket)>,
+    tickets: HashMap<u64, (Instant, AsyncTicket)>,
 }
 
 /// Tickets older than this are answered with an error and forgotten (the hub gave up on them
@@ -239,10 +120,23 @@ struct Owed {
 /// table is swept every 256 forwarded gets.
 const OWED_HORIZON: Duration = Duration::from_secs(120);
 
+/// Gets of one connection in flight at once; the reader stops reading while this many wait.
+pub(crate) const MAX_GETS: usize = 1024;
+
+/// Where a node-ipc connection came in, and so what its hello must carry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Origin {
+    /// Unix socket or loopback TCP: the peer's uid was checked at accept.
+    Checked,
+    /// A public TCP address: the hello must carry the token.
+    NeedsToken,
+}
+
 struct Conn {
     sh: Arc<Shared>,
     out: Arc<Out>,
     peer: String,
+    origin: Origin,
     bus: Option<Arc<AsyncClient>>,
     /// Gets this client made, waiting for their answers.
     gets: JoinSet<()>,
@@ -250,18 +144,21 @@ struct Conn {
 }
 
 /// Serves one node-ipc connection until either side closes it.
-pub(crate) async fn serve<R, W>(r: R, w: W, peer: String, sh: Arc<Shared>)
+pub(crate) async fn serve<R, W>(r: R, w: W, peer: String, origin: Origin, sh: Arc<Shared>)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     sh.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let out = Out::new(sh.cfg.max_queued, sh.stats.clone());
+    // Before hello the outbox gets the pre-hello budget too: a peer that sends bad frames
+    // and never reads the error events cannot make us queue more than that.
+    let out = Out::new(sh.cfg.pre_hello_bytes.max(4096), sh.stats.clone());
     let writer = tokio::spawn(write_loop(w, out.clone()));
     let mut conn = Conn {
         sh: sh.clone(),
         out: out.clone(),
         peer,
+        origin,
         bus: None,
         gets: JoinSet::new(),
         owed: Arc::new(Mutex::new(Owed::default())),
@@ -279,33 +176,101 @@ where
 
 impl Conn {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut r: R) -> &'static str {
-        let mut sp = Splitter::new(self.sh.cfg.max_frame);
-        let mut closed = self.out.closed.subscribe();
+        let sh = self.sh.clone();
+        let cfg = &sh.cfg;
+        let mut sp = Splitter::new(cfg.pre_hello_bytes);
+        let mut pre = Some(PreHello::new(&self.sh.pre_hello));
+        let hello_by = tokio::time::Instant::now() + cfg.hello_timeout;
+        let mut closed = self.out.closed();
         loop {
             loop {
-                match sp.next_frame() {
-                    Ok(Some(f)) => self.frame(f).await,
+                let f = match sp.next_frame() {
+                    Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
                         self.sh.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        let flag = if pre.is_some() {
+                            "--pre-hello-bytes: say hello first"
+                        } else {
+                            "--max-frame"
+                        };
                         self.out
-                            .error(&format!("{e}; closing the connection (--max-frame)"));
+                            .error(&format!("{e}; closing the connection ({flag})"));
                         return "oversized frame";
                     }
+                };
+                // A frame waits for room in the bus ring without holding anyone else up; the
+                // connection closing (its outbox over budget, the hub gone) ends the wait.
+                tokio::select! {
+                    biased;
+                    _ = super::until_closed(&mut closed) => return "closed by the bridge",
+                    _ = self.frame(f) => {}
+                }
+                if self.bus.is_some() && pre.is_some() {
+                    pre = None; // releases this connection's share of the total
+                    sp.set_max(cfg.max_frame);
+                    self.out.set_max(cfg.max_queued);
+                }
+            }
+            if let Some(p) = pre.as_mut() {
+                if !p.hold(sp.pending()) {
+                    self.sh.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    self.out.error(
+                        "the bridge holds too many unfinished hellos (--pre-hello-total); \
+                         closing the connection",
+                    );
+                    return "pre-hello total";
                 }
             }
             while self.gets.try_join_next().is_some() {}
+            while self.gets.len() >= MAX_GETS {
+                tokio::select! {
+                    _ = self.gets.join_next() => {}
+                    _ = super::until_closed(&mut closed) => return "closed by the bridge",
+                }
+            }
+            // Before hello, read no more than the pre-hello budget lets the frame grow to.
+            let limit = match &pre {
+                Some(_) => (cfg.pre_hello_bytes + 1)
+                    .saturating_sub(sp.pending())
+                    .max(1),
+                None => 64 << 10,
+            };
             let buf = sp.buffer();
-            buf.reserve(64 << 10);
+            buf.reserve(limit.min(64 << 10));
+            let mut lim = (&mut r).take(limit as u64);
             tokio::select! {
-                n = r.read_buf(buf) => match n {
-                    Ok(0) => return "end of stream",
+                n = lim.read_buf(buf) => match n {
+                    Ok(0) => return self.finish_half_closed(&mut closed).await,
                     Ok(_) => {}
                     Err(_) => return "read error",
                 },
+                _ = tokio::time::sleep_until(hello_by), if pre.is_some() => {
+                    self.sh.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    self.out.error(&format!(
+                        "no hello within {} ms (--hello-timeout-ms); closing the connection",
+                        cfg.hello_timeout.as_millis()
+                    ));
+                    return "no hello in time";
+                }
                 _ = super::until_closed(&mut closed) => return "closed by the bridge",
             }
         }
+    }
+
+    /// The peer half-closed its side (EOF): it may still read, so the gets it made are
+    /// answered (each has its deadline) before the connection closes.
+    async fn finish_half_closed(
+        &mut self,
+        closed: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> &'static str {
+        while !self.gets.is_empty() {
+            tokio::select! {
+                _ = self.gets.join_next() => {}
+                _ = super::until_closed(closed) => break,
+            }
+        }
+        "end of stream"
     }
 
     fn bad(&self, message: &str) {
@@ -335,10 +300,10 @@ impl Conn {
         };
         match &*env.kind {
             "hello" => self.hello(env.data).await,
-            "data" => self.data(env.data),
+            "data" => self.data(env.data).await,
             "get" => self.get(env.data),
-            "response" => self.response(env.data),
-            other => self.event(other, env.data),
+            "response" => self.response(env.data).await,
+            other => self.event(other, env.data).await,
         }
     }
 
@@ -370,6 +335,19 @@ impl Conn {
         if self.bus.is_some() {
             return; // a second hello changes nothing
         }
+        if self.origin == Origin::NeedsToken {
+            let expected = self.sh.cfg.node_ipc_token.as_deref().unwrap_or_default();
+            let ok = !expected.is_empty()
+                && h.token
+                    .as_deref()
+                    .is_some_and(|t| super::auth::ct_eq(t.as_bytes(), expected.as_bytes()));
+            if !ok {
+                info!(peer = %self.peer, "node-ipc hello without the right token refused");
+                self.bad("hello: this listener needs a valid `token` in the hello data");
+                self.out.close();
+                return;
+            }
+        }
         let name = match frame::key_text(Some(h.id)) {
             Ok(Some(n)) if !n.is_empty() => n.into_owned(),
             Ok(_) => return self.bad("hello: `id` must not be empty"),
@@ -391,7 +369,8 @@ impl Conn {
         self.bus = Some(Arc::new(client));
     }
 
-    /// Bus → legacy: events, pushes, forwarded gets, loss of the hub.
+    /// Bus → legacy: events, pushes, forwarded gets, loss of the hub. Every handler only
+    /// appends to the outbox (never waits).
     fn wire(&self, ac: &AsyncClient, name: &str) {
         let c = ac.client();
         let (out, stats) = (self.out.clone(), self.sh.stats.clone());
@@ -412,13 +391,14 @@ impl Conn {
             out.push(|b| frame::write_data(b, &d.kind, d.key.as_deref(), &d.payload.bytes));
         });
         let (out, owed, me) = (self.out.clone(), self.owed.clone(), name.to_string());
-        c.on_get_deferred(move |g, ticket| {
+        ac.on_get_deferred(move |g, ticket| {
             let n = {
                 let mut o = owed.lock().expect("lock");
                 o.next += 1;
                 let n = o.next;
                 let now = Instant::now();
                 if n % 256 == 0 {
+                    // Dropped tickets queue their error answers without waiting.
                     o.tickets
                         .retain(|_, (t, _)| now.duration_since(*t) < OWED_HORIZON);
                 }
@@ -436,7 +416,7 @@ impl Conn {
         });
     }
 
-    fn data(&self, data: Option<&RawValue>) {
+    async fn data(&self, data: Option<&RawValue>) {
         let Some(bus) = self.need_bus("data") else {
             return;
         };
@@ -449,7 +429,7 @@ impl Conn {
         };
         let ttl = Ttl::from_ms(frame::ttl_ms_from_secs(d.time));
         let p = PayloadBuf::raw_json(d.data.get().as_bytes());
-        if let Err(e) = bus.client().data_payload(&d.kind, key.as_deref(), &p, ttl) {
+        if let Err(e) = bus.data_payload(&d.kind, key.as_deref(), &p, ttl).await {
             self.bad(&format!("data: {e}"));
         }
     }
@@ -501,7 +481,7 @@ impl Conn {
         });
     }
 
-    fn response(&self, data: Option<&RawValue>) {
+    async fn response(&self, data: Option<&RawValue>) {
         if self.need_bus("response").is_none() {
             return;
         }
@@ -518,7 +498,8 @@ impl Conn {
             }
             Err(m) => return self.bad(&format!("response: {m}")),
         };
-        let Some((_, ticket)) = self.owed.lock().expect("lock").tickets.remove(&n) else {
+        let ticket = self.owed.lock().expect("lock").tickets.remove(&n);
+        let Some((_, ticket)) = ticket else {
             return self.bad(&format!(
                 "response: no get with request {n} is waiting (answered already, or the bridge gave up on it)"
             ));
@@ -530,15 +511,19 @@ impl Conn {
                     "true" => Cow::Borrowed("error"),
                     t => serde_json::from_str::<Cow<'_, str>>(t).unwrap_or(Cow::Borrowed(t)),
                 };
-                ticket.fail(&msg)
+                ticket.fail(&msg).await
             }
             (None, Some(d)) => {
                 let ttl = Ttl::from_ms(frame::ttl_ms_from_secs(r.time));
-                ticket.answer(&PayloadBuf::raw_json(d.get().as_bytes()), ttl)
+                ticket
+                    .answer(&PayloadBuf::raw_json(d.get().as_bytes()), ttl)
+                    .await
             }
             (None, None) => {
                 self.bad("response: needs `data` or `error`");
-                ticket.fail("the owner sent a malformed response (no data, no error)")
+                ticket
+                    .fail("the owner sent a malformed response (no data, no error)")
+                    .await
             }
         };
         if let Err(e) = res {
@@ -546,13 +531,13 @@ impl Conn {
         }
     }
 
-    fn event(&self, kind: &str, data: Option<&RawValue>) {
+    async fn event(&self, kind: &str, data: Option<&RawValue>) {
         let Some(bus) = self.need_bus(kind) else {
             return;
         };
         let body = data.map_or("null", RawValue::get);
         let p = PayloadBuf::raw_json(body.as_bytes());
-        if let Err(e) = bus.client().emit_payload(Target::ByEventName, kind, &p) {
+        if let Err(e) = bus.emit_payload(Target::ByEventName, kind, &p).await {
             self.bad(&format!("{kind}: {e}"));
         }
     }

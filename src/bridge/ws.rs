@@ -1,9 +1,13 @@
 //! WebSocket clients (Felix's protocol, seed 004) on the bus, with tokio-tungstenite.
 //!
-//! * The `Authorization` header must equal the token exactly (no `Bearer`); anything else is
-//!   refused with HTTP 403 before the upgrade.
+//! * Exactly one `Authorization` header, equal to the token (no `Bearer`; compared in
+//!   constant time); anything else (none, two, wrong) is refused with HTTP 403 before the
+//!   upgrade.
 //! * A ping every `ws_ping`; a connection that has not answered the previous ping when the next
 //!   one is due is closed.
+//! * A writer task sends (pings first, then queued frames); the connection loop never waits on
+//!   the socket, so a client that stops reading is dropped at `--max-queued` bytes or by the
+//!   ping timeout, whichever comes first, and every other connection carries on.
 //! * Frames are `{code, data}` JSON, mapped by a [`WsTable`]: the heartbeat code gets the ACK
 //!   `{receivedAt, uptime, memoryUsage, clients, ignored}`, the listeners code replaces the
 //!   connection's topic set (`guild:<id>`, `user:<id>`, …) as a whole, and a bus `data` of a
@@ -27,6 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
 
 use super::frame::push_str;
+use super::prehello::Counted;
 use super::Shared;
 use crate::proto::{Encoding, PayloadBuf, Target};
 
@@ -152,7 +157,8 @@ struct Ignored {
     garbage: AtomicU64,
 }
 
-/// Text frames waiting to be sent, with a byte budget.
+/// Text frames waiting for the connection's writer task, with a byte budget: more than `max`
+/// bytes waiting (the client does not read) closes the connection.
 struct Out {
     tx: mpsc::UnboundedSender<String>,
     queued: AtomicUsize,
@@ -162,6 +168,9 @@ struct Out {
 
 impl Out {
     fn send(&self, s: String) {
+        if *self.closed.borrow() {
+            return;
+        }
         let n = s.len();
         if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.max {
             info!("WebSocket client does not read; dropping it");
@@ -172,6 +181,10 @@ impl Out {
             self.closed.send_replace(true);
         }
     }
+
+    fn close(&self) {
+        self.closed.send_replace(true);
+    }
 }
 
 #[allow(clippy::result_large_err)]
@@ -181,28 +194,53 @@ fn forbidden(why: &str) -> ErrorResponse {
     r
 }
 
+/// The token check of the upgrade request: exactly one `Authorization` header, equal to the
+/// token (compared in constant time).
+pub(crate) fn check_authorization<'h>(
+    mut values: impl Iterator<Item = &'h [u8]>,
+    token: &str,
+) -> Result<(), &'static str> {
+    let Some(v) = values.next() else {
+        return Err("no Authorization header");
+    };
+    if values.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    if token.is_empty() || !super::auth::ct_eq(v, token.as_bytes()) {
+        return Err("invalid token");
+    }
+    Ok(())
+}
+
 /// Serves one WebSocket connection.
 pub(crate) async fn serve(stream: TcpStream, peer: std::net::SocketAddr, sh: Arc<Shared>) {
     let token = sh.cfg.ws_token.clone().unwrap_or_default();
     // The callback's signature is tungstenite's; its error type is what it is.
     #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match req.headers().get("authorization") {
-            Some(v) if !token.is_empty() && v.as_bytes() == token.as_bytes() => Ok(resp),
-            Some(_) => Err(forbidden("invalid token")),
-            None => Err(forbidden("no Authorization header")),
-        }
+        let values = req
+            .headers()
+            .get_all("authorization")
+            .into_iter()
+            .map(|v| v.as_bytes());
+        check_authorization(values, &token).map_err(forbidden)?;
+        Ok(resp)
     };
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(sh.cfg.max_frame);
     cfg.max_frame_size = Some(sh.cfg.max_frame);
+    // The upgrade request's bytes count against the pre-hello total until it is accepted.
+    let stream = Counted::new(stream, &sh.pre_hello);
     let ws = match tokio::time::timeout(
-        Duration::from_secs(10),
+        sh.cfg.hello_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg)),
     )
     .await
     {
-        Ok(Ok(ws)) => ws,
+        Ok(Ok(mut ws)) => {
+            ws.get_mut().admitted();
+            ws
+        }
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "WebSocket handshake refused or failed");
             return;
@@ -217,24 +255,64 @@ pub(crate) async fn serve(stream: TcpStream, peer: std::net::SocketAddr, sh: Arc
     sh.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn run(
-    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
-    peer: std::net::SocketAddr,
-    sh: &Arc<Shared>,
+type Stream = tokio_tungstenite::WebSocketStream<Counted<TcpStream>>;
+type Sink = futures_util::stream::SplitSink<Stream, Message>;
+
+/// Sends `m` unless the connection closes first (a client that does not read leaves the send
+/// waiting on a full socket). False if it was not sent.
+async fn send_or_closed(sink: &mut Sink, m: Message, closed: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        r = sink.send(m) => r.is_ok(),
+        _ = super::until_closed(closed) => false,
+    }
+}
+
+/// The writer task: pings first, then queued frames, one at a time; stops when the
+/// connection closes, even in the middle of a send.
+async fn write_loop(
+    mut sink: Sink,
+    out: Arc<Out>,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    mut pings: mpsc::Receiver<()>,
 ) {
+    let mut closed = out.closed.subscribe();
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = super::until_closed(&mut closed) => break,
+            Some(()) = pings.recv() => Message::Ping(Default::default()),
+            s = rx.recv() => match s {
+                Some(s) => {
+                    out.queued.fetch_sub(s.len(), Ordering::AcqRel);
+                    Message::text(s)
+                }
+                None => break,
+            },
+        };
+        if !send_or_closed(&mut sink, m, &mut closed).await {
+            out.close();
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
+}
+
+async fn run(ws: Stream, peer: std::net::SocketAddr, sh: &Arc<Shared>) {
     let (mut sink, mut stream) = ws.split();
     let name = sh.next_ws_name();
     let bus = match sh.connect_bus(&name, Vec::new()).await {
         Ok(c) => c,
         Err(e) => {
             info!(%peer, error = %e, "no bus client for a WebSocket; closing it");
-            let _ = sink.send(Message::Close(None)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), sink.send(Message::Close(None)))
+                    .await;
             return;
         }
     };
     info!(%peer, name, "WebSocket client joined");
     let table = &sh.cfg.ws_table;
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
     let out = Arc::new(Out {
         tx,
         queued: AtomicUsize::new(0),
@@ -281,10 +359,10 @@ async fn run(
             o.send(format!("{{\"code\":{},\"data\":{body}}}", rule.code));
         });
         let o = out.clone();
-        c.on_disconnect(move |_| {
-            o.closed.send_replace(true);
-        });
+        c.on_disconnect(move |_| o.close());
     }
+    let (ping_tx, ping_rx) = mpsc::channel::<()>(1);
+    let writer = tokio::spawn(write_loop(sink, out.clone(), rx, ping_rx));
     let period = sh.cfg.ws_ping.max(Duration::from_millis(1));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,9 +371,15 @@ async fn run(
         tokio::select! {
             m = stream.next() => match m {
                 Some(Ok(Message::Text(t))) => {
-                    if let Some(reply) = on_text(t.as_str(), sh, &bus, &ignored) {
-                        if sink.send(Message::text(reply)).await.is_err() {
-                            break "write failed";
+                    // Handling may wait for room in the bus ring; the connection closing
+                    // (outbox over budget, no pong, hub gone) ends that wait.
+                    tokio::select! {
+                        biased;
+                        _ = super::until_closed(&mut closed) => break "closed by the bridge",
+                        reply = on_text(t.as_str(), sh, &bus, &ignored) => {
+                            if let Some(reply) = reply {
+                                out.send(reply);
+                            }
                         }
                     }
                 }
@@ -308,27 +392,19 @@ async fn run(
                 Some(Ok(Message::Close(_))) | None => break "closed by the client",
                 Some(Err(_)) => break "protocol error",
             },
-            s = rx.recv() => {
-                let Some(s) = s else { break "closed" };
-                out.queued.fetch_sub(s.len(), Ordering::AcqRel);
-                if sink.send(Message::text(s)).await.is_err() {
-                    break "write failed";
-                }
-            }
             _ = ping.tick() => {
                 if awaiting_pong {
                     break "no pong to the previous ping";
                 }
                 awaiting_pong = true;
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break "write failed";
-                }
+                let _ = ping_tx.try_send(());
             }
             _ = super::until_closed(&mut closed) => break "closed by the bridge",
         }
     };
     info!(%peer, name, why, "WebSocket connection closed");
-    let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
+    out.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
 }
 
 /// The payload as JSON text, if it is JSON.
@@ -340,7 +416,7 @@ fn json_text(enc: Encoding, bytes: &[u8]) -> Option<&str> {
 }
 
 /// Handles one text frame; returns a reply to send, if any.
-fn on_text(
+async fn on_text(
     text: &str,
     sh: &Shared,
     bus: &crate::client::tokio_client::AsyncClient,
@@ -382,18 +458,20 @@ fn on_text(
         let Some(topics) = msg.data.and_then(|d| listener_topics(table, d)) else {
             return garbage();
         };
-        if let Err(e) = bus.client().subscribe(topics) {
+        if let Err(e) = bus.subscribe(topics).await {
             debug!(error = %e, "subscribe failed");
         }
         return None;
     }
     if let Some(rule) = table.events.iter().find(|r| r.code == code) {
         let body = msg.data.map_or("null", RawValue::get);
-        let _ = bus.client().emit_payload(
-            Target::ByEventName,
-            &rule.event,
-            &PayloadBuf::raw_json(body.as_bytes()),
-        );
+        let _ = bus
+            .emit_payload(
+                Target::ByEventName,
+                &rule.event,
+                &PayloadBuf::raw_json(body.as_bytes()),
+            )
+            .await;
         return None;
     }
     ignored.unknown_code.fetch_add(1, Ordering::Relaxed);
@@ -454,5 +532,36 @@ mod tests {
         );
         assert!(listener_topics(&t, &raw(r#"{"users":"1"}"#)).is_none());
         assert!(listener_topics(&t, &raw(r#"[1]"#)).is_none());
+    }
+}
+
+#[cfg(all(test, not(shmbus_loom)))]
+mod auth_tests {
+    use super::check_authorization;
+
+    #[test]
+    fn one_authorization_header_with_the_token() {
+        let t = "tok";
+        let check = |v: &[&str]| check_authorization(v.iter().map(|s| s.as_bytes()), t);
+        assert_eq!(check(&["tok"]), Ok(()));
+        assert_eq!(check(&[]), Err("no Authorization header"));
+        assert_eq!(
+            check(&["tok", "wrong"]),
+            Err("more than one Authorization header")
+        );
+        assert_eq!(
+            check(&["wrong", "tok"]),
+            Err("more than one Authorization header")
+        );
+        assert_eq!(
+            check(&["tok", "tok"]),
+            Err("more than one Authorization header")
+        );
+        assert_eq!(check(&["Bearer tok"]), Err("invalid token"));
+        assert_eq!(check(&[""]), Err("invalid token"));
+        assert_eq!(
+            check_authorization(["".as_bytes()].into_iter(), ""),
+            Err("invalid token")
+        );
     }
 }

@@ -6,29 +6,37 @@
 //! the control socket, whose hang-up means the hub is gone). `get` and `request` are futures
 //! that complete when the dispatcher files their reply.
 //!
+//! Nothing here blocks the runtime's thread (`async_send` has the how): sends into a full ring
+//! await the ring's space doorbell in `AsyncFd`; the dispatcher answers pings and handler
+//! results without waiting (or queues them for a worker task); every send operation of the sync
+//! client has an async form here ([`AsyncClient::emit_payload`], [`AsyncClient::data_payload`],
+//! [`AsyncClient::subscribe`], …) and deferred gets are answered through an [`AsyncTicket`].
+//!
 //! Handlers run on the dispatcher task: keep them short, or hand work to other tasks.
 
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
-use super::{CallError, Client, ClientOptions, Inner, Reply, Slot};
-use crate::channel::Deadline;
-use crate::proto::{ClientMsg, PayloadBuf};
-use crate::sync::{fence, Ordering};
+use super::async_send::{register, AsyncSide, DISPATCH_BUDGET};
+use super::{CallError, Client, ClientOptions, GetRequest, HandlerId, Inner, Reply, Slot, Ttl};
+use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf, Target};
 use crate::Error;
 
-/// An async handle on a hub connection. Everything that does not wait (emit, data,
-/// handlers, …) is on [`client`](AsyncClient::client).
+/// An async handle on a hub connection. Every send has an async form here that waits for room
+/// without blocking the runtime; handlers, state and the cache are on
+/// [`client`](AsyncClient::client) (use its sends only for messages that fit one frame, see
+/// the `async_send` module doc).
 pub struct AsyncClient {
     client: Client,
+    side: Arc<AsyncSide>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,23 +52,33 @@ impl AsyncClient {
         let client = tokio::task::spawn_blocking(move || Client::connect(dir, opts))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let side = Arc::new(AsyncSide::new(&client.inner)?);
         let (bell, ctrl) = fds(&client.inner)?;
-        let inner = client.inner.clone();
+        let (inner, s) = (client.inner.clone(), side.clone());
         let task = tokio::spawn(async move {
-            let _ = dispatch(inner, bell, ctrl).await;
+            let _ = dispatch(inner, s, bell, ctrl).await;
         });
-        Ok(AsyncClient { client, task })
+        Ok(AsyncClient { client, side, task })
     }
 
-    /// The synchronous handle: emit, broadcast, publish, data, handlers, state.
+    /// The synchronous handle: handlers, state, the cache; its sends wait the sync way.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.client.inner
+    }
+
+    async fn send(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
+        self.inner().send_async(&self.side, msg).await
     }
 
     /// Gets `kind` (optionally `key`) from the owner `from`. A non-fresh get is answered from
     /// this process's mapping of the cache segment when it holds a live value of `from` in an
     /// encoding this client takes (as the sync [`GetBuilder`](crate::client::GetBuilder) does
-    /// by default), without a round trip through the hub.
+    /// by default), without a round trip through the hub. The send (which waits for room
+    /// without blocking the runtime) and the answer both count against the timeout.
     pub async fn get(
         &self,
         from: &str,
@@ -69,19 +87,24 @@ impl AsyncClient {
         fresh: bool,
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
-        let inner = &self.client.inner;
+        let inner = self.inner();
         if !fresh {
             if let Some(r) = inner.local_get(from, kind, key) {
                 return Ok(r);
             }
         }
         let timeout = timeout.or(inner.opts.timeout);
-        self.call(timeout, inner.get_frame(from, kind, key, fresh, timeout))
+        inner
+            .call_async(
+                &self.side,
+                timeout,
+                inner.get_frame(from, kind, key, fresh, timeout),
+            )
             .await
     }
 
     /// Calls `method` on the client `to`.
-    pub async fn request<T: serde::Serialize + ?Sized>(
+    pub async fn request<T: Serialize + ?Sized>(
         &self,
         to: &str,
         method: &str,
@@ -89,32 +112,153 @@ impl AsyncClient {
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
         let p = PayloadBuf::bincode(arg)?;
-        let inner = &self.client.inner;
+        let inner = self.inner();
         let timeout = timeout.or(inner.opts.timeout);
-        self.call(timeout, inner.request_frame(to, method, &p, timeout))
+        inner
+            .call_async(
+                &self.side,
+                timeout,
+                inner.request_frame(to, method, &p, timeout),
+            )
             .await
     }
 
-    async fn call<'m>(
+    /// Sends an already encoded event.
+    pub async fn emit_payload(
         &self,
-        timeout: Option<Duration>,
-        make: impl FnOnce(u64) -> ClientMsg<'m>,
-    ) -> Result<Reply, CallError> {
-        let inner = &self.client.inner;
-        let req = inner.next_req();
-        let slot = inner.register(req);
-        if let Err(e) = inner.send(&make(req)) {
-            inner.waits.lock().expect("lock").remove(&req);
-            return Err(CallError::Link(e));
+        to: Target<'_>,
+        event: &str,
+        p: &PayloadBuf,
+    ) -> Result<(), Error> {
+        self.send(&ClientMsg::Emit {
+            to,
+            event,
+            payload: p.as_payload(),
+        })
+        .await
+    }
+
+    /// Sends `event` to the client named `to`.
+    pub async fn emit<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        event: &str,
+        value: &T,
+    ) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::Client(to), event, &p).await
+    }
+
+    /// Sends an RPF-style `target:event` (to `target` if connected, else to all others).
+    pub async fn emit_routed<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        value: &T,
+    ) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::ByEventName, event, &p).await
+    }
+
+    /// Sends `event` to every other client.
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        value: &T,
+    ) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::All, event, &p).await
+    }
+
+    /// Sends `value` to every subscriber of `topic`.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.emit_payload(Target::Topic(topic), topic, &p).await
+    }
+
+    /// Puts an already encoded value in the cache (and the interval pushes).
+    pub async fn data_payload(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+        p: &PayloadBuf,
+        ttl: Ttl,
+    ) -> Result<(), Error> {
+        let max = self
+            .inner()
+            .cache_max_value
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if max != 0 && p.bytes.len() > max && ttl.as_ms() >= 0 {
+            return Err(Error::TooLarge {
+                size: p.bytes.len(),
+                max,
+            });
         }
-        let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
-        match tokio::time::timeout(wait, SlotFuture(slot)).await {
-            Ok(v) => v,
-            Err(_) => {
-                inner.waits.lock().expect("lock").remove(&req);
-                Err(CallError::Timeout)
-            }
-        }
+        self.send(&ClientMsg::Data {
+            kind,
+            key,
+            payload: p.as_payload(),
+            ttl_ms: ttl.as_ms(),
+        })
+        .await
+    }
+
+    /// Puts a value in the cache.
+    pub async fn data<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        key: Option<&str>,
+        value: &T,
+        ttl: Ttl,
+    ) -> Result<(), Error> {
+        let p = PayloadBuf::bincode(value)?;
+        self.data_payload(kind, key, &p, ttl).await
+    }
+
+    /// Replaces our topic set.
+    pub async fn subscribe<I: IntoIterator<Item = S>, S: Into<String>>(
+        &self,
+        topics: I,
+    ) -> Result<(), Error> {
+        let t: Vec<String> = topics.into_iter().map(Into::into).collect();
+        *self.inner().topics.lock().expect("lock") = t.clone();
+        self.send(&ClientMsg::Subscribe {
+            topics: t.iter().map(String::as_str).collect(),
+        })
+        .await
+    }
+
+    /// Sets our state (ready, coma, shutdown, …); watchers are told.
+    pub async fn set_state(&self, state: &str) -> Result<(), Error> {
+        *self.inner().state.lock().expect("lock") = Some(state.to_string());
+        self.send(&ClientMsg::SetState { state }).await
+    }
+
+    /// Receives every forwarded get whose kind has no `on_get` handler, with an
+    /// [`AsyncTicket`] that answers it later from async code (the async counterpart of
+    /// [`Client::on_get_deferred`]). `f` runs on the dispatcher task: keep it short.
+    pub fn on_get_deferred(
+        &self,
+        f: impl Fn(GetRequest, AsyncTicket) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let side = self.side.clone();
+        let inner = Arc::downgrade(self.inner());
+        self.client.on_get_deferred(move |g, ticket| {
+            let (req, accept) = ticket.disarm();
+            f(
+                g,
+                AsyncTicket {
+                    inner: inner.clone(),
+                    side: side.clone(),
+                    req,
+                    accept,
+                    done: false,
+                },
+            );
+        })
     }
 }
 
@@ -125,8 +269,79 @@ impl Drop for AsyncClient {
     }
 }
 
+/// The answer owed for one forwarded get, for async code (see
+/// [`AsyncClient::on_get_deferred`]). Answer it once; dropping it unanswered queues an error
+/// answer (without waiting), so the requester is never left waiting.
+pub struct AsyncTicket {
+    inner: Weak<Inner>,
+    side: Arc<AsyncSide>,
+    req: u64,
+    accept: Encoding,
+    done: bool,
+}
+
+impl std::fmt::Debug for AsyncTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncTicket")
+            .field("req", &self.req)
+            .field("accept", &self.accept)
+            .finish()
+    }
+}
+
+impl AsyncTicket {
+    /// The hub's number of this get.
+    pub fn hub_request(&self) -> u64 {
+        self.req
+    }
+
+    /// The encoding the requester asked for.
+    pub fn accept(&self) -> Encoding {
+        self.accept
+    }
+
+    /// Answers with a value and its TTL (waits for room without blocking the runtime).
+    pub async fn answer(mut self, payload: &PayloadBuf, ttl: Ttl) -> Result<(), Error> {
+        self.done = true;
+        let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
+        let a = Answer::Ok {
+            payload: payload.as_payload(),
+            ttl_ms: ttl.as_ms(),
+        };
+        inner.answer_async(&self.side, self.req, a).await
+    }
+
+    /// Answers with an error message (relayed, not cached).
+    pub async fn fail(mut self, message: &str) -> Result<(), Error> {
+        self.done = true;
+        let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
+        inner
+            .answer_async(&self.side, self.req, Answer::Err { message })
+            .await
+    }
+}
+
+impl Drop for AsyncTicket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            if inner.connected.load(std::sync::atomic::Ordering::Acquire) {
+                inner.answer_later(
+                    &self.side,
+                    (
+                        self.req,
+                        Err("the owner dropped the get without answering".into()),
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Completes when the dispatcher files the reply.
-struct SlotFuture(Arc<Slot>);
+pub(super) struct SlotFuture(pub(super) Arc<Slot>);
 
 impl Future for SlotFuture {
     type Output = Result<Reply, CallError>;
@@ -158,44 +373,42 @@ fn fds(inner: &Inner) -> Result<(OwnedFd, OwnedFd), Error> {
     Ok((bell, ctrl))
 }
 
-async fn dispatch(inner: Arc<Inner>, bell: OwnedFd, ctrl: OwnedFd) -> Result<(), Error> {
-    let register = |fd: OwnedFd| -> Result<AsyncFd<OwnedFd>, Error> {
-        // SAFETY: `fd` is an OwnedFd that the AsyncFd takes over: it stays open and refers to
-        // the same file description until the AsyncFd is dropped, and an OwnedFd's
-        // `as_raw_fd` never changes.
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| Error::Io(e.into_parts().1))
-    };
-    let bell = register(bell)?;
+async fn dispatch(
+    inner: Arc<Inner>,
+    side: Arc<AsyncSide>,
+    bell: OwnedFd,
+    ctrl: OwnedFd,
+) -> Result<(), Error> {
+    let bell: AsyncFd<OwnedFd> = register(bell)?;
     // A hang-up makes the socket readable (EOF): that is all we watch it for.
-    let ctrl = register(ctrl)?;
+    let ctrl: AsyncFd<OwnedFd> = register(ctrl)?;
     loop {
-        // Drain whatever is there.
+        // Drain whatever is there (a budget at a time, so other tasks run too).
+        let mut n = 0;
         loop {
-            match inner.receive_one(Deadline::Now) {
-                Ok(true) => {}
+            match inner.receive_async(&side) {
+                Ok(true) => {
+                    n += 1;
+                    if n % DISPATCH_BUDGET == 0 {
+                        inner.run_handlers_async(&side);
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Ok(false) => break,
                 Err(e) => {
-                    inner.run_handlers();
+                    inner.run_handlers_async(&side);
                     return Err(e);
                 }
             }
         }
-        inner.run_handlers();
+        inner.run_handlers_async(&side);
         // Announce sleep, fence, re-check, then await the doorbell (crate::wait's protocol).
         let ready = {
             let mut g = inner.rx.lock().expect("lock");
             let rx = g.as_mut().ok_or(Error::Disconnected)?;
             rx.notify_space()?;
-            rx.set_waiting_for_data(true);
-            // SeqCst fence: pairs with the hub's fence after it publishes
-            // (`Producer::publish`): either we see its data now or it sees our flag.
-            fence(Ordering::SeqCst);
-            let r = rx.has_data()?;
-            if r {
-                rx.set_waiting_for_data(false);
-            }
-            r
+            // Either we see the hub's data now or it sees our flag and rings the doorbell.
+            rx.prepare_park()?
         };
         if ready {
             continue;
@@ -213,12 +426,11 @@ async fn dispatch(inner: Arc<Inner>, bell: OwnedFd, ctrl: OwnedFd) -> Result<(),
                 g.clear_ready();
                 if crate::sys::peer_hung_up(ctrl.get_ref().as_fd())? {
                     // Deliver what is left in the ring, then report the loss.
-                    while let Ok(true) = inner.receive_one(Deadline::Now) {}
-                    inner.run_handlers();
+                    while let Ok(true) = inner.receive_async(&side) {}
+                    inner.run_handlers_async(&side);
                     inner.mark_disconnected();
                     return Err(Error::Disconnected);
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         if let Some(rx) = inner.rx.lock().expect("lock").as_mut() {

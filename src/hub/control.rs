@@ -1,9 +1,20 @@
 //! Control-plane messages on `hub.sock` (length-prefixed bincode, see
-//! [`send_control`](crate::send_control)).
+//! [`send_control`](crate::send_control)), and `stat`: the hub's report of itself and the
+//! client side that asks for it.
+//!
+//! Invariants: a `stat` connection gets one report and is closed; it never joins the bus,
+//! and building the report changes nothing but the cache's housekeeping (`maintain`).
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::requests::PendingKind;
+use super::{socket_path, Hub};
 use crate::proto::{Hello, Welcome};
+use crate::{sys, Error};
 
 /// First message a connection sends to the hub.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,5 +169,82 @@ impl StatReport {
             }
         }
         s
+    }
+}
+
+impl Hub {
+    pub(super) fn stat(&mut self) -> StatReport {
+        let now = Instant::now();
+        let clients = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                let c = c.as_ref()?;
+                let (in_cap, in_fill) = self.rxs[slot].as_ref().map_or((0, 0), |r| r.fill());
+                let (out_cap, out_fill) = c.tx.fill();
+                Some(ClientStat {
+                    name: c.name.to_string(),
+                    pid: c.cred.pid,
+                    uid: c.cred.uid,
+                    state: c.state.clone(),
+                    version: c.version.clone(),
+                    ring_in_fill: in_fill,
+                    ring_in_capacity: in_cap,
+                    ring_out_fill: out_fill,
+                    ring_out_capacity: out_cap,
+                    outbox_bytes: c.outbox_bytes as u64,
+                    msgs_in: c.msgs_in,
+                    msgs_out: c.msgs_out,
+                    topics: c.topics.iter().cloned().collect(),
+                    intervals: c.intervals.clone(),
+                })
+            })
+            .collect();
+        let pending = self
+            .pending
+            .iter()
+            .map(|(hreq, p)| PendingStat {
+                hub_req: *hreq,
+                owner: self.name_of(p.owner.slot).to_string(),
+                requesters: p
+                    .waiters
+                    .iter()
+                    .map(|w| self.name_of(w.who.slot).to_string())
+                    .collect(),
+                what: match &p.kind {
+                    PendingKind::Get { kind, key, .. } => match key {
+                        Some(k) => format!("get {kind}/{k}"),
+                        None => format!("get {kind}"),
+                    },
+                    PendingKind::Request { method } => format!("request {method}"),
+                },
+                age_ms: now.duration_since(p.started).as_millis() as u64,
+            })
+            .collect();
+        self.cache.maintain(sys::monotonic_ns());
+        StatReport {
+            uptime_ms: now.duration_since(self.started).as_millis() as u64,
+            clients,
+            pending,
+            cache_entries: self.cache.len() as u64,
+            cache_bytes: self.cache.bytes() as u64,
+            cache: self.cache.stats(),
+            federation: self.fed_stat(),
+        }
+    }
+}
+
+/// Asks the hub in `dir` for its state (what `shmbus stat` prints).
+pub fn stat(dir: &Path) -> Result<StatReport, Error> {
+    let sock = UnixStream::connect(socket_path(dir))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    crate::send_control(&sock, &ControlRequest::Stat, &[])?;
+    match crate::recv_control::<ControlReply>(&sock)? {
+        Some((ControlReply::Stat(r), _)) => Ok(r),
+        Some((ControlReply::Welcome(Welcome::Refused { reason }), _)) => {
+            Err(Error::Handshake(format!("refused: {reason}")))
+        }
+        _ => Err(Error::Handshake("unexpected answer to stat".into())),
     }
 }

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::{Hub, Pending, PendingKind, Waiter, Who};
+use super::requests::{Pending, PendingKind, Waiter, Who};
+use super::Hub;
 use crate::federation::calls::{Call, CallKind, Calls};
 use crate::federation::link::{Dest, Link, LinkSettings, Msg, SendError};
 use crate::federation::presence::LocalPresence;

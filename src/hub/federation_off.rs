@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Hub, Waiter, Who};
+use super::requests::{Waiter, Who};
+use super::Hub;
 use crate::federation::wire::Claim;
 use crate::federation::{FederationConfig, FederationStat};
 use crate::proto::{Answer, Encoding, Payload, Target};

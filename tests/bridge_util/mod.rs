@@ -3,6 +3,8 @@
 //! node-ipc, ws_agent.js for ws) driven over stdin/stdout JSON lines.
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,7 +92,13 @@ pub struct BridgeProc {
 
 /// `shmbus bridge --dir dir args…`, once it printed `ready`.
 pub fn bridge(dir: &Path, args: &[&str]) -> BridgeProc {
+    bridge_env(dir, args, &[])
+}
+
+/// [`bridge`] with extra environment variables (tokens).
+pub fn bridge_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> BridgeProc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .envs(env.iter().copied())
         .arg("bridge")
         .arg("--dir")
         .arg(dir)
@@ -143,6 +151,12 @@ pub fn bridge(dir: &Path, args: &[&str]) -> BridgeProc {
     b
 }
 
+impl BridgeProc {
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Unix,
@@ -163,8 +177,27 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(script: &str, name: &str) -> Agent {
+        Agent::spawn_as(script, name, None)
+    }
+
+    /// [`spawn`](Agent::spawn) as another user: `setpriv --reuid=UID --regid=GID
+    /// --clear-groups node …` (needs root).
+    pub fn spawn_as(script: &str, name: &str, ids: Option<(u32, u32)>) -> Agent {
         ensure_node();
-        let mut child = Command::new("node")
+        let mut cmd = match ids {
+            None => Command::new("node"),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={gid}"),
+                    "--clear-groups".into(),
+                    "node".into(),
+                ]);
+                c
+            }
+        };
+        let mut child = cmd
             .arg(compat_dir().join(script))
             .current_dir(compat_dir())
             .stdin(Stdio::piped())
@@ -197,7 +230,21 @@ impl Agent {
 
     /// A node-ipc client named `id`, connected and said hello (waits for `connect`).
     pub fn node_ipc(b: &BridgeProc, t: Transport, id: &str, extra: Value) -> Agent {
-        let mut a = Agent::spawn("agent.js", id);
+        let mut a = Agent::node_ipc_start(b, t, id, extra, None);
+        a.expect("connect", 10, |_| true);
+        a
+    }
+
+    /// A node-ipc client told to connect (as user `ids`, if given), without waiting for
+    /// anything.
+    pub fn node_ipc_start(
+        b: &BridgeProc,
+        t: Transport,
+        id: &str,
+        extra: Value,
+        ids: Option<(u32, u32)>,
+    ) -> Agent {
+        let mut a = Agent::spawn_as("agent.js", id, ids);
         let mut c = json!({"op": "connect", "id": id});
         match t {
             Transport::Unix => c["path"] = json!(b.unix.as_ref().unwrap()),
@@ -211,7 +258,6 @@ impl Agent {
             c.extend(e);
         }
         a.cmd(c);
-        a.expect("connect", 10, |_| true);
         a
     }
 

@@ -4,10 +4,15 @@
 // Commands:
 //   {"op":"connect","id":ID,"path":P} | {"op":"connect","id":ID,"host":H,"port":N}
 //       optional: "intervals":[..], "hello":false (no automatic hello), "retry":ms,
-//       "maxRetries":n. Like Arthur's clients, it says hello {id, intervals} on every connect
+//       "maxRetries":n, "helloExtra":{..} (more fields of the hello data, e.g. token).
+//       Like Arthur's clients, it says hello {id, intervals} on every connect
 //       (so also after node-ipc's own reconnect).
 //   {"op":"emit","type":T,"data":D}      ipc.of.bus.emit(T, D)
 //   {"op":"raw","text":S}                writes S to the socket as is (malformed/split frames)
+//   {"op":"flood","type":T,"count":N,"size":S}  emits N events T with data {seq: i, pad: S bytes}
+//   {"op":"pause"} | {"op":"resume"}     stops / resumes reading the socket (a client that does
+//                                        not read)
+//   {"op":"end"}                         half-closes the socket (SHUT_WR); it still reads
 //   {"op":"serve","type":T,"data":D,"time":S} | {"op":"serve","type":T,"error":E}
 //       answers bus gets of type T; an object D gets "n": how many times T was served
 //   {"op":"quit"}
@@ -41,7 +46,8 @@ function attach(sock) {
   };
   sock.on('connect', () => {
     if (cfg.hello !== false) {
-      sock.emit('hello', { id: cfg.id, intervals: cfg.intervals || [] });
+      sock.emit('hello', Object.assign({ id: cfg.id, intervals: cfg.intervals || [] },
+        cfg.helloExtra || {}));
     }
   });
   sock.on('get', (d) => {
@@ -79,6 +85,22 @@ function command(c) {
       break;
     case 'raw':
       bus.socket.write(c.text);
+      break;
+    case 'flood': {
+      const pad = 'x'.repeat(c.size || 0);
+      for (let i = 0; i < c.count; i++) bus.emit(c.type, { seq: i, pad });
+      out({ ev: 'flooded', data: { count: c.count } });
+      break;
+    }
+    case 'pause':
+      bus.socket.pause();
+      break;
+    case 'resume':
+      bus.socket.resume();
+      break;
+    case 'end':
+      bus.socket.end();
+      out({ ev: 'ended', data: null });
       break;
     case 'serve':
       serving[c.type] = c;

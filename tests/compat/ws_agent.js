@@ -4,6 +4,7 @@
 // Commands:
 //   {"op":"open","url":U,"headers":{..},"autoPong":true|false}
 //   {"op":"send","text":S}          sends S as a text frame (JSON or garbage)
+//   {"op":"pause"} | {"op":"resume"}  stops / resumes reading the socket
 //   {"op":"close"} | {"op":"quit"}
 // Events: {"ev":"open"}, {"ev":"message","data":<parsed JSON or the text>},
 // {"ev":"ping"}, {"ev":"close","code":N}, {"ev":"unexpected-response","status":N},
@@ -40,6 +41,12 @@ function command(c) {
       break;
     case 'send':
       ws.send(c.text);
+      break;
+    case 'pause':
+      ws.pause();
+      break;
+    case 'resume':
+      ws.resume();
       break;
     case 'close':
       ws.close();

@@ -3,6 +3,8 @@
 //! given role).
 #![allow(dead_code)]
 
+pub mod link;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,27 +7,33 @@
 //!   ring 0: producer  ───── data ─────▶  consumer
 //!   ring 1: consumer  ◀──── data ──────  producer
 //!   bells: [ring0 data, ring0 space, ring1 data, ring1 space]
-//! ```
+//! ```//!
+//! `segment` creates and checks the shared segment, `control` carries the control messages;
+//! this file holds [`Link`], [`LinkConfig`], [`LinkListener`] and the access policy.
+//!
+//! Invariants: a link's control socket stays open for the link's life (its hang-up is how a
+//! side learns of the other's death, even by SIGKILL). A listener refuses a peer of a uid its
+//! [`AccessPolicy`] does not allow before reading anything from it, and every handshake step
+//! has a deadline ([`HANDSHAKE_TIMEOUT`]).
 
-use std::ffi::CString;
-use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+mod control;
+mod segment;
+
+pub use control::{recv_control, send_control, LinkHandshake, HELLO_MAGIC, MAX_CONTROL_MESSAGE};
+pub use segment::{open_link, open_segment, LinkSegment};
+
+use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::channel::{RawReceiver, RawSender, Receiver, Sender};
-use crate::ring::layout::{
-    self, RingDesc, RingHeader, SegmentHeader, LAYOUT_VERSION, RING_HEADER_SIZE,
-    SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
-};
-use crate::ring::{Consumer, Keepalive, Producer, RingRef};
-use crate::sync::Ordering;
-use crate::sys::{self, Bell, Mapping, PeerCred};
+use crate::ring::layout::{self, LAYOUT_VERSION, SEGMENT_HEADER_SIZE};
+use crate::sys::{self, Mapping, PeerCred};
 use crate::wait::WaitStrategy;
 use crate::{codec, Error};
 
@@ -80,334 +86,6 @@ impl LinkConfig {
         Ok(())
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// The segment
-// ---------------------------------------------------------------------------------------------
-
-fn segment_len(cap: u64) -> u64 {
-    SEGMENT_HEADER_SIZE + 2 * (RING_HEADER_SIZE + cap)
-}
-
-/// A freshly created link segment: the memfd, its mapping and the four doorbells.
-pub struct LinkSegment {
-    fd: OwnedFd,
-    map: Arc<Mapping>,
-    bells: [Bell; 4],
-    descs: [RingDesc; 2],
-}
-
-impl LinkSegment {
-    /// Creates the memfd (sealed), lays out the header and both rings, and makes the bells.
-    pub fn create(cap: u64) -> Result<LinkSegment, Error> {
-        if !layout::valid_capacity(cap) {
-            return Err(Error::Handshake(format!("bad ring capacity {cap}")));
-        }
-        let len = segment_len(cap);
-        let name = CString::new("shmbus-link").expect("no NUL");
-        let fd = sys::memfd_sealed(&name, len as usize)?;
-        let map = Arc::new(Mapping::map(fd.as_fd(), len as usize, true)?);
-        let descs = [
-            RingDesc {
-                offset: SEGMENT_HEADER_SIZE,
-                capacity: cap,
-            },
-            RingDesc {
-                offset: SEGMENT_HEADER_SIZE + RING_HEADER_SIZE + cap,
-                capacity: cap,
-            },
-        ];
-        let hdr = map.as_ptr().cast::<SegmentHeader>();
-        // SAFETY: the mapping is page-aligned, at least SEGMENT_HEADER_SIZE long, writable and
-        // not yet shared with anyone; the memfd starts zeroed, which is a valid SegmentHeader
-        // (all-zero atomics), and we fill in the plain fields before publishing `version`.
-        unsafe {
-            std::ptr::addr_of_mut!((*hdr).magic).write(SEGMENT_MAGIC);
-            std::ptr::addr_of_mut!((*hdr).ring_count).write(2);
-            std::ptr::addr_of_mut!((*hdr).segment_len).write(len);
-            std::ptr::addr_of_mut!((*hdr).rings).write(descs);
-            // Release: pairs with the Acquire load in `open_segment`; the fields above are
-            // visible to whoever sees the version (the fd transfer orders it too).
-            (*hdr).version.store(LAYOUT_VERSION, Ordering::Release);
-        }
-        let bells = [Bell::new()?, Bell::new()?, Bell::new()?, Bell::new()?];
-        Ok(LinkSegment {
-            fd,
-            map,
-            bells,
-            descs,
-        })
-    }
-
-    /// The creator's mapping of the segment (for diagnostics and hostile-peer drills).
-    pub fn mapping(&self) -> Arc<Mapping> {
-        self.map.clone()
-    }
-
-    /// Where the two rings lie in the segment (ring 0: creator → opener).
-    pub fn rings(&self) -> [RingDesc; 2] {
-        self.descs
-    }
-
-    /// The five fds to send to the opener, in order: memfd, then the four bells.
-    pub fn fds(&self) -> [BorrowedFd<'_>; 5] {
-        [
-            self.fd.as_fd(),
-            self.bells[0].as_fd(),
-            self.bells[1].as_fd(),
-            self.bells[2].as_fd(),
-            self.bells[3].as_fd(),
-        ]
-    }
-
-    /// The creator's end of the link, over `ctrl`.
-    pub fn into_link(self, ctrl: UnixStream, cfg: &LinkConfig) -> Result<Link, Error> {
-        let [d0, s0, d1, s1] = self.bells;
-        build_link(
-            &self.map,
-            self.descs,
-            Side::Creator,
-            [d0, s0, d1, s1],
-            ctrl,
-            cfg,
-        )
-    }
-}
-
-/// Maps and checks a segment received from a peer. Returns the mapping and the ring layout.
-pub fn open_segment(fd: BorrowedFd<'_>) -> Result<(Arc<Mapping>, [RingDesc; 2]), Error> {
-    let bad = |what: &str| Error::Handshake(format!("bad link segment: {what}"));
-    let len = sys::check_sealed_len(fd)?;
-    let max_len = segment_len(layout::MAX_RING_CAPACITY) as usize;
-    if len < SEGMENT_HEADER_SIZE as usize || len > max_len {
-        return Err(bad("size out of range"));
-    }
-    let map = Arc::new(Mapping::map(fd, len, true)?);
-    let hdr = map.as_ptr().cast::<SegmentHeader>();
-    // SAFETY: the mapping is at least SEGMENT_HEADER_SIZE bytes and page-aligned. The version
-    // is read first (Acquire, pairs with the creator's Release store); the plain fields are
-    // copied out with volatile reads, checked here once and never read again.
-    let (version, magic, count, seg_len, descs) = unsafe {
-        let version = (*hdr).version.load(Ordering::Acquire);
-        (
-            version,
-            std::ptr::addr_of!((*hdr).magic).read_volatile(),
-            std::ptr::addr_of!((*hdr).ring_count).read_volatile(),
-            std::ptr::addr_of!((*hdr).segment_len).read_volatile(),
-            std::ptr::addr_of!((*hdr).rings).read_volatile(),
-        )
-    };
-    if magic != SEGMENT_MAGIC {
-        return Err(bad("wrong magic"));
-    }
-    if version != LAYOUT_VERSION {
-        return Err(bad(&format!(
-            "layout version {version}, this build speaks {LAYOUT_VERSION}"
-        )));
-    }
-    if count != 2 || seg_len != len as u64 {
-        return Err(bad("ring count or length mismatch"));
-    }
-    let mut spans = Vec::with_capacity(2);
-    for d in &descs {
-        if !layout::valid_capacity(d.capacity)
-            || d.offset % 128 != 0
-            || d.offset < SEGMENT_HEADER_SIZE
-        {
-            return Err(bad("ring descriptor out of range"));
-        }
-        let end = d
-            .offset
-            .checked_add(RING_HEADER_SIZE)
-            .and_then(|x| x.checked_add(d.capacity))
-            .ok_or_else(|| bad("ring descriptor overflows"))?;
-        if end > len as u64 {
-            return Err(bad("ring runs past the segment"));
-        }
-        spans.push((d.offset, end));
-    }
-    if spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1 {
-        return Err(bad("rings overlap"));
-    }
-    Ok((map, descs))
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Creator,
-    Opener,
-}
-
-fn ring_ref(map: &Arc<Mapping>, d: RingDesc) -> RingRef {
-    let base = map.as_ptr();
-    // SAFETY: `d` was laid out by `create` or checked by `open_segment`: the header and the
-    // data area lie inside the mapping, 128-aligned. The mapping is kept alive by the
-    // Keepalive. The peer holds the other end of each ring, as the protocol requires.
-    unsafe {
-        let hdr = NonNull::new_unchecked(base.add(d.offset as usize)).cast::<RingHeader>();
-        let data = NonNull::new_unchecked(base.add((d.offset + RING_HEADER_SIZE) as usize));
-        RingRef::new(hdr, data, d.capacity, map.clone() as Keepalive)
-    }
-}
-
-fn build_link(
-    map: &Arc<Mapping>,
-    descs: [RingDesc; 2],
-    side: Side,
-    bells: [Bell; 4],
-    ctrl: UnixStream,
-    cfg: &LinkConfig,
-) -> Result<Link, Error> {
-    let peer = sys::peer_cred(&ctrl)?;
-    let ctrl = Arc::new(ctrl);
-    let [d0, s0, d1, s1] = bells;
-    let (tx_ring, rx_ring, tx_bells, rx_bells) = match side {
-        Side::Creator => (descs[0], descs[1], (d0, s0), (d1, s1)),
-        Side::Opener => (descs[1], descs[0], (d1, s1), (d0, s0)),
-    };
-    let tx = RawSender::new(
-        Producer::new(ring_ref(map, tx_ring)),
-        tx_bells.0,
-        tx_bells.1,
-        ctrl.clone(),
-        cfg.wait,
-        cfg.max_message,
-    );
-    let rx = RawReceiver::new(
-        Consumer::new(ring_ref(map, rx_ring)),
-        rx_bells.0,
-        rx_bells.1,
-        ctrl.clone(),
-        cfg.wait,
-        cfg.max_message,
-    );
-    Ok(Link {
-        tx,
-        rx,
-        ctrl,
-        peer,
-        map: map.clone(),
-    })
-}
-
-/// Builds the opener's end from the five fds the creator sent (memfd + 4 bells).
-pub fn open_link(fds: Vec<OwnedFd>, ctrl: UnixStream, cfg: &LinkConfig) -> Result<Link, Error> {
-    if fds.len() != 5 {
-        return Err(Error::Handshake(format!(
-            "expected 5 fds (segment + 4 doorbells), got {}",
-            fds.len()
-        )));
-    }
-    let mut it = fds.into_iter();
-    let memfd = it.next().expect("5 fds");
-    let (map, descs) = open_segment(memfd.as_fd())?;
-    let mut bells = Vec::with_capacity(4);
-    for fd in it {
-        bells.push(Bell::from_fd(fd)?);
-    }
-    let bells: [Bell; 4] = bells
-        .try_into()
-        .map_err(|_| Error::Handshake("bells".into()))?;
-    build_link(&map, descs, Side::Opener, bells, ctrl, cfg)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Control messages: length-prefixed bincode over the Unix socket, fds attached to the first
-// byte.
-// ---------------------------------------------------------------------------------------------
-
-/// Largest control message (handshakes are tiny; this bounds what a stranger can make us
-/// allocate).
-pub const MAX_CONTROL_MESSAGE: usize = 64 << 10;
-
-/// Sends one control message with optional fds.
-pub fn send_control<T: Serialize>(
-    sock: &UnixStream,
-    msg: &T,
-    fds: &[BorrowedFd<'_>],
-) -> Result<(), Error> {
-    let body = codec::encode_to_vec(msg)?;
-    if body.len() > MAX_CONTROL_MESSAGE {
-        return Err(Error::TooLarge {
-            size: body.len(),
-            max: MAX_CONTROL_MESSAGE,
-        });
-    }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&body);
-    sys::send_with_fds(sock, &buf, fds)?;
-    Ok(())
-}
-
-/// Receives one control message and any fds sent with it. `Ok(None)` = clean EOF.
-pub fn recv_control<T: DeserializeOwned>(
-    sock: &UnixStream,
-) -> Result<Option<(T, Vec<OwnedFd>)>, Error> {
-    let mut len = [0u8; 4];
-    let (n, mut fds) = sys::recv_with_fds(sock, &mut len)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut got = n;
-    while got < 4 {
-        let (m, more) = sys::recv_with_fds(sock, &mut len[got..])?;
-        if m == 0 {
-            return Err(Error::Handshake("control message cut short".into()));
-        }
-        fds.extend(more);
-        got += m;
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_CONTROL_MESSAGE {
-        return Err(Error::Handshake(format!(
-            "control message of {len} bytes is above the {MAX_CONTROL_MESSAGE}-byte limit"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    let mut r: &UnixStream = sock;
-    r.read_exact(&mut body).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            Error::Handshake("control message cut short".into())
-        } else {
-            Error::Io(e)
-        }
-    })?;
-    Ok(Some((codec::decode(&body)?, fds)))
-}
-
-/// The plain link handshake of [`LinkListener`] / [`Link::connect`], sent with
-/// [`send_control`] (the hub has its own, richer one). Public so that tools and tests can play
-/// either side by hand.
-#[derive(Serialize, Deserialize, Debug)]
-pub enum LinkHandshake {
-    /// Connector → listener.
-    Hello {
-        /// [`HELLO_MAGIC`].
-        magic: u64,
-        /// [`layout::LAYOUT_VERSION`].
-        version: u32,
-    },
-    /// Listener → connector, with the 5 fds of [`LinkSegment::fds`] attached.
-    Welcome {
-        /// [`layout::LAYOUT_VERSION`].
-        version: u32,
-        /// The listener's `max_message`.
-        max_message: u64,
-    },
-    /// Listener → connector: not accepted.
-    Refused {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Magic of [`LinkHandshake::Hello`].
-pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSH1");
-
-// ---------------------------------------------------------------------------------------------
-// Link
-// ---------------------------------------------------------------------------------------------
 
 /// Both directions of a link plus its control socket.
 pub struct Link {

@@ -1,0 +1,207 @@
+//! Joining the hub and coming back: the handshake that builds the link ([`Inner::establish`]),
+//! restoring subscriptions, state and watch after a reconnect, the retry loop, and what
+//! happens when the link is lost ([`Inner::mark_disconnected`]).
+//!
+//! Invariants: `establish` replaces the link (sender, receiver, control socket and cache view)
+//! only once the new one is complete; an old cache view is closed first, so it fails instead
+//! of reading a segment that is no longer this client's. `mark_disconnected` runs its work
+//! once per lost link (`connected` swap): it reads the hub's goodbye, drops the sender and
+//! the cache view, fails every waiting call with `Link(Disconnected)`, then runs the
+//! disconnect handlers with no lock held.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::handlers::DisconnectFn;
+use super::Slot;
+use super::{CallError, Client, Inner, Retry};
+use crate::cache::CacheReader;
+use crate::hub::{ControlReply, ControlRequest};
+use crate::proto::{self, ClientMsg, Hello, Welcome};
+use crate::{Error, LinkConfig};
+
+impl Client {
+    /// Reconnects now (same name, subscriptions, state and watch), per the retry policy (one
+    /// attempt if none is set).
+    pub fn reconnect(&self) -> Result<(), Error> {
+        self.inner.reconnect_loop()
+    }
+}
+
+impl Inner {
+    fn link_cfg(&self) -> LinkConfig {
+        LinkConfig {
+            wait: self.opts.wait,
+            ..LinkConfig::default()
+        }
+    }
+
+    /// Connects, says hello, builds the link.
+    pub(super) fn establish(&self) -> Result<(), Error> {
+        let sock = std::os::unix::net::UnixStream::connect(&self.path)?;
+        sock.set_read_timeout(Some(crate::link::HANDSHAKE_TIMEOUT))?;
+        let hello = Hello {
+            magic: proto::HELLO_MAGIC,
+            version: proto::PROTOCOL_VERSION,
+            name: self.opts.name.clone(),
+            token: self.opts.token.clone(),
+            intervals: self.opts.intervals.clone(),
+            client_version: self.opts.client_version.clone(),
+            ring_capacity: self.opts.ring_capacity,
+        };
+        let sent = crate::send_control(&sock, &ControlRequest::Hello(hello), &[]);
+        // A hub that refuses us (uid) may close before reading the hello; its refusal is
+        // still in our socket.
+        let (reply, fds) = match (sent, crate::recv_control::<ControlReply>(&sock)) {
+            (_, Ok(Some(m))) => m,
+            (Err(e), _) => return Err(crate::link::handshake_error("sending hello", e)),
+            (Ok(()), Ok(None)) => {
+                return Err(Error::Handshake("the hub closed the connection".into()))
+            }
+            (Ok(()), Err(e)) => return Err(crate::link::handshake_error("reading the welcome", e)),
+        };
+        let (max_message, cache_max_value) = match reply {
+            ControlReply::Welcome(Welcome::Accepted {
+                version,
+                max_message,
+                cache_max_value,
+                ..
+            }) if version == proto::PROTOCOL_VERSION => (max_message, cache_max_value),
+            ControlReply::Welcome(Welcome::Refused { reason }) => {
+                return Err(Error::Handshake(format!("refused by the hub: {reason}")))
+            }
+            other => {
+                return Err(Error::Handshake(format!(
+                    "unexpected answer to hello: {other:?}"
+                )))
+            }
+        };
+        sock.set_read_timeout(None)?;
+        let mut cfg = self.link_cfg();
+        cfg.max_message = (max_message as usize).min(crate::link::MAX_MAX_MESSAGE);
+        let mut fds = fds;
+        let cache_fd = if cache_max_value != 0 && fds.len() == 6 {
+            fds.pop()
+        } else {
+            None
+        };
+        let link = crate::open_link(fds, sock, &cfg)
+            .map_err(|e| crate::link::handshake_error("opening the link", e))?;
+        let cache = match cache_fd.map(|fd| CacheReader::open(fd, link.pin_words())) {
+            Some(Ok(r)) => Some(Arc::new(r)),
+            Some(Err(e)) => {
+                tracing::warn!("the hub's cache segment is unusable, reads go to the hub: {e}");
+                None
+            }
+            None => None,
+        };
+        self.drop_cache();
+        *self.cache.lock().expect("lock") = cache;
+        self.cache_max_value
+            .store(cache_max_value, Ordering::Relaxed);
+        let ctrl = Arc::new(link.control().try_clone()?);
+        let (tx, rx) = link.split();
+        *self.tx.lock().expect("lock") = Some(tx);
+        *self.rx.lock().expect("lock") = Some(rx);
+        *self.ctrl.lock().expect("lock") = Some(ctrl);
+        self.connected.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Restores subscriptions, state and watch after a reconnect.
+    fn restore(&self) -> Result<(), Error> {
+        let topics = self.topics.lock().expect("lock").clone();
+        if !topics.is_empty() {
+            self.send(&ClientMsg::Subscribe {
+                topics: topics.iter().map(String::as_str).collect(),
+            })?;
+        }
+        if self.watch.load(Ordering::Acquire) {
+            self.send(&ClientMsg::Watch { lifecycle: true })?;
+        }
+        if let Some(s) = self.state.lock().expect("lock").clone() {
+            self.send(&ClientMsg::SetState { state: &s })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn reconnect_loop(&self) -> Result<(), Error> {
+        let retry = self.opts.reconnect.unwrap_or(Retry {
+            interval: Duration::ZERO,
+            max_retries: Some(1),
+        });
+        let mut failures = 0u32;
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                return Err(Error::Disconnected);
+            }
+            match self.establish() {
+                Ok(()) => return self.restore(),
+                Err(e) => {
+                    failures += 1;
+                    if retry.max_retries.is_some_and(|m| failures >= m) {
+                        return Err(e);
+                    }
+                    std::thread::sleep(retry.interval);
+                }
+            }
+        }
+    }
+
+    /// Marks the current cache view dead and forgets it.
+    pub(super) fn drop_cache(&self) {
+        if let Some(c) = self.cache.lock().expect("lock").take() {
+            c.close();
+        }
+    }
+
+    pub(super) fn link_failed(&self, e: Error) -> Error {
+        if matches!(e, Error::Disconnected | Error::Corrupt(_)) {
+            self.mark_disconnected();
+        }
+        e
+    }
+
+    pub(super) fn mark_disconnected(&self) {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // The hub says why it dropped us, if it did, on the control socket.
+        let ctrl = self.ctrl.lock().expect("lock").take();
+        let mut reason = "the hub went away".to_string();
+        if let Some(c) = ctrl {
+            let _ = c.set_nonblocking(true);
+            if let Ok(Some((ControlReply::Goodbye { reason: r }, _))) =
+                crate::recv_control::<ControlReply>(&c)
+            {
+                reason = r;
+            }
+        }
+        *self.last_goodbye.lock().expect("lock") = Some(reason.clone());
+        *self.tx.lock().expect("lock") = None;
+        self.drop_cache();
+        // Everyone waiting for a reply learns now.
+        let waits: Vec<Arc<Slot>> = self
+            .waits
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in waits {
+            s.fill(Err(CallError::Link(Error::Disconnected)));
+        }
+        let hs: Vec<DisconnectFn> = self
+            .handlers
+            .read()
+            .expect("lock")
+            .disconnect
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in hs {
+            f(&reason);
+        }
+    }
+}

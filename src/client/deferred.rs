@@ -1,0 +1,112 @@
+//! Deferred answers to forwarded gets (used by the bridge: a legacy owner answers later,
+//! over its own socket): [`Client::on_get_deferred`] and [`GetTicket`].
+//!
+//! Invariants: a ticket answers its get at most once, from any thread; one dropped
+//! unanswered sends an error answer, so the requester never waits for nothing. A ticket
+//! holds the client only weakly: it never keeps a closed client alive.
+
+use std::sync::Arc;
+
+use super::handlers::DeferredGetFn;
+use super::{Client, GetRequest, HandlerId, Inner, Ttl};
+use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf};
+use crate::Error;
+
+impl Client {
+    /// Receives every forwarded get whose kind has no [`on_get`](Client::on_get) handler,
+    /// together with a [`GetTicket`] that answers it later, from any thread. Replaces the
+    /// previous catch-all handler. A ticket dropped unanswered answers with an error, so the
+    /// requester never waits for nothing.
+    pub fn on_get_deferred(
+        &self,
+        f: impl Fn(GetRequest, GetTicket) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.deferred_get = Some((id, Arc::new(f)));
+        id
+    }
+}
+
+impl Inner {
+    pub(super) fn deferred_get_for(&self, kind: &str) -> Option<DeferredGetFn> {
+        let h = self.handlers.read().expect("lock");
+        if h.gets.contains_key(kind) {
+            return None;
+        }
+        h.deferred_get.as_ref().map(|(_, f)| f.clone())
+    }
+}
+
+/// The answer owed for one forwarded get (see [`Client::on_get_deferred`]). Answer it once
+/// with [`answer`](GetTicket::answer) or [`fail`](GetTicket::fail); dropping it unanswered
+/// sends an error answer.
+pub struct GetTicket {
+    pub(super) inner: std::sync::Weak<Inner>,
+    pub(super) req: u64,
+    pub(super) accept: Encoding,
+    pub(super) done: bool,
+}
+
+impl std::fmt::Debug for GetTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetTicket")
+            .field("req", &self.req)
+            .field("accept", &self.accept)
+            .finish()
+    }
+}
+
+impl GetTicket {
+    pub(super) fn new(inner: std::sync::Weak<Inner>, req: u64, accept: Encoding) -> GetTicket {
+        GetTicket {
+            inner,
+            req,
+            accept,
+            done: false,
+        }
+    }
+
+    /// The hub's number of this get.
+    pub fn hub_request(&self) -> u64 {
+        self.req
+    }
+
+    /// The encoding the requester asked for.
+    pub fn accept(&self) -> Encoding {
+        self.accept
+    }
+
+    /// Answers with a value (in any encoding; Rust requesters decode either) and its TTL.
+    pub fn answer(mut self, payload: &PayloadBuf, ttl: Ttl) -> Result<(), Error> {
+        self.done = true;
+        self.send(Answer::Ok {
+            payload: payload.as_payload(),
+            ttl_ms: ttl.as_ms(),
+        })
+    }
+
+    /// Answers with an error message (relayed to the requester, not cached).
+    pub fn fail(mut self, message: &str) -> Result<(), Error> {
+        self.done = true;
+        self.send(Answer::Err { message })
+    }
+
+    fn send(&self, answer: Answer<'_>) -> Result<(), Error> {
+        let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
+        inner.send(&ClientMsg::Answer {
+            req: self.req,
+            answer,
+        })
+    }
+}
+
+impl Drop for GetTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.send(Answer::Err {
+                message: "the owner dropped the get without answering",
+            });
+        }
+    }
+}

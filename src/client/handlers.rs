@@ -1,0 +1,324 @@
+//! The handler registry ([`Client::on`] and the other `on*` methods, [`HandlerId`],
+//! [`Client::remove_handler`]), the queue of messages waiting for their handlers, and
+//! running them: [`Inner::run_handlers`], and the answer a get or request handler owes.
+//!
+//! Invariants: handlers run in the order their messages arrived, on one thread at a time
+//! (`running_handlers`; a nested call returns at once and the outer loop picks its messages
+//! up), and with no lock held: the registry's read lock is dropped (the handlers are cloned
+//! out) before any handler runs, so a handler may register handlers, `get`, `emit` or call
+//! any other method. Every forwarded get and request is answered exactly once: by its
+//! handler, by "no handler" when there is none, or by a [`GetTicket`](super::GetTicket).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::deferred::GetTicket;
+use super::{Client, DataPush, Event, GetRequest, Inner, Lifecycle, Request, Ttl};
+use crate::proto::{Answer, ClientMsg, Payload, PayloadBuf};
+use crate::Error;
+
+/// Identifies a registered handler, for [`Client::remove_handler`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HandlerId(u64);
+
+type EventFn = Arc<dyn Fn(&Event) + Send + Sync>;
+type GetFn = Arc<dyn Fn(&GetRequest) -> Result<(PayloadBuf, i64), String> + Send + Sync>;
+type RequestFn = Arc<dyn Fn(&Request) -> Result<PayloadBuf, String> + Send + Sync>;
+type DataFn = Arc<dyn Fn(&DataPush) + Send + Sync>;
+type LifecycleFn = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
+pub(super) type DisconnectFn = Arc<dyn Fn(&str) + Send + Sync>;
+pub(super) type DeferredGetFn = Arc<dyn Fn(GetRequest, GetTicket) + Send + Sync>;
+
+#[derive(Default)]
+pub(super) struct Handlers {
+    next: u64,
+    /// (id, event name or None for all, handler)
+    pub(super) events: Vec<(HandlerId, Option<String>, EventFn)>,
+    pub(super) gets: HashMap<String, (HandlerId, GetFn)>,
+    pub(super) requests: HashMap<String, (HandlerId, RequestFn)>,
+    pub(super) data: Vec<(HandlerId, Option<String>, DataFn)>,
+    pub(super) lifecycle: Vec<(HandlerId, LifecycleFn)>,
+    pub(super) disconnect: Vec<(HandlerId, DisconnectFn)>,
+    /// Catch-all for gets of kinds without an `on_get` handler, answered later.
+    pub(super) deferred_get: Option<(HandlerId, DeferredGetFn)>,
+    /// Catch-all for requests of methods without an `on_request` handler, answered later.
+    pub(super) deferred_request: Option<(HandlerId, super::json_calls::DeferredRequestFn)>,
+}
+
+impl Handlers {
+    pub(super) fn id(&mut self) -> HandlerId {
+        self.next += 1;
+        HandlerId(self.next)
+    }
+
+    /// Removes the handler `id`, whatever its kind. Returns whether it existed.
+    pub(super) fn remove(&mut self, id: HandlerId) -> bool {
+        if self.deferred_get.as_ref().is_some_and(|(i, _)| *i == id) {
+            self.deferred_get = None;
+            return true;
+        }
+        if self
+            .deferred_request
+            .as_ref()
+            .is_some_and(|(i, _)| *i == id)
+        {
+            self.deferred_request = None;
+            return true;
+        }
+        let before = self.events.len()
+            + self.gets.len()
+            + self.requests.len()
+            + self.data.len()
+            + self.lifecycle.len()
+            + self.disconnect.len();
+        self.events.retain(|(i, _, _)| *i != id);
+        self.gets.retain(|_, (i, _)| *i != id);
+        self.requests.retain(|_, (i, _)| *i != id);
+        self.data.retain(|(i, _, _)| *i != id);
+        self.lifecycle.retain(|(i, _)| *i != id);
+        self.disconnect.retain(|(i, _)| *i != id);
+        let after = self.events.len()
+            + self.gets.len()
+            + self.requests.len()
+            + self.data.len()
+            + self.lifecycle.len()
+            + self.disconnect.len();
+        before != after
+    }
+}
+
+/// A message waiting for its handlers, in arrival order.
+pub(super) enum Incoming {
+    Event(Event),
+    Get(u64, GetRequest),
+    Request(u64, Request),
+    Data(DataPush),
+    Lifecycle(Lifecycle),
+}
+
+impl Client {
+    /// Calls `f` for every event named `event` (including published topics, whose event name
+    /// is the topic).
+    pub fn on(&self, event: &str, f: impl Fn(&Event) + Send + Sync + 'static) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.events.push((id, Some(event.to_string()), Arc::new(f)));
+        id
+    }
+
+    /// Calls `f` for every event.
+    pub fn on_any(&self, f: impl Fn(&Event) + Send + Sync + 'static) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.events.push((id, None, Arc::new(f)));
+        id
+    }
+
+    /// Answers gets of `kind` forwarded to us. `f` returns the value and its TTL, or an error
+    /// message; the value is encoded in whatever encoding the requester asked for.
+    pub fn on_get<T, F>(&self, kind: &str, f: F) -> HandlerId
+    where
+        T: Serialize,
+        F: Fn(&GetRequest) -> Result<(T, Ttl), String> + Send + Sync + 'static,
+    {
+        let g: GetFn = Arc::new(move |r: &GetRequest| {
+            let (v, ttl) = f(r)?;
+            let p = PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())?;
+            Ok((p, ttl.as_ms()))
+        });
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.gets.insert(kind.to_string(), (id, g));
+        id
+    }
+
+    /// Answers requests for `method`, encoding the result as the requester asked.
+    pub fn on_request<T, F>(&self, method: &str, f: F) -> HandlerId
+    where
+        T: Serialize,
+        F: Fn(&Request) -> Result<T, String> + Send + Sync + 'static,
+    {
+        let g: RequestFn = Arc::new(move |r: &Request| {
+            let v = f(r)?;
+            PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())
+        });
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.requests.insert(method.to_string(), (id, g));
+        id
+    }
+
+    /// Calls `f` for interval pushes of `kind` (`None` = every kind).
+    pub fn on_data(
+        &self,
+        kind: Option<&str>,
+        f: impl Fn(&DataPush) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.data.push((id, kind.map(str::to_string), Arc::new(f)));
+        id
+    }
+
+    /// Calls `f` when other clients join, leave or change state (and asks the hub for those
+    /// notifications).
+    pub fn on_lifecycle(
+        &self,
+        f: impl Fn(&Lifecycle) + Send + Sync + 'static,
+    ) -> Result<HandlerId, Error> {
+        let id = {
+            let mut h = self.inner.handlers.write().expect("lock");
+            let id = h.id();
+            h.lifecycle.push((id, Arc::new(f)));
+            id
+        };
+        self.inner.watch.store(true, Ordering::Release);
+        self.inner.send(&ClientMsg::Watch { lifecycle: true })?;
+        Ok(id)
+    }
+
+    /// Calls `f` with the reason when the link to the hub is lost.
+    pub fn on_disconnect(&self, f: impl Fn(&str) + Send + Sync + 'static) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.disconnect.push((id, Arc::new(f)));
+        id
+    }
+
+    /// Removes a handler. Returns whether it existed.
+    pub fn remove_handler(&self, id: HandlerId) -> bool {
+        self.inner.handlers.write().expect("lock").remove(id)
+    }
+}
+
+impl Inner {
+    pub(super) fn enqueue(&self, i: Incoming) -> bool {
+        self.queue.lock().expect("lock").push_back(i);
+        true
+    }
+
+    /// Runs queued handlers in arrival order (one thread at a time; a nested call returns at
+    /// once and the outer loop picks its messages up).
+    pub(super) fn run_handlers(&self) {
+        let Ok(_running) = self.running_handlers.try_lock() else {
+            return;
+        };
+        loop {
+            let Some(item) = self.queue.lock().expect("lock").pop_front() else {
+                return;
+            };
+            self.handle(item);
+        }
+    }
+
+    pub(super) fn handle(&self, item: Incoming) {
+        match item {
+            Incoming::Event(ev) => {
+                let hs: Vec<EventFn> = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .events
+                    .iter()
+                    .filter(|(_, name, _)| name.as_deref().is_none_or(|n| n == ev.event))
+                    .map(|(_, _, f)| f.clone())
+                    .collect();
+                for f in hs {
+                    f(&ev);
+                }
+            }
+            Incoming::Get(hreq, g) => {
+                if let Some(d) = self.deferred_get_for(&g.kind) {
+                    let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
+                    d(g, ticket);
+                    return;
+                }
+                let h = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .gets
+                    .get(&g.kind)
+                    .map(|(_, f)| f.clone());
+                let answer = match h {
+                    Some(f) => f(&g),
+                    None => Err(format!(
+                        "{} has no handler for {:?}",
+                        self.opts.name, g.kind
+                    )),
+                };
+                self.answer(hreq, answer);
+            }
+            Incoming::Request(hreq, r) => {
+                let Some(r) = self.defer_request(hreq, r) else {
+                    return;
+                };
+                let h = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .requests
+                    .get(&r.method)
+                    .map(|(_, f)| f.clone());
+                let answer = match h {
+                    Some(f) => f(&r).map(|p| (p, -1)),
+                    None => Err(format!(
+                        "{} has no handler for method {:?}",
+                        self.opts.name, r.method
+                    )),
+                };
+                self.answer(hreq, answer);
+            }
+            Incoming::Data(d) => {
+                let hs: Vec<DataFn> = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .data
+                    .iter()
+                    .filter(|(_, k, _)| k.as_deref().is_none_or(|k| k == d.kind))
+                    .map(|(_, _, f)| f.clone())
+                    .collect();
+                for f in hs {
+                    f(&d);
+                }
+            }
+            Incoming::Lifecycle(l) => {
+                let hs: Vec<LifecycleFn> = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .lifecycle
+                    .iter()
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                for f in hs {
+                    f(&l);
+                }
+            }
+        }
+    }
+
+    pub(super) fn answer(&self, hreq: u64, a: Result<(PayloadBuf, i64), String>) {
+        let msg = match &a {
+            Ok((p, ttl_ms)) => ClientMsg::Answer {
+                req: hreq,
+                answer: Answer::Ok {
+                    payload: Payload {
+                        enc: p.enc,
+                        bytes: &p.bytes,
+                    },
+                    ttl_ms: *ttl_ms,
+                },
+            },
+            Err(m) => ClientMsg::Answer {
+                req: hreq,
+                answer: Answer::Err { message: m },
+            },
+        };
+        let _ = self.send(&msg);
+    }
+}

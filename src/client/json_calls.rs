@@ -1,0 +1,275 @@
+//! Calls that carry an already encoded [`PayloadBuf`] (JSON or bincode), on the sync and the
+//! async client alike, so a Rust client can talk to JSON-only peers (node-ipc, WebSocket and
+//! Socket.IO clients of the bridge): every sending call has a `*_payload` form, requests have
+//! a `request_json` shortcut, and handlers can answer with a payload they encoded themselves.
+//!
+//! Also here: [`Client::on_request_deferred`] and its [`RequestTicket`], the request
+//! counterpart of [`Client::on_get_deferred`] (the bridge forwards a request to a Socket.IO
+//! client and answers it when the client's ack arrives), and [`Client::set_version`].
+//!
+//! Invariants: a payload is sent with the encoding tag it carries, never re-encoded; a
+//! [`RequestTicket`] answers exactly once (dropping it unanswered sends an error answer), so a
+//! requester never waits for nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{CallError, Client, GetRequest, HandlerId, Inner, Reply, Request, Ttl};
+use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf, Target};
+use crate::Error;
+
+/// A catch-all request handler that answers later (see [`Client::on_request_deferred`]).
+pub(super) type DeferredRequestFn = Arc<dyn Fn(Request, RequestTicket) + Send + Sync>;
+
+impl Client {
+    /// [`emit_routed`](Client::emit_routed) with an already encoded payload.
+    pub fn emit_routed_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
+        self.emit_payload(Target::ByEventName, event, p)
+    }
+
+    /// [`broadcast`](Client::broadcast) with an already encoded payload.
+    pub fn broadcast_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
+        self.emit_payload(Target::All, event, p)
+    }
+
+    /// [`publish`](Client::publish) with an already encoded payload.
+    pub fn publish_payload(&self, topic: &str, p: &PayloadBuf) -> Result<(), Error> {
+        self.emit_payload(Target::Topic(topic), topic, p)
+    }
+
+    /// [`request`](Client::request) with an already encoded argument (for example
+    /// [`PayloadBuf::json`], which a Socket.IO or node-ipc responder can read).
+    pub fn request_payload(
+        &self,
+        to: &str,
+        method: &str,
+        arg: &PayloadBuf,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, CallError> {
+        let timeout = timeout.or(self.inner.opts.timeout);
+        self.inner
+            .call(timeout, self.inner.request_frame(to, method, arg, timeout))
+    }
+
+    /// [`request`](Client::request) with the argument encoded as JSON.
+    pub fn request_json<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        method: &str,
+        arg: &T,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, CallError> {
+        self.request_payload(to, method, &PayloadBuf::json(arg)?, timeout)
+    }
+
+    /// Answers requests for `method` with a payload the handler encoded itself (in any
+    /// encoding: Rust requesters decode either; a JSON-only requester needs JSON, which
+    /// `r.accept` says).
+    pub fn on_request_payload<F>(&self, method: &str, f: F) -> HandlerId
+    where
+        F: Fn(&Request) -> Result<PayloadBuf, String> + Send + Sync + 'static,
+    {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.requests.insert(method.to_string(), (id, Arc::new(f)));
+        id
+    }
+
+    /// Answers gets of `kind` with a payload the handler encoded itself, and its TTL.
+    pub fn on_get_payload<F>(&self, kind: &str, f: F) -> HandlerId
+    where
+        F: Fn(&GetRequest) -> Result<(PayloadBuf, Ttl), String> + Send + Sync + 'static,
+    {
+        let g = move |r: &GetRequest| f(r).map(|(p, ttl)| (p, ttl.as_ms()));
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.gets.insert(kind.to_string(), (id, Arc::new(g)));
+        id
+    }
+
+    /// Receives every request whose method has no [`on_request`](Client::on_request)
+    /// handler, together with a [`RequestTicket`] that answers it later, from any thread or
+    /// task. Replaces the previous catch-all. A ticket dropped unanswered answers with an
+    /// error, so the requester never waits for nothing.
+    pub fn on_request_deferred(
+        &self,
+        f: impl Fn(Request, RequestTicket) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let mut h = self.inner.handlers.write().expect("lock");
+        let id = h.id();
+        h.deferred_request = Some((id, Arc::new(f)));
+        id
+    }
+
+    /// Replaces the version this client announced (shown by `shmbus stat`), for a client
+    /// that learns it after connecting (Urban Robot's `identify {version}`).
+    pub fn set_version(&self, version: &str) -> Result<(), Error> {
+        self.inner.send(&ClientMsg::SetVersion { version })
+    }
+}
+
+impl Inner {
+    /// Hands `r` to the deferred-request handler when there is one and no `on_request`
+    /// handler for its method; gives it back otherwise.
+    pub(super) fn defer_request(&self, hreq: u64, r: Request) -> Option<Request> {
+        let d = {
+            let h = self.handlers.read().expect("lock");
+            if h.requests.contains_key(&r.method) {
+                return Some(r);
+            }
+            h.deferred_request.as_ref().map(|(_, f)| f.clone())
+        };
+        let Some(d) = d else {
+            return Some(r);
+        };
+        let ticket = RequestTicket {
+            inner: self.me.clone(),
+            req: hreq,
+            accept: r.accept,
+            done: false,
+        };
+        d(r, ticket);
+        None
+    }
+}
+
+/// The answer owed for one forwarded request (see [`Client::on_request_deferred`]). Answer it
+/// once with [`answer`](RequestTicket::answer) or [`fail`](RequestTicket::fail); dropping it
+/// unanswered sends an error answer.
+pub struct RequestTicket {
+    inner: std::sync::Weak<Inner>,
+    req: u64,
+    accept: Encoding,
+    done: bool,
+}
+
+impl std::fmt::Debug for RequestTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTicket")
+            .field("req", &self.req)
+            .field("accept", &self.accept)
+            .finish()
+    }
+}
+
+impl RequestTicket {
+    /// The hub's number of this request.
+    pub fn hub_request(&self) -> u64 {
+        self.req
+    }
+
+    /// The encoding the requester asked for.
+    pub fn accept(&self) -> Encoding {
+        self.accept
+    }
+
+    /// Answers with a value (in any encoding; Rust requesters decode either).
+    pub fn answer(mut self, payload: &PayloadBuf) -> Result<(), Error> {
+        self.done = true;
+        self.send(Answer::Ok {
+            payload: payload.as_payload(),
+            ttl_ms: -1,
+        })
+    }
+
+    /// Answers with an error message, relayed to the requester.
+    pub fn fail(mut self, message: &str) -> Result<(), Error> {
+        self.done = true;
+        self.send(Answer::Err { message })
+    }
+
+    fn send(&self, answer: Answer<'_>) -> Result<(), Error> {
+        let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
+        inner.send(&ClientMsg::Answer {
+            req: self.req,
+            answer,
+        })
+    }
+}
+
+impl Drop for RequestTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.send(Answer::Err {
+                message: "the responder dropped the request without answering",
+            });
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod async_calls {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use serde::Serialize;
+
+    use super::super::tokio_client::AsyncClient;
+    use super::super::{CallError, Reply, Slot};
+    use crate::proto::PayloadBuf;
+
+    impl AsyncClient {
+        /// [`request`](AsyncClient::request) with an already encoded argument (for example
+        /// [`PayloadBuf::json`]).
+        pub async fn request_payload(
+            &self,
+            to: &str,
+            method: &str,
+            arg: &PayloadBuf,
+            timeout: Option<Duration>,
+        ) -> Result<Reply, CallError> {
+            let inner = &self.client().inner;
+            let timeout = timeout.or(inner.opts.timeout);
+            let req = inner.next_req();
+            let slot = inner.register(req);
+            if let Err(e) = inner.send(&(inner.request_frame(to, method, arg, timeout))(req)) {
+                inner.waits.lock().expect("lock").remove(&req);
+                return Err(CallError::Link(e));
+            }
+            // A little after the hub's deadline, so its clearer timeout error arrives first.
+            let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+            match tokio::time::timeout(wait, Filed(slot)).await {
+                Ok(v) => v,
+                Err(_) => {
+                    inner.waits.lock().expect("lock").remove(&req);
+                    Err(CallError::Timeout)
+                }
+            }
+        }
+
+        /// [`request`](AsyncClient::request) with the argument encoded as JSON.
+        pub async fn request_json<T: Serialize + ?Sized>(
+            &self,
+            to: &str,
+            method: &str,
+            arg: &T,
+            timeout: Option<Duration>,
+        ) -> Result<Reply, CallError> {
+            let p = PayloadBuf::json(arg)?;
+            self.request_payload(to, method, &p, timeout).await
+        }
+    }
+
+    /// Completes when the dispatcher files the reply into the slot.
+    struct Filed(Arc<Slot>);
+
+    impl Future for Filed {
+        type Output = Result<Reply, CallError>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if let Some(v) = self.0.take() {
+                return Poll::Ready(v);
+            }
+            *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
+            // Filed between the check and storing the waker? Then take it now.
+            match self.0.take() {
+                Some(v) => Poll::Ready(v),
+                None => Poll::Pending,
+            }
+        }
+    }
+}

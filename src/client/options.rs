@@ -1,0 +1,155 @@
+//! How a client connects: [`ClientOptions`], the reconnect policy [`Retry`], and the cache
+//! time-to-live [`Ttl`] it puts on values.
+//!
+//! Invariants: `Ttl` and the wire's milliseconds convert both ways without surprise: `< 0`
+//! is "do not cache", `0` is "forever", anything else a positive number of milliseconds
+//! (`Ttl::Millis(0)` goes out as 1 ms, never as "forever"; huge values saturate at
+//! `i64::MAX`). The options are plain data: nothing here touches the link.
+
+use std::time::Duration;
+
+use crate::proto::Encoding;
+use crate::wait::WaitStrategy;
+
+/// A cache time-to-live, with Arthur's semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// Do not cache (`time < 0`).
+    NoCache,
+    /// Keep forever (`time == 0` or absent).
+    Forever,
+    /// Keep for this many seconds.
+    Secs(u64),
+    /// Keep for this many milliseconds.
+    Millis(u64),
+}
+
+impl Ttl {
+    /// Milliseconds on the wire: `< 0` don't cache, `0` forever.
+    pub fn as_ms(self) -> i64 {
+        match self {
+            Ttl::NoCache => -1,
+            Ttl::Forever => 0,
+            Ttl::Secs(s) => (s.saturating_mul(1000)).min(i64::MAX as u64) as i64,
+            Ttl::Millis(m) => m.clamp(1, i64::MAX as u64) as i64,
+        }
+    }
+
+    /// From milliseconds on the wire.
+    pub fn from_ms(ms: i64) -> Ttl {
+        match ms {
+            m if m < 0 => Ttl::NoCache,
+            0 => Ttl::Forever,
+            m => Ttl::Millis(m as u64),
+        }
+    }
+}
+
+/// node-ipc style reconnect policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Wait between attempts (node-ipc `retry`, default 500 ms).
+    pub interval: Duration,
+    /// Give up after this many failed attempts (node-ipc `maxRetries`; `None` = never).
+    pub max_retries: Option<u32>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            interval: Duration::from_millis(500),
+            max_retries: None,
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Unique name on the hub.
+    pub name: String,
+    /// Token, if the hub requires one.
+    pub token: Option<String>,
+    /// Cache kinds the hub pushes to us every interval.
+    pub intervals: Vec<String>,
+    /// Our version (Urban Robot's identify).
+    pub client_version: Option<String>,
+    /// How this client waits.
+    pub wait: WaitStrategy,
+    /// Ring capacity per direction (0 = the hub's default).
+    pub ring_capacity: u64,
+    /// Run a background dispatcher thread (default true).
+    pub dispatcher: bool,
+    /// Reconnect automatically after the hub goes away (default: off).
+    pub reconnect: Option<Retry>,
+    /// The encoding we want answers in (default bincode).
+    pub accept: Encoding,
+    /// Default deadline of our gets and requests (None = the hub's default).
+    pub timeout: Option<Duration>,
+}
+
+impl ClientOptions {
+    /// Defaults for a client called `name`.
+    pub fn new(name: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            name: name.into(),
+            token: None,
+            intervals: Vec::new(),
+            client_version: None,
+            wait: WaitStrategy::default(),
+            ring_capacity: 0,
+            dispatcher: true,
+            reconnect: None,
+            accept: Encoding::Bincode,
+            timeout: None,
+        }
+    }
+
+    /// Sets the token.
+    pub fn token(mut self, t: impl Into<String>) -> Self {
+        self.token = Some(t.into());
+        self
+    }
+
+    /// Sets the interval kinds.
+    pub fn intervals<I: IntoIterator<Item = S>, S: Into<String>>(mut self, kinds: I) -> Self {
+        self.intervals = kinds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the wait strategy.
+    pub fn wait(mut self, w: WaitStrategy) -> Self {
+        self.wait = w;
+        self
+    }
+
+    /// Turns the background dispatcher on or off.
+    pub fn dispatcher(mut self, on: bool) -> Self {
+        self.dispatcher = on;
+        self
+    }
+
+    /// Turns automatic reconnection on.
+    pub fn reconnect(mut self, r: Retry) -> Self {
+        self.reconnect = Some(r);
+        self
+    }
+
+    /// Sets the answer encoding.
+    pub fn accept(mut self, e: Encoding) -> Self {
+        self.accept = e;
+        self
+    }
+
+    /// Sets the default deadline of our gets and requests.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Sets our version string.
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.client_version = Some(v.into());
+        self
+    }
+}

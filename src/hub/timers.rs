@@ -1,0 +1,146 @@
+//! The hub's timers: request deadlines, interval pushes of cached kinds, cache upkeep,
+//! heartbeats and stale handshakes, and when the event loop must wake up next.
+//!
+//! Invariants: timers run from the event loop only (every 64th turn of it, and before every
+//! park), never from a signal or another thread. A client that has not answered the previous
+//! ping when the next one is due is dropped. A pending call's deadline is checked against
+//! the call itself (`Pending::deadline`), so a stale heap entry for a call that was already
+//! answered does nothing.
+
+use std::cmp::Reverse;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::Hub;
+use crate::proto::{HubMsg, Payload};
+use crate::sys;
+
+impl Hub {
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        let mut t = self.next_interval;
+        if let Some(h) = self.next_heartbeat {
+            t = t.min(h);
+        }
+        if let Some(Reverse((d, _))) = self.deadlines.peek() {
+            t = t.min(*d);
+        }
+        if let Some(c) = self.next_cache_upkeep {
+            t = t.min(c);
+        }
+        if self.handshakes.iter().flatten().next().is_some() {
+            t = t.min(Instant::now() + Duration::from_millis(100));
+        }
+        self.fed_next_timer(&mut t);
+        Some(t)
+    }
+
+    pub(super) fn timers(&mut self, now: Instant) {
+        while let Some(Reverse((d, hreq))) = self.deadlines.peek().copied() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(p) = self.pending.get(&hreq) {
+                if p.deadline <= now {
+                    let ms = p.deadline.duration_since(p.started).as_millis();
+                    self.fail_pending(hreq, &format!("timed out after {ms} ms"));
+                }
+            }
+        }
+        if now >= self.next_interval {
+            self.next_interval = now + self.cfg.interval;
+            self.push_intervals();
+        }
+        if self.next_cache_upkeep.is_some_and(|t| now >= t) {
+            self.next_cache_upkeep = None;
+            self.cache.maintain(sys::monotonic_ns());
+            self.schedule_cache_upkeep();
+        }
+        if let Some(h) = self.next_heartbeat {
+            if now >= h {
+                self.next_heartbeat = Some(now + self.cfg.heartbeat);
+                self.heartbeat(now);
+            }
+        }
+        let stale: Vec<usize> = self
+            .handshakes
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| {
+                h.as_ref()
+                    .is_some_and(|h| now.duration_since(h.since) > Duration::from_secs(2))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in stale {
+            if let Some(h) = self.handshakes[i].take() {
+                let _ = self.poller.delete(h.sock.as_fd());
+                warn!(pid = h.cred.pid, "handshake timed out");
+            }
+        }
+        self.fed_timers(now);
+        self.flush_all();
+        self.reap();
+    }
+
+    /// Retired cache space waits for readers to move on: look again soon. Expiring entries
+    /// are swept once a second (readers skip them on their own meanwhile).
+    pub(super) fn schedule_cache_upkeep(&mut self) {
+        let wait = if self.cache.has_retired() {
+            Duration::from_millis(20)
+        } else if self.cache.has_expiring() {
+            Duration::from_secs(1)
+        } else {
+            return;
+        };
+        let t = Instant::now() + wait;
+        if self.next_cache_upkeep.is_none_or(|c| c > t) {
+            self.next_cache_upkeep = Some(t);
+        }
+    }
+
+    fn push_intervals(&mut self) {
+        let now_ns = sys::monotonic_ns();
+        self.cache.expire(now_ns);
+        for slot in 0..self.conns.len() {
+            let kinds = match self.conns[slot].as_ref() {
+                Some(c) if !c.intervals.is_empty() && c.doomed.is_none() => c.intervals.clone(),
+                _ => continue,
+            };
+            for kind in &kinds {
+                let entries = self.cache.latest_of_kind(kind, now_ns);
+                for (key, enc, bytes) in entries {
+                    Self::deliver_split(
+                        &mut self.conns,
+                        slot,
+                        &HubMsg::Data {
+                            kind,
+                            key: key.as_deref(),
+                            payload: Payload { enc, bytes: &bytes },
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn heartbeat(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let Some(c) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if c.ping.is_some() {
+                let name = c.name.clone();
+                warn!(%name, "no answer to the previous heartbeat; dropping the client");
+                self.doom(slot, "missed heartbeat");
+                continue;
+            }
+            self.nonce += 1;
+            c.ping = Some((self.nonce, now));
+            let nonce = self.nonce;
+            self.deliver(slot, &HubMsg::Ping { nonce });
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The JSON-carrying calls of the client (`src/client/json_calls.rs`), the same on the sync
+//! and the async client: `*_payload` sends, `request_json`, handlers answering with a payload,
+//! deferred requests and their tickets, `set_version`.
+#![cfg(all(feature = "tokio", not(shmbus_loom)))]
+
+mod util;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shmbus::client::tokio_client::AsyncClient;
+use shmbus::client::{CallError, Client, ClientOptions, Ttl};
+use shmbus::hub::HubConfig;
+use shmbus::proto::{Encoding, PayloadBuf};
+
+fn hub(name: &str) -> (util::TestDir, util::ThreadHub) {
+    let dir = util::TestDir::new(name);
+    let h = util::ThreadHub::start(HubConfig {
+        dir: dir.path().to_path_buf(),
+        ..HubConfig::default()
+    });
+    (dir, h)
+}
+
+#[test]
+fn payload_sends_and_payload_answers() {
+    let _w = util::watchdog("json calls", 60);
+    let (dir, _h) = hub("json-calls");
+    let owner = Client::connect(dir.path(), ClientOptions::new("owner")).unwrap();
+    let json_client =
+        Client::connect(dir.path(), ClientOptions::new("js").accept(Encoding::Json)).unwrap();
+    owner.on_request_payload("raw", |r| {
+        let v: Value = r.payload.decode().map_err(|e| e.to_string())?;
+        PayloadBuf::json(&json!({"got": v, "accept": format!("{:?}", r.accept)}))
+            .map_err(|e| e.to_string())
+    });
+    owner.on_get_payload("cfg", |_g| {
+        Ok((PayloadBuf::raw_json(br#"{"x":1}"#.to_vec()), Ttl::Secs(5)))
+    });
+    // request_json: the responder sees a JSON payload and answers one.
+    let r = json_client
+        .request_json("owner", "raw", &json!([1, "a"]), None)
+        .unwrap();
+    assert_eq!(r.payload.enc, Encoding::Json);
+    assert_eq!(
+        r.decode::<Value>().unwrap(),
+        json!({"got": [1, "a"], "accept": "Json"})
+    );
+    // request_payload sends the payload as tagged: a bincode u32 is no JSON value, so this
+    // handler's decode into a JSON `Value` fails, and says so.
+    let r = json_client
+        .request_payload("owner", "raw", &PayloadBuf::bincode(&7u32).unwrap(), None)
+        .unwrap_err();
+    assert!(matches!(r, CallError::Remote(_)), "{r:?}");
+    let g = json_client.get("owner", "cfg").fresh(true).send().unwrap();
+    assert_eq!(g.decode::<Value>().unwrap(), json!({"x": 1}));
+
+    // Broadcast / publish / routed emit with JSON payloads reach their receivers as JSON.
+    let (tx, rx) = mpsc::channel();
+    json_client.on_any(move |ev| {
+        let _ = tx.send((
+            ev.event.clone(),
+            ev.payload.enc,
+            ev.payload.decode::<Value>().unwrap(),
+        ));
+    });
+    json_client.subscribe(["news"]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let p = PayloadBuf::json(&json!({"k": "v"})).unwrap();
+    owner.broadcast_payload("b", &p).unwrap();
+    owner.publish_payload("news", &p).unwrap();
+    owner.emit_routed_payload("js:r", &p).unwrap();
+    for want in ["b", "news", "js:r"] {
+        let (e, enc, v) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (e.as_str(), enc, v),
+            (want, Encoding::Json, json!({"k": "v"}))
+        );
+    }
+}
+
+#[test]
+fn deferred_requests_and_versions() {
+    let _w = util::watchdog("deferred requests", 60);
+    let (dir, _h) = hub("json-deferred");
+    let owner = Client::connect(dir.path(), ClientOptions::new("owner").version("0.1")).unwrap();
+    let caller = Client::connect(dir.path(), ClientOptions::new("caller")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    owner.on_request_deferred(move |r, t| {
+        let _ = tx.send((r.method.clone(), t));
+    });
+    // An explicit on_request handler still wins for its method.
+    owner.on_request("direct", |_r| Ok(5u32));
+    assert_eq!(
+        caller
+            .request("owner", "direct", &(), None)
+            .unwrap()
+            .decode::<u32>()
+            .unwrap(),
+        5
+    );
+    let c = caller.clone();
+    let answered = std::thread::spawn(move || c.request_json("owner", "later", &1, None));
+    let (m, t) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(m, "later");
+    t.answer(&PayloadBuf::json(&"done").unwrap()).unwrap();
+    assert_eq!(
+        answered
+            .join()
+            .unwrap()
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "done"
+    );
+    // fail, and a ticket dropped unanswered: both are errors for the requester, at once.
+    let c = caller.clone();
+    let failed = std::thread::spawn(move || c.request_json("owner", "f", &1, None));
+    rx.recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .1
+        .fail("nope")
+        .unwrap();
+    assert!(matches!(failed.join().unwrap(), Err(CallError::Remote(m)) if m == "nope"));
+    let c = caller.clone();
+    let dropped = std::thread::spawn(move || c.request_json("owner", "d", &1, None));
+    drop(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    assert!(
+        matches!(dropped.join().unwrap(), Err(CallError::Remote(m)) if m.contains("without answering"))
+    );
+    // set_version replaces the announced version in the hub's stat.
+    let ver = || {
+        shmbus::hub::stat(dir.path())
+            .unwrap()
+            .clients
+            .into_iter()
+            .find(|c| c.name == "owner")
+            .and_then(|c| c.version)
+    };
+    assert_eq!(ver().as_deref(), Some("0.1"));
+    owner.set_version("2.0").unwrap();
+    assert!(util::eventually(5, || ver().as_deref() == Some("2.0")));
+}
+
+#[test]
+fn async_request_json() {
+    let _w = util::watchdog("async request_json", 60);
+    let (dir, _h) = hub("json-async");
+    let owner = Client::connect(dir.path(), ClientOptions::new("owner")).unwrap();
+    owner.on_request("echo", |r| {
+        r.payload.decode::<Value>().map_err(|e| e.to_string())
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = AsyncClient::connect(
+            dir.path(),
+            ClientOptions::new("async").accept(Encoding::Json),
+        )
+        .await
+        .unwrap();
+        let r = a
+            .request_json("owner", "echo", &json!({"z": [true]}), None)
+            .await
+            .unwrap();
+        assert_eq!(r.decode::<Value>().unwrap(), json!({"z": [true]}));
+        let p = PayloadBuf::json(&json!(3)).unwrap();
+        let r = a.request_payload("owner", "echo", &p, None).await.unwrap();
+        assert_eq!(r.decode::<Value>().unwrap(), json!(3));
+        let e = a
+            .request_json("nobody", "echo", &1, Some(Duration::from_millis(500)))
+            .await;
+        assert!(matches!(e, Err(CallError::Remote(_))), "{e:?}");
+    });
+}
