@@ -142,6 +142,10 @@ pub struct FederationStat {
     pub queued_bytes: u64,
     /// Remote calls waiting for an answer.
     pub calls_pending: u64,
+    /// Cached values replayed to nodes that came up (they were written before).
+    pub resync_values_out: u64,
+    /// Nodes whose replay is still under way.
+    pub resyncs_pending: u64,
     /// Every other node we know.
     pub nodes: Vec<NodeStat>,
 }
@@ -163,6 +167,8 @@ pub struct NodeStat {
     pub msgs_out: u64,
     /// Bytes sent to it.
     pub bytes_out: u64,
+    /// Cached values replayed to it when it came up.
+    pub resync_out: u64,
 }
 
 impl FederationStat {
@@ -174,7 +180,7 @@ impl FederationStat {
             s,
             "federation: node {:?} in cluster {:?}, NATS {} ({}; {} connects), {} msgs / {} B out, \
              {} msgs / {} B in, {} B queued, {} dropped out, {} dropped in, {} malformed, \
-             {} undeliverable, {} remote calls pending",
+             {} undeliverable, {} remote calls pending, {} values replayed ({} replays under way)",
             self.node,
             self.cluster,
             self.nats,
@@ -189,12 +195,14 @@ impl FederationStat {
             self.dropped_in,
             self.decode_errors,
             self.undeliverable,
-            self.calls_pending
+            self.calls_pending,
+            self.resync_values_out,
+            self.resyncs_pending
         );
         let _ = writeln!(
             s,
-            "{:<20} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}  CLIENTS",
-            "NODE", "SEEN MS", "MSGS IN", "BYTES IN", "MSGS OUT", "BYTES OUT", "COUNT"
+            "{:<20} {:>8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>10}  CLIENTS",
+            "NODE", "SEEN MS", "MSGS IN", "BYTES IN", "MSGS OUT", "BYTES OUT", "REPLAYED", "COUNT"
         );
         for n in &self.nodes {
             let clients: Vec<String> = n
@@ -204,13 +212,14 @@ impl FederationStat {
                 .collect();
             let _ = writeln!(
                 s,
-                "{:<20} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}  {}",
+                "{:<20} {:>8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>10}  {}",
                 n.name,
                 n.last_seen_ms,
                 n.msgs_in,
                 n.bytes_in,
                 n.msgs_out,
                 n.bytes_out,
+                n.resync_out,
                 n.clients.len(),
                 clients.join(", ")
             );

@@ -58,6 +58,8 @@ pub struct Traffic {
     pub msgs_out: u64,
     /// Bytes sent to it.
     pub bytes_out: u64,
+    /// Cached values replayed to it (the resync on join).
+    pub resync_out: u64,
 }
 
 /// A remote node.

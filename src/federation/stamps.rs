@@ -63,6 +63,31 @@ impl Stamps {
         self.clock
     }
 
+    /// The keys whose held value was stamped by `node` above `after`: at most `max` of them,
+    /// the lowest stamps first (a replay walks them in stamp order with the last stamp sent
+    /// as its cursor, so keys updated meanwhile come again, later, with their new stamp).
+    pub fn held_by_after(
+        &self,
+        node: &str,
+        after: u64,
+        max: usize,
+    ) -> Vec<(u64, String, Option<String>)> {
+        let mut v: Vec<(u64, &(String, Option<String>))> = self
+            .held
+            .iter()
+            .filter(|(_, (s, n))| *s > after && n == node)
+            .map(|(k, (s, _))| (*s, k))
+            .collect();
+        if v.len() > max {
+            v.select_nth_unstable_by_key(max, |e| e.0);
+            v.truncate(max);
+        }
+        v.sort_unstable_by_key(|e| e.0);
+        v.into_iter()
+            .map(|(s, (kind, key))| (s, kind.clone(), key.clone()))
+            .collect()
+    }
+
     fn remember(&mut self, kind: &str, key: Option<&str>, stamp: u64, node: &str) {
         if self.held.len() >= self.cap {
             let mut v: Vec<u64> = self.held.values().map(|(s, _)| *s).collect();
@@ -95,5 +120,27 @@ mod tests {
             small.local("a", "k", Some(&i.to_string()));
         }
         assert!(small.held.len() <= 16);
+    }
+
+    #[test]
+    fn held_by_after_walks_our_keys_in_stamp_order() {
+        let mut a = Stamps::new(1000);
+        for i in 0..10 {
+            a.local("a", "k", Some(&i.to_string()));
+        }
+        // Key 3 is now held from b: not ours any more.
+        assert!(a.remote("b", "k", Some("3"), 100));
+        let first = a.held_by_after("a", 0, 4);
+        let keys: Vec<_> = first.iter().map(|e| e.2.clone().unwrap()).collect();
+        assert_eq!(keys, ["0", "1", "2", "4"]);
+        let rest = a.held_by_after("a", first[3].0, 100);
+        let keys: Vec<_> = rest.iter().map(|e| e.2.clone().unwrap()).collect();
+        assert_eq!(keys, ["5", "6", "7", "8", "9"]);
+        // A key updated after the cursor comes again.
+        a.local("a", "k", Some("0"));
+        let again = a.held_by_after("a", rest[4].0, 100);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].2.as_deref(), Some("0"));
+        assert_eq!(a.held_by_after("b", 0, 100).len(), 1);
     }
 }

@@ -144,6 +144,24 @@ pub enum Frame<'a> {
         /// The name.
         name: &'a str,
     },
+    /// A cached value the sending node originated, replayed to a node that came up after it
+    /// was written (the resync on join): for the receiver's cache only, ordered by its
+    /// original stamp like [`Frame::Data`]; listeners are not told (it is not an update).
+    Cached {
+        /// The owner (the client that wrote it).
+        owner: &'a str,
+        /// Kind.
+        kind: &'a str,
+        /// Key.
+        key: Option<&'a str>,
+        /// Value.
+        #[serde(borrow)]
+        payload: Payload<'a>,
+        /// TTL left when it was sent (`0` forever).
+        ttl_ms: i64,
+        /// The stamp of the update that wrote it.
+        stamp: u64,
+    },
 }
 
 /// A name claim: who keeps a name that two nodes both accepted during a partition.
@@ -281,6 +299,9 @@ impl Frame<'_> {
                     }
             }
             Frame::Data {
+                owner, kind, key, ..
+            }
+            | Frame::Cached {
                 owner, kind, key, ..
             } => valid_name(owner) && kind.len() <= MAX_NAME && valid_opt(*key),
             Frame::Get {

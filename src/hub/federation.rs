@@ -15,6 +15,8 @@
 //! * Remote input is untrusted: a message that fails to open, or a record that fails to
 //!   decode or validate, is counted and skipped; an answer is accepted only from the node the
 //!   call went to; a `Kick` only removes the client it names.
+//! * A node that comes up gets the cached values we originated (`federation_resync.rs`),
+//!   paced through the same bounded out queue.
 //! * A remote requester is a [`Waiter`] whose `who.slot` is [`FED_SLOT`] and whose `who.gen`
 //!   indexes `origins` (the requesting node), with `req` = that node's call number. It is never
 //!   "alive" for local delivery; `answer`/`fail_pending` route it here.
@@ -39,6 +41,8 @@ use crate::sys;
 
 #[path = "federation_in.rs"]
 mod incoming;
+#[path = "federation_resync.rs"]
+mod resync;
 
 /// The slot of "the federation" in `stalled_on` and in remote [`Waiter`]s.
 pub(super) const FED_SLOT: usize = usize::MAX;
@@ -65,6 +69,10 @@ pub(super) struct Fed {
     dropped: u64,
     /// A local sender is stalled on the out queue.
     stalled: bool,
+    /// Cache replays under way to nodes that came up (`federation_resync.rs`).
+    resync: Vec<resync::Resync>,
+    /// Values replayed so far.
+    resync_out: u64,
 }
 
 /// What an emit does beyond this node.
@@ -133,6 +141,8 @@ impl Fed {
             undeliverable: 0,
             dropped: 0,
             stalled: false,
+            resync: Vec::new(),
+            resync_out: 0,
         })
     }
 
@@ -640,7 +650,7 @@ impl Hub {
         if let Some(d) = f.calls.next_deadline() {
             *t = (*t).min(d);
         }
-        if f.stalled {
+        if f.stalled || (f.connected && !f.resync.is_empty()) {
             *t = (*t).min(Instant::now() + Duration::from_millis(1));
         }
     }
@@ -666,6 +676,7 @@ impl Hub {
             let changes = f.routes.expire(now, timeout);
             self.fed_changes(changes);
         }
+        self.fed_resync_step();
         let Some(f) = self.fed.as_deref_mut() else {
             return;
         };
@@ -721,6 +732,7 @@ impl Hub {
                     bytes_in: t.bytes_in,
                     msgs_out: t.msgs_out,
                     bytes_out: t.bytes_out,
+                    resync_out: t.resync_out,
                 }
             })
             .collect();
@@ -741,6 +753,8 @@ impl Hub {
             undeliverable: f.undeliverable,
             queued_bytes: f.link.queued_bytes() as u64,
             calls_pending: f.calls.len() as u64,
+            resync_values_out: f.resync_out,
+            resyncs_pending: f.resync.len() as u64,
             nodes,
         }))
     }

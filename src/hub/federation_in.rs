@@ -217,6 +217,8 @@ impl Hub {
                     info!(%node, "node joined the federation");
                     if let Some(f) = self.fed.as_deref_mut() {
                         f.origin(&node);
+                        // It may have missed values we wrote: replay them (paced, timers).
+                        f.resync_start(&node);
                     }
                 }
                 Change::NodeGone { node, reason } => {
@@ -485,6 +487,17 @@ impl Hub {
                         self.reply(w.who.slot, w.req, answer);
                     }
                 }
+                Ok(())
+            }
+            Frame::Cached {
+                owner,
+                kind,
+                key,
+                payload,
+                ttl_ms,
+                stamp,
+            } => {
+                self.fed_cached(node, owner, kind, key, payload, ttl_ms, stamp);
                 Ok(())
             }
             Frame::Kick { name } => {

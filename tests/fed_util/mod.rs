@@ -405,6 +405,12 @@ impl Cluster {
     /// Starts a server and hubs named `nodes`, each with the extra hub flags `extra`, and waits
     /// until every hub is connected and sees every other node.
     pub fn start(test: &str, nodes: &[&str], extra: &[&str]) -> Cluster {
+        Cluster::start_some(test, nodes, nodes.len(), extra)
+    }
+
+    /// [`start`](Cluster::start) with only the first `running` hubs started: the hosts of the
+    /// others exist, and [`add_hub`](Cluster::add_hub) starts them later (in order).
+    pub fn start_some(test: &str, nodes: &[&str], running: usize, extra: &[&str]) -> Cluster {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let root = std::env::temp_dir().join(format!("shmbus-fed-{test}-{pid}-{seq}"));
@@ -479,7 +485,7 @@ impl Cluster {
             root,
             cluster,
         };
-        for n in nodes {
+        for n in &nodes[..running] {
             c.add_hub(n, extra);
         }
         c.wait_mesh();
