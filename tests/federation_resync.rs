@@ -1,7 +1,8 @@
 //! A node that joins later gets the `data` values written before it joined (issue 16,
 //! section 3, `data` and the TTL cache): every node replays the values it originated to a node
 //! it sees come up, with their remaining TTL and their original stamps, paced through the
-//! bounded out queue. Real nats-server, hubs as `shmbus hub --nats` processes.
+//! bounded out queue. Covered: values written while alone (beta joins), values of two nodes
+//! (gamma joins), and a restart (gamma again). Real nats-server, hubs as `shmbus hub --nats` processes.
 #![cfg(not(shmbus_loom))]
 
 mod fed_util;
@@ -24,7 +25,8 @@ fn replayed_to(h: &fed_util::Hub, node: &str) -> u64 {
 #[test]
 fn a_later_node_gets_the_values_written_before_it_joined() {
     let _w = watchdog("federation_resync", 180);
-    let mut cl = Cluster::start_some("resync", &["alpha", "beta", "gamma"], 2, &[]);
+    // alpha alone first: what it is written then has no other node to go to.
+    let mut cl = Cluster::start_some("resync", &["alpha", "beta", "gamma"], 1, &[]);
     {
         let oa = cl.hubs[0].client("owner-a");
         oa.data("guild", Some("g1"), &"v1".to_string(), Ttl::Secs(60))
@@ -42,12 +44,15 @@ fn a_later_node_gets_the_values_written_before_it_joined() {
             oa.data("bulk", Some(&i.to_string()), &blob, Ttl::Forever)
                 .unwrap();
         }
-        // owner-a leaves before gamma comes: its values stay in the caches.
+        // owner-a leaves before beta and gamma come: its values stay in alpha's cache.
     }
+    std::thread::sleep(Duration::from_millis(400)); // g3 expires
+    cl.add_hub("beta", &[]);
+    cl.wait_mesh();
     let ob = cl.hubs[1].client("owner-b");
     ob.data("user", Some("u1"), &"b-1".to_string(), Ttl::Secs(60))
         .unwrap();
-    // beta holds alpha's values (replicated as they were written), alpha holds beta's.
+    // beta got alpha's values when it joined; alpha holds beta's (replicated live).
     let rb = cl.hubs[1].client("reader-b");
     assert!(eventually(20.0, || rb
         .cache()
@@ -58,7 +63,12 @@ fn a_later_node_gets_the_values_written_before_it_joined() {
         .cache()
         .get_from("owner-b", "user", Some("u1"))
         .is_some()));
-    std::thread::sleep(Duration::from_millis(400)); // g3 expires
+    assert_eq!(replayed_to(&cl.hubs[0], "beta"), BULK as u64 + 2);
+    assert_eq!(
+        replayed_to(&cl.hubs[1], "alpha"),
+        0,
+        "beta had nothing of its own"
+    );
 
     cl.add_hub("gamma", &[]);
     cl.wait_mesh();

@@ -402,14 +402,16 @@ impl Hub {
         payload: Payload<'_>,
         ttl_ms: i64,
     ) -> Result<Option<DataOut>, ()> {
-        let owner = self.name_arc(slot);
         let Some(f) = self.fed.as_deref_mut() else {
             return Ok(None);
         };
-        let stamp = f.stamps.local(&f.node.clone(), kind, key);
+        // Stamped even with no other node: a node that joins later gets it (resync).
+        let stamp = f.stamps.local(&f.node, kind, key);
         if f.routes.is_empty() || !f.connected {
             return Ok(None);
         }
+        let owner = self.name_arc(slot);
+        let f = self.fed.as_deref_mut().expect("checked above");
         let rec = match wire::record(&Frame::Data {
             owner: &owner,
             kind,
