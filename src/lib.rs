@@ -106,6 +106,7 @@ mod channel;
 pub mod client;
 pub mod codec;
 mod error;
+pub mod federation;
 mod hash;
 pub mod hub;
 mod link;

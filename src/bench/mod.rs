@@ -20,6 +20,8 @@
 //! `ring`, `uds`, `floor`, `hub` and `cache`.
 
 mod cache;
+#[cfg(feature = "federation")]
+pub mod federation;
 mod floor;
 mod hub;
 mod report;

@@ -19,6 +19,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     #[cfg(feature = "bridge")]
@@ -50,6 +52,24 @@ enum Cmd {
         /// Seconds to measure.
         #[arg(long, default_value_t = 10)]
         secs: u64,
+    },
+    /// Federation figures in one run: a remote fresh get vs raw async-nats request-reply,
+    /// cross-node emit vs raw publish, local get/emit with federation on (NATS idle) vs off.
+    /// Starts nats-server on loopback unless --nats is given.
+    #[cfg(feature = "federation")]
+    BenchFederation {
+        /// Round trips per latency case.
+        #[arg(long, default_value_t = 20_000)]
+        iters: u64,
+        /// Messages per throughput case.
+        #[arg(long, default_value_t = 200_000)]
+        msgs: u64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Use this nats-server instead of starting one.
+        #[arg(long)]
+        nats: Option<String>,
     },
     /// Run the standard benchmark set in one invocation and print a markdown report with the
     /// target ratios (ring/atomic, ring park/eventfd, uds/ring, streaming rates).
@@ -111,9 +131,47 @@ struct HubArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log: String,
+    /// Federate with the hubs of other hosts through these NATS servers
+    /// (nats://HOST:PORT or tls://…, comma-separated). Needs `--features federation`.
+    #[arg(long, value_name = "URL[,URL…]", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// This hub's node name in the federation (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The federation's cluster name; all NATS subjects are namespaced by it.
+    #[arg(long, value_name = "NAME", default_value = "shmbus")]
+    cluster: String,
+    /// A NATS credentials file (JWT + nkey seed).
+    #[arg(long, value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// A PEM CA certificate to trust for TLS to NATS (turns TLS on).
+    #[arg(long, value_name = "FILE")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Presence heartbeat period, in ms.
+    #[arg(long, default_value_t = 500)]
+    nats_heartbeat_ms: u64,
+    /// A node not heard from for this long is gone (its clients leave, its calls fail), in ms.
+    #[arg(long, default_value_t = 2000)]
+    nats_node_timeout_ms: u64,
 }
 
 impl HubArgs {
+    fn federation(&self) -> Option<shmbus::federation::FederationConfig> {
+        if self.nats.is_empty() {
+            return None;
+        }
+        let mut f = shmbus::federation::FederationConfig::new(self.nats.clone());
+        if let Some(n) = &self.node {
+            f.node = n.clone();
+        }
+        f.cluster = self.cluster.clone();
+        f.creds = self.nats_creds.clone();
+        f.tls_ca = self.nats_tls_ca.clone();
+        f.heartbeat = Duration::from_millis(self.nats_heartbeat_ms.max(10));
+        f.node_timeout = Duration::from_millis(self.nats_node_timeout_ms.max(20));
+        Some(f)
+    }
+
     fn config(&self) -> shmbus::hub::HubConfig {
         shmbus::hub::HubConfig {
             dir: self.dir.clone().unwrap_or_else(shmbus::hub::default_dir),
@@ -134,6 +192,7 @@ impl HubArgs {
                 max_value: self.cache_max_value,
                 pin_bound: Duration::from_millis(self.cache_pin_ms.max(1)),
             },
+            federation: self.federation(),
             ..Default::default()
         }
     }
@@ -310,6 +369,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "federation")]
+        Cmd::BenchFederation {
+            iters,
+            msgs,
+            size,
+            nats,
+        } => {
+            let o = shmbus::bench::federation::FedOpts {
+                iters: iters.max(10),
+                msgs: msgs.max(10),
+                size,
+                nats,
+            };
+            match shmbus::bench::federation::run(&o) {
+                Ok((_, md)) => {
+                    print!("{md}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shmbus bench-federation: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::BenchSuite { iters, pin } => match bench::suite(iters, pin) {
             Ok((_, md)) => {
                 print!("{md}");

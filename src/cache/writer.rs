@@ -764,6 +764,25 @@ impl CacheWriter {
         Some((self.value_of(m), ttl))
     }
 
+    /// The live value of (kind, key), whoever wrote it: (owner, encoding, bytes, TTL left in
+    /// ms, 0 = forever). Federation replays it to a node that joined later.
+    pub fn entry(
+        &mut self,
+        kind: &str,
+        key: Option<&str>,
+        now_ns: u64,
+    ) -> Option<(&str, Encoding, &[u8], i64)> {
+        mapkey(&mut self.keybuf, kind, key);
+        let id = *self.ids.get(self.keybuf.as_slice())?;
+        let m = self.metas[id].as_ref()?;
+        let ttl = match m.expires_ns {
+            0 => 0,
+            e if e <= now_ns => return None,
+            e => ((e - now_ns) / 1_000_000).max(1) as i64,
+        };
+        Some((&m.owner, m.enc, self.value_of(m), ttl))
+    }
+
     /// Every live entry of `kind`: (key, encoding, bytes).
     pub fn latest_of_kind(
         &self,

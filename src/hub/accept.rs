@@ -136,6 +136,10 @@ impl Hub {
         if hello.name.is_empty() || hello.name.len() > 256 || hello.name.contains(['\0', '\n']) {
             return refuse_with(&sock, "invalid client name".into());
         }
+        let remote_claim = match self.fed_admit_check(&hello.name) {
+            Ok(c) => c,
+            Err(reason) => return refuse_with(&sock, reason),
+        };
         if let Some(&old) = self.names.get(&hello.name) {
             if self.cfg.replace_names {
                 info!(name = %hello.name, "replacing the client of the same name");
@@ -220,6 +224,7 @@ impl Hub {
             hello.client_version,
         ));
         self.rxs[slot] = Some(Box::new(rx));
+        self.fed_joined(slot, remote_claim);
         self.lifecycle(slot, Change::Joined);
         self.flush_all();
         Ok(())

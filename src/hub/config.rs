@@ -35,6 +35,8 @@ pub struct HubConfig {
     pub outbox_limit: usize,
     /// The shared cache segment's sizes and limits.
     pub cache: CacheConfig,
+    /// Federation over NATS (`--nats`); needs the `federation` feature.
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 impl Default for HubConfig {
@@ -50,6 +52,7 @@ impl Default for HubConfig {
             link: LinkConfig::default(),
             outbox_limit: 8 << 20,
             cache: CacheConfig::default(),
+            federation: None,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct StatReport {
     pub cache_bytes: u64,
     /// The cache segment's counters (evictions, retired space, revoked pins, …).
     pub cache: crate::cache::WriterStats,
+    /// Federation: our node, NATS, the other nodes and their clients (`--nats`).
+    pub federation: Option<Box<crate::federation::FederationStat>>,
 }
 
 /// One client in a [`StatReport`].
@@ -153,6 +155,9 @@ impl StatReport {
                 c.msgs_out
             );
         }
+        if let Some(f) = &self.federation {
+            s.push_str(&f.to_table());
+        }
         if !self.pending.is_empty() {
             let _ = writeln!(s, "pending:");
             for p in &self.pending {
@@ -225,6 +230,7 @@ impl Hub {
             cache_entries: self.cache.len() as u64,
             cache_bytes: self.cache.bytes() as u64,
             cache: self.cache.stats(),
+            federation: self.fed_stat(),
         }
     }
 }

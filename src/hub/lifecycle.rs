@@ -90,6 +90,7 @@ impl Hub {
             for p in self.pending.values_mut() {
                 p.waiters.retain(|w| w.who != gone);
             }
+            self.fed_left(&name, gone);
             for other in self.conns.iter_mut().flatten() {
                 if other.stalled_on == Some(slot) {
                     other.stalled_on = None;
@@ -121,6 +122,7 @@ impl Hub {
             self.doom(slot, "hub shutting down");
         }
         self.reap();
+        self.fed_shutdown();
         let _ = std::fs::remove_file(&self.path);
     }
 }

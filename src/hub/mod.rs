@@ -17,7 +17,9 @@
 //! `config` (settings, the hub directory), `accept` (handshake, admit, refuse), `route`
 //! (connections, the pump, delivering), `requests` (pending gets and requests), `timers`
 //! (deadlines, intervals, heartbeats), `lifecycle` (doom, reap, shutdown), `control` (the
-//! control-plane messages and `stat`). This file holds [`Hub`] and its event loop.
+//! control-plane messages and `stat`), `federation` (the hooks for hubs on other hosts:
+//! `federation.rs` and `federation_in.rs` with the `federation` feature, the same hooks as
+//! no-ops in `federation_off.rs` without it). This file holds [`Hub`] and its event loop.
 //!
 //! # Invariants
 //!
@@ -33,6 +35,11 @@
 mod accept;
 mod config;
 mod control;
+#[cfg(feature = "federation")]
+mod federation;
+#[cfg(not(feature = "federation"))]
+#[path = "federation_off.rs"]
+mod federation;
 mod lifecycle;
 mod requests;
 mod route;
@@ -66,6 +73,7 @@ use crate::{AccessPolicy, Error, RawReceiver};
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_SHUTDOWN: u64 = 1;
+const TOKEN_FED: u64 = 2;
 const TOKEN_BASE: u64 = 16;
 const SUB_DATA: u64 = 0;
 const SUB_CTRL: u64 = 1;
@@ -122,6 +130,9 @@ pub struct Hub {
     keybuf: String,
     /// Scratch list of destinations, reused by every routed event.
     dests: Vec<usize>,
+    /// Federation over NATS (`federation.rs`), if configured.
+    #[cfg_attr(not(feature = "federation"), allow(dead_code))]
+    fed: Option<Box<federation::Fed>>,
 }
 
 impl Hub {
@@ -136,6 +147,14 @@ impl Hub {
         poller.add(listener.as_fd(), TOKEN_LISTENER, false, false)?;
         poller.add(shutdown.as_fd(), TOKEN_SHUTDOWN, false, false)?;
         let cache = CacheWriter::new(cfg.cache.clone())?;
+        let fed = match cfg.federation.clone() {
+            Some(f) => {
+                let fed = Box::new(federation::Fed::start(f)?);
+                poller.add(fed.bell_fd(), TOKEN_FED, false, false)?;
+                Some(fed)
+            }
+            None => None,
+        };
         let now = Instant::now();
         let policy = AccessPolicy {
             extra_uids: cfg.allow_uids.clone(),
@@ -165,6 +184,7 @@ impl Hub {
             policy,
             keybuf: String::new(),
             dests: Vec::new(),
+            fed,
         })
     }
 
@@ -301,6 +321,7 @@ impl Hub {
                 TOKEN_SHUTDOWN => {
                     let _ = self.shutdown.drain();
                 }
+                TOKEN_FED => self.fed_bell(),
                 t => {
                     let slot = ((t - TOKEN_BASE) / 4) as usize;
                     match (t - TOKEN_BASE) % 4 {

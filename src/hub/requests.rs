@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use super::federation::FED_SLOT;
 use super::route::Conn;
 use super::Hub;
 use crate::proto::{Answer, Encoding, HubMsg, Payload};
@@ -50,7 +51,7 @@ pub(super) struct Pending {
 }
 
 impl Hub {
-    fn reply(&mut self, dest: usize, req: u64, answer: Answer<'_>) {
+    pub(super) fn reply(&mut self, dest: usize, req: u64, answer: Answer<'_>) {
         Self::deliver_split(&mut self.conns, dest, &HubMsg::Reply { req, answer });
         Self::publish_now(&mut self.conns, dest);
     }
@@ -107,6 +108,12 @@ impl Hub {
             }
         }
         let owner = self.names.get(from).copied();
+        if owner.is_none() {
+            if let Some(done) = self.fed_get(slot, req, from, kind, key, fresh, timeout_ms, accept)
+            {
+                return done;
+            }
+        }
         if let Some(o) = owner {
             if !self.has_capacity(o) {
                 return self.stall(slot, o);
@@ -185,6 +192,12 @@ impl Hub {
         if !self.has_capacity(slot) {
             return self.stall(slot, slot);
         }
+        if !self.names.contains_key(to) {
+            if let Some(done) = self.fed_request(slot, req, to, method, payload, timeout_ms, accept)
+            {
+                return done;
+            }
+        }
         let Some(owner) = self
             .names
             .get(to)
@@ -244,7 +257,7 @@ impl Hub {
             .waiters
             .iter()
             .map(|w| &w.who.slot)
-            .find(|&&d| !self.has_capacity(d))
+            .find(|&&d| d != FED_SLOT && !self.has_capacity(d))
         {
             return self.stall(slot, full);
         }
@@ -275,7 +288,9 @@ impl Hub {
             }
         }
         for w in &p.waiters {
-            if self.alive(w.who) {
+            if w.who.slot == FED_SLOT {
+                self.fed_reply(w, answer);
+            } else if self.alive(w.who) {
                 self.reply(w.who.slot, w.req, answer);
             }
         }
@@ -290,7 +305,9 @@ impl Hub {
             self.inflight.retain(|_, v| *v != hreq);
         }
         for w in &p.waiters {
-            if self.alive(w.who) {
+            if w.who.slot == FED_SLOT {
+                self.fed_reply(w, Answer::Err { message });
+            } else if self.alive(w.who) {
                 self.reply(w.who.slot, w.req, Answer::Err { message });
             }
         }

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
+use super::federation::FED_SLOT;
 use super::requests::Who;
 use super::Hub;
 use crate::proto::{self, Change, ClientMsg, HubMsg, Payload, Target};
@@ -93,20 +94,23 @@ impl Conn {
 impl Hub {
     /// One pass over every client: read, route, write, publish. True if anything moved.
     pub(super) fn pump(&mut self) -> Result<bool, Error> {
-        let mut progress = false;
+        let mut progress = self.fed_pump();
         for slot in 0..self.rxs.len() {
             let Some(mut rx) = self.rxs[slot].take() else {
                 continue;
             };
             let stalled = self.conns[slot].as_ref().and_then(|c| c.stalled_on);
             if let Some(dest) = stalled {
-                let still = self
-                    .conns
-                    .get(dest)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|d| {
-                        d.doomed.is_none() && d.outbox_bytes > self.cfg.outbox_limit / 2
-                    });
+                let still = if dest == FED_SLOT {
+                    !self.fed_has_room()
+                } else {
+                    self.conns
+                        .get(dest)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|d| {
+                            d.doomed.is_none() && d.outbox_bytes > self.cfg.outbox_limit / 2
+                        })
+                };
                 if still {
                     self.rxs[slot] = Some(rx);
                     continue;
@@ -224,14 +228,22 @@ impl Hub {
             .map_or_else(|| Arc::from(""), |c| c.name.clone())
     }
 
+    /// The client's name ("" for a free slot or [`FED_SLOT`], a remote requester).
     pub(super) fn name_of(&self, slot: usize) -> &str {
-        self.conns[slot].as_ref().map_or("", |c| &c.name)
+        self.conns
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or("", |c| &c.name)
     }
 
     pub(super) fn who(&self, slot: usize) -> Who {
         Who {
             slot,
-            gen: self.conns[slot].as_ref().map_or(0, |c| c.gen),
+            gen: self
+                .conns
+                .get(slot)
+                .and_then(Option::as_ref)
+                .map_or(0, |c| c.gen),
         }
     }
 
@@ -253,9 +265,13 @@ impl Hub {
                 payload,
                 ttl_ms,
             } => {
+                let Ok(remote) = self.fed_data_prepare(slot, kind, key, payload, ttl_ms) else {
+                    return self.stall(slot, FED_SLOT);
+                };
                 if !self.data_to_listeners(slot, kind, key, payload) {
                     return false;
                 }
+                self.fed_data_send(remote);
                 let owner = self.conns[slot].as_ref().map_or("", |c| &c.name);
                 if let Err(e) =
                     self.cache
@@ -288,12 +304,14 @@ impl Hub {
                 if let Some(c) = self.conns[slot].as_mut() {
                     c.topics = topics.into_iter().map(str::to_string).collect();
                 }
+                self.fed_topics(slot);
                 true
             }
             ClientMsg::SetState { state } => {
                 if let Some(c) = self.conns[slot].as_mut() {
                     c.state = state.to_string();
                 }
+                self.fed_state(slot);
                 self.lifecycle(slot, Change::State(state));
                 true
             }
@@ -339,6 +357,7 @@ impl Hub {
         let mut dests = std::mem::take(&mut self.dests);
         dests.clear();
         let mut topic = None;
+        let plan = self.fed_plan(to, event);
         match to {
             Target::Client(name) => dests.extend(self.names.get(name).copied()),
             Target::All => self.others(slot, &mut dests),
@@ -357,6 +376,7 @@ impl Hub {
             Target::ByEventName => {
                 match proto::split_target(event).and_then(|(t, _)| self.names.get(t).copied()) {
                     Some(d) => dests.push(d),
+                    None if plan.is_remote_client() => {}
                     None => self.others(slot, &mut dests),
                 }
             }
@@ -364,6 +384,10 @@ impl Hub {
         if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
             self.dests = dests;
             return self.stall(slot, full);
+        }
+        if !self.fed_forward(slot, &plan, to, event, payload) {
+            self.dests = dests;
+            return self.stall(slot, FED_SLOT);
         }
         if dests.is_empty() {
             debug!(from = %self.name_of(slot), event, "event had no recipient");
@@ -427,7 +451,7 @@ impl Hub {
     }
 
     /// Appends every live client but `slot` to `out`.
-    fn others(&self, slot: usize, out: &mut Vec<usize>) {
+    pub(super) fn others(&self, slot: usize, out: &mut Vec<usize>) {
         out.extend(
             self.conns
                 .iter()

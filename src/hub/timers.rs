@@ -32,6 +32,7 @@ impl Hub {
         if self.handshakes.iter().flatten().next().is_some() {
             t = t.min(Instant::now() + Duration::from_millis(100));
         }
+        self.fed_next_timer(&mut t);
         Some(t)
     }
 
@@ -79,6 +80,7 @@ impl Hub {
                 warn!(pid = h.cred.pid, "handshake timed out");
             }
         }
+        self.fed_timers(now);
         self.flush_all();
         self.reap();
     }

@@ -8,7 +8,8 @@
 //!
 //! Without `--socketio-to` this is exactly the hub's own `Target::ByEventName`, so no view of
 //! who is connected is needed. With it, the bridge keeps a [`Directory`] of connected names
-//! (one watcher bus client fed by lifecycle notifications, seeded by a `stat`). A request (an
+//! (one watcher bus client fed by lifecycle notifications, seeded by a `stat`: local clients
+//! and, under federation, the other nodes' clients). A request (an
 //! event sent with an ack) needs one responder: rules 1 and 2 without the fallback to all.
 //!
 //! Arguments: none is `null`, one is itself, several travel as one JSON array. The raw JSON
@@ -59,10 +60,14 @@ impl Directory {
         // meanwhile may linger until its next lifecycle change: routing then falls back to
         // the hub's "no such client").
         match tokio::task::spawn_blocking(move || crate::hub::stat(&dir)).await {
-            Ok(Ok(r)) => names
-                .lock()
-                .expect("lock")
-                .extend(r.clients.into_iter().map(|c| c.name)),
+            Ok(Ok(r)) => {
+                let mut g = names.lock().expect("lock");
+                g.extend(r.clients.into_iter().map(|c| c.name));
+                // Under federation, the clients of the other nodes too (their later joins
+                // and leaves reach the watcher as lifecycle notifications, like local ones).
+                let remote = r.federation.into_iter().flat_map(|f| f.nodes);
+                g.extend(remote.flat_map(|n| n.clients.into_iter().map(|(c, _)| c)));
+            }
             Ok(Err(e)) => warn!(error = %e, "socketio: cannot list the hub's clients"),
             Err(e) => warn!(error = %e, "socketio: cannot list the hub's clients"),
         }
