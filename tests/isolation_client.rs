@@ -403,21 +403,35 @@ fn get_ticket_drop_does_not_block_on_a_full_ring() {
     // Fill the owner's ring towards the hub: the sink is stopped, so the hub stops reading
     // the owner once the sink's outbox is over its limit.
     sink.proc.stop();
-    let o2 = o.clone();
-    let flood = std::thread::spawn(move || {
-        let big = vec![0u8; 64 << 10];
-        for _ in 0..300 {
-            if o2.emit("sink", "ev", &big).is_err() {
-                return;
-            }
-        }
-    });
-    let full = util::eventually(20, || {
+    // Big events fill the sink's outbox; tiny ones then fill every gap left in the owner's
+    // ring, so not even a small answer fits.
+    let floods: Vec<_> = [64usize << 10, 16]
+        .into_iter()
+        .map(|size| {
+            let o2 = o.clone();
+            std::thread::spawn(move || {
+                let body = vec![0u8; size];
+                let n = if size > 1024 { 300 } else { 2_000_000 };
+                for _ in 0..n {
+                    if o2.emit("sink", "ev", &body).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let owner_full = || {
         shmbus::hub::stat(dir.path()).is_ok_and(|s| {
             s.clients
                 .iter()
-                .any(|c| c.name == "owner" && c.ring_in_fill * 4 > c.ring_in_capacity * 3)
+                .any(|c| c.name == "owner" && c.ring_in_fill + 256 > c.ring_in_capacity)
         })
+    };
+    let full = util::eventually(30, || {
+        owner_full() && {
+            std::thread::sleep(Duration::from_millis(300));
+            owner_full()
+        }
     });
     assert!(full, "the owner's ring did not fill");
     let ticket = kept.lock().unwrap().pop().unwrap();
@@ -425,7 +439,9 @@ fn get_ticket_drop_does_not_block_on_a_full_ring() {
     eprintln!("GetTicket::drop with a full ring: {dropped:?}");
     // Let everything drain, so that the test ends cleanly either way.
     sink.proc.cont();
-    let _ = flood.join();
+    for f in floods {
+        let _ = f.join();
+    }
     let answer = grx.recv_timeout(Duration::from_secs(30));
     eprintln!("the requester got: {answer:?}");
     assert!(

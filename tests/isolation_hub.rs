@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use fault_harness::{start_hub, HubSpec};
 use shmbus::client::{CallError, Client, ClientOptions, GetTicket, Ttl};
 use shmbus::proto::{ClientMsg, Encoding, HubMsg, Payload};
-use shmbus::WaitStrategy;
 
 // ------------------------------------------------------------------------------------------
 // An allocator that records the largest single allocation made by a thread that asks it to.
@@ -292,30 +291,47 @@ fn fd_exhaustion_backs_off_and_recovers() {
 // 12.6: stat has no size limit short of the control-plane maximum
 // ------------------------------------------------------------------------------------------
 
-fn many_clients_stat(n: usize, bridge_too: bool) {
-    fault_harness::raise_nofile(200_000);
+/// `n` clients whose names are 250 characters long, each subscribed to `topics` topics of 250
+/// characters, connected from `procs` agent processes (this container's hard fd limit is
+/// 20,000 per process and cannot be raised: no CAP_SYS_RESOURCE).
+fn many_clients_stat(n: usize, topics: usize, procs: usize, bridge_too: bool) {
     let dir = util::TestDir::new(&format!("stat{n}"));
-    let _hub = start_hub(
+    let hub = start_hub(
         dir.path(),
         HubSpec {
-            nofile: Some(200_000),
-            flags: &["--cache-bytes", "1048576", "--heartbeat-ms", "0"],
+            nofile: Some(fault_harness::hard_nofile()),
+            flags: &["--heartbeat-ms", "0"],
             ..Default::default()
         },
     );
-    let mut clients = Vec::with_capacity(n);
     let t = Instant::now();
-    for i in 0..n {
-        let name = format!("{i:05}-{}", "n".repeat(244));
-        assert_eq!(name.len(), 250);
-        let mut o = ClientOptions::new(name)
-            .dispatcher(false)
-            .wait(WaitStrategy::Park);
-        o.ring_capacity = 4096;
-        clients.push(Client::connect(dir.path(), o).unwrap());
+    let mut crowd = Vec::new();
+    for p in 0..procs {
+        let per = n / procs + usize::from(p < n % procs);
+        crowd.push(fault_harness::rust_agent(
+            "crowd",
+            &format!("crowd{p}"),
+            dir.path(),
+            &[
+                ("COUNT", per.to_string()),
+                ("PREFIX", format!("{p:02}")),
+                ("TOPICS", topics.to_string()),
+            ],
+        ));
     }
-    eprintln!("{n} clients connected in {:?}", t.elapsed());
+    for a in &mut crowd {
+        a.expect("ready", Duration::from_secs(300));
+    }
+    let hub_fds = hub.stats().fds;
+    eprintln!(
+        "{n} clients connected in {:?}; hub holds {hub_fds} fds",
+        t.elapsed()
+    );
     let report = shmbus::hub::stat(dir.path());
+    let bytes = report
+        .as_ref()
+        .map(|r| shmbus::codec::encode_to_vec(r).unwrap().len())
+        .unwrap_or(0);
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_shmbus"))
         .args(["stat", "--json", "--dir"])
         .arg(dir.path())
@@ -325,12 +341,17 @@ fn many_clients_stat(n: usize, bridge_too: bool) {
         .ok()
         .and_then(|v| v["clients"].as_array().map(Vec::len));
     eprintln!(
-        "stat with {n} long names: {:?}; shmbus stat --json: {:?} ({})",
+        "stat with {n} long names: {:?} ({bytes} bytes); shmbus stat --json: {:?} ({})",
         report.as_ref().map(|r| r.clients.len()),
         cli_clients,
         String::from_utf8_lossy(&cli.stderr).trim()
     );
-    assert_eq!(report.expect("stat").clients.len(), n);
+    let report = report.expect("stat");
+    assert_eq!(report.clients.len(), n);
+    assert!(report
+        .clients
+        .iter()
+        .all(|c| c.name.len() == 250 && c.topics.len() == topics));
     assert_eq!(cli_clients, Some(n), "shmbus stat --json");
     if bridge_too {
         // The bridge checks the hub with stat at startup.
@@ -341,14 +362,69 @@ fn many_clients_stat(n: usize, bridge_too: bool) {
 
 #[test]
 fn stat_with_400_long_names() {
-    let _w = util::watchdog("stat_with_400_long_names", 120);
-    many_clients_stat(400, true);
+    let _w = util::watchdog("stat_with_400_long_names", 300);
+    many_clients_stat(400, 0, 1, true);
 }
 
+/// As many real clients as the container's fd limit allows the hub (~7 fds each), each
+/// entry four times the size of a 250-character name alone: a reply the size that 10,000
+/// clients with 250-character names make.
 #[test]
-fn stat_with_10000_long_names() {
-    let _w = util::watchdog("stat_with_10000_long_names", 600);
-    many_clients_stat(10_000, false);
+fn stat_as_large_as_10000_long_names() {
+    let _w = util::watchdog("stat_as_large_as_10000_long_names", 900);
+    many_clients_stat(3_000, 3, 6, false);
+}
+
+/// The control plane itself carries a stat reply of 10,000 clients with 250-character
+/// names (a socket pair, the hub's own send and the stat client's receive).
+#[test]
+fn control_plane_carries_a_10000_client_stat() {
+    let _w = util::watchdog("control_plane_carries_a_10000_client_stat", 60);
+    let clients = (0..10_000)
+        .map(|i| shmbus::hub::ClientStat {
+            name: format!("{i:05}-{}", "n".repeat(244)),
+            pid: 1,
+            uid: 0,
+            state: "connected".into(),
+            version: None,
+            ring_in_fill: 0,
+            ring_in_capacity: 1 << 20,
+            ring_out_fill: 0,
+            ring_out_capacity: 1 << 20,
+            outbox_bytes: 0,
+            msgs_in: 0,
+            msgs_out: 0,
+            topics: Vec::new(),
+            intervals: Vec::new(),
+        })
+        .collect();
+    let report = shmbus::hub::StatReport {
+        uptime_ms: 1,
+        clients,
+        pending: Vec::new(),
+        cache_entries: 0,
+        cache_bytes: 0,
+        cache: Default::default(),
+    };
+    let (a, b) = UnixStream::pair().unwrap();
+    let sent = std::thread::spawn(move || {
+        shmbus::send_control(&a, &shmbus::hub::ControlReply::Stat(report), &[])
+    });
+    let got = shmbus::recv_control::<shmbus::hub::ControlReply>(&b);
+    let sent = sent.join().unwrap();
+    eprintln!(
+        "10,000-client stat over the control plane: send {:?}, receive {}",
+        sent,
+        match &got {
+            Ok(Some((shmbus::hub::ControlReply::Stat(r), _))) => format!("{} clients", r.clients.len()),
+            other => format!("{other:?}"),
+        }
+    );
+    sent.expect("send");
+    match got {
+        Ok(Some((shmbus::hub::ControlReply::Stat(r), _))) => assert_eq!(r.clients.len(), 10_000),
+        other => panic!("{other:?}"),
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -472,7 +548,7 @@ fn hostile_hello(len: u32) -> Vec<u8> {
 #[test]
 fn hostile_length_prefixes_allocate_only_what_arrived() {
     // In process: the codec itself.
-    let body = hostile_hello((1 << 30) - 1);
+    let body = hostile_hello(1 << 29);
     let big = largest_allocation(|| {
         assert!(shmbus::codec::decode::<shmbus::hub::ControlRequest>(&body).is_err());
     });
@@ -497,7 +573,7 @@ fn hostile_hello_does_not_make_the_hub_allocate() {
     let dir = util::TestDir::new("hostile-hello");
     let hub = start_hub(dir.path(), HubSpec::default());
     let before = hub.stats().vm_peak_kib;
-    let body = hostile_hello((1 << 30) - 1);
+    let body = hostile_hello(1 << 29);
     let mut s = UnixStream::connect(dir.join("hub.sock")).unwrap();
     s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
     s.write_all(&body).unwrap();

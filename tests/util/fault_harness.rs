@@ -241,9 +241,18 @@ pub fn start_hub(dir: &Path, spec: HubSpec<'_>) -> Proc {
     p
 }
 
-/// Raises this process's own RLIMIT_NOFILE to `n` (soft and hard; we are root in CI).
-pub fn raise_nofile(n: u64) {
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+/// This process's hard RLIMIT_NOFILE (what a child may raise its soft limit to without
+/// CAP_SYS_RESOURCE).
+pub fn hard_nofile() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit")
+        .1
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit.
+pub fn raise_nofile() {
+    let hard = hard_nofile();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
         .expect("setrlimit RLIMIT_NOFILE");
 }
 
@@ -299,8 +308,10 @@ impl RustAgent {
         std::thread::spawn(move || {
             for l in BufReader::new(stdout).lines() {
                 let Ok(l) = l else { return };
-                // The test harness prints its own lines ("running 1 test", …): skip them.
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                // The test harness prints its own text ("running 1 test", and "test NAME ... "
+                // in front of the first line the test prints): skip it.
+                let Some(at) = l.find('{') else { continue };
+                if let Ok(v) = serde_json::from_str::<Value>(&l[at..]) {
                     if tx.send(v).is_err() {
                         return;
                     }
@@ -472,6 +483,33 @@ pub fn agent_entry() {
             let n = name.clone();
             c.on_get("t", move |_| Ok((n.clone(), shmbus::client::Ttl::NoCache)));
             say(serde_json::json!({"ev": "ready", "pid": std::process::id()}));
+            exit_with_parent(&cmds, &mut |_| {});
+        }
+        // Connects COUNT clients named PREFIX-…, 250 characters each, each subscribed to
+        // TOPICS topics of 250 characters; no dispatcher threads, 4 KiB rings.
+        "crowd" => {
+            raise_nofile();
+            let count: usize = crate::util::arg("COUNT").parse().unwrap();
+            let prefix = crate::util::arg("PREFIX");
+            let topics: usize = crate::util::arg("TOPICS").parse().unwrap();
+            let mut clients = Vec::with_capacity(count);
+            for i in 0..count {
+                let head = format!("{prefix}-{i:05}-");
+                let name = format!("{head}{}", "n".repeat(250 - head.len()));
+                let mut o = shmbus::client::ClientOptions::new(name.clone())
+                    .dispatcher(false)
+                    .wait(shmbus::WaitStrategy::Park);
+                o.ring_capacity = 4096;
+                let c = shmbus::client::Client::connect(&dir, o).expect("crowd connect");
+                if topics > 0 {
+                    let ts: Vec<String> = (0..topics)
+                        .map(|t| format!("{t}{}", &name[1..]))
+                        .collect();
+                    c.subscribe(ts).expect("subscribe");
+                }
+                clients.push(c);
+            }
+            say(serde_json::json!({"ev": "ready"}));
             exit_with_parent(&cmds, &mut |_| {});
         }
         other => panic!("unknown agent role {other}"),
