@@ -278,30 +278,48 @@ pub fn leftovers(dir: &Path, needle: &str) -> Vec<PathBuf> {
 
 const ROLE_VAR: &str = "SHMBUS_TEST_ROLE";
 
-/// A Rust client process: this test binary re-executed as `test` in role `role`, with `args`
-/// in its environment (read with `crate::util::arg`). Its stdout lines are JSON values, read
-/// with [`RustAgent::expect`]; its stdin takes JSON commands ([`RustAgent::cmd`]).
-pub struct RustAgent {
+/// A child that speaks JSON lines: commands on its stdin ([`LineAgent::cmd`]), one JSON value
+/// per stdout line ([`LineAgent::expect`], [`LineAgent::drain`]). Rust agents
+/// ([`RustAgent::spawn`], [`rust_agent`]) and node scripts ([`LineAgent::node`]) alike.
+pub struct LineAgent {
     pub proc: Proc,
     stdin: Option<ChildStdin>,
     rx: mpsc::Receiver<Value>,
     pub seen: Vec<Value>,
 }
 
-impl RustAgent {
-    pub fn spawn(test: &str, role: &str, name: &str, args: &[(&str, String)]) -> RustAgent {
+/// The Rust flavour: this test binary re-executed as `test` in role `role`, with `args` in
+/// its environment (read with `crate::util::arg`).
+pub type RustAgent = LineAgent;
+
+impl LineAgent {
+    pub fn spawn(test: &str, role: &str, name: &str, args: &[(&str, String)]) -> LineAgent {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new(exe);
         cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, role)
-            .env("SHMBUS_TEST_NAME", name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .env("SHMBUS_TEST_NAME", name);
         for (k, v) in args {
             cmd.env(format!("SHMBUS_TEST_{k}"), v);
         }
-        let mut child = cmd.spawn().expect("spawn rust agent");
+        LineAgent::start(name, cmd)
+    }
+
+    /// `node tests/compat/<script> <arg>` (npm packages installed on first use).
+    pub fn node(script: &str, name: &str, arg: &Value) -> LineAgent {
+        crate::bridge_util::ensure_node();
+        let dir = crate::bridge_util::compat_dir();
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join(script)).arg(arg.to_string()).current_dir(dir);
+        LineAgent::start(name, cmd)
+    }
+
+    /// Starts `cmd` with piped stdin/stdout (stderr inherited).
+    pub fn start(name: &str, mut cmd: Command) -> LineAgent {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn agent");
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel();
@@ -318,7 +336,7 @@ impl RustAgent {
                 }
             }
         });
-        RustAgent {
+        LineAgent {
             proc: Proc::new(name, child),
             stdin,
             rx,
@@ -358,14 +376,18 @@ impl RustAgent {
         }
     }
 
-    /// Every line that arrived so far (non-blocking).
+    /// Every line that arrived since the last call (non-blocking; not kept in `seen`).
     pub fn drain(&mut self) -> Vec<Value> {
         let mut out = Vec::new();
         while let Ok(v) = self.rx.try_recv() {
-            self.seen.push(v.clone());
             out.push(v);
         }
         out
+    }
+
+    /// Closes its stdin (agents exit at EOF).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 }
 
