@@ -453,3 +453,40 @@ fn get_ticket_drop_does_not_block_on_a_full_ring() {
         other => panic!("the dropped ticket's error answer was lost: {other:?}"),
     }
 }
+
+/// `PanicPolicy::Close`: the panicking get is still answered with the panic, then the client
+/// leaves the bus (the hub sees it go) instead of carrying on.
+#[test]
+fn close_on_panic_policy_closes_the_client() {
+    let _w = util::watchdog("close_on_panic_policy_closes_the_client", 60);
+    let dir = util::TestDir::new("panic-close");
+    let _hub = start_hub(dir.path(), HubSpec::default());
+    let o = Client::connect(
+        dir.path(),
+        ClientOptions::new("fragile").on_panic(shmbus::client::PanicPolicy::Close),
+    )
+    .unwrap();
+    o.on_get("boom", |_| -> Result<(u32, Ttl), String> { panic!("kaboom") });
+    let r = Client::connect(dir.path(), ClientOptions::new("req")).unwrap();
+    let boom = r
+        .get("fragile", "boom")
+        .fresh(true)
+        .timeout(Duration::from_secs(5))
+        .send();
+    match &boom {
+        Err(CallError::Remote(m)) if m.contains("panicked") && m.contains("kaboom") => {}
+        other => panic!("the panicking get: {other:?}"),
+    }
+    assert!(util::eventually(5, || !o.is_connected()));
+    assert!(util::eventually(5, || shmbus::hub::stat(dir.path())
+        .is_ok_and(|s| s.clients.iter().all(|c| c.name != "fragile"))));
+    let after = r
+        .get("fragile", "boom")
+        .fresh(true)
+        .timeout(Duration::from_secs(5))
+        .send();
+    assert!(
+        matches!(&after, Err(CallError::Remote(m)) if m.contains("not connected")),
+        "{after:?}"
+    );
+}
