@@ -7,14 +7,16 @@
 //!
 //! Decoding never trusts the input: lengths are checked against the bytes that are there, and
 //! trailing bytes after a value are an error. The decode limit is sized to the input: bincode
-//! allocates a string or byte buffer for its whole announced length before it reads it, so
-//! each decode runs with the smallest limit tier that holds the input ([`decode_limit_for`]:
-//! 4 KiB, 64 KiB, 1 MiB, 16 MiB, 256 MiB, [`DECODE_LIMIT`]). A legitimate value never claims
-//! more than the bytes it came in (its strings and byte strings are inside them), so a
-//! hostile length prefix can make a decode allocate at most the tier — less than 16 times
-//! the bytes that arrived, plus 4 KiB — instead of a gigabyte. Sequences are preallocated by
-//! serde's own cautious size hint (at most 1 MiB); the protocol's sequences that a peer
-//! chooses use [`bounded_seq`], which preallocates a handful of elements.
+//! allocates a string or byte buffer for its whole announced length before it reads it, and
+//! checks that length against its limit first, so each decode runs with the smallest limit
+//! tier (powers of 4, 16 KiB to [`DECODE_LIMIT`]) that holds 16 times the input plus 4 KiB
+//! ([`decode_limit_for`]). bincode counts what a value would occupy in memory (8 bytes for a
+//! `u64` that took one byte on the wire), never more than 16 times its encoding, so a
+//! legitimate value always fits; a hostile length prefix can make a decode allocate at most
+//! the tier — for a small control message or frame, 16 KiB — instead of a gigabyte.
+//! Sequences are preallocated by serde's own cautious size hint (at most 1 MiB); the
+//! protocol's sequences that a peer chooses use [`bounded_seq`], which preallocates a
+//! handful of elements.
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -34,21 +36,15 @@ const fn config<const N: usize>() -> Configuration<LittleEndian, Varint, Limit<N
     bincode::config::standard().with_limit::<N>()
 }
 
-/// The decode limit used for an input of `len` bytes: the smallest tier that holds it.
+/// The decode limit used for an input of `len` bytes: the smallest tier (a power of 4 from
+/// 16 KiB to [`DECODE_LIMIT`]) that holds `16 × len + 4 KiB`.
 pub const fn decode_limit_for(len: usize) -> usize {
-    if len <= 4 << 10 {
-        4 << 10
-    } else if len <= 64 << 10 {
-        64 << 10
-    } else if len <= 1 << 20 {
-        1 << 20
-    } else if len <= 16 << 20 {
-        16 << 20
-    } else if len <= 256 << 20 {
-        256 << 20
-    } else {
-        DECODE_LIMIT
+    let need = len.saturating_mul(16).saturating_add(4 << 10);
+    let mut tier = 16 << 10;
+    while tier < need && tier < DECODE_LIMIT {
+        tier *= 4;
     }
+    tier
 }
 
 /// Runs `bincode::serde::$decode` with the limit tier for `$bytes`.
@@ -56,10 +52,13 @@ macro_rules! with_limit_for {
     ($bytes:expr, $decode:ident, $t:ty) => {{
         let b = $bytes;
         match decode_limit_for(b.len()) {
-            n if n == 4 << 10 => bincode::serde::$decode::<$t, _>(b, config::<{ 4 << 10 }>()),
+            n if n == 16 << 10 => bincode::serde::$decode::<$t, _>(b, config::<{ 16 << 10 }>()),
             n if n == 64 << 10 => bincode::serde::$decode::<$t, _>(b, config::<{ 64 << 10 }>()),
+            n if n == 256 << 10 => bincode::serde::$decode::<$t, _>(b, config::<{ 256 << 10 }>()),
             n if n == 1 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 1 << 20 }>()),
+            n if n == 4 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 4 << 20 }>()),
             n if n == 16 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 16 << 20 }>()),
+            n if n == 64 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 64 << 20 }>()),
             n if n == 256 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 256 << 20 }>()),
             _ => bincode::serde::$decode::<$t, _>(b, config::<DECODE_LIMIT>()),
         }
@@ -244,8 +243,14 @@ mod tests {
             let e = encode_to_vec(&serde_bytes_borrow::Owned(v.clone())).unwrap();
             assert_eq!(decode::<serde_bytes_borrow::Owned>(&e).unwrap().0, v);
         }
-        assert_eq!(decode_limit_for(0), 4 << 10);
-        assert_eq!(decode_limit_for((256 << 20) + 1), DECODE_LIMIT);
+        assert_eq!(decode_limit_for(0), 16 << 10);
+        assert_eq!(decode_limit_for(16), 16 << 10);
+        assert_eq!(decode_limit_for(1000), 64 << 10);
+        assert_eq!(decode_limit_for(64 << 20), DECODE_LIMIT);
+        assert_eq!(decode_limit_for(usize::MAX), DECODE_LIMIT);
+        // Varint integers count 8 bytes each against the limit, whatever their encoding.
+        let many = vec![1u64; 100_000];
+        assert_eq!(decode::<Vec<u64>>(&encode_to_vec(&many).unwrap()).unwrap(), many);
     }
 
     #[test]

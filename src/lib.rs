@@ -118,7 +118,7 @@ pub mod wait;
 #[cfg(all(test, shmbus_loom))]
 mod loom_tests;
 
-pub use channel::{RawReceiver, RawSender, Receiver, Sender, Stats, View};
+pub use channel::{RawReceiver, RawSender, ReassemblyBudget, Receiver, Sender, Stats, View};
 pub use error::{
     Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };

@@ -407,10 +407,17 @@ fn control_plane_carries_a_10000_client_stat() {
         cache: Default::default(),
     };
     let (a, b) = UnixStream::pair().unwrap();
+    // The hub's own send (it writes stat replies up to the control plane's maximum) and
+    // the stat client's receive.
     let sent = std::thread::spawn(move || {
-        shmbus::send_control(&a, &shmbus::hub::ControlReply::Stat(report), &[])
+        shmbus::send_control_limited(
+            &a,
+            &shmbus::hub::ControlReply::Stat(report),
+            &[],
+            shmbus::MAX_CONTROL_REPLY,
+        )
     });
-    let got = shmbus::recv_control::<shmbus::hub::ControlReply>(&b);
+    let got = shmbus::recv_control_limited::<shmbus::hub::ControlReply>(&b, shmbus::MAX_CONTROL_REPLY);
     let sent = sent.join().unwrap();
     eprintln!(
         "10,000-client stat over the control plane: send {:?}, receive {}",
@@ -598,6 +605,10 @@ fn abort_returns_reassembly_memory() {
     let (link, _) = fault_harness::raw_hub_link(dir.path(), "aborter", 0).unwrap();
     let (tx, _rx) = link.into_channel::<ClientMsg<'static>, ()>();
     let mut tx = tx;
+    // One stat first: the hub answers it from a thread of its own, whose malloc arena is
+    // part of the baseline, not of the partial message.
+    shmbus::hub::stat(dir.path()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     let base = hub.stats().vm_size_kib;
     let payload: &'static [u8] = Box::leak(vec![1u8; 48 << 20].into_boxed_slice());
     // With the hub stopped, a timed send of a 48 MiB message fills the ring and gives up: it
