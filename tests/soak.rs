@@ -15,7 +15,8 @@
 //! * hub, bridge and client fd counts and RSS stay under fixed bounds;
 //! * nothing is left in the hub directory or /dev/shm once the last process has exited.
 //!
-//! `SHMBUS_SOAK_SECS` sets the duration (default 60), `SHMBUS_SOAK_SEED` the chaos seed.
+//! `SHMBUS_SOAK_SECS` sets the duration (default 60), `SHMBUS_SOAK_SEED` the chaos seed,
+//! `SHMBUS_SOAK_CHAOS=0` runs the same load with no fault injected.
 #![cfg(not(shmbus_loom))]
 
 mod util;
@@ -106,13 +107,16 @@ fn soak_agent() -> ! {
     client.on_get("t", move |_| Ok((n.clone(), Ttl::NoCache)));
     client.on_request("echo", |r| r.payload.decode::<u64>().map_err(|e| e.to_string()));
     let (t2, r2) = (track.clone(), recv.clone());
+    // `target:event` goes to every other client while `target` is away (RPF routing): only
+    // our own `<name>:nseq` is ours to check.
+    let mine = format!("{name}:nseq");
     client.on_any(move |ev| {
         let (epoch, seq) = if ev.event == "seq" {
             let Ok(v) = ev.payload.decode::<Value>() else {
                 return;
             };
             (v["epoch"].as_u64(), v["seq"].as_u64())
-        } else if ev.event.ends_with(":nseq") {
+        } else if ev.event == mine {
             let Ok(v) = ev.payload.decode::<Value>() else {
                 return;
             };
@@ -345,8 +349,8 @@ fn bridge_args(app_sock: &Path) -> Vec<String> {
     ]
 }
 
-/// `shmbus bridge`, retried until it says ready (its startup check needs a running hub, and
-/// the chaos may have the hub down or stopped): panics after 30 s.
+/// `shmbus bridge`, retried until it says ready (its startup check needs a running hub):
+/// panics after 30 s.
 fn start_bridge(hub_dir: &Path, app_sock: &Path) -> bridge_util::BridgeProc {
     let args = bridge_args(app_sock);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -498,6 +502,8 @@ fn chaos_soak() {
     let mut node_resume_gen = 0u64;
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
+    // SHMBUS_SOAK_CHAOS=0: the same load without any fault injected (a baseline).
+    let chaos = std::env::var("SHMBUS_SOAK_CHAOS").map_or(true, |v| v != "0");
     let mut next_chaos = start + Duration::from_secs(3);
     let mut next_sample = start;
     let mut next_ws_tick = start;
@@ -634,6 +640,13 @@ fn chaos_soak() {
                         bus.disturbed[k] = now + Duration::from_secs(10);
                     }
                     Target2::Node(k) => bus.node[k] = bus.spawn_node(k),
+                    // The bridge checks the hub at startup: wait for a running hub.
+                    Target2::Bridge
+                        if stopped.iter().any(|s| s.what == Target2::Hub)
+                            || restart_at.iter().any(|r| r.1 == Target2::Hub) =>
+                    {
+                        restart_at.push((now + Duration::from_millis(200), Target2::Bridge));
+                    }
                     Target2::Bridge => {
                         eprintln!("[{:7.2}] restart bridge", start.elapsed().as_secs_f64());
                         bus.bridge = start_bridge(&bus.hub_dir, &bus.app_sock);
@@ -670,7 +683,7 @@ fn chaos_soak() {
             false
         });
         // Chaos.
-        if chaos_on && now >= next_chaos {
+        if chaos && chaos_on && now >= next_chaos {
             next_chaos = now + rng.ms(300, 1200);
             let roll = rng.below(100);
             let hub_busy = stopped.iter().any(|s| s.what == Target2::Hub)
@@ -738,8 +751,9 @@ fn chaos_soak() {
                 90..=94 if !hub_busy => {
                     let last = |v: &Vec<u64>| v.last().copied().unwrap_or(0);
                     let was: Vec<bool> = (0..RUST).map(|k| last(&bus.conn_at[k]) > last(&bus.disc_at[k])).collect();
+                    let t = now_ns();
                     bus.hub.kill();
-                    hub_kills.push((now_ns(), now, was));
+                    hub_kills.push((t, now, was));
                     restart_at.push((now + rng.ms(300, 1500), Target2::Hub));
                     f.act("SIGKILL hub", "", start);
                 }

@@ -210,13 +210,6 @@ impl Inner {
         }
     }
 
-    pub(super) fn link_failed(&self, e: Error) -> Error {
-        if matches!(e, Error::Disconnected | Error::Corrupt(_)) {
-            self.mark_disconnected();
-        }
-        e
-    }
-
     pub(super) fn mark_disconnected(&self) {
         if !self.connected.swap(false, Ordering::AcqRel) {
             return;

@@ -397,15 +397,33 @@ impl Inner {
                     deadline = Deadline::Within(Duration::from_millis(1));
                 }
                 Err(f) => {
-                    let e = self.link_failed(fail_to_error(f));
-                    if held.is_none() {
-                        // No lock held here: the disconnect handlers may run now.
-                        self.run_handlers();
+                    let e = fail_to_error(f);
+                    if !matches!(e, Error::Disconnected | Error::Corrupt(_)) {
+                        return Err(e);
+                    }
+                    // Before the loss is queued for the handlers, file everything the hub
+                    // published on this link: the handlers see its last messages first.
+                    match held {
+                        Some(g) => self.drain_then_disconnect(g),
+                        None => {
+                            let mut g = self.rx.lock().expect("lock");
+                            self.drain_then_disconnect(&mut g);
+                            drop(g);
+                            // No lock held here: the disconnect handlers may run now.
+                            self.run_handlers();
+                        }
                     }
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// Files whatever is left in the receiver (with its guard held), then marks the link
+    /// lost: the disconnect is queued after the old link's last messages.
+    fn drain_then_disconnect(&self, g: &mut Option<RawReceiver>) {
+        while let Ok(true) = self.receive_locked(g, Deadline::Now) {}
+        self.mark_disconnected();
     }
 
     /// Writes the owed frames that fit now, oldest first (with `tx` held). `NotNow` if some

@@ -206,8 +206,9 @@ async fn dispatch(inner: Arc<Inner>, bell: OwnedFd, ctrl: OwnedFd) -> Result<(),
                 if crate::sys::peer_hung_up(ctrl.get_ref().as_fd())? {
                     // Deliver what is left in the ring, then report the loss.
                     while let Ok(true) = inner.receive_one(Deadline::Now) {}
-                    inner.run_handlers();
+                    // The loss is queued behind what arrived; the handlers then run both.
                     inner.mark_disconnected();
+                    inner.run_handlers();
                     return Err(Error::Disconnected);
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
