@@ -95,8 +95,8 @@ pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 
 /// Decodes an owned `T` from exactly `bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let (v, used) = with_limit_for!(bytes, decode_from_slice, T)
-        .map_err(|e| Error::Decode(e.to_string()))?;
+    let (v, used) =
+        with_limit_for!(bytes, decode_from_slice, T).map_err(|e| Error::Decode(e.to_string()))?;
     check_used(used, bytes.len())?;
     Ok(v)
 }
@@ -250,7 +250,10 @@ mod tests {
         assert_eq!(decode_limit_for(usize::MAX), DECODE_LIMIT);
         // Varint integers count 8 bytes each against the limit, whatever their encoding.
         let many = vec![1u64; 100_000];
-        assert_eq!(decode::<Vec<u64>>(&encode_to_vec(&many).unwrap()).unwrap(), many);
+        assert_eq!(
+            decode::<Vec<u64>>(&encode_to_vec(&many).unwrap()).unwrap(),
+            many
+        );
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! (tests/util/fault_harness.rs).
 #![cfg(not(shmbus_loom))]
 
-mod util;
 #[allow(unused)]
 mod bridge_util;
 #[path = "util/fault_harness.rs"]
 mod fault_harness;
+mod util;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +49,10 @@ fn returns_within<T: Send + 'static>(
 /// The flooder's blocked `emit` must then return an error, not deadlock.
 #[test]
 fn flooding_a_stuck_consumer_until_dropped_does_not_deadlock() {
-    let _w = util::watchdog("flooding_a_stuck_consumer_until_dropped_does_not_deadlock", 90);
+    let _w = util::watchdog(
+        "flooding_a_stuck_consumer_until_dropped_does_not_deadlock",
+        90,
+    );
     let dir = util::TestDir::new("flood-stuck");
     let _hub = start_hub(
         dir.path(),
@@ -258,7 +261,11 @@ fn handler_case(dir: &Path, poker: &Client, kind: Kind, reconnect: bool) -> Resu
             let _ = p.emit(&n, "y", &1u32);
         }
         Kind::Get => {
-            let _ = p.get(&n, "k").fresh(true).timeout(Duration::from_secs(3)).send();
+            let _ = p
+                .get(&n, "k")
+                .fresh(true)
+                .timeout(Duration::from_secs(3))
+                .send();
         }
         Kind::Request => {
             let _ = p.request(&n, "m", &(), Some(Duration::from_secs(3)));
@@ -270,7 +277,11 @@ fn handler_case(dir: &Path, poker: &Client, kind: Kind, reconnect: bool) -> Resu
             let _ = p.set_state("poked");
         }
         Kind::DeferredGet => {
-            let _ = p.get(&n, "dd").fresh(true).timeout(Duration::from_secs(3)).send();
+            let _ = p
+                .get(&n, "dd")
+                .fresh(true)
+                .timeout(Duration::from_secs(3))
+                .send();
         }
     });
     let r = rx
@@ -288,7 +299,9 @@ fn handler_case(dir: &Path, poker: &Client, kind: Kind, reconnect: bool) -> Resu
                 .is_ok()
         });
         if !ok {
-            return Err(format!("reconnect() returned {r} but the client does not serve"));
+            return Err(format!(
+                "reconnect() returned {r} but the client does not serve"
+            ));
         }
     } else {
         if c.is_connected() {
@@ -314,9 +327,13 @@ fn panicking_handlers_are_contained() {
     let dir = util::TestDir::new("panics");
     let _hub = start_hub(dir.path(), HubSpec::default());
     let o = Client::connect(dir.path(), ClientOptions::new("owner")).unwrap();
-    o.on_get("boom", |_| -> Result<(u32, Ttl), String> { panic!("kaboom get") });
+    o.on_get("boom", |_| -> Result<(u32, Ttl), String> {
+        panic!("kaboom get")
+    });
     o.on_get("ok", |_| Ok((7u32, Ttl::NoCache)));
-    o.on_request("boom", |_| -> Result<u32, String> { panic!("kaboom request") });
+    o.on_request("boom", |_| -> Result<u32, String> {
+        panic!("kaboom request")
+    });
     let (etx, erx) = mpsc::channel();
     let etx = Mutex::new(etx);
     o.on("ev", move |e| {
@@ -466,7 +483,9 @@ fn close_on_panic_policy_closes_the_client() {
         ClientOptions::new("fragile").on_panic(shmbus::client::PanicPolicy::Close),
     )
     .unwrap();
-    o.on_get("boom", |_| -> Result<(u32, Ttl), String> { panic!("kaboom") });
+    o.on_get("boom", |_| -> Result<(u32, Ttl), String> {
+        panic!("kaboom")
+    });
     let r = Client::connect(dir.path(), ClientOptions::new("req")).unwrap();
     let boom = r
         .get("fragile", "boom")

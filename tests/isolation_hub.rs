@@ -4,11 +4,11 @@
 //! answers, the hub stays near idle, memory stays bounded, limits answer with a clear error.
 #![cfg(not(shmbus_loom))]
 
-mod util;
 #[allow(unused)]
 mod bridge_util;
 #[path = "util/fault_harness.rs"]
 mod fault_harness;
+mod util;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -207,7 +207,10 @@ fn slowloris(conns: usize) {
         failures.len()
     );
     assert!(stat.is_ok(), "stat during the slow hellos: {stat:?}");
-    assert!(closed, "the hub did not drop the slow handshakes by their deadline");
+    assert!(
+        closed,
+        "the hub did not drop the slow handshakes by their deadline"
+    );
 }
 
 #[test]
@@ -417,13 +420,15 @@ fn control_plane_carries_a_10000_client_stat() {
             shmbus::MAX_CONTROL_REPLY,
         )
     });
-    let got = shmbus::recv_control_limited::<shmbus::hub::ControlReply>(&b, shmbus::MAX_CONTROL_REPLY);
+    let got =
+        shmbus::recv_control_limited::<shmbus::hub::ControlReply>(&b, shmbus::MAX_CONTROL_REPLY);
     let sent = sent.join().unwrap();
     eprintln!(
         "10,000-client stat over the control plane: send {:?}, receive {}",
         sent,
         match &got {
-            Ok(Some((shmbus::hub::ControlReply::Stat(r), _))) => format!("{} clients", r.clients.len()),
+            Ok(Some((shmbus::hub::ControlReply::Stat(r), _))) =>
+                format!("{} clients", r.clients.len()),
             other => format!("{other:?}"),
         }
     );
@@ -570,8 +575,15 @@ fn hostile_length_prefixes_allocate_only_what_arrived() {
         body.len(),
         sub.len()
     );
-    assert!(big < 64 << 10, "a {}-byte hello allocated {big} bytes", body.len());
-    assert!(sub_big < 64 << 10, "a 6-byte subscribe allocated {sub_big} bytes");
+    assert!(
+        big < 64 << 10,
+        "a {}-byte hello allocated {big} bytes",
+        body.len()
+    );
+    assert!(
+        sub_big < 64 << 10,
+        "a 6-byte subscribe allocated {sub_big} bytes"
+    );
 }
 
 #[test]
@@ -593,7 +605,12 @@ fn hostile_hello_does_not_make_the_hub_allocate() {
         body.len(),
         grew >> 10
     );
-    assert!(grew < 128 << 10, "hub reserved +{} MiB for a {}-byte hello", grew >> 10, body.len());
+    assert!(
+        grew < 128 << 10,
+        "hub reserved +{} MiB for a {}-byte hello",
+        grew >> 10,
+        body.len()
+    );
     assert_eq!(stat_within(dir.path(), Duration::from_secs(5)), Ok(0));
 }
 
@@ -625,14 +642,16 @@ fn abort_returns_reassembly_memory() {
         },
         Duration::from_millis(300),
     );
-    assert!(r.is_err(), "the send should have timed out with the hub stopped");
+    assert!(
+        r.is_err(),
+        "the send should have timed out with the hub stopped"
+    );
     hub.cont();
     std::thread::sleep(Duration::from_millis(300));
     let during = hub.stats().vm_size_kib.saturating_sub(base);
     tx.send(ClientMsg::SetState { state: "after" }).unwrap();
     let ok = util::eventually(5, || {
-        shmbus::hub::stat(dir.path())
-            .is_ok_and(|s| s.clients.iter().any(|c| c.state == "after"))
+        shmbus::hub::stat(dir.path()).is_ok_and(|s| s.clients.iter().any(|c| c.state == "after"))
     });
     assert!(ok, "the message after the ABORT did not arrive");
     let after = hub.stats().vm_size_kib.saturating_sub(base);
@@ -724,8 +743,14 @@ fn pending_requests_per_client_are_bounded() {
         refused.len(),
         refused.first()
     );
-    assert_eq!(refused.len(), 36, "gets over the pending limit: {refused:?}");
-    assert!(refused.iter().all(|(req, m)| *req >= 64 && m.contains("pending")));
+    assert_eq!(
+        refused.len(),
+        36,
+        "gets over the pending limit: {refused:?}"
+    );
+    assert!(refused
+        .iter()
+        .all(|(req, m)| *req >= 64 && m.contains("pending")));
 }
 
 #[test]
@@ -752,7 +777,10 @@ fn longest_deadline_is_bounded() {
         let _ = tx.send(res);
     });
     let res = rx.recv_timeout(Duration::from_secs(10));
-    eprintln!("a 49-day get with a 1 s longest deadline: {res:?} after {:?}", t.elapsed());
+    eprintln!(
+        "a 49-day get with a 1 s longest deadline: {res:?} after {:?}",
+        t.elapsed()
+    );
     match res {
         Ok(Err(CallError::Remote(m))) => assert!(m.contains("timed out"), "{m}"),
         other => panic!("a 49-day deadline was not bounded: {other:?}"),
@@ -767,7 +795,8 @@ fn absurd_ttls_saturate() {
     let o = Client::connect(dir.path(), ClientOptions::new("owner")).unwrap();
     let r = Client::connect(dir.path(), ClientOptions::new("reader")).unwrap();
     // 584 years: ms × 10^6 does not fit in u64 nanoseconds.
-    o.data("far", None, &1u32, Ttl::Secs(18_446_744_074)).unwrap();
+    o.data("far", None, &1u32, Ttl::Secs(18_446_744_074))
+        .unwrap();
     o.data("max", None, &2u32, Ttl::Secs(u64::MAX)).unwrap();
     o.data("maxms", None, &3u32, Ttl::Millis(u64::MAX)).unwrap();
     std::thread::sleep(Duration::from_millis(1000));

@@ -19,11 +19,13 @@
 //! `SHMBUS_SOAK_CHAOS=0` runs the same load with no fault injected.
 #![cfg(not(shmbus_loom))]
 
-mod util;
+#[path = "soak/agent.rs"]
+mod agent;
 #[allow(unused)]
 mod bridge_util;
 #[path = "util/fault_harness.rs"]
 mod fault_harness;
+mod util;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use fault_harness::{start_hub, HubSpec, LineAgent, Proc, Stats};
 use serde_json::{json, Value};
-use shmbus::client::{Client, ClientOptions, Ttl};
+use shmbus::client::{Client, ClientOptions};
 use shmbus::proto::{PayloadBuf, Target};
 
 const RUST: usize = 32;
@@ -51,193 +53,9 @@ fn now_ns() -> u64 {
 #[test]
 fn rust_agent() {
     if util::role().as_deref() == Some("soak") {
-        soak_agent();
+        agent::soak_agent();
     }
     fault_harness::agent_entry();
-}
-
-// ------------------------------------------------------------------------------------------
-// The Rust client process
-// ------------------------------------------------------------------------------------------
-
-/// Checks one received event against what this receiver expects of its sender.
-fn check_seq(
-    track: &Mutex<HashMap<String, (u64, u64)>>,
-    from: &str,
-    epoch: u64,
-    seq: u64,
-) -> Option<String> {
-    let mut t = track.lock().unwrap();
-    let v = match t.get(from) {
-        Some(&(e, s)) if e == epoch && seq != s + 1 => {
-            Some(format!("from {from} epoch {epoch}: seq {seq} after {s}"))
-        }
-        Some(&(e, _)) if epoch < e => Some(format!("from {from}: epoch {epoch} after {e}")),
-        _ => None,
-    };
-    t.insert(from.to_string(), (epoch, seq));
-    v
-}
-
-fn soak_agent() -> ! {
-    let dir = util::arg("DIR");
-    let name = std::env::var("SHMBUS_TEST_NAME").unwrap();
-    let peers: Vec<String> = util::arg("PEERS").split(',').map(str::to_string).collect();
-    let nodes: Vec<String> = util::arg("NODES").split(',').map(str::to_string).collect();
-    let me = peers.iter().position(|p| *p == name).unwrap();
-    let targets: Vec<String> = [1, 5, 11]
-        .iter()
-        .map(|d| peers[(me + d) % peers.len()].clone())
-        .collect();
-    let node_target = nodes[me % nodes.len()].clone();
-    let say = |v: Value| fault_harness::say(v);
-
-    let resume = Arc::new(AtomicU64::new(0));
-    let track = Arc::new(Mutex::new(HashMap::<String, (u64, u64)>::new()));
-    let recv = Arc::new(AtomicU64::new(0));
-    let opts = ClientOptions::new(name.clone()).timeout(Duration::from_secs(1));
-    let client = loop {
-        match Client::connect(&dir, opts.clone()) {
-            Ok(c) => break c,
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
-    say(json!({"ev": "connected", "t": now_ns()}));
-    let n = name.clone();
-    client.on_get("t", move |_| Ok((n.clone(), Ttl::NoCache)));
-    client.on_request("echo", |r| r.payload.decode::<u64>().map_err(|e| e.to_string()));
-    let (t2, r2) = (track.clone(), recv.clone());
-    // `target:event` goes to every other client while `target` is away (RPF routing): only
-    // our own `<name>:nseq` is ours to check.
-    let mine = format!("{name}:nseq");
-    client.on_any(move |ev| {
-        let (epoch, seq) = if ev.event == "seq" {
-            let Ok(v) = ev.payload.decode::<Value>() else {
-                return;
-            };
-            (v["epoch"].as_u64(), v["seq"].as_u64())
-        } else if ev.event == mine {
-            let Ok(v) = ev.payload.decode::<Value>() else {
-                return;
-            };
-            (v["conn"].as_u64(), v["seq"].as_u64())
-        } else {
-            return;
-        };
-        r2.fetch_add(1, Ordering::Relaxed);
-        let (Some(e), Some(s)) = (epoch, seq) else {
-            fault_harness::say(json!({"ev": "violation", "what": format!("bad event {ev:?}")}));
-            return;
-        };
-        if let Some(v) = check_seq(&t2, &ev.from, e, s) {
-            fault_harness::say(json!({"ev": "violation", "what": v}));
-        }
-    });
-    let t3 = track.clone();
-    client.on_disconnect(move |why| {
-        // Runs after every event that arrived on the old link: what we expect starts over.
-        t3.lock().unwrap().clear();
-        fault_harness::say(json!({"ev": "disconnected", "t": now_ns(), "why": why}));
-    });
-
-    let stats = Arc::new(Mutex::new(json!({"calls": 0, "errors": 0, "sent": 0, "late": 0})));
-    // Commands: resume (we were stopped: calls in flight are exempt), finish.
-    let cmds = fault_harness::commands();
-    let (res, st, rc) = (resume.clone(), stats.clone(), recv.clone());
-    std::thread::spawn(move || loop {
-        match cmds.recv() {
-            Ok(c) if c["op"] == "resume" => {
-                res.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(c) if c["op"] == "finish" => {
-                let mut s = st.lock().unwrap().clone();
-                s["ev"] = json!("final");
-                s["recv"] = json!(rc.load(Ordering::Relaxed));
-                fault_harness::say(s);
-                std::process::exit(0);
-            }
-            Ok(_) => {}
-            Err(_) => std::process::exit(0),
-        }
-    });
-
-    // Epochs grow across restarts of a client of the same name too (they start at the clock).
-    let mut epoch = now_ns() / 1000;
-    let mut seq_to: HashMap<String, u64> = HashMap::new();
-    let mut tick = 0u64;
-    let mut last_stats = Instant::now();
-    let bump = |k: &str| {
-        let mut s = stats.lock().unwrap();
-        s[k] = json!(s[k].as_u64().unwrap_or(0) + 1);
-    };
-    loop {
-        if !client.is_connected() {
-            match client.reconnect() {
-                Ok(()) => {
-                    epoch += 1;
-                    say(json!({"ev": "reconnected", "t": now_ns()}));
-                }
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            }
-        }
-        tick += 1;
-        let mut dests: Vec<&String> = targets.iter().collect();
-        if tick % 4 == 0 {
-            dests.push(&node_target);
-        }
-        for t in dests {
-            let next = seq_to.get(t).copied().unwrap_or(0) + 1;
-            let p = PayloadBuf::json(&json!({"from": name, "epoch": epoch, "seq": next})).unwrap();
-            if client.emit_payload(Target::Client(t), "seq", &p).is_ok() {
-                seq_to.insert(t.clone(), next);
-                bump("sent");
-            }
-        }
-        if tick % 5 == 0 {
-            let peer = &targets[(tick / 5) as usize % targets.len()];
-            let r0 = resume.load(Ordering::SeqCst);
-            let t0 = Instant::now();
-            let (ok, what) = if tick % 10 == 0 {
-                let r = client.request(peer, "echo", &tick, None);
-                (
-                    r.as_ref().map_or(true, |v| v.decode::<u64>().ok() == Some(tick)),
-                    format!("request echo {tick} to {peer}: {r:?}"),
-                )
-            } else {
-                let r = client.get(peer, "t").fresh(true).send();
-                (
-                    r.as_ref().map_or(true, |v| v.decode::<String>().ok().as_ref() == Some(peer)),
-                    format!("get t from {peer}: {r:?}"),
-                )
-            };
-            bump("calls");
-            if !ok {
-                say(json!({"ev": "violation", "what": format!("wrong answer: {what}")}));
-            }
-            if what.contains("Err(") {
-                bump("errors");
-            }
-            let took = t0.elapsed();
-            if took > Duration::from_secs(1) + SLACK && resume.load(Ordering::SeqCst) == r0 {
-                bump("late");
-                say(json!({"ev": "violation", "what": format!("{what} took {took:?}")}));
-            }
-        }
-        if tick % 10 == 0 {
-            let _ = client.data("d", Some(&name), &tick, Ttl::Secs(60));
-        }
-        if last_stats.elapsed() > Duration::from_secs(2) {
-            last_stats = Instant::now();
-            let mut s = stats.lock().unwrap().clone();
-            s["ev"] = json!("stats");
-            s["recv"] = json!(recv.load(Ordering::Relaxed));
-            say(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -323,6 +141,9 @@ struct WsState {
     open: bool,
     opening: Option<Instant>,
     seq: u64,
+    /// `tows` events and heartbeat ACKs received (so the checks are not vacuous).
+    tows_seen: u64,
+    acks: u64,
     /// Connections opened so far (the epoch of its events).
     conn: u64,
     index: usize,
@@ -383,7 +204,9 @@ impl Bus {
     }
 
     fn spawn_node(&self, i: usize) -> LineAgent {
-        let targets: Vec<&String> = (0..4).map(|k| &self.rust_names[(i * 4 + k) % RUST]).collect();
+        let targets: Vec<&String> = (0..4)
+            .map(|k| &self.rust_names[(i * 4 + k) % RUST])
+            .collect();
         LineAgent::node(
             "soak_agent.js",
             &self.node_names[i],
@@ -403,6 +226,8 @@ impl Bus {
             open: false,
             opening: None,
             seq: 0,
+            tows_seen: 0,
+            acks: 0,
             conn: 0,
             index: i,
             hb_sent: None,
@@ -473,9 +298,11 @@ fn chaos_soak() {
     let wsink = Client::connect(&hub_dir, ClientOptions::new("wsink")).unwrap();
     let wsink_track = Arc::new(Mutex::new(HashMap::<String, (u64, u64)>::new()));
     let wsink_viol = Arc::new(Mutex::new(Vec::<String>::new()));
+    let wsink_recv = Arc::new(AtomicU64::new(0));
     {
-        let (t, v) = (wsink_track.clone(), wsink_viol.clone());
+        let (t, v, n) = (wsink_track.clone(), wsink_viol.clone(), wsink_recv.clone());
         wsink.on("wsink:wsseq", move |ev| {
+            n.fetch_add(1, Ordering::Relaxed);
             let Ok(d) = ev.payload.decode::<Value>() else {
                 return;
             };
@@ -484,7 +311,7 @@ fn chaos_soak() {
             };
             // A new bridge numbers its WebSocket clients from 1 again: key by agent too.
             let key = format!("{}#{}", ev.from, d["agent"]);
-            if let Some(x) = check_seq(&t, &key, c, s) {
+            if let Some(x) = agent::check_seq(&t, &key, c, s) {
                 v.lock().unwrap().push(x);
             }
         });
@@ -514,9 +341,13 @@ fn chaos_soak() {
         for (i, a) in bus.rust.iter_mut().enumerate() {
             for v in a.drain() {
                 match v["ev"].as_str() {
-                    Some("violation") => f.violation(&bus.rust_names[i], v["what"].as_str().unwrap_or("")),
+                    Some("violation") => {
+                        f.violation(&bus.rust_names[i], v["what"].as_str().unwrap_or(""))
+                    }
                     Some("disconnected") => bus.disc_at[i].push(v["t"].as_u64().unwrap_or(0)),
-                    Some("connected" | "reconnected") => bus.conn_at[i].push(v["t"].as_u64().unwrap_or(0)),
+                    Some("connected" | "reconnected") => {
+                        bus.conn_at[i].push(v["t"].as_u64().unwrap_or(0))
+                    }
                     Some("final") => bus.finals.push(v),
                     _ => {}
                 }
@@ -526,7 +357,10 @@ fn chaos_soak() {
             let name = a.proc.name.clone();
             for v in a.drain() {
                 match v["ev"].as_str() {
-                    Some("violation") => f.violation(&format!("{name} (node-ipc via the bridge)"), v["what"].as_str().unwrap_or("")),
+                    Some("violation") => f.violation(
+                        &format!("{name} (node-ipc via the bridge)"),
+                        v["what"].as_str().unwrap_or(""),
+                    ),
                     Some("final") => bus.finals.push(v),
                     _ => {}
                 }
@@ -552,10 +386,14 @@ fn chaos_soak() {
                         w.open = false;
                         w.hb_sent = None;
                     }
-                    Some("message") if v["data"]["code"] == 10001 => w.hb_sent = None,
+                    Some("message") if v["data"]["code"] == 10001 => {
+                        w.hb_sent = None;
+                        w.acks += 1;
+                    }
                     Some("message") if v["data"]["code"] == 20011 => {
                         let d = &v["data"]["data"];
                         if let (Some(e), Some(s)) = (d["epoch"].as_u64(), d["seq"].as_u64()) {
+                            w.tows_seen += 1;
                             if let Some((le, ls)) = w.tows {
                                 if (e == le && s != ls + 1) || e < le {
                                     f.violation(
@@ -570,15 +408,28 @@ fn chaos_soak() {
                     _ => {}
                 }
             }
-            if !w.open && chaos_on && w.opening.is_none_or(|t| now.duration_since(t) > Duration::from_secs(3)) {
+            if !w.open
+                && chaos_on
+                && w.opening
+                    .is_none_or(|t| now.duration_since(t) > Duration::from_secs(3))
+            {
                 if let Some(addr) = ws_addr {
-                    w.agent.cmd(json!({"op": "open", "url": format!("ws://{addr}/"), "headers": {"Authorization": WS_TOKEN}}));
+                    let url = format!("ws://{addr}/");
+                    let headers = json!({"Authorization": WS_TOKEN});
+                    w.agent
+                        .cmd(json!({"op": "open", "url": url, "headers": headers}));
                     w.opening = Some(now);
                 }
             }
             if let Some(t) = w.hb_sent {
-                if now.duration_since(t) > Duration::from_secs(4) + SLACK && w.resume_gen_at_hb == node_resume_gen && bridge_up {
-                    f.violation(&format!("{} (ws via the bridge)", w.name), &format!("no heartbeat ACK after {:?}", now.duration_since(t)));
+                if now.duration_since(t) > Duration::from_secs(4) + SLACK
+                    && w.resume_gen_at_hb == node_resume_gen
+                    && bridge_up
+                {
+                    f.violation(
+                        &format!("{} (ws via the bridge)", w.name),
+                        &format!("no heartbeat ACK after {:?}", now.duration_since(t)),
+                    );
                     w.hb_sent = None;
                 }
             }
@@ -587,9 +438,12 @@ fn chaos_soak() {
             next_ws_tick = now + Duration::from_millis(100);
             for w in bus.ws.iter_mut().filter(|w| w.open) {
                 w.seq += 1;
-                w.agent.cmd(json!({"op": "send", "text": json!({"code": 20010, "data": {"agent": w.index, "conn": w.conn, "seq": w.seq}}).to_string()}));
+                let data = json!({"agent": w.index, "conn": w.conn, "seq": w.seq});
+                let text = json!({"code": 20010, "data": data}).to_string();
+                w.agent.cmd(json!({"op": "send", "text": text}));
                 if w.hb_sent.is_none() && w.seq % 5 == 0 {
-                    w.agent.cmd(json!({"op": "send", "text": "{\"code\":20001}"}));
+                    w.agent
+                        .cmd(json!({"op": "send", "text": "{\"code\":20001}"}));
                     w.hb_sent = Some(now);
                     w.resume_gen_at_hb = node_resume_gen;
                 }
@@ -609,7 +463,11 @@ fn chaos_soak() {
             if stopped[i].until <= now || !chaos_on {
                 let s = stopped.remove(i);
                 fault_harness::cont(s.pid);
-                eprintln!("[{:7.2}] SIGCONT {:?}", start.elapsed().as_secs_f64(), s.what);
+                eprintln!(
+                    "[{:7.2}] SIGCONT {:?}",
+                    start.elapsed().as_secs_f64(),
+                    s.what
+                );
                 match s.what {
                     Target2::Rust(k) => {
                         bus.rust[k].cmd(json!({"op": "resume"}));
@@ -653,7 +511,13 @@ fn chaos_soak() {
                     }
                     Target2::Hub => {
                         eprintln!("[{:7.2}] restart hub", start.elapsed().as_secs_f64());
-                        bus.hub = start_hub(&bus.hub_dir, HubSpec { flags: HUB_FLAGS, ..Default::default() });
+                        bus.hub = start_hub(
+                            &bus.hub_dir,
+                            HubSpec {
+                                flags: HUB_FLAGS,
+                                ..Default::default()
+                            },
+                        );
                     }
                 }
             } else {
@@ -667,16 +531,25 @@ fn chaos_soak() {
             if now.duration_since(at) < Duration::from_secs(12) && chaos_on {
                 return true;
             }
-            for k in 0..RUST {
-                if bus.disturbed[k] > at - Duration::from_secs(1) || !was_connected[k] {
+            for (k, &was) in was_connected.iter().enumerate() {
+                if bus.disturbed[k] > at - Duration::from_secs(1) || !was {
                     continue;
                 }
-                let seen = bus.disc_at[k].iter().copied().find(|&d| d >= t_ns && d <= t_ns + 3_000_000_000);
+                let within = t_ns..=t_ns + 3_000_000_000;
+                let seen = bus.disc_at[k].iter().copied().find(|d| within.contains(d));
                 match seen {
-                    None => f.violation(&bus.rust_names[k], &format!("no Disconnected within 3 s of the hub's SIGKILL (disconnects at {:?}, kill at {t_ns})", bus.disc_at[k])),
-                    Some(d) if !bus.conn_at[k].iter().any(|&c| c > d) => {
-                        f.violation(&bus.rust_names[k], "did not reconnect after the hub's restart")
+                    None => {
+                        let m = format!(
+                            "no Disconnected within 3 s of the hub's SIGKILL (disconnects at \
+                             {:?}, kill at {t_ns})",
+                            bus.disc_at[k]
+                        );
+                        f.violation(&bus.rust_names[k], &m)
                     }
+                    Some(d) if !bus.conn_at[k].iter().any(|&c| c > d) => f.violation(
+                        &bus.rust_names[k],
+                        "did not reconnect after the hub's restart",
+                    ),
                     Some(_) => {}
                 }
             }
@@ -701,7 +574,11 @@ fn chaos_soak() {
                         fault_harness::stop(pid);
                         let d = rng.ms(300, 2500);
                         bus.disturbed[k] = now + d + Duration::from_secs(4);
-                        stopped.push(Stopped { until: now + d, pid, what: Target2::Rust(k) });
+                        stopped.push(Stopped {
+                            until: now + d,
+                            pid,
+                            what: Target2::Rust(k),
+                        });
                         f.act("SIGSTOP rust client", &bus.rust_names[k], start);
                     }
                 }
@@ -719,7 +596,11 @@ fn chaos_soak() {
                     if !busy(Target2::Node(k), &stopped, &restart_at) {
                         let pid = bus.node[k].pid();
                         fault_harness::stop(pid);
-                        stopped.push(Stopped { until: now + rng.ms(300, 2000), pid, what: Target2::Node(k) });
+                        stopped.push(Stopped {
+                            until: now + rng.ms(300, 2000),
+                            pid,
+                            what: Target2::Node(k),
+                        });
                         f.act("SIGSTOP node-ipc client", &bus.node_names[k], start);
                     }
                 }
@@ -734,7 +615,11 @@ fn chaos_soak() {
                 70..=76 if !bridge_busy => {
                     let pid = bus.bridge.proc.0.id();
                     fault_harness::stop(pid);
-                    stopped.push(Stopped { until: now + rng.ms(300, 2000), pid, what: Target2::Bridge });
+                    stopped.push(Stopped {
+                        until: now + rng.ms(300, 2000),
+                        pid,
+                        what: Target2::Bridge,
+                    });
                     f.act("SIGSTOP bridge", "", start);
                 }
                 77..=81 if !bridge_busy => {
@@ -745,12 +630,18 @@ fn chaos_soak() {
                 82..=89 if !hub_busy => {
                     let pid = bus.hub.pid();
                     fault_harness::stop(pid);
-                    stopped.push(Stopped { until: now + rng.ms(300, 2000), pid, what: Target2::Hub });
+                    stopped.push(Stopped {
+                        until: now + rng.ms(300, 2000),
+                        pid,
+                        what: Target2::Hub,
+                    });
                     f.act("SIGSTOP hub", "", start);
                 }
                 90..=94 if !hub_busy => {
                     let last = |v: &Vec<u64>| v.last().copied().unwrap_or(0);
-                    let was: Vec<bool> = (0..RUST).map(|k| last(&bus.conn_at[k]) > last(&bus.disc_at[k])).collect();
+                    let was: Vec<bool> = (0..RUST)
+                        .map(|k| last(&bus.conn_at[k]) > last(&bus.disc_at[k]))
+                        .collect();
                     let t = now_ns();
                     bus.hub.kill();
                     hub_kills.push((t, now, was));
@@ -771,7 +662,10 @@ fn chaos_soak() {
             if !stopped.iter().any(|s| s.what == Target2::Hub) {
                 f.sample("hub", bus.hub.stats());
             }
-            f.sample("bridge", Stats::of(bus.bridge.proc.0.id()).unwrap_or_default());
+            f.sample(
+                "bridge",
+                Stats::of(bus.bridge.proc.0.id()).unwrap_or_default(),
+            );
             for a in &bus.rust {
                 f.sample("rust client", a.proc.stats());
             }
@@ -795,17 +689,31 @@ fn chaos_soak() {
             for v in a.drain() {
                 match v["ev"].as_str() {
                     Some("final") => bus.finals.push(v),
-                    Some("violation") => f.violation(&a.proc.name.clone(), v["what"].as_str().unwrap_or("")),
+                    Some("violation") => {
+                        f.violation(&a.proc.name.clone(), v["what"].as_str().unwrap_or(""))
+                    }
                     _ => {}
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let sum = |k: &str| bus.finals.iter().map(|v| v[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let sum = |k: &str| {
+        bus.finals
+            .iter()
+            .map(|v| v[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
     let (calls, sent, recv) = (sum("calls"), sum("sent"), sum("recv"));
     if bus.finals.len() < RUST + NODE {
-        f.violation("driver", &format!("only {} of {} clients reported their final counts", bus.finals.len(), RUST + NODE));
+        f.violation(
+            "driver",
+            &format!(
+                "only {} of {} clients reported their final counts",
+                bus.finals.len(),
+                RUST + NODE
+            ),
+        );
     }
     wsink.close();
     drop(wsink);
@@ -841,20 +749,45 @@ fn chaos_soak() {
     for (kind, fds, rss) in bounds {
         let (mf, mr) = f.max.get(kind).copied().unwrap_or_default();
         if mf > fds || mr > rss {
-            f.violation(kind, &format!("peak {mf} fds / {} MiB RSS over the bound {fds} fds / {} MiB", mr >> 10, rss >> 10));
+            f.violation(
+                kind,
+                &format!(
+                    "peak {mf} fds / {} MiB RSS over the bound {fds} fds / {} MiB",
+                    mr >> 10,
+                    rss >> 10
+                ),
+            );
         }
+    }
+    let ws_in = wsink_recv.load(Ordering::Relaxed);
+    let ws_out: u64 = bus.ws.iter().map(|w| w.tows_seen).sum();
+    let acks: u64 = bus.ws.iter().map(|w| w.acks).sum();
+    if calls == 0 || recv == 0 || ws_in == 0 || ws_out == 0 || acks == 0 {
+        f.violation(
+            "driver",
+            &format!(
+                "a check saw nothing: {calls} calls, {recv} events, ws {ws_in} in / {ws_out} \
+                 out, {acks} ACKs"
+            ),
+        );
     }
     let mut actions: Vec<_> = f.actions.iter().collect();
     actions.sort();
     eprintln!(
         "chaos soak summary ({secs} s, seed {seed}): {} chaos events {actions:?}; {calls} calls, \
-         {sent} events sent, {recv} received; peaks {:?}; {} violations",
+         {sent} events sent, {recv} received; WebSocket: {ws_in} events in, {ws_out} out, \
+         {acks} heartbeat ACKs; peaks (fds, RSS KiB) {:?}; {} violations",
         f.actions.values().sum::<u64>(),
         f.max,
         f.violations.len()
     );
     let _ = bus.root;
-    assert!(f.violations.is_empty(), "{} violations:\n{}", f.violations.len(), f.violations.join("\n"));
+    assert!(
+        f.violations.is_empty(),
+        "{} violations:\n{}",
+        f.violations.len(),
+        f.violations.join("\n")
+    );
 }
 
 fn wait_pid_exit(c: &mut std::process::Child, within: Duration) -> bool {

@@ -209,7 +209,8 @@ pub(super) fn dispatcher(weak: std::sync::Weak<Inner>) {
         // (it starts a new dispatcher only if it sees `dispatching` false).
         let Some(inner) = weak.upgrade() else { return };
         inner.dispatching.store(false, Ordering::SeqCst);
-        let wanted = inner.connected.load(Ordering::SeqCst) && !inner.closing.load(Ordering::Acquire);
+        let wanted =
+            inner.connected.load(Ordering::SeqCst) && !inner.closing.load(Ordering::Acquire);
         if !wanted || inner.dispatching.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -220,7 +221,9 @@ pub(super) fn dispatcher(weak: std::sync::Weak<Inner>) {
 fn dispatcher_turns(weak: &std::sync::Weak<Inner>) -> bool {
     let mut seen_calls = 0;
     loop {
-        let Some(inner) = weak.upgrade() else { return false };
+        let Some(inner) = weak.upgrade() else {
+            return false;
+        };
         if inner.closing.load(Ordering::Acquire) {
             inner.dispatching.store(false, Ordering::SeqCst);
             return false;

@@ -214,7 +214,11 @@ impl Inner {
     /// Runs `f` (one handler call), catching a panic: it is logged and returned as its
     /// message, and with [`PanicPolicy::Close`] the client closes once the current message
     /// is handled. A panic never unwinds into the dispatcher or a caller's `get`.
-    fn contained<R>(&self, what: &dyn std::fmt::Display, f: impl FnOnce() -> R) -> Result<R, String> {
+    fn contained<R>(
+        &self,
+        what: &dyn std::fmt::Display,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, String> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             Ok(r) => Ok(r),
             Err(p) => {
@@ -235,7 +239,10 @@ impl Inner {
     pub(super) fn handle(&self, item: Incoming) {
         self.handle_one(item);
         if self.panicked.swap(false, Ordering::AcqRel) {
-            tracing::error!(client = %self.opts.name, "closing after a handler panicked (PanicPolicy::Close)");
+            tracing::error!(
+                client = %self.opts.name,
+                "closing after a handler panicked (PanicPolicy::Close)"
+            );
             self.close_link();
         }
     }
@@ -253,7 +260,10 @@ impl Inner {
                     .map(|(_, _, f)| f.clone())
                     .collect();
                 for f in hs {
-                    let _ = self.contained(&format_args!("the handler of event {:?}", ev.event), || f(&ev));
+                    let _ = self
+                        .contained(&format_args!("the handler of event {:?}", ev.event), || {
+                            f(&ev)
+                        });
                 }
             }
             Incoming::Get(hreq, g) => {
@@ -261,7 +271,10 @@ impl Inner {
                     let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
                     let kind = g.kind.clone();
                     // A panic drops the ticket, which answers the requester with an error.
-                    let _ = self.contained(&format_args!("the deferred get handler for {kind:?}"), || d(g, ticket));
+                    let _ = self.contained(
+                        &format_args!("the deferred get handler for {kind:?}"),
+                        || d(g, ticket),
+                    );
                     return;
                 }
                 let h = self
@@ -297,7 +310,10 @@ impl Inner {
                     .map(|(_, f)| f.clone());
                 let answer = match h {
                     Some(f) => self
-                        .contained(&format_args!("the request handler for {:?}", r.method), || f(&r))
+                        .contained(
+                            &format_args!("the request handler for {:?}", r.method),
+                            || f(&r),
+                        )
                         .unwrap_or_else(|m| {
                             Err(format!(
                                 "{}'s request handler for {:?} panicked: {m}",
@@ -323,7 +339,8 @@ impl Inner {
                     .map(|(_, _, f)| f.clone())
                     .collect();
                 for f in hs {
-                    let _ = self.contained(&format_args!("the data handler for {:?}", d.kind), || f(&d));
+                    let _ = self
+                        .contained(&format_args!("the data handler for {:?}", d.kind), || f(&d));
                 }
             }
             Incoming::Lifecycle(l) => {

@@ -77,7 +77,10 @@ impl Hub {
             if !self.policy.allows(sys::euid(), &cred) {
                 warn!(uid = cred.uid, pid = cred.pid, "refused: uid not allowed");
                 let _ = sock.set_nonblocking(true);
-                refuse(&sock, &format!("uid {} is not allowed on this hub", cred.uid));
+                refuse(
+                    &sock,
+                    &format!("uid {} is not allowed on this hub", cred.uid),
+                );
                 continue;
             }
             if let Err(e) = sock.set_nonblocking(true) {

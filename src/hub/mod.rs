@@ -32,8 +32,8 @@
 
 mod accept;
 mod config;
-mod handshake;
 mod control;
+mod handshake;
 mod lifecycle;
 mod requests;
 mod route;

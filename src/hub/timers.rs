@@ -5,9 +5,9 @@
 //! park), never from a signal or another thread; the park's timeout is the earliest of them
 //! (handshake deadlines, a paused listener's resume, partial-message deadlines included). A
 //! client that has not answered the previous ping when the next one is due is dropped, and
-//! so is one whose partial message outlives `limits.partial_timeout`. A pending call's deadline is checked against
-//! the call itself (`Pending::deadline`), so a stale heap entry for a call that was already
-//! answered does nothing.
+//! so is one whose partial message outlives `limits.partial_timeout`. A pending call's
+//! deadline is checked against the call itself (`Pending::deadline`), so a stale heap entry
+//! for a call that was already answered does nothing.
 
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};

@@ -310,7 +310,9 @@ impl LineAgent {
         crate::bridge_util::ensure_node();
         let dir = crate::bridge_util::compat_dir();
         let mut cmd = Command::new("node");
-        cmd.arg(dir.join(script)).arg(arg.to_string()).current_dir(dir);
+        cmd.arg(dir.join(script))
+            .arg(arg.to_string())
+            .current_dir(dir);
         LineAgent::start(name, cmd)
     }
 
@@ -524,9 +526,8 @@ pub fn agent_entry() {
                 o.ring_capacity = 4096;
                 let c = shmbus::client::Client::connect(&dir, o).expect("crowd connect");
                 if topics > 0 {
-                    let ts: Vec<String> = (0..topics)
-                        .map(|t| format!("{t}{}", &name[1..]))
-                        .collect();
+                    let ts: Vec<String> =
+                        (0..topics).map(|t| format!("{t}{}", &name[1..])).collect();
                     c.subscribe(ts).expect("subscribe");
                 }
                 clients.push(c);
