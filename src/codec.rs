@@ -5,21 +5,65 @@
 //! into a caller-provided slice (the reserved ring space); decoding reads straight from the
 //! ring, borrowing `&str` / `&[u8]` fields when the target type asks for them.
 //!
-//! Decoding never trusts the input: lengths are checked against the bytes that are there, a
-//! hard limit bounds any allocation a hostile length prefix could ask for, and trailing bytes
-//! after a value are an error.
+//! Decoding never trusts the input: lengths are checked against the bytes that are there, and
+//! trailing bytes after a value are an error. The decode limit is sized to the input: bincode
+//! allocates a string or byte buffer for its whole announced length before it reads it, and
+//! checks that length against its limit first, so each decode runs with the smallest limit
+//! tier (powers of 4, 16 KiB to [`DECODE_LIMIT`]) that holds 16 times the input plus 4 KiB
+//! ([`decode_limit_for`]). bincode counts what a value would occupy in memory (8 bytes for a
+//! `u64` that took one byte on the wire), never more than 16 times its encoding, so a
+//! legitimate value always fits; a hostile length prefix can make a decode allocate at most
+//! the tier — for a small control message or frame, 16 KiB — instead of a gigabyte.
+//! Sequences are preallocated by serde's own cautious size hint (at most 1 MiB); the
+//! protocol's sequences that a peer chooses use [`bounded_seq`], which preallocates a
+//! handful of elements.
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::Error;
 
-/// Largest allocation one decode may claim, whatever the input says (1 GiB).
+/// Largest allocation one decode may claim, whatever the input says (1 GiB); the limit
+/// actually used is sized to the input ([`decode_limit_for`]).
 pub const DECODE_LIMIT: usize = 1 << 30;
 
 type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
 
+/// The encoder's configuration (the limit only matters when decoding).
 const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+
+const fn config<const N: usize>() -> Configuration<LittleEndian, Varint, Limit<N>> {
+    bincode::config::standard().with_limit::<N>()
+}
+
+/// The decode limit used for an input of `len` bytes: the smallest tier (a power of 4 from
+/// 16 KiB to [`DECODE_LIMIT`]) that holds `16 × len + 4 KiB`.
+pub const fn decode_limit_for(len: usize) -> usize {
+    let need = len.saturating_mul(16).saturating_add(4 << 10);
+    let mut tier = 16 << 10;
+    while tier < need && tier < DECODE_LIMIT {
+        tier *= 4;
+    }
+    tier
+}
+
+/// Runs `bincode::serde::$decode` with the limit tier for `$bytes`.
+macro_rules! with_limit_for {
+    ($bytes:expr, $decode:ident, $t:ty) => {{
+        let b = $bytes;
+        match decode_limit_for(b.len()) {
+            n if n == 16 << 10 => bincode::serde::$decode::<$t, _>(b, config::<{ 16 << 10 }>()),
+            n if n == 64 << 10 => bincode::serde::$decode::<$t, _>(b, config::<{ 64 << 10 }>()),
+            n if n == 256 << 10 => bincode::serde::$decode::<$t, _>(b, config::<{ 256 << 10 }>()),
+            n if n == 1 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 1 << 20 }>()),
+            n if n == 4 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 4 << 20 }>()),
+            n if n == 16 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 16 << 20 }>()),
+            n if n == 64 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 64 << 20 }>()),
+            n if n == 256 << 20 => bincode::serde::$decode::<$t, _>(b, config::<{ 256 << 20 }>()),
+            _ => bincode::serde::$decode::<$t, _>(b, config::<DECODE_LIMIT>()),
+        }
+    }};
+}
 
 /// Exact encoded size of `value`, computed without allocating.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
@@ -51,18 +95,43 @@ pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 
 /// Decodes an owned `T` from exactly `bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let (v, used) = bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG)
-        .map_err(|e| Error::Decode(e.to_string()))?;
+    let (v, used) =
+        with_limit_for!(bytes, decode_from_slice, T).map_err(|e| Error::Decode(e.to_string()))?;
     check_used(used, bytes.len())?;
     Ok(v)
 }
 
 /// Decodes a `T` that may borrow (`&str`, `&[u8]`, `Cow`) from `bytes`, with no copy.
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
-    let (v, used) = bincode::serde::borrow_decode_from_slice::<T, _>(bytes, CONFIG)
+    let (v, used) = with_limit_for!(bytes, borrow_decode_from_slice, T)
         .map_err(|e| Error::Decode(e.to_string()))?;
     check_used(used, bytes.len())?;
     Ok(v)
+}
+
+/// `#[serde(deserialize_with = "crate::codec::bounded_seq")]` for a `Vec` a peer sends:
+/// preallocates at most 16 elements whatever length the input announces (the elements
+/// themselves still have to arrive).
+pub fn bounded_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<T>, A::Error> {
+            let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(16));
+            while let Some(x) = a.next_element()? {
+                v.push(x);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(V(std::marker::PhantomData))
 }
 
 fn check_used(used: usize, len: usize) -> Result<(), Error> {
@@ -98,6 +167,34 @@ mod tests {
         pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
             <&'de [u8] as serde::Deserialize>::deserialize(d)
         }
+
+        /// An owned byte string (bincode's byte-buffer path, which allocates up front).
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        pub struct Owned(#[serde(with = "bytes")] pub Vec<u8>);
+
+        mod bytes {
+            pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(v)
+            }
+            pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> Result<Vec<u8>, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Vec<u8>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                        Ok(v)
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                        Ok(v.to_vec())
+                    }
+                }
+                d.deserialize_byte_buf(V)
+            }
+        }
     }
 
     #[test]
@@ -131,6 +228,32 @@ mod tests {
         assert!(matches!(decode::<u32>(&ok), Err(Error::Decode(_))));
         // invalid utf-8
         assert!(decode::<String>(&[2, 0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn the_decode_limit_is_sized_to_the_input() {
+        // A string announcing 512 MiB in a 6-byte input is refused before it is allocated.
+        let mut b = vec![0xfc];
+        b.extend_from_slice(&(512u32 << 20).to_le_bytes());
+        b.push(b'x');
+        assert!(matches!(decode::<String>(&b), Err(Error::Decode(_))));
+        // Values of every tier still decode.
+        for n in [0usize, 5000, 70_000, 2 << 20, 20 << 20] {
+            let v = vec![7u8; n];
+            let e = encode_to_vec(&serde_bytes_borrow::Owned(v.clone())).unwrap();
+            assert_eq!(decode::<serde_bytes_borrow::Owned>(&e).unwrap().0, v);
+        }
+        assert_eq!(decode_limit_for(0), 16 << 10);
+        assert_eq!(decode_limit_for(16), 16 << 10);
+        assert_eq!(decode_limit_for(1000), 64 << 10);
+        assert_eq!(decode_limit_for(64 << 20), DECODE_LIMIT);
+        assert_eq!(decode_limit_for(usize::MAX), DECODE_LIMIT);
+        // Varint integers count 8 bytes each against the limit, whatever their encoding.
+        let many = vec![1u64; 100_000];
+        assert_eq!(
+            decode::<Vec<u64>>(&encode_to_vec(&many).unwrap()).unwrap(),
+            many
+        );
     }
 
     #[test]

@@ -119,13 +119,14 @@ pub mod wait;
 #[cfg(all(test, shmbus_loom))]
 mod loom_tests;
 
-pub use channel::{RawReceiver, RawSender, Receiver, Sender, Stats, View};
+pub use channel::{RawReceiver, RawSender, ReassemblyBudget, Receiver, Sender, Stats, View};
 pub use error::{
     Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use link::{
-    bind_unix, open_link, open_segment, recv_control, send_control, AccessPolicy, Link, LinkConfig,
-    LinkHandshake, LinkListener, LinkSegment, PinWords, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY,
-    HELLO_MAGIC, MAX_CONTROL_MESSAGE,
+    bind_unix, encode_control, open_link, open_segment, recv_control, recv_control_limited,
+    send_control, send_control_limited, AccessPolicy, Link, LinkConfig, LinkHandshake,
+    LinkListener, LinkSegment, PinWords, DEFAULT_MAX_MESSAGE, DEFAULT_RING_CAPACITY, HELLO_MAGIC,
+    MAX_CONTROL_MESSAGE, MAX_CONTROL_REPLY,
 };
 pub use wait::WaitStrategy;

@@ -217,7 +217,7 @@ pub enum ClientMsg<'a> {
     /// Replaces this client's topic set.
     Subscribe {
         /// Topics.
-        #[serde(borrow)]
+        #[serde(borrow, deserialize_with = "crate::codec::bounded_seq")]
         topics: Vec<&'a str>,
     },
     /// Sets this client's state (ready, coma, …); interested clients are told.
@@ -352,6 +352,7 @@ pub struct Hello {
     /// Shared token, if the hub requires one.
     pub token: Option<String>,
     /// Cache kinds to push to this client every interval.
+    #[serde(deserialize_with = "crate::codec::bounded_seq")]
     pub intervals: Vec<String>,
     /// Free-form client version (Urban Robot's identify).
     pub client_version: Option<String>,

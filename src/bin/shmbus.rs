@@ -128,6 +128,36 @@ struct HubArgs {
     /// hub revokes it (its reads are then refused until it drops its refs), in ms.
     #[arg(long, default_value_t = 10_000)]
     cache_pin_ms: u64,
+    /// Bytes queued in the hub for one client whose ring is full before the hub stops reading
+    /// from the clients that send to it.
+    #[arg(long, default_value_t = 8 << 20)]
+    outbox_bytes: usize,
+    /// Connections that may be in their handshake at once; at the limit the hub stops
+    /// accepting until one finishes.
+    #[arg(long, default_value_t = 128)]
+    max_handshakes: usize,
+    /// Time a connection has to finish its hello, in ms.
+    #[arg(long, default_value_t = 2000)]
+    handshake_ms: u64,
+    /// How long the hub stops accepting after accept fails for want of fds or memory, in ms.
+    #[arg(long, default_value_t = 100)]
+    accept_backoff_ms: u64,
+    /// Largest ring (per direction) a client may ask for, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_ring_bytes: u64,
+    /// Gets and requests one client may have waiting at the hub at once.
+    #[arg(long, default_value_t = 4096)]
+    max_pending: usize,
+    /// Longest deadline a get or request may ask for, in ms (longer ones are cut to it).
+    #[arg(long, default_value_t = 300_000)]
+    max_deadline_ms: u64,
+    /// Bytes all clients' unfinished fragmented messages may hold together (at least
+    /// --max-message); a message that does not fit waits until others finish.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_reassembly_bytes: usize,
+    /// Time a fragmented message may take to arrive before its sender is dropped, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    partial_message_ms: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log: String,
@@ -193,7 +223,17 @@ impl HubArgs {
                 pin_bound: Duration::from_millis(self.cache_pin_ms.max(1)),
             },
             federation: self.federation(),
-            ..Default::default()
+            outbox_limit: self.outbox_bytes,
+            limits: shmbus::hub::Limits {
+                max_handshakes: self.max_handshakes.max(1),
+                handshake_timeout: Duration::from_millis(self.handshake_ms.max(1)),
+                accept_backoff: Duration::from_millis(self.accept_backoff_ms.max(1)),
+                max_ring_bytes: self.max_ring_bytes,
+                max_pending: self.max_pending,
+                max_deadline: Duration::from_millis(self.max_deadline_ms.max(1)),
+                max_reassembly: self.max_reassembly_bytes,
+                partial_timeout: Duration::from_millis(self.partial_message_ms.max(1)),
+            },
         }
     }
 }

@@ -643,7 +643,9 @@ impl CacheWriter {
             std::ptr::copy_nonoverlapping(payload.bytes.as_ptr(), p.add(vo), vlen);
         }
         let expires_ns = if ttl_ms > 0 {
-            now_ns.saturating_add(ttl_ms as u64 * 1_000_000)
+            // Saturating: a TTL too long for u64 nanoseconds (584 years) means "never expires",
+            // not a wrapped expiry in the past.
+            now_ns.saturating_add((ttl_ms as u64).saturating_mul(1_000_000))
         } else {
             0
         };

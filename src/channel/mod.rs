@@ -15,6 +15,7 @@
 //! dropped closes its side and rings the peer, so a peer that waits wakes and sees
 //! `Disconnected` once it has taken everything that was published.
 
+mod budget;
 mod raw_receiver;
 mod raw_sender;
 mod typed;
@@ -22,6 +23,7 @@ mod typed;
 #[cfg(all(test, not(shmbus_loom)))]
 mod tests;
 
+pub use budget::ReassemblyBudget;
 pub use raw_receiver::RawReceiver;
 pub use raw_sender::RawSender;
 pub use typed::{Receiver, Sender, View};

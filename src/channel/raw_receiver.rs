@@ -6,17 +6,21 @@
 //! only `FIRST` (whose announced total is at most `max_message` and at least its own
 //! payload) followed by `MORE`... `LAST` adding up exactly to that total; `ABORT` drops a
 //! partial message; anything else out of sequence is `Corrupt` (sticky). The reassembly
-//! buffer reserves exactly the announced total (so memory is bounded by `max_message`, never
-//! by what a peer claims beyond it) and is freed after use when over `SCRATCH_KEEP`. Every
+//! buffer grows with what arrives (at most twice the bytes received, never beyond the
+//! announced total, which is at most `max_message`), and is freed after use — delivered or
+//! aborted — when over `SCRATCH_KEEP`. With a [`ReassemblyBudget`], a message takes its
+//! announced total from the budget at its first fragment (a first fragment that does not fit
+//! stays unread, and [`has_data`](RawReceiver::has_data) says "nothing" until it would fit)
+//! and gives it back when delivered, aborted or dropped. Every
 //! message published before the peer left is delivered before `Disconnected`. A message
 //! that `try_recv_maybe` offered and was not consumed is offered again.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Stats, SCRATCH_KEEP};
+use super::{ReassemblyBudget, Stats, SCRATCH_KEEP};
 use crate::error::{Fail, RecvError, RecvTimeoutError, TryRecvError};
 use crate::ring::layout::kind;
 use crate::ring::{Consumer, Frame};
@@ -55,6 +59,14 @@ pub struct RawReceiver {
     stats: Stats,
     /// Where this half sleeps on an empty ring (created at the first park).
     sleeper: Sleeper,
+    /// The budget partial messages take from, if any (the hub's).
+    budget: Option<Arc<ReassemblyBudget>>,
+    /// Taken from `budget` for the message being assembled (or held).
+    reserved: usize,
+    /// The first fragment at the head needs this much of `budget`, which is not there yet.
+    budget_wait: Option<usize>,
+    /// When the message being assembled started.
+    assembling_since: Option<Instant>,
 }
 
 impl RawReceiver {
@@ -80,7 +92,58 @@ impl RawReceiver {
             held: None,
             stats: Stats::default(),
             sleeper: Sleeper::default(),
+            budget: None,
+            reserved: 0,
+            budget_wait: None,
+            assembling_since: None,
         }
+    }
+
+    /// Makes partial messages take their announced length from `budget` (shared with other
+    /// receivers) while they are assembled; see [`ReassemblyBudget`].
+    pub fn set_reassembly_budget(&mut self, budget: Arc<ReassemblyBudget>) {
+        self.give_back();
+        self.budget = Some(budget);
+    }
+
+    /// The partial message being assembled, if any: its announced length, the bytes that
+    /// arrived, and when its first fragment did.
+    pub fn partial(&self) -> Option<(usize, usize, Instant)> {
+        let total = self.assembling?;
+        Some((total, self.assembly.len(), self.assembling_since?))
+    }
+
+    /// Returns what the current message took from the budget.
+    fn give_back(&mut self) {
+        if let Some(b) = &self.budget {
+            if self.reserved > 0 {
+                b.give_back(self.reserved);
+            }
+        }
+        self.reserved = 0;
+    }
+
+    /// Frees the reassembly buffer after a message (kept for reuse when small).
+    fn reset_assembly(&mut self) {
+        if self.assembly.capacity() > SCRATCH_KEEP {
+            self.assembly = Vec::new();
+        } else {
+            self.assembly.clear();
+        }
+        self.assembling_since = None;
+        self.give_back();
+    }
+
+    /// Appends `p` to the message being assembled (announced `total`), growing the buffer
+    /// by doubling but never past `total`.
+    fn append(&mut self, p_start: usize, f: &Frame, total: usize) {
+        let p = &self.cons.payload(f)[p_start..];
+        let need = self.assembly.len() + p.len();
+        if need > self.assembly.capacity() {
+            let cap = need.max(self.assembly.capacity() * 2).min(total);
+            self.assembly.reserve_exact(cap - self.assembly.len());
+        }
+        self.assembly.extend_from_slice(p);
     }
 
     /// How this receiver waits when the ring is empty.
@@ -145,10 +208,19 @@ impl RawReceiver {
                     if total > self.max_message || total < p.len() - 8 {
                         return Err(self.corrupt("fragmented message length out of range"));
                     }
+                    if let Some(b) = &self.budget {
+                        if !b.try_take(total) {
+                            // Left unread until other messages give their share back.
+                            self.budget_wait = Some(total);
+                            return Ok(None);
+                        }
+                        self.reserved = total;
+                    }
+                    self.budget_wait = None;
                     self.assembly.clear();
-                    self.assembly.reserve_exact(total);
-                    self.assembly.extend_from_slice(&p[8..]);
+                    self.append(8, &f, total);
                     self.assembling = Some(total);
+                    self.assembling_since = Some(Instant::now());
                     self.release(f)?;
                 }
                 (kind::MORE | kind::LAST, Some(total)) => {
@@ -158,7 +230,7 @@ impl RawReceiver {
                     if have > total || (last && have != total) || (!last && have == total) {
                         return Err(self.corrupt("fragments do not add up to the announced length"));
                     }
-                    self.assembly.extend_from_slice(p);
+                    self.append(0, &f, total);
                     self.release(f)?;
                     if last {
                         self.assembling = None;
@@ -167,7 +239,7 @@ impl RawReceiver {
                 }
                 (kind::ABORT, _) => {
                     self.assembling = None;
-                    self.assembly.clear();
+                    self.reset_assembly();
                     self.release(f)?;
                 }
                 _ => return Err(self.corrupt("fragment out of sequence")),
@@ -186,11 +258,7 @@ impl RawReceiver {
             Ready::Assembled => {
                 let out = f(&self.assembly);
                 self.stats.bytes += self.assembly.len() as u64;
-                if self.assembly.capacity() > SCRATCH_KEEP {
-                    self.assembly = Vec::new();
-                } else {
-                    self.assembly.clear();
-                }
+                self.reset_assembly();
                 out
             }
         };
@@ -306,6 +374,14 @@ impl RawReceiver {
 
     /// Whether anything is in the ring (re-reads the producer's index), or the peer closed.
     pub fn has_data(&mut self) -> Result<bool, Error> {
+        if self.held.is_none() {
+            if let (Some(n), Some(b)) = (self.budget_wait, &self.budget) {
+                // The frame at the head waits for budget: nothing to do until it fits.
+                if !b.can_take(n) {
+                    return Ok(self.cons.peer_closed());
+                }
+            }
+        }
         Ok(self.held.is_some() || self.cons.has_data()? || self.cons.peer_closed())
     }
 
@@ -385,6 +461,7 @@ impl RawReceiver {
 
 impl Drop for RawReceiver {
     fn drop(&mut self) {
+        self.give_back();
         self.cons.close();
         let _ = self.space_bell.ring();
     }

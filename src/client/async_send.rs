@@ -165,6 +165,17 @@ async fn push_fragments(f: &mut InFlight) -> Result<(), Error> {
 }
 
 impl Inner {
+    /// Reports a failed async send: a lost or corrupt link is marked disconnected after
+    /// what the hub published on it is filed (no `tx` guard is held here; the dispatch task
+    /// runs the queued disconnect handlers).
+    fn link_failed(&self, e: Error) -> Error {
+        if matches!(e, Error::Disconnected | Error::Corrupt(_)) {
+            let mut g = self.rx.lock().expect("lock");
+            self.drain_then_disconnect(&mut g);
+        }
+        e
+    }
+
     /// One attempt at a message that fits one frame: written and published, or `Full`. Never
     /// waits.
     fn try_frame(tx: &mut RawSender, len: usize, msg: &ClientMsg<'_>) -> Result<Attempt, Error> {

@@ -321,7 +321,14 @@ impl Inner {
             Some(mut g) => {
                 let turn = total.min(RECEIVE_TURN);
                 match self.call_direct(&mut g, req, turn, make) {
-                    Direct::Done(r) => return r,
+                    Direct::Done(r) => {
+                        if r.is_err() {
+                            // A lost link queued its disconnect: run it with no lock held.
+                            drop(g);
+                            self.run_handlers();
+                        }
+                        return r;
+                    }
                     Direct::Shared { waited } => {
                         let slot = self.register(req);
                         drop(g);

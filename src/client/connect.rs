@@ -6,14 +6,16 @@
 //! only once the new one is complete; an old cache view is closed first, so it fails instead
 //! of reading a segment that is no longer this client's. `mark_disconnected` runs its work
 //! once per lost link (`connected` swap): it reads the hub's goodbye, drops the sender and
-//! the cache view, fails every waiting call with `Link(Disconnected)`, then runs the
-//! disconnect handlers with no lock held.
+//! the cache view, fails every waiting call with `Link(Disconnected)`, then queues the
+//! disconnect for the handlers (behind the old link's last messages); it may be called with
+//! `rx` held, never with `tx` held, and runs no user code. A successful reconnect starts the
+//! dispatcher thread again if it had stopped.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::handlers::DisconnectFn;
+use super::handlers::Incoming;
 use super::Slot;
 use super::{CallError, Client, Inner, Retry};
 use crate::cache::CacheReader;
@@ -23,9 +25,18 @@ use crate::{Error, LinkConfig};
 
 impl Client {
     /// Reconnects now (same name, subscriptions, state and watch), per the retry policy (one
-    /// attempt if none is set).
+    /// attempt if none is set). A client that is still connected first drops its link (the
+    /// disconnect handlers run, with the reason "reconnecting"), then joins again on a new
+    /// one. May be called from any thread, including from inside a handler.
     pub fn reconnect(&self) -> Result<(), Error> {
-        self.inner.reconnect_loop()
+        let fresh_drop = self.inner.connected.load(Ordering::Acquire);
+        if fresh_drop {
+            self.inner.drop_link("reconnecting");
+        }
+        let r = self.inner.reconnect_loop(fresh_drop);
+        // No lock is held here: the disconnect handlers queued above may run.
+        self.inner.run_handlers();
+        r
     }
 }
 
@@ -126,18 +137,31 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) fn reconnect_loop(&self) -> Result<(), Error> {
+    /// Joins again per the retry policy. `fresh_drop`: we have just dropped our own link, so
+    /// the hub may still hold our name for a moment ("already taken" is retried for 2 s).
+    pub(super) fn reconnect_loop(&self, fresh_drop: bool) -> Result<(), Error> {
         let retry = self.opts.reconnect.unwrap_or(Retry {
             interval: Duration::ZERO,
             max_retries: Some(1),
         });
+        let name_grace = std::time::Instant::now() + Duration::from_secs(2);
         let mut failures = 0u32;
         loop {
             if self.closing.load(Ordering::Acquire) {
                 return Err(Error::Disconnected);
             }
             match self.establish() {
-                Ok(()) => return self.restore(),
+                Ok(()) => {
+                    self.restore()?;
+                    return self.ensure_dispatcher();
+                }
+                Err(Error::Handshake(m))
+                    if fresh_drop
+                        && m.contains("already taken")
+                        && std::time::Instant::now() < name_grace =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 Err(e) => {
                     failures += 1;
                     if retry.max_retries.is_some_and(|m| failures >= m) {
@@ -149,18 +173,41 @@ impl Inner {
         }
     }
 
+    /// Drops a live link on purpose (`reconnect` of a connected client): the hub sees the
+    /// hang-up and frees our name; the disconnect is queued like a lost link's.
+    pub(super) fn drop_link(&self, reason: &str) {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.kick.store(true, Ordering::SeqCst);
+        *self.tx.lock().expect("lock") = None;
+        *self.rx.lock().expect("lock") = None;
+        *self.ctrl.lock().expect("lock") = None;
+        self.drop_cache();
+        *self.last_goodbye.lock().expect("lock") = Some(reason.to_string());
+        self.fail_waits();
+        self.enqueue(Incoming::Disconnected(reason.to_string()));
+    }
+
+    /// Every call waiting for a reply learns that the link is gone.
+    fn fail_waits(&self) {
+        let waits: Vec<Arc<Slot>> = self
+            .waits
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in waits {
+            s.fill(Err(CallError::Link(Error::Disconnected)));
+        }
+    }
+
     /// Marks the current cache view dead and forgets it.
     pub(super) fn drop_cache(&self) {
         if let Some(c) = self.cache.lock().expect("lock").take() {
             c.close();
         }
-    }
-
-    pub(super) fn link_failed(&self, e: Error) -> Error {
-        if matches!(e, Error::Disconnected | Error::Corrupt(_)) {
-            self.mark_disconnected();
-        }
-        e
     }
 
     pub(super) fn mark_disconnected(&self) {
@@ -182,26 +229,9 @@ impl Inner {
         *self.tx.lock().expect("lock") = None;
         self.drop_cache();
         // Everyone waiting for a reply learns now.
-        let waits: Vec<Arc<Slot>> = self
-            .waits
-            .lock()
-            .expect("lock")
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
-        for s in waits {
-            s.fill(Err(CallError::Link(Error::Disconnected)));
-        }
-        let hs: Vec<DisconnectFn> = self
-            .handlers
-            .read()
-            .expect("lock")
-            .disconnect
-            .iter()
-            .map(|(_, f)| f.clone())
-            .collect();
-        for f in hs {
-            f(&reason);
-        }
+        self.fail_waits();
+        // The handlers learn in order, after the old link's last messages, from whichever
+        // thread runs them next with no lock held.
+        self.enqueue(Incoming::Disconnected(reason));
     }
 }

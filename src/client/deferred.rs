@@ -102,11 +102,19 @@ impl GetTicket {
 }
 
 impl Drop for GetTicket {
+    /// Answers with an error, without waiting: if the ring to the hub is full the answer is
+    /// owed and written before the client's next frame (a drop never blocks, whatever thread
+    /// or runtime it happens on).
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.send(Answer::Err {
-                message: "the owner dropped the get without answering",
-            });
+            if let Some(inner) = self.inner.upgrade() {
+                let _ = inner.send_or_owe(&ClientMsg::Answer {
+                    req: self.req,
+                    answer: Answer::Err {
+                        message: "the owner dropped the get without answering",
+                    },
+                });
+            }
         }
     }
 }

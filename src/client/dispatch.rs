@@ -57,7 +57,7 @@ impl Client {
             match self.poll(Duration::from_millis(100)) {
                 Ok(_) => {}
                 Err(Error::Disconnected) if self.inner.opts.reconnect.is_some() => {
-                    self.inner.reconnect_loop()?;
+                    self.inner.reconnect_loop(false)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -138,18 +138,9 @@ impl Inner {
                 false
             }
             HubMsg::Ping { nonce } => {
-                // Answered from here; the tx lock is separate from the rx lock we hold.
-                let mut g = self.tx.lock().expect("lock");
-                if let Some(tx) = g.as_mut() {
-                    let pong = ClientMsg::Pong { nonce };
-                    let len = codec::encoded_len(&pong)?;
-                    let _ = tx.send_with(
-                        len,
-                        Deadline::At(Instant::now() + Duration::from_secs(1)),
-                        true,
-                        |b| codec::encode_into(&pong, b),
-                    );
-                }
+                // Answered from here, without waiting: a full ring leaves the pong owed (the
+                // next send or dispatcher turn writes it).
+                self.send_or_owe(&ClientMsg::Pong { nonce })?;
                 false
             }
             HubMsg::Pong { .. } => false,
@@ -213,12 +204,31 @@ impl Inner {
 
 /// The background dispatcher: receives, files, runs handlers; reconnects if asked to.
 pub(super) fn dispatcher(weak: std::sync::Weak<Inner>) {
-    let mut seen_calls = 0;
-    loop {
+    while dispatcher_turns(&weak) {
+        // Stopping: say so, then make sure no reconnect happened meanwhile that relied on us
+        // (it starts a new dispatcher only if it sees `dispatching` false).
         let Some(inner) = weak.upgrade() else { return };
-        if inner.closing.load(Ordering::Acquire) {
+        inner.dispatching.store(false, Ordering::SeqCst);
+        let wanted =
+            inner.connected.load(Ordering::SeqCst) && !inner.closing.load(Ordering::Acquire);
+        if !wanted || inner.dispatching.swap(true, Ordering::SeqCst) {
             return;
         }
+    }
+}
+
+/// The dispatcher's loop; returns true when it should stop (link lost, no retry policy).
+fn dispatcher_turns(weak: &std::sync::Weak<Inner>) -> bool {
+    let mut seen_calls = 0;
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return false;
+        };
+        if inner.closing.load(Ordering::Acquire) {
+            inner.dispatching.store(false, Ordering::SeqCst);
+            return false;
+        }
+        inner.try_flush_owed();
         // Calls in progress, or finished within the last `STEP_ASIDE`: the calling threads
         // receive for themselves (and run what they receive for the handlers).
         let calls = inner.calls.load(Ordering::Relaxed);
@@ -233,23 +243,24 @@ pub(super) fn dispatcher(weak: std::sync::Weak<Inner>) {
             // SeqCst (all three): a caller that came after our check of `callers` below
             // sets `kick` after we cleared it, so our wait sees it.
             inner.kick.store(false, Ordering::SeqCst);
-            if inner.callers.load(Ordering::SeqCst) > 0 {
+            if inner.callers.load(Ordering::SeqCst) > 0 || inner.closing.load(Ordering::Acquire) {
                 Ok(false)
             } else {
                 inner.receive_kickable(&mut g, Deadline::Within(Duration::from_millis(100)))
             }
         };
         inner.run_handlers();
-        match res {
-            Ok(_) => {}
-            Err(_) => {
-                if inner.opts.reconnect.is_some() && !inner.closing.load(Ordering::Acquire) {
-                    if inner.reconnect_loop().is_err() {
-                        return;
-                    }
-                } else {
-                    return;
+        if res.is_err() {
+            if inner.opts.reconnect.is_some() && !inner.closing.load(Ordering::Acquire) {
+                if inner.reconnect_loop(false).is_err() {
+                    return true;
                 }
+                inner.run_handlers();
+            } else if !inner.connected.load(Ordering::Acquire) {
+                return true;
+            } else {
+                // A reconnect (from another thread) already put a new link in place.
+                std::thread::sleep(STEP_ASIDE);
             }
         }
         // Holding `inner` across the loop would keep the client alive after the user dropped

@@ -2,12 +2,16 @@
 //! [`Client::remove_handler`]), the queue of messages waiting for their handlers, and
 //! running them: [`Inner::run_handlers`], and the answer a get or request handler owes.
 //!
-//! Invariants: handlers run in the order their messages arrived, on one thread at a time
+//! Invariants: handlers run in the order their messages arrived — the disconnect handlers
+//! too, queued behind the old link's last messages — on one thread at a time
 //! (`running_handlers`; a nested call returns at once and the outer loop picks its messages
 //! up), and with no lock held: the registry's read lock is dropped (the handlers are cloned
-//! out) before any handler runs, so a handler may register handlers, `get`, `emit` or call
-//! any other method. Every forwarded get and request is answered exactly once: by its
-//! handler, by "no handler" when there is none, or by a [`GetTicket`](super::GetTicket).
+//! out) before any handler runs, so a handler may register handlers, `get`, `emit`,
+//! `close`, `reconnect` or call any other method. Every handler call runs under
+//! `catch_unwind`: a panic is logged and never reaches the dispatcher, a caller or
+//! `running_handlers` (which therefore is never poisoned). Every forwarded get and request
+//! is answered exactly once: by its handler, by an error naming its panic, by "no handler"
+//! when there is none, or by a [`GetTicket`](super::GetTicket).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,7 +20,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::deferred::GetTicket;
-use super::{Client, DataPush, Event, GetRequest, Inner, Lifecycle, Request, Ttl};
+use super::{Client, DataPush, Event, GetRequest, Inner, Lifecycle, PanicPolicy, Request, Ttl};
 use crate::proto::{Answer, ClientMsg, Payload, PayloadBuf};
 use crate::Error;
 
@@ -29,7 +33,7 @@ type GetFn = Arc<dyn Fn(&GetRequest) -> Result<(PayloadBuf, i64), String> + Send
 type RequestFn = Arc<dyn Fn(&Request) -> Result<PayloadBuf, String> + Send + Sync>;
 type DataFn = Arc<dyn Fn(&DataPush) + Send + Sync>;
 type LifecycleFn = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
-pub(super) type DisconnectFn = Arc<dyn Fn(&str) + Send + Sync>;
+type DisconnectFn = Arc<dyn Fn(&str) + Send + Sync>;
 pub(super) type DeferredGetFn = Arc<dyn Fn(GetRequest, GetTicket) + Send + Sync>;
 
 #[derive(Default)]
@@ -97,6 +101,9 @@ pub(super) enum Incoming {
     Request(u64, Request),
     Data(DataPush),
     Lifecycle(Lifecycle),
+    /// The link was lost (why): queued behind everything that arrived on it, so the
+    /// disconnect handlers run after the handlers of the old link's last messages.
+    Disconnected(String),
 }
 
 impl Client {
@@ -214,7 +221,43 @@ impl Inner {
         }
     }
 
+    /// Runs `f` (one handler call), catching a panic: it is logged and returned as its
+    /// message, and with [`PanicPolicy::Close`] the client closes once the current message
+    /// is handled. A panic never unwinds into the dispatcher or a caller's `get`.
+    fn contained<R>(
+        &self,
+        what: &dyn std::fmt::Display,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => Ok(r),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".into());
+                tracing::error!(client = %self.opts.name, "{what} panicked: {msg}");
+                if self.opts.on_panic == PanicPolicy::Close {
+                    self.panicked.store(true, Ordering::Release);
+                }
+                Err(msg)
+            }
+        }
+    }
+
     pub(super) fn handle(&self, item: Incoming) {
+        self.handle_one(item);
+        if self.panicked.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                client = %self.opts.name,
+                "closing after a handler panicked (PanicPolicy::Close)"
+            );
+            self.close_link();
+        }
+    }
+
+    fn handle_one(&self, item: Incoming) {
         match item {
             Incoming::Event(ev) => {
                 let hs: Vec<EventFn> = self
@@ -227,13 +270,21 @@ impl Inner {
                     .map(|(_, _, f)| f.clone())
                     .collect();
                 for f in hs {
-                    f(&ev);
+                    let _ = self
+                        .contained(&format_args!("the handler of event {:?}", ev.event), || {
+                            f(&ev)
+                        });
                 }
             }
             Incoming::Get(hreq, g) => {
                 if let Some(d) = self.deferred_get_for(&g.kind) {
                     let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
-                    d(g, ticket);
+                    let kind = g.kind.clone();
+                    // A panic drops the ticket, which answers the requester with an error.
+                    let _ = self.contained(
+                        &format_args!("the deferred get handler for {kind:?}"),
+                        || d(g, ticket),
+                    );
                     return;
                 }
                 let h = self
@@ -244,7 +295,14 @@ impl Inner {
                     .get(&g.kind)
                     .map(|(_, f)| f.clone());
                 let answer = match h {
-                    Some(f) => f(&g),
+                    Some(f) => self
+                        .contained(&format_args!("the get handler for {:?}", g.kind), || f(&g))
+                        .unwrap_or_else(|m| {
+                            Err(format!(
+                                "{}'s get handler for {:?} panicked: {m}",
+                                self.opts.name, g.kind
+                            ))
+                        }),
                     None => Err(format!(
                         "{} has no handler for {:?}",
                         self.opts.name, g.kind
@@ -264,7 +322,18 @@ impl Inner {
                     .get(&r.method)
                     .map(|(_, f)| f.clone());
                 let answer = match h {
-                    Some(f) => f(&r).map(|p| (p, -1)),
+                    Some(f) => self
+                        .contained(
+                            &format_args!("the request handler for {:?}", r.method),
+                            || f(&r),
+                        )
+                        .unwrap_or_else(|m| {
+                            Err(format!(
+                                "{}'s request handler for {:?} panicked: {m}",
+                                self.opts.name, r.method
+                            ))
+                        })
+                        .map(|p| (p, -1)),
                     None => Err(format!(
                         "{} has no handler for method {:?}",
                         self.opts.name, r.method
@@ -283,7 +352,8 @@ impl Inner {
                     .map(|(_, _, f)| f.clone())
                     .collect();
                 for f in hs {
-                    f(&d);
+                    let _ = self
+                        .contained(&format_args!("the data handler for {:?}", d.kind), || f(&d));
                 }
             }
             Incoming::Lifecycle(l) => {
@@ -296,7 +366,20 @@ impl Inner {
                     .map(|(_, f)| f.clone())
                     .collect();
                 for f in hs {
-                    f(&l);
+                    let _ = self.contained(&"a lifecycle handler", || f(&l));
+                }
+            }
+            Incoming::Disconnected(reason) => {
+                let hs: Vec<DisconnectFn> = self
+                    .handlers
+                    .read()
+                    .expect("lock")
+                    .disconnect
+                    .iter()
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                for f in hs {
+                    let _ = self.contained(&"a disconnect handler", || f(&reason));
                 }
             }
         }

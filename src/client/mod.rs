@@ -40,13 +40,34 @@
 //!
 //! * `rx` is held by whoever receives (a caller on the direct path, the dispatcher, `poll`),
 //!   `tx` by whoever sends. They are separate locks, so a ping is answered while receiving.
-//! * `tx` is held only for a bounded send (1 ms on a full ring, 1 s for a pong), never while
-//!   receiving: a sender that finds the ring full lets go of it, drains what the hub sent
-//!   through `rx` (the guard it already holds, or a `try_lock`), and tries again, so neither
-//!   side can wedge the other.
-//! * No lock is held while a user handler runs, except `running_handlers`, which only
-//!   serialises handler runs and is taken with `try_lock` (a thread that finds it taken
-//!   leaves the queue to the thread that holds it).
+//!   The receiving thread holds `rx` for at most one receive turn (50 ms for a caller, 100 ms
+//!   for the dispatcher, which lets go at once when kicked).
+//! * `tx` is held only for one bounded send attempt (at most 1 ms on a full ring), never
+//!   while receiving and never across a call that can fail the link: a sender that finds the
+//!   ring full lets go of it, drains what the hub sent through `rx` (the guard it already
+//!   holds, or a `try_lock`), and tries again, so neither side can wedge the other; a send
+//!   that fails the link reports it only after its guard is dropped.
+//! * Nothing that can wait or fail the link holds a lock besides `rx`, and a lost link
+//!   ([`Inner::mark_disconnected`]) only queues the disconnect for the handlers: no user
+//!   handler ever runs with a lock held, except `running_handlers`, which only serialises
+//!   handler runs and is taken with `try_lock` (a thread that finds it taken leaves the queue
+//!   to the thread that holds it). So a handler of any kind may call `close()` or
+//!   `reconnect()`.
+//! * Answers that must not wait (a pong, the error a dropped [`GetTicket`] owes) go to the
+//!   `owed` queue when the ring is full; every send, and every dispatcher turn, writes the
+//!   owed frames first.
+//!
+//! # Lock order
+//!
+//! A thread that holds several of these locks takes them in this order (and none of them
+//! is held while a handler runs):
+//!
+//! 1. `running_handlers` (only `try_lock`; held while handlers run, with nothing below);
+//! 2. `rx` (receiving; the only lock held across a wait);
+//! 3. `tx` (one bounded send; a thread holding `tx` never takes `rx` — it uses `try_lock`);
+//! 4. the leaves, each taken alone and released before the next: `owed`, `ctrl`, `waits`,
+//!    `spare`, a slot's state, `queue`, `handlers` (read), `cache`, `last_goodbye`, `topics`,
+//!    `state`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -87,7 +108,7 @@ use dispatch::dispatcher;
 pub use handlers::HandlerId;
 use handlers::{Handlers, Incoming};
 pub use messages::{CallError, DataPush, Event, GetRequest, Lifecycle, Reply, Request};
-pub use options::{ClientOptions, Retry, Ttl};
+pub use options::{ClientOptions, PanicPolicy, Retry, Ttl};
 
 /// Request numbers are this client's own (sequential, never chosen by a peer).
 type ReqHash = crate::hash::FastHash;
@@ -125,6 +146,14 @@ struct Inner {
     /// Set by a caller that finds the dispatcher holding the receiver: the dispatcher stops
     /// waiting and lets go.
     kick: AtomicBool,
+    /// Encoded frames that could not wait for ring space (pongs, dropped tickets' answers),
+    /// written before anything else is sent.
+    owed: Mutex<VecDeque<Vec<u8>>>,
+    /// A handler panicked under [`PanicPolicy::Close`]: close once the message is handled.
+    panicked: AtomicBool,
+    /// The dispatcher thread runs (it exits when the link is lost without a retry policy;
+    /// `reconnect` starts a new one).
+    dispatching: AtomicBool,
 }
 
 /// A connection to the hub. Cheap to clone (all clones share the connection).
@@ -165,17 +194,14 @@ impl Client {
             callers: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             kick: AtomicBool::new(false),
+            owed: Mutex::new(VecDeque::new()),
+            panicked: AtomicBool::new(false),
+            dispatching: AtomicBool::new(false),
             opts,
         });
         inner.establish()?;
         let client = Client { inner };
-        if client.inner.opts.dispatcher {
-            let weak = Arc::downgrade(&client.inner);
-            std::thread::Builder::new()
-                .name(format!("shmbus-{}", client.inner.opts.name))
-                .spawn(move || dispatcher(weak))
-                .map_err(Error::Io)?;
-        }
+        client.inner.ensure_dispatcher()?;
         Ok(client)
     }
 
@@ -297,18 +323,42 @@ impl Client {
         }
     }
 
-    /// Closes the link (the dispatcher thread stops).
+    /// Closes the link (the dispatcher thread stops). May be called from any thread,
+    /// including from inside a handler.
     pub fn close(&self) {
-        self.inner.drop_cache();
-        self.inner.closing.store(true, Ordering::Release);
-        *self.inner.tx.lock().expect("lock") = None;
-        *self.inner.rx.lock().expect("lock") = None;
-        *self.inner.ctrl.lock().expect("lock") = None;
-        self.inner.connected.store(false, Ordering::Release);
+        self.inner.close_link();
     }
 }
 
 impl Inner {
+    /// [`Client::close`].
+    fn close_link(&self) {
+        self.drop_cache();
+        self.closing.store(true, Ordering::Release);
+        // A dispatcher waiting on the receiver lets go at once.
+        self.kick.store(true, Ordering::SeqCst);
+        *self.tx.lock().expect("lock") = None;
+        *self.rx.lock().expect("lock") = None;
+        *self.ctrl.lock().expect("lock") = None;
+        self.connected.store(false, Ordering::Release);
+    }
+
+    /// Starts the dispatcher thread if the options ask for one and none runs.
+    fn ensure_dispatcher(&self) -> Result<(), Error> {
+        if !self.opts.dispatcher || self.dispatching.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let weak = self.me.clone();
+        std::thread::Builder::new()
+            .name(format!("shmbus-{}", self.opts.name))
+            .spawn(move || dispatcher(weak))
+            .map(|_| ())
+            .map_err(|e| {
+                self.dispatching.store(false, Ordering::Release);
+                Error::Io(e)
+            })
+    }
+
     /// Sends one frame, encoded straight into the ring. While the ring is full, keeps
     /// draining what the hub sends us so neither side can wedge the other.
     fn send(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
@@ -323,15 +373,22 @@ impl Inner {
         mut held: Option<&mut Option<RawReceiver>>,
     ) -> Result<(), Error> {
         let len = codec::encoded_len(msg)?;
+        let mut deadline = Deadline::Now;
         loop {
+            // The guard lives only for this one attempt: a failure is reported below, after
+            // it is dropped (`mark_disconnected` takes `tx` itself).
             let res = {
                 let mut g = self.tx.lock().expect("lock");
-                let tx = g.as_mut().ok_or(Error::Disconnected)?;
-                tx.send_with(len, Deadline::Now, true, |buf| codec::encode_into(msg, buf))
+                match g.as_mut() {
+                    None => Err(Fail::Disconnected),
+                    Some(tx) => Self::flush_owed(&self.owed, tx).and_then(|()| {
+                        tx.send_with(len, deadline, true, |buf| codec::encode_into(msg, buf))
+                    }),
+                }
             };
             match res {
                 Ok(()) => return Ok(()),
-                Err(Fail::NotNow) => {
+                Err(Fail::NotNow | Fail::Timeout) => {
                     match held.as_deref_mut() {
                         Some(g) => {
                             let _ = self.receive_locked(g, Deadline::Now);
@@ -342,21 +399,83 @@ impl Inner {
                             }
                         }
                     }
-                    let mut g = self.tx.lock().expect("lock");
-                    let tx = g.as_mut().ok_or(Error::Disconnected)?;
-                    match tx.send_with(
-                        len,
-                        Deadline::Within(Duration::from_millis(1)),
-                        true,
-                        |buf| codec::encode_into(msg, buf),
-                    ) {
-                        Ok(()) => return Ok(()),
-                        Err(Fail::Timeout | Fail::NotNow) => continue,
-                        Err(f) => return Err(self.link_failed(fail_to_error(f))),
-                    }
+                    deadline = Deadline::Within(Duration::from_millis(1));
                 }
-                Err(f) => return Err(self.link_failed(fail_to_error(f))),
+                Err(f) => {
+                    let e = fail_to_error(f);
+                    if !matches!(e, Error::Disconnected | Error::Corrupt(_)) {
+                        return Err(e);
+                    }
+                    // Before the loss is queued for the handlers, file everything the hub
+                    // published on this link: the handlers see its last messages first.
+                    match held {
+                        Some(g) => self.drain_then_disconnect(g),
+                        None => {
+                            let mut g = self.rx.lock().expect("lock");
+                            self.drain_then_disconnect(&mut g);
+                            drop(g);
+                            // No lock held here: the disconnect handlers may run now.
+                            self.run_handlers();
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Files whatever is left in the receiver (with its guard held), then marks the link
+    /// lost: the disconnect is queued after the old link's last messages.
+    fn drain_then_disconnect(&self, g: &mut Option<RawReceiver>) {
+        while let Ok(true) = self.receive_locked(g, Deadline::Now) {}
+        self.mark_disconnected();
+    }
+
+    /// Writes the owed frames that fit now, oldest first (with `tx` held). `NotNow` if some
+    /// are left (the ring is full).
+    fn flush_owed(owed: &Mutex<VecDeque<Vec<u8>>>, tx: &mut RawSender) -> Result<(), Fail> {
+        let mut q = owed.lock().expect("lock");
+        while let Some(f) = q.front() {
+            match tx.try_send_bytes(f) {
+                Ok(true) => {
+                    q.pop_front();
+                }
+                Ok(false) => return Err(Fail::NotNow),
+                Err(e) => return Err(Fail::from(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `msg` if it fits now, and otherwise leaves it in the `owed` queue for the next
+    /// send or dispatcher turn: never waits, never takes a lock that is held across a wait.
+    fn send_or_owe(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
+        let frame = codec::encode_to_vec(msg)?;
+        {
+            let mut q = self.owed.lock().expect("lock");
+            // Bounded: the hub limits what can be owed (one pong per heartbeat, one answer
+            // per pending get); this only guards against a hub that misbehaves.
+            if q.len() >= OWED_MAX {
+                q.pop_front();
+            }
+            q.push_back(frame);
+        }
+        self.try_flush_owed();
+        Ok(())
+    }
+
+    /// Writes owed frames if `tx` is free and has room (never waits).
+    fn try_flush_owed(&self) {
+        if self.owed.lock().expect("lock").is_empty() {
+            return;
+        }
+        if let Ok(mut g) = self.tx.try_lock() {
+            if let Some(tx) = g.as_mut() {
+                let _ = Self::flush_owed(&self.owed, tx);
             }
         }
     }
 }
+
+/// Most frames the `owed` queue keeps.
+const OWED_MAX: usize = 65_536;

@@ -63,6 +63,19 @@ impl Default for Retry {
     }
 }
 
+/// What the client does after one of its handlers panicked. Either way the panic is caught
+/// (it never unwinds into the dispatcher or a caller), logged, and a get or request whose
+/// handler panicked is answered at once with an error that says so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PanicPolicy {
+    /// Keep going: the next message is handled as usual (the default).
+    #[default]
+    Continue,
+    /// Close the client (its link to the hub; the dispatcher stops): a client whose
+    /// handlers may have left its state inconsistent leaves the bus instead.
+    Close,
+}
+
 /// How to connect.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -86,6 +99,8 @@ pub struct ClientOptions {
     pub accept: Encoding,
     /// Default deadline of our gets and requests (None = the hub's default).
     pub timeout: Option<Duration>,
+    /// What happens after a handler panics (default: carry on).
+    pub on_panic: PanicPolicy,
 }
 
 impl ClientOptions {
@@ -102,7 +117,14 @@ impl ClientOptions {
             reconnect: None,
             accept: Encoding::Bincode,
             timeout: None,
+            on_panic: PanicPolicy::Continue,
         }
+    }
+
+    /// Sets what happens after a handler panics.
+    pub fn on_panic(mut self, p: PanicPolicy) -> Self {
+        self.on_panic = p;
+        self
     }
 
     /// Sets the token.

@@ -505,8 +505,9 @@ async fn dispatch(
                 if crate::sys::peer_hung_up(ctrl.get_ref().as_fd())? {
                     // Deliver what is left in the ring, then report the loss.
                     while let Ok(true) = inner.receive_async(&side) {}
-                    inner.run_handlers_async(&side);
+                    // The loss is queued behind what arrived; the handlers then run both.
                     inner.mark_disconnected();
+                    inner.run_handlers();
                     return Err(Error::Disconnected);
                 }
             }

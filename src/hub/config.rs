@@ -37,6 +37,54 @@ pub struct HubConfig {
     pub cache: CacheConfig,
     /// Federation over NATS (`--nats`); needs the `federation` feature.
     pub federation: Option<crate::federation::FederationConfig>,
+    /// Limits on what one peer can make the hub spend (see [`Limits`]).
+    pub limits: Limits,
+}
+
+/// Every resource a peer can make the hub spend, bounded. Hitting a bound gives the peer a
+/// clear error (or drops it, for the time limits); the rest of the hub carries on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Handshakes (accepted sockets that have not finished their hello) at once; at the
+    /// bound the hub stops accepting until one finishes (`--max-handshakes`).
+    pub max_handshakes: usize,
+    /// Time a connection has to finish its hello (`--handshake-ms`).
+    pub handshake_timeout: Duration,
+    /// How long the hub stops accepting after `accept` fails for want of fds or memory
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM), instead of retrying in a busy loop
+    /// (`--accept-backoff-ms`).
+    pub accept_backoff: Duration,
+    /// Largest ring (per direction) a client may ask for in its hello (`--max-ring-bytes`).
+    pub max_ring_bytes: u64,
+    /// Gets and requests one client may have waiting at the hub at once; more are answered
+    /// at once with an error (`--max-pending`).
+    pub max_pending: usize,
+    /// Longest deadline a get or request may ask for; a longer one is cut to this
+    /// (`--max-deadline-ms`).
+    pub max_deadline: Duration,
+    /// Bytes all clients' partial (fragmented, unfinished) messages may hold together; a
+    /// message that does not fit waits, unread, until others finish
+    /// (`--max-reassembly-bytes`; at least `link.max_message`). One client's own partial
+    /// message is bounded by `link.max_message`.
+    pub max_reassembly: usize,
+    /// Time a partial message may take to finish before its sender is dropped
+    /// (`--partial-message-ms`).
+    pub partial_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_handshakes: 128,
+            handshake_timeout: Duration::from_secs(2),
+            accept_backoff: Duration::from_millis(100),
+            max_ring_bytes: 16 << 20,
+            max_pending: 4096,
+            max_deadline: Duration::from_secs(300),
+            max_reassembly: 256 << 20,
+            partial_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for HubConfig {
@@ -53,6 +101,7 @@ impl Default for HubConfig {
             outbox_limit: 8 << 20,
             cache: CacheConfig::default(),
             federation: None,
+            limits: Limits::default(),
         }
     }
 }

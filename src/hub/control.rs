@@ -238,9 +238,11 @@ impl Hub {
 /// Asks the hub in `dir` for its state (what `shmbus stat` prints).
 pub fn stat(dir: &Path) -> Result<StatReport, Error> {
     let sock = UnixStream::connect(socket_path(dir))?;
-    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     crate::send_control(&sock, &ControlRequest::Stat, &[])?;
-    match crate::recv_control::<ControlReply>(&sock)? {
+    // The reply may be megabytes (10,000 clients with long names); only the control plane's
+    // maximum bounds it.
+    match crate::recv_control_limited::<ControlReply>(&sock, crate::MAX_CONTROL_REPLY)? {
         Some((ControlReply::Stat(r), _)) => Ok(r),
         Some((ControlReply::Welcome(Welcome::Refused { reason }), _)) => {
             Err(Error::Handshake(format!("refused: {reason}")))

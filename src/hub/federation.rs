@@ -469,7 +469,7 @@ impl Hub {
             req,
         };
         let requester = self.name_arc(slot);
-        let deadline = self.deadline(timeout_ms);
+        let (deadline, _clamped) = self.deadline(timeout_ms);
         let f = self.fed.as_deref_mut()?;
         let coalesce =
             (!fresh).then(|| format!("{from}\0{kind}\0{}\0{accept:?}", key.unwrap_or("\u{1}")));
@@ -552,7 +552,7 @@ impl Hub {
             req,
         };
         let from = self.name_arc(slot);
-        let deadline = self.deadline(timeout_ms);
+        let (deadline, _clamped) = self.deadline(timeout_ms);
         let left = deadline
             .saturating_duration_since(Instant::now())
             .as_millis() as u32;

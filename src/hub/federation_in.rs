@@ -7,7 +7,7 @@
 //! skipped; an answer is accepted only from the node its call went to.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
@@ -593,7 +593,7 @@ impl Hub {
         }
         let hreq = self.next_req;
         self.next_req += 1;
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(1) as u64);
+        let (deadline, clamped) = self.deadline(timeout_ms.max(1));
         if !fresh {
             self.inflight.insert(self.keybuf.clone(), hreq);
         }
@@ -603,6 +603,7 @@ impl Hub {
                 owner: self.who(o),
                 waiters: vec![waiter],
                 deadline,
+                clamped,
                 kind: PendingKind::Get {
                     kind: kind.to_string(),
                     key: key.map(str::to_string),
@@ -656,7 +657,7 @@ impl Hub {
         };
         let hreq = self.next_req;
         self.next_req += 1;
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(1) as u64);
+        let (deadline, clamped) = self.deadline(timeout_ms.max(1));
         self.pending.insert(
             hreq,
             Pending {
@@ -669,6 +670,7 @@ impl Hub {
                     req: call,
                 }],
                 deadline,
+                clamped,
                 kind: PendingKind::Request {
                     method: method.to_string(),
                 },

@@ -40,6 +40,7 @@ mod federation;
 #[cfg(not(feature = "federation"))]
 #[path = "federation_off.rs"]
 mod federation;
+mod handshake;
 mod lifecycle;
 mod requests;
 mod route;
@@ -59,10 +60,10 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-pub use config::{default_dir, prepare_dir, socket_path, HubConfig};
+pub use config::{default_dir, prepare_dir, socket_path, HubConfig, Limits};
 pub use control::{stat, ClientStat, ControlReply, ControlRequest, PendingStat, StatReport};
 
-use accept::Handshake;
+use handshake::Handshake;
 use requests::Pending;
 use route::Conn;
 
@@ -133,11 +134,40 @@ pub struct Hub {
     /// Federation over NATS (`federation.rs`), if configured.
     #[cfg_attr(not(feature = "federation"), allow(dead_code))]
     fed: Option<Box<federation::Fed>>,
+    /// Whether the listener is watched, and why not.
+    accept: AcceptState,
+    /// `stat` replies being written by their threads.
+    stat_writers: Arc<std::sync::atomic::AtomicUsize>,
+    /// What every client's partial messages may hold together (`limits.max_reassembly`).
+    reassembly: Arc<crate::ReassemblyBudget>,
+}
+
+/// The listener's state: watched, or paused (until a time, or until a handshake slot frees).
+#[derive(Default)]
+struct AcceptState {
+    paused: bool,
+    resume_at: Option<Instant>,
+    /// Failures since the last log line, and when that was.
+    failures: u64,
+    logged: Option<Instant>,
+    /// Handshakes that timed out since the last log line, and when that was.
+    expired: u64,
+    expired_logged: Option<Instant>,
 }
 
 impl Hub {
     /// Creates the directory (0700) and binds `<dir>/hub.sock` (replacing a stale socket).
     pub fn bind(cfg: HubConfig) -> Result<Hub, Error> {
+        if cfg.limits.max_reassembly < cfg.link.max_message {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the reassembly budget ({} bytes) must hold at least one message of \
+                     max_message ({} bytes)",
+                    cfg.limits.max_reassembly, cfg.link.max_message
+                ),
+            )));
+        }
         prepare_dir(&cfg.dir)?;
         let path = socket_path(&cfg.dir);
         let listener = crate::bind_unix(&path)?;
@@ -159,6 +189,7 @@ impl Hub {
         let policy = AccessPolicy {
             extra_uids: cfg.allow_uids.clone(),
         };
+        let reassembly_bytes = cfg.limits.max_reassembly;
         Ok(Hub {
             next_interval: now + cfg.interval,
             next_heartbeat: (!cfg.heartbeat.is_zero()).then(|| now + cfg.heartbeat),
@@ -185,6 +216,9 @@ impl Hub {
             keybuf: String::new(),
             dests: Vec::new(),
             fed,
+            accept: AcceptState::default(),
+            stat_writers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            reassembly: crate::ReassemblyBudget::new(reassembly_bytes),
         })
     }
 

@@ -48,6 +48,8 @@ pub(super) struct Pending {
     pub(super) deadline: Instant,
     pub(super) kind: PendingKind,
     pub(super) started: Instant,
+    /// The caller asked for a longer deadline than `limits.max_deadline`.
+    pub(super) clamped: bool,
 }
 
 impl Hub {
@@ -66,13 +68,45 @@ impl Hub {
         }
     }
 
-    pub(super) fn deadline(&self, timeout_ms: u32) -> Instant {
+    /// The deadline of a call that asked for `timeout_ms` (0 = the hub's default), cut to
+    /// `limits.max_deadline`; true if it was cut.
+    pub(super) fn deadline(&self, timeout_ms: u32) -> (Instant, bool) {
         let t = if timeout_ms == 0 {
             self.cfg.get_timeout
         } else {
             Duration::from_millis(timeout_ms as u64)
         };
-        Instant::now() + t
+        let max = self.cfg.limits.max_deadline;
+        (Instant::now() + t.min(max), t > max)
+    }
+
+    /// Refuses a call from `slot` that would take it past `limits.max_pending` waiting calls
+    /// (answering it at once); true if refused.
+    fn over_pending(&mut self, slot: usize, req: u64) -> bool {
+        let max = self.cfg.limits.max_pending;
+        let n = self.conns[slot].as_ref().map_or(0, |c| c.pending);
+        if n < max {
+            return false;
+        }
+        let m = format!(
+            "too many pending gets and requests: {n} are waiting, this hub allows {max} per \
+             client (--max-pending)"
+        );
+        self.reply(slot, req, Answer::Err { message: &m });
+        true
+    }
+
+    /// Counts one more (`up`) or one fewer waiting call of `who`, if it is still that client.
+    fn count_pending(&mut self, who: Who, up: bool) {
+        if let Some(c) = self.conns.get_mut(who.slot).and_then(Option::as_mut) {
+            if c.gen == who.gen {
+                c.pending = if up {
+                    c.pending + 1
+                } else {
+                    c.pending.saturating_sub(1)
+                };
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -124,7 +158,11 @@ impl Hub {
             self.reply(slot, req, Answer::Err { message: &m });
             return true;
         };
+        if self.over_pending(slot, req) {
+            return true;
+        }
         let who = self.who(slot);
+        self.count_pending(who, true);
         let waiter = Waiter { who, req };
         // Concurrent identical non-fresh gets share one forward.
         self.keybuf.clear();
@@ -144,7 +182,7 @@ impl Hub {
         }
         let hreq = self.next_req;
         self.next_req += 1;
-        let deadline = self.deadline(timeout_ms);
+        let (deadline, clamped) = self.deadline(timeout_ms);
         if !fresh {
             self.inflight.insert(self.keybuf.clone(), hreq);
         }
@@ -160,6 +198,7 @@ impl Hub {
                     coalesce: !fresh,
                 },
                 started: Instant::now(),
+                clamped,
             },
         );
         self.deadlines.push(Reverse((deadline, hreq)));
@@ -211,22 +250,25 @@ impl Hub {
         if !self.has_capacity(owner) {
             return self.stall(slot, owner);
         }
+        if self.over_pending(slot, req) {
+            return true;
+        }
+        let who = self.who(slot);
+        self.count_pending(who, true);
         let hreq = self.next_req;
         self.next_req += 1;
-        let deadline = self.deadline(timeout_ms);
+        let (deadline, clamped) = self.deadline(timeout_ms);
         self.pending.insert(
             hreq,
             Pending {
                 owner: self.who(owner),
-                waiters: vec![Waiter {
-                    who: self.who(slot),
-                    req,
-                }],
+                waiters: vec![Waiter { who, req }],
                 deadline,
                 kind: PendingKind::Request {
                     method: method.to_string(),
                 },
                 started: Instant::now(),
+                clamped,
             },
         );
         self.deadlines.push(Reverse((deadline, hreq)));
@@ -288,6 +330,7 @@ impl Hub {
             }
         }
         for w in &p.waiters {
+            self.count_pending(w.who, false);
             if w.who.slot == FED_SLOT {
                 self.fed_reply(w, answer);
             } else if self.alive(w.who) {
@@ -305,6 +348,7 @@ impl Hub {
             self.inflight.retain(|_, v| *v != hreq);
         }
         for w in &p.waiters {
+            self.count_pending(w.who, false);
             if w.who.slot == FED_SLOT {
                 self.fed_reply(w, Answer::Err { message });
             } else if self.alive(w.who) {

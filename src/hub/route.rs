@@ -54,6 +54,8 @@ pub(super) struct Conn {
     pub(super) doomed: Option<String>,
     /// Its control socket hung up: removed once its ring is drained.
     pub(super) hung_up: bool,
+    /// Its gets and requests waiting at the hub (bounded by `limits.max_pending`).
+    pub(super) pending: usize,
 }
 
 impl Conn {
@@ -87,6 +89,7 @@ impl Conn {
             msgs_out: 0,
             doomed: None,
             hung_up: false,
+            pending: 0,
         }
     }
 }

@@ -2,13 +2,14 @@
 //! heartbeats and stale handshakes, and when the event loop must wake up next.
 //!
 //! Invariants: timers run from the event loop only (every 64th turn of it, and before every
-//! park), never from a signal or another thread. A client that has not answered the previous
-//! ping when the next one is due is dropped. A pending call's deadline is checked against
-//! the call itself (`Pending::deadline`), so a stale heap entry for a call that was already
-//! answered does nothing.
+//! park), never from a signal or another thread; the park's timeout is the earliest of them
+//! (handshake deadlines, a paused listener's resume, partial-message deadlines included). A
+//! client that has not answered the previous ping when the next one is due is dropped, and
+//! so is one whose partial message outlives `limits.partial_timeout`. A pending call's
+//! deadline is checked against the call itself (`Pending::deadline`), so a stale heap entry
+//! for a call that was already answered does nothing.
 
 use std::cmp::Reverse;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -29,8 +30,16 @@ impl Hub {
         if let Some(c) = self.next_cache_upkeep {
             t = t.min(c);
         }
-        if self.handshakes.iter().flatten().next().is_some() {
-            t = t.min(Instant::now() + Duration::from_millis(100));
+        for h in self.handshakes.iter().flatten() {
+            t = t.min(h.deadline);
+        }
+        if let Some(r) = self.accept.resume_at {
+            t = t.min(r);
+        }
+        for rx in self.rxs.iter().flatten() {
+            if let Some((_, _, since)) = rx.partial() {
+                t = t.min(since + self.cfg.limits.partial_timeout);
+            }
         }
         self.fed_next_timer(&mut t);
         Some(t)
@@ -45,7 +54,15 @@ impl Hub {
             if let Some(p) = self.pending.get(&hreq) {
                 if p.deadline <= now {
                     let ms = p.deadline.duration_since(p.started).as_millis();
-                    self.fail_pending(hreq, &format!("timed out after {ms} ms"));
+                    let m = if p.clamped {
+                        format!(
+                            "timed out after {ms} ms (the longest deadline this hub allows, \
+                             --max-deadline-ms)"
+                        )
+                    } else {
+                        format!("timed out after {ms} ms")
+                    };
+                    self.fail_pending(hreq, &m);
                 }
             }
         }
@@ -64,25 +81,33 @@ impl Hub {
                 self.heartbeat(now);
             }
         }
-        let stale: Vec<usize> = self
-            .handshakes
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| {
-                h.as_ref()
-                    .is_some_and(|h| now.duration_since(h.since) > Duration::from_secs(2))
-            })
-            .map(|(i, _)| i)
-            .collect();
-        for i in stale {
-            if let Some(h) = self.handshakes[i].take() {
-                let _ = self.poller.delete(h.sock.as_fd());
-                warn!(pid = h.cred.pid, "handshake timed out");
-            }
-        }
+        self.expire_handshakes(now);
+        self.maybe_resume_accept(now);
+        self.expire_partials(now);
         self.fed_timers(now);
         self.flush_all();
         self.reap();
+    }
+
+    /// Drops every client whose partial (fragmented) message has taken longer than
+    /// `limits.partial_timeout`: its reassembly memory is then free for the others.
+    fn expire_partials(&mut self, now: Instant) {
+        let limit = self.cfg.limits.partial_timeout;
+        for slot in 0..self.rxs.len() {
+            let Some((total, got, since)) = self.rxs[slot].as_ref().and_then(|r| r.partial())
+            else {
+                continue;
+            };
+            if now.duration_since(since) >= limit {
+                let why = format!(
+                    "a fragmented message of {total} bytes was not finished within {} ms \
+                     ({got} bytes arrived; --partial-message-ms)",
+                    limit.as_millis()
+                );
+                warn!(name = %self.name_of(slot), "{why}");
+                self.doom(slot, &why);
+            }
+        }
     }
 
     /// Retired cache space waits for readers to move on: look again soon. Expiring entries

@@ -19,7 +19,10 @@
 mod control;
 mod segment;
 
-pub use control::{recv_control, send_control, LinkHandshake, HELLO_MAGIC, MAX_CONTROL_MESSAGE};
+pub use control::{
+    encode_control, recv_control, recv_control_limited, send_control, send_control_limited,
+    LinkHandshake, HELLO_MAGIC, MAX_CONTROL_MESSAGE, MAX_CONTROL_REPLY,
+};
 pub use segment::{open_link, open_segment, LinkSegment};
 
 use std::io;
