@@ -46,6 +46,10 @@ pub struct RawSender {
     peer_gone: bool,
     /// A fragmented message was cut short by a timeout; an ABORT frame is owed.
     abort_owed: bool,
+    /// A message is partly in ([`push_bytes`](RawSender::push_bytes) returned false after
+    /// its first fragment): until its caller pushes the rest, every other send reports a
+    /// full ring, so no frame of another message lands between its fragments.
+    mid_message: bool,
     until_probe: u32,
     scratch: Vec<u8>,
     stats: Stats,
@@ -74,6 +78,7 @@ impl RawSender {
             broken: None,
             peer_gone: false,
             abort_owed: false,
+            mid_message: false,
             until_probe: PROBE_EVERY,
             scratch: Vec::new(),
             stats: Stats::default(),
@@ -228,6 +233,10 @@ impl RawSender {
         write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
     ) -> Result<(), Fail> {
         self.check_alive()?;
+        if self.mid_message {
+            // Another caller's message is half in; its fragments come first.
+            return Err(Fail::NotNow);
+        }
         if size > self.max_message {
             return Err(Fail::Error(Error::TooLarge {
                 size,
@@ -351,7 +360,7 @@ impl RawSender {
         len: usize,
         write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
     ) -> Result<bool, Error> {
-        if len > self.prod.max_payload() || self.abort_owed {
+        if len > self.prod.max_payload() || self.abort_owed || self.mid_message {
             return Ok(false);
         }
         if let Some(e) = &self.broken {
@@ -380,7 +389,9 @@ impl RawSender {
     /// Non-blocking send of an already encoded message, possibly in several calls: writes
     /// what fits now (one frame, or as many fragments as fit), advancing `*sent` (start at 0).
     /// Returns true once the whole message is in. Not published: call
-    /// [`flush`](RawSender::flush). The message must not exceed `max_message`.
+    /// [`flush`](RawSender::flush). The message must not exceed `max_message`. Once its first
+    /// fragment is in, the caller must push the rest (with the same `msg` and `sent`) before
+    /// anything else can be sent: other sends report a full ring until then.
     pub fn push_bytes(&mut self, msg: &[u8], sent: &mut usize) -> Result<bool, Error> {
         if let Some(e) = &self.broken {
             return Err(e.duplicate());
@@ -395,6 +406,7 @@ impl RawSender {
             });
         }
         let r = self.push_bytes_inner(msg, sent);
+        self.mid_message = matches!(r, Ok(false)) && *sent > 0;
         if let Err(e) = &r {
             if matches!(e, Error::Corrupt(_)) {
                 self.broken = Some(e.duplicate());

@@ -276,6 +276,55 @@ fn a_large_message_is_laid_out_as_first_more_last() {
 }
 
 #[test]
+fn no_frame_lands_between_the_fragments_of_a_pushed_message() {
+    // An async sender pushes a large message in pieces (`push_bytes`) while a sync send or
+    // the hub's in-place write may come in between: they must wait for its last fragment.
+    let (mut tx, mut c, _peer) = sender(4096, 1 << 20);
+    let big = vec![5u8; 20_000];
+    let mut sent = 0;
+    assert!(
+        !tx.push_bytes(&big, &mut sent).unwrap(),
+        "20 kB fit a 4 KiB ring"
+    );
+    assert!(sent > 0, "no fragment went in");
+    assert!(
+        !tx.try_send_bytes(b"small").unwrap(),
+        "a send went in between the fragments of a pushed message"
+    );
+    assert!(!tx
+        .try_write_frame(5, |b| {
+            b.copy_from_slice(b"small");
+            Ok(5)
+        })
+        .unwrap());
+    let mut kinds = Vec::new();
+    let mut small_sent = false;
+    while kinds.last() != Some(&kind::MSG) {
+        tx.flush().unwrap();
+        while let Some(f) = c.peek().unwrap() {
+            kinds.push(f.kind);
+            c.release(f);
+        }
+        if sent < big.len() {
+            tx.push_bytes(&big, &mut sent).unwrap();
+        } else if !small_sent {
+            small_sent = tx.try_send_bytes(b"small").unwrap();
+            assert!(
+                small_sent,
+                "the ring is empty, yet the send after the message failed"
+            );
+        }
+    }
+    assert_eq!(kinds[0], kind::FIRST);
+    let last = kinds
+        .iter()
+        .position(|&k| k == kind::LAST)
+        .expect("no LAST");
+    assert!(kinds[1..last].iter().all(|&k| k == kind::MORE), "{kinds:?}");
+    assert_eq!(&kinds[last + 1..], &[kind::MSG], "{kinds:?}");
+}
+
+#[test]
 fn too_large_is_refused_before_a_byte_is_written() {
     let (mut tx, mut c, _peer) = sender(4096, 1000);
     match tx.send_bytes(&[0; 1001]) {
