@@ -351,3 +351,68 @@ fn async_request_payload_into_a_full_ring_does_not_block_the_runtime() {
     stop.store(true, Ordering::Relaxed);
     rt_thread.join().unwrap();
 }
+
+/// Kills (SIGKILL) and reaps a hub process on drop, so a failing test leaves none behind.
+struct HubProc(std::process::Child);
+
+impl Drop for HubProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A version given to `set_version` outlives the link: after the hub is SIGKILLed and
+/// restarted, the reconnected clients (sync and async) still show it in `shmbus stat`.
+/// Before the fix, the reconnect announced the connect-time version (here none).
+#[test]
+fn set_version_survives_a_hub_restart() {
+    let _w = util::watchdog("set_version after a hub restart", 90);
+    let dir = util::TestDir::new("json-version-restart");
+    let mut hub = HubProc(util::hub_process(dir.path(), &[]));
+    let retry = shmbus::client::Retry {
+        interval: Duration::from_millis(50),
+        max_retries: None,
+    };
+    let sync = Client::connect(
+        dir.path(),
+        ClientOptions::new("sync-shard").reconnect(retry),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let asyn = rt
+        .block_on(AsyncClient::connect(
+            dir.path().to_path_buf(),
+            ClientOptions::new("async-shard").reconnect(retry),
+        ))
+        .unwrap();
+    sync.set_version("3.1.4").unwrap();
+    rt.block_on(asyn.set_version("2.7.1")).unwrap();
+    let ver = |name: &str| {
+        shmbus::hub::stat(dir.path())
+            .ok()?
+            .clients
+            .into_iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.version)
+    };
+    assert!(util::eventually(10, || ver("sync-shard").as_deref()
+        == Some("3.1.4")
+        && ver("async-shard").as_deref() == Some("2.7.1")));
+    hub.0.kill().unwrap();
+    hub.0.wait().unwrap();
+    hub = HubProc(util::hub_process(dir.path(), &[]));
+    assert!(
+        util::eventually(20, || ver("sync-shard").as_deref() == Some("3.1.4")
+            && ver("async-shard").as_deref() == Some("2.7.1")),
+        "after the restart: sync-shard {:?}, async-shard {:?} (want 3.1.4, 2.7.1)",
+        ver("sync-shard"),
+        ver("async-shard")
+    );
+    drop((sync, asyn));
+    drop(hub);
+}
