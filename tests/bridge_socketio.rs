@@ -581,3 +581,80 @@ fn sio_pending_handshakes_are_bounded() {
     }
     let _ok = Sio::connect(Lang::Python, &bus.b, "on-time", None);
 }
+
+/// `shmbus up --socketio-token T` serves Socket.IO on 127.0.0.1:8095 (the default, so this
+/// test holds a lock on that port across test processes), printing its `socketio` line before
+/// `ready`; a Python shard with the token connects there and is a bus client.
+#[test]
+fn sio_up_serves_on_8095_with_the_token() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let _w = util::watchdog("sio up 8095", 90);
+    sio_util::python();
+    let lock = std::fs::File::create(std::env::temp_dir().join("shmbus-port-8095.lock")).unwrap();
+    let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:8095").is_ok(),
+        "127.0.0.1:8095 is taken by another program; this test needs it free"
+    );
+    let dir = util::TestDir::new("sio-up");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .arg("up")
+        .arg("--dir")
+        .arg(dir.join("hub"))
+        .arg("--node-ipc-path")
+        .arg(dir.join("ipc.sock"))
+        .args(["--node-ipc-tcp", "off", "--log", "warn"])
+        .args(["--socketio-token", TOKEN])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _up = bridge_util::Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l == "shmbus bridge: ready") {
+        lines.push(
+            rx.recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("`up` did not say ready: {lines:?}")),
+        );
+    }
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let sio_line = lines
+        .iter()
+        .position(|l| l == "shmbus bridge: socketio 127.0.0.1:8095");
+    let ready = lines.iter().position(|l| l == "shmbus bridge: ready");
+    assert!(
+        sio_line.is_some() && sio_line < ready,
+        "want `shmbus bridge: socketio 127.0.0.1:8095` before ready: {lines:?}"
+    );
+    let url = "http://127.0.0.1:8095";
+    let mut bad = Sio::spawn(Lang::Python, "no-token");
+    bad.cmd(json!({"op": "connect", "url": url, "auth": {"name": "no-token"}}));
+    let e = bad.expect("connect_error", 15, |_| true);
+    assert!(e["message"].as_str().unwrap_or_default().contains("missing token"), "{e}");
+    let mut s = Sio::spawn(Lang::Python, "shard-up");
+    s.cmd(json!({"op": "connect", "url": url, "auth": {"name": "shard-up", "token": TOKEN}}));
+    s.expect("connect", 15, |_| true);
+    let rust = Client::connect(dir.join("hub"), ClientOptions::new("sup-up")).unwrap();
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let g = got.clone();
+    rust.on("sup-up:hi", move |ev| g.lock().unwrap().push(ev.payload.decode().unwrap()));
+    s.emit("sup-up:hi", json!({"from": "shard-up"}));
+    assert!(util::eventually(10, || got
+        .lock()
+        .unwrap()
+        .contains(&json!({"from": "shard-up"}))));
+}
