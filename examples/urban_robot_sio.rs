@@ -93,7 +93,6 @@ say("left")
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
     Identified(String, Value),
-    Health(String, Value),
     CacheReceived(String, Value),
     Lifecycle(Lifecycle),
 }
