@@ -165,10 +165,15 @@ fn supervise(sup: &Client, seen: mpsc::Sender<Seen>) -> Result<Ready, shmbus::Er
 
 /// Asks `shard` for its health (a JSON request the shard answers with its ack).
 fn health(sup: &Client, shard: &str) -> Result<Value, String> {
-    sup.request_json(shard, "health_check", &json!({}), Some(Duration::from_secs(5)))
-        .map_err(|e| format!("{shard} health check failed: {e}"))?
-        .decode::<Value>()
-        .map_err(|e| e.to_string())
+    sup.request_json(
+        shard,
+        "health_check",
+        &json!({}),
+        Some(Duration::from_secs(5)),
+    )
+    .map_err(|e| format!("{shard} health check failed: {e}"))?
+    .decode::<Value>()
+    .map_err(|e| e.to_string())
 }
 
 fn main() -> Result<(), shmbus::Error> {
@@ -368,7 +373,10 @@ fn run_shards(dir: &Path, py: &Path, url: &str) -> Result<(), String> {
     }
     let until = Instant::now() + Duration::from_secs(10);
     while ready.lock().unwrap().len() < 2 {
-        ensure!(Instant::now() < until, "both shards should be ready: {log:?}");
+        ensure!(
+            Instant::now() < until,
+            "both shards should be ready: {log:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     for name in shards {
@@ -381,14 +389,21 @@ fn run_shards(dir: &Path, py: &Path, url: &str) -> Result<(), String> {
         Seen::Lifecycle(Lifecycle::State(n, st)) if n == "shard-1" && st == "coma" => Some(()),
         _ => None,
     })?;
-    command(&sup, "shard-1", json!({"d": "shutdown", "cache_sync": true}))?;
+    command(
+        &sup,
+        "shard-1",
+        json!({"d": "shutdown", "cache_sync": true}),
+    )?;
     let cache = wait_for(&rx, &mut log, "the relayed cache", |s| match s {
         Seen::CacheReceived(n, v) => Some((n.clone(), v.clone())),
         _ => None,
     })?;
     ensure_eq!(
         cache,
-        ("shard-2".to_string(), json!({"guilds": [1, 2, 3], "from": "shard-1"})),
+        (
+            "shard-2".to_string(),
+            json!({"guilds": [1, 2, 3], "from": "shard-1"})
+        ),
         "the cache shard-2 received"
     );
     wait_for(&rx, &mut log, "shard-1 leaving", |s| match s {

@@ -644,14 +644,22 @@ fn sio_up_serves_on_8095_with_the_token() {
     let mut bad = Sio::spawn(Lang::Python, "no-token");
     bad.cmd(json!({"op": "connect", "url": url, "auth": {"name": "no-token"}}));
     let e = bad.expect("connect_error", 15, |_| true);
-    assert!(e["message"].as_str().unwrap_or_default().contains("missing token"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing token"),
+        "{e}"
+    );
     let mut s = Sio::spawn(Lang::Python, "shard-up");
     s.cmd(json!({"op": "connect", "url": url, "auth": {"name": "shard-up", "token": TOKEN}}));
     s.expect("connect", 15, |_| true);
     let rust = Client::connect(dir.join("hub"), ClientOptions::new("sup-up")).unwrap();
     let got: Arc<Mutex<Vec<Value>>> = Arc::default();
     let g = got.clone();
-    rust.on("sup-up:hi", move |ev| g.lock().unwrap().push(ev.payload.decode().unwrap()));
+    rust.on("sup-up:hi", move |ev| {
+        g.lock().unwrap().push(ev.payload.decode().unwrap())
+    });
     s.emit("sup-up:hi", json!({"from": "shard-up"}));
     assert!(util::eventually(10, || got
         .lock()

@@ -374,11 +374,7 @@ fn set_version_survives_a_hub_restart() {
         interval: Duration::from_millis(50),
         max_retries: None,
     };
-    let shard = Client::connect(
-        dir.path(),
-        ClientOptions::new("shard").reconnect(retry),
-    )
-    .unwrap();
+    let shard = Client::connect(dir.path(), ClientOptions::new("shard").reconnect(retry)).unwrap();
     shard.set_state("ready").unwrap();
     shard.set_version("3.1.4").unwrap();
     let stat = |name: &str| {
@@ -395,8 +391,7 @@ fn set_version_survives_a_hub_restart() {
     hub = HubProc(util::hub_process(dir.path(), &[]));
     // Reconnected (its state is restored) and announcing its version again.
     assert!(
-        util::eventually(20, || stat("shard")
-            .is_some_and(|c| c.state == "ready")),
+        util::eventually(20, || stat("shard").is_some_and(|c| c.state == "ready")),
         "the client did not come back: {:?}",
         stat("shard")
     );
