@@ -319,6 +319,10 @@ fn exchange(bus: &Bus, lang: Lang, transports: Value, name: &str) {
     )
     .unwrap();
     assert_eq!(s.event("after_bin", 10), json!(2));
+    // A broadcast reaches it as the event of the same name.
+    rust.broadcast_payload("to_all", &PayloadBuf::json(&json!({"all": true})).unwrap())
+        .unwrap();
+    assert_eq!(s.event("to_all", 10), json!({"all": true}));
     assert!(!s.saw("event", |d| d["event"] == "bincode_ev"));
     s.answer("ask", json!("answered"));
     let r = rust.request_json(name, "ask", &json!(null), None).unwrap();
@@ -388,6 +392,21 @@ fn sio_killed_shard_fails_the_pending_request() {
     let sup = bus.client("supervisor");
     let mut shard = Sio::connect(Lang::Python, &bus.b, "shard-k", None);
     shard.hang("health_check");
+    // No ack by the deadline: a timeout error for the requester.
+    let r = sup.request_json(
+        "shard-k",
+        "health_check",
+        &json!({"n": 0}),
+        Some(Duration::from_millis(500)),
+    );
+    assert!(
+        matches!(&r, Err(CallError::Timeout))
+            || matches!(&r, Err(CallError::Remote(m)) if m.contains("timed out")),
+        "{r:?}"
+    );
+    shard.expect("event", 10, |d| {
+        d["event"] == "health_check" && d["data"]["n"] == 0
+    });
     let s = sup.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
@@ -400,7 +419,10 @@ fn sio_killed_shard_fails_the_pending_request() {
         tx.send(Instant::now()).unwrap();
         r
     });
-    shard.event("health_check", 10); // the request is at the shard, unanswered
+    // the second request is at the shard, unanswered
+    shard.expect("event", 10, |d| {
+        d["event"] == "health_check" && d["data"] == json!({})
+    });
     let killed = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shard.pid() as i32),
