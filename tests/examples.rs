@@ -110,6 +110,14 @@ fn urban_robot() {
     run_example("urban_robot");
 }
 
+/// The Urban Robot supervisor with two real python-socketio 5 shards through the bridge's
+/// Socket.IO listener (python from tests/compat/setup_python.sh).
+#[cfg(feature = "socketio")]
+#[test]
+fn urban_robot_sio() {
+    run_example("urban_robot_sio");
+}
+
 #[test]
 fn ipcio() {
     run_example("ipcio");

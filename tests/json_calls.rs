@@ -351,3 +351,51 @@ fn async_request_payload_into_a_full_ring_does_not_block_the_runtime() {
     stop.store(true, Ordering::Relaxed);
     rt_thread.join().unwrap();
 }
+
+/// Kills (SIGKILL) and reaps a hub process on drop, so a failing test leaves none behind.
+struct HubProc(std::process::Child);
+
+impl Drop for HubProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A version given to `set_version` outlives the link: after the hub is SIGKILLed and
+/// restarted, the client (reconnecting by its retry policy) still shows it in `shmbus stat`.
+/// Before the fix, the reconnect announced the connect-time version (here none).
+#[test]
+fn set_version_survives_a_hub_restart() {
+    let _w = util::watchdog("set_version after a hub restart", 90);
+    let dir = util::TestDir::new("json-version-restart");
+    let mut hub = HubProc(util::hub_process(dir.path(), &[]));
+    let retry = shmbus::client::Retry {
+        interval: Duration::from_millis(50),
+        max_retries: None,
+    };
+    let shard = Client::connect(dir.path(), ClientOptions::new("shard").reconnect(retry)).unwrap();
+    shard.set_state("ready").unwrap();
+    shard.set_version("3.1.4").unwrap();
+    let stat = |name: &str| {
+        shmbus::hub::stat(dir.path())
+            .ok()?
+            .clients
+            .into_iter()
+            .find(|c| c.name == name)
+    };
+    let ver = |name: &str| stat(name).and_then(|c| c.version);
+    assert!(util::eventually(10, || ver("shard").as_deref() == Some("3.1.4")));
+    hub.0.kill().unwrap();
+    hub.0.wait().unwrap();
+    hub = HubProc(util::hub_process(dir.path(), &[]));
+    // Reconnected (its state is restored) and announcing its version again.
+    assert!(
+        util::eventually(20, || stat("shard").is_some_and(|c| c.state == "ready")),
+        "the client did not come back: {:?}",
+        stat("shard")
+    );
+    assert_eq!(ver("shard").as_deref(), Some("3.1.4"), "after the restart");
+    drop(shard);
+    drop(hub);
+}

@@ -58,7 +58,9 @@ impl Inner {
             name: self.opts.name.clone(),
             token: self.opts.token.clone(),
             intervals: self.opts.intervals.clone(),
-            client_version: self.opts.client_version.clone(),
+            // A version set after connecting (`set_version`) outlives the link.
+            client_version: (self.version.lock().expect("lock").clone())
+                .or_else(|| self.opts.client_version.clone()),
             ring_capacity: self.opts.ring_capacity,
         };
         let sent = crate::send_control(&sock, &ControlRequest::Hello(hello), &[]);

@@ -111,8 +111,10 @@ impl Client {
     }
 
     /// Replaces the version this client announced (shown by `shmbus stat`), for a client
-    /// that learns it after connecting (Urban Robot's `identify {version}`).
+    /// that learns it after connecting (Urban Robot's `identify {version}`). It is kept: a
+    /// reconnect announces it in its hello.
     pub fn set_version(&self, version: &str) -> Result<(), Error> {
+        *self.inner.version.lock().expect("lock") = Some(version.to_string());
         self.inner.send(&ClientMsg::SetVersion { version })
     }
 }
@@ -291,8 +293,10 @@ mod async_calls {
             self.request_payload(to, method, &p, timeout).await
         }
 
-        /// Replaces the version this client announced (shown by `shmbus stat`).
+        /// Replaces the version this client announced (shown by `shmbus stat`); a reconnect
+        /// announces it in its hello.
         pub async fn set_version(&self, version: &str) -> Result<(), Error> {
+            *self.inner().version.lock().expect("lock") = Some(version.to_string());
             self.send(&ClientMsg::SetVersion { version }).await
         }
     }

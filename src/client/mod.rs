@@ -130,6 +130,8 @@ struct Inner {
     closing: AtomicBool,
     topics: Mutex<Vec<String>>,
     state: Mutex<Option<String>>,
+    /// The version given to `set_version`, announced in the hello of every later reconnect.
+    version: Mutex<Option<String>>,
     watch: AtomicBool,
     last_goodbye: Mutex<Option<String>>,
     /// The hub's cache segment, mapped read-only, for this connection.
@@ -187,6 +189,7 @@ impl Client {
             closing: AtomicBool::new(false),
             topics: Mutex::new(Vec::new()),
             state: Mutex::new(None),
+            version: Mutex::new(None),
             watch: AtomicBool::new(false),
             last_goodbye: Mutex::new(None),
             cache: Mutex::new(None),

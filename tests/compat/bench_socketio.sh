@@ -49,18 +49,27 @@ us_per_msg() { python3 -c "import sys; print(round((float(sys.argv[2])-float(sys
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 stop() { for p in "$@"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; PIDS=(); }
 
-# measure "LABEL" URL "PID:NAME ..." [--token T] -> one table row
+# measure KIND "LABEL" URL "PID:NAME ..." [--token T] -> one table row (+ a summary line)
 measure() {
-    local label=$1 url=$2 procs=$3; shift 3
+    local kind=$1 label=$2 url=$3 procs=$4; shift 4
     local before=() p
     for p in $procs; do before+=("$(cpu "${p%%:*}")"); done
     local j; j=$(node $B/sio_bench.js --url "$url" --n "$N" --window "$WINDOW" --bytes "$BYTES" "$@")
-    local cpus="" i=0
+    local cpus="" i=0 used=()
+    for p in $procs; do used+=("$(us_per_msg "${before[$i]}" "$(cpu "${p%%:*}")" "$N")"); i=$((i + 1)); done
+    i=0
     for p in $procs; do
-        cpus+="${p#*:} $(us_per_msg "${before[$i]}" "$(cpu "${p%%:*}")" "$N") µs; "
+        cpus+="${p#*:} ${used[$i]} µs; "
         i=$((i + 1))
     done
     echo "| $label | $(field "$j" rps) | $(field "$j" p50_us) | $(field "$j" p99_us) | ${cpus%; } |"
+    # kind rps p99 server-side CPU µs (every process but the responder) -> the summary
+    local server=0 k=0
+    for p in $procs; do
+        [ "${p#*:}" = responder ] || server=$(python3 -c "print(round($server + ${used[$k]}, 1))")
+        k=$((k + 1))
+    done
+    echo "$kind $(field "$j" rps) $(field "$j" p99_us) $server" >> "$TMP/summary"
 }
 
 echo "Socket.IO acked round trips: N=$N, WINDOW=$WINDOW in flight, ${BYTES} B payloads, socket.io-client@4.8 (websocket)"
@@ -77,7 +86,7 @@ for rep in $(seq "$REPS"); do
     bridge=$(pgrep -P "$up" | head -1)
     "$ECHO" "$TMP/hub" > "$TMP/echo.log" 2>&1 & echo_pid=$!; PIDS+=("$echo_pid")
     wait_line "$TMP/echo.log" "serving"
-    measure "shmbus bridge (rep $rep)" "http://127.0.0.1:$port" "$bridge:bridge $up:hub $echo_pid:responder" --token $TOKEN
+    measure shmbus "shmbus bridge (rep $rep)" "http://127.0.0.1:$port" "$bridge:bridge $up:hub $echo_pid:responder" --token $TOKEN
     stop "$echo_pid" "$up"
 
     # (b) the baseline: socket.io@4 server relaying to a socket.io-client responder.
@@ -86,6 +95,21 @@ for rep in $(seq "$REPS"); do
     wait_port "$port"
     node $B/sio_responder.js --url "http://127.0.0.1:$port" > "$TMP/resp.log" 2>&1 & resp=$!; PIDS+=("$resp")
     wait_line "$TMP/resp.log" "connected"
-    measure "node socket.io@4 relay (rep $rep)" "http://127.0.0.1:$port" "$srv:server $resp:responder"
+    measure baseline "node socket.io@4 relay (rep $rep)" "http://127.0.0.1:$port" "$srv:server $resp:responder"
     stop "$resp" "$srv"
 done
+
+# Medians over the reps, and the ratios the issue's target is about.
+python3 - "$TMP/summary" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+med = {k: [statistics.median(float(r[i]) for r in rows if r[0] == k) for i in (1, 2, 3)]
+       for k in ("shmbus", "baseline")}
+(s_rps, s_p99, s_cpu), (b_rps, b_p99, b_cpu) = med["shmbus"], med["baseline"]
+print()
+print(f"Medians of {len(rows) // 2} reps: shmbus {s_rps:.0f} round trips/s, p99 {s_p99:.0f} µs, "
+      f"bridge+hub {s_cpu:.1f} µs CPU per round trip; baseline {b_rps:.0f}/s, p99 {b_p99:.0f} µs, "
+      f"server {b_cpu:.1f} µs.")
+print(f"Ratios: throughput {s_rps / b_rps:.2f}× (target ≥ 2×), p99 {s_p99 / b_p99:.2f}× "
+      f"(target < 1), CPU per round trip {s_cpu / b_cpu:.2f}× the baseline server's.")
+PY

@@ -12,6 +12,11 @@ let socket = null;
 const answers = new Map();
 const hangs = new Set();
 
+// With c.binary, the data rides next to a binary attachment.
+function dataOf(c) {
+  return c.binary ? { blob: Buffer.from([0, 1, 255]), meta: c.data } : c.data;
+}
+
 function command(c) {
   switch (c.op) {
     case 'connect': {
@@ -30,10 +35,10 @@ function command(c) {
       break;
     }
     case 'emit':
-      socket.emit(c.event, c.data);
+      socket.emit(c.event, dataOf(c));
       break;
     case 'call':
-      socket.emit(c.event, c.data, (v) => out('ack', { id: c.id, value: v }));
+      socket.emit(c.event, dataOf(c), (v) => out('ack', { id: c.id, value: v }));
       break;
     case 'flood': {
       const pad = 'x'.repeat(c.size || 0);

@@ -4,6 +4,7 @@ one JSON line on stdout per event (the same protocol as agent.js / ws_agent.js).
 Commands:
   {"op":"connect","url":U,"auth":{..},"transports":["polling"]|["websocket"]|null}
   {"op":"emit","event":E,"data":D}                 plain emit
+  ... "binary":true on emit/call                   sends {"blob": <3 bytes>, "meta": D} (a binary attachment)
   {"op":"call","event":E,"data":D,"id":N}          emit with an ack callback -> {"ev":"ack","data":{"id":N,"value":V}}
   {"op":"answer","event":E,"value":V}              answer server emitWithAck(E, ..) with V
   {"op":"hang","event":E}                          never answer E (the handler blocks)
@@ -58,6 +59,12 @@ def any_event(event, *args):
     return None
 
 
+def data_of(c):
+    if c.get("binary"):
+        return {"blob": b"\x00\x01\xff", "meta": c.get("data")}
+    return c.get("data")
+
+
 def command(c):
     op = c["op"]
     if op == "connect":
@@ -69,10 +76,10 @@ def command(c):
         except socketio.exceptions.ConnectionError as e:
             out("connect_failed", {"message": str(e)})
     elif op == "emit":
-        sio.emit(c["event"], c.get("data"))
+        sio.emit(c["event"], data_of(c))
     elif op == "call":
         n = c["id"]
-        sio.emit(c["event"], c.get("data"), callback=lambda *a: out("ack", {"id": n, "value": a[0] if len(a) == 1 else list(a)}))
+        sio.emit(c["event"], data_of(c), callback=lambda *a: out("ack", {"id": n, "value": a[0] if len(a) == 1 else list(a)}))
     elif op == "answer":
         answers[c["event"]] = c.get("value")
         out("answering", {"event": c["event"]})

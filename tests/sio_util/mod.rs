@@ -246,6 +246,19 @@ impl Sio {
         self.expect("ack", secs, |d| d["id"] == id)["value"].clone()
     }
 
+    /// Emits `{blob: <3 bytes>, meta: data}`: an event with a binary attachment.
+    pub fn emit_binary(&mut self, event: &str, data: Value) {
+        self.cmd(json!({"op": "emit", "event": event, "data": data, "binary": true}));
+    }
+
+    /// [`call`](Sio::call) with a binary attachment next to `data` (see `emit_binary`).
+    pub fn call_binary(&mut self, event: &str, data: Value, secs: u64) -> Value {
+        self.next_call += 1;
+        let id = self.next_call;
+        self.cmd(json!({"op": "call", "event": event, "data": data, "id": id, "binary": true}));
+        self.expect("ack", secs, |d| d["id"] == id)["value"].clone()
+    }
+
     /// Answers the server's `emitWithAck(event, ..)` with `value` from now on.
     pub fn answer(&mut self, event: &str, value: Value) {
         self.cmd(json!({"op": "answer", "event": event, "value": value}));

@@ -11,6 +11,9 @@
 //! * The disconnect handler fails every request owed by the client at once, stops the sender
 //!   task (and with it the requests it made), and drops the bus client (the hub then tells
 //!   watchers it left).
+//! * An event with binary attachments is dropped and counted undeliverable (the bus carries
+//!   JSON; the placeholders would reach the receiver as meaningless JSON); with an ack, the
+//!   ack is `{error}` saying so.
 //!
 //! Handlers never wait: bus handlers and the event handler only queue; only tasks send to the
 //! hub, through the async client (a full ring is awaited on its doorbell, never blocking the
@@ -135,8 +138,9 @@ struct Conn {
     sender: Mutex<Option<AbortHandle>>,
 }
 
-/// The raw text of an event packet, `["event", arg…]`, and whether the client wants an ack.
-struct RawEvent(String, bool);
+/// The raw text of an event packet, `["event", arg…]`, whether the client wants an ack, and
+/// whether it carries binary attachments (which the bus, carrying JSON, cannot take).
+struct RawEvent(String, bool, bool);
 
 impl<A: Adapter> FromMessageParts<A> for RawEvent {
     type Error = std::convert::Infallible;
@@ -145,11 +149,16 @@ impl<A: Adapter> FromMessageParts<A> for RawEvent {
         v: &mut Value,
         ack_id: &Option<i64>,
     ) -> Result<Self, Self::Error> {
+        let binary = match v {
+            Value::Str(_, Some(bins)) => !bins.is_empty(),
+            Value::Str(_, None) => false,
+            Value::Bytes(_) => true,
+        };
         let text = v
             .as_str()
             .map(|s| s.as_str().to_string())
             .unwrap_or_default();
-        Ok(RawEvent(text, ack_id.is_some()))
+        Ok(RawEvent(text, ack_id.is_some(), binary))
     }
 }
 
@@ -184,8 +193,12 @@ pub(crate) fn joined(sio: Arc<Sio>, s: SocketRef) {
     ));
     let c = conn.clone();
     s.on_fallback(
-        move |s: SocketRef, RawEvent(text, want): RawEvent, ack: AckSender| {
-            c.incoming(&s, text, want, ack);
+        move |s: SocketRef, RawEvent(text, want, binary): RawEvent, ack: AckSender| {
+            if binary {
+                c.binary(&text, want, ack);
+            } else {
+                c.incoming(&s, text, want, ack);
+            }
         },
     );
     s.on_disconnect(move |reason: DisconnectReason| {
@@ -271,6 +284,10 @@ fn json_of(p: &PayloadBuf) -> Option<Box<RawValue>> {
     }
     serde_json::from_slice::<Box<RawValue>>(&p.bytes).ok()
 }
+
+/// The answer to an event with binary attachments.
+const BINARY_UNSUPPORTED: &str = "binary attachments are not supported: the bus carries JSON \
+     (send bytes as base64 or an array of numbers); the event was dropped";
 
 fn ack_error(ack: AckSender, message: &str) {
     let _ = ack.send(&json!({ "error": message }));
@@ -360,6 +377,19 @@ impl Conn {
         if self.inbox.push(p) == Pushed::Overflow {
             info!(name = %self.name, "Socket.IO client sends more than the bus takes (its receiver does not read); dropping it (--max-queued)");
             disconnect_later(s);
+        }
+    }
+
+    /// An event with binary attachments: the bus carries JSON, so it is dropped (counted
+    /// undeliverable) and its ack, if it wants one, is an `{error}` that says why.
+    fn binary(&self, text: &str, want_ack: bool, ack: AckSender) {
+        let stats = &self.sio.sh.stats;
+        stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+        let event = route::split_args(text).map(|(e, _)| e).unwrap_or_default();
+        debug!(name = %self.name, event, "Socket.IO event with binary attachments dropped");
+        if want_ack {
+            ack_error(ack, BINARY_UNSUPPORTED);
         }
     }
 
