@@ -58,8 +58,9 @@ pub const BATCH_BYTES: usize = 256 << 10;
 pub const FLUSH_BYTES: usize = 64 << 10;
 /// Messages the async-nats client may hold before writing them (its command queue).
 pub const CLIENT_CAPACITY: usize = 256;
-/// Messages an async-nats subscription may buffer before it drops (slow consumer).
-pub const SUB_CAPACITY: usize = 4096;
+/// Messages an async-nats subscription may buffer before it drops (slow consumer): the
+/// client reads the whole socket buffer at once, so this must hold many small messages.
+pub const SUB_CAPACITY: usize = 65536;
 
 /// Link settings.
 #[derive(Clone, Debug)]
@@ -547,6 +548,10 @@ impl Link {
             ..
         } = self;
         rt.block_on(async {
+            // A wake-up stored while the hub was busy is stale: what it announced is counted
+            // in `queued_in`, checked below. (Nothing runs concurrently: the tasks only run
+            // inside `block_on`.)
+            let _ = futures_util::FutureExt::now_or_never(shared.notify.notified());
             publish_ready(client, out, queued, counters);
             loop {
                 // Check first: readiness that came before this park may have been reported
@@ -682,8 +687,7 @@ async fn options(
     if let Some(ca) = &s.tls_ca {
         o = o.add_root_certificates(ca.clone()).require_tls(true);
     }
-    Ok(o
-        .name(format!("shmbus {} ({})", s.node, s.prefix))
+    Ok(o.name(format!("shmbus {} ({})", s.node, s.prefix))
         .no_echo()
         .retry_on_initial_connect()
         .max_reconnects(None)

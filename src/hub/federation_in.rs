@@ -501,6 +501,7 @@ impl Hub {
                     }
                 }
                 for w in &c.waiters {
+                    self.count_pending(w.who, false);
                     if self.alive(w.who) {
                         self.reply(w.who.slot, w.req, answer);
                     }

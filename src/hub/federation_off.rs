@@ -32,7 +32,10 @@ impl Plan {
 pub(super) struct DataOut;
 
 impl Fed {
-    pub(super) fn start(_cfg: FederationConfig, _: &crate::sys::Poller) -> Result<Fed, crate::Error> {
+    pub(super) fn start(
+        _cfg: FederationConfig,
+        _: &crate::sys::Poller,
+    ) -> Result<Fed, crate::Error> {
         Err(crate::Error::Io(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "this shmbus was built without federation: rebuild with `--features federation` \
