@@ -4,7 +4,7 @@
 
 mod fed_util;
 
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fed_util::{eventually, watchdog, Cluster};
@@ -330,4 +330,71 @@ fn a_clean_shutdown_says_bye() {
         Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn remote_calls_count_against_max_pending() {
+    let _w = watchdog("remote_max_pending", 120);
+    let cl = Cluster::start("maxpend", &["alpha", "beta"], &["--max-pending", "4"]);
+    // An owner on beta that keeps every get until told to answer.
+    let owner = cl.hubs[1].client("slow");
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let k = kept.clone();
+    owner.on_get_deferred(move |_, t| k.lock().unwrap().push(t));
+    assert!(eventually(5.0, || cl.hubs[0].sees("slow")));
+    let req = cl.hubs[0].client("req");
+    let round = |n: usize| -> (usize, Vec<String>) {
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..n)
+                .map(|i| {
+                    let req = &req;
+                    s.spawn(move || {
+                        req.get("slow", "k")
+                            .key(&format!("k{i}"))
+                            .fresh(true)
+                            .timeout(Duration::from_secs(30))
+                            .send()
+                    })
+                })
+                .collect();
+            // The calls the hub lets wait reach the owner; the rest are refused at once.
+            assert!(
+                eventually(10.0, || kept.lock().unwrap().len() >= 4),
+                "the owner got {} gets",
+                kept.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            let held = kept.lock().unwrap().len();
+            for t in kept.lock().unwrap().drain(..) {
+                let body = shmbus::proto::PayloadBuf::bincode(&"late").unwrap();
+                t.answer(&body, Ttl::NoCache).unwrap();
+            }
+            let mut ok = 0;
+            let mut refused = Vec::new();
+            for c in calls {
+                match c.join().unwrap() {
+                    Ok(_) => ok += 1,
+                    Err(CallError::Remote(m)) => refused.push(m),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(ok, held, "every call the owner got is answered");
+            (ok, refused)
+        })
+    };
+    let (ok, refused) = round(10);
+    eprintln!(
+        "10 remote gets, --max-pending 4: {ok} answered, {} refused ({:?})",
+        refused.len(),
+        refused.first()
+    );
+    assert_eq!(ok, 4, "at most 4 remote calls wait for one client");
+    assert_eq!(refused.len(), 6);
+    assert!(
+        refused.iter().all(|m| m.contains("--max-pending")),
+        "{refused:?}"
+    );
+    // Answered calls no longer count: the next 4 wait again.
+    let (ok, refused) = round(4);
+    assert_eq!((ok, refused.len()), (4, 0), "{refused:?}");
 }

@@ -145,7 +145,7 @@ fn emit_rate(from: &Client, to: &Client, n: u64, size: usize) -> Result<f64, Err
     {
         let (got, bad) = (got.clone(), bad.clone());
         to.on("tp", move |e| {
-            let (seq, body): (u64, Vec<u8>) = match e.payload.decode() {
+            let (seq, body): (u64, &[u8]) = match crate::codec::decode_borrowed(&e.payload.bytes) {
                 Ok(x) => x,
                 Err(_) => {
                     bad.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +315,13 @@ async fn raw_nats(url: &str, o: &FedOpts) -> Result<(Vec<u64>, f64), Error> {
             }
         };
         rt.block_on(async move {
-            let server = match async_nats::connect(surl).await {
+            // A subscription buffer that holds the whole stream: the floor counts what the
+            // server delivers, not what a small client buffer would drop.
+            let server = match async_nats::ConnectOptions::new()
+                .subscription_capacity(n as usize + 1024)
+                .connect(surl)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));

@@ -1,43 +1,66 @@
-//! The NATS link: one thread with its own current-thread tokio runtime and an async-nats
-//! client, between the hub's synchronous event loop and the nats-server.
+//! The NATS link: an async-nats client on a current-thread tokio runtime that the hub's own
+//! thread drives, between the hub's synchronous event loop and the nats-server.
 //!
 //! ```text
-//!  hub loop ──try_send (bytes permits)──▶ out queue ──▶ batch per subject ──▶ NATS publish
-//!  hub loop ◀──try_recv── in queues ◀──(permits, await)── subscriptions ◀── NATS
-//!           ◀── eventfd (rung after every push) ──
+//!  hub pass ──send──▶ per-node batches (header + records, bytes bounded)
+//!  hub pass ──drive──▶ block_on { publish the batches; run the client's tasks; poll I/O }
+//!  hub park ──park──▶ block_on { wait for: the hub's epoll fd, a message from NATS, a timer }
+//!  subscriptions ──reader tasks (permits)──▶ in-queues ──try_*──▶ hub pass
 //! ```
 //!
+//! There is no thread between the hub and NATS: the hub parks *inside* the runtime (its epoll
+//! fd is registered with the runtime's reactor), so a NATS message wakes the hub's thread
+//! once, the client's tasks read it and queue it, and the hub handles it in the same wake-up;
+//! what the hub queues is handed to the client and written to the socket in the next
+//! [`Link::drive`], without a thread hand-off.
+//!
 //! Invariants:
-//! * The hub never waits on NATS: [`Link::send`] takes byte permits without waiting (a full
-//!   queue is [`SendError::Full`], the hub stalls the local sender or counts a drop), and
-//!   while NATS is not connected it refuses at once ([`SendError::Down`]).
-//! * Memory is bounded both ways: the out queue by `out_bytes` permits, the data and presence
-//!   in-queues by their own permits (held by each [`Incoming`] until the hub drops it). When an
-//!   in-queue is full the link waits, async-nats's bounded subscription buffer fills, and
-//!   what it then drops is counted (`slow consumer` events).
+//! * The hub never waits on NATS: [`Link::send`] only appends to a bounded buffer (a full
+//!   buffer is [`SendError::Full`], the hub stalls the local sender or counts a drop), while
+//!   NATS is not connected it refuses at once ([`SendError::Down`]), and `drive` only polls
+//!   (a publish the client cannot take now stays queued and is retried on the next pass).
+//! * Memory is bounded both ways: the out buffer by `out_bytes`, the client's command queue
+//!   by [`CLIENT_CAPACITY`] messages of at most [`BATCH_BYTES`], the data and presence
+//!   in-queues by their own byte permits (held by each [`Incoming`] until the hub drops it),
+//!   and the client's subscription buffers by [`SUB_CAPACITY`] messages (when an in-queue is
+//!   full its reader waits, the buffer fills, and what async-nats then drops is counted as
+//!   `slow consumer` events).
 //! * Presence has its own in-queue, so a hub that pauses the data queue (a local client is
 //!   slow) still sees heartbeats.
-//! * Order: every frame to one node goes through one out queue and one subject, and every
-//!   frame from a node arrives on one subscription; NATS keeps a connection's order, so per
-//!   sender → receiver FIFO holds across nodes.
-//! * Batching: the link publishes whatever is queued for one subject as one NATS message
-//!   (up to [`BATCH_BYTES`]), so under load many frames share a message; idle, a frame goes
-//!   alone at once.
+//! * Order: records for one node are appended to that node's batches in the order they were
+//!   sent, batches are published in the order they were opened, on one subject and one
+//!   connection, and every message from a node arrives on one subscription; NATS keeps a
+//!   connection's order, so per sender → receiver FIFO holds across nodes.
+//! * Batching: every record queued for a node until the next flush shares one NATS message
+//!   (up to [`BATCH_BYTES`]); the hub flushes when a pass queued nothing new, when
+//!   [`FLUSH_BYTES`] are waiting, and before it parks, so an idle call goes out at once and a
+//!   stream goes out in large messages.
 
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::wire;
-use crate::sys::Bell;
+use crate::sys::{PollEvent, Poller};
 use crate::Error;
 
 /// Largest batch the link puts in one NATS message (well under the default 1 MiB).
 pub const BATCH_BYTES: usize = 256 << 10;
+/// Queued bytes at which a pass publishes without waiting for the stream to pause.
+pub const FLUSH_BYTES: usize = 64 << 10;
+/// Messages the async-nats client may hold before writing them (its command queue).
+pub const CLIENT_CAPACITY: usize = 256;
+/// Messages an async-nats subscription may buffer before it drops (slow consumer): the
+/// client reads the whole socket buffer at once, so this must hold many small messages.
+pub const SUB_CAPACITY: usize = 65536;
 
 /// Link settings.
 #[derive(Clone, Debug)]
@@ -54,7 +77,7 @@ pub struct LinkSettings {
     pub creds: Option<std::path::PathBuf>,
     /// A CA certificate (PEM) to trust for TLS.
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Bytes the out queue may hold.
+    /// Bytes the out buffer may hold.
     pub out_bytes: usize,
     /// Bytes the data in-queue may hold.
     pub in_bytes: usize,
@@ -89,7 +112,7 @@ impl LinkState {
     }
 }
 
-/// Counters shared with the hub.
+/// Counters shared with the client's tasks.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
     state: AtomicU8,
@@ -117,7 +140,8 @@ pub struct LinkCounters {
 impl LinkCounters {
     /// The connection state.
     pub fn state(&self) -> LinkState {
-        // Relaxed: a status value; nothing else is published through it.
+        // Relaxed: a status value; nothing else is published through it (everything runs on
+        // the hub's thread; the atomics only make the tasks `Send`).
         LinkState::from_u8(self.state.load(Ordering::Relaxed))
     }
 }
@@ -129,12 +153,6 @@ pub enum Dest {
     Node(Arc<str>),
     /// The presence subject.
     Presence,
-}
-
-struct Outgoing {
-    dest: Dest,
-    rec: Vec<u8>,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// Something from the link for the hub.
@@ -159,7 +177,7 @@ pub struct Msg {
 /// Why [`Link::send`] refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
-    /// The out queue is full.
+    /// The out buffer is full.
     Full,
     /// NATS is not connected (or the link is gone).
     Down,
@@ -167,297 +185,42 @@ pub enum SendError {
     TooLarge,
 }
 
-/// The hub's end of the link.
-pub struct Link {
-    out: mpsc::UnboundedSender<Outgoing>,
-    out_sem: Arc<Semaphore>,
-    data_rx: mpsc::UnboundedReceiver<Incoming>,
-    presence_rx: mpsc::UnboundedReceiver<Incoming>,
-    bell: Arc<Bell>,
-    /// Shared counters and state.
-    pub counters: Arc<LinkCounters>,
-    stop: Arc<tokio::sync::Notify>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    out_bytes: usize,
+/// One NATS message being built (or refused by the client for now: `sealed`).
+struct Batch {
+    dest: Dest,
+    subject: async_nats::Subject,
+    buf: Vec<u8>,
+    /// Record bytes in it (without the header): what it counts against `out_bytes`.
+    rec_bytes: usize,
+    /// Set once a publish was tried: nothing more is appended, the same bytes are retried.
+    sealed: Option<bytes::Bytes>,
 }
 
-impl Link {
-    /// Starts the link thread. Fails only on settings that can never work (a bad URL, an
-    /// unreadable creds file); an unreachable server is retried in the background.
-    pub fn start(s: LinkSettings) -> Result<Link, Error> {
-        let bad = |e: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
-        let mut addrs = Vec::new();
-        for u in &s.urls {
-            let a: async_nats::ServerAddr = u
-                .parse()
-                .map_err(|e| bad(format!("bad NATS URL {u:?}: {e}")))?;
-            addrs.push(a);
-        }
-        if addrs.is_empty() {
-            return Err(bad("no NATS URL given".into()));
-        }
-        if let Some(p) = &s.creds {
-            std::fs::metadata(p)
-                .map_err(|e| bad(format!("NATS creds file {}: {e}", p.display())))?;
-        }
-        if let Some(p) = &s.tls_ca {
-            std::fs::metadata(p).map_err(|e| bad(format!("NATS TLS CA {}: {e}", p.display())))?;
-        }
-        let bell = Arc::new(Bell::new()?);
-        let counters = Arc::new(LinkCounters::default());
-        let out_sem = Arc::new(Semaphore::new(s.out_bytes));
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (data_tx, data_rx) = mpsc::unbounded_channel();
-        let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let task = LinkTask {
-            s: s.clone(),
-            addrs,
-            out_rx: Some(out_rx),
-            data_tx,
-            presence_tx,
-            data_sem: Arc::new(Semaphore::new(s.in_bytes)),
-            presence_sem: Arc::new(Semaphore::new(s.in_bytes.min(16 << 20))),
-            bell: bell.clone(),
-            counters: counters.clone(),
-            stop: stop.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("shmbus-nats".into())
-            .spawn(move || {
-                // Process signals are not ours: a SIGTERM delivered to this thread would kill
-                // the process before the hub that embeds us could shut down cleanly (and say
-                // goodbye to the other nodes).
-                use nix::sys::signal::{SigSet, Signal};
-                let mut set = SigSet::empty();
-                for s in [
-                    Signal::SIGINT,
-                    Signal::SIGTERM,
-                    Signal::SIGHUP,
-                    Signal::SIGQUIT,
-                ] {
-                    set.add(s);
-                }
-                let _ = set.thread_block();
-                rt.block_on(task.run())
-            })?;
-        Ok(Link {
-            out: out_tx,
-            out_sem,
-            data_rx,
-            presence_rx,
-            bell,
-            counters,
-            stop,
-            thread: Some(thread),
-            out_bytes: s.out_bytes,
-        })
-    }
-
-    /// The eventfd the hub polls: rung after every push to an in-queue.
-    pub fn bell(&self) -> &Bell {
-        &self.bell
-    }
-
-    /// Queues a record for `dest` without waiting.
-    pub fn send(&self, dest: Dest, rec: Vec<u8>) -> Result<(), SendError> {
-        if self.counters.state() != LinkState::Connected {
-            return Err(SendError::Down);
-        }
-        if rec.len() > wire::MAX_MESSAGE / 2 || rec.len() > self.out_bytes {
-            return Err(SendError::TooLarge);
-        }
-        let n = u32::try_from(rec.len().max(1)).map_err(|_| SendError::TooLarge)?;
-        let permit = match self.out_sem.clone().try_acquire_many_owned(n) {
-            Ok(p) => p,
-            Err(_) => return Err(SendError::Full),
-        };
-        self.out
-            .send(Outgoing {
-                dest,
-                rec,
-                _permit: permit,
-            })
-            .map_err(|_| SendError::Down)
-    }
-
-    /// Whether `len` more bytes would fit in the out queue now.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.out_sem.available_permits() >= len.max(1)
-    }
-
-    /// Bytes queued for NATS.
-    pub fn queued_bytes(&self) -> usize {
-        self.out_bytes - self.out_sem.available_permits()
-    }
-
-    /// Whether the in-queues hold anything (one atomic load).
-    pub fn has_incoming(&self) -> bool {
-        // Acquire: pairs with the Release increment in `LinkTask::push`.
-        self.counters.queued_in.load(Ordering::Acquire) != 0
-    }
-
-    fn took(&self, item: Option<Incoming>) -> Option<Incoming> {
-        if item.is_some() {
-            // Relaxed: only this thread decrements; the item itself came through the channel.
-            self.counters.queued_in.fetch_sub(1, Ordering::Relaxed);
-        }
-        item
-    }
-
-    /// The next presence item, if any.
-    pub fn try_presence(&mut self) -> Option<Incoming> {
-        let item = self.presence_rx.try_recv().ok();
-        self.took(item)
-    }
-
-    /// The next data item, if any.
-    pub fn try_data(&mut self) -> Option<Incoming> {
-        let item = self.data_rx.try_recv().ok();
-        self.took(item)
-    }
-
-    /// Stops the thread after it has published what is queued (at most `wait`).
-    pub fn stop(&mut self, wait: Duration) {
-        self.stop.notify_one();
-        if let Some(t) = self.thread.take() {
-            let end = std::time::Instant::now() + wait;
-            while !t.is_finished() && std::time::Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.stop(Duration::from_millis(500));
-    }
-}
-
-struct LinkTask {
-    s: LinkSettings,
-    addrs: Vec<async_nats::ServerAddr>,
-    out_rx: Option<mpsc::UnboundedReceiver<Outgoing>>,
+/// What the client's tasks share with the hub's end (all on the hub's thread).
+struct Shared {
+    counters: Arc<LinkCounters>,
+    /// Rung when an in-queue gets an item: ends a park.
+    notify: Notify,
     data_tx: mpsc::UnboundedSender<Incoming>,
     presence_tx: mpsc::UnboundedSender<Incoming>,
     data_sem: Arc<Semaphore>,
     presence_sem: Arc<Semaphore>,
-    bell: Arc<Bell>,
-    counters: Arc<LinkCounters>,
-    stop: Arc<tokio::sync::Notify>,
 }
 
-impl LinkTask {
-    async fn options(
-        &self,
-        events: mpsc::UnboundedSender<async_nats::Event>,
-    ) -> Result<async_nats::ConnectOptions, Error> {
-        let mut o = match &self.s.creds {
-            Some(p) => async_nats::ConnectOptions::with_credentials_file(p)
-                .await
-                .map_err(Error::Io)?,
-            None => async_nats::ConnectOptions::new(),
+impl Shared {
+    /// Queues an item for the hub, counts it, and ends the hub's park.
+    fn push(&self, presence: bool, item: Incoming) {
+        let sent = if presence {
+            self.presence_tx.send(item).is_ok()
+        } else {
+            self.data_tx.send(item).is_ok()
         };
-        if let Some(ca) = &self.s.tls_ca {
-            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        if sent {
+            // Release: pairs with the Acquire load in `Link::has_incoming`, so a hub that
+            // sees the count also finds the item in its channel.
+            self.counters.queued_in.fetch_add(1, Ordering::Release);
         }
-        Ok(
-            o.name(format!("shmbus {} ({})", self.s.node, self.s.prefix))
-                .no_echo()
-                .retry_on_initial_connect()
-                .max_reconnects(None)
-                .ping_interval(Duration::from_secs(2))
-                .connection_timeout(Duration::from_secs(3))
-                .reconnect_delay_callback(|n| {
-                    Duration::from_millis((n as u64 * 100).clamp(100, 1000))
-                })
-                .event_callback(move |ev| {
-                    let events = events.clone();
-                    async move {
-                        let _ = events.send(ev);
-                    }
-                }),
-        )
-    }
-
-    fn ring(&self) {
-        let _ = self.bell.ring();
-    }
-
-    async fn run(mut self) {
-        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-        let opts = match self.options(ev_tx).await {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(error = %e, "NATS settings unusable; federation off");
-                return;
-            }
-        };
-        let client = match opts.connect(self.addrs.clone()).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "NATS connect failed; federation off");
-                return;
-            }
-        };
-        let inbox = format!("{}.n.{}", self.s.prefix, self.s.node);
-        let presence = format!("{}.presence", self.s.prefix);
-        let (mut data_sub, mut pres_sub) = match (
-            client.subscribe(inbox.clone()).await,
-            client.subscribe(presence.clone()).await,
-        ) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %e, "NATS subscribe failed; federation off");
-                return;
-            }
-        };
-        let header = wire::header_record(&self.s.node, self.s.incarnation).unwrap_or_default();
-        let mut carry: Option<Outgoing> = None;
-        let stop = self.stop.clone();
-        let Some(mut out_rx) = self.out_rx.take() else {
-            return;
-        };
-        loop {
-            if let Some(first) = carry.take() {
-                carry = self
-                    .publish_batch(&client, &mut out_rx, &header, &inbox, &presence, first)
-                    .await;
-                continue;
-            }
-            tokio::select! {
-                biased;
-                _ = stop.notified() => break,
-                Some(ev) = ev_rx.recv() => self.on_event(ev),
-                first = out_rx.recv() => {
-                    let Some(first) = first else { break };
-                    carry = self.publish_batch(&client, &mut out_rx, &header, &inbox, &presence, first).await;
-                }
-                Some(m) = pres_sub.next() => {
-                    self.deliver(m.payload, true).await;
-                }
-                Some(m) = data_sub.next() => {
-                    self.deliver(m.payload, false).await;
-                }
-            }
-        }
-        // Publish what is queued (the hub's goodbye), then close.
-        let mut c = carry.take().or_else(|| out_rx.try_recv().ok());
-        while let Some(o) = c.take() {
-            c = self
-                .publish_batch(&client, &mut out_rx, &header, &inbox, &presence, o)
-                .await
-                .or_else(|| out_rx.try_recv().ok());
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(300), client.flush()).await;
-        debug!("NATS link stopped");
+        self.notify.notify_one();
     }
 
     fn on_event(&self, ev: async_nats::Event) {
@@ -512,78 +275,429 @@ impl LinkTask {
             self.push(false, Incoming::Data(msg));
         }
     }
+}
 
-    /// Queues an item for the hub, counts it, and rings the hub's eventfd.
-    fn push(&self, presence: bool, item: Incoming) {
-        let sent = if presence {
-            self.presence_tx.send(item).is_ok()
-        } else {
-            self.data_tx.send(item).is_ok()
-        };
-        if sent {
-            // Release: pairs with the Acquire load in `Link::has_incoming`, so a hub that
-            // sees the count also finds the item in its channel.
-            self.counters.queued_in.fetch_add(1, Ordering::Release);
+/// The hub's epoll fd, as the runtime's reactor sees it (a duplicate of the same instance).
+struct HubFd(OwnedFd);
+
+impl AsRawFd for HubFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// The hub's end of the link.
+pub struct Link {
+    // Dropped before `rt`: deregistering needs the reactor.
+    hub_fd: AsyncFd<HubFd>,
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    /// Shared counters and state.
+    pub counters: Arc<LinkCounters>,
+    data_rx: mpsc::UnboundedReceiver<Incoming>,
+    presence_rx: mpsc::UnboundedReceiver<Incoming>,
+    out: VecDeque<Batch>,
+    /// Record bytes in `out`.
+    queued: usize,
+    /// Records were queued since the hub last looked ([`Link::pass`]).
+    fresh: bool,
+    out_bytes: usize,
+    header: Vec<u8>,
+    node_base: String,
+    presence_subject: async_nats::Subject,
+    stopped: bool,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Link {
+    /// Starts the client on a runtime of its own, watching `hub` (the hub's epoll fd) for
+    /// parks. Fails only on settings that can never work (a bad URL, an unreadable creds or
+    /// CA file); an unreachable server is retried in the background.
+    pub fn start(s: LinkSettings, hub: BorrowedFd<'_>) -> Result<Link, Error> {
+        let bad = |e: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
+        let mut addrs = Vec::new();
+        for u in &s.urls {
+            let a: async_nats::ServerAddr = u
+                .parse()
+                .map_err(|e| bad(format!("bad NATS URL {u:?}: {e}")))?;
+            addrs.push(a);
         }
-        self.ring();
+        if addrs.is_empty() {
+            return Err(bad("no NATS URL given".into()));
+        }
+        if let Some(p) = &s.creds {
+            std::fs::metadata(p)
+                .map_err(|e| bad(format!("NATS creds file {}: {e}", p.display())))?;
+        }
+        if let Some(p) = &s.tls_ca {
+            std::fs::metadata(p).map_err(|e| bad(format!("NATS TLS CA {}: {e}", p.display())))?;
+        }
+        let counters = Arc::new(LinkCounters::default());
+        let (data_tx, data_rx) = mpsc::unbounded_channel();
+        let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            counters: counters.clone(),
+            notify: Notify::new(),
+            data_tx,
+            presence_tx,
+            data_sem: Arc::new(Semaphore::new(s.in_bytes)),
+            presence_sem: Arc::new(Semaphore::new(s.in_bytes.min(16 << 20))),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let inbox = format!("{}.n.{}", s.prefix, s.node);
+        let presence = format!("{}.presence", s.prefix);
+        let sh = shared.clone();
+        let (client, data_sub, pres_sub) = rt.block_on(async {
+            let opts = options(&s, sh).await?;
+            // With `retry_on_initial_connect` this returns at once; the client connects (and
+            // reconnects) in its own task, and the subscriptions are sent when it does.
+            let client = opts
+                .connect(addrs)
+                .await
+                .map_err(|e| bad(format!("NATS client not started: {e}")))?;
+            let data_sub = client
+                .subscribe(inbox)
+                .await
+                .map_err(|e| bad(format!("NATS subscribe: {e}")))?;
+            let pres_sub = client
+                .subscribe(presence.clone())
+                .await
+                .map_err(|e| bad(format!("NATS subscribe: {e}")))?;
+            Ok::<_, Error>((client, data_sub, pres_sub))
+        })?;
+        for (mut sub, is_presence) in [(data_sub, false), (pres_sub, true)] {
+            let sh = shared.clone();
+            rt.spawn(async move {
+                while let Some(m) = sub.next().await {
+                    sh.deliver(m.payload, is_presence).await;
+                }
+            });
+        }
+        let hub_fd = {
+            let _g = rt.enter();
+            let fd = HubFd(hub.try_clone_to_owned()?);
+            // SAFETY: `HubFd` owns its fd (a duplicate made here), so it stays open and names
+            // the same epoll instance for as long as the `AsyncFd` that owns the `HubFd`
+            // lives; `as_raw_fd` returns that one field, which nothing changes (we never call
+            // `get_mut` or `into_inner`).
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|e| Error::Io(e.into()))?
+        };
+        let header = wire::header_record(&s.node, s.incarnation)?;
+        Ok(Link {
+            hub_fd,
+            client,
+            shared,
+            counters,
+            data_rx,
+            presence_rx,
+            out: VecDeque::new(),
+            queued: 0,
+            fresh: false,
+            out_bytes: s.out_bytes,
+            header,
+            node_base: format!("{}.n.", s.prefix),
+            presence_subject: presence.into(),
+            stopped: false,
+            rt,
+        })
     }
 
-    /// Publishes `first` and whatever else is queued for the same subject as one message.
-    /// Returns the first item for another subject, if it stopped at one.
-    async fn publish_batch(
-        &self,
-        client: &async_nats::Client,
-        out_rx: &mut mpsc::UnboundedReceiver<Outgoing>,
-        header: &[u8],
-        inbox_prefix: &str,
-        presence: &str,
-        first: Outgoing,
-    ) -> Option<Outgoing> {
-        let subject = match &first.dest {
-            Dest::Node(n) => {
-                let base = inbox_prefix
-                    .rsplit_once(".n.")
-                    .map_or(inbox_prefix, |(b, _)| b);
-                format!("{base}.n.{n}")
+    /// Queues a record for `dest` without waiting (copied into that node's open batch).
+    pub fn send(&mut self, dest: &Dest, rec: &[u8]) -> Result<(), SendError> {
+        if self.counters.state() != LinkState::Connected || self.stopped {
+            return Err(SendError::Down);
+        }
+        if rec.len() > wire::MAX_MESSAGE / 2 || rec.len() > self.out_bytes {
+            return Err(SendError::TooLarge);
+        }
+        if self.queued + rec.len() > self.out_bytes {
+            return Err(SendError::Full);
+        }
+        let limit = self.batch_limit();
+        // The newest batch for `dest` (looking back a few: batches for other nodes may have
+        // been opened since), if it still takes records and has room.
+        let open = self
+            .out
+            .iter_mut()
+            .rev()
+            .take(8)
+            .find(|b| b.dest == *dest)
+            .filter(|b| b.sealed.is_none() && b.buf.len() + rec.len() <= limit);
+        match open {
+            Some(b) => {
+                b.buf.extend_from_slice(rec);
+                b.rec_bytes += rec.len();
             }
-            Dest::Presence => presence.to_string(),
-        };
-        let limit = BATCH_BYTES.min(client.max_payload().max(4096));
-        let mut buf = Vec::with_capacity(header.len() + first.rec.len());
-        buf.extend_from_slice(header);
-        buf.extend_from_slice(&first.rec);
-        let dest = first.dest.clone();
-        drop(first);
-        let mut carry = None;
-        while buf.len() < limit {
-            match out_rx.try_recv() {
-                Ok(o) if o.dest == dest && buf.len() + o.rec.len() <= limit => {
-                    buf.extend_from_slice(&o.rec);
-                }
-                Ok(o) => {
-                    carry = Some(o);
-                    break;
-                }
-                Err(_) => break,
+            None => {
+                let subject = match dest {
+                    Dest::Node(n) => format!("{}{n}", self.node_base).into(),
+                    Dest::Presence => self.presence_subject.clone(),
+                };
+                let mut buf = Vec::with_capacity((self.header.len() + rec.len()).max(512));
+                buf.extend_from_slice(&self.header);
+                buf.extend_from_slice(rec);
+                self.out.push_back(Batch {
+                    dest: dest.clone(),
+                    subject,
+                    buf,
+                    rec_bytes: rec.len(),
+                    sealed: None,
+                });
             }
         }
-        if self.counters.state() != LinkState::Connected {
-            self.counters.dropped_out.fetch_add(1, Ordering::Relaxed);
-            return carry;
+        self.queued += rec.len();
+        self.fresh = true;
+        Ok(())
+    }
+
+    fn batch_limit(&self) -> usize {
+        BATCH_BYTES.min(self.client.max_payload().max(4096))
+    }
+
+    /// Whether `len` more bytes would fit in the out buffer now.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.queued + len.max(1) <= self.out_bytes
+    }
+
+    /// Bytes queued for NATS.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether the in-queues hold anything (one atomic load).
+    pub fn has_incoming(&self) -> bool {
+        // Acquire: pairs with the Release increment in `Shared::push`.
+        self.counters.queued_in.load(Ordering::Acquire) != 0
+    }
+
+    fn took(&self, item: Option<Incoming>) -> Option<Incoming> {
+        if item.is_some() {
+            // Relaxed: only the hub decrements; the item itself came through the channel.
+            self.counters.queued_in.fetch_sub(1, Ordering::Relaxed);
         }
-        let len = buf.len() as u64;
-        match client.publish(subject, buf.into()).await {
-            Ok(()) => {
-                self.counters.nats_out.fetch_add(1, Ordering::Relaxed);
-                self.counters
+        item
+    }
+
+    /// The next presence item, if any.
+    pub fn try_presence(&mut self) -> Option<Incoming> {
+        let item = self.presence_rx.try_recv().ok();
+        self.took(item)
+    }
+
+    /// The next data item, if any.
+    pub fn try_data(&mut self) -> Option<Incoming> {
+        let item = self.data_rx.try_recv().ok();
+        self.took(item)
+    }
+
+    /// Called at the start of every hub pass: publishes what is queued when the last pass
+    /// added nothing (a call, or the end of a burst) or a stream has built up
+    /// [`FLUSH_BYTES`]. Cheap when there is nothing to do.
+    pub fn pass(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        if !std::mem::take(&mut self.fresh) || self.queued >= FLUSH_BYTES {
+            self.drive();
+        }
+    }
+
+    /// Publishes what is queued, lets the client write it and read what arrived (runs its
+    /// ready tasks and polls the socket once, without waiting).
+    pub fn drive(&mut self) {
+        self.fresh = false;
+        let Link {
+            rt,
+            out,
+            queued,
+            client,
+            counters,
+            ..
+        } = self;
+        rt.block_on(async {
+            publish_ready(client, out, queued, counters);
+            // Twice: the first runs what the publishes woke (the client writes) and polls the
+            // socket; the second runs what that reading woke (our readers queue for the hub).
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        });
+    }
+
+    /// The hub's park: publishes what is queued, then waits until the hub's epoll set has
+    /// something (appended to `events`, as [`Poller::wait`] does), NATS brought something
+    /// ([`Link::has_incoming`]), or `timeout` passed; the client's tasks run meanwhile.
+    pub fn park(
+        &mut self,
+        poller: &Poller,
+        events: &mut Vec<PollEvent>,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<()> {
+        self.fresh = false;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let Link {
+            rt,
+            out,
+            queued,
+            client,
+            counters,
+            shared,
+            hub_fd,
+            ..
+        } = self;
+        rt.block_on(async {
+            // A wake-up stored while the hub was busy is stale: what it announced is counted
+            // in `queued_in`, checked below. (Nothing runs concurrently: the tasks only run
+            // inside `block_on`.)
+            let _ = futures_util::FutureExt::now_or_never(shared.notify.notified());
+            publish_ready(client, out, queued, counters);
+            loop {
+                // Check first: readiness that came before this park may have been reported
+                // (and cleared) already; after the check every new event is a fresh edge.
+                poller.wait(events, Some(Duration::ZERO))?;
+                // Acquire: pairs with the Release increment in `Shared::push`.
+                if !events.is_empty() || counters.queued_in.load(Ordering::Acquire) != 0 {
+                    return Ok(());
+                }
+                // The client refused a publish (its queue was full): retry soon.
+                let retry = (!out.is_empty())
+                    .then(|| tokio::time::Instant::now() + Duration::from_millis(1));
+                let until = match (deadline, retry) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                tokio::select! {
+                    biased;
+                    _ = shared.notify.notified() => return Ok(()),
+                    r = hub_fd.readable() => {
+                        if let Ok(mut g) = r {
+                            g.clear_ready();
+                        }
+                    }
+                    _ = sleep_until(until) => {
+                        if !out.is_empty() {
+                            publish_ready(client, out, queued, counters);
+                        }
+                        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stops the link after it has published what is queued (at most `wait`).
+    pub fn stop(&mut self, wait: Duration) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        let Link {
+            rt,
+            out,
+            queued,
+            client,
+            counters,
+            ..
+        } = self;
+        rt.block_on(async {
+            let _ = tokio::time::timeout(wait, async {
+                publish_ready(client, out, queued, counters);
+                while !out.is_empty() && counters.state() == LinkState::Connected {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    publish_ready(client, out, queued, counters);
+                }
+                let _ = client.flush().await;
+            })
+            .await;
+        });
+        debug!("NATS link stopped");
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop(Duration::from_millis(500));
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands the queued batches to the client, oldest first, as long as it takes them without
+/// waiting (inside the runtime, so the client's task is woken without a syscall).
+fn publish_ready(
+    client: &async_nats::Client,
+    out: &mut VecDeque<Batch>,
+    queued: &mut usize,
+    counters: &LinkCounters,
+) {
+    use futures_util::FutureExt;
+    while let Some(b) = out.front_mut() {
+        if counters.state() != LinkState::Connected {
+            // Lost while queued: dropped and counted (the calls fail through `Down`).
+            counters
+                .dropped_out
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            out.clear();
+            *queued = 0;
+            return;
+        }
+        let bytes = b
+            .sealed
+            .get_or_insert_with(|| std::mem::take(&mut b.buf).into())
+            .clone();
+        let len = bytes.len();
+        // One poll: ready unless the client's bounded queue is full (then the future, and
+        // with it only a clone of the bytes, is dropped and the batch retried later).
+        match client.publish(b.subject.clone(), bytes).now_or_never() {
+            None => return,
+            Some(Ok(())) => {
+                counters.nats_out.fetch_add(1, Ordering::Relaxed);
+                counters
                     .nats_bytes_out
-                    .fetch_add(len, Ordering::Relaxed);
+                    .fetch_add(len as u64, Ordering::Relaxed);
             }
-            Err(e) => {
-                self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+            Some(Err(e)) => {
+                counters.publish_errors.fetch_add(1, Ordering::Relaxed);
                 debug!(error = %e, "NATS publish failed");
             }
         }
-        carry
+        let b = out.pop_front().expect("front exists");
+        *queued = queued.saturating_sub(b.rec_bytes);
     }
+}
+
+async fn options(
+    s: &LinkSettings,
+    shared: Arc<Shared>,
+) -> Result<async_nats::ConnectOptions, Error> {
+    let mut o = match &s.creds {
+        Some(p) => async_nats::ConnectOptions::with_credentials_file(p)
+            .await
+            .map_err(Error::Io)?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let Some(ca) = &s.tls_ca {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(o.name(format!("shmbus {} ({})", s.node, s.prefix))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .client_capacity(CLIENT_CAPACITY)
+        .subscription_capacity(SUB_CAPACITY)
+        .ping_interval(Duration::from_secs(2))
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).clamp(100, 1000)))
+        .event_callback(move |ev| {
+            let shared = shared.clone();
+            async move { shared.on_event(ev) }
+        }))
 }

@@ -2,8 +2,10 @@
 //!
 //! Each host keeps its own shared-memory data plane and cache segment; the hubs exchange what
 //! crosses hosts through a real nats-server (async-nats, feature `federation`). The hub's
-//! event loop stays synchronous: NATS runs in its own thread ([`link`]), and the hub talks to
-//! it through bounded queues and an eventfd, so local traffic never waits on NATS.
+//! event loop stays synchronous: the NATS client runs on a current-thread runtime that the
+//! hub's own thread drives ([`link`]: it parks inside it and polls it every few passes), and
+//! the hub talks to it through bounded buffers with `try` semantics, so local traffic never
+//! waits on NATS and no thread hand-off sits between the hub and the socket.
 //!
 //! ```text
 //! wire      the messages between hubs, and their bounded decoding (untrusted input)
@@ -11,7 +13,7 @@
 //! routes    every remote node's clients, states and topics (the receiving side of presence)
 //! calls     remote get/request correlation on the requesting node
 //! stamps    Lamport stamps that order replicated `data` updates
-//! link      the NATS thread (feature `federation`)
+//! link      the NATS client on the hub's thread (feature `federation`)
 //! ```
 //!
 //! Subjects, all under `shmbus.<cluster>`: `.presence` (every hub), `.n.<node>` (one node's

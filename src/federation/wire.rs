@@ -349,9 +349,22 @@ pub fn push_record<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), Err
         size: len,
         max: MAX_MESSAGE,
     })?;
+    // One sizing pass and one encoding pass, straight into `out`.
+    let start = out.len();
     out.reserve(4 + len);
     out.extend_from_slice(&len32.to_le_bytes());
-    codec::encode_append(value, out)
+    out.resize(start + 4 + len, 0);
+    match codec::encode_into(value, &mut out[start + 4..]) {
+        Ok(n) if n == len => Ok(()),
+        Ok(n) => {
+            out.truncate(start);
+            Err(Error::Encode(format!("record sized {len} encoded {n}")))
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
 
 /// One record, length-prefixed, as its own buffer (what the hub queues for the link).

@@ -73,14 +73,19 @@ pub(super) struct Fed {
     resync: Vec<resync::Resync>,
     /// Values replayed so far.
     resync_out: u64,
+    /// Reused to encode one record before it is copied into the link's batches.
+    scratch: Vec<u8>,
+    /// When the timers next run the link without a reason of their own.
+    next_drive: Instant,
 }
 
 /// What an emit does beyond this node.
 pub(super) enum Plan {
     /// Nothing.
     None,
-    /// The target is a client of that node (no local recipient).
-    Client(Arc<str>, String),
+    /// The target (the client of `Target::Client`, or the `target` of a `target:event`) is
+    /// a client of that node (no local recipient).
+    Client(Arc<str>),
     /// Every node.
     All,
     /// These nodes have subscribers.
@@ -108,20 +113,24 @@ fn random_u64() -> u64 {
 }
 
 impl Fed {
-    pub(super) fn start(cfg: FederationConfig) -> Result<Fed, crate::Error> {
+    pub(super) fn start(cfg: FederationConfig, poller: &sys::Poller) -> Result<Fed, crate::Error> {
+        use std::os::fd::AsFd;
         cfg.validate().map_err(|e| {
             crate::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
         })?;
-        let link = Link::start(LinkSettings {
-            urls: cfg.urls.clone(),
-            node: cfg.node.clone(),
-            prefix: cfg.prefix(),
-            incarnation: random_u64(),
-            creds: cfg.creds.clone(),
-            tls_ca: cfg.tls_ca.clone(),
-            out_bytes: cfg.out_bytes,
-            in_bytes: cfg.in_bytes,
-        })?;
+        let link = Link::start(
+            LinkSettings {
+                urls: cfg.urls.clone(),
+                node: cfg.node.clone(),
+                prefix: cfg.prefix(),
+                incarnation: random_u64(),
+                creds: cfg.creds.clone(),
+                tls_ca: cfg.tls_ca.clone(),
+                out_bytes: cfg.out_bytes,
+                in_bytes: cfg.in_bytes,
+            },
+            poller.as_fd(),
+        )?;
         info!(node = %cfg.node, cluster = %cfg.cluster, urls = ?cfg.urls, "federation on");
         Ok(Fed {
             node: Arc::from(cfg.node.as_str()),
@@ -143,12 +152,9 @@ impl Fed {
             stalled: false,
             resync: Vec::new(),
             resync_out: 0,
+            scratch: Vec::new(),
+            next_drive: Instant::now(),
         })
-    }
-
-    pub(super) fn bell_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.link.bell().as_fd()
     }
 
     fn origin(&mut self, node: &Arc<str>) -> Option<u64> {
@@ -163,20 +169,24 @@ impl Fed {
     }
 
     /// Queues a record; counts what it sends or drops.
-    fn send(&mut self, dest: Dest, rec: Vec<u8>) -> Result<(), SendError> {
+    fn send(&mut self, dest: Dest, rec: &[u8]) -> Result<(), SendError> {
         let len = rec.len() as u64;
-        let node = match &dest {
-            Dest::Node(n) => Some(n.clone()),
-            Dest::Presence => None,
-        };
-        match self.link.send(dest, rec) {
+        match self.link.send(&dest, rec) {
             Ok(()) => {
-                if let Some(n) = node
-                    .filter(|n| self.traffic.contains_key(n) || self.traffic.len() < 4 * MAX_NODES)
-                {
-                    let t = self.traffic.entry(n).or_default();
-                    t.msgs_out += 1;
-                    t.bytes_out += len;
+                if let Dest::Node(n) = dest {
+                    let room = self.traffic.len() < 4 * MAX_NODES;
+                    match self.traffic.get_mut(&n) {
+                        Some(t) => {
+                            t.msgs_out += 1;
+                            t.bytes_out += len;
+                        }
+                        None if room => {
+                            let t = self.traffic.entry(n).or_default();
+                            t.msgs_out += 1;
+                            t.bytes_out += len;
+                        }
+                        None => {}
+                    }
                 }
                 Ok(())
             }
@@ -192,7 +202,7 @@ impl Fed {
     fn send_presence(&mut self, rec: Result<Vec<u8>, crate::Error>) {
         match rec {
             Ok(r) => {
-                let _ = self.send(Dest::Presence, r);
+                let _ = self.send(Dest::Presence, &r);
             }
             Err(e) => warn!(error = %e, "presence record not encoded"),
         }
@@ -254,7 +264,7 @@ impl Hub {
         f.send_presence(rec);
         if let Some((_, node)) = replaced {
             if let Ok(r) = wire::record(&Frame::Kick { name: &name }) {
-                let _ = f.send(Dest::Node(node.clone()), r);
+                let _ = f.send(Dest::Node(node.clone()), &r);
             }
             // Routing goes to our new client from now on.
             let changes = f.routes.forget_client(&node, &name);
@@ -315,7 +325,7 @@ impl Hub {
             return Plan::None;
         }
         let client = |name: &str| match f.routes.node_of(name) {
-            Some(n) if !self.names.contains_key(name) => Plan::Client(n.clone(), name.to_string()),
+            Some(n) if !self.names.contains_key(name) => Plan::Client(n.clone()),
             _ => Plan::None,
         };
         match to {
@@ -359,35 +369,56 @@ impl Hub {
         let Some(f) = self.fed.as_deref_mut() else {
             return true;
         };
-        let (nodes, dest): (Vec<Arc<str>>, EventTo<'_>) = match (plan, to) {
+        let (one, many, dest): (Option<&Arc<str>>, Vec<Arc<str>>, EventTo<'_>) = match (plan, to) {
             (Plan::None, _) => return true,
-            (Plan::Client(n, name), _) => (vec![n.clone()], EventTo::Client(name)),
-            (Plan::All, _) => (f.nodes(), EventTo::All),
-            (Plan::Topic(ns), Target::Topic(t)) => (ns.clone(), EventTo::Topic(t)),
+            (Plan::Client(n), Target::Client(name)) => (Some(n), Vec::new(), EventTo::Client(name)),
+            (Plan::Client(n), Target::ByEventName) => match crate::proto::split_target(event) {
+                Some((name, _)) => (Some(n), Vec::new(), EventTo::Client(name)),
+                None => return true,
+            },
+            (Plan::Client(_), _) => return true,
+            (Plan::All, _) => (None, f.nodes(), EventTo::All),
+            (Plan::Topic(ns), Target::Topic(t)) => (None, ns.clone(), EventTo::Topic(t)),
             (Plan::Topic(_), _) => return true,
         };
-        let rec = match wire::record(&Frame::Event {
-            from: &from,
-            to: dest,
-            event,
-            payload,
-        }) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "event not encoded for other nodes");
-                return true;
-            }
-        };
+        let count = if one.is_some() { 1 } else { many.len() };
         if !f.connected {
-            f.dropped += nodes.len() as u64;
+            f.dropped += count as u64;
             return true;
         }
-        if !f.link.has_room(rec.len() * nodes.len()) {
+        // Encoded once into the reusable scratch buffer, copied into each node's batch.
+        let mut rec = std::mem::take(&mut f.scratch);
+        rec.clear();
+        if let Err(e) = wire::push_record(
+            &mut rec,
+            &Frame::Event {
+                from: &from,
+                to: dest,
+                event,
+                payload,
+            },
+        ) {
+            warn!(error = %e, "event not encoded for other nodes");
+            f.scratch = rec;
+            return true;
+        }
+        if !f.link.has_room(rec.len() * count) {
             f.stalled = true;
+            f.scratch = rec;
             return false;
         }
-        for n in nodes {
-            let _ = f.send(Dest::Node(n), rec.clone());
+        match one {
+            Some(n) => {
+                let _ = f.send(Dest::Node(n.clone()), &rec);
+            }
+            None => {
+                for n in many {
+                    let _ = f.send(Dest::Node(n), &rec);
+                }
+            }
+        }
+        if rec.capacity() <= 1 << 16 {
+            f.scratch = rec;
         }
         true
     }
@@ -437,7 +468,7 @@ impl Hub {
             return;
         };
         for n in out.nodes {
-            let _ = f.send(Dest::Node(n), out.rec.clone());
+            let _ = f.send(Dest::Node(n), &out.rec);
         }
     }
 
@@ -464,10 +495,12 @@ impl Hub {
             return Some(true);
         }
         let node = f.routes.node_of(from)?.clone();
-        let waiter = Waiter {
-            who: self.who(slot),
-            req,
-        };
+        // Remote calls count against the caller's `--max-pending` like local ones.
+        if self.over_pending(slot, req) {
+            return Some(true);
+        }
+        let who = self.who(slot);
+        let waiter = Waiter { who, req };
         let requester = self.name_arc(slot);
         let (deadline, _clamped) = self.deadline(timeout_ms);
         let f = self.fed.as_deref_mut()?;
@@ -475,7 +508,10 @@ impl Hub {
             (!fresh).then(|| format!("{from}\0{kind}\0{}\0{accept:?}", key.unwrap_or("\u{1}")));
         let waiter = match &coalesce {
             Some(k) => match f.calls.join(k, waiter) {
-                Ok(()) => return Some(true),
+                Ok(()) => {
+                    self.count_pending(who, true);
+                    return Some(true);
+                }
                 Err(w) => w,
             },
             None => waiter,
@@ -483,18 +519,8 @@ impl Hub {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .as_millis() as u32;
-        // The call number is the next one `open` hands out.
-        let probe = Frame::Get {
-            call: 0,
-            requester: &requester,
-            owner: from,
-            kind,
-            key,
-            fresh,
-            accept,
-            timeout_ms: left.max(1),
-        };
-        let size = wire::record(&probe).map_or(0, |r| r.len()) + 16;
+        // Room for the record (its strings and a bound on its fixed fields).
+        let size = requester.len() + from.len() + kind.len() + key.map_or(0, str::len) + 64;
         if !f.link.has_room(size) {
             f.stalled = true;
             return Some(self.stall(slot, FED_SLOT));
@@ -522,6 +548,7 @@ impl Hub {
             accept,
             timeout_ms: left.max(1),
         });
+        self.count_pending(who, true);
         self.fed_send_call(call, node, rec);
         Some(true)
     }
@@ -547,10 +574,11 @@ impl Hub {
             return Some(true);
         }
         let node = f.routes.node_of(to)?.clone();
-        let waiter = Waiter {
-            who: self.who(slot),
-            req,
-        };
+        if self.over_pending(slot, req) {
+            return Some(true);
+        }
+        let who = self.who(slot);
+        let waiter = Waiter { who, req };
         let from = self.name_arc(slot);
         let (deadline, _clamped) = self.deadline(timeout_ms);
         let left = deadline
@@ -581,6 +609,7 @@ impl Hub {
             accept,
             timeout_ms: left.max(1),
         });
+        self.count_pending(who, true);
         self.fed_send_call(call, node, rec);
         Some(true)
     }
@@ -590,7 +619,7 @@ impl Hub {
             return;
         };
         let err = match rec {
-            Ok(r) => match f.send(Dest::Node(node), r) {
+            Ok(r) => match f.send(Dest::Node(node), &r) {
                 Ok(()) => return,
                 Err(SendError::TooLarge) => "request too large to cross nodes".to_string(),
                 Err(SendError::Full) => "federation queue full".to_string(),
@@ -606,6 +635,7 @@ impl Hub {
             return;
         };
         for w in &c.waiters {
+            self.count_pending(w.who, false);
             if self.alive(w.who) {
                 self.reply(w.who.slot, w.req, Answer::Err { message });
             }
@@ -621,25 +651,38 @@ impl Hub {
             return;
         };
         let stamp = f.stamps.now();
-        let rec = match wire::record(&Frame::Answer {
-            call: w.req,
-            stamp,
-            answer,
-        }) {
-            Ok(r) if r.len() <= wire::MAX_MESSAGE / 2 => r,
-            _ => match wire::record(&Frame::Answer {
+        let mut rec = std::mem::take(&mut f.scratch);
+        rec.clear();
+        let fits = wire::push_record(
+            &mut rec,
+            &Frame::Answer {
+                call: w.req,
+                stamp,
+                answer,
+            },
+        )
+        .is_ok()
+            && rec.len() <= wire::MAX_MESSAGE / 2;
+        if !fits {
+            rec.clear();
+            let too_large = Frame::Answer {
                 call: w.req,
                 stamp,
                 answer: Answer::Err {
                     message: "answer too large to cross nodes",
                 },
-            }) {
-                Ok(r) => r,
-                Err(_) => return,
-            },
-        };
-        if f.send(Dest::Node(node), rec).is_err() {
+            };
+            if wire::push_record(&mut rec, &too_large).is_err() {
+                f.scratch = rec;
+                return;
+            }
+        }
+        if f.send(Dest::Node(node), &rec).is_err() {
             debug!("answer for a remote requester dropped");
+        }
+        // A huge answer's buffer is not kept.
+        if rec.capacity() <= 1 << 16 {
+            f.scratch = rec;
         }
     }
 
@@ -662,6 +705,13 @@ impl Hub {
         let Some(f) = self.fed.as_deref_mut() else {
             return;
         };
+        // Publish, and read what NATS brought, even while local traffic keeps the hub from
+        // parking (this runs every 64th turn of the loop; at most every 50 µs, so a busy
+        // local stream pays a few syscalls per 50 µs, not per 64 turns).
+        if now >= f.next_drive {
+            f.next_drive = now + Duration::from_micros(50);
+            f.link.drive();
+        }
         if f.stalled && f.link.has_room(64 << 10) {
             f.stalled = false;
         }
@@ -692,10 +742,16 @@ impl Hub {
         }
     }
 
-    /// The eventfd rang.
-    pub(super) fn fed_bell(&mut self) {
-        if let Some(f) = self.fed.as_ref() {
-            let _ = f.link.bell().drain();
+    /// The hub's park: inside the federation's runtime (so NATS is served while the hub
+    /// sleeps, on this thread), or a plain epoll wait without federation.
+    pub(super) fn park(
+        &mut self,
+        events: &mut Vec<sys::PollEvent>,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<()> {
+        match self.fed.as_deref_mut() {
+            Some(f) => f.link.park(&self.poller, events, timeout),
+            None => self.poller.wait(events, timeout),
         }
     }
 

@@ -23,11 +23,16 @@ use crate::sys;
 impl Hub {
     /// Handles what the link queued. True if anything moved.
     pub(in crate::hub) fn fed_pump(&mut self) -> bool {
-        match self.fed.as_deref() {
+        match self.fed.as_deref_mut() {
             None => return false,
-            // The hot path of an idle federation: one atomic load per pass.
-            Some(f) if f.cursor.is_none() && !f.link.has_incoming() => return false,
-            Some(_) => {}
+            Some(f) => {
+                // Publishes what the last pass queued, if it was the end of a burst.
+                f.link.pass();
+                // The hot path of an idle federation: one atomic load per pass.
+                if f.cursor.is_none() && !f.link.has_incoming() {
+                    return false;
+                }
+            }
         }
         let mut progress = false;
         for _ in 0..64 {
@@ -114,7 +119,7 @@ impl Hub {
         match parts {
             Ok(parts) => {
                 for p in parts {
-                    let _ = f.send(Dest::Presence, p);
+                    let _ = f.send(Dest::Presence, &p);
                 }
             }
             Err(e) => warn!(error = %e, "snapshot not encoded"),
@@ -292,6 +297,7 @@ impl Hub {
             Some(n) => n,
             None => Arc::from(h.node),
         };
+        let (mut frames, mut bytes_in) = (0u64, 0u64);
         loop {
             let left = recs.remaining();
             let Some(r) = recs.next_as::<Frame<'_>>() else {
@@ -309,26 +315,38 @@ impl Hub {
             };
             let used = left - recs.remaining();
             if let Err(dest) = self.fed_frame(&node, h.incarnation, frame) {
+                self.fed_count_in(&node, frames, bytes_in);
                 if let Some(f) = self.fed.as_deref_mut() {
                     f.cursor = Some((msg, left, dest));
                 }
                 return false;
             }
-            if let Some(f) = self.fed.as_deref_mut() {
-                // Counted only for nodes we know (a peer inventing names grows nothing).
-                if f.routes.node(&node).is_some() || f.traffic.contains_key(&node) {
-                    let t = f.traffic.entry(node.clone()).or_default();
-                    t.msgs_in += 1;
-                    t.bytes_in += used as u64;
-                }
-            }
+            frames += 1;
+            bytes_in += used as u64;
         }
+        self.fed_count_in(&node, frames, bytes_in);
         if recs.truncated {
             if let Some(f) = self.fed.as_deref_mut() {
                 f.decode_errors += 1;
             }
         }
         true
+    }
+
+    /// Counts frames received from `node` (once per message, not per frame), only for nodes
+    /// we know: a peer inventing names grows nothing.
+    fn fed_count_in(&mut self, node: &Arc<str>, frames: u64, bytes: u64) {
+        let Some(f) = self.fed.as_deref_mut() else {
+            return;
+        };
+        if frames == 0 {
+            return;
+        }
+        if f.routes.node(node).is_some() || f.traffic.contains_key(node) {
+            let t = f.traffic.entry(node.clone()).or_default();
+            t.msgs_in += frames;
+            t.bytes_in += bytes;
+        }
     }
 
     /// One frame from `node`. `Err(slot)`: that local client is full; retry later.
@@ -483,6 +501,7 @@ impl Hub {
                     }
                 }
                 for w in &c.waiters {
+                    self.count_pending(w.who, false);
                     if self.alive(w.who) {
                         self.reply(w.who.slot, w.req, answer);
                     }

@@ -32,16 +32,15 @@ impl Plan {
 pub(super) struct DataOut;
 
 impl Fed {
-    pub(super) fn start(_cfg: FederationConfig) -> Result<Fed, crate::Error> {
+    pub(super) fn start(
+        _cfg: FederationConfig,
+        _: &crate::sys::Poller,
+    ) -> Result<Fed, crate::Error> {
         Err(crate::Error::Io(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "this shmbus was built without federation: rebuild with `--features federation` \
              (e.g. `cargo run --release --features federation -- up --nats …`)",
         )))
-    }
-
-    pub(super) fn bell_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match *self {}
     }
 }
 
@@ -109,7 +108,14 @@ impl Hub {
     pub(super) fn fed_reply(&mut self, _: &Waiter, _: Answer<'_>) {}
     pub(super) fn fed_next_timer(&self, _: &mut Instant) {}
     pub(super) fn fed_timers(&mut self, _: Instant) {}
-    pub(super) fn fed_bell(&mut self) {}
+    /// The hub's park: a plain epoll wait.
+    pub(super) fn park(
+        &mut self,
+        events: &mut Vec<crate::sys::PollEvent>,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        self.poller.wait(events, timeout)
+    }
     pub(super) fn fed_shutdown(&mut self) {}
     pub(super) fn fed_stat(&self) -> Option<Box<FederationStat>> {
         None

@@ -101,7 +101,7 @@ impl Hub {
                     }
                 };
                 let len = rec.len();
-                match f.send(Dest::Node(node.clone()), rec) {
+                match f.send(Dest::Node(node.clone()), &rec) {
                     Ok(()) => {
                         f.resync_out += 1;
                         if let Some(t) = f.traffic.get_mut(&node) {

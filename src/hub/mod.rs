@@ -74,7 +74,6 @@ use crate::{AccessPolicy, Error, RawReceiver};
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_SHUTDOWN: u64 = 1;
-const TOKEN_FED: u64 = 2;
 const TOKEN_BASE: u64 = 16;
 const SUB_DATA: u64 = 0;
 const SUB_CTRL: u64 = 1;
@@ -179,9 +178,8 @@ impl Hub {
         let cache = CacheWriter::new(cfg.cache.clone())?;
         let fed = match cfg.federation.clone() {
             Some(f) => {
-                let fed = Box::new(federation::Fed::start(f)?);
-                poller.add(fed.bell_fd(), TOKEN_FED, false, false)?;
-                Some(fed)
+                // The federation's runtime watches this poller: the hub parks inside it.
+                Some(Box::new(federation::Fed::start(f, &poller)?))
             }
             None => None,
         };
@@ -301,7 +299,7 @@ impl Hub {
                 .next_timer()
                 .map(|t| t.saturating_duration_since(Instant::now()));
             events.clear();
-            self.poller.wait(&mut events, timeout)?;
+            self.park(&mut events, timeout)?;
             self.clear_sleep();
             self.handle_events(&events)?;
             idle_since = None;
@@ -355,7 +353,6 @@ impl Hub {
                 TOKEN_SHUTDOWN => {
                     let _ = self.shutdown.drain();
                 }
-                TOKEN_FED => self.fed_bell(),
                 t => {
                     let slot = ((t - TOKEN_BASE) / 4) as usize;
                     match (t - TOKEN_BASE) % 4 {

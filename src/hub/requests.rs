@@ -82,7 +82,7 @@ impl Hub {
 
     /// Refuses a call from `slot` that would take it past `limits.max_pending` waiting calls
     /// (answering it at once); true if refused.
-    fn over_pending(&mut self, slot: usize, req: u64) -> bool {
+    pub(super) fn over_pending(&mut self, slot: usize, req: u64) -> bool {
         let max = self.cfg.limits.max_pending;
         let n = self.conns[slot].as_ref().map_or(0, |c| c.pending);
         if n < max {
@@ -97,7 +97,7 @@ impl Hub {
     }
 
     /// Counts one more (`up`) or one fewer waiting call of `who`, if it is still that client.
-    fn count_pending(&mut self, who: Who, up: bool) {
+    pub(super) fn count_pending(&mut self, who: Who, up: bool) {
         if let Some(c) = self.conns.get_mut(who.slot).and_then(Option::as_mut) {
             if c.gen == who.gen {
                 c.pending = if up {

@@ -482,6 +482,13 @@ pub struct PollEvent {
     pub hangup: bool,
 }
 
+impl AsFd for Poller {
+    /// The epoll fd (the federation's runtime watches it, so the hub can park inside it).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0 .0.as_fd()
+    }
+}
+
 impl Poller {
     /// A new epoll fd (close-on-exec).
     pub fn new() -> io::Result<Poller> {
