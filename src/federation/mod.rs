@@ -2,7 +2,7 @@
 //!
 //! Each host keeps its own shared-memory data plane and cache segment; the hubs exchange what
 //! crosses hosts through a real nats-server (async-nats, feature `federation`). The hub's
-//! event loop stays synchronous: NATS runs in its own thread ([`link`]), and the hub talks to
+//! event loop stays synchronous: NATS runs in its own thread (`link`), and the hub talks to
 //! it through bounded queues and an eventfd, so local traffic never waits on NATS.
 //!
 //! ```text
@@ -18,15 +18,22 @@
 //! inbox: events, data, gets, requests, answers, kicks). The hub glue is
 //! `src/hub/federation.rs`.
 //!
-//! Invariant: everything here except [`link`] is plain data and logic with no I/O, so it is
+//! Invariant: everything here except `link` is plain data and logic with no I/O, so it is
 //! unit-tested without a server; the pure parts build without the `federation` feature.
 
+// The federation's machinery: internals (the tests reach `wire` to play a hostile node).
+#[doc(hidden)]
 pub mod calls;
 #[cfg(feature = "federation")]
+#[doc(hidden)]
 pub mod link;
+#[doc(hidden)]
 pub mod presence;
+#[doc(hidden)]
 pub mod routes;
+#[doc(hidden)]
 pub mod stamps;
+#[doc(hidden)]
 pub mod wire;
 
 use std::path::PathBuf;

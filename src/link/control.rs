@@ -24,7 +24,7 @@ pub const MAX_CONTROL_MESSAGE: usize = 64 << 10;
 /// (`stat` of a hub with 10,000 clients with 250-character names is ~3 MiB).
 pub const MAX_CONTROL_REPLY: usize = 64 << 20;
 
-/// Sends one control message with optional fds (at most [`MAX_CONTROL_MESSAGE`] bytes).
+/// Sends one control message with optional fds (at most `MAX_CONTROL_MESSAGE` bytes).
 pub fn send_control<T: Serialize>(
     sock: &UnixStream,
     msg: &T,
