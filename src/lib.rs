@@ -20,7 +20,7 @@
 //! Start a hub, then connect clients to its directory:
 //!
 //! ```sh
-//! shmbus hub            # cargo install shmbus (default features: the CLI), or `cargo run --release -- hub`
+//! shmbus hub            # the crate's binary (default features); in its repository: cargo run --release -- hub
 //! shmbus stat           # who is connected, ring fill, the cache
 //! ```
 //!

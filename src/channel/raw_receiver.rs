@@ -408,8 +408,8 @@ impl RawReceiver {
     /// that message. Returns how many were delivered (at least 1).
     ///
     /// The streaming receiver's counterpart of [`Sender::feed`](crate::Sender::feed)/`flush`:
-    /// one wait and one set of liveness checks per batch instead of per message. An error met after the first
-    /// message ends the batch early; the next call reports it.
+    /// one wait and one set of liveness checks per batch instead of per message. An error met
+    /// after the first message ends the batch early; the next call reports it.
     pub fn recv_batch_bytes(
         &mut self,
         max: usize,
