@@ -713,7 +713,7 @@ impl<'a> CacheRef<'a> {
     /// let v = cache.get("greeting", None).unwrap();
     /// let text: &str = v.decode()?; // points into the shared segment, no copy
     /// assert_eq!(text, "hello, world");
-    /// assert!(v.decode::<Vec<u64>>().is_err()); // not what was written
+    /// assert!(v.decode::<bool>().is_err()); // not what was written
     /// # drop((bot, web));
     /// # stop.shutdown();
     /// # hub_thread.join().unwrap()?;

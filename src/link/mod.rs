@@ -157,10 +157,13 @@ impl Link {
     /// let cfg = LinkConfig { ring_capacity: 64 << 10, max_message: 1 << 20, ..LinkConfig::default() };
     /// let (a, b) = Link::pair_with(&cfg)?;
     /// let (mut tx, _) = a.into_channel::<Vec<u8>, ()>();
-    /// let (_, mut rx) = b.into_channel::<(), Vec<u8>>();
-    /// tx.send(vec![7; 100 << 10])?; // larger than the ring: sent in fragments
-    /// assert_eq!(rx.recv()?.len(), 100 << 10);
+    /// let (_b_tx, mut rx) = b.into_channel::<(), Vec<u8>>();
+    /// // Above max_message: refused before a byte is written.
     /// assert!(matches!(tx.send_ref(&vec![0; 2 << 20]), Err(Error::TooLarge { .. })));
+    /// // Larger than the ring: sent in fragments while the reader takes them.
+    /// let reader = std::thread::spawn(move || rx.recv().map(|m| m.len()));
+    /// tx.send(vec![7; 100 << 10])?;
+    /// assert_eq!(reader.join().unwrap()?, 100 << 10);
     ///
     /// // A capacity that is not a power of two in 4 KiB..=1 GiB is refused.
     /// let bad = LinkConfig { ring_capacity: 5000, ..LinkConfig::default() };
