@@ -116,7 +116,7 @@
 //!
 //! ## The async client (feature `tokio`)
 //!
-//! [`AsyncClient`](client::tokio_client::AsyncClient) has the same calls as `async fn`s,
+//! `AsyncClient` (`shmbus::client::tokio_client`) has the same calls as `async fn`s,
 //! waiting on the doorbells through tokio's reactor, never blocking the runtime:
 //!
 //! ```
