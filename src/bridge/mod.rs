@@ -7,7 +7,7 @@
 //! therefore sees legacy clients exactly like Rust ones and keeps one routing model.
 //!
 //! Payloads from legacy clients travel as the exact JSON text they arrived in
-//! ([`Encoding::Json`](crate::proto::Encoding::Json)); the bridge's clients ask for answers in
+//! ([`Encoding::Json`]); the bridge's clients ask for answers in
 //! JSON, so a Rust owner's answer to a legacy requester is encoded as JSON by the owner's own
 //! library. Nothing is re-encoded on the way. A legacy client's non-fresh `get` is answered
 //! from the bridge's mapping of the cache segment when it holds a live JSON value of that
@@ -34,7 +34,11 @@
 //! budget), [`auth`] (allow-list, socket table, token comparison), [`ws`] (the WebSocket
 //! server and its code table).
 
+// Token checks, the socket-table lookup and node-ipc framing: internals (the binary reads
+// `frame::DEFAULT_MAX_FRAME`).
+#[doc(hidden)]
 pub mod auth;
+#[doc(hidden)]
 pub mod frame;
 mod nodeipc;
 mod outbox;

@@ -530,11 +530,60 @@ pub struct CacheRef<'a> {
 
 impl<'a> CacheRef<'a> {
     /// The encoding the owner wrote.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-enc-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let v = cache.get("stats", None).unwrap();
+    /// assert_eq!(v.encoding(), shmbus::Encoding::Bincode); // `data` encodes with bincode
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn encoding(&self) -> Encoding {
         self.enc
     }
 
     /// The value as a payload (bytes + encoding), borrowed.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-payload-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let v = cache.get("stats", None).unwrap();
+    /// let stats: Vec<u32> = v.payload().decode()?;
+    /// assert_eq!(stats, [1, 2, 3]);
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn payload(&self) -> Payload<'_> {
         Payload {
             enc: self.enc,
@@ -542,12 +591,65 @@ impl<'a> CacheRef<'a> {
         }
     }
 
-    /// Copies the value out.
+    /// Copies the value out, to keep it past the pin bound or send it on.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-owned-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let kept = cache.get("stats", None).unwrap().to_owned(); // the CacheRef is dropped here
+    /// assert_eq!(kept.decode::<Vec<u32>>()?, [1, 2, 3]);
+    /// web.emit_payload(shmbus::Target::Client("bot"), "stats-seen", &kept)?;
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_owned(&self) -> PayloadBuf {
         self.payload().to_owned()
     }
 
-    /// TTL left in ms (0 = no expiry).
+    /// TTL left in ms (0 = no expiry). The value outlives its owner's process until then.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-ttl-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let left = cache.get("stats", None).unwrap().ttl_left_ms();
+    /// assert!(left > 0 && left <= 30_000);
+    /// bot.data("motd", None, "hello", Ttl::Forever)?;
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("motd", None).is_none() { assert!(t0.elapsed().as_secs() < 10); std::thread::sleep(std::time::Duration::from_millis(1)); }
+    /// assert_eq!(cache.get("motd", None).unwrap().ttl_left_ms(), 0);
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ttl_left_ms(&self) -> i64 {
         if self.expires == 0 {
             0
@@ -557,7 +659,31 @@ impl<'a> CacheRef<'a> {
     }
 
     /// False once the hub has revoked the pin this value was read under (held past the
-    /// bound): the bytes may have been reused since.
+    /// bound, `--cache-pin-ms`): the bytes may have been reused since.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-valid-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let v = cache.get("stats", None).unwrap();
+    /// assert!(v.is_valid()); // held briefly: nobody revokes it
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_valid(&self) -> bool {
         // Acquire: pairs with the hub's Release store of the revocation.
         self.reader.pins.revoked().load(Ordering::Acquire) != self.epoch
@@ -565,6 +691,35 @@ impl<'a> CacheRef<'a> {
 
     /// Decodes the value in place, whatever its encoding: `&str` and `&[u8]` fields borrow
     /// from the segment. Fails if the pin was revoked during the decode.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-decode-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// bot.data("greeting", None, "hello, world", Ttl::Secs(30))?;
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("greeting", None).is_none() { assert!(t0.elapsed().as_secs() < 10); std::thread::sleep(std::time::Duration::from_millis(1)); }
+    /// let v = cache.get("greeting", None).unwrap();
+    /// let text: &str = v.decode()?; // points into the shared segment, no copy
+    /// assert_eq!(text, "hello, world");
+    /// assert!(v.decode::<bool>().is_err()); // not what was written
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn decode<'r, T: serde::Deserialize<'r>>(&'r self) -> Result<T, CacheError> {
         let v = self.payload().decode_borrowed::<T>();
         if !self.is_valid() {
@@ -607,6 +762,7 @@ pub struct Cache {
 
 impl Cache {
     /// Wraps a reader.
+    #[doc(hidden)]
     pub fn new(reader: CacheReader) -> Cache {
         Cache {
             reader: Some(Arc::new(reader)),
@@ -620,11 +776,65 @@ impl Cache {
     /// The value of (kind, key) from any owner, read in place; `None` on a miss, an expired
     /// value, or an error (counted in [`stats`](Self::stats); use [`try_get`](Self::try_get)
     /// to see it). No syscall, no copy, no round trip.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-get-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let v = cache.get("stats", None).expect("bot's value");
+    /// assert_eq!(v.decode::<Vec<u32>>()?, [1, 2, 3]);
+    /// assert!(cache.get("stats", Some("no such key")).is_none());
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get(&self, kind: &str, key: Option<&str>) -> Option<CacheRef<'_>> {
         self.try_get(kind, key).ok().flatten()
     }
 
-    /// Like [`get`](Self::get), with errors.
+    /// Like [`get`](Self::get), with errors: a view with no segment, after a reconnect, or a
+    /// hostile or torn segment.
+    ///
+    /// ```
+    /// use shmbus::cache::{Cache, CacheError};
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-try-get-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// assert!(cache.try_get("stats", None)?.is_some());
+    /// assert!(cache.try_get("nothing", None)?.is_none());
+    /// // A view with no segment says why.
+    /// assert!(matches!(Cache::default().try_get("stats", None), Err(CacheError::Disconnected)));
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_get(
         &self,
         kind: &str,
@@ -634,11 +844,60 @@ impl Cache {
     }
 
     /// The value of (kind, key) only if `owner` wrote it.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-get-from-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// assert!(cache.get_from("bot", "stats", None).is_some());
+    /// assert!(cache.get_from("impostor", "stats", None).is_none());
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_from(&self, owner: &str, kind: &str, key: Option<&str>) -> Option<CacheRef<'_>> {
         self.try_get_from(owner, kind, key).ok().flatten()
     }
 
     /// Like [`get_from`](Self::get_from), with errors.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-try-get-from-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let v = cache.try_get_from("bot", "stats", None)?.expect("bot wrote it");
+    /// assert_eq!(v.decode::<Vec<u32>>()?, [1, 2, 3]);
+    /// assert!(cache.try_get_from("impostor", "stats", None)?.is_none());
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_get_from(
         &self,
         owner: &str,
@@ -649,11 +908,64 @@ impl Cache {
     }
 
     /// Whether this view has a segment mapped (false when the hub offered none).
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-mapped-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// assert!(cache.is_mapped());
+    /// assert!(!shmbus::cache::Cache::default().is_mapped());
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_mapped(&self) -> bool {
         self.reader.is_some()
     }
 
     /// Read counters and the hub's counts.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-stats-{}", std::process::id()));
+    /// # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
+    /// # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    ///
+    /// let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
+    /// bot.data("stats", None, &vec![1u32, 2, 3], Ttl::Secs(30))?;
+    /// let web = Client::connect(&dir, ClientOptions::new("website"))?;
+    /// let cache = web.cache();
+    /// # let t0 = std::time::Instant::now();
+    /// # while cache.get("stats", None).is_none() {
+    /// #     assert!(t0.elapsed().as_secs() < 10, "the value never reached the cache");
+    /// #     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// # }
+    /// let before = cache.stats();
+    /// let _ = cache.get("stats", None);
+    /// let _ = cache.get("nothing", None);
+    /// let after = cache.stats();
+    /// assert_eq!(after.hits, before.hits + 1);
+    /// assert_eq!(after.misses, before.misses + 1);
+    /// assert!(after.entries >= 1);
+    /// # drop((bot, web));
+    /// # stop.shutdown();
+    /// # hub_thread.join().unwrap()?;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> ReaderStats {
         self.reader.as_ref().map(|r| r.stats()).unwrap_or_default()
     }

@@ -407,9 +407,9 @@ impl RawReceiver {
     /// calls `f` with each one's bytes in order; `f` returns false to end the batch after
     /// that message. Returns how many were delivered (at least 1).
     ///
-    /// The streaming receiver's counterpart of [`Sender::feed`]/`flush`: one wait and one
-    /// set of liveness checks per batch instead of per message. An error met after the first
-    /// message ends the batch early; the next call reports it.
+    /// The streaming receiver's counterpart of [`Sender::feed`](crate::Sender::feed)/`flush`:
+    /// one wait and one set of liveness checks per batch instead of per message. An error met
+    /// after the first message ends the batch early; the next call reports it.
     pub fn recv_batch_bytes(
         &mut self,
         max: usize,

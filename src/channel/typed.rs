@@ -38,7 +38,25 @@ impl<T: Serialize> Sender<T> {
             .send_with(size, deadline, publish, |buf| codec::encode_into(msg, buf))
     }
 
-    /// Sends `msg`, waiting for room as the wait strategy says (backpressure).
+    /// Sends `msg`, waiting for room as the wait strategy says (backpressure). A message
+    /// that cannot be sent comes back in the error.
+    ///
+    /// ```
+    /// use shmbus::{Link, SendError};
+    ///
+    /// let (a, b) = Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<String, ()>();
+    /// let (_, mut rx) = b.into_channel::<(), String>();
+    /// tx.send("hi".to_string())?;
+    /// assert_eq!(rx.recv()?, "hi");
+    ///
+    /// drop(rx); // the other end is gone: the message comes back
+    /// match tx.send("anyone?".to_string()) {
+    ///     Err(SendError::Disconnected(msg)) => assert_eq!(msg, "anyone?"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&mut self, msg: T) -> Result<(), SendError<T>> {
         match self.put(&msg, Deadline::Never, true) {
             Ok(()) => Ok(()),
@@ -49,6 +67,27 @@ impl<T: Serialize> Sender<T> {
 
     /// Sends `msg` only if the ring has room now. A message larger than one frame is finished
     /// once its first fragment is in (waiting for the consumer if needed).
+    ///
+    /// ```
+    /// use shmbus::{Link, LinkConfig, TrySendError};
+    ///
+    /// let (a, b) = Link::pair_with(&LinkConfig { ring_capacity: 4096, ..LinkConfig::default() })?;
+    /// let (mut tx, _) = a.into_channel::<Vec<u8>, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), Vec<u8>>();
+    /// let mut sent = 0;
+    /// let full = loop {
+    ///     match tx.try_send(vec![1; 1000]) {
+    ///         Ok(()) => sent += 1,
+    ///         Err(e) => break e,
+    ///     }
+    /// };
+    /// assert!(matches!(full, TrySendError::Full(_))); // nobody read: the 4 KiB ring is full
+    /// for _ in 0..sent {
+    ///     rx.recv()?;
+    /// }
+    /// tx.try_send(full.into_inner())?; // room again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_send(&mut self, msg: T) -> Result<(), TrySendError<T>> {
         match self.put(&msg, Deadline::Now, true) {
             Ok(()) => Ok(()),
@@ -59,6 +98,23 @@ impl<T: Serialize> Sender<T> {
     }
 
     /// Sends `msg`, waiting at most `timeout` for room.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmbus::{Link, LinkConfig, SendTimeoutError};
+    ///
+    /// let (a, b) = Link::pair_with(&LinkConfig { ring_capacity: 4096, ..LinkConfig::default() })?;
+    /// let (mut tx, _) = a.into_channel::<Vec<u8>, ()>();
+    /// let (_b_tx, _b_rx) = b.into_channel::<(), Vec<u8>>();
+    /// // Nobody reads, so the ring fills and a send times out.
+    /// let err = loop {
+    ///     if let Err(e) = tx.send_timeout(vec![0; 1000], Duration::from_millis(10)) {
+    ///         break e;
+    ///     }
+    /// };
+    /// assert!(matches!(err, SendTimeoutError::Timeout(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_timeout(&mut self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         match self.put(&msg, Deadline::Within(timeout), true) {
             Ok(()) => Ok(()),
@@ -69,6 +125,18 @@ impl<T: Serialize> Sender<T> {
     }
 
     /// Sends a borrowed message (no move, nothing handed back).
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<Vec<u32>, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), Vec<u32>>();
+    /// let big = vec![7u32; 1000];
+    /// tx.send_ref(&big)?;
+    /// tx.send_ref(&big)?; // still ours
+    /// assert_eq!(rx.recv()?, big);
+    /// assert_eq!(rx.recv()?, big);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_ref(&mut self, msg: &T) -> Result<(), Error> {
         self.put(msg, Deadline::Never, true).map_err(fail_to_error)
     }
@@ -76,21 +144,66 @@ impl<T: Serialize> Sender<T> {
     /// Writes `msg` into the ring without waking the consumer; [`flush`](Sender::flush)
     /// publishes a whole batch with one fence and at most one wake-up. If the ring fills up,
     /// what was fed so far is published before waiting.
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u64, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u64>();
+    /// for i in 0..100 {
+    ///     tx.feed(&i)?; // one fence and at most one wake-up for the whole batch
+    /// }
+    /// tx.flush()?;
+    /// let mut n = 0;
+    /// while n < 100 {
+    ///     n += rx.recv_batch(100, |m| assert!(m < 100))?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn feed(&mut self, msg: &T) -> Result<(), Error> {
         self.put(msg, Deadline::Never, false).map_err(fail_to_error)
     }
 
     /// Publishes everything fed so far and wakes the consumer if it sleeps.
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u8, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u8>();
+    /// tx.feed(&1)?;
+    /// tx.feed(&2)?;
+    /// tx.flush()?;
+    /// let mut got = Vec::new();
+    /// rx.recv_batch(10, |m| got.push(m))?;
+    /// assert_eq!(got, [1, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flush(&mut self) -> Result<(), Error> {
         self.raw.flush()
     }
 
-    /// The byte-level sender underneath.
+    /// The byte-level sender underneath (statistics, settings, raw bytes).
+    ///
+    /// ```
+    /// let (a, _b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u8, ()>();
+    /// assert_eq!(tx.raw().max_message(), shmbus::DEFAULT_MAX_MESSAGE);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn raw(&mut self) -> &mut RawSender {
         &mut self.raw
     }
 
     /// Unwraps the byte-level sender.
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (tx, _) = a.into_channel::<u8, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u8>();
+    /// let mut raw = tx.into_raw();
+    /// raw.send_bytes(&[9])?; // bincode of 9u8 is one byte
+    /// assert_eq!(rx.recv()?, 9);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_raw(self) -> RawSender {
         self.raw
     }
@@ -125,7 +238,21 @@ impl<T: DeserializeOwned> Receiver<T> {
         }
     }
 
-    /// Receives one message, waiting as the wait strategy says.
+    /// Receives one message, waiting as the wait strategy says. Once the peer is gone and
+    /// everything it sent has been received, [`RecvError::Disconnected`].
+    ///
+    /// ```
+    /// use shmbus::{Link, RecvError};
+    ///
+    /// let (a, b) = Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u32, ()>();
+    /// let (_, mut rx) = b.into_channel::<(), u32>();
+    /// tx.send(1)?;
+    /// drop(tx); // the sender leaves, with a message still in the ring
+    /// assert_eq!(rx.recv()?, 1);
+    /// assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(&mut self) -> Result<T, RecvError> {
         self.raw
             .recv_bytes(codec::decode::<T>)
@@ -133,6 +260,18 @@ impl<T: DeserializeOwned> Receiver<T> {
     }
 
     /// Receives one message if one is there.
+    ///
+    /// ```
+    /// use shmbus::{Link, TryRecvError};
+    ///
+    /// let (a, b) = Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u32, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u32>();
+    /// assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    /// tx.send(5)?;
+    /// assert_eq!(rx.try_recv()?, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         self.raw
             .try_recv_bytes(codec::decode::<T>)
@@ -140,6 +279,18 @@ impl<T: DeserializeOwned> Receiver<T> {
     }
 
     /// Receives one message, waiting at most `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmbus::{Link, RecvTimeoutError};
+    ///
+    /// let (a, b) = Link::pair()?;
+    /// let (_a_tx, _) = a.into_channel::<u32, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u32>();
+    /// let r = rx.recv_timeout(Duration::from_millis(10));
+    /// assert!(matches!(r, Err(RecvTimeoutError::Timeout)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.raw
             .recv_bytes_timeout(timeout, codec::decode::<T>)
@@ -148,6 +299,16 @@ impl<T: DeserializeOwned> Receiver<T> {
 
     /// Receives one message and passes it to `f` by reference; it is decoded straight from
     /// the ring bytes (no intermediate buffer) and dropped after `f` returns.
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<Vec<u64>, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), Vec<u64>>();
+    /// tx.send((1..=10).collect())?;
+    /// let sum: u64 = rx.recv_ref(|v| v.iter().sum())?;
+    /// assert_eq!(sum, 55);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_ref<R>(&mut self, f: impl FnOnce(&T) -> R) -> Result<R, RecvError> {
         self.raw
             .recv_bytes(|b| codec::decode::<T>(b).map(|v| f(&v)))
@@ -157,6 +318,26 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// Receives one message decoded *in place* as the borrowed view `V::Of<'_>`: its
     /// `&str` / `&[u8]` fields point into the shared ring. `f` cannot keep them: the space is
     /// given back to the sender when `f` returns.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize)]
+    /// struct Line { who: String, text: String }
+    /// #[derive(Deserialize)]
+    /// struct LineRef<'a> { who: &'a str, text: &'a str }
+    /// struct LineView;
+    /// impl shmbus::View for LineView { type Of<'a> = LineRef<'a>; }
+    ///
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<Line, ()>();
+    /// // The receiver's message type only has to decode from the same bytes.
+    /// let (_b_tx, mut rx) = b.into_channel::<(), (String, String)>();
+    /// tx.send(Line { who: "ann".into(), text: "hello".into() })?;
+    /// let shout = rx.recv_view::<LineView, _>(|l| format!("{}: {}", l.who, l.text.to_uppercase()))?;
+    /// assert_eq!(shout, "ann: HELLO");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_view<V: View, R>(
         &mut self,
         f: impl for<'a> FnOnce(V::Of<'a>) -> R,
@@ -167,6 +348,19 @@ impl<T: DeserializeOwned> Receiver<T> {
     }
 
     /// [`recv_view`](Receiver::recv_view) without waiting.
+    ///
+    /// ```
+    /// struct Text;
+    /// impl shmbus::View for Text { type Of<'a> = &'a str; }
+    ///
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<&str, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), String>();
+    /// assert!(rx.try_recv_view::<Text, _>(|s| s.len()).is_err()); // empty
+    /// tx.send("in place")?;
+    /// assert_eq!(rx.try_recv_view::<Text, _>(|s| s.len())?, 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv_view<V: View, R>(
         &mut self,
         f: impl for<'a> FnOnce(V::Of<'a>) -> R,
@@ -176,7 +370,17 @@ impl<T: DeserializeOwned> Receiver<T> {
             .and_then(|r| r.map_err(TryRecvError::Failed))
     }
 
-    /// The raw bytes of the next message, in place.
+    /// The raw bytes of the next message, in place (its bincode encoding).
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u32, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u32>();
+    /// tx.send(300)?;
+    /// let bytes = rx.recv_bytes(|b| b.to_vec())?;
+    /// assert_eq!(bytes, [251, 44, 1]); // bincode's varint: 0xfb then 300 as u16
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         self.raw.recv_bytes(f)
     }
@@ -186,6 +390,20 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// [`RawReceiver::recv_batch_bytes`]). Returns how many were delivered. A message that does
     /// not decode ends the batch with its error; the ones before it were delivered, and nothing
     /// after it was consumed.
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u32, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u32>();
+    /// for i in 0..5 {
+    ///     tx.send(i)?;
+    /// }
+    /// let mut got = Vec::new();
+    /// assert_eq!(rx.recv_batch(3, |m| got.push(m))?, 3);
+    /// assert_eq!(rx.recv_batch(100, |m| got.push(m))?, 2);
+    /// assert_eq!(got, [0, 1, 2, 3, 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(T)) -> Result<usize, RecvError> {
         let mut err = None;
         let n = self
@@ -206,12 +424,32 @@ impl<T: DeserializeOwned> Receiver<T> {
         }
     }
 
-    /// The byte-level receiver underneath.
+    /// The byte-level receiver underneath (statistics, settings, raw bytes).
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u8, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u8>();
+    /// tx.send(1)?;
+    /// rx.recv()?;
+    /// assert_eq!(rx.raw().stats().messages, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn raw(&mut self) -> &mut RawReceiver {
         &mut self.raw
     }
 
     /// Unwraps the byte-level receiver.
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u8, ()>();
+    /// let (_b_tx, rx) = b.into_channel::<(), u8>();
+    /// tx.send(9)?;
+    /// let mut raw = rx.into_raw();
+    /// assert_eq!(raw.recv_bytes(|b| b.to_vec())?, [9]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_raw(self) -> RawReceiver {
         self.raw
     }
@@ -220,6 +458,19 @@ impl<T: DeserializeOwned> Receiver<T> {
 impl<T: DeserializeOwned> Iterator for Receiver<T> {
     type Item = T;
     /// Blocks for the next message; ends when the peer is gone (or on an error).
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u32, ()>();
+    /// let (_, rx) = b.into_channel::<(), u32>();
+    /// std::thread::spawn(move || {
+    ///     for i in 1..=3 {
+    ///         tx.send(i).unwrap();
+    ///     }
+    /// }); // the sender drops: the iterator ends after the last message
+    /// assert_eq!(rx.sum::<u32>(), 6);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn next(&mut self) -> Option<T> {
         self.recv().ok()
     }

@@ -48,7 +48,7 @@
 //!   holds, or a `try_lock`), and tries again, so neither side can wedge the other; a send
 //!   that fails the link reports it only after its guard is dropped.
 //! * Nothing that can wait or fail the link holds a lock besides `rx`, and a lost link
-//!   ([`Inner::mark_disconnected`]) only queues the disconnect for the handlers: no user
+//!   (`Inner::mark_disconnected`) only queues the disconnect for the handlers: no user
 //!   handler ever runs with a lock held, except `running_handlers`, which only serialises
 //!   handler runs and is taken with `try_lock` (a thread that finds it taken leaves the queue
 //!   to the thread that holds it). So a handler of any kind may call `close()` or
@@ -237,7 +237,9 @@ impl Client {
     }
 
     /// Sends an RPF-style `target:event`: to the client `target` when one is connected,
-    /// otherwise to every other client.
+    /// otherwise to every other client. The receiver sees the event under its full name
+    /// (`"bot:irc:message"`, not `"irc:message"`): that is the name to register with
+    /// [`on`](Client::on).
     pub fn emit_routed<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
         let p = PayloadBuf::bincode(value)?;
         self.emit_payload(Target::ByEventName, event, &p)

@@ -158,7 +158,9 @@ impl AsyncClient {
         self.emit_payload(Target::Client(to), event, &p).await
     }
 
-    /// Sends an RPF-style `target:event` (to `target` if connected, else to all others).
+    /// Sends an RPF-style `target:event` (to `target` if connected, else to all others). The
+    /// receiver sees the event under its full name (`"bot:irc:message"`), the name its
+    /// [`Client::on`] handler registers.
     pub async fn emit_routed<T: Serialize + ?Sized>(
         &self,
         event: &str,

@@ -3,7 +3,7 @@
 //! Each host keeps its own shared-memory data plane and cache segment; the hubs exchange what
 //! crosses hosts through a real nats-server (async-nats, feature `federation`). The hub's
 //! event loop stays synchronous: the NATS client runs on a current-thread runtime that the
-//! hub's own thread drives ([`link`]: it parks inside it and polls it every few passes), and
+//! hub's own thread drives (`link`: it parks inside it and polls it every few passes), and
 //! the hub talks to it through bounded buffers with `try` semantics, so local traffic never
 //! waits on NATS and no thread hand-off sits between the hub and the socket.
 //!
@@ -20,15 +20,22 @@
 //! inbox: events, data, gets, requests, answers, kicks). The hub glue is
 //! `src/hub/federation.rs`.
 //!
-//! Invariant: everything here except [`link`] is plain data and logic with no I/O, so it is
+//! Invariant: everything here except `link` is plain data and logic with no I/O, so it is
 //! unit-tested without a server; the pure parts build without the `federation` feature.
 
+// The federation's machinery: internals (the tests reach `wire` to play a hostile node).
+#[doc(hidden)]
 pub mod calls;
 #[cfg(feature = "federation")]
+#[doc(hidden)]
 pub mod link;
+#[doc(hidden)]
 pub mod presence;
+#[doc(hidden)]
 pub mod routes;
+#[doc(hidden)]
 pub mod stamps;
+#[doc(hidden)]
 pub mod wire;
 
 use std::path::PathBuf;

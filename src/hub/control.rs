@@ -120,11 +120,6 @@ impl StatReport {
             self.cache_entries,
             self.cache_bytes
         );
-        let _ = writeln!(
-            s,
-            "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10}",
-            "NAME", "PID", "UID", "STATE", "IN FILL/CAP", "OUT FILL/CAP", "MSGS IN", "MSGS OUT"
-        );
         let k = &self.cache;
         let _ = writeln!(
             s,
@@ -140,6 +135,12 @@ impl StatReport {
             k.expired,
             k.rejected,
             k.revocations
+        );
+        // The client table: its header right above its rows.
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10}",
+            "NAME", "PID", "UID", "STATE", "IN FILL/CAP", "OUT FILL/CAP", "MSGS IN", "MSGS OUT"
         );
         for c in &self.clients {
             let _ = writeln!(

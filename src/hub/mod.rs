@@ -60,8 +60,14 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-pub use config::{default_dir, prepare_dir, socket_path, HubConfig, Limits};
-pub use control::{stat, ClientStat, ControlReply, ControlRequest, PendingStat, StatReport};
+pub use config::{default_dir, socket_path, HubConfig, Limits};
+pub use control::{stat, ClientStat, PendingStat, StatReport};
+// The control plane's messages and the directory set-up: for the tests and the benches, not
+// part of the API.
+#[doc(hidden)]
+pub use config::prepare_dir;
+#[doc(hidden)]
+pub use control::{ControlReply, ControlRequest};
 
 use handshake::Handshake;
 use requests::Pending;

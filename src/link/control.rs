@@ -24,7 +24,7 @@ pub const MAX_CONTROL_MESSAGE: usize = 64 << 10;
 /// (`stat` of a hub with 10,000 clients with 250-character names is ~3 MiB).
 pub const MAX_CONTROL_REPLY: usize = 64 << 20;
 
-/// Sends one control message with optional fds (at most [`MAX_CONTROL_MESSAGE`] bytes).
+/// Sends one control message with optional fds (at most `MAX_CONTROL_MESSAGE` bytes).
 pub fn send_control<T: Serialize>(
     sock: &UnixStream,
     msg: &T,
@@ -110,21 +110,22 @@ pub fn recv_control_limited<T: DeserializeOwned>(
     Ok(Some((codec::decode(&body)?, fds)))
 }
 
-/// The plain link handshake of [`LinkListener`] / [`Link::connect`], sent with
+/// The plain link handshake of [`LinkListener`](crate::LinkListener) /
+/// [`Link::connect`](crate::Link::connect), sent with
 /// [`send_control`] (the hub has its own, richer one). Public so that tools and tests can play
 /// either side by hand.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum LinkHandshake {
     /// Connector → listener.
     Hello {
-        /// [`HELLO_MAGIC`].
+        /// `HELLO_MAGIC`.
         magic: u64,
-        /// [`layout::LAYOUT_VERSION`].
+        /// [`LAYOUT_VERSION`](crate::ring::layout::LAYOUT_VERSION).
         version: u32,
     },
-    /// Listener → connector, with the 5 fds of [`LinkSegment::fds`] attached.
+    /// Listener → connector, with the 5 fds of [`LinkSegment::fds`](crate::LinkSegment::fds) attached.
     Welcome {
-        /// [`layout::LAYOUT_VERSION`].
+        /// [`LAYOUT_VERSION`](crate::ring::layout::LAYOUT_VERSION).
         version: u32,
         /// The listener's `max_message`.
         max_message: u64,

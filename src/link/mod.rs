@@ -20,8 +20,8 @@ mod control;
 mod segment;
 
 pub use control::{
-    encode_control, recv_control, recv_control_limited, send_control, send_control_limited,
-    LinkHandshake, HELLO_MAGIC, MAX_CONTROL_MESSAGE, MAX_CONTROL_REPLY,
+    recv_control, recv_control_limited, send_control, send_control_limited, LinkHandshake,
+    HELLO_MAGIC, MAX_CONTROL_MESSAGE, MAX_CONTROL_REPLY,
 };
 pub use segment::{open_link, open_segment, LinkSegment};
 
@@ -135,12 +135,41 @@ impl PinWords {
 
 impl Link {
     /// Two connected ends in this process (for tests and threads), with default settings.
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _a_rx) = a.into_channel::<&str, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), String>();
+    /// tx.send("ping")?;
+    /// assert_eq!(rx.recv()?, "ping");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pair() -> Result<(Link, Link), Error> {
         Link::pair_with(&LinkConfig::default())
     }
 
     /// Two connected ends in this process with the given settings. The second end goes
     /// through the same checks as a segment received from another process.
+    ///
+    /// ```
+    /// use shmbus::{Error, Link, LinkConfig};
+    ///
+    /// let cfg = LinkConfig { ring_capacity: 64 << 10, max_message: 1 << 20, ..LinkConfig::default() };
+    /// let (a, b) = Link::pair_with(&cfg)?;
+    /// let (mut tx, _) = a.into_channel::<Vec<u8>, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), Vec<u8>>();
+    /// // Above max_message: refused before a byte is written.
+    /// assert!(matches!(tx.send_ref(&vec![0; 2 << 20]), Err(Error::TooLarge { .. })));
+    /// // Larger than the ring: sent in fragments while the reader takes them.
+    /// let reader = std::thread::spawn(move || rx.recv().map(|m| m.len()));
+    /// tx.send(vec![7; 100 << 10])?;
+    /// assert_eq!(reader.join().unwrap()?, 100 << 10);
+    ///
+    /// // A capacity that is not a power of two in 4 KiB..=1 GiB is refused.
+    /// let bad = LinkConfig { ring_capacity: 5000, ..LinkConfig::default() };
+    /// assert!(Link::pair_with(&bad).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pair_with(cfg: &LinkConfig) -> Result<(Link, Link), Error> {
         cfg.check()?;
         let (a, b) = UnixStream::pair()?;
@@ -155,7 +184,27 @@ impl Link {
         Ok((creator, opener))
     }
 
-    /// Connects to a [`LinkListener`] at `path`.
+    /// Connects to a [`LinkListener`] at `path`. The listener's `max_message` caps ours; the
+    /// handshake gives up after 5 s.
+    ///
+    /// ```
+    /// use shmbus::{Link, LinkConfig, LinkListener};
+    ///
+    /// let path = std::env::temp_dir().join(format!("shmbus-doc-connect-{}.sock", std::process::id()));
+    /// let listener = LinkListener::bind(&path, &LinkConfig::default())?;
+    /// let server = std::thread::spawn(move || -> Result<(), shmbus::Error> {
+    ///     let (mut tx, mut rx) = listener.accept()?.into_channel::<String, String>();
+    ///     let question = rx.recv().expect("a question");
+    ///     tx.send(format!("you said {question}")).expect("room for the answer");
+    ///     Ok(())
+    /// });
+    ///
+    /// let (mut tx, mut rx) = Link::connect(&path, &LinkConfig::default())?.into_channel::<String, String>();
+    /// tx.send("hello".to_string())?;
+    /// assert_eq!(rx.recv()?, "you said hello");
+    /// server.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(path: impl AsRef<Path>, cfg: &LinkConfig) -> Result<Link, Error> {
         cfg.check()?;
         let sock = UnixStream::connect(path.as_ref())?;
@@ -200,43 +249,99 @@ impl Link {
     }
 
     /// Splits into the byte-level halves (usable from different threads).
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.split();
+    /// let (_, mut rx) = b.split();
+    /// std::thread::spawn(move || tx.send_bytes(b"raw bytes").unwrap()).join().unwrap();
+    /// let n = rx.recv_bytes(|bytes| bytes.len())?;
+    /// assert_eq!(n, 9);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn split(self) -> (RawSender, RawReceiver) {
         (self.tx, self.rx)
     }
 
-    /// Splits into typed halves: send `S`, receive `R`.
+    /// Splits into typed halves: send `S`, receive `R`. The two ends must agree on the
+    /// types (the frames are bincode, with no type tag).
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut a_tx, mut a_rx) = a.into_channel::<u32, String>();
+    /// let (mut b_tx, mut b_rx) = b.into_channel::<String, u32>();
+    /// a_tx.send(42)?;
+    /// let n = b_rx.recv()?;
+    /// b_tx.send(format!("got {n}"))?;
+    /// assert_eq!(a_rx.recv()?, "got 42");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_channel<S: Serialize, R: DeserializeOwned>(self) -> (Sender<S>, Receiver<R>) {
         (Sender::new(self.tx), Receiver::new(self.rx))
     }
 
-    /// The sending half.
+    /// The sending half, without splitting the link.
+    ///
+    /// ```
+    /// let (mut a, mut b) = shmbus::Link::pair()?;
+    /// a.sender().send_bytes(b"abc")?;
+    /// assert_eq!(b.receiver().recv_bytes(|m| m.to_vec())?, b"abc");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sender(&mut self) -> &mut RawSender {
         &mut self.tx
     }
 
-    /// The receiving half.
+    /// The receiving half, without splitting the link.
+    ///
+    /// ```
+    /// let (mut a, mut b) = shmbus::Link::pair()?;
+    /// assert!(b.receiver().try_recv_bytes(|m| m.len()).is_err()); // nothing sent yet
+    /// a.sender().send_bytes(b"abc")?;
+    /// assert_eq!(b.receiver().recv_bytes(|m| m.len())?, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn receiver(&mut self) -> &mut RawReceiver {
         &mut self.rx
     }
 
-    /// Who is at the other end (`SO_PEERCRED`).
+    /// Who is at the other end (`SO_PEERCRED`): its pid, uid and gid, as the kernel saw them
+    /// when the connection was made.
+    ///
+    /// ```
+    /// let (a, _b) = shmbus::Link::pair()?;
+    /// let peer = a.peer_cred();
+    /// assert_eq!(peer.pid as u32, std::process::id()); // both ends are in this process
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn peer_cred(&self) -> PeerCred {
         self.peer
     }
 
     /// The control socket (stays open for the link's life; its hang-up means the peer died).
+    #[doc(hidden)]
     pub fn control(&self) -> &UnixStream {
         &self.ctrl
     }
 
     /// The cache-pin words in this link's segment header.
+    #[doc(hidden)]
     pub fn pin_words(&self) -> PinWords {
         PinWords {
             map: self.map.clone(),
         }
     }
 
-    /// True once the peer has closed its end or died.
+    /// True once the peer has closed its end or died (even by SIGKILL: the kernel closes its
+    /// control socket).
+    ///
+    /// ```
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// assert!(!a.peer_gone());
+    /// drop(b);
+    /// assert!(a.peer_gone());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn peer_gone(&self) -> bool {
         sys::peer_hung_up(self.ctrl.as_fd()).unwrap_or(true)
     }
@@ -288,7 +393,21 @@ pub struct LinkListener {
 
 impl LinkListener {
     /// Binds `path`. A stale socket file (nobody listening) is replaced; a live one is an
-    /// `AddrInUse` error. Only our own uid may connect (see [`LinkListener::policy`]).
+    /// `AddrInUse` error. Only our own uid may connect (see [`LinkListener::policy`]). The
+    /// socket file is removed when the listener drops.
+    ///
+    /// ```
+    /// use shmbus::{LinkConfig, LinkListener};
+    ///
+    /// let path = std::env::temp_dir().join(format!("shmbus-doc-bind-{}.sock", std::process::id()));
+    /// let listener = LinkListener::bind(&path, &LinkConfig::default())?;
+    /// assert!(path.exists());
+    /// // A second listener on a live path is refused.
+    /// assert!(LinkListener::bind(&path, &LinkConfig::default()).is_err());
+    /// drop(listener);
+    /// assert!(!path.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn bind(path: impl AsRef<Path>, cfg: &LinkConfig) -> Result<LinkListener, Error> {
         cfg.check()?;
         let path = path.as_ref().to_path_buf();
@@ -301,19 +420,58 @@ impl LinkListener {
         })
     }
 
-    /// Replaces the access policy.
+    /// Replaces the access policy: which uids besides our own may connect. A peer of any
+    /// other uid is refused before anything it sends is read.
+    ///
+    /// ```
+    /// use shmbus::{AccessPolicy, LinkConfig, LinkListener};
+    ///
+    /// let path = std::env::temp_dir().join(format!("shmbus-doc-policy-{}.sock", std::process::id()));
+    /// let listener = LinkListener::bind(&path, &LinkConfig::default())?
+    ///     .policy(AccessPolicy { extra_uids: vec![1000, 1001] });
+    /// # drop(listener);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn policy(mut self, policy: AccessPolicy) -> Self {
         self.policy = policy;
         self
     }
 
     /// The socket path.
+    ///
+    /// ```
+    /// use shmbus::{LinkConfig, LinkListener};
+    ///
+    /// let path = std::env::temp_dir().join(format!("shmbus-doc-path-{}.sock", std::process::id()));
+    /// let listener = LinkListener::bind(&path, &LinkConfig::default())?;
+    /// assert_eq!(listener.path(), path);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Accepts one connection and completes the handshake. A refused or broken peer is an
     /// error for that connection only; call `accept` again.
+    ///
+    /// ```
+    /// use shmbus::{Link, LinkConfig, LinkListener};
+    ///
+    /// let path = std::env::temp_dir().join(format!("shmbus-doc-accept-{}.sock", std::process::id()));
+    /// let listener = LinkListener::bind(&path, &LinkConfig::default())?;
+    /// let client = std::thread::spawn({
+    ///     let path = path.clone();
+    ///     move || Link::connect(&path, &LinkConfig::default())
+    /// });
+    /// let link = listener.accept()?;
+    /// assert_eq!(link.peer_cred().uid, client.join().unwrap()?.peer_cred().uid);
+    ///
+    /// // A connection that never says hello fails its own accept, not the listener.
+    /// let rude = std::os::unix::net::UnixStream::connect(&path)?;
+    /// drop(rude);
+    /// assert!(listener.accept().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn accept(&self) -> Result<Link, Error> {
         let (sock, _) = self.listener.accept()?;
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;

@@ -128,7 +128,9 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// Starts `shmbus hub --dir dir` plus `extra` flags as a child process and returns it once
-/// its socket accepts (panics after 10 s).
+/// its socket accepts (panics after 10 s). The binary needs feature `cli` (tests that call
+/// this say so with `required-features` in Cargo.toml).
+#[cfg(feature = "cli")]
 pub fn hub_process(dir: &Path, extra: &[&str]) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
         .arg("hub")
