@@ -17,6 +17,11 @@
 //! * **The dispatcher never sends inline**: a `Ping` and the answers of get/request handlers are
 //!   written at once if the gate is free and the ring has room, else queued (the latest pong
 //!   only; answers in order) for a worker task that sends them like any async send.
+//! * **Batches** ([`AsyncSide::corked`], [`SendBatch`](super::tokio_client::SendBatch)): while
+//!   a batch is open, sends write their frames into the ring without publishing them; closing
+//!   the batch publishes them all with one fence and at most one doorbell. A send that finds
+//!   the ring full publishes what is there before it waits, so a batch never holds back frames
+//!   the hub needs to make room.
 //! * No std lock is ever held across an `await`, and a dead link is reported
 //!   (`mark_disconnected`, which runs the disconnect handlers) with no lock held.
 //!
@@ -30,6 +35,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +82,8 @@ pub(super) struct AsyncSide {
     /// `Drop` on any thread).
     pub(super) rt: tokio::runtime::Handle,
     deferred: Mutex<Deferred>,
+    /// Open send batches: while non-zero, sends do not publish (the last batch to close does).
+    corked: AtomicUsize,
 }
 
 pub(super) fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, Error> {
@@ -112,7 +120,27 @@ impl AsyncSide {
             ctrl: register(ctrl)?,
             rt: tokio::runtime::Handle::current(),
             deferred: Mutex::new(Deferred::default()),
+            corked: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether a send batch is open (sends then leave publishing to the batch's close).
+    fn corked(&self) -> bool {
+        // Relaxed: only a counter; the publish itself is ordered by the ring's own fence.
+        self.corked.load(std::sync::atomic::Ordering::Relaxed) != 0
+    }
+
+    /// Opens a send batch.
+    pub(super) fn cork(&self) {
+        self.corked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes a send batch; true if it was the last one open (the caller then publishes).
+    pub(super) fn uncork(&self) -> bool {
+        self.corked
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+            == 1
     }
 }
 
@@ -176,10 +204,27 @@ impl Inner {
         e
     }
 
+    /// Publishes what the closed send batches wrote (one fence, at most one doorbell).
+    pub(super) fn flush_batch(&self) {
+        let r = match self.tx.lock().expect("lock").as_mut() {
+            Some(tx) => tx.flush(),
+            None => return,
+        };
+        if let Err(e) = r {
+            let _ = self.link_failed(e);
+        }
+    }
+
     /// One attempt at a message that fits one frame: written and published, or `Full`. Never
     /// waits.
-    fn try_frame(tx: &mut RawSender, len: usize, msg: &ClientMsg<'_>) -> Result<Attempt, Error> {
-        match tx.send_with(len, Deadline::Now, true, |b| codec::encode_into(msg, b)) {
+    /// `publish` = wake the hub now (false inside a send batch).
+    fn try_frame(
+        tx: &mut RawSender,
+        len: usize,
+        msg: &ClientMsg<'_>,
+        publish: bool,
+    ) -> Result<Attempt, Error> {
+        match tx.send_with(len, Deadline::Now, publish, |b| codec::encode_into(msg, b)) {
             Ok(()) => Ok(Attempt::Done),
             Err(Fail::NotNow) => Ok(Attempt::Full),
             Err(f) => Err(fail_to_error(f)),
@@ -269,7 +314,7 @@ impl Inner {
         }
         if len <= max_frame {
             let r = self
-                .write_when_room(side, |tx| Self::try_frame(tx, len, msg))
+                .write_when_room(side, |tx| Self::try_frame(tx, len, msg, !side.corked()))
                 .await;
             drop(gate);
             return r;
@@ -305,7 +350,11 @@ impl Inner {
                         if len > tx.max_frame() {
                             return Ok(false);
                         }
-                        Ok(matches!(Self::try_frame(tx, len, m)?, Attempt::Done))
+                        let publish = !side.corked();
+                        Ok(matches!(
+                            Self::try_frame(tx, len, m, publish)?,
+                            Attempt::Done
+                        ))
                     });
                     // On an error the worker's send meets it again and reports it (this may run
                     // with the receiver's lock held, where no handler may run).
