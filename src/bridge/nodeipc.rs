@@ -507,7 +507,9 @@ impl Conn {
             Ok(pending) => {
                 let (out, stats, request) = (self.out.clone(), stats.clone(), request.to_string());
                 self.replies.push(Box::pin(async move {
-                    let r = pending.reply().await;
+                    // The hub's deadline answers it (or the link's loss fails it): no timer
+                    // per get here.
+                    let r = pending.reply_untimed().await;
                     push_reply(&out, &stats, &request, r);
                 }));
             }

@@ -35,7 +35,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +84,8 @@ pub(super) struct AsyncSide {
     deferred: Mutex<Deferred>,
     /// Open send batches: while non-zero, sends do not publish (the last batch to close does).
     corked: AtomicUsize,
+    /// A send inside a batch wrote a frame that is not published yet.
+    unpublished: AtomicBool,
 }
 
 pub(super) fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, Error> {
@@ -121,6 +123,7 @@ impl AsyncSide {
             rt: tokio::runtime::Handle::current(),
             deferred: Mutex::new(Deferred::default()),
             corked: AtomicUsize::new(0),
+            unpublished: AtomicBool::new(false),
         })
     }
 
@@ -136,11 +139,25 @@ impl AsyncSide {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Closes a send batch; true if it was the last one open (the caller then publishes).
+    /// Closes a send batch; true if it was the last one open and a frame sent inside it is
+    /// not published yet (the caller then publishes). A batch in which nothing was sent does
+    /// not touch the ring (publishing nothing would still ring a sleeping hub).
     pub(super) fn uncork(&self) -> bool {
-        self.corked
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
-            == 1
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: both are only touched under the `tx` lock's protection or by the task that
+        // holds the batch; the frames themselves are ordered by the ring's fence in `flush`.
+        self.corked.fetch_sub(1, Relaxed) == 1 && self.unpublished.swap(false, Relaxed)
+    }
+
+    /// One attempt at a one-frame message: published at once, or left for the open batch.
+    fn attempt(&self, tx: &mut RawSender, len: usize, msg: &ClientMsg<'_>) -> Result<Attempt, Error> {
+        let publish = !self.corked();
+        let r = Inner::try_frame(tx, len, msg, publish);
+        if !publish && matches!(r, Ok(Attempt::Done)) {
+            self.unpublished
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 }
 
@@ -314,7 +331,7 @@ impl Inner {
         }
         if len <= max_frame {
             let r = self
-                .write_when_room(side, |tx| Self::try_frame(tx, len, msg, !side.corked()))
+                .write_when_room(side, |tx| side.attempt(tx, len, msg))
                 .await;
             drop(gate);
             return r;
@@ -350,11 +367,7 @@ impl Inner {
                         if len > tx.max_frame() {
                             return Ok(false);
                         }
-                        let publish = !side.corked();
-                        Ok(matches!(
-                            Self::try_frame(tx, len, m, publish)?,
-                            Attempt::Done
-                        ))
+                        Ok(matches!(side.attempt(tx, len, m)?, Attempt::Done))
                     });
                     // On an error the worker's send meets it again and reports it (this may run
                     // with the receiver's lock held, where no handler may run).
@@ -593,6 +606,16 @@ impl PendingReply {
         tokio::time::timeout_at(self.deadline, slot)
             .await
             .unwrap_or(Err(CallError::Timeout))
+    }
+}
+
+impl PendingReply {
+    /// The reply, without the client's own backstop timer: for callers that keep many calls
+    /// in flight and cannot afford a timer per call (the bridge). Nothing is left waiting for
+    /// ever: the hub answers every get and request by its deadline (a timeout error if the
+    /// owner did not answer in time), and the link's loss fails every pending call.
+    pub async fn reply_untimed(self) -> Result<Reply, CallError> {
+        super::tokio_client::SlotFuture(self.slot.clone()).await
     }
 }
 
