@@ -64,7 +64,12 @@ fn pipelined(t: Transport) {
         }
         Transport::Tcp => {
             let a = b.tcp.unwrap();
-            cmd.args(["--host", &a.ip().to_string(), "--port", &a.port().to_string()]);
+            cmd.args([
+                "--host",
+                &a.ip().to_string(),
+                "--port",
+                &a.port().to_string(),
+            ]);
         }
     }
     let child = cmd

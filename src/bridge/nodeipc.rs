@@ -32,10 +32,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, info};
 
 use super::frame::{self, Splitter};
@@ -107,12 +107,7 @@ struct ResponseMsg<'a> {
 }
 
 /// Queues the `response` frame for a get's answer (under the requester's own `request`).
-fn push_reply(
-    out: &Out,
-    stats: &super::BridgeStats,
-    request: &str,
-    r: Result<Reply, CallError>,
-) {
+fn push_reply(out: &Out, stats: &super::BridgeStats, request: &str, r: Result<Reply, CallError>) {
     out.push(|b| match r {
         Ok(reply) if reply.payload.enc == Encoding::Json && frame::is_json(&reply.payload.bytes) => {
             frame::write_response_ok(b, request, &reply.payload.bytes, reply.ttl.as_ms())

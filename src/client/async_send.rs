@@ -150,7 +150,12 @@ impl AsyncSide {
     }
 
     /// One attempt at a one-frame message: published at once, or left for the open batch.
-    fn attempt(&self, tx: &mut RawSender, len: usize, msg: &ClientMsg<'_>) -> Result<Attempt, Error> {
+    fn attempt(
+        &self,
+        tx: &mut RawSender,
+        len: usize,
+        msg: &ClientMsg<'_>,
+    ) -> Result<Attempt, Error> {
         let publish = !self.corked();
         let r = Inner::try_frame(tx, len, msg, publish);
         if !publish && matches!(r, Ok(Attempt::Done)) {
