@@ -112,9 +112,11 @@ struct HubArgs {
     /// Largest message, in bytes.
     #[arg(long, default_value_t = shmbus::DEFAULT_MAX_MESSAGE)]
     max_message: usize,
-    /// How the hub waits: spin | spin-yield | park | spin-then-park[:MICROS].
-    #[arg(long, default_value = "spin-then-park")]
-    wait: WaitStrategy,
+    /// How the hub waits: spin | spin-yield | park | spin-then-park[:MICROS]. Default:
+    /// spin-then-park for `hub`; park for `up`, whose bridge traffic comes from legacy clients
+    /// that need the CPU a spinning hub would take (issue 17.3, BENCHMARKS.md).
+    #[arg(long)]
+    wait: Option<WaitStrategy>,
     /// Size of the shared cache segment (index + values), in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     cache_bytes: usize,
@@ -214,7 +216,7 @@ impl HubArgs {
             link: shmbus::LinkConfig {
                 ring_capacity: self.ring_bytes,
                 max_message: self.max_message,
-                wait: self.wait,
+                wait: self.wait.unwrap_or_default(),
             },
             cache: shmbus::cache::CacheConfig {
                 bytes: self.cache_bytes,
@@ -779,8 +781,11 @@ mod bridge_cli {
         res
     }
 
-    pub(crate) fn run_up(a: UpArgs) -> Result<(), shmbus::Error> {
+    pub(crate) fn run_up(mut a: UpArgs) -> Result<(), shmbus::Error> {
         use std::process::{Command, Stdio};
+        // The hub behind a bridge parks at once: its legacy clients, the ones doing the work,
+        // need the CPU that a spinning hub would take on a small machine.
+        a.hub.wait.get_or_insert(WaitStrategy::Park);
         init_log(&a.hub.log);
         let mut serve = a.serve.clone();
         if serve.node_ipc_path.is_none() && serve.node_ipc_id.is_none() {

@@ -12,8 +12,16 @@
 //! | bus event `T` with JSON `D`                | `{type: T, data: D}`                         |
 //!
 //! Isolation: the reader awaits every send to the bus (a full ring stops reading this one
-//! connection, nothing else); gets run as tasks, at most [`MAX_GETS`] at a time; bus → legacy
-//! frames go through the connection's bounded [`Out`]. Before hello a connection may hold at
+//! connection, nothing else); at most [`MAX_GETS`] gets wait for their answers at a time; bus →
+//! legacy frames go through the connection's bounded [`Out`].
+//!
+//! Cost per frame (issue 17.3): one wake-up handles everything one socket read brought. Every
+//! frame of the read is parsed and sent to the hub inside one send batch
+//! ([`AsyncClient::batch`]), so the hub is woken at most once per read, not once per frame;
+//! a get is written to the ring inline (in the connection's frame order) and its answer is
+//! awaited in the connection's own task (a set of pending replies polled next to the socket
+//! read), not in a task of its own; answers go out through the outbox, whose writer sends
+//! everything queued since its last write with one `write`. Before hello a connection may hold at
 //! most `--pre-hello-bytes` of an unfinished frame (and the bridge `--pre-hello-total` across
 //! such connections), for at most `--hello-timeout-ms`. A half-closed peer (EOF) still gets
 //! the answers to the gets it made before.
@@ -24,10 +32,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use super::frame::{self, Splitter};
@@ -35,7 +43,7 @@ use super::outbox::{write_loop, Out};
 use super::prehello::PreHello;
 use super::Shared;
 use crate::client::tokio_client::{AsyncClient, AsyncTicket};
-use crate::client::{CallError, Ttl};
+use crate::client::{CallError, Reply, Ttl};
 use crate::proto::{Encoding, PayloadBuf, Target};
 
 /// A present field, even `null` (plain `Option<&RawValue>` turns `null` into `None`).
@@ -98,6 +106,26 @@ struct ResponseMsg<'a> {
     time: Option<f64>,
 }
 
+/// Queues the `response` frame for a get's answer (under the requester's own `request`).
+fn push_reply(out: &Out, stats: &super::BridgeStats, request: &str, r: Result<Reply, CallError>) {
+    out.push(|b| match r {
+        Ok(reply) if reply.payload.enc == Encoding::Json && frame::is_json(&reply.payload.bytes) => {
+            frame::write_response_ok(b, request, &reply.payload.bytes, reply.ttl.as_ms())
+        }
+        Ok(_) => {
+            stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+            frame::write_response_err(b, request, "the owner's answer is not JSON (a Rust owner answers JSON requesters in JSON: encode with PayloadBuf::encode(get.accept, ..))");
+        }
+        Err(CallError::Remote(m)) => frame::write_response_err(b, request, &m),
+        Err(CallError::Timeout) => {
+            frame::write_response_err(b, request, "timed out waiting for the answer")
+        }
+        Err(CallError::Link(e)) => {
+            frame::write_response_err(b, request, &format!("bus link failed: {e}"))
+        }
+    });
+}
+
 /// A JSON number's text, or an error naming the field.
 fn number_text<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String> {
     let t = raw.get();
@@ -123,6 +151,9 @@ const OWED_HORIZON: Duration = Duration::from_secs(120);
 /// Gets of one connection in flight at once; the reader stops reading while this many wait.
 pub(crate) const MAX_GETS: usize = 1024;
 
+/// A get's answer on its way: awaits the reply and queues the `response` frame.
+type ReplyFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+
 /// Where a node-ipc connection came in, and so what its hello must carry.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Origin {
@@ -138,8 +169,8 @@ struct Conn {
     peer: String,
     origin: Origin,
     bus: Option<Arc<AsyncClient>>,
-    /// Gets this client made, waiting for their answers.
-    gets: JoinSet<()>,
+    /// Gets this client made, waiting for their answers (polled by the connection's task).
+    replies: FuturesUnordered<ReplyFuture>,
     owed: Arc<Mutex<Owed>>,
 }
 
@@ -160,14 +191,14 @@ where
         peer,
         origin,
         bus: None,
-        gets: JoinSet::new(),
+        replies: FuturesUnordered::new(),
         owed: Arc::new(Mutex::new(Owed::default())),
     };
     let why = conn.read_loop(r).await;
     let name = conn.bus.as_ref().map(|b| b.client().name().to_string());
     debug!(peer = %conn.peer, name = ?name, why, "node-ipc connection closed");
     out.close();
-    conn.gets.abort_all();
+    conn.replies.clear();
     // Dropping the bus client closes its link; the hub fails the gets it owned.
     drop(conn);
     let _ = writer.await;
@@ -183,6 +214,9 @@ impl Conn {
         let hello_by = tokio::time::Instant::now() + cfg.hello_timeout;
         let mut closed = self.out.closed();
         loop {
+            // Every frame of this read in one send batch: the hub is woken once, at the end.
+            let bus = self.bus.clone();
+            let batch = bus.as_deref().map(AsyncClient::batch);
             loop {
                 let f = match sp.next_frame() {
                     Ok(Some(f)) => f,
@@ -212,6 +246,7 @@ impl Conn {
                     self.out.set_max(cfg.max_queued);
                 }
             }
+            drop(batch);
             if let Some(p) = pre.as_mut() {
                 if !p.hold(sp.pending()) {
                     self.sh.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -222,10 +257,9 @@ impl Conn {
                     return "pre-hello total";
                 }
             }
-            while self.gets.try_join_next().is_some() {}
-            while self.gets.len() >= MAX_GETS {
+            while self.replies.len() >= MAX_GETS {
                 tokio::select! {
-                    _ = self.gets.join_next() => {}
+                    _ = self.replies.next() => {}
                     _ = super::until_closed(&mut closed) => return "closed by the bridge",
                 }
             }
@@ -253,6 +287,7 @@ impl Conn {
                     ));
                     return "no hello in time";
                 }
+                Some(()) = self.replies.next(), if !self.replies.is_empty() => {}
                 _ = super::until_closed(&mut closed) => return "closed by the bridge",
             }
         }
@@ -264,9 +299,9 @@ impl Conn {
         &mut self,
         closed: &mut tokio::sync::watch::Receiver<bool>,
     ) -> &'static str {
-        while !self.gets.is_empty() {
+        while !self.replies.is_empty() {
             tokio::select! {
-                _ = self.gets.join_next() => {}
+                _ = self.replies.next() => {}
                 _ = super::until_closed(closed) => break,
             }
         }
@@ -301,7 +336,7 @@ impl Conn {
         match &*env.kind {
             "hello" => self.hello(env.data).await,
             "data" => self.data(env.data).await,
-            "get" => self.get(env.data),
+            "get" => self.get(env.data).await,
             "response" => self.response(env.data).await,
             other => self.event(other, env.data).await,
         }
@@ -434,7 +469,7 @@ impl Conn {
         }
     }
 
-    fn get(&mut self, data: Option<&RawValue>) {
+    async fn get(&mut self, data: Option<&RawValue>) {
         let Some(bus) = self.bus.clone() else {
             return self.bad_get(data, "get before hello: send hello {id} first");
         };
@@ -444,41 +479,37 @@ impl Conn {
             None => return self.bad("get: missing data"),
         };
         let request = match number_text(g.request, "request") {
-            Ok(r) => r.to_string(),
+            Ok(r) => r,
             Err(m) => return self.bad(&format!("get: {m}")),
         };
         let key = match frame::key_text(g.id) {
-            Ok(k) => k.map(Cow::into_owned),
+            Ok(k) => k,
             Err(m) => return self.bad_get(data, &format!("get: {m}")),
         };
-        let (from, kind, fresh) = (
-            g.from.into_owned(),
-            g.kind.into_owned(),
-            g.fresh == Some(true),
-        );
-        let (out, stats) = (self.out.clone(), self.sh.stats.clone());
-        self.gets.spawn(async move {
-            let r = bus.get(&from, &kind, key.as_deref(), fresh, None).await;
-            out.push(|b| match r {
-                Ok(reply)
-                    if reply.payload.enc == Encoding::Json
-                        && frame::is_json(&reply.payload.bytes) =>
-                {
-                    frame::write_response_ok(b, &request, &reply.payload.bytes, reply.ttl.as_ms())
-                }
-                Ok(_) => {
-                    stats.undeliverable.fetch_add(1, Ordering::Relaxed);
-                    frame::write_response_err(b, &request, "the owner's answer is not JSON (a Rust owner answers JSON requesters in JSON: encode with PayloadBuf::encode(get.accept, ..))");
-                }
-                Err(CallError::Remote(m)) => frame::write_response_err(b, &request, &m),
-                Err(CallError::Timeout) => {
-                    frame::write_response_err(b, &request, "timed out waiting for the answer")
-                }
-                Err(CallError::Link(e)) => {
-                    frame::write_response_err(b, &request, &format!("bus link failed: {e}"))
-                }
-            });
-        });
+        let fresh = g.fresh == Some(true);
+        let stats = &self.sh.stats;
+        if !fresh {
+            if let Some(r) = bus.cached_get(&g.from, &g.kind, key.as_deref()) {
+                return push_reply(&self.out, stats, request, Ok(r));
+            }
+        }
+        // Written to the ring now, in this connection's frame order; the answer is awaited
+        // with the connection's other pending replies.
+        match bus
+            .send_get(&g.from, &g.kind, key.as_deref(), fresh, None)
+            .await
+        {
+            Ok(pending) => {
+                let (out, stats, request) = (self.out.clone(), stats.clone(), request.to_string());
+                self.replies.push(Box::pin(async move {
+                    // The hub's deadline answers it (or the link's loss fails it): no timer
+                    // per get here.
+                    let r = pending.reply_untimed().await;
+                    push_reply(&out, &stats, &request, r);
+                }));
+            }
+            Err(e) => push_reply(&self.out, stats, request, Err(e)),
+        }
     }
 
     async fn response(&self, data: Option<&RawValue>) {

@@ -17,6 +17,11 @@
 //! * **The dispatcher never sends inline**: a `Ping` and the answers of get/request handlers are
 //!   written at once if the gate is free and the ring has room, else queued (the latest pong
 //!   only; answers in order) for a worker task that sends them like any async send.
+//! * **Batches** ([`AsyncSide::corked`], [`SendBatch`](super::tokio_client::SendBatch)): while
+//!   a batch is open, sends write their frames into the ring without publishing them; closing
+//!   the batch publishes them all with one fence and at most one doorbell. A send that finds
+//!   the ring full publishes what is there before it waits, so a batch never holds back frames
+//!   the hub needs to make room.
 //! * No std lock is ever held across an `await`, and a dead link is reported
 //!   (`mark_disconnected`, which runs the disconnect handlers) with no lock held.
 //!
@@ -30,6 +35,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +82,10 @@ pub(super) struct AsyncSide {
     /// `Drop` on any thread).
     pub(super) rt: tokio::runtime::Handle,
     deferred: Mutex<Deferred>,
+    /// Open send batches: while non-zero, sends do not publish (the last batch to close does).
+    corked: AtomicUsize,
+    /// A send inside a batch wrote a frame that is not published yet.
+    unpublished: AtomicBool,
 }
 
 pub(super) fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, Error> {
@@ -112,7 +122,47 @@ impl AsyncSide {
             ctrl: register(ctrl)?,
             rt: tokio::runtime::Handle::current(),
             deferred: Mutex::new(Deferred::default()),
+            corked: AtomicUsize::new(0),
+            unpublished: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a send batch is open (sends then leave publishing to the batch's close).
+    fn corked(&self) -> bool {
+        // Relaxed: only a counter; the publish itself is ordered by the ring's own fence.
+        self.corked.load(std::sync::atomic::Ordering::Relaxed) != 0
+    }
+
+    /// Opens a send batch.
+    pub(super) fn cork(&self) {
+        self.corked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes a send batch; true if it was the last one open and a frame sent inside it is
+    /// not published yet (the caller then publishes). A batch in which nothing was sent does
+    /// not touch the ring (publishing nothing would still ring a sleeping hub).
+    pub(super) fn uncork(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: both are only touched under the `tx` lock's protection or by the task that
+        // holds the batch; the frames themselves are ordered by the ring's fence in `flush`.
+        self.corked.fetch_sub(1, Relaxed) == 1 && self.unpublished.swap(false, Relaxed)
+    }
+
+    /// One attempt at a one-frame message: published at once, or left for the open batch.
+    fn attempt(
+        &self,
+        tx: &mut RawSender,
+        len: usize,
+        msg: &ClientMsg<'_>,
+    ) -> Result<Attempt, Error> {
+        let publish = !self.corked();
+        let r = Inner::try_frame(tx, len, msg, publish);
+        if !publish && matches!(r, Ok(Attempt::Done)) {
+            self.unpublished
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 }
 
@@ -176,10 +226,27 @@ impl Inner {
         e
     }
 
+    /// Publishes what the closed send batches wrote (one fence, at most one doorbell).
+    pub(super) fn flush_batch(&self) {
+        let r = match self.tx.lock().expect("lock").as_mut() {
+            Some(tx) => tx.flush(),
+            None => return,
+        };
+        if let Err(e) = r {
+            let _ = self.link_failed(e);
+        }
+    }
+
     /// One attempt at a message that fits one frame: written and published, or `Full`. Never
     /// waits.
-    fn try_frame(tx: &mut RawSender, len: usize, msg: &ClientMsg<'_>) -> Result<Attempt, Error> {
-        match tx.send_with(len, Deadline::Now, true, |b| codec::encode_into(msg, b)) {
+    /// `publish` = wake the hub now (false inside a send batch).
+    fn try_frame(
+        tx: &mut RawSender,
+        len: usize,
+        msg: &ClientMsg<'_>,
+        publish: bool,
+    ) -> Result<Attempt, Error> {
+        match tx.send_with(len, Deadline::Now, publish, |b| codec::encode_into(msg, b)) {
             Ok(()) => Ok(Attempt::Done),
             Err(Fail::NotNow) => Ok(Attempt::Full),
             Err(f) => Err(fail_to_error(f)),
@@ -269,7 +336,7 @@ impl Inner {
         }
         if len <= max_frame {
             let r = self
-                .write_when_room(side, |tx| Self::try_frame(tx, len, msg))
+                .write_when_room(side, |tx| side.attempt(tx, len, msg))
                 .await;
             drop(gate);
             return r;
@@ -305,7 +372,7 @@ impl Inner {
                         if len > tx.max_frame() {
                             return Ok(false);
                         }
-                        Ok(matches!(Self::try_frame(tx, len, m)?, Attempt::Done))
+                        Ok(matches!(side.attempt(tx, len, m)?, Attempt::Done))
                     });
                     // On an error the worker's send meets it again and reports it (this may run
                     // with the receiver's lock held, where no handler may run).
@@ -544,6 +611,16 @@ impl PendingReply {
         tokio::time::timeout_at(self.deadline, slot)
             .await
             .unwrap_or(Err(CallError::Timeout))
+    }
+}
+
+impl PendingReply {
+    /// The reply, without the client's own backstop timer: for callers that keep many calls
+    /// in flight and cannot afford a timer per call (the bridge). Nothing is left waiting for
+    /// ever: the hub answers every get and request by its deadline (a timeout error if the
+    /// owner did not answer in time), and the link's loss fails every pending call.
+    pub async fn reply_untimed(self) -> Result<Reply, CallError> {
+        super::tokio_client::SlotFuture(self.slot.clone()).await
     }
 }
 

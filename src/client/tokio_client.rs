@@ -112,6 +112,49 @@ impl AsyncClient {
             .await
     }
 
+    /// A non-fresh get's answer from this process's mapping of the cache segment, when it
+    /// holds a live value of `from` in an encoding this client takes (what [`get`](Self::get)
+    /// answers without a round trip); `None` otherwise.
+    pub fn cached_get(&self, from: &str, kind: &str, key: Option<&str>) -> Option<Reply> {
+        self.inner().local_get(from, kind, key)
+    }
+
+    /// The first half of a get that goes to the hub (it does not look in the cache mapping:
+    /// see [`cached_get`](Self::cached_get)): returns once the get is written to the ring
+    /// (waiting for room without blocking the runtime), with its reply still to await. What
+    /// this client sends next reaches the hub after it. The send and the wait both count
+    /// against the timeout.
+    pub async fn send_get(
+        &self,
+        from: &str,
+        kind: &str,
+        key: Option<&str>,
+        fresh: bool,
+        timeout: Option<Duration>,
+    ) -> Result<PendingReply, CallError> {
+        let inner = self.inner();
+        let timeout = timeout.or(inner.opts.timeout);
+        inner
+            .start_call_async(
+                &self.side,
+                timeout,
+                inner.get_frame(from, kind, key, fresh, timeout),
+            )
+            .await
+    }
+
+    /// Opens a send batch: until the returned guard drops, this client's async sends write
+    /// their frames into the ring without waking the hub, and the drop publishes them all at
+    /// once (one fence, at most one doorbell). For code that sends several messages per
+    /// wake-up, such as a bridge connection handling every frame of one socket read. Order is
+    /// unchanged; a send that finds the ring full publishes what is there before it waits.
+    /// Keep a batch open only while sending: other tasks' sends on this client are held back
+    /// too until it closes.
+    pub fn batch(&self) -> SendBatch<'_> {
+        self.side.cork();
+        SendBatch { client: self }
+    }
+
     /// Calls `method` on the client `to`.
     pub async fn request<T: Serialize + ?Sized>(
         &self,
@@ -279,6 +322,21 @@ impl AsyncClient {
             let t = AsyncTicket::new(&inner, &side, req, accept, REQUEST_DROPPED);
             f(r, AsyncRequestTicket(t));
         })
+    }
+}
+
+/// An open send batch of an [`AsyncClient`] (see [`AsyncClient::batch`]); dropping it
+/// publishes what was sent while it was open.
+#[must_use = "the batch closes (and publishes) when this guard drops"]
+pub struct SendBatch<'a> {
+    client: &'a AsyncClient,
+}
+
+impl Drop for SendBatch<'_> {
+    fn drop(&mut self) {
+        if self.client.side.uncork() {
+            self.client.inner().flush_batch();
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 # The bridge benchmark, in one run: real node-ipc@9.2.1 clients (a website doing fresh gets
 # that a legacy bot answers) against
 #   (a) the baseline: a minimal Arthur-style node-ipc server (bench/baseline_server.js), and
-#   (b) shmbus: `shmbus up` (hub + bridge), with the hub's default wait and with --wait park,
+#   (b) shmbus: `shmbus up` (hub + bridge), with --wait spin-then-park and with --wait park (up's default),
 # over the Unix socket and over TCP; then the bridge's overhead per message for round trips
-# between a legacy client and a Rust client. Prints a markdown report.
+# between a legacy client and a Rust client. Prints a markdown report. For the CPU per get of
+# every process against the baseline in one table, see bench_cpu.sh beside it.
 #
 #   bash tests/compat/bench.sh            # N=100000 gets per run, WINDOW=64 in flight, REPS=3
 #   N=50000 WINDOW=16 REPS=5 bash tests/compat/bench.sh
@@ -112,8 +113,8 @@ for t in unix tcp; do
         TPUT[$t.$cfg]=$tp; P99[$t.$cfg]=$p99
         case $cfg in
             baseline) name="node-ipc Arthur-style server" ;;
-            bridge-default) name="shmbus up (hub --wait spin-then-park, the default)" ;;
-            bridge-park) name="shmbus up --wait park" ;;
+            bridge-default) name="shmbus up --wait spin-then-park" ;;
+            bridge-park) name="shmbus up (hub --wait park, the default under up)" ;;
         esac
         echo "| $t | $name | $tp | $p50 | $p99 | $all |"
     done
