@@ -6,8 +6,19 @@
 //! ring, borrowing `&str` / `&[u8]` fields when the target type asks for them.
 //!
 //! Decoding never trusts the input: lengths are checked against the bytes that are there, a
-//! hard limit bounds any allocation a hostile length prefix could ask for, and trailing bytes
+//! limit bounds any allocation a hostile length prefix could ask for, and trailing bytes
 //! after a value are an error.
+//!
+//! ## The allocation bound
+//!
+//! bincode allocates an owned `String` / byte buffer for the length its prefix claims before
+//! it reads the bytes (the claim is only checked against the configured limit). With one fixed
+//! limit of 1 GiB, a 10-byte control message could make the hub allocate 1 GiB. So the limit
+//! follows the input: a decode of `n` bytes runs under the smallest of 64 KiB, 1 MiB, 16 MiB,
+//! 256 MiB and 1 GiB that is at least `n` ([`decode_limit`]). Every string or byte buffer in
+//! the value is made of bytes of the input, so no valid value is refused, and one decode never
+//! allocates more than `max(64 KiB, 16 × n)` for strings (sequences are bounded by serde's own
+//! cautious capacity of 1 MiB per container).
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -18,8 +29,52 @@ use crate::Error;
 pub const DECODE_LIMIT: usize = 1 << 30;
 
 type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
+type Cfg<const N: usize> = Configuration<LittleEndian, Varint, Limit<N>>;
 
 const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+
+const fn cfg<const N: usize>() -> Cfg<N> {
+    bincode::config::standard().with_limit::<N>()
+}
+
+/// The decode limit for an input of `len` bytes: the smallest tier that holds it.
+pub fn decode_limit(len: usize) -> usize {
+    match len {
+        0..=0xFFFF => 1 << 16,
+        0x1_0000..=0xF_FFFF => 1 << 20,
+        0x10_0000..=0xFF_FFFF => 1 << 24,
+        0x100_0000..=0xFFF_FFFF => 1 << 28,
+        _ => DECODE_LIMIT,
+    }
+}
+
+/// Runs `$call` with the config whose limit is [`decode_limit`]`($len)`.
+macro_rules! with_tier {
+    ($len:expr, |$c:ident| $call:expr) => {
+        match decode_limit($len) {
+            0x1_0000 => {
+                let $c = cfg::<{ 1 << 16 }>();
+                $call
+            }
+            0x10_0000 => {
+                let $c = cfg::<{ 1 << 20 }>();
+                $call
+            }
+            0x100_0000 => {
+                let $c = cfg::<{ 1 << 24 }>();
+                $call
+            }
+            0x1000_0000 => {
+                let $c = cfg::<{ 1 << 28 }>();
+                $call
+            }
+            _ => {
+                let $c = CONFIG;
+                $call
+            }
+        }
+    };
+}
 
 /// Exact encoded size of `value`, computed without allocating.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
@@ -51,16 +106,20 @@ pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 
 /// Decodes an owned `T` from exactly `bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let (v, used) = bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG)
-        .map_err(|e| Error::Decode(e.to_string()))?;
+    let (v, used) = with_tier!(bytes.len(), |c| bincode::serde::decode_from_slice::<T, _>(
+        bytes, c
+    ))
+    .map_err(|e| Error::Decode(e.to_string()))?;
     check_used(used, bytes.len())?;
     Ok(v)
 }
 
 /// Decodes a `T` that may borrow (`&str`, `&[u8]`, `Cow`) from `bytes`, with no copy.
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
-    let (v, used) = bincode::serde::borrow_decode_from_slice::<T, _>(bytes, CONFIG)
-        .map_err(|e| Error::Decode(e.to_string()))?;
+    let (v, used) = with_tier!(bytes.len(), |c| {
+        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, c)
+    })
+    .map_err(|e| Error::Decode(e.to_string()))?;
     check_used(used, bytes.len())?;
     Ok(v)
 }
@@ -131,6 +190,28 @@ mod tests {
         assert!(matches!(decode::<u32>(&ok), Err(Error::Decode(_))));
         // invalid utf-8
         assert!(decode::<String>(&[2, 0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn a_length_prefix_cannot_claim_more_than_the_input_tier() {
+        // Before the tiers, a 6-byte input claiming a 100 MiB string made bincode allocate
+        // 100 MiB (the claim was checked only against 1 GiB) before it found the bytes missing.
+        let mut claim = vec![0xfc];
+        claim.extend_from_slice(&(100u32 << 20).to_le_bytes());
+        claim.push(b'x');
+        let e = decode::<String>(&claim).unwrap_err();
+        assert!(e.to_string().contains("imit"), "{e}");
+        let e = decode::<Vec<u8>>(&claim);
+        assert!(e.is_err());
+        // A real string as long as its input decodes in every tier.
+        for n in [10usize, 70_000, 2 << 20] {
+            let s = "y".repeat(n);
+            let b = encode_to_vec(&s).unwrap();
+            assert_eq!(decode::<String>(&b).unwrap(), s);
+        }
+        assert_eq!(decode_limit(0), 1 << 16);
+        assert_eq!(decode_limit(1 << 16), 1 << 20);
+        assert_eq!(decode_limit(usize::MAX), DECODE_LIMIT);
     }
 
     #[test]

@@ -106,6 +106,9 @@ mod channel;
 pub mod client;
 pub mod codec;
 mod error;
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
 mod hash;
 pub mod hub;
 mod link;

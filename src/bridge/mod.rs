@@ -21,7 +21,7 @@
 //! (the WebSocket server and its code table).
 
 pub mod frame;
-mod nodeipc;
+pub(crate) mod nodeipc;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
