@@ -15,7 +15,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::*;
 use crate::ring::layout::kind;
-use crate::ring::{Consumer, Frame, Producer, RingError};
+use crate::reassembly::{Ready, Reassembly};
+use crate::ring::{Consumer, Producer, RingError};
 use crate::sys::{self, Bell};
 use crate::wait::{wait_until, BellParker, DataIn, RoomFor, Sleeper, WaitOutcome, WaitStrategy};
 use crate::{codec, Error};
@@ -539,15 +540,6 @@ impl Drop for RawSender {
     }
 }
 
-/// A message that is ready at the consumer.
-#[derive(Clone, Copy)]
-enum Ready {
-    /// In the ring, in place.
-    Whole(Frame),
-    /// Reassembled from fragments in `RawReceiver::assembly`.
-    Assembled,
-}
-
 /// The byte-level receiving half of a link direction.
 pub struct RawReceiver {
     cons: Consumer,
@@ -557,10 +549,8 @@ pub struct RawReceiver {
     space_bell: Bell,
     ctrl: Arc<UnixStream>,
     wait: WaitStrategy,
-    max_message: usize,
-    /// Fragments collected so far, and the announced total.
-    assembly: Vec<u8>,
-    assembling: Option<usize>,
+    /// Frame logic: copies frames out of the ring, reassembles fragments.
+    asm: Reassembly,
     broken: Option<Error>,
     peer_gone: bool,
     /// A message offered by `try_recv_maybe` and not consumed.
@@ -585,9 +575,7 @@ impl RawReceiver {
             space_bell,
             ctrl,
             wait,
-            max_message,
-            assembly: Vec::new(),
-            assembling: None,
+            asm: Reassembly::new(max_message),
             broken: None,
             peer_gone: false,
             held: None,
@@ -628,91 +616,41 @@ impl RawReceiver {
         e
     }
 
-    fn release(&mut self, f: Frame) -> Result<(), Error> {
-        if self.cons.release(f) {
-            self.space_bell.ring()?;
-        }
-        Ok(())
-    }
-
     /// Advances to the next whole message, absorbing fragments. `None` = nothing whole yet.
     fn poll_ready(&mut self) -> Result<Option<Ready>, Error> {
         if let Some(e) = &self.broken {
             return Err(e.duplicate());
         }
-        loop {
-            let f = match self.cons.peek() {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(self.corrupt(&e.to_string())),
-            };
-            match (f.kind, self.assembling) {
-                (kind::MSG, None) => return Ok(Some(Ready::Whole(f))),
-                (kind::FIRST, None) => {
-                    let p = self.cons.payload(&f);
-                    if p.len() < 8 {
-                        return Err(self.corrupt("first fragment without a length"));
-                    }
-                    let total = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
-                    let total = usize::try_from(total).unwrap_or(usize::MAX);
-                    if total > self.max_message || total < p.len() - 8 {
-                        return Err(self.corrupt("fragmented message length out of range"));
-                    }
-                    self.assembly.clear();
-                    self.assembly.reserve_exact(total);
-                    self.assembly.extend_from_slice(&p[8..]);
-                    self.assembling = Some(total);
-                    self.release(f)?;
-                }
-                (kind::MORE | kind::LAST, Some(total)) => {
-                    let p = self.cons.payload(&f);
-                    let have = self.assembly.len() + p.len();
-                    let last = f.kind == kind::LAST;
-                    if have > total || (last && have != total) || (!last && have == total) {
-                        return Err(self.corrupt("fragments do not add up to the announced length"));
-                    }
-                    self.assembly.extend_from_slice(p);
-                    self.release(f)?;
-                    if last {
-                        self.assembling = None;
-                        return Ok(Some(Ready::Assembled));
-                    }
-                }
-                (kind::ABORT, _) => {
-                    self.assembling = None;
-                    self.assembly.clear();
-                    self.release(f)?;
-                }
-                _ => return Err(self.corrupt("fragment out of sequence")),
-            }
-        }
+        let r = self.asm.poll(&mut self.cons);
+        self.wake_producer()?;
+        r.map_err(|m| self.corrupt(&m))
     }
 
+    /// Rings the space doorbell if a release asked for it.
+    #[inline]
+    fn wake_producer(&mut self) -> Result<(), Error> {
+        if self.asm.take_wake() {
+            self.space_bell.ring()?;
+        }
+        Ok(())
+    }
+
+    /// Hands a ready message to `f` from a private copy (see [`Reassembly::bytes`]), then
+    /// consumes it.
     fn deliver<R>(&mut self, r: Ready, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let out = match r {
-            Ready::Whole(frame) => {
-                let out = f(self.cons.payload(&frame));
-                self.stats.bytes += frame.len as u64;
-                self.release(frame)?;
-                out
-            }
-            Ready::Assembled => {
-                let out = f(&self.assembly);
-                self.stats.bytes += self.assembly.len() as u64;
-                if self.assembly.capacity() > SCRATCH_KEEP {
-                    self.assembly = Vec::new();
-                } else {
-                    self.assembly.clear();
-                }
-                out
-            }
-        };
+        let out = self.asm.with_bytes(&self.cons, &r, f);
+        self.finish(r, out)
+    }
+
+    fn finish<R>(&mut self, r: Ready, out: R) -> Result<R, Error> {
+        self.stats.bytes += self.asm.finish(&mut self.cons, r) as u64;
         self.stats.messages += 1;
+        self.wake_producer()?;
         Ok(out)
     }
 
-    /// Receives one message and hands its bytes to `f` (in place in the ring for messages
-    /// that fit one frame).
+    /// Receives one message and hands its bytes to `f` (a private copy: the peer can still
+    /// write the ring).
     pub(crate) fn recv_with<R>(
         &mut self,
         deadline: Deadline,
@@ -730,12 +668,23 @@ impl RawReceiver {
         kick: Option<&std::sync::atomic::AtomicBool>,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, Fail> {
+        self.recv_loop(deadline, kick, |rx, r| rx.deliver(r, f))
+    }
+
+    /// The receive loop: waits per `deadline` (and `kick`) for a ready message and hands it to
+    /// `take`, which delivers and consumes it.
+    fn recv_loop<R>(
+        &mut self,
+        deadline: Deadline,
+        kick: Option<&std::sync::atomic::AtomicBool>,
+        take: impl FnOnce(&mut Self, Ready) -> Result<R, Error>,
+    ) -> Result<R, Fail> {
         loop {
             if let Some(r) = self.held.take() {
-                return Ok(self.deliver(r, f)?);
+                return Ok(take(self, r)?);
             }
             if let Some(r) = self.poll_ready()? {
-                return Ok(self.deliver(r, f)?);
+                return Ok(take(self, r)?);
             }
             if self.peer_gone || self.cons.peer_closed() {
                 // Drained: everything the peer committed before it left has been delivered.
@@ -788,12 +737,9 @@ impl RawReceiver {
                 }
             },
         };
-        let (consume, out) = match &ready {
-            Ready::Whole(frame) => f(self.cons.payload(frame)),
-            Ready::Assembled => f(&self.assembly),
-        };
+        let (consume, out) = self.asm.with_bytes(&self.cons, &ready, f);
         if consume {
-            self.deliver(ready, |_| ())?;
+            self.finish(ready, ())?;
         } else {
             self.held = Some(ready);
         }
@@ -883,6 +829,35 @@ impl RawReceiver {
                 Fail::Disconnected => RecvTimeoutError::Disconnected,
                 Fail::NotNow | Fail::Timeout => RecvTimeoutError::Timeout,
             })
+    }
+}
+
+impl RawReceiver {
+    /// [`recv_bytes`](RawReceiver::recv_bytes) with no copy: `f` gets the message borrowed
+    /// in place in the shared ring (a fragmented message still comes from the private
+    /// reassembly buffer).
+    ///
+    /// # Safety
+    ///
+    /// The peer process has the ring mapped writable. The caller must trust it not to write
+    /// the frame while `f` runs (a well-behaved shmbus peer never does: it reuses the space
+    /// only after this call gives it back). A hostile peer could otherwise change bytes that
+    /// were already checked, e.g. make a `&str` decoded from them invalid UTF-8, which is
+    /// undefined behaviour. The safe receive calls copy the frame first (see
+    /// [`Consumer::copy_payload`](crate::ring::Consumer::copy_payload)).
+    pub unsafe fn recv_bytes_in_place<R>(
+        &mut self,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RecvError> {
+        self.recv_loop(Deadline::Never, None, |rx, r| {
+            // SAFETY: forwarded to our caller's contract (a trusted peer).
+            let out = f(unsafe { rx.asm.bytes_in_place(&rx.cons, &r) });
+            rx.finish(r, out)
+        })
+        .map_err(|e| match e {
+            Fail::Error(e) => RecvError::Failed(e),
+            _ => RecvError::Disconnected,
+        })
     }
 }
 
@@ -1025,17 +1000,19 @@ impl<T: DeserializeOwned> Receiver<T> {
             .and_then(|r| r.map_err(RecvTimeoutError::Failed))
     }
 
-    /// Receives one message and passes it to `f` by reference; it is decoded straight from
-    /// the ring bytes (no intermediate buffer) and dropped after `f` returns.
+    /// Receives one message and passes it to `f` by reference; it is decoded from the private
+    /// copy of the frame and dropped after `f` returns.
     pub fn recv_ref<R>(&mut self, f: impl FnOnce(&T) -> R) -> Result<R, RecvError> {
         self.raw
             .recv_bytes(|b| codec::decode::<T>(b).map(|v| f(&v)))
             .and_then(|r| r.map_err(RecvError::Failed))
     }
 
-    /// Receives one message decoded *in place* as the borrowed view `V::Of<'_>`: its
-    /// `&str` / `&[u8]` fields point into the shared ring. `f` cannot keep them: the space is
-    /// given back to the sender when `f` returns.
+    /// Receives one message decoded as the borrowed view `V::Of<'_>`: its `&str` / `&[u8]`
+    /// fields borrow from this receiver's private copy of the frame (one memcpy of the
+    /// frame, no allocation after the first message; the peer can still write the ring
+    /// itself). `f` cannot keep them. For a trusted peer,
+    /// [`recv_view_in_place`](Receiver::recv_view_in_place) skips the copy.
     pub fn recv_view<V: View, R>(
         &mut self,
         f: impl for<'a> FnOnce(V::Of<'a>) -> R,
@@ -1043,6 +1020,26 @@ impl<T: DeserializeOwned> Receiver<T> {
         self.raw
             .recv_bytes(|b| codec::decode_borrowed::<V::Of<'_>>(b).map(f))
             .and_then(|r| r.map_err(RecvError::Failed))
+    }
+
+    /// [`recv_view`](Receiver::recv_view) with no copy: the view's `&str` / `&[u8]` fields
+    /// point straight into the shared ring.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RawReceiver::recv_bytes_in_place`]: the peer must be trusted not to write the
+    /// frame while `f` runs. (A `&str` whose bytes change after the UTF-8 check is undefined
+    /// behaviour.)
+    pub unsafe fn recv_view_in_place<V: View, R>(
+        &mut self,
+        f: impl for<'a> FnOnce(V::Of<'a>) -> R,
+    ) -> Result<R, RecvError> {
+        // SAFETY: forwarded to our caller's contract.
+        unsafe {
+            self.raw
+                .recv_bytes_in_place(|b| codec::decode_borrowed::<V::Of<'_>>(b).map(f))
+        }
+        .and_then(|r| r.map_err(RecvError::Failed))
     }
 
     /// [`recv_view`](Receiver::recv_view) without waiting.
@@ -1055,7 +1052,7 @@ impl<T: DeserializeOwned> Receiver<T> {
             .and_then(|r| r.map_err(TryRecvError::Failed))
     }
 
-    /// The raw bytes of the next message, in place.
+    /// The raw bytes of the next message (a private copy of the frame).
     pub fn recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         self.raw.recv_bytes(f)
     }
