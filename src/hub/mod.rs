@@ -12,9 +12,9 @@
 //! message for it (the sender's own ring then fills, and its `send` waits): memory stays
 //! bounded and nothing is dropped.
 
-mod control;
+pub(crate) mod control;
 
-use crate::hash::FastHash;
+use crate::hash::KeyedHash;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::AsFd;
@@ -225,10 +225,10 @@ pub struct Hub {
     /// cheaper than moving the whole receiver on every turn of the loop.
     rxs: Vec<Option<Box<RawReceiver>>>,
     handshakes: Vec<Option<Handshake>>,
-    names: HashMap<String, usize, FastHash>,
+    names: HashMap<String, usize, KeyedHash>,
     next_gen: u64,
-    pending: HashMap<u64, Pending, FastHash>,
-    inflight: HashMap<String, u64, FastHash>,
+    pending: HashMap<u64, Pending, KeyedHash>,
+    inflight: HashMap<String, u64, KeyedHash>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_req: u64,
     cache: CacheWriter,
@@ -541,6 +541,9 @@ impl Hub {
             ControlRequest::Stat => {
                 let report = self.stat();
                 let _ = crate::send_control(&h.sock, &ControlReply::Stat(report), &[]);
+            }
+            ControlRequest::CacheSegment { key } => {
+                control::answer_cache_segment(&self.cache, &h.sock, key);
             }
             ControlRequest::Hello(hello) => {
                 if let Err(reason) = self.admit(h.sock, h.cred, hello) {
