@@ -9,3 +9,6 @@
 pub use crate::bridge::nodeipc::{map_frame as nodeipc_map_frame, Mapped as NodeIpcMapped};
 #[cfg(feature = "bridge")]
 pub use crate::bridge::ws::{classify_text as ws_classify_text, TextAction as WsTextAction};
+
+pub use crate::reassembly::{Ready, Reassembly, ABSORB_PER_POLL};
+pub use crate::ring::heap_ring_from;

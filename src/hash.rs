@@ -271,6 +271,72 @@ pub(crate) mod tests {
         assert_ne!(a, sip13(key, &[b"kin", b"dkey"]), "part boundaries count");
     }
 
+    /// A map key that hashes exactly like the hub's `String` keys and counts comparisons: the
+    /// operation count of a table lookup (1 per hit when hashes spread; every entry of the
+    /// chain when they all collide).
+    #[derive(Clone)]
+    struct Counted(String, std::rc::Rc<std::cell::Cell<u64>>);
+    impl std::hash::Hash for Counted {
+        fn hash<H: Hasher>(&self, h: &mut H) {
+            self.0.hash(h)
+        }
+    }
+    impl PartialEq for Counted {
+        fn eq(&self, o: &Self) -> bool {
+            self.1.set(self.1.get() + 1);
+            self.0 == o.0
+        }
+    }
+    impl Eq for Counted {}
+
+    /// Key comparisons to insert every key and then look each up once.
+    fn comparisons<S: BuildHasher + Default>(keys: &[String]) -> u64 {
+        let n = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut m: HashMap<Counted, usize, S> = HashMap::default();
+        for (i, k) in keys.iter().enumerate() {
+            m.insert(Counted(k.clone(), n.clone()), i);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(m.get(&Counted(k.clone(), n.clone())), Some(&i));
+        }
+        n.get()
+    }
+
+    /// Hash flooding: 100,000 client names built to collide under the old Fx-style hash (all
+    /// with one and the same 64-bit hash) cost the keyed tables no more than 100,000 random
+    /// names (by key comparisons, a count, not a timing). Under the old hash the same keys
+    /// made every operation compare against the whole chain: already at 2,000 keys that is
+    /// more than 500 times the comparisons of random keys (checked below with the old hasher,
+    /// on fewer keys because the old cost grows with the square).
+    #[test]
+    fn flooding_keys_cost_the_keyed_tables_no_more_than_random_keys() {
+        let flood = colliding_names(100_000);
+        let h0 = old_str_hash(&flood[0]);
+        assert!(flood.iter().all(|k| old_str_hash(k) == h0), "designed to collide");
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<String> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("client-{x:016x}-rnd")
+            })
+            .collect();
+        let (f, r) = (
+            comparisons::<KeyedHash>(&flood),
+            comparisons::<KeyedHash>(&random),
+        );
+        eprintln!("keyed: {f} comparisons for the flood, {r} for random keys");
+        assert!(f <= 2 * r + 1000, "flood {f} vs random {r}");
+        type Old = std::hash::BuildHasherDefault<OldFxHasher>;
+        let (of, or) = (
+            comparisons::<Old>(&flood[..2000]),
+            comparisons::<Old>(&random[..2000]),
+        );
+        eprintln!("old hash, 2000 keys: {of} comparisons for the flood, {or} for random keys");
+        assert!(of > 500 * or.max(1), "the old hash degrades: {of} vs {or}");
+    }
+
     #[test]
     fn keyed_tables_map_correctly_and_tables_differ() {
         let mut m: HashMap<String, usize, KeyedHash> = HashMap::default();

@@ -117,7 +117,7 @@ mod hash;
 pub mod hub;
 mod link;
 pub mod proto;
-mod reassembly;
+pub(crate) mod reassembly;
 pub mod ring;
 mod sync;
 pub mod sys;

@@ -16,6 +16,11 @@
 use crate::ring::layout::kind;
 use crate::ring::{Consumer, Frame};
 
+/// Most fragment / abort frames one [`Reassembly::poll`] absorbs before it returns (a legit
+/// sender never has more than a ring's worth of fragments outstanding; 4096 × 16 bytes is a
+/// 64 KiB ring full of minimal frames).
+pub const ABSORB_PER_POLL: usize = 4096;
+
 /// A reassembly or copy buffer above this is freed after use.
 pub(crate) const KEEP: usize = 4 << 20;
 
@@ -66,7 +71,12 @@ impl Reassembly {
     /// Advances to the next whole message, absorbing fragments. `Ok(None)` = nothing whole
     /// yet. `Err` = the peer broke the framing (the link is corrupt).
     pub fn poll(&mut self, cons: &mut Consumer) -> Result<Option<Ready>, String> {
-        loop {
+        // Frames absorbed without a message to show for them (fragments, aborts) are bounded
+        // per call: the consumer never clears a header it has read, so a hostile producer can
+        // leave valid `ABORT` headers all around the ring and keep a loop without this bound
+        // going forever (the hub would hang in one client's read). At the bound the caller
+        // sees "nothing yet" and comes back, like for any other busy ring.
+        for _ in 0..ABSORB_PER_POLL {
             let f = match cons.peek() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(None),
@@ -109,6 +119,7 @@ impl Reassembly {
                 _ => return Err("fragment out of sequence".into()),
             }
         }
+        Ok(None)
     }
 
     /// The bytes of a ready message, from memory only this process can write: a `Whole`

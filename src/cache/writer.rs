@@ -100,6 +100,9 @@ pub struct WriterStats {
     pub revocations: u64,
     /// The current segment generation.
     pub generation: u64,
+    /// Occupied slots stepped over to place new entries (linear probing: grows with hash
+    /// collisions, so it is what a flooding attempt would drive up).
+    pub probes: u64,
     /// The current epoch.
     pub epoch: u64,
 }
@@ -705,6 +708,7 @@ impl CacheWriter {
                 let mut i = hash as usize & mask;
                 while self.slot_ids[i] != NO_ID {
                     i = (i + 1) & mask;
+                    self.stats.probes += 1;
                 }
                 let id = match self.free_ids.pop() {
                     Some(id) => id,
@@ -1073,6 +1077,65 @@ mod tests {
         assert_eq!(c.generation(), 2);
         drop(held);
         assert!(matches!(r.try_get("k", None), Err(crate::cache::CacheError::Revoked)));
+    }
+
+    /// The shared index's hash before it was keyed (FNV-1a + a final mix), kept only to
+    /// compute keys that collide under it.
+    fn old_key_hash(kind: &str, key: &str) -> u64 {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: u8| {
+            h ^= b as u64;
+            h = h.wrapping_mul(PRIME);
+        };
+        kind.bytes().for_each(&mut eat);
+        eat(0xff);
+        eat(b'k');
+        key.bytes().for_each(&mut eat);
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^ (h >> 32)
+    }
+
+    /// Hash flooding of the shared index: 1,000 keys whose old hash puts them all in one home
+    /// slot (so the old index needed 0 + 1 + … + 999 = 499,500 probe steps to place them)
+    /// cost the keyed index no more probe steps than 1,000 random keys, with a 1,024-entry
+    /// cache. (1,000 rather than 100,000 because finding each such key takes ~2,000 tries of
+    /// the old hash; the 100,000-key flood of the process-local tables is in `crate::hash`.)
+    #[test]
+    fn flooding_the_shared_index_costs_no_more_than_random_keys() {
+        let cfg = CacheConfig {
+            bytes: 4 << 20,
+            entries: 1024,
+            max_value: 64,
+            pin_bound: Duration::from_secs(10),
+        };
+        let slots = 2048u64;
+        let home = old_key_hash("user", "seed") & (slots - 1);
+        let mut flood = Vec::new();
+        let mut i = 0u64;
+        while flood.len() < 1000 {
+            i += 1;
+            let k = format!("u{i}");
+            if old_key_hash("user", &k) & (slots - 1) == home {
+                flood.push(k);
+            }
+        }
+        let random: Vec<String> = (0..1000).map(|i| format!("r{}", i * 7919)).collect();
+        let probes = |keys: &[String]| {
+            let mut c = CacheWriter::new(cfg.clone()).unwrap();
+            for k in keys {
+                c.put("bot", "user", Some(k), p(b"v"), 0, S).unwrap();
+            }
+            for k in keys {
+                assert!(c.get("bot", "user", Some(k), Encoding::Bincode, || S).is_some());
+            }
+            assert_eq!(c.len(), keys.len());
+            c.stats().probes
+        };
+        let (f, r) = (probes(&flood), probes(&random));
+        eprintln!("shared index: {f} probe steps for the flood, {r} for random keys (old: 499500)");
+        assert!(f <= 2 * r + 200, "flood {f} vs random {r}");
     }
 
     #[test]

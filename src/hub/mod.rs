@@ -559,7 +559,10 @@ impl Hub {
             refuse(sock, &r);
             Err(r)
         };
-        if hello.magic != proto::HELLO_MAGIC || hello.version != proto::PROTOCOL_VERSION {
+        if let Err(reason) = check_hello_header(&hello) {
+            return refuse_with(&sock, reason);
+        }
+        if hello.version != proto::PROTOCOL_VERSION {
             return refuse_with(
                 &sock,
                 format!(
@@ -1617,4 +1620,16 @@ pub fn stat(dir: &Path) -> Result<StatReport, Error> {
         }
         _ => Err(Error::Handshake("unexpected answer to stat".into())),
     }
+}
+
+/// The magic of a hello: anything else is not a shmbus client at all, whatever version it
+/// claims.
+fn check_hello_header(hello: &Hello) -> Result<(), String> {
+    if hello.magic != proto::HELLO_MAGIC {
+        return Err(format!(
+            "not a shmbus hello (bad magic {:#018x})",
+            hello.magic
+        ));
+    }
+    Ok(())
 }

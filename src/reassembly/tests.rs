@@ -223,3 +223,28 @@ fn hostile_peer_flips_payload_bytes_during_decode() {
     assert_eq!(ok + bad + torn, frames);
     eprintln!("hostile flips: {ok} clean, {torn} consistent-but-changed, {bad} decode errors");
 }
+
+/// A hostile producer fills the ring with valid `ABORT` headers (8-byte frames, each pointing
+/// at the next, around the ring and back). Before the per-call bound, `poll` absorbed them
+/// forever (the consumer never clears a header it has read) and this test hung; now every
+/// call returns.
+#[test]
+fn a_ring_full_of_abort_frames_does_not_trap_poll() {
+    let abort = layout::frame_word(kind::ABORT, 0);
+    let data: Vec<u8> = std::iter::repeat_n(abort.to_le_bytes(), 4096 / 8)
+        .flatten()
+        .collect();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (_p, mut c) = crate::ring::heap_ring_from(4096, &[], &data);
+        let mut asm = Reassembly::new(1 << 20);
+        for _ in 0..scaled(300) {
+            assert!(matches!(asm.poll(&mut c), Ok(None)));
+        }
+        let _ = done_tx.send(());
+    });
+    let limit = if cfg!(miri) { 600 } else { 20 };
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(limit))
+        .expect("poll returned (no endless loop over recycled ABORT headers)");
+}
