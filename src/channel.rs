@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::*;
-use crate::ring::layout::kind;
 use crate::reassembly::{Ready, Reassembly};
+use crate::ring::layout::kind;
 use crate::ring::{Consumer, Producer, RingError};
 use crate::sys::{self, Bell};
 use crate::wait::{wait_until, BellParker, DataIn, RoomFor, Sleeper, WaitOutcome, WaitStrategy};

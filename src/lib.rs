@@ -102,6 +102,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
 pub mod bench;
 #[cfg(all(feature = "bridge", not(shmbus_loom)))]
 pub mod bridge;
@@ -110,9 +113,6 @@ mod channel;
 pub mod client;
 pub mod codec;
 mod error;
-#[doc(hidden)]
-#[path = "fuzz_api.rs"]
-pub mod __fuzz;
 mod hash;
 pub mod hub;
 mod link;

@@ -70,6 +70,7 @@ impl Reassembly {
 
     /// Advances to the next whole message, absorbing fragments. `Ok(None)` = nothing whole
     /// yet. `Err` = the peer broke the framing (the link is corrupt).
+    #[inline]
     pub fn poll(&mut self, cons: &mut Consumer) -> Result<Option<Ready>, String> {
         // Frames absorbed without a message to show for them (fragments, aborts) are bounded
         // per call: the consumer never clears a header it has read, so a hostile producer can

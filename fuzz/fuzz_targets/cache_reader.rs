@@ -38,12 +38,32 @@ fn fixture() -> &'static std::sync::Mutex<Fixture> {
             pin_bound: std::time::Duration::from_secs(10),
         })
         .unwrap();
-        for (i, v) in [&b"one"[..], &[7u8; 300], b"{\"json\":1}", &[]].iter().enumerate() {
-            let p = Payload { enc: if i == 2 { Encoding::Json } else { Encoding::Bincode }, bytes: v };
+        for (i, v) in [&b"one"[..], &[7u8; 300], b"{\"json\":1}", &[]]
+            .iter()
+            .enumerate()
+        {
+            let p = Payload {
+                enc: if i == 2 {
+                    Encoding::Json
+                } else {
+                    Encoding::Bincode
+                },
+                bytes: v,
+            };
             w.put("bot", "k", Some(&i.to_string()), p, 0, 1).unwrap();
         }
-        w.put("bot", "nokey", None, Payload { enc: Encoding::Bincode, bytes: b"x" }, 0, 1)
-            .unwrap();
+        w.put(
+            "bot",
+            "nokey",
+            None,
+            Payload {
+                enc: Encoding::Bincode,
+                bytes: b"x",
+            },
+            0,
+            1,
+        )
+        .unwrap();
         let fd = w.reader_fd().unwrap();
         let len = sys::check_sealed_len(fd.as_fd()).unwrap();
         let src = Mapping::map(fd.as_fd(), len, false).unwrap();
@@ -55,7 +75,13 @@ fn fixture() -> &'static std::sync::Mutex<Fixture> {
         let (a, b) = shmbus::Link::pair().unwrap();
         let pins = b.pin_words();
         drop(b);
-        std::sync::Mutex::new(Fixture { template, copy_fd, copy, pins, _keep: (w, a) })
+        std::sync::Mutex::new(Fixture {
+            template,
+            copy_fd,
+            copy,
+            pins,
+            _keep: (w, a),
+        })
     })
 }
 
@@ -80,8 +106,9 @@ fuzz_target!(|input: &[u8]| {
         Err(shmbus::cache::CacheError::Corrupt(_)) => return,
         Err(e) => panic!("open: {e:?}"),
     };
-    let mut tries: Vec<(String, Option<String>)> =
-        (0..5).map(|i| ("k".to_string(), Some(i.to_string()))).collect();
+    let mut tries: Vec<(String, Option<String>)> = (0..5)
+        .map(|i| ("k".to_string(), Some(i.to_string())))
+        .collect();
     tries.push(("nokey".into(), None));
     if let Ok(s) = std::str::from_utf8(keys) {
         tries.push(("k".into(), Some(s.to_string())));

@@ -108,5 +108,11 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(got, want, "frames {frames:?}");
     drop((p, c, asm));
     let _ = got;
-    shmbus_fuzz::assert_bounded("reassembly", base, input.len(), 4, 3 * MAX_MESSAGE + (64 << 10));
+    shmbus_fuzz::assert_bounded(
+        "reassembly",
+        base,
+        input.len(),
+        4,
+        3 * MAX_MESSAGE + (64 << 10),
+    );
 });

@@ -34,11 +34,20 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         A::UnknownCode => {
-            let v = v.expect("classified, so it parsed");
-            let c = v["code"].as_i64();
-            assert!(c.is_none_or(|c| c != table.heartbeat && c != table.listeners && c != 30001));
+            // (A `Value` parse can fail where the handler's does not: the handler skips
+            // fields it does not know, e.g. a number out of f64 range.)
+            if let Ok(v) = v {
+                let c = v["code"].as_i64();
+                assert!(
+                    c.is_none_or(|c| c != table.heartbeat && c != table.listeners && c != 30001)
+                );
+            }
         }
-        A::Heartbeat => assert_eq!(v.expect("json")["code"].as_i64(), Some(table.heartbeat)),
+        A::Heartbeat => {
+            if let Ok(v) = v {
+                assert_eq!(v["code"].as_i64(), Some(table.heartbeat));
+            }
+        }
         A::Listen(topics) => {
             for t in &topics {
                 let (kind, id) = t.split_once(':').expect("kind:id");

@@ -647,7 +647,9 @@ pub fn map_frame(f: &[u8]) -> Mapped {
             };
             let n = match number_text(r.request, "request").map(str::parse::<u64>) {
                 Ok(Ok(n)) => n,
-                Ok(Err(_)) => return bad(format!("response: no get with request {}", r.request.get())),
+                Ok(Err(_)) => {
+                    return bad(format!("response: no get with request {}", r.request.get()))
+                }
                 Err(m) => return bad(format!("response: {m}")),
             };
             let error = r.error.filter(|e| !matches!(e.get(), "null" | "false"));

@@ -87,8 +87,7 @@ impl CacheWriter {
         let epoch = self.header().epoch.load(Ordering::SeqCst);
         let next_epoch = epoch + 1;
         let hash_key = [crate::hash::random_u64(), crate::hash::random_u64()];
-        let (fd, map) = match create_segment(&self.geo, self.generation + 1, next_epoch, hash_key)
-        {
+        let (fd, map) = match create_segment(&self.geo, self.generation + 1, next_epoch, hash_key) {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "could not create a new cache segment; the stuck pin keeps its space");
@@ -112,8 +111,7 @@ impl CacheWriter {
         let mask = self.slots - 1;
         for id in ids {
             let m = self.metas[id].as_ref().expect("live");
-            let (order, old_off, size) =
-                (m.order, m.off, layout::value_offset(m.names) + m.vlen);
+            let (order, old_off, size) = (m.order, m.off, layout::value_offset(m.names) + m.vlen);
             let hash = layout::key_hash(hash_key, &m.kind, m.key.as_deref());
             let off = self
                 .buddy_alloc(order)

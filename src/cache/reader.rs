@@ -35,8 +35,8 @@
 //! lengths against the arena at every read, probe chains bounded by the table size, and a
 //! slot that keeps changing under its seqlock is an error after 100 ms of retrying (the hub may be descheduled mid-write).
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::cell::UnsafeCell;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -122,6 +122,7 @@ struct Seg {
     arena_len: u64,
     max_value: u64,
     hash_key: [u64; 2],
+    generation: u64,
 }
 
 /// The read-only view of one cache segment for one hub connection.
@@ -187,7 +188,18 @@ impl Seg {
         // SAFETY: the mapping is page-aligned and at least HEADER_SIZE long. `version` is read
         // first (Acquire, pairs with the hub's Release store); the plain fields are copied out
         // with volatile reads and checked here, never trusted again.
-        let (version, magic, seg_len, index_off, slots, arena_off, arena_len, max_value, key) = unsafe {
+        let (
+            version,
+            magic,
+            seg_len,
+            index_off,
+            slots,
+            arena_off,
+            arena_len,
+            max_value,
+            key,
+            generation,
+        ) = unsafe {
             (
                 (*hdr).version.load(Ordering::Acquire),
                 std::ptr::addr_of!((*hdr).magic).read_volatile(),
@@ -198,6 +210,7 @@ impl Seg {
                 std::ptr::addr_of!((*hdr).arena_len).read_volatile(),
                 std::ptr::addr_of!((*hdr).max_value).read_volatile(),
                 std::ptr::addr_of!((*hdr).hash_key).read_volatile(),
+                std::ptr::addr_of!((*hdr).generation).read_volatile(),
             )
         };
         if magic != layout::CACHE_MAGIC {
@@ -234,6 +247,7 @@ impl Seg {
             arena_len,
             max_value,
             hash_key: key,
+            generation,
             map,
         })
     }
@@ -258,7 +272,9 @@ impl Seg {
     }
 
     fn arena(&self, off: u64, len: usize) -> &[u8] {
-        assert!(off.checked_add(len as u64).is_some_and(|e| e <= self.arena_len));
+        assert!(off
+            .checked_add(len as u64)
+            .is_some_and(|e| e <= self.arena_len));
         // SAFETY: `off + len <= arena_len` (asserted; callers check it first) and the arena
         // lies inside the mapping (checked at open). The bytes belong to a block published
         // before our pin, and the hub neither frees it while we stay pinned nor, once it has
@@ -428,9 +444,7 @@ impl CacheReader {
         let fetched = if key == 0 {
             Err(CacheError::Revoked)
         } else {
-            source(key)
-                .map_err(CacheError::Corrupt)
-                .and_then(Seg::open)
+            source(key).map_err(CacheError::Corrupt).and_then(Seg::open)
         };
         let res = fetched.map(|new| {
             while self
@@ -687,8 +701,7 @@ impl CacheReader {
 
     /// The generation of the segment this view reads (1, 2, …).
     pub fn generation(&self) -> u64 {
-        // SAFETY: `generation` is a plain field written before the header was published.
-        self.peek(|s| unsafe { std::ptr::addr_of!((*s.header()).generation).read_volatile() })
+        self.peek(|s| s.generation)
     }
 
     /// Counters of this view plus the hub's own counts from the segment.

@@ -1016,8 +1016,12 @@ mod tests {
             let fd2 = w.reader_fd().unwrap();
             w.put("bot", "k", None, p(b"v1"), 0, 1).unwrap();
             (
-                CacheReader::open(fd1, cl1.pin_words()).unwrap().with_source(src(&c)),
-                CacheReader::open(fd2, cl2.pin_words()).unwrap().with_source(src(&c)),
+                CacheReader::open(fd1, cl1.pin_words())
+                    .unwrap()
+                    .with_source(src(&c)),
+                CacheReader::open(fd2, cl2.pin_words())
+                    .unwrap()
+                    .with_source(src(&c)),
             )
         };
         let held = r1.try_get("k", None).unwrap().unwrap();
@@ -1032,7 +1036,10 @@ mod tests {
             w.maintain(1 + 60_000_000);
             let st = w.stats();
             assert_eq!((st.revocations, st.generation), (1, 2), "{st:?}");
-            assert_eq!(st.retired_blocks, 0, "the old segment's retired space is gone with it");
+            assert_eq!(
+                st.retired_blocks, 0,
+                "the old segment's retired space is gone with it"
+            );
             assert_eq!(st.entries, 1, "live entries moved to the new segment");
             // The hub keeps writing, reusing space at will: none of it is in r1's mapping.
             for i in 0..2000u32 {
@@ -1041,7 +1048,10 @@ mod tests {
                     .unwrap();
                 w.reclaim();
             }
-            assert!(w.stats().retired_blocks < 10, "r1's old pin holds nothing back here");
+            assert!(
+                w.stats().retired_blocks < 10,
+                "r1's old pin holds nothing back here"
+            );
         }
         // The held value is exactly what it was, where it was, and decodes.
         assert_eq!(&*held, b"v1");
@@ -1052,13 +1062,22 @@ mod tests {
         ));
         assert!(!held.is_valid(), "stale: the hub moved on");
         // r1 cannot move while it holds a value of the old segment.
-        assert!(matches!(r1.try_get("k", None), Err(crate::cache::CacheError::Revoked)));
+        assert!(matches!(
+            r1.try_get("k", None),
+            Err(crate::cache::CacheError::Revoked)
+        ));
         // r2 holds nothing: its next read moves it to generation 2 and sees the latest value.
         assert_eq!(r2.generation(), 1);
-        assert_eq!(&*r2.try_get("k", None).unwrap().unwrap(), 1999u32.to_le_bytes());
+        assert_eq!(
+            &*r2.try_get("k", None).unwrap().unwrap(),
+            1999u32.to_le_bytes()
+        );
         assert_eq!(r2.generation(), 2);
         drop(held);
-        assert_eq!(&*r1.try_get("k", None).unwrap().unwrap(), 1999u32.to_le_bytes());
+        assert_eq!(
+            &*r1.try_get("k", None).unwrap().unwrap(),
+            1999u32.to_le_bytes()
+        );
         assert_eq!(r1.generation(), 2);
         // An unregistered key gets nothing.
         assert!(c.lock().unwrap().reader_fd_for(12345).is_none());
@@ -1076,7 +1095,10 @@ mod tests {
         c.maintain(1 + 60_000_000);
         assert_eq!(c.generation(), 2);
         drop(held);
-        assert!(matches!(r.try_get("k", None), Err(crate::cache::CacheError::Revoked)));
+        assert!(matches!(
+            r.try_get("k", None),
+            Err(crate::cache::CacheError::Revoked)
+        ));
     }
 
     /// The shared index's hash before it was keyed (FNV-1a + a final mix), kept only to
@@ -1128,7 +1150,9 @@ mod tests {
                 c.put("bot", "user", Some(k), p(b"v"), 0, S).unwrap();
             }
             for k in keys {
-                assert!(c.get("bot", "user", Some(k), Encoding::Bincode, || S).is_some());
+                assert!(c
+                    .get("bot", "user", Some(k), Encoding::Bincode, || S)
+                    .is_some());
             }
             assert_eq!(c.len(), keys.len());
             c.stats().probes

@@ -73,7 +73,9 @@ pub(crate) fn answer_cache_segment(
 /// socket at `path` and asks for the current segment (1 s timeouts).
 ///
 /// [`SegmentSource`]: crate::cache::reader::SegmentSource
-pub(crate) fn cache_segment_source(path: std::path::PathBuf) -> crate::cache::reader::SegmentSource {
+pub(crate) fn cache_segment_source(
+    path: std::path::PathBuf,
+) -> crate::cache::reader::SegmentSource {
     Box::new(move |key| {
         let t = Some(std::time::Duration::from_secs(1));
         let sock = std::os::unix::net::UnixStream::connect(&path).map_err(|e| e.to_string())?;

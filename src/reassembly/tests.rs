@@ -23,7 +23,11 @@ fn fragments(msg: &[u8], chunk: usize) -> Vec<(u8, Vec<u8>)> {
     while sent < msg.len() {
         let n = chunk.min(msg.len() - sent);
         sent += n;
-        let k = if sent == msg.len() { kind::LAST } else { kind::MORE };
+        let k = if sent == msg.len() {
+            kind::LAST
+        } else {
+            kind::MORE
+        };
         out.push((k, msg[sent - n..sent].to_vec()));
     }
     out
@@ -61,7 +65,10 @@ fn fragments_reassemble_exactly() {
             frames.extend(fragments(&msg, chunk));
             frames.push((kind::MSG, b"after".to_vec()));
             let got = run(&frames, 1 << 20).unwrap();
-            assert_eq!(got, vec![b"before".to_vec(), msg.clone(), b"after".to_vec()]);
+            assert_eq!(
+                got,
+                vec![b"before".to_vec(), msg.clone(), b"after".to_vec()]
+            );
         }
     }
 }
@@ -80,9 +87,13 @@ fn abort_drops_a_partial_message() {
 fn broken_sequences_are_errors() {
     let msg = vec![1u8; 300];
     let f = fragments(&msg, 64);
-    let cases: Vec<(Vec<(u8, Vec<u8>)>, &str)> = vec![
+    type Case = (Vec<(u8, Vec<u8>)>, &'static str);
+    let cases: Vec<Case> = vec![
         (vec![f[1].clone()], "out of sequence"),
-        (vec![f[0].clone(), (kind::MSG, b"x".to_vec())], "out of sequence"),
+        (
+            vec![f[0].clone(), (kind::MSG, b"x".to_vec())],
+            "out of sequence",
+        ),
         (vec![f[0].clone(), f[0].clone()], "out of sequence"),
         (vec![(kind::FIRST, vec![1, 2, 3])], "without a length"),
         (fragments(&msg, 64)[..1].to_vec(), ""), // incomplete: nothing yet, no error

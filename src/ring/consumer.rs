@@ -212,7 +212,10 @@ impl Consumer {
     /// buffer on the stack: the hot path of small messages, with no buffer bookkeeping.
     #[inline]
     pub fn with_small_payload<R>(&self, frame: &Frame, f: impl FnOnce(&[u8]) -> R) -> R {
-        assert!(frame.len <= SMALL_FRAME, "with_small_payload: frame too large");
+        assert!(
+            frame.len <= SMALL_FRAME,
+            "with_small_payload: frame too large"
+        );
         let mut buf = std::mem::MaybeUninit::<[u64; SMALL_FRAME / 8]>::uninit();
         let words = frame.len.div_ceil(8);
         if words == 0 {
@@ -239,7 +242,9 @@ impl Consumer {
         let p = self.ring.at(frame.pos + FRAME_HEADER);
         // SAFETY: `peek` checked the frame lies in the data area and `len >= 8`, so the
         // 8-aligned word at `pos + 8` is inside it; read atomically (the peer may write it).
-        let w = unsafe { (*p.cast::<std::sync::atomic::AtomicU64>()).load(std::sync::atomic::Ordering::Relaxed) };
+        let w = unsafe {
+            (*p.cast::<std::sync::atomic::AtomicU64>()).load(std::sync::atomic::Ordering::Relaxed)
+        };
         Some(u64::from_le(w))
     }
 

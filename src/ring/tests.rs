@@ -75,11 +75,7 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
     assert!(p.push(kind::MSG, &[2u8; 40]).unwrap());
     p.publish();
     let f = c.peek().unwrap().unwrap();
-    assert_eq!(
-        pl(&c, &f),
-        &[2u8; 40][..],
-        "padding skipped, frame whole"
-    );
+    assert_eq!(pl(&c, &f), &[2u8; 40][..], "padding skipped, frame whole");
     c.release(f);
     assert_eq!(c.peek().unwrap(), None);
 }
