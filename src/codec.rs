@@ -204,7 +204,12 @@ mod tests {
         let e = decode::<Vec<u8>>(&claim);
         assert!(e.is_err());
         // A real string as long as its input decodes in every tier.
-        for n in [10usize, 70_000, 2 << 20] {
+        let sizes: &[usize] = if cfg!(miri) {
+            &[10, 70_000]
+        } else {
+            &[10, 70_000, 2 << 20]
+        };
+        for &n in sizes {
             let s = "y".repeat(n);
             let b = encode_to_vec(&s).unwrap();
             assert_eq!(decode::<String>(&b).unwrap(), s);
