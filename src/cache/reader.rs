@@ -21,17 +21,18 @@
 //! ## Pins held too long
 //!
 //! A reader that keeps a pin longer than the hub's bound (`--cache-pin-ms`, 10 s by default)
-//! while retired space waits on it is *revoked*: the hub writes that pin value into the
-//! link's revocation word and reuses the space. From then on `get` refuses to read under that
-//! pin ([`CacheError::Revoked`]) until every `CacheRef` has been dropped and a fresh pin is
-//! taken, and [`CacheRef::is_valid`] / [`CacheRef::decode`] report that the held bytes may
-//! have changed. The mapping never goes away, so a revoked reader never faults — it only
-//! loses the "unchanged" guarantee.
+//! while retired space waits on it does not get that space reused under it: the hub moves to
+//! a new segment generation (`generation.rs`) and never writes the old one again, so the
+//! bytes a `CacheRef` borrows stay exactly as they were for as long as it is held — the
+//! reader's own mapping keeps those pages alive. Once the old segment is `superseded`, a view
+//! that holds no values fetches the current segment and switches; one that still holds values
+//! gets [`CacheError::Revoked`] for new reads until it lets go, and
+//! [`CacheRef::is_valid`] reports that a held value may be stale (never that it changed).
 //!
 //! ## Distrust
 //!
-//! The segment is written by the hub only (the fd is sealed against new writable mappings),
-//! but a reader still checks everything: the header once at open, each slot's offsets and
+//! The segment is written by the hub only (the fd is sealed against new writable mappings,
+//! which `open` checks), but a reader still checks everything: the header once at open, each slot's offsets and
 //! lengths against the arena at every read, probe chains bounded by the table size, and a
 //! slot that keeps changing under its seqlock is an error after 100 ms of retrying (the hub may be descheduled mid-write).
 
@@ -52,8 +53,9 @@ pub enum CacheError {
     Corrupt(String),
     /// A slot kept changing while we read it.
     Torn,
-    /// This reader held a pin past the hub's bound; reads under it are refused until every
-    /// `CacheRef` is dropped.
+    /// The hub moved to a newer segment generation and this view cannot follow yet: it
+    /// still holds `CacheRef`s of the old one (drop them), another thread is switching it,
+    /// or it has no way to fetch the new segment.
     Revoked,
     /// The connection this view belongs to is gone (the hub died or we reconnected).
     Disconnected,
@@ -67,7 +69,7 @@ impl std::fmt::Display for CacheError {
             CacheError::Corrupt(m) => write!(f, "cache segment corrupt: {m}"),
             CacheError::Torn => f.write_str("cache slot kept changing under the read"),
             CacheError::Revoked => f.write_str(
-                "cache pin held past the hub's bound and revoked; drop every CacheRef first",
+                "the hub moved its cache to a new segment; drop every CacheRef of the old one first",
             ),
             CacheError::Disconnected => f.write_str("the hub connection of this cache is gone"),
             CacheError::Decode(m) => write!(f, "cache value decode failed: {m}"),

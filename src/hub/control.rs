@@ -183,7 +183,7 @@ impl StatReport {
         let _ = writeln!(
             s,
             "cache segment: {} of {} arena bytes in use, {} retired ({} blocks), epoch {}, \
-             {} updates, {} evictions, {} expired, {} rejected, {} pins revoked",
+             {} updates, {} evictions, {} expired, {} rejected, {} segment moves (pins held too long)",
             k.used_bytes,
             k.arena_bytes,
             k.retired_bytes,
