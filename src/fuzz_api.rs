@@ -5,9 +5,9 @@
 //! the sockets and processes that normally surround it. Nothing here is needed by, or stable
 //! for, users of the crate.
 
-#[cfg(feature = "bridge")]
+#[cfg(all(feature = "bridge", not(shmbus_loom)))]
 pub use crate::bridge::nodeipc::{map_frame as nodeipc_map_frame, Mapped as NodeIpcMapped};
-#[cfg(feature = "bridge")]
+#[cfg(all(feature = "bridge", not(shmbus_loom)))]
 pub use crate::bridge::ws::{classify_text as ws_classify_text, TextAction as WsTextAction};
 
 pub use crate::reassembly::{Ready, Reassembly, ABSORB_PER_POLL};
