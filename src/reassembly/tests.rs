@@ -142,7 +142,7 @@ fn sum_of(name: &str, text: &str) -> u64 {
 /// A hostile producer keeps flipping the bytes of each frame it published while the receiver
 /// copies and decodes it (with `&str` fields it walks with `chars()`). The safe path reads the
 /// ring only with atomic loads into a private buffer, so under miri this is free of data
-/// races and UB (reading in place, the decode's plain reads raced with the flips); in the
+/// races and UB (reading in place, the decode's plain reads would race with the flips); in the
 /// normal build every frame is either a clean decode error or a value whose strings are
 /// valid UTF-8 and whose checksum is what it is (consistent within our copy).
 #[test]
