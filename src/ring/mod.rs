@@ -111,12 +111,13 @@ impl RingRef {
         unsafe { self.hdr.as_ref() }
     }
 
-    /// Pointer to byte `pos` of the data area.
+    /// Pointer to byte `pos` of the data area (`pos == cap` is the one-past-the-end pointer,
+    /// which the payload of an empty frame in the ring's last word starts at).
     #[inline]
     fn at(&self, pos: u64) -> *mut u8 {
-        debug_assert!(pos < self.cap);
-        // SAFETY: `pos < cap` (every caller masks or bounds-checks it), so the result stays
-        // inside the `cap`-byte data area.
+        debug_assert!(pos <= self.cap);
+        // SAFETY: `pos <= cap` (every caller masks or bounds-checks it), so the result stays
+        // inside the `cap`-byte data area or one past its end (used only for empty slices).
         unsafe { self.data.as_ptr().add(pos as usize) }
     }
 

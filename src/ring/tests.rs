@@ -223,3 +223,25 @@ fn two_threads_stream_without_loss() {
     prod.join().unwrap();
     assert_eq!(c.peek().unwrap(), None);
 }
+
+/// An empty frame (an `ABORT`) in the ring's last word: its payload starts one past the end of
+/// the data area. Found by the `reassembly` fuzz target (debug assertions on): `RingRef::at`
+/// asserted `pos < cap`, so a debug build panicked writing or reading such a frame.
+#[test]
+fn an_empty_frame_in_the_last_word_is_fine() {
+    let (mut p, mut c) = heap_ring(128);
+    for b in [&[1u8; 48][..], &[2u8; 48], &[]] {
+        assert!(p.push(kind::MSG, b).unwrap());
+        p.publish();
+        let f = c.peek().unwrap().unwrap();
+        assert_eq!(pl(&c, &f), b);
+        c.release(f);
+    }
+    assert!(p.push(kind::ABORT, &[]).unwrap(), "8 bytes at offset 120");
+    p.publish();
+    let f = c.peek().expect("valid frame").expect("published");
+    assert_eq!((f.kind, f.len), (kind::ABORT, 0));
+    assert!(pl(&c, &f).is_empty());
+    c.release(f);
+    assert_eq!(c.peek().unwrap(), None);
+}
