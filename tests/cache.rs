@@ -344,9 +344,13 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
     };
     let (_a, b) = shmbus::Link::pair().unwrap();
     let open = || {
+        // This test plays a hub that breaks its own layout, through a writable copy that
+        // is not sealed against writers (which `CacheReader::open` refuses): so it maps the
+        // copy itself and hands the mapping over.
         let fd = shmbus::sys::reopen_readonly(copy_fd.as_fd()).unwrap();
+        let map = shmbus::sys::Mapping::map(fd.as_fd(), len, false).unwrap();
         // Garbage keeps many slots "mid-write" for good: give up on them quickly.
-        CacheReader::open(fd, b.pin_words())
+        CacheReader::from_mapping(map, b.pin_words())
             .map(|r| r.with_torn_timeout(Duration::from_micros(200)))
     };
     reset();
@@ -378,7 +382,9 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
     let r = open().unwrap();
     let index_off = 256usize;
     let slots = 512usize;
-    let h = shmbus::cache::layout::key_hash("k", Some("7"));
+    // SAFETY: (test) the header's `hash_key` (offset 72, 16 bytes) lies in the mapping.
+    let hash_key = unsafe { src.as_ptr().add(72).cast::<[u64; 2]>().read() };
+    let h = shmbus::cache::layout::key_hash(hash_key, "k", Some("7"));
     let home = h as usize & (slots - 1);
     let mut found = None;
     for i in 0..slots {

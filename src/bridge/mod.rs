@@ -36,7 +36,7 @@
 
 pub mod auth;
 pub mod frame;
-mod nodeipc;
+pub(crate) mod nodeipc;
 mod outbox;
 mod prehello;
 #[cfg(feature = "socketio")]
