@@ -31,9 +31,9 @@ export MIRIFLAGS="${MIRIFLAGS:--Zmiri-disable-isolation -Zmiri-strict-provenance
 
 # One cargo TESTNAME only, so the filters go to the test binary after `--`. `reassembly::`
 # is the channel's receive logic (frame copies, fragments, the hostile-peer flip test);
-# `hash::tests::sip24` the shared index hash. The cache reader maps memfds (syscalls miri
+# `hash::tests::index_hash` the shared index hash. The cache reader maps memfds (syscalls miri
 # cannot run); its pure parts are covered by the cache_reader fuzz target instead.
-cargo +nightly miri test --lib -- ring:: codec:: reassembly:: hash::tests::sip24
+cargo +nightly miri test --lib -- ring:: codec:: reassembly:: hash::tests::index_hash
 status=$?
 if [ "$status" -eq 0 ]; then
     echo "miri: passed"

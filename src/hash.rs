@@ -9,11 +9,12 @@
 //!   foldhash (fast: a folded multiply per 16 bytes) keyed with a secret drawn from the
 //!   operating system's randomness for each process, plus a fresh per-table seed. Nobody
 //!   outside the process can see either, so nobody can compute colliding keys.
-//! * [`sip13`], SipHash-1-3 with a 128-bit key, for the cache segment's shared index: the
-//!   hub and every reader must compute the same function, whatever their build, so it is
-//!   written out here (a fixed, specified PRF, not a crate's unstable output) and keyed by a
-//!   seed the hub draws for each segment generation and stores in the segment header.
-//!   Readers (admitted clients) can see that seed; legacy clients behind the bridge cannot.
+//! * [`index_hash`], for the cache segment's shared index: the hub and every reader must
+//!   compute the same function, whatever their build, so it is written out here (a keyed
+//!   folded-multiply hash, the construction of foldhash, not a crate's unstable output) and
+//!   keyed by 128 random bits the hub draws for each segment generation and stores in the
+//!   segment header. Readers (admitted clients, who could flood the hub directly anyway) can
+//!   see that key; legacy and remote clients behind the bridge cannot.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
@@ -54,130 +55,77 @@ impl BuildHasher for KeyedHash {
     }
 }
 
-/// SipHash-1-3 of `parts` (each followed by its length byte, so part boundaries count),
-/// keyed with `key`. One compression round per 8 bytes, three finalisation rounds.
-pub(crate) fn sip13(key: [u64; 2], parts: &[&[u8]]) -> u64 {
-    // Short inputs (every cache lookup) are laid out on the stack first and hashed word by
-    // word; longer ones stream.
-    let total: usize = parts.iter().map(|p| p.len() + 1).sum();
-    if total <= 128 {
-        let mut buf = [0u8; 128];
-        let mut n = 0;
-        for p in parts {
-            buf[n..n + p.len()].copy_from_slice(p);
-            buf[n + p.len()] = p.len() as u8;
-            n += p.len() + 1;
-        }
-        return sip13_flat(key, &buf[..n]);
-    }
-    let mut s = Sip::new(key);
-    for p in parts {
-        s.write(p);
-        s.write(&[p.len() as u8]);
-    }
-    s.finish::<1, 3>()
+/// The 64 × 64 → 128-bit product of `x` and `y`, its two halves XORed: the mixing step of
+/// foldhash, wyhash and rapidhash (one `mul` on x86-64 and aarch64).
+#[inline(always)]
+fn fold_mul(x: u64, y: u64) -> u64 {
+    let p = (x as u128).wrapping_mul(y as u128);
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
-/// SipHash-1-3 of one contiguous message (the same function as streaming it through `Sip`).
+#[inline(always)]
+fn word(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Two words that, with the length, determine a part of at most 16 bytes (overlapping reads,
+/// as foldhash does them).
+#[inline(always)]
+fn short_words(b: &[u8]) -> (u64, u64) {
+    let n = b.len();
+    if n >= 8 {
+        (word(b, 0), word(b, n - 8))
+    } else if n >= 4 {
+        let w = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as u64;
+        (w(0), w(n - 4))
+    } else if n > 0 {
+        (b[0] as u64, ((b[n / 2] as u64) << 8) | b[n - 1] as u64)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Absorbs the bytes of one part into the state `s` (its length is already in `s`).
+#[inline(always)]
+fn absorb(mut s: u64, k: [u64; 2], b: &[u8]) -> u64 {
+    let n = b.len();
+    if n <= 16 {
+        if n == 0 {
+            return s;
+        }
+        let (lo, hi) = short_words(b);
+        return fold_mul(lo ^ k[0] ^ s, hi ^ k[1]);
+    }
+    let mut at = 0;
+    while n - at > 16 {
+        s = fold_mul(word(b, at) ^ k[0] ^ s, word(b, at + 8) ^ k[1]);
+        at += 16;
+    }
+    // The last 16 bytes, overlapping what came before (the length says by how much).
+    fold_mul(word(b, n - 16) ^ k[0] ^ s, word(b, n - 8) ^ k[1])
+}
+
+/// The shared cache index's hash of `(kind, key)`, keyed with a segment's 128-bit `key`: a
+/// keyed folded-multiply hash (the construction of foldhash / wyhash), written out here so
+/// that the hub and every reader compute the same function whatever their build.
+///
+/// Both lengths (and whether there is a key) enter first, through one keyed multiply, so
+/// inputs of different shapes start from unrelated states; each part is then absorbed 16
+/// bytes per multiply, every input word XORed with key material before it is multiplied.
+/// Without the key, no one can tell which inputs collide: the threat it answers is a legacy
+/// or remote client (through the bridge) that picks kinds and keys but cannot read the
+/// segment. It is not a cryptographic PRF, and a process that maps the segment (a same-uid
+/// client) can read the key anyway.
 #[inline]
-fn sip13_flat(key: [u64; 2], m: &[u8]) -> u64 {
-    let mut s = Sip::new(key);
-    let mut words = m.chunks_exact(8);
-    for w in &mut words {
-        s.word(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+pub(crate) fn index_hash(key: [u64; 2], kind: &[u8], sub: Option<&[u8]>) -> u64 {
+    const PI: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+    let sub_len = sub.map_or(u64::MAX, |b| b.len() as u64);
+    let mut s = fold_mul(key[0] ^ PI[0] ^ kind.len() as u64, key[1] ^ PI[1] ^ sub_len);
+    s = absorb(s, key, kind);
+    if let Some(b) = sub {
+        s = absorb(s, [key[1], key[0]], b);
     }
-    let rest = words.remainder();
-    let mut t = 0u64;
-    for (i, &b) in rest.iter().enumerate() {
-        t |= (b as u64) << (8 * i);
-    }
-    s.tail = t;
-    s.len = m.len() as u64;
-    s.finish::<1, 3>()
-}
-
-/// A SipHash-c-d state (c and d chosen at `finish`; the c rounds run per word in `write`
-/// with c = 1; `finish_cd` is generic for the reference test of SipHash-2-4).
-struct Sip {
-    v: [u64; 4],
-    tail: u64,
-    ntail: usize,
-    len: u64,
-    c: usize,
-}
-
-impl Sip {
-    fn new(k: [u64; 2]) -> Sip {
-        Sip::with_c(k, 1)
-    }
-
-    fn with_c(k: [u64; 2], c: usize) -> Sip {
-        Sip {
-            v: [
-                k[0] ^ 0x736f_6d65_7073_6575,
-                k[1] ^ 0x646f_7261_6e64_6f6d,
-                k[0] ^ 0x6c79_6765_6e65_7261,
-                k[1] ^ 0x7465_6462_7974_6573,
-            ],
-            tail: 0,
-            ntail: 0,
-            len: 0,
-            c,
-        }
-    }
-
-    #[inline(always)]
-    fn round(v: &mut [u64; 4]) {
-        v[0] = v[0].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(13) ^ v[0];
-        v[0] = v[0].rotate_left(32);
-        v[2] = v[2].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(16) ^ v[2];
-        v[0] = v[0].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(21) ^ v[0];
-        v[2] = v[2].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(17) ^ v[2];
-        v[2] = v[2].rotate_left(32);
-    }
-
-    #[inline(always)]
-    fn word(&mut self, m: u64) {
-        self.v[3] ^= m;
-        for _ in 0..self.c {
-            Self::round(&mut self.v);
-        }
-        self.v[0] ^= m;
-    }
-
-    fn write(&mut self, mut b: &[u8]) {
-        self.len += b.len() as u64;
-        while !b.is_empty() {
-            if self.ntail == 0 && b.len() >= 8 {
-                self.word(u64::from_le_bytes(b[..8].try_into().expect("8 bytes")));
-                b = &b[8..];
-                continue;
-            }
-            self.tail |= (b[0] as u64) << (8 * self.ntail);
-            self.ntail += 1;
-            b = &b[1..];
-            if self.ntail == 8 {
-                let t = std::mem::take(&mut self.tail);
-                self.ntail = 0;
-                self.word(t);
-            }
-        }
-    }
-
-    fn finish<const C: usize, const D: usize>(mut self) -> u64 {
-        debug_assert_eq!(self.c, C);
-        let last = self.tail | (self.len & 0xff) << 56;
-        self.word(last);
-        self.v[2] ^= 0xff;
-        for _ in 0..D {
-            Self::round(&mut self.v);
-        }
-        self.v[0] ^ self.v[1] ^ self.v[2] ^ self.v[3]
-    }
+    fold_mul(s ^ key[1], PI[0] ^ key[0])
 }
 
 #[cfg(test)]
@@ -288,37 +236,66 @@ pub(crate) mod tests {
             .all(|n| old_str_hash(n) == old_str_hash(&names[0])));
     }
 
+    /// The index hash over parts of every length from 0 to 40: no two of these inputs
+    /// collide, the part boundary and "no key" count, one flipped bit anywhere changes the
+    /// hash, and the key changes everything.
     #[test]
-    fn sip24_reference_vector_and_sip13_properties() {
-        // SipHash-2-4 reference (Aumasson & Bernstein, appendix A): key 00..0f,
-        // message 00..0e, output 0xa129ca6149be45e5.
+    fn index_hash_separates_inputs_and_depends_on_the_key() {
         let key = [0x0706_0504_0302_0100u64, 0x0f0e_0d0c_0b0a_0908];
-        let msg: Vec<u8> = (0u8..15).collect();
-        let mut s = Sip::with_c(key, 2);
-        s.write(&msg[..3]);
-        s.write(&msg[3..]);
-        assert_eq!(s.finish::<2, 4>(), 0xa129_ca61_49be_45e5);
-        // SipHash-1-3, as std computes it for the same key and message (std's SipHasher13
-        // is not public; its value for this vector is checked against our own 2-4 code path
-        // being correct, plus determinism and key dependence).
-        let a = sip13(key, &[b"kind", b"key"]);
-        // The stack path and the streaming path are one function.
-        let long = vec![b'x'; 200];
-        let mut st = Sip::new(key);
-        for p in [&b"kind"[..], &long[..]] {
-            st.write(p);
-            st.write(&[p.len() as u8]);
+        let bytes: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+        let n = if cfg!(miri) { 12 } else { 40 };
+        let mut seen = std::collections::HashMap::new();
+        let mut add = |kind: &[u8], sub: Option<&[u8]>| {
+            let h = index_hash(key, kind, sub);
+            if let Some(prev) = seen.insert(h, (kind.to_vec(), sub.map(<[u8]>::to_vec))) {
+                panic!("{prev:?} and {:?} collide", (kind, sub));
+            }
+        };
+        for a in 0..=n {
+            add(&bytes[..a], None);
+            for b in 0..=n {
+                add(&bytes[..a], Some(&bytes[..b]));
+            }
         }
-        assert_eq!(sip13(key, &[b"kind", &long]), st.finish::<1, 3>());
-        let mut st = Sip::new(key);
-        for p in [&b"kind"[..], &b"key"[..]] {
-            st.write(p);
-            st.write(&[p.len() as u8]);
+        // Same bytes, other split, and key vs no key (the table above covers only prefixes
+        // of one string; these are the shapes that matter for framing).
+        let h = |k: &str, s: Option<&str>| index_hash(key, k.as_bytes(), s.map(str::as_bytes));
+        assert_ne!(h("ab", None), h("a", Some("b")));
+        assert_ne!(h("a", None), h("a", Some("")));
+        assert_ne!(h("", Some("a")), h("a", None));
+        assert_ne!(h("ab", Some("c")), h("a", Some("bc")));
+        // Overlapping reads with the length: 8 equal bytes vs 9 bytes whose last word is one
+        // bit off (the collision an unkeyed or length-XORed scheme would have).
+        assert_ne!(h("xxxxxxxx", None), h("xxxxxxxxy", None));
+        for len in [1usize, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33].into_iter().filter(|&l| l <= n) {
+            let base = &bytes[..len];
+            let h0 = index_hash(key, b"kind", Some(base));
+            for bit in 0..len * 8 {
+                let mut v = base.to_vec();
+                v[bit / 8] ^= 1 << (bit % 8);
+                assert_ne!(index_hash(key, b"kind", Some(&v)), h0, "len {len} bit {bit}");
+            }
+            let mut other = key;
+            other[len % 2] ^= 1 << (len % 64);
+            assert_ne!(index_hash(other, b"kind", Some(base)), h0, "keyed");
         }
-        assert_eq!(a, st.finish::<1, 3>());
-        assert_eq!(a, sip13(key, &[b"kind", b"key"]));
-        assert_ne!(a, sip13([key[0] ^ 1, key[1]], &[b"kind", b"key"]));
-        assert_ne!(a, sip13(key, &[b"kin", b"dkey"]), "part boundaries count");
+        // Deterministic: the hub and a reader compute the same value.
+        assert_eq!(h("stats", Some("guild-42")), h("stats", Some("guild-42")));
+    }
+
+    /// The low bits (the home slot) of sequential keys spread over the table: with 16,384 keys
+    /// in 1,024 slots (16 expected per slot), no slot gets more than 48.
+    #[test]
+    fn index_hash_spreads_sequential_keys() {
+        let key = [random_u64(), random_u64()];
+        let n = if cfg!(miri) { 1024 } else { 16 * 1024 };
+        let mut slots = vec![0u32; 1024];
+        for i in 0..n {
+            let k = format!("guild-{i}");
+            slots[index_hash(key, b"stats", Some(k.as_bytes())) as usize & 1023] += 1;
+        }
+        let max = *slots.iter().max().unwrap();
+        assert!(max <= 3 * (n as u32 / 1024).max(1) + 8, "fullest slot {max}");
     }
 
     /// A map key that hashes exactly like the hub's `String` keys and counts comparisons: the

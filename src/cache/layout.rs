@@ -55,7 +55,7 @@ pub struct CacheHeader {
     pub max_value: u64,
     /// Which generation of the hub's cache this segment is (1, 2, …; see `writer.rs`).
     pub generation: u64,
-    /// The SipHash-1-3 key of the index hash ([`key_hash`]), drawn by the hub for this
+    /// The 128-bit key of the index hash ([`key_hash`]), drawn by the hub for this
     /// segment.
     pub hash_key: [u64; 2],
     /// 0 while the hub writes this segment; set to 1 (Release) when the hub has moved to a
@@ -145,18 +145,15 @@ pub fn value_offset(names: usize) -> usize {
     names.next_multiple_of(8)
 }
 
-/// The slot hash of `(kind, key)`: SipHash-1-3 keyed with the segment's `hash_key`, over the
-/// kind and the key (with a marker for "no key"). Never [`EMPTY`].
+/// The slot hash of `(kind, key)`: [`crate::hash::index_hash`] keyed with the segment's
+/// `hash_key` (a keyed folded-multiply hash). Never [`EMPTY`].
 ///
 /// Keyed, because kinds and keys are chosen by peers (also by legacy clients through the
 /// bridge): with a fixed function, keys that all hash to one chain would make every insert,
 /// delete and read walk the whole table.
 #[inline]
 pub fn key_hash(hash_key: [u64; 2], kind: &str, key: Option<&str>) -> u64 {
-    let h = match key {
-        Some(k) => crate::hash::sip13(hash_key, &[kind.as_bytes(), b"k", k.as_bytes()]),
-        None => crate::hash::sip13(hash_key, &[kind.as_bytes(), b"-"]),
-    };
+    let h = crate::hash::index_hash(hash_key, kind.as_bytes(), key.map(str::as_bytes));
     if h == EMPTY {
         1
     } else {
