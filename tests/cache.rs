@@ -431,6 +431,7 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
     // reads return values, misses or errors, never panic or fault.
     reset();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let pokes = std::sync::atomic::AtomicU64::new(0);
     let (mut ok, mut miss, mut err) = (0u64, 0u64, 0u64);
     std::thread::scope(|sc| {
         sc.spawn(|| {
@@ -444,12 +445,20 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
                     _ => 0,
                 };
                 poke(off, v);
+                pokes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
         let mut rng = Rng(99);
-        // A count, not a time window: a loaded machine only makes it take longer. The
-        // watchdog fails a read loop that stops making progress.
+        // A count, not a time window: a loaded machine only makes it take longer. The reads
+        // start once the scribbler has really run (200,000 pokes, about 1.5 per word of the
+        // segment: on a loaded machine 2000 reads could be over before its thread got a
+        // core, and then nothing was garbled and the test failed for no reason). The
+        // watchdog fails a loop that stops making progress.
         let watchdog = Instant::now() + Duration::from_secs(120);
+        while pokes.load(std::sync::atomic::Ordering::Relaxed) < 200_000 {
+            assert!(Instant::now() < watchdog, "the scribbler does not run");
+            std::thread::yield_now();
+        }
         while ok + miss + err < 2000 {
             assert!(
                 Instant::now() < watchdog,
@@ -468,7 +477,11 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    eprintln!("under garbage: {ok} values, {miss} misses, {err} errors");
+    eprintln!(
+        "under garbage: {ok} values, {miss} misses, {err} errors, {} pokes, {:?}",
+        pokes.load(std::sync::atomic::Ordering::Relaxed),
+        r.stats()
+    );
     assert_eq!(ok + miss + err, 2000);
     assert!(err > 0, "garbage must be noticed");
     drop(_a);
