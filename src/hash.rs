@@ -267,13 +267,20 @@ pub(crate) mod tests {
         // Overlapping reads with the length: 8 equal bytes vs 9 bytes whose last word is one
         // bit off (the collision an unkeyed or length-XORed scheme would have).
         assert_ne!(h("xxxxxxxx", None), h("xxxxxxxxy", None));
-        for len in [1usize, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33].into_iter().filter(|&l| l <= n) {
+        for len in [1usize, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33]
+            .into_iter()
+            .filter(|&l| l <= n)
+        {
             let base = &bytes[..len];
             let h0 = index_hash(key, b"kind", Some(base));
             for bit in 0..len * 8 {
                 let mut v = base.to_vec();
                 v[bit / 8] ^= 1 << (bit % 8);
-                assert_ne!(index_hash(key, b"kind", Some(&v)), h0, "len {len} bit {bit}");
+                assert_ne!(
+                    index_hash(key, b"kind", Some(&v)),
+                    h0,
+                    "len {len} bit {bit}"
+                );
             }
             let mut other = key;
             other[len % 2] ^= 1 << (len % 64);
@@ -295,7 +302,10 @@ pub(crate) mod tests {
             slots[index_hash(key, b"stats", Some(k.as_bytes())) as usize & 1023] += 1;
         }
         let max = *slots.iter().max().unwrap();
-        assert!(max <= 3 * (n as u32 / 1024).max(1) + 8, "fullest slot {max}");
+        assert!(
+            max <= 3 * (n as u32 / 1024).max(1) + 8,
+            "fullest slot {max}"
+        );
     }
 
     /// A map key that hashes exactly like the hub's `String` keys and counts comparisons: the

@@ -19,8 +19,8 @@
 
 mod budget;
 mod raw_receiver;
-pub(crate) mod reassembly;
 mod raw_sender;
+pub(crate) mod reassembly;
 mod typed;
 
 #[cfg(all(test, not(shmbus_loom)))]

@@ -128,7 +128,10 @@ impl Reassembly {
         let add = f.len - skip;
         let need = self.assembly.len() + add.next_multiple_of(8);
         if need > self.assembly.capacity() {
-            let cap = need.max(self.assembly.capacity() * 2).min(total + 8).max(need);
+            let cap = need
+                .max(self.assembly.capacity() * 2)
+                .min(total + 8)
+                .max(need);
             self.assembly.reserve_exact(cap - self.assembly.len());
         }
         cons.copy_payload(f, skip, &mut self.assembly);
