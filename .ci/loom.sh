@@ -13,4 +13,7 @@ export RUSTFLAGS="--cfg shmbus_loom"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-4}"
 export RUST_BACKTRACE=0
 
+# The loom build compiles src/loom_tests.rs and the loom shadow code, which the normal clippy
+# run never sees: lint them too (every unsafe block there needs its SAFETY comment).
+cargo clippy --lib --profile test --target-dir target/loom -- -D warnings
 exec cargo test --lib --release --target-dir target/loom loom_tests

@@ -202,8 +202,10 @@
 //!
 //! ## Zero-copy receive
 //!
-//! [`Receiver::recv_view`] decodes a message in place: `&str` and `&[u8]` fields point into
-//! the shared ring, and the space goes back to the sender when the closure returns.
+//! [`Receiver::recv_view`] decodes a message as a borrowed view: `&str` and `&[u8]` fields
+//! point into the receiver's private copy of the frame (one memcpy, no allocation), never into
+//! the shared ring, which the peer could still rewrite. [`Receiver::recv_view_in_place`]
+//! (`unsafe`: for a trusted peer) skips even that copy.
 //!
 //! ```
 //! # use serde::{Serialize, Deserialize};
@@ -239,11 +241,17 @@
 //! ## Trust
 //!
 //! The peer is not trusted: every index and frame header it writes is checked, and a bad
-//! one is [`Error::Corrupt`] on that link only, never undefined behaviour or a panic.
+//! one is [`Error::Corrupt`] on that link only, never undefined behaviour or a panic. No safe
+//! function hands out a reference into memory the peer can write: received frames are copied
+//! (with atomic loads) into private memory before anything decodes them.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
+
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
 
 // The measuring harness of `shmbus bench`, benches/ and compare/: not part of the API.
 #[cfg(feature = "bench")]

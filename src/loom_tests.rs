@@ -141,7 +141,8 @@ fn check_frame(cons: &Consumer, f: &Frame, seq: usize, lens: &[usize]) {
         f.len, lens[seq],
         "frame {seq}: length (lost or reordered frame?)"
     );
-    let data = cons.payload(f);
+    let mut data = Vec::new();
+    cons.copy_payload(f, 0, &mut data);
     for (j, &b) in data.iter().enumerate() {
         assert_eq!(b, pattern(seq, j), "frame {seq}: byte {j} torn");
     }
@@ -474,12 +475,15 @@ mod cache_epoch {
                 assert!(e >= 1);
                 // read_slot (Acquire) + the block read
                 let b = r.slot.load(Ordering::Acquire) as usize;
+                // SAFETY: a loom cell's pointer is valid for the closure; loom itself checks that
+                // this read is ordered after the last write (the point of the model).
                 let v = r.blocks[b].with(|p| unsafe { *p });
                 assert!(v == 100 || v == 200, "read a reused block: {v}");
                 // release: Release store of 0
                 r.pin.store(0, Ordering::Release);
             });
             // CacheWriter::put: write the new block, publish it (Release), retire the old one.
+            // SAFETY: as above; loom checks that no read of block 1 races with this write.
             s.blocks[1].with_mut(|p| unsafe { *p = 200 });
             s.slot.store(1, Ordering::Release);
             fence(Ordering::SeqCst);
@@ -490,6 +494,7 @@ mod cache_epoch {
             let p = s.pin.load(Ordering::SeqCst);
             if p == 0 || p > tag {
                 // Reuse block 0 for someone else's value.
+                // SAFETY: as above; loom reports a race if a pinned reader could still read it.
                 s.blocks[0].with_mut(|q| unsafe { *q = 0xdead });
             }
             reader.join().unwrap();

@@ -353,9 +353,13 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
     };
     let (_a, b) = shmbus::Link::pair().unwrap();
     let open = || {
+        // This test plays a hub that breaks its own layout, through a writable copy that
+        // is not sealed against writers (which `CacheReader::open` refuses): so it maps the
+        // copy itself and hands the mapping over.
         let fd = shmbus::sys::reopen_readonly(copy_fd.as_fd()).unwrap();
+        let map = shmbus::sys::Mapping::map(fd.as_fd(), len, false).unwrap();
         // Garbage keeps many slots "mid-write" for good: give up on them quickly.
-        CacheReader::open(fd, b.pin_words())
+        CacheReader::from_mapping(map, b.pin_words())
             .map(|r| r.with_torn_timeout(Duration::from_micros(200)))
     };
     reset();
@@ -387,7 +391,9 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
     let r = open().unwrap();
     let index_off = 256usize;
     let slots = 512usize;
-    let h = shmbus::cache::layout::key_hash("k", Some("7"));
+    // SAFETY: (test) the header's `hash_key` (offset 72, 16 bytes) lies in the mapping.
+    let hash_key = unsafe { src.as_ptr().add(72).cast::<[u64; 2]>().read() };
+    let h = shmbus::cache::layout::key_hash(hash_key, "k", Some("7"));
     let home = h as usize & (slots - 1);
     let mut found = None;
     for i in 0..slots {
@@ -434,6 +440,7 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
     // reads return values, misses or errors, never panic or fault.
     reset();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let pokes = std::sync::atomic::AtomicU64::new(0);
     let (mut ok, mut miss, mut err) = (0u64, 0u64, 0u64);
     std::thread::scope(|sc| {
         sc.spawn(|| {
@@ -447,12 +454,20 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
                     _ => 0,
                 };
                 poke(off, v);
+                pokes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
         let mut rng = Rng(99);
-        // A count, not a time window: a loaded machine only makes it take longer. The
-        // watchdog fails a read loop that stops making progress.
+        // A count, not a time window: a loaded machine only makes it take longer. The reads
+        // start once the scribbler has really run (200,000 pokes, about 1.5 per word of the
+        // segment: on a loaded machine 2000 reads could be over before its thread got a
+        // core, and then nothing was garbled and the test failed for no reason). The
+        // watchdog fails a loop that stops making progress.
         let watchdog = Instant::now() + Duration::from_secs(120);
+        while pokes.load(std::sync::atomic::Ordering::Relaxed) < 200_000 {
+            assert!(Instant::now() < watchdog, "the scribbler does not run");
+            std::thread::yield_now();
+        }
         while ok + miss + err < 2000 {
             assert!(
                 Instant::now() < watchdog,
@@ -471,7 +486,11 @@ fn garbage_in_a_writable_copy_gives_errors_not_panics() {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    eprintln!("under garbage: {ok} values, {miss} misses, {err} errors");
+    eprintln!(
+        "under garbage: {ok} values, {miss} misses, {err} errors, {} pokes, {:?}",
+        pokes.load(std::sync::atomic::Ordering::Relaxed),
+        r.stats()
+    );
     assert_eq!(ok + miss + err, 2000);
     assert!(err > 0, "garbage must be noticed");
     drop(_a);

@@ -227,13 +227,17 @@ fn malformed_hello_is_refused_and_nothing_else_is_affected() {
         let text = String::from_utf8_lossy(&buf);
         assert!(text.contains("malformed hello"), "got {text:?}");
     }
-    // 2. A well-formed hello with a wrong magic / protocol version.
-    {
+    // 2. A well-formed hello with a wrong magic, then one with a wrong protocol version.
+    // (Before: a wrong magic was reported as "hub speaks version 2, client sent 2".)
+    for (magic, version, want) in [
+        (42, proto::PROTOCOL_VERSION, "not a shmbus hello (bad magic"),
+        (proto::HELLO_MAGIC, 99, "hub speaks version"),
+    ] {
         let s = std::os::unix::net::UnixStream::connect(&sock_path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let hello = Hello {
-            magic: 42,
-            version: 99,
+            magic,
+            version,
             name: "bad".into(),
             token: None,
             intervals: vec![],
@@ -243,7 +247,7 @@ fn malformed_hello_is_refused_and_nothing_else_is_affected() {
         shmbus::send_control(&s, &ControlRequest::Hello(hello), &[]).unwrap();
         match shmbus::recv_control::<ControlReply>(&s).unwrap() {
             Some((ControlReply::Welcome(Welcome::Refused { reason }), _)) => {
-                assert!(reason.contains("protocol"), "{reason}")
+                assert!(reason.contains(want), "{reason}")
             }
             other => panic!("{other:?}"),
         }

@@ -40,7 +40,7 @@
 pub mod auth;
 #[doc(hidden)]
 pub mod frame;
-mod nodeipc;
+pub(crate) mod nodeipc;
 mod outbox;
 mod prehello;
 #[cfg(feature = "socketio")]

@@ -501,6 +501,50 @@ fn listener_topics(table: &WsTable, data: &RawValue) -> Option<Vec<String>> {
     Some(topics)
 }
 
+/// What [`on_text`] decides for one text frame, without its effects (for the fuzz target,
+/// `shmbus::__fuzz`): the same parse steps, the same code table.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum TextAction {
+    /// Not an object, or not JSON: counted as garbage.
+    Garbage,
+    /// No integer `code`, or one the table does not know: counted.
+    UnknownCode,
+    /// A heartbeat: answered with the ACK.
+    Heartbeat,
+    /// A listener set: these topics replace the connection's subscriptions.
+    Listen(Vec<String>),
+    /// A `--ws-event` code: this bus event, with this JSON body.
+    Event(String, String),
+}
+
+#[doc(hidden)]
+pub fn classify_text(table: &WsTable, text: &str) -> TextAction {
+    if !text.trim_start().starts_with('{') {
+        return TextAction::Garbage;
+    }
+    let Ok(msg) = serde_json::from_str::<CodeMsg<'_>>(text) else {
+        return TextAction::Garbage;
+    };
+    let Some(code) = msg.code.as_ref().and_then(serde_json::Value::as_i64) else {
+        return TextAction::UnknownCode;
+    };
+    if code == table.heartbeat {
+        return TextAction::Heartbeat;
+    }
+    if code == table.listeners {
+        return match msg.data.and_then(|d| listener_topics(table, d)) {
+            Some(t) => TextAction::Listen(t),
+            None => TextAction::Garbage,
+        };
+    }
+    if let Some(rule) = table.events.iter().find(|r| r.code == code) {
+        let body = msg.data.map_or("null", RawValue::get);
+        return TextAction::Event(rule.event.clone(), body.to_string());
+    }
+    TextAction::UnknownCode
+}
+
 #[cfg(all(test, not(shmbus_loom)))]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! ```
 //!
 //! A block holds `[owner][kind][key]` (lengths in the slot), padding to 8, then the value.
+//! The hub writes a segment until it moves to a newer generation (`superseded`), never after.
 //! Everything a reader takes from the segment is checked against these bounds before use.
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -15,7 +16,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// First 8 bytes of a cache segment.
 pub const CACHE_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSK1");
 /// Layout version, published last by the hub (Release) and checked (Acquire) by readers.
-pub const CACHE_VERSION: u32 = 1;
+/// Version 2: segment generations (`generation`, `superseded`) and the keyed index hash
+/// (`hash_key`).
+pub const CACHE_VERSION: u32 = 2;
 
 /// Size of [`CacheHeader`].
 pub const HEADER_SIZE: u64 = 256;
@@ -50,8 +53,17 @@ pub struct CacheHeader {
     pub arena_len: u64,
     /// Largest value the hub stores.
     pub max_value: u64,
+    /// Which generation of the hub's cache this segment is (1, 2, …; see `writer.rs`).
+    pub generation: u64,
+    /// The 128-bit key of the index hash ([`key_hash`]), drawn by the hub for this
+    /// segment.
+    pub hash_key: [u64; 2],
+    /// 0 while the hub writes this segment; set to 1 (Release) when the hub has moved to a
+    /// newer generation and will never write this one again. Readers check it (Acquire)
+    /// after they pin, and move on once they hold no values of it.
+    pub superseded: AtomicU64,
     /// Unused, up to the epoch's line.
-    pub _r1: [u64; 8],
+    pub _r1: [u64; 4],
     /// The global epoch (starts at 1, only grows). Written only by the hub (SeqCst
     /// `fetch_add` after it retires a block), read by readers when they pin (SeqCst, see
     /// `reader.rs`).
@@ -133,32 +145,15 @@ pub fn value_offset(names: usize) -> usize {
     names.next_multiple_of(8)
 }
 
-/// The slot hash of `(kind, key)`: FNV-1a over the kind, a separator, a key marker and the
-/// key. Never [`EMPTY`].
-pub fn key_hash(kind: &str, key: Option<&str>) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: u8| {
-        h ^= b as u64;
-        h = h.wrapping_mul(PRIME);
-    };
-    for &b in kind.as_bytes() {
-        eat(b);
-    }
-    eat(0xff);
-    match key {
-        Some(k) => {
-            eat(b'k');
-            for &b in k.as_bytes() {
-                eat(b);
-            }
-        }
-        None => eat(b'-'),
-    }
-    // Final mix so that the low bits (the home slot) depend on every byte.
-    h ^= h >> 29;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 32;
+/// The slot hash of `(kind, key)`: [`crate::hash::index_hash`] keyed with the segment's
+/// `hash_key` (a keyed folded-multiply hash). Never [`EMPTY`].
+///
+/// Keyed, because kinds and keys are chosen by peers (also by legacy clients through the
+/// bridge): with a fixed function, keys that all hash to one chain would make every insert,
+/// delete and read walk the whole table.
+#[inline]
+pub fn key_hash(hash_key: [u64; 2], kind: &str, key: Option<&str>) -> u64 {
+    let h = crate::hash::index_hash(hash_key, kind.as_bytes(), key.map(str::as_bytes));
     if h == EMPTY {
         1
     } else {
@@ -178,8 +173,10 @@ mod tests {
 
     #[test]
     fn hash_separates_key_and_no_key() {
-        assert_ne!(key_hash("a", None), key_hash("a", Some("")));
-        assert_ne!(key_hash("ab", None), key_hash("a", Some("b")));
-        assert_ne!(key_hash("x", None), EMPTY);
+        let k = [1, 2];
+        assert_ne!(key_hash(k, "a", None), key_hash(k, "a", Some("")));
+        assert_ne!(key_hash(k, "ab", None), key_hash(k, "a", Some("b")));
+        assert_ne!(key_hash(k, "x", None), EMPTY);
+        assert_ne!(key_hash(k, "x", None), key_hash([1, 3], "x", None), "keyed");
     }
 }

@@ -21,20 +21,22 @@
 //! ## Pins held too long
 //!
 //! A reader that keeps a pin longer than the hub's bound (`--cache-pin-ms`, 10 s by default)
-//! while retired space waits on it is *revoked*: the hub writes that pin value into the
-//! link's revocation word and reuses the space. From then on `get` refuses to read under that
-//! pin ([`CacheError::Revoked`]) until every `CacheRef` has been dropped and a fresh pin is
-//! taken, and [`CacheRef::is_valid`] / [`CacheRef::decode`] report that the held bytes may
-//! have changed. The mapping never goes away, so a revoked reader never faults — it only
-//! loses the "unchanged" guarantee.
+//! while retired space waits on it does not get that space reused under it: the hub moves to
+//! a new segment generation (`generation.rs`) and never writes the old one again, so the
+//! bytes a `CacheRef` borrows stay exactly as they were for as long as it is held — the
+//! reader's own mapping keeps those pages alive. Once the old segment is `superseded`, a view
+//! that holds no values fetches the current segment and switches; one that still holds values
+//! gets [`CacheError::Revoked`] for new reads until it lets go, and
+//! [`CacheRef::is_valid`] reports that a held value may be stale (never that it changed).
 //!
 //! ## Distrust
 //!
-//! The segment is written by the hub only (the fd is sealed against new writable mappings),
-//! but a reader still checks everything: the header once at open, each slot's offsets and
+//! The segment is written by the hub only (the fd is sealed against new writable mappings,
+//! which `open` checks), but a reader still checks everything: the header once at open, each slot's offsets and
 //! lengths against the arena at every read, probe chains bounded by the table size, and a
 //! slot that keeps changing under its seqlock is an error after 100 ms of retrying (the hub may be descheduled mid-write).
 
+use std::cell::UnsafeCell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,8 +53,9 @@ pub enum CacheError {
     Corrupt(String),
     /// A slot kept changing while we read it.
     Torn,
-    /// This reader held a pin past the hub's bound; reads under it are refused until every
-    /// `CacheRef` is dropped.
+    /// The hub moved to a newer segment generation and this view cannot follow yet: it
+    /// still holds `CacheRef`s of the old one (drop them), another thread is switching it,
+    /// or it has no way to fetch the new segment.
     Revoked,
     /// The connection this view belongs to is gone (the hub died or we reconnected).
     Disconnected,
@@ -66,7 +69,7 @@ impl std::fmt::Display for CacheError {
             CacheError::Corrupt(m) => write!(f, "cache segment corrupt: {m}"),
             CacheError::Torn => f.write_str("cache slot kept changing under the read"),
             CacheError::Revoked => f.write_str(
-                "cache pin held past the hub's bound and revoked; drop every CacheRef first",
+                "the hub moved its cache to a new segment; drop every CacheRef of the old one first",
             ),
             CacheError::Disconnected => f.write_str("the hub connection of this cache is gone"),
             CacheError::Decode(m) => write!(f, "cache value decode failed: {m}"),
@@ -108,14 +111,32 @@ const SEQLOCK_SPINS: u32 = 64;
 pub const TORN_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 const PIN_TRIES: usize = 10_000;
 
-/// The read-only view of one cache segment for one hub connection.
-pub struct CacheReader {
+/// Asks the hub for its current cache segment: given this link's cache key, returns a
+/// read-only fd of it (see `generation.rs`).
+pub type SegmentSource = Box<dyn Fn(u64) -> Result<OwnedFd, String> + Send + Sync>;
+
+/// One mapped, checked cache segment. Immutable once built; replaced as a whole.
+struct Seg {
     map: Mapping,
     slots: usize,
     index_off: usize,
     arena_off: usize,
     arena_len: u64,
     max_value: u64,
+    hash_key: [u64; 2],
+    generation: u64,
+}
+
+/// The read-only view of one cache segment for one hub connection.
+pub struct CacheReader {
+    /// The segment we read. Replaced (and the old one unmapped) only by a thread that holds
+    /// `state == LOCKED` with no `CacheRef` alive, so no borrow of the old mapping exists;
+    /// read only by threads that hold a share of `state` (a pin) or `LOCKED`.
+    seg: UnsafeCell<Seg>,
+    /// Where newer generations come from (`None`: this view stays on its first segment).
+    source: Option<SegmentSource>,
+    /// A thread is fetching a newer segment; others do not pin meanwhile.
+    switching: AtomicBool,
     pins: PinWords,
     torn_after: std::time::Duration,
     state: AtomicU64,
@@ -127,6 +148,13 @@ pub struct CacheReader {
     retries: AtomicU64,
 }
 
+// SAFETY: every field but `seg` is Sync (atomics, `PinWords`, a `Send + Sync` closure).
+// `seg` is written only by the one thread holding `state == LOCKED` while no share of the
+// pin (no `CacheRef`) exists, and read only by threads holding a share or `LOCKED`; the
+// Acquire/Release operations on `state` order those accesses (see `acquire`). `Seg` itself is
+// Send + Sync (a `Mapping` and integers).
+unsafe impl Sync for CacheReader {}
+
 struct Snap {
     hash: u64,
     block: u64,
@@ -136,22 +164,23 @@ struct Snap {
     expires: u64,
 }
 
-impl CacheReader {
-    /// Maps the segment behind `fd` read-only and checks its header. `pins` are this
-    /// connection's pin words (the link segment header).
-    pub fn open(fd: OwnedFd, pins: PinWords) -> Result<CacheReader, CacheError> {
+impl Seg {
+    /// Maps the segment behind `fd` read-only after checking it cannot change size and that
+    /// no one can write it but its creator (`F_SEAL_FUTURE_WRITE`).
+    fn open(fd: OwnedFd) -> Result<Seg, CacheError> {
         let bad = |m: &str| CacheError::Corrupt(m.to_string());
         let len = sys::check_sealed_len(fd.as_fd()).map_err(|e| bad(&e.to_string()))?;
         if len < HEADER_SIZE as usize {
             return Err(bad("segment shorter than its header"));
         }
+        if !sys::is_write_sealed(fd.as_fd()).map_err(|e| bad(&e.to_string()))? {
+            return Err(bad("segment is not sealed against new writers"));
+        }
         let map = Mapping::map(fd.as_fd(), len, false).map_err(|e| bad(&e.to_string()))?;
-        Self::from_mapping(map, pins)
+        Seg::check(map)
     }
 
-    /// Checks the header of an existing mapping (used by `open` and by tests that build a
-    /// hostile segment by hand).
-    pub fn from_mapping(map: Mapping, pins: PinWords) -> Result<CacheReader, CacheError> {
+    fn check(map: Mapping) -> Result<Seg, CacheError> {
         let bad = |m: &str| CacheError::Corrupt(m.to_string());
         let len = map.len() as u64;
         if len < HEADER_SIZE {
@@ -161,7 +190,18 @@ impl CacheReader {
         // SAFETY: the mapping is page-aligned and at least HEADER_SIZE long. `version` is read
         // first (Acquire, pairs with the hub's Release store); the plain fields are copied out
         // with volatile reads and checked here, never trusted again.
-        let (version, magic, seg_len, index_off, slots, arena_off, arena_len, max_value) = unsafe {
+        let (
+            version,
+            magic,
+            seg_len,
+            index_off,
+            slots,
+            arena_off,
+            arena_len,
+            max_value,
+            key,
+            generation,
+        ) = unsafe {
             (
                 (*hdr).version.load(Ordering::Acquire),
                 std::ptr::addr_of!((*hdr).magic).read_volatile(),
@@ -171,6 +211,8 @@ impl CacheReader {
                 std::ptr::addr_of!((*hdr).arena_off).read_volatile(),
                 std::ptr::addr_of!((*hdr).arena_len).read_volatile(),
                 std::ptr::addr_of!((*hdr).max_value).read_volatile(),
+                std::ptr::addr_of!((*hdr).hash_key).read_volatile(),
+                std::ptr::addr_of!((*hdr).generation).read_volatile(),
             )
         };
         if magic != layout::CACHE_MAGIC {
@@ -200,13 +242,70 @@ impl CacheReader {
         if !ok {
             return Err(bad("index or arena out of bounds"));
         }
-        Ok(CacheReader {
+        Ok(Seg {
             slots: slots as usize,
             index_off: index_off as usize,
             arena_off: arena_off as usize,
             arena_len,
             max_value,
+            hash_key: key,
+            generation,
             map,
+        })
+    }
+
+    fn header(&self) -> &CacheHeader {
+        // SAFETY: checked in `check`: the header lies at offset 0 of our mapping, and a
+        // CacheHeader is plain integers and atomics (valid for any bytes).
+        unsafe { &*self.map.as_ptr().cast::<CacheHeader>() }
+    }
+
+    /// Whether the hub has moved on to a newer segment (and will never write this one again).
+    fn superseded(&self) -> bool {
+        // Acquire: pairs with the hub's Release store in `switch_generation`.
+        self.header().superseded.load(Ordering::Acquire) != 0
+    }
+
+    fn slot(&self, i: usize) -> &Slot {
+        debug_assert!(i < self.slots);
+        // SAFETY: `i < slots`, and `check` made sure the whole slot table lies inside the
+        // mapping at a 64-aligned offset.
+        unsafe { Slot::at(self.map.as_ptr(), self.index_off, i) }
+    }
+
+    fn arena(&self, off: u64, len: usize) -> &[u8] {
+        assert!(off
+            .checked_add(len as u64)
+            .is_some_and(|e| e <= self.arena_len));
+        // SAFETY: `off + len <= arena_len` (asserted; callers check it first) and the arena
+        // lies inside the mapping (checked at open). The bytes belong to a block published
+        // before our pin, and the hub neither frees it while we stay pinned nor, once it has
+        // moved to a newer generation, writes this segment at all (module docs).
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(self.arena_off + off as usize), len)
+        }
+    }
+}
+
+impl CacheReader {
+    /// Maps the segment behind `fd` read-only and checks it (sealed against resizing and
+    /// against new writers, a well-formed header). `pins` are this connection's pin words
+    /// (the link segment header).
+    pub fn open(fd: OwnedFd, pins: PinWords) -> Result<CacheReader, CacheError> {
+        Ok(Self::with_seg(Seg::open(fd)?, pins))
+    }
+
+    /// Checks the header of an existing mapping (used by tests and the fuzz target that build
+    /// a hostile segment by hand).
+    pub fn from_mapping(map: Mapping, pins: PinWords) -> Result<CacheReader, CacheError> {
+        Ok(Self::with_seg(Seg::check(map)?, pins))
+    }
+
+    fn with_seg(seg: Seg, pins: PinWords) -> CacheReader {
+        CacheReader {
+            seg: UnsafeCell::new(seg),
+            source: None,
+            switching: AtomicBool::new(false),
             pins,
             torn_after: TORN_AFTER,
             state: AtomicU64::new(0),
@@ -216,7 +315,15 @@ impl CacheReader {
             misses: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// Lets this view follow the hub to newer segment generations: `source` fetches the
+    /// current segment's fd for this link's cache key (the client passes a request on the
+    /// hub's socket; see `generation.rs`).
+    pub fn with_source(mut self, source: SegmentSource) -> CacheReader {
+        self.source = Some(source);
+        self
     }
 
     /// Sets how long a read waits for a slot the hub is writing before it fails with
@@ -231,22 +338,26 @@ impl CacheReader {
         self.alive.store(false, Ordering::Release);
     }
 
-    fn header(&self) -> &CacheHeader {
-        // SAFETY: checked in `from_mapping`: the header lies at offset 0 of our mapping.
-        unsafe { &*self.map.as_ptr().cast::<CacheHeader>() }
-    }
-
-    fn slot(&self, i: usize) -> &Slot {
-        debug_assert!(i < self.slots);
-        // SAFETY: `i < slots`, and `from_mapping` checked that the whole slot table lies
-        // inside the mapping at a 64-aligned offset.
-        unsafe { Slot::at(self.map.as_ptr(), self.index_off, i) }
-    }
-
     // ------------------------------------------------------------------- pinning
 
-    fn acquire(&self) -> Result<u64, CacheError> {
+    /// The segment, for a thread that holds a share of the pin or `LOCKED`.
+    ///
+    /// # Safety
+    /// The caller holds a share of `state` (a pin it has not released) or `state == LOCKED`
+    /// taken by itself, for as long as it uses the reference.
+    unsafe fn seg(&self) -> &Seg {
+        // SAFETY: per the contract, no thread can replace the segment meanwhile (that needs
+        // LOCKED with no share), and the Acquire on `state` that gave us our share or the lock
+        // orders the last replacement before this read.
+        unsafe { &*self.seg.get() }
+    }
+
+    /// Takes a share of this connection's pin (pinning if it is the first) and returns the
+    /// pinned epoch and the segment the share keeps valid. A view on a superseded segment
+    /// moves to the current one first, if it holds no values.
+    fn acquire(&self) -> Result<(u64, &Seg), CacheError> {
         let mut spins = 0usize;
+        let mut refreshes = 0;
         loop {
             let s = self.state.load(Ordering::Acquire);
             if s & LOCKED != 0 {
@@ -265,16 +376,41 @@ impl CacheReader {
                 {
                     continue;
                 }
-                let r = self.pin();
+                // Relaxed: only decides whether we wait our turn; the segment itself is
+                // ordered by `state`.
+                if self.switching.load(Ordering::Relaxed) {
+                    self.state.store(0, Ordering::Release);
+                    return Err(CacheError::Revoked);
+                }
+                // SAFETY: we hold LOCKED (taken above).
+                let seg = unsafe { self.seg() };
+                if seg.superseded() && self.source.is_some() && refreshes < 3 {
+                    // Release: hands the lock back; `refresh` takes it again to install.
+                    self.state.store(0, Ordering::Release);
+                    refreshes += 1;
+                    self.refresh()?;
+                    continue;
+                }
+                let r = self.pin(seg);
                 match r {
                     Ok(e) => {
                         self.pinned.store(e, Ordering::Relaxed);
-                        // Release: publishes `pinned` to threads that join this pin.
+                        // Release: publishes `pinned` (and the segment) to threads that join
+                        // this pin.
                         self.state.store(1, Ordering::Release);
+                        if seg.superseded() {
+                            // No newer segment to be had (no source, or it keeps moving):
+                            // the values here are stale, so read nothing.
+                            self.release();
+                            return Err(CacheError::Revoked);
+                        }
+                        return Ok((e, seg));
                     }
-                    Err(_) => self.state.store(0, Ordering::Release),
+                    Err(e) => {
+                        self.state.store(0, Ordering::Release);
+                        return Err(e);
+                    }
                 }
-                return r;
             }
             if self
                 .state
@@ -282,19 +418,57 @@ impl CacheReader {
                 .is_ok()
             {
                 let e = self.pinned.load(Ordering::Relaxed);
-                // Acquire: pairs with the hub's Release store of the revocation.
-                if self.pins.revoked().load(Ordering::Acquire) == e {
+                // SAFETY: we hold a share (taken above).
+                let seg = unsafe { self.seg() };
+                if seg.superseded() {
+                    // Values of the old segment are still held: we cannot move on yet.
                     self.release();
                     return Err(CacheError::Revoked);
                 }
-                return Ok(e);
+                return Ok((e, seg));
             }
         }
     }
 
+    /// Fetches the hub's current segment and installs it. Runs with no lock held (the fetch
+    /// talks to the hub); other threads meanwhile get `Revoked` instead of pinning, so the
+    /// pin count stays 0 and the install below can take `LOCKED` with no share alive.
+    fn refresh(&self) -> Result<(), CacheError> {
+        let Some(source) = &self.source else {
+            return Err(CacheError::Revoked);
+        };
+        // Acquire/Release: one fetcher at a time; its install happens before the flag clears.
+        if self.switching.swap(true, Ordering::AcqRel) {
+            return Err(CacheError::Revoked);
+        }
+        // Acquire: pairs with the hub's Release store of the key when it registered us.
+        let key = self.pins.key().load(Ordering::Acquire);
+        let fetched = if key == 0 {
+            Err(CacheError::Revoked)
+        } else {
+            source(key).map_err(CacheError::Corrupt).and_then(Seg::open)
+        };
+        let res = fetched.map(|new| {
+            while self
+                .state
+                .compare_exchange_weak(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                std::thread::yield_now();
+            }
+            // SAFETY: we hold LOCKED and no share exists (nobody pins while `switching`), so
+            // no reference into the old segment is alive; dropping it unmaps it.
+            unsafe { *self.seg.get() = new };
+            // Release: the new segment is visible to whoever takes the lock or a share next.
+            self.state.store(0, Ordering::Release);
+        });
+        self.switching.store(false, Ordering::Release);
+        res
+    }
+
     /// Stores a pin the hub will see (see the module docs for the argument).
-    fn pin(&self) -> Result<u64, CacheError> {
-        let epoch = &self.header().epoch;
+    fn pin(&self, seg: &Seg) -> Result<u64, CacheError> {
+        let epoch = &seg.header().epoch;
         let word = self.pins.pin();
         for _ in 0..PIN_TRIES {
             // SeqCst, all three: they take part in the total order the proof relies on.
@@ -343,8 +517,8 @@ impl CacheReader {
 
     // ------------------------------------------------------------------- lookup
 
-    fn read_slot(&self, i: usize) -> Result<Snap, CacheError> {
-        let s = self.slot(i);
+    fn read_slot(&self, seg: &Seg, i: usize) -> Result<Snap, CacheError> {
+        let s = seg.slot(i);
         let mut tries = 0u32;
         let mut give_up = None;
         loop {
@@ -380,28 +554,19 @@ impl CacheReader {
         }
     }
 
-    fn arena(&self, off: u64, len: usize) -> &[u8] {
-        debug_assert!(off + len as u64 <= self.arena_len);
-        // SAFETY: callers checked `off + len <= arena_len`; the arena lies inside the mapping
-        // (checked at open). The bytes belong to a block published before our pin and not
-        // freed while we hold it (module docs).
-        unsafe {
-            std::slice::from_raw_parts(self.map.as_ptr().add(self.arena_off + off as usize), len)
-        }
-    }
-
     /// Finds (kind, key). Must be called pinned.
     fn lookup(
         &self,
+        seg: &Seg,
         owner: Option<&str>,
         kind: &str,
         key: Option<&str>,
     ) -> Result<Option<(u64, usize, Encoding, u64)>, CacheError> {
-        let h = layout::key_hash(kind, key);
-        let mask = self.slots - 1;
+        let h = layout::key_hash(seg.hash_key, kind, key);
+        let mask = seg.slots - 1;
         let mut i = h as usize & mask;
-        for _ in 0..self.slots {
-            let s = self.read_slot(i)?;
+        for _ in 0..seg.slots {
+            let s = self.read_slot(seg, i)?;
             if s.hash == EMPTY {
                 return Ok(None);
             }
@@ -412,13 +577,13 @@ impl CacheReader {
                 let end = s.block.checked_add(vo).and_then(|x| x.checked_add(s.vlen));
                 if names > layout::MAX_NAMES
                     || s.block % 8 != 0
-                    || s.vlen > self.max_value
-                    || end.is_none_or(|e| e > self.arena_len)
+                    || s.vlen > seg.max_value
+                    || end.is_none_or(|e| e > seg.arena_len)
                     || s.meta > 1
                 {
                     return Err(CacheError::Corrupt(format!("slot {i} out of bounds")));
                 }
-                let nm = self.arena(s.block, names);
+                let nm = seg.arena(s.block, names);
                 let matches = &nm[ol..ol + kl] == kind.as_bytes()
                     && match (key, keyl) {
                         (Some(k), Some(_)) => &nm[ol + kl..] == k.as_bytes(),
@@ -474,15 +639,16 @@ impl CacheReader {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return Err(CacheError::Disconnected);
         }
-        let epoch = self.acquire().inspect_err(|_| {
+        let (epoch, seg) = self.acquire().inspect_err(|_| {
             self.errors.fetch_add(1, Ordering::Relaxed);
         })?;
-        match self.lookup(owner, kind, key) {
+        match self.lookup(seg, owner, kind, key) {
             Ok(Some((off, len, enc, expires))) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(CacheRef {
                     reader: self,
-                    bytes: self.arena(off, len),
+                    hdr: seg.header(),
+                    bytes: seg.arena(off, len),
                     enc,
                     expires,
                     epoch,
@@ -501,18 +667,65 @@ impl CacheReader {
         }
     }
 
+    /// Runs `f` on the segment with a share of the pin or the lock held (no epoch pin of its
+    /// own if it takes the lock).
+    fn peek<R>(&self, f: impl FnOnce(&Seg) -> R) -> R {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s & LOCKED != 0 {
+                std::thread::yield_now();
+                continue;
+            }
+            if s == 0 {
+                if self
+                    .state
+                    .compare_exchange_weak(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    // SAFETY: we hold LOCKED.
+                    let r = f(unsafe { self.seg() });
+                    // Release: hands the lock back.
+                    self.state.store(0, Ordering::Release);
+                    return r;
+                }
+            } else if self
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                // SAFETY: we hold a share.
+                let r = f(unsafe { self.seg() });
+                self.release();
+                return r;
+            }
+        }
+    }
+
+    /// The generation of the segment this view reads (1, 2, …).
+    pub fn generation(&self) -> u64 {
+        self.peek(|s| s.generation)
+    }
+
     /// Counters of this view plus the hub's own counts from the segment.
     pub fn stats(&self) -> ReaderStats {
-        let h = self.header();
+        let (entries, used_bytes, evictions, updates) = self.peek(|s| {
+            let h = s.header();
+            (
+                h.entries.load(Ordering::Relaxed),
+                h.used_bytes.load(Ordering::Relaxed),
+                h.evictions.load(Ordering::Relaxed),
+                h.updates.load(Ordering::Relaxed),
+            )
+        });
         ReaderStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
-            entries: h.entries.load(Ordering::Relaxed),
-            used_bytes: h.used_bytes.load(Ordering::Relaxed),
-            evictions: h.evictions.load(Ordering::Relaxed),
-            updates: h.updates.load(Ordering::Relaxed),
+            entries,
+            used_bytes,
+            evictions,
+            updates,
         }
     }
 }
@@ -522,6 +735,7 @@ impl CacheReader {
 /// module docs). Holding it keeps this connection pinned, so drop it when done.
 pub struct CacheRef<'a> {
     reader: &'a CacheReader,
+    hdr: &'a CacheHeader,
     bytes: &'a [u8],
     enc: Encoding,
     expires: u64,
@@ -658,8 +872,9 @@ impl<'a> CacheRef<'a> {
         }
     }
 
-    /// False once the hub has revoked the pin this value was read under (held past the
-    /// bound, `--cache-pin-ms`): the bytes may have been reused since.
+    /// False once the hub has moved to a newer segment generation (because some reader held
+    /// a pin too long): the bytes held here stay exactly as they are, but the hub may hold a
+    /// newer value by now.
     ///
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-valid-{}", std::process::id()));
@@ -685,12 +900,14 @@ impl<'a> CacheRef<'a> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_valid(&self) -> bool {
-        // Acquire: pairs with the hub's Release store of the revocation.
-        self.reader.pins.revoked().load(Ordering::Acquire) != self.epoch
+        // Acquire: pairs with the hub's Release store of `superseded`.
+        self.hdr.superseded.load(Ordering::Acquire) == 0
     }
 
     /// Decodes the value in place, whatever its encoding: `&str` and `&[u8]` fields borrow
-    /// from the segment. Fails if the pin was revoked during the decode.
+    /// from the segment. Sound: no one writes these bytes while this is held — the hub does
+    /// not free the block under our pin, and never writes a segment again once it has moved
+    /// to a newer generation.
     ///
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmbus-doc-decode-{}", std::process::id()));
@@ -721,11 +938,9 @@ impl<'a> CacheRef<'a> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn decode<'r, T: serde::Deserialize<'r>>(&'r self) -> Result<T, CacheError> {
-        let v = self.payload().decode_borrowed::<T>();
-        if !self.is_valid() {
-            return Err(CacheError::Revoked);
-        }
-        v.map_err(|e| CacheError::Decode(e.to_string()))
+        self.payload()
+            .decode_borrowed::<T>()
+            .map_err(|e| CacheError::Decode(e.to_string()))
     }
 }
 

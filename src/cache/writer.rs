@@ -7,9 +7,9 @@
 //! current epoch as its tag → bump the epoch. A retired block is freed once every pinned
 //! reader's pin is newer than its tag (see `reader.rs` for why that is enough).
 
-use crate::hash::FastHash;
+use crate::hash::KeyedHash;
+use generation::{create_segment, Geometry};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{fence, Ordering};
@@ -96,8 +96,13 @@ pub struct WriterStats {
     pub rejected: u64,
     /// Updates written.
     pub updates: u64,
-    /// Pins the hub stopped honouring (held past the bound).
+    /// Pins held past the bound, each answered by a move to a new segment generation.
     pub revocations: u64,
+    /// The current segment generation.
+    pub generation: u64,
+    /// Occupied slots stepped over to place new entries (linear probing: grows with hash
+    /// collisions, so it is what a flooding attempt would drive up).
+    pub probes: u64,
     /// The current epoch.
     pub epoch: u64,
 }
@@ -129,13 +134,17 @@ struct Retired {
 struct ReaderPin {
     id: u64,
     words: PinWords,
-    /// The pin value we stopped honouring (0 = none).
-    revoked: u64,
+    /// The random key written into the link's `cache_key` word: the reader names it to get
+    /// a newer segment generation's fd (see `generation.rs`).
+    key: u64,
 }
 
 const NO_ID: u32 = u32::MAX;
 /// How long an update may wait for readers to move past freshly evicted space.
 const EVICT_SPIN: Duration = Duration::from_micros(50);
+
+#[path = "generation.rs"]
+mod generation;
 
 /// The writer. Owned by the hub.
 pub struct CacheWriter {
@@ -148,7 +157,7 @@ pub struct CacheWriter {
     arena_len: u64,
     top_order: u32,
     free: Vec<BTreeSet<u64>>,
-    ids: HashMap<Vec<u8>, usize, FastHash>,
+    ids: HashMap<Vec<u8>, usize, KeyedHash>,
     metas: Vec<Option<Meta>>,
     free_ids: Vec<usize>,
     slot_ids: Vec<u32>,
@@ -160,6 +169,14 @@ pub struct CacheWriter {
     keybuf: Vec<u8>,
     /// Live entries with a TTL.
     expiring: usize,
+    /// The current segment generation (1, 2, …; see `generation.rs`).
+    generation: u64,
+    /// First epoch of the current generation: pins below it were taken in an older segment,
+    /// which the hub no longer writes, so they hold nothing back here.
+    floor: u64,
+    /// The index hash key of the current segment.
+    hash_key: [u64; 2],
+    geo: Geometry,
 }
 
 fn order_for(size: u64) -> u32 {
@@ -203,15 +220,17 @@ impl CacheWriter {
             )));
         }
         let len = arena_off + arena_len as usize;
-        let name = CString::new("shmbus-cache").expect("no NUL");
-        let (fd, map) = sys::memfd_single_writer(&name, len)?;
-        let mut free: Vec<BTreeSet<u64>> = (0..=top_order).map(|_| BTreeSet::new()).collect();
-        let mut off = 0;
-        while off < arena_len {
-            free[top_order as usize].insert(off);
-            off += top_size;
-        }
-        let w = CacheWriter {
+        let hash_key = [crate::hash::random_u64(), crate::hash::random_u64()];
+        let geo = Geometry {
+            len,
+            slots,
+            index_off,
+            arena_off,
+            arena_len,
+            max_value: cfg.max_value as u64,
+        };
+        let (fd, map) = create_segment(&geo, 1, 1, hash_key)?;
+        let mut w = CacheWriter {
             cfg,
             fd,
             map,
@@ -220,7 +239,7 @@ impl CacheWriter {
             arena_off,
             arena_len,
             top_order,
-            free,
+            free: Vec::new(),
             ids: HashMap::default(),
             metas: Vec::new(),
             free_ids: Vec::new(),
@@ -232,30 +251,29 @@ impl CacheWriter {
             stats: WriterStats {
                 arena_bytes: arena_len,
                 epoch: 1,
+                generation: 1,
                 ..Default::default()
             },
             keybuf: Vec::new(),
             expiring: 0,
+            generation: 1,
+            floor: 1,
+            hash_key,
+            geo,
         };
-        let hdr = w.map.as_ptr().cast::<CacheHeader>();
-        // SAFETY: the mapping is ours, writable, page-aligned and longer than the header;
-        // nobody else has the fd yet. The memfd starts zeroed (a valid CacheHeader: plain
-        // integers and atomics). The plain fields are written before `version` is published.
-        unsafe {
-            std::ptr::addr_of_mut!((*hdr).magic).write(layout::CACHE_MAGIC);
-            std::ptr::addr_of_mut!((*hdr).segment_len).write(len as u64);
-            std::ptr::addr_of_mut!((*hdr).index_off).write(index_off as u64);
-            std::ptr::addr_of_mut!((*hdr).slots).write(slots as u64);
-            std::ptr::addr_of_mut!((*hdr).arena_off).write(arena_off as u64);
-            std::ptr::addr_of_mut!((*hdr).arena_len).write(arena_len);
-            std::ptr::addr_of_mut!((*hdr).max_value).write(w.cfg.max_value as u64);
-            (*hdr).epoch.store(1, Ordering::SeqCst);
-            // Release: pairs with the Acquire load in `CacheReader::open`.
-            (*hdr)
-                .version
-                .store(layout::CACHE_VERSION, Ordering::Release);
-        }
+        w.reset_free();
         Ok(w)
+    }
+
+    /// Every arena block free, at the top order.
+    fn reset_free(&mut self) {
+        self.free = (0..=self.top_order).map(|_| BTreeSet::new()).collect();
+        let top_size = 1u64 << self.top_order;
+        let mut off = 0;
+        while off < self.arena_len {
+            self.free[self.top_order as usize].insert(off);
+            off += top_size;
+        }
     }
 
     /// A fresh read-only fd of the segment, to hand to a client.
@@ -270,11 +288,11 @@ impl CacheWriter {
 
     /// Registers a reader's pin words (its link segment header).
     pub fn add_reader(&mut self, id: u64, words: PinWords) {
-        self.readers.push(ReaderPin {
-            id,
-            words,
-            revoked: 0,
-        });
+        let key = crate::hash::random_u64() | 1;
+        // Release: the reader's Acquire load of the key (when it asks for a newer segment)
+        // sees a registered reader.
+        words.key().store(key, Ordering::Release);
+        self.readers.push(ReaderPin { id, words, key });
     }
 
     /// Forgets a reader (it left or died): its pin no longer holds anything back.
@@ -388,7 +406,7 @@ impl CacheWriter {
         let mut min = u64::MAX;
         for r in &self.readers {
             let p = r.words.pin().load(Ordering::SeqCst);
-            if p != 0 && p != r.revoked {
+            if p >= self.floor {
                 min = min.min(p);
             }
         }
@@ -415,7 +433,9 @@ impl CacheWriter {
         n
     }
 
-    /// Stops honouring pins that have held retired space back for longer than the bound.
+    /// A pin that has held retired space back for longer than the bound: the hub moves to a
+    /// new segment generation instead of reusing space under it (see `generation.rs`).
+    /// Returns true if it did.
     fn revoke_stale(&mut self, now_ns: u64) -> bool {
         let Some(front) = self.retired.front() else {
             return false;
@@ -424,24 +444,27 @@ impl CacheWriter {
             return false;
         }
         let tag = front.tag;
-        let mut any = false;
-        for r in &mut self.readers {
-            let p = r.words.pin().load(Ordering::SeqCst);
-            if p != 0 && p <= tag && p != r.revoked {
-                r.revoked = p;
-                // Release: the reader's Acquire load sees it and refuses reads under `p`.
-                r.words.revoked().store(p, Ordering::Release);
-                self.stats.revocations += 1;
-                any = true;
-                tracing::warn!(
-                    reader = r.id,
-                    pin = p,
-                    bound_ms = self.cfg.pin_bound.as_millis() as u64,
-                    "cache pin held too long; no longer honoured, the reader's reads are refused"
-                );
-            }
+        let min = self.min_pin();
+        if min > tag {
+            return false;
         }
-        any
+        let stuck: Vec<u64> = self
+            .readers
+            .iter()
+            .filter(|r| {
+                let p = r.words.pin().load(Ordering::SeqCst);
+                p >= self.floor && p <= tag
+            })
+            .map(|r| r.id)
+            .collect();
+        tracing::warn!(
+            readers = ?stuck,
+            bound_ms = self.cfg.pin_bound.as_millis() as u64,
+            generation = self.generation + 1,
+            "cache pin held too long; moving the cache to a new segment (the old one is never \
+             written again, its holders keep their values)"
+        );
+        self.switch_generation()
     }
 
     fn alloc(&mut self, order: u32, now_ns: u64, keep: Option<usize>) -> Option<u64> {
@@ -682,11 +705,12 @@ impl CacheWriter {
                 self.retire(old_off, old_order, now_ns);
             }
             None => {
-                let hash = layout::key_hash(kind, key);
+                let hash = layout::key_hash(self.hash_key, kind, key);
                 let mask = self.slots - 1;
                 let mut i = hash as usize & mask;
                 while self.slot_ids[i] != NO_ID {
                     i = (i + 1) & mask;
+                    self.stats.probes += 1;
                 }
                 let id = match self.free_ids.pop() {
                     Some(id) => id,
@@ -992,7 +1016,96 @@ mod tests {
     }
 
     #[test]
-    fn a_pin_held_past_the_bound_is_revoked() {
+    fn a_pin_held_past_the_bound_moves_the_cache_and_never_rewrites_held_bytes() {
+        use std::sync::{Arc, Mutex};
+        let c = Arc::new(Mutex::new(small()));
+        let (hub1, cl1) = crate::Link::pair().unwrap();
+        let (hub2, cl2) = crate::Link::pair().unwrap();
+        let src = |c: &Arc<Mutex<CacheWriter>>| -> super::super::reader::SegmentSource {
+            let c = c.clone();
+            Box::new(move |key| match c.lock().unwrap().reader_fd_for(key) {
+                Some(Ok(fd)) => Ok(fd),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("unknown key".into()),
+            })
+        };
+        let (r1, r2) = {
+            let mut w = c.lock().unwrap();
+            w.add_reader(1, hub1.pin_words());
+            w.add_reader(2, hub2.pin_words());
+            let fd1 = w.reader_fd().unwrap();
+            let fd2 = w.reader_fd().unwrap();
+            w.put("bot", "k", None, p(b"v1"), 0, 1).unwrap();
+            (
+                CacheReader::open(fd1, cl1.pin_words())
+                    .unwrap()
+                    .with_source(src(&c)),
+                CacheReader::open(fd2, cl2.pin_words())
+                    .unwrap()
+                    .with_source(src(&c)),
+            )
+        };
+        let held = r1.try_get("k", None).unwrap().unwrap();
+        let held_ptr = held.as_ptr();
+        {
+            let mut w = c.lock().unwrap();
+            w.put("bot", "k", None, p(b"v2"), 0, 1).unwrap();
+            w.maintain(1 + 10_000_000);
+            assert!(held.is_valid());
+            assert_eq!(w.stats().retired_blocks, 1, "pinned: v1's block waits");
+            assert_eq!(w.generation(), 1);
+            w.maintain(1 + 60_000_000);
+            let st = w.stats();
+            assert_eq!((st.revocations, st.generation), (1, 2), "{st:?}");
+            assert_eq!(
+                st.retired_blocks, 0,
+                "the old segment's retired space is gone with it"
+            );
+            assert_eq!(st.entries, 1, "live entries moved to the new segment");
+            // The hub keeps writing, reusing space at will: none of it is in r1's mapping.
+            for i in 0..2000u32 {
+                w.put("bot", "k", None, p(&i.to_le_bytes()), 0, 1).unwrap();
+                w.put("bot", &format!("n{}", i % 50), None, p(&[7; 300]), 0, 1)
+                    .unwrap();
+                w.reclaim();
+            }
+            assert!(
+                w.stats().retired_blocks < 10,
+                "r1's old pin holds nothing back here"
+            );
+        }
+        // The held value is exactly what it was, where it was, and decodes.
+        assert_eq!(&*held, b"v1");
+        assert_eq!(held.as_ptr(), held_ptr);
+        assert!(!matches!(
+            held.decode::<&[u8]>(),
+            Err(crate::cache::CacheError::Revoked)
+        ));
+        assert!(!held.is_valid(), "stale: the hub moved on");
+        // r1 cannot move while it holds a value of the old segment.
+        assert!(matches!(
+            r1.try_get("k", None),
+            Err(crate::cache::CacheError::Revoked)
+        ));
+        // r2 holds nothing: its next read moves it to generation 2 and sees the latest value.
+        assert_eq!(r2.generation(), 1);
+        assert_eq!(
+            &*r2.try_get("k", None).unwrap().unwrap(),
+            1999u32.to_le_bytes()
+        );
+        assert_eq!(r2.generation(), 2);
+        drop(held);
+        assert_eq!(
+            &*r1.try_get("k", None).unwrap().unwrap(),
+            1999u32.to_le_bytes()
+        );
+        assert_eq!(r1.generation(), 2);
+        // An unregistered key gets nothing.
+        assert!(c.lock().unwrap().reader_fd_for(12345).is_none());
+    }
+
+    #[test]
+    fn a_view_without_a_source_refuses_a_superseded_segment() {
         let mut c = small();
         let (hub_end, client_end) = crate::Link::pair().unwrap();
         c.add_reader(1, hub_end.pin_words());
@@ -1000,23 +1113,74 @@ mod tests {
         c.put("bot", "k", None, p(b"v1"), 0, 1).unwrap();
         let held = r.try_get("k", None).unwrap().unwrap();
         c.put("bot", "k", None, p(b"v2"), 0, 1).unwrap();
-        c.maintain(1 + 10_000_000);
-        assert!(held.is_valid());
-        assert_eq!(c.stats().retired_blocks, 1);
         c.maintain(1 + 60_000_000);
-        assert_eq!(c.stats().revocations, 1);
-        assert_eq!(c.stats().retired_blocks, 0, "space reused past the pin");
-        assert!(!held.is_valid());
-        assert_eq!(
-            held.decode::<&[u8]>(),
-            Err(crate::cache::CacheError::Revoked)
-        );
+        assert_eq!(c.generation(), 2);
+        drop(held);
         assert!(matches!(
             r.try_get("k", None),
             Err(crate::cache::CacheError::Revoked)
         ));
-        drop(held);
-        assert_eq!(&*r.try_get("k", None).unwrap().unwrap(), b"v2");
+    }
+
+    /// The shared index's hash before it was keyed (FNV-1a + a final mix), kept only to
+    /// compute keys that collide under it.
+    fn old_key_hash(kind: &str, key: &str) -> u64 {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: u8| {
+            h ^= b as u64;
+            h = h.wrapping_mul(PRIME);
+        };
+        kind.bytes().for_each(&mut eat);
+        eat(0xff);
+        eat(b'k');
+        key.bytes().for_each(&mut eat);
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^ (h >> 32)
+    }
+
+    /// Hash flooding of the shared index: 1,000 keys whose old hash puts them all in one home
+    /// slot (so the old index needed 0 + 1 + … + 999 = 499,500 probe steps to place them)
+    /// cost the keyed index no more probe steps than 1,000 random keys, with a 1,024-entry
+    /// cache. (1,000 rather than 100,000 because finding each such key takes ~2,000 tries of
+    /// the old hash; the 100,000-key flood of the process-local tables is in `crate::hash`.)
+    #[test]
+    fn flooding_the_shared_index_costs_no_more_than_random_keys() {
+        let cfg = CacheConfig {
+            bytes: 4 << 20,
+            entries: 1024,
+            max_value: 64,
+            pin_bound: Duration::from_secs(10),
+        };
+        let slots = 2048u64;
+        let home = old_key_hash("user", "seed") & (slots - 1);
+        let mut flood = Vec::new();
+        let mut i = 0u64;
+        while flood.len() < 1000 {
+            i += 1;
+            let k = format!("u{i}");
+            if old_key_hash("user", &k) & (slots - 1) == home {
+                flood.push(k);
+            }
+        }
+        let random: Vec<String> = (0..1000).map(|i| format!("r{}", i * 7919)).collect();
+        let probes = |keys: &[String]| {
+            let mut c = CacheWriter::new(cfg.clone()).unwrap();
+            for k in keys {
+                c.put("bot", "user", Some(k), p(b"v"), 0, S).unwrap();
+            }
+            for k in keys {
+                assert!(c
+                    .get("bot", "user", Some(k), Encoding::Bincode, || S)
+                    .is_some());
+            }
+            assert_eq!(c.len(), keys.len());
+            c.stats().probes
+        };
+        let (f, r) = (probes(&flood), probes(&random));
+        eprintln!("shared index: {f} probe steps for the flood, {r} for random keys (old: 499500)");
+        assert!(f <= 2 * r + 200, "flood {f} vs random {r}");
     }
 
     #[test]

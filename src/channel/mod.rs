@@ -2,10 +2,12 @@
 //! [`RawReceiver`], and the typed [`Sender<T>`] / [`Receiver<T>`] on top of them.
 //!
 //! Messages up to half the ring travel as one frame, encoded straight into the reserved ring
-//! space and readable in place. Larger messages (up to `max_message`) are split into
-//! fragments and reassembled by the receiver.
+//! space; the receiver copies each frame out (atomic loads, onto the stack up to 256 bytes)
+//! before anything decodes it, because the peer can still write the ring. Larger messages (up
+//! to `max_message`) are split into fragments and reassembled by the receiver.
 //!
-//! `raw_sender` writes frames and fragments, `raw_receiver` reads and reassembles them,
+//! `raw_sender` writes frames and fragments, `reassembly` turns frames into messages (pure
+//! logic, run by miri and the fuzz targets), `raw_receiver` waits for and hands them out,
 //! `typed` encodes and decodes on top of both. The wait protocol they block with is
 //! [`crate::wait`]'s; the ring underneath is [`crate::ring`]'s.
 //!
@@ -18,6 +20,7 @@
 mod budget;
 mod raw_receiver;
 mod raw_sender;
+pub(crate) mod reassembly;
 mod typed;
 
 #[cfg(all(test, not(shmbus_loom)))]

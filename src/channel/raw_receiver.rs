@@ -1,43 +1,33 @@
-//! The byte-level receiving half of a link direction: reading frames in place, reassembling
-//! fragmented messages, waiting for data, and the non-blocking calls the hub's event loop
-//! uses.
+//! The byte-level receiving half of a link direction: waiting for data, the frame logic of
+//! [`Reassembly`] (copying frames out of the ring, reassembling fragmented messages), and the
+//! non-blocking calls the hub's event loop uses.
 //!
-//! Invariants: the ring validates every frame header before it is read. Reassembly accepts
-//! only `FIRST` (whose announced total is at most `max_message` and at least its own
-//! payload) followed by `MORE`... `LAST` adding up exactly to that total; `ABORT` drops a
-//! partial message; anything else out of sequence is `Corrupt` (sticky). The reassembly
-//! buffer grows with what arrives (at most twice the bytes received, never beyond the
-//! announced total, which is at most `max_message`), and is freed after use — delivered or
-//! aborted — when over `SCRATCH_KEEP`. With a [`ReassemblyBudget`], a message takes its
-//! announced total from the budget at its first fragment (a first fragment that does not fit
-//! stays unread, and [`has_data`](RawReceiver::has_data) says "nothing" until it would fit)
-//! and gives it back when delivered, aborted or dropped. Every
-//! message published before the peer left is delivered before `Disconnected`. A message
-//! that `try_recv_maybe` offered and was not consumed is offered again.
+//! Invariants: the ring validates every frame header before it is read, and every safe call
+//! hands out bytes from a private copy of the frame, never from the ring, which the peer can
+//! still write (in place only behind `unsafe fn *_in_place`, whose contract is a trusted
+//! peer). Reassembly accepts only `FIRST` (whose announced total is at most `max_message` and
+//! at least its own payload) followed by `MORE`... `LAST` adding up exactly to that total;
+//! `ABORT` drops a partial message; anything else out of sequence is `Corrupt` (sticky). The
+//! reassembly buffer and the [`ReassemblyBudget`] share follow [`Reassembly`]'s invariants (a
+//! first fragment that does not fit the budget stays unread, and
+//! [`has_data`](RawReceiver::has_data) says "nothing" until it would fit). Every message
+//! published before the peer left is delivered before `Disconnected`. A message that
+//! `try_recv_maybe` offered and was not consumed is offered again.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ReassemblyBudget, Stats, SCRATCH_KEEP};
+use super::reassembly::{Ready, Reassembly};
+use super::{ReassemblyBudget, Stats};
 use crate::error::{Fail, RecvError, RecvTimeoutError, TryRecvError};
-use crate::ring::layout::kind;
-use crate::ring::{Consumer, Frame};
+use crate::ring::Consumer;
 use crate::sys::Bell;
 use crate::wait::{
     self, wait_until, BellParker, DataIn, Deadline, Sleeper, WaitOutcome, WaitStrategy, Waitable,
 };
 use crate::Error;
-
-/// A message that is ready at the consumer.
-#[derive(Clone, Copy)]
-enum Ready {
-    /// In the ring, in place.
-    Whole(Frame),
-    /// Reassembled from fragments in `RawReceiver::assembly`.
-    Assembled,
-}
 
 /// The byte-level receiving half of a link direction.
 pub struct RawReceiver {
@@ -48,10 +38,9 @@ pub struct RawReceiver {
     space_bell: Bell,
     ctrl: Arc<UnixStream>,
     wait: WaitStrategy,
-    max_message: usize,
-    /// Fragments collected so far, and the announced total.
-    assembly: Vec<u8>,
-    assembling: Option<usize>,
+    /// Frame logic: copies frames out of the ring, reassembles fragments, holds the budget
+    /// share.
+    asm: Reassembly,
     broken: Option<Error>,
     peer_gone: bool,
     /// A message offered by `try_recv_maybe` and not consumed.
@@ -59,14 +48,6 @@ pub struct RawReceiver {
     stats: Stats,
     /// Where this half sleeps on an empty ring (created at the first park).
     sleeper: Sleeper,
-    /// The budget partial messages take from, if any (the hub's).
-    budget: Option<Arc<ReassemblyBudget>>,
-    /// Taken from `budget` for the message being assembled (or held).
-    reserved: usize,
-    /// The first fragment at the head needs this much of `budget`, which is not there yet.
-    budget_wait: Option<usize>,
-    /// When the message being assembled started.
-    assembling_since: Option<Instant>,
 }
 
 impl RawReceiver {
@@ -84,66 +65,25 @@ impl RawReceiver {
             space_bell,
             ctrl,
             wait,
-            max_message,
-            assembly: Vec::new(),
-            assembling: None,
+            asm: Reassembly::new(max_message),
             broken: None,
             peer_gone: false,
             held: None,
             stats: Stats::default(),
             sleeper: Sleeper::default(),
-            budget: None,
-            reserved: 0,
-            budget_wait: None,
-            assembling_since: None,
         }
     }
 
     /// Makes partial messages take their announced length from `budget` (shared with other
     /// receivers) while they are assembled; see [`ReassemblyBudget`].
     pub fn set_reassembly_budget(&mut self, budget: Arc<ReassemblyBudget>) {
-        self.give_back();
-        self.budget = Some(budget);
+        self.asm.set_budget(budget);
     }
 
     /// The partial message being assembled, if any: its announced length, the bytes that
     /// arrived, and when its first fragment did.
     pub fn partial(&self) -> Option<(usize, usize, Instant)> {
-        let total = self.assembling?;
-        Some((total, self.assembly.len(), self.assembling_since?))
-    }
-
-    /// Returns what the current message took from the budget.
-    fn give_back(&mut self) {
-        if let Some(b) = &self.budget {
-            if self.reserved > 0 {
-                b.give_back(self.reserved);
-            }
-        }
-        self.reserved = 0;
-    }
-
-    /// Frees the reassembly buffer after a message (kept for reuse when small).
-    fn reset_assembly(&mut self) {
-        if self.assembly.capacity() > SCRATCH_KEEP {
-            self.assembly = Vec::new();
-        } else {
-            self.assembly.clear();
-        }
-        self.assembling_since = None;
-        self.give_back();
-    }
-
-    /// Appends `p` to the message being assembled (announced `total`), growing the buffer
-    /// by doubling but never past `total`.
-    fn append(&mut self, p_start: usize, f: &Frame, total: usize) {
-        let p = &self.cons.payload(f)[p_start..];
-        let need = self.assembly.len() + p.len();
-        if need > self.assembly.capacity() {
-            let cap = need.max(self.assembly.capacity() * 2).min(total);
-            self.assembly.reserve_exact(cap - self.assembly.len());
-        }
-        self.assembly.extend_from_slice(p);
+        self.asm.partial()
     }
 
     /// How this receiver waits when the ring is empty.
@@ -178,96 +118,41 @@ impl RawReceiver {
         e
     }
 
-    fn release(&mut self, f: Frame) -> Result<(), Error> {
-        if self.cons.release(f) {
-            self.space_bell.ring()?;
-        }
-        Ok(())
-    }
-
     /// Advances to the next whole message, absorbing fragments. `None` = nothing whole yet.
     fn poll_ready(&mut self) -> Result<Option<Ready>, Error> {
         if let Some(e) = &self.broken {
             return Err(e.duplicate());
         }
-        loop {
-            let f = match self.cons.peek() {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(self.corrupt(&e.to_string())),
-            };
-            match (f.kind, self.assembling) {
-                (kind::MSG, None) => return Ok(Some(Ready::Whole(f))),
-                (kind::FIRST, None) => {
-                    let p = self.cons.payload(&f);
-                    if p.len() < 8 {
-                        return Err(self.corrupt("first fragment without a length"));
-                    }
-                    let total = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
-                    let total = usize::try_from(total).unwrap_or(usize::MAX);
-                    if total > self.max_message || total < p.len() - 8 {
-                        return Err(self.corrupt("fragmented message length out of range"));
-                    }
-                    if let Some(b) = &self.budget {
-                        if !b.try_take(total) {
-                            // Left unread until other messages give their share back.
-                            self.budget_wait = Some(total);
-                            return Ok(None);
-                        }
-                        self.reserved = total;
-                    }
-                    self.budget_wait = None;
-                    self.assembly.clear();
-                    self.append(8, &f, total);
-                    self.assembling = Some(total);
-                    self.assembling_since = Some(Instant::now());
-                    self.release(f)?;
-                }
-                (kind::MORE | kind::LAST, Some(total)) => {
-                    let p = self.cons.payload(&f);
-                    let have = self.assembly.len() + p.len();
-                    let last = f.kind == kind::LAST;
-                    if have > total || (last && have != total) || (!last && have == total) {
-                        return Err(self.corrupt("fragments do not add up to the announced length"));
-                    }
-                    self.append(0, &f, total);
-                    self.release(f)?;
-                    if last {
-                        self.assembling = None;
-                        return Ok(Some(Ready::Assembled));
-                    }
-                }
-                (kind::ABORT, _) => {
-                    self.assembling = None;
-                    self.reset_assembly();
-                    self.release(f)?;
-                }
-                _ => return Err(self.corrupt("fragment out of sequence")),
-            }
-        }
+        let r = self.asm.poll(&mut self.cons);
+        self.wake_producer()?;
+        r.map_err(|m| self.corrupt(&m))
     }
 
+    /// Rings the space doorbell if a release asked for it.
+    #[inline]
+    fn wake_producer(&mut self) -> Result<(), Error> {
+        if self.asm.take_wake() {
+            self.space_bell.ring()?;
+        }
+        Ok(())
+    }
+
+    /// Hands a ready message to `f` from a private copy (see [`Reassembly::with_bytes`]),
+    /// then consumes it.
     fn deliver<R>(&mut self, r: Ready, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let out = match r {
-            Ready::Whole(frame) => {
-                let out = f(self.cons.payload(&frame));
-                self.stats.bytes += frame.len as u64;
-                self.release(frame)?;
-                out
-            }
-            Ready::Assembled => {
-                let out = f(&self.assembly);
-                self.stats.bytes += self.assembly.len() as u64;
-                self.reset_assembly();
-                out
-            }
-        };
+        let out = self.asm.with_bytes(&self.cons, &r, f);
+        self.finish(r, out)
+    }
+
+    fn finish<R>(&mut self, r: Ready, out: R) -> Result<R, Error> {
+        self.stats.bytes += self.asm.finish(&mut self.cons, r) as u64;
         self.stats.messages += 1;
+        self.wake_producer()?;
         Ok(out)
     }
 
-    /// Receives one message and hands its bytes to `f` (in place in the ring for messages
-    /// that fit one frame).
+    /// Receives one message and hands its bytes to `f` (a private copy: the peer can still
+    /// write the ring).
     pub(crate) fn recv_with<R>(
         &mut self,
         deadline: Deadline,
@@ -285,12 +170,23 @@ impl RawReceiver {
         kick: Option<&std::sync::atomic::AtomicBool>,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, Fail> {
+        self.recv_loop(deadline, kick, |rx, r| rx.deliver(r, f))
+    }
+
+    /// The receive loop: waits per `deadline` (and `kick`) for a ready message and hands it to
+    /// `take`, which delivers and consumes it.
+    fn recv_loop<R>(
+        &mut self,
+        deadline: Deadline,
+        kick: Option<&std::sync::atomic::AtomicBool>,
+        take: impl FnOnce(&mut Self, Ready) -> Result<R, Error>,
+    ) -> Result<R, Fail> {
         loop {
             if let Some(r) = self.held.take() {
-                return Ok(self.deliver(r, f)?);
+                return Ok(take(self, r)?);
             }
             if let Some(r) = self.poll_ready()? {
-                return Ok(self.deliver(r, f)?);
+                return Ok(take(self, r)?);
             }
             if self.peer_gone || self.cons.peer_closed() {
                 // Drained: everything the peer committed before it left has been delivered.
@@ -343,12 +239,9 @@ impl RawReceiver {
                 }
             },
         };
-        let (consume, out) = match &ready {
-            Ready::Whole(frame) => f(self.cons.payload(frame)),
-            Ready::Assembled => f(&self.assembly),
-        };
+        let (consume, out) = self.asm.with_bytes(&self.cons, &ready, f);
         if consume {
-            self.deliver(ready, |_| ())?;
+            self.finish(ready, ())?;
         } else {
             self.held = Some(ready);
         }
@@ -374,13 +267,9 @@ impl RawReceiver {
 
     /// Whether anything is in the ring (re-reads the producer's index), or the peer closed.
     pub fn has_data(&mut self) -> Result<bool, Error> {
-        if self.held.is_none() {
-            if let (Some(n), Some(b)) = (self.budget_wait, &self.budget) {
-                // The frame at the head waits for budget: nothing to do until it fits.
-                if !b.can_take(n) {
-                    return Ok(self.cons.peer_closed());
-                }
-            }
+        if self.held.is_none() && self.asm.waiting_for_budget() {
+            // The frame at the head waits for budget: nothing to do until it fits.
+            return Ok(self.cons.peer_closed());
         }
         Ok(self.held.is_some() || self.cons.has_data()? || self.cons.peer_closed())
     }
@@ -459,9 +348,38 @@ impl RawReceiver {
     }
 }
 
+impl RawReceiver {
+    /// [`recv_bytes`](RawReceiver::recv_bytes) with no copy: `f` gets the message borrowed
+    /// in place in the shared ring (a fragmented message still comes from the private
+    /// reassembly buffer).
+    ///
+    /// # Safety
+    ///
+    /// The peer process has the ring mapped writable. The caller must trust it not to write
+    /// the frame while `f` runs (a well-behaved shmbus peer never does: it reuses the space
+    /// only after this call gives it back). A hostile peer could otherwise change bytes that
+    /// were already checked, e.g. make a `&str` decoded from them invalid UTF-8, which is
+    /// undefined behaviour. The safe receive calls copy the frame first (see
+    /// [`Consumer::copy_payload`]).
+    pub unsafe fn recv_bytes_in_place<R>(
+        &mut self,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RecvError> {
+        self.recv_loop(Deadline::Never, None, |rx, r| {
+            // SAFETY: forwarded to our caller's contract (a trusted peer).
+            let out = f(unsafe { rx.asm.bytes_in_place(&rx.cons, &r) });
+            rx.finish(r, out)
+        })
+        .map_err(|e| match e {
+            Fail::Error(e) => RecvError::Failed(e),
+            _ => RecvError::Disconnected,
+        })
+    }
+}
+
 impl Drop for RawReceiver {
     fn drop(&mut self) {
-        self.give_back();
+        self.asm.give_back();
         self.cons.close();
         let _ = self.space_bell.ring();
     }

@@ -1,6 +1,7 @@
 //! The typed halves: [`Sender<T>`] encodes each message straight into the ring space it
-//! reserves, [`Receiver<T>`] decodes straight from the ring, and [`View`]s decode in place,
-//! borrowing `&str` / `&[u8]` fields from the ring for the length of a closure.
+//! reserves, [`Receiver<T>`] decodes from the receiver's private copy of each frame, and
+//! [`View`]s borrow `&str` / `&[u8]` fields from that copy for the length of a closure (from
+//! the ring itself only through the unsafe `*_in_place` calls, for a trusted peer).
 //!
 //! Invariants: a message's encoded size is measured before anything is reserved, so the
 //! reservation is exact and a message over `max_message` is refused before a byte is
@@ -209,8 +210,9 @@ impl<T: Serialize> Sender<T> {
     }
 }
 
-/// A family of borrowed views for [`Receiver::recv_view`]: `Of<'a>` is the type decoded in
-/// place, borrowing `&'a str` / `&'a [u8]` fields from the ring.
+/// A family of borrowed views for [`Receiver::recv_view`]: `Of<'a>` is the type decoded
+/// borrowing `&'a str` / `&'a [u8]` fields from the receiver's copy of the frame (or from the
+/// ring itself, with the unsafe [`Receiver::recv_view_in_place`]).
 ///
 /// ```
 /// # use serde::Deserialize;
@@ -297,8 +299,8 @@ impl<T: DeserializeOwned> Receiver<T> {
             .and_then(|r| r.map_err(RecvTimeoutError::Failed))
     }
 
-    /// Receives one message and passes it to `f` by reference; it is decoded straight from
-    /// the ring bytes (no intermediate buffer) and dropped after `f` returns.
+    /// Receives one message and passes it to `f` by reference; it is decoded from the private
+    /// copy of the frame and dropped after `f` returns.
     ///
     /// ```
     /// let (a, b) = shmbus::Link::pair()?;
@@ -315,9 +317,11 @@ impl<T: DeserializeOwned> Receiver<T> {
             .and_then(|r| r.map_err(RecvError::Failed))
     }
 
-    /// Receives one message decoded *in place* as the borrowed view `V::Of<'_>`: its
-    /// `&str` / `&[u8]` fields point into the shared ring. `f` cannot keep them: the space is
-    /// given back to the sender when `f` returns.
+    /// Receives one message decoded as the borrowed view `V::Of<'_>`: its `&str` / `&[u8]`
+    /// fields borrow from this receiver's private copy of the frame (one memcpy of the frame,
+    /// onto the stack up to 256 bytes, no allocation after the first message; the peer can
+    /// still write the ring itself). `f` cannot keep them. For a trusted peer,
+    /// [`recv_view_in_place`](Receiver::recv_view_in_place) skips the copy.
     ///
     /// ```
     /// use serde::{Deserialize, Serialize};
@@ -347,6 +351,26 @@ impl<T: DeserializeOwned> Receiver<T> {
             .and_then(|r| r.map_err(RecvError::Failed))
     }
 
+    /// [`recv_view`](Receiver::recv_view) with no copy: the view's `&str` / `&[u8]` fields
+    /// point straight into the shared ring.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RawReceiver::recv_bytes_in_place`]: the peer must be trusted not to write the
+    /// frame while `f` runs. (A `&str` whose bytes change after the UTF-8 check is undefined
+    /// behaviour.)
+    pub unsafe fn recv_view_in_place<V: View, R>(
+        &mut self,
+        f: impl for<'a> FnOnce(V::Of<'a>) -> R,
+    ) -> Result<R, RecvError> {
+        // SAFETY: forwarded to our caller's contract.
+        unsafe {
+            self.raw
+                .recv_bytes_in_place(|b| codec::decode_borrowed::<V::Of<'_>>(b).map(f))
+        }
+        .and_then(|r| r.map_err(RecvError::Failed))
+    }
+
     /// [`recv_view`](Receiver::recv_view) without waiting.
     ///
     /// ```
@@ -370,7 +394,7 @@ impl<T: DeserializeOwned> Receiver<T> {
             .and_then(|r| r.map_err(TryRecvError::Failed))
     }
 
-    /// The raw bytes of the next message, in place (its bincode encoding).
+    /// The raw bytes of the next message (a private copy of the frame).
     ///
     /// ```
     /// let (a, b) = shmbus::Link::pair()?;

@@ -101,7 +101,10 @@ impl Inner {
         };
         let link = crate::open_link(fds, sock, &cfg)
             .map_err(|e| crate::link::handshake_error("opening the link", e))?;
-        let cache = match cache_fd.map(|fd| CacheReader::open(fd, link.pin_words())) {
+        let source = || crate::hub::control::cache_segment_source(self.path.clone());
+        let cache = match cache_fd
+            .map(|fd| CacheReader::open(fd, link.pin_words()).map(|r| r.with_source(source())))
+        {
             Some(Ok(r)) => Some(Arc::new(r)),
             Some(Err(e)) => {
                 tracing::warn!("the hub's cache segment is unusable, reads go to the hub: {e}");

@@ -111,7 +111,7 @@ pub use messages::{CallError, DataPush, Event, GetRequest, Lifecycle, Reply, Req
 pub use options::{ClientOptions, PanicPolicy, Retry, Ttl};
 
 /// Request numbers are this client's own (sequential, never chosen by a peer).
-type ReqHash = crate::hash::FastHash;
+type ReqHash = crate::hash::KeyedHash;
 
 struct Inner {
     opts: ClientOptions,

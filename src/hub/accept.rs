@@ -180,6 +180,9 @@ impl Hub {
                 refuse(&h.sock, &e);
             }
             Progress::Done(ControlRequest::Stat) => self.send_stat(h.sock),
+            Progress::Done(ControlRequest::CacheSegment { key }) => {
+                super::control::answer_cache_segment(&self.cache, &h.sock, key);
+            }
             Progress::Done(ControlRequest::Hello(hello)) => {
                 if let Err(reason) = self.admit(h.sock, h.cred, hello) {
                     warn!(pid = h.cred.pid, %reason, "client refused");
@@ -266,7 +269,13 @@ impl Hub {
             refuse(sock, &r);
             Err(r)
         };
-        if hello.magic != proto::HELLO_MAGIC || hello.version != proto::PROTOCOL_VERSION {
+        if hello.magic != proto::HELLO_MAGIC {
+            return refuse_with(
+                &sock,
+                format!("not a shmbus hello (bad magic {:#018x})", hello.magic),
+            );
+        }
+        if hello.version != proto::PROTOCOL_VERSION {
             return refuse_with(
                 &sock,
                 format!(

@@ -23,6 +23,14 @@ pub enum ControlRequest {
     Hello(Hello),
     /// Ask for a [`StatReport`] (what `shmbus stat` does); the connection then closes.
     Stat,
+    /// A connected client's cache view asks for the hub's current cache segment (the hub
+    /// moved to a newer generation); `key` is the random key the hub wrote into that
+    /// client's link segment. Answered with [`ControlReply::CacheSegment`] + the fd, or a
+    /// refusal; the connection then closes.
+    CacheSegment {
+        /// The link's cache key.
+        key: u64,
+    },
 }
 
 /// What the hub sends on the control socket.
@@ -37,6 +45,65 @@ pub enum ControlReply {
         /// Why.
         reason: String,
     },
+    /// Answer to `CacheSegment`: a read-only fd of this generation's segment is attached.
+    CacheSegment {
+        /// The segment's generation.
+        generation: u64,
+    },
+}
+
+/// Answers a [`ControlRequest::CacheSegment`] on a fresh control connection.
+pub(crate) fn answer_cache_segment(
+    cache: &crate::cache::CacheWriter,
+    sock: &std::os::unix::net::UnixStream,
+    key: u64,
+) {
+    use std::os::fd::AsFd;
+    let refuse = |reason: &str| {
+        let _ = crate::send_control(
+            sock,
+            &ControlReply::Welcome(Welcome::Refused {
+                reason: reason.to_string(),
+            }),
+            &[],
+        );
+    };
+    match cache.reader_fd_for(key) {
+        Some(Ok(fd)) => {
+            let reply = ControlReply::CacheSegment {
+                generation: cache.generation(),
+            };
+            let _ = crate::send_control(sock, &reply, &[fd.as_fd()]);
+        }
+        Some(Err(e)) => refuse(&format!("hub could not share its cache: {e}")),
+        None => refuse("no connected client has that cache key"),
+    }
+}
+
+/// The client side of [`answer_cache_segment`]: a [`SegmentSource`] that connects to the hub
+/// socket at `path` and asks for the current segment (1 s timeouts).
+///
+/// [`SegmentSource`]: crate::cache::reader::SegmentSource
+pub(crate) fn cache_segment_source(
+    path: std::path::PathBuf,
+) -> crate::cache::reader::SegmentSource {
+    Box::new(move |key| {
+        let t = Some(std::time::Duration::from_secs(1));
+        let sock = std::os::unix::net::UnixStream::connect(&path).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(t).map_err(|e| e.to_string())?;
+        sock.set_write_timeout(t).map_err(|e| e.to_string())?;
+        crate::send_control(&sock, &ControlRequest::CacheSegment { key }, &[])
+            .map_err(|e| e.to_string())?;
+        match crate::recv_control::<ControlReply>(&sock) {
+            Ok(Some((ControlReply::CacheSegment { .. }, mut fds))) if fds.len() == 1 => {
+                Ok(fds.pop().expect("one fd"))
+            }
+            Ok(Some((ControlReply::Welcome(Welcome::Refused { reason }), _))) => Err(reason),
+            Ok(Some((other, _))) => Err(format!("unexpected answer: {other:?}")),
+            Ok(None) => Err("the hub closed the connection".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
 }
 
 /// The hub's state, for `shmbus stat`.
@@ -124,7 +191,7 @@ impl StatReport {
         let _ = writeln!(
             s,
             "cache segment: {} of {} arena bytes in use, {} retired ({} blocks), epoch {}, \
-             {} updates, {} evictions, {} expired, {} rejected, {} pins revoked",
+             {} updates, {} evictions, {} expired, {} rejected, {} segment moves (pins held too long)",
             k.used_bytes,
             k.arena_bytes,
             k.retired_bytes,

@@ -34,7 +34,7 @@
 
 mod accept;
 mod config;
-mod control;
+pub(crate) mod control;
 #[cfg(feature = "federation")]
 mod federation;
 #[cfg(not(feature = "federation"))]
@@ -49,7 +49,7 @@ mod timers;
 #[cfg(all(test, not(shmbus_loom)))]
 mod tests;
 
-use crate::hash::FastHash;
+use crate::hash::KeyedHash;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::AsFd;
@@ -120,10 +120,10 @@ pub struct Hub {
     /// cheaper than moving the whole receiver on every turn of the loop.
     rxs: Vec<Option<Box<RawReceiver>>>,
     handshakes: Vec<Option<Handshake>>,
-    names: HashMap<String, usize, FastHash>,
+    names: HashMap<String, usize, KeyedHash>,
     next_gen: u64,
-    pending: HashMap<u64, Pending, FastHash>,
-    inflight: HashMap<String, u64, FastHash>,
+    pending: HashMap<u64, Pending, KeyedHash>,
+    inflight: HashMap<String, u64, KeyedHash>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_req: u64,
     cache: CacheWriter,

@@ -101,7 +101,7 @@ pub struct Link {
 
 /// The two cache-pin words in a link segment's header (see
 /// [`SegmentHeader::reader_pin`](crate::ring::layout::SegmentHeader)): the opener writes its
-/// pin, the creator reads it and may revoke it.
+/// pin, the creator reads it; the creator writes the link's cache key.
 #[derive(Clone, Debug)]
 pub struct PinWords {
     map: Arc<Mapping>,
@@ -127,8 +127,8 @@ impl PinWords {
         self.word(layout::READER_PIN_OFFSET)
     }
 
-    /// The creator's revocation word.
-    pub fn revoked(&self) -> &std::sync::atomic::AtomicU64 {
+    /// The creator's cache key word (the link's identity towards the hub's cache).
+    pub fn key(&self) -> &std::sync::atomic::AtomicU64 {
         self.word(layout::READER_PIN_OFFSET + 8)
     }
 }

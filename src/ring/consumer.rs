@@ -1,4 +1,9 @@
 //! The reading half of a ring.
+//!
+//! Invariants: every frame header is validated before anything behind it is touched (tag,
+//! kind, length, bounds); payload bytes are only ever read with atomic loads
+//! ([`Consumer::copy_payload`]) unless the caller vouches for the peer
+//! ([`Consumer::payload_in_place`], `unsafe`); `head` only grows and is published Release.
 
 use super::layout::{self, frame_size, kind, parse_frame_word, FRAME_HEADER};
 use super::{RingError, RingRef};
@@ -16,8 +21,42 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// A validated frame at the consumer's head. Its payload is borrowed with
-/// [`Consumer::payload`] and given back with [`Consumer::release`].
+/// Frames up to this many payload bytes can be read with [`Consumer::with_small_payload`].
+pub const SMALL_FRAME: usize = 256;
+
+/// Copies `words` 8-byte words from `src` (8-aligned, in the ring) to `dst` (any alignment)
+/// with Relaxed atomic loads, two words per turn.
+///
+/// # Safety
+/// `src .. src + 8 * words` is inside a live ring data area and 8-aligned; `dst` is valid for
+/// `8 * words` bytes of writes and does not overlap it.
+#[inline(always)]
+unsafe fn copy_words(src: *const u8, dst: *mut u8, words: usize) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let load = |i: usize| {
+        // SAFETY: `i < words`: inside the range the caller vouches for, 8-aligned.
+        unsafe { (*src.add(i * 8).cast::<AtomicU64>()).load(Relaxed) }
+    };
+    let mut i = 0;
+    while i + 2 <= words {
+        let (a, b) = (load(i), load(i + 1));
+        // SAFETY: `i + 1 < words`, inside `dst`'s range.
+        unsafe {
+            dst.add(i * 8).cast::<u64>().write_unaligned(a);
+            dst.add(i * 8 + 8).cast::<u64>().write_unaligned(b);
+        }
+        i += 2;
+    }
+    if i < words {
+        let a = load(i);
+        // SAFETY: `i < words`, inside `dst`'s range.
+        unsafe { dst.add(i * 8).cast::<u64>().write_unaligned(a) };
+    }
+}
+
+/// A validated frame at the consumer's head. Its payload is copied out with
+/// [`Consumer::copy_payload`] (or, from a trusted peer, borrowed with the unsafe
+/// [`Consumer::payload_in_place`]) and its space given back with [`Consumer::release`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     /// Frame kind (see [`layout::kind`]); never `PAD`.
@@ -136,13 +175,95 @@ impl Consumer {
         }
     }
 
-    /// The payload of `frame`, in place.
-    pub fn payload(&self, frame: &Frame) -> &[u8] {
+    /// Appends the payload of `frame` to `out`, skipping its first `skip` bytes (a multiple
+    /// of 8), and returns how many bytes were appended.
+    ///
+    /// This is how every safe receive path reads a frame: the producer's process still has the
+    /// ring mapped writable, so a hostile one can rewrite a payload after we validated it.
+    /// The copy reads the frame with 8-byte atomic loads (Relaxed; it is ordered after the
+    /// header's Acquire load, which is all it needs), never with plain reads: a concurrent
+    /// write by the peer is then a race on atomics, which yields some value per word and is
+    /// not undefined behaviour. Everything after the copy (decoding, `&str` views) works on
+    /// our private buffer, which nobody else can change.
+    pub fn copy_payload(&self, frame: &Frame, skip: usize, out: &mut Vec<u8>) -> usize {
+        debug_assert!(skip % 8 == 0 && skip <= frame.len);
         debug_assert!(frame.pos + frame.size <= self.ring.cap);
-        // SAFETY: `peek` checked `[pos + 8, pos + 8 + len)` lies inside the data area, and the
-        // producer committed it (its header was stored) and will not overwrite it until we
-        // release it; a hostile producer can change the bytes, never the bounds.
-        // `&self` keeps `release` (which takes `&mut self`) from running while it is borrowed.
+        let len = frame.len.saturating_sub(skip);
+        if len == 0 {
+            return 0;
+        }
+        let words = len.div_ceil(8);
+        out.reserve(words * 8);
+        let start = out.len();
+        let src = self.ring.at(frame.pos + FRAME_HEADER + skip as u64);
+        // SAFETY: `peek` checked that the frame `[pos, pos + size)` lies inside the data area,
+        // and `size = 8 + len` rounded up to 8, so the `words` 8-byte words from `pos + 8 +
+        // skip` are inside it; they are 8-aligned (the data area and `pos` are). `out` has
+        // room for `words * 8` bytes past `start` (reserved above); only `len` are exposed.
+        unsafe {
+            copy_words(src, out.as_mut_ptr().add(start), words);
+            out.set_len(start + len);
+        }
+        len
+    }
+
+    /// Calls `f` with a private copy of the payload of a frame of at most
+    /// [`SMALL_FRAME`] bytes, copied (as in [`copy_payload`](Consumer::copy_payload)) into a
+    /// buffer on the stack: the hot path of small messages, with no buffer bookkeeping.
+    #[inline]
+    pub fn with_small_payload<R>(&self, frame: &Frame, f: impl FnOnce(&[u8]) -> R) -> R {
+        assert!(
+            frame.len <= SMALL_FRAME,
+            "with_small_payload: frame too large"
+        );
+        let mut buf = std::mem::MaybeUninit::<[u64; SMALL_FRAME / 8]>::uninit();
+        let words = frame.len.div_ceil(8);
+        if words == 0 {
+            return f(&[]);
+        }
+        let src = self.ring.at(frame.pos + FRAME_HEADER);
+        // SAFETY: as in `copy_payload`: the `words` words are inside the checked frame and
+        // 8-aligned; `buf` holds `SMALL_FRAME / 8 >= words` words, and the first `len` bytes
+        // are initialised by the copy before the slice over them is made.
+        let bytes = unsafe {
+            let dst = buf.as_mut_ptr().cast::<u8>();
+            copy_words(src, dst, words);
+            std::slice::from_raw_parts(dst, frame.len)
+        };
+        f(bytes)
+    }
+
+    /// The first 8 payload bytes of `frame` as a little-endian `u64` (one atomic load, as in
+    /// [`copy_payload`](Consumer::copy_payload)), or `None` if the payload is shorter.
+    pub fn payload_word(&self, frame: &Frame) -> Option<u64> {
+        if frame.len < 8 {
+            return None;
+        }
+        let p = self.ring.at(frame.pos + FRAME_HEADER);
+        // SAFETY: `peek` checked the frame lies in the data area and `len >= 8`, so the
+        // 8-aligned word at `pos + 8` is inside it; read atomically (the peer may write it).
+        let w = unsafe {
+            (*p.cast::<std::sync::atomic::AtomicU64>()).load(std::sync::atomic::Ordering::Relaxed)
+        };
+        Some(u64::from_le(w))
+    }
+
+    /// The payload of `frame`, borrowed in place in the shared ring (no copy).
+    ///
+    /// # Safety
+    ///
+    /// The bytes stay mapped and inside the ring for the borrow (that much is checked), but
+    /// the producer's process can still write them. The caller must trust the producer not to
+    /// change `[payload]` while the slice is borrowed: a well-behaved producer never does (it
+    /// does not reuse the space before [`release`](Consumer::release), which `&self` keeps
+    /// from running). Against a hostile producer, a borrowed `&str` could change after it was
+    /// checked as UTF-8, which is undefined behaviour; use
+    /// [`copy_payload`](Consumer::copy_payload) then.
+    pub unsafe fn payload_in_place(&self, frame: &Frame) -> &[u8] {
+        debug_assert!(frame.pos + frame.size <= self.ring.cap);
+        // SAFETY: `peek` checked `[pos + 8, pos + 8 + len)` lies inside the data area, which
+        // `self.ring` keeps mapped while `&self` is borrowed; the producer committed it (its
+        // header was stored) and the caller promises it is not written during the borrow.
         unsafe { std::slice::from_raw_parts(self.ring.at(frame.pos + FRAME_HEADER), frame.len) }
     }
 

@@ -91,9 +91,10 @@ pub struct SegmentHeader {
     /// the opener (a hub client), read by the creator (the hub) to know which retired cache
     /// values may still be in use. See `crate::cache`.
     pub reader_pin: AtomicU64,
-    /// Written only by the creator: a pin value it stopped honouring because it was held too
-    /// long (see `crate::cache`). Reads under that pin are refused.
-    pub pin_revoked: AtomicU64,
+    /// Written only by the creator (the hub), once, when it registers this link's cache
+    /// reader: a random key that identifies this link when the reader asks the hub for a
+    /// newer cache segment generation (see `crate::cache`). 0 = not registered yet.
+    pub cache_key: AtomicU64,
 }
 
 /// Offset of [`SegmentHeader::reader_pin`].

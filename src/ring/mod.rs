@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::sync::{AtomicU64, Ordering};
 
-pub use consumer::{Consumer, Frame};
+pub use consumer::{Consumer, Frame, SMALL_FRAME};
 pub use layout::RingHeader;
 pub use producer::Producer;
 
@@ -69,9 +69,13 @@ pub(crate) struct RingRef {
 }
 
 // SAFETY: a RingRef is a pair of pointers into memory kept alive by `_keep` (Send + Sync).
-// All shared state behind `hdr` is atomics; the data bytes are handed out only by the one
-// Producer or the one Consumer that owns a given RingRef, for disjoint ranges, ordered by the
-// Release/Acquire pairs on `tail` and `head`.
+// All shared state behind `hdr` is atomics. The data bytes are written only by the one
+// Producer, into space the consumer has given back (ordered by the consumer's Release store
+// of `head` and the producer's Acquire load), and read only by the one Consumer, in frames
+// the producer has committed (ordered by the producer's Release store of each frame's header
+// word and the consumer's Acquire load of it: layout v3 commits in-band, `tail` orders
+// nothing). The consumer reads payloads with atomic loads, so a peer that breaks the protocol
+// races on atomics only. Moving a RingRef to another thread changes none of this.
 unsafe impl Send for RingRef {}
 
 impl RingRef {
@@ -107,12 +111,13 @@ impl RingRef {
         unsafe { self.hdr.as_ref() }
     }
 
-    /// Pointer to byte `pos` of the data area.
+    /// Pointer to byte `pos` of the data area (`pos == cap` is the one-past-the-end pointer,
+    /// which the payload of an empty frame in the ring's last word starts at).
     #[inline]
     fn at(&self, pos: u64) -> *mut u8 {
-        debug_assert!(pos < self.cap);
-        // SAFETY: `pos < cap` (every caller masks or bounds-checks it), so the result stays
-        // inside the `cap`-byte data area.
+        debug_assert!(pos <= self.cap);
+        // SAFETY: `pos <= cap` (every caller masks or bounds-checks it), so the result stays
+        // inside the `cap`-byte data area or one past its end (used only for empty slices).
         unsafe { self.data.as_ptr().add(pos as usize) }
     }
 
@@ -221,6 +226,36 @@ impl Drop for HeapBlock {
 /// Builds a producer/consumer pair over a fresh heap ring of `cap` bytes (a power of two,
 /// at least 64).
 pub fn heap_ring(cap: u64) -> (Producer, Consumer) {
+    let (p, c, _) = heap_ring_raw(cap);
+    (p, c)
+}
+
+/// A consumer over a heap ring whose header and data bytes are given (a fuzz target's input,
+/// or a test's hostile segment): `header` is copied over the start of the 512-byte ring
+/// header (its atomics are plain integers, so any bytes are a valid header) and `data` over
+/// the start of the `cap`-byte data area. Also returns the producer half, for tests.
+#[doc(hidden)]
+pub fn heap_ring_from(cap: u64, header: &[u8], data: &[u8]) -> (Producer, Consumer) {
+    let (p, c, base) = heap_ring_raw(cap);
+    let hlen = header.len().min(std::mem::size_of::<RingHeader>());
+    let dlen = data.len().min(cap as usize);
+    let hsize = layout::RING_HEADER_SIZE
+        .max(std::mem::size_of::<RingHeader>() as u64)
+        .next_multiple_of(128) as usize;
+    // SAFETY: `base` is the start of the block `heap_ring_raw` allocated: a RingHeader
+    // (`hsize` bytes reserved) followed by `cap` data bytes; `hlen` and `dlen` stay inside
+    // them. Nobody else accesses the ring yet (we hold both halves), and any bit pattern is a
+    // valid RingHeader (atomic integers).
+    unsafe {
+        std::ptr::copy_nonoverlapping(header.as_ptr(), base.as_ptr(), hlen);
+        std::ptr::copy_nonoverlapping(data.as_ptr(), base.as_ptr().add(hsize), dlen);
+    }
+    (p, c)
+}
+
+/// [`heap_ring`], also returning the block's base pointer (the header; data follows at the
+/// next 128-byte boundary past it), for tests that play a hostile producer.
+pub(crate) fn heap_ring_raw(cap: u64) -> (Producer, Consumer, NonNull<u8>) {
     assert!(
         cap.is_power_of_two() && cap >= 64,
         "capacity must be a power of two >= 64"
@@ -242,7 +277,7 @@ pub fn heap_ring(cap: u64) -> (Producer, Consumer) {
     // SAFETY: header initialised above, data area is `cap` bytes, `block` keeps both alive,
     // and exactly one Producer and one Consumer are built.
     let ring = unsafe { RingRef::new(ptr.cast(), data, cap, block) };
-    (Producer::new(ring.clone()), Consumer::new(ring))
+    (Producer::new(ring.clone()), Consumer::new(ring), ptr)
 }
 
 #[cfg(all(test, not(shmbus_loom)))]

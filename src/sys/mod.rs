@@ -79,6 +79,13 @@ pub fn memfd_single_writer(name: &CStr, len: usize) -> io::Result<(OwnedFd, Mapp
     let off = i64::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
     nix::unistd::ftruncate(&fd, off).map_err(errno)?;
+    // Size first (a mapping needs it), then the writable mapping, then the seals that forbid
+    // any other writable mapping and freeze the seal set.
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )
+    .map_err(errno)?;
     let map = Mapping::map(fd.as_fd(), len, true)?;
     fcntl(
         &fd,
@@ -133,17 +140,41 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd` shared, read-write or read-only.
+    ///
+    /// It checks what makes every byte of the mapping safe to touch for as long as it
+    /// lives: `fd` is a memfd sealed against shrinking (`F_SEAL_SHRINK`, so no one can cut
+    /// the file under the mapping and turn an access into SIGBUS) and at least `len` bytes
+    /// long. Anything else is an `InvalidData` error, not a mapping.
     pub fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
         let nz = NonZeroUsize::new(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"))?;
+        let seals = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a sealable memfd ({e}); refusing to map it"),
+            )
+        })?;
+        if !SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "memfd is not sealed against shrinking; refusing to map it",
+            ));
+        }
+        let size = nix::sys::stat::fstat(fd).map_err(errno)?.st_size;
+        if u64::try_from(size).map_or(true, |s| s < len as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("memfd has {size} bytes, fewer than the {len} to map"),
+            ));
+        }
         let prot = if writable {
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
         } else {
             ProtFlags::PROT_READ
         };
         // SAFETY: we ask the kernel for a fresh mapping (no fixed address), so no existing Rust
-        // object is affected. The fd's size was checked by the caller to be at least `len`, and
-        // it is sealed against shrinking, so the whole range stays backed.
+        // object is affected. The file is at least `len` bytes and sealed against shrinking
+        // (both checked above; a seal can never be removed), so the whole range stays backed.
         let ptr = unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, fd, 0) }.map_err(errno)?;
         Ok(Mapping {
             ptr: ptr.cast(),
