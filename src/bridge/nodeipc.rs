@@ -357,6 +357,9 @@ impl Conn {
         let client = match self.sh.connect_bus(&name, intervals).await {
             Ok(c) => c,
             Err(crate::Error::Handshake(m)) => return self.bad(&format!("hello: {m}")),
+            Err(e @ (crate::Error::NameTaken { .. } | crate::Error::Refused { .. })) => {
+                return self.bad(&format!("hello: {e}"))
+            }
             Err(e) => {
                 // No hub: close, so node-ipc's own retry says hello again later.
                 self.bad(&format!("hello: cannot reach the hub: {e}"));
@@ -458,7 +461,11 @@ impl Conn {
         );
         let (out, stats) = (self.out.clone(), self.sh.stats.clone());
         self.gets.spawn(async move {
-            let r = bus.get(&from, &kind, key.as_deref(), fresh, None).await;
+            let mut get = bus.get(&from, &kind).fresh(fresh);
+            if let Some(k) = key.as_deref() {
+                get = get.key(k);
+            }
+            let r = get.await;
             out.push(|b| match r {
                 Ok(reply)
                     if reply.payload.enc == Encoding::Json
@@ -470,13 +477,11 @@ impl Conn {
                     stats.undeliverable.fetch_add(1, Ordering::Relaxed);
                     frame::write_response_err(b, &request, "the owner's answer is not JSON (a Rust owner answers JSON requesters in JSON: encode with PayloadBuf::encode(get.accept, ..))");
                 }
-                Err(CallError::Remote(m)) => frame::write_response_err(b, &request, &m),
-                Err(CallError::Timeout) => {
-                    frame::write_response_err(b, &request, "timed out waiting for the answer")
-                }
                 Err(CallError::Link(e)) => {
                     frame::write_response_err(b, &request, &format!("bus link failed: {e}"))
                 }
+                // Every other kind displays as the hub's or the owner's message.
+                Err(e) => frame::write_response_err(b, &request, &e.to_string()),
             });
         });
     }

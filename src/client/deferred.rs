@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::handlers::DeferredGetFn;
 use super::{Client, GetRequest, HandlerId, Inner, Ttl};
-use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf};
 use crate::Error;
 
 impl Client {
@@ -89,7 +89,7 @@ impl GetTicket {
     /// Answers with an error message (relayed to the requester, not cached).
     pub fn fail(mut self, message: &str) -> Result<(), Error> {
         self.done = true;
-        self.send(Answer::Err { message })
+        self.send(Answer::err(ErrorCode::Failed, message))
     }
 
     fn send(&self, answer: Answer<'_>) -> Result<(), Error> {
@@ -110,9 +110,7 @@ impl Drop for GetTicket {
             if let Some(inner) = self.inner.upgrade() {
                 let _ = inner.send_or_owe(&ClientMsg::Answer {
                     req: self.req,
-                    answer: Answer::Err {
-                        message: "the owner dropped the get without answering",
-                    },
+                    answer: Answer::err(ErrorCode::Failed, "the owner dropped the get without answering"),
                 });
             }
         }

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{CallError, Client, GetRequest, HandlerId, Inner, Reply, Request, Ttl};
-use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf, Target};
+use super::{CallError, Client, Ctx, GetRequest, HandlerId, Inner, Reply, Request, Ttl};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf, Target};
 use crate::Error;
 
 /// A catch-all request handler that answers later (see [`Client::on_request_deferred`]).
@@ -80,7 +80,8 @@ impl Client {
     {
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
-        h.requests.insert(method.to_string(), (id, Arc::new(f)));
+        h.requests
+            .insert(method.to_string(), (id, Arc::new(move |_: &Ctx<'_>, r: &Request| f(r))));
         id
     }
 
@@ -89,7 +90,7 @@ impl Client {
     where
         F: Fn(&GetRequest) -> Result<(PayloadBuf, Ttl), String> + Send + Sync + 'static,
     {
-        let g = move |r: &GetRequest| f(r).map(|(p, ttl)| (p, ttl.as_ms()));
+        let g = move |_: &Ctx<'_>, r: &GetRequest| f(r).map(|(p, ttl)| (p, ttl.as_ms()));
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
         h.gets.insert(kind.to_string(), (id, Arc::new(g)));
@@ -184,7 +185,7 @@ impl RequestTicket {
     /// Answers with an error message, relayed to the requester.
     pub fn fail(mut self, message: &str) -> Result<(), Error> {
         self.done = true;
-        self.send(Answer::Err { message })
+        self.send(Answer::err(ErrorCode::Failed, message))
     }
 
     fn send(&self, answer: Answer<'_>) -> Result<(), Error> {
@@ -208,9 +209,7 @@ impl RequestTicket {
 impl Drop for RequestTicket {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.send(Answer::Err {
-                message: "the responder dropped the request without answering",
-            });
+            let _ = self.send(Answer::err(ErrorCode::Failed, "the responder dropped the request without answering"));
         }
     }
 }

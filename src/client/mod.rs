@@ -85,11 +85,17 @@ use crate::wait::Deadline;
 use crate::{codec, Error, RawReceiver, RawSender};
 
 #[cfg(feature = "tokio")]
+mod async_events;
+#[cfg(feature = "tokio")]
 mod async_send;
 mod call;
 mod connect;
+mod context;
 mod deferred;
 mod dispatch;
+#[doc(hidden)]
+pub mod doctest;
+mod events;
 mod handlers;
 mod messages;
 mod options;
@@ -102,12 +108,17 @@ mod json_calls;
 pub use json_calls::RequestTicket;
 
 pub use call::GetBuilder;
+#[cfg(feature = "tokio")]
+pub use async_events::EventStream;
+pub use context::{Ctx, WeakClient};
+pub use events::{pattern_matches, EventReceiver, DEFAULT_EVENT_CAPACITY};
 use call::Slot;
 pub use deferred::GetTicket;
 use dispatch::dispatcher;
 pub use handlers::HandlerId;
 use handlers::{Handlers, Incoming};
-pub use messages::{CallError, DataPush, Event, GetRequest, Lifecycle, Reply, Request};
+pub use crate::error::CallError;
+pub use messages::{DataPush, Event, GetRequest, Lifecycle, Reply, Request};
 pub use options::{ClientOptions, PanicPolicy, Retry, Ttl};
 
 /// Request numbers are this client's own (sequential, never chosen by a peer).
@@ -154,12 +165,57 @@ struct Inner {
     /// The dispatcher thread runs (it exits when the link is lost without a retry policy;
     /// `reconnect` starts a new one).
     dispatching: AtomicBool,
+    /// Live [`Client`] handles. The last one to drop closes the link (the dispatcher thread,
+    /// handlers and tickets hold `Inner` only for a turn or weakly, never as a user).
+    users: AtomicUsize,
 }
 
-/// A connection to the hub. Cheap to clone (all clones share the connection).
-#[derive(Clone)]
+/// A connection to the hub. Cheap to clone (all clones share the connection). The client
+/// leaves the hub when its last handle drops: handlers get a [`Ctx`] (or capture a
+/// [`WeakClient`]) so they need not hold a handle themselves.
 pub struct Client {
     inner: Arc<Inner>,
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Client {
+        // Relaxed: a count of handles, like `Arc`'s own (the Acquire/Release pair is on the
+        // decrement).
+        self.inner.users.fetch_add(1, Ordering::Relaxed);
+        Client {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // AcqRel: the last handle's close sees every other handle's work done.
+        if self.inner.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.close_link();
+        }
+    }
+}
+
+impl Client {
+    /// A user handle on `inner`, unless every handle has dropped already (then the client
+    /// is closed and stays so).
+    fn from_arc(inner: Arc<Inner>) -> Option<Client> {
+        let mut n = inner.users.load(Ordering::Relaxed);
+        loop {
+            if n == 0 {
+                return None;
+            }
+            // Acquire on success: pairs with the decrement's release, as `Weak::upgrade`.
+            match inner
+                .users
+                .compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Client { inner }),
+                Err(m) => n = m,
+            }
+        }
+    }
 }
 
 impl Client {
@@ -197,9 +253,10 @@ impl Client {
             owed: Mutex::new(VecDeque::new()),
             panicked: AtomicBool::new(false),
             dispatching: AtomicBool::new(false),
+            users: AtomicUsize::new(1),
             opts,
         });
-        inner.establish()?;
+        inner.first_connect()?;
         let client = Client { inner };
         client.inner.ensure_dispatcher()?;
         Ok(client)

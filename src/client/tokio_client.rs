@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -30,9 +30,10 @@ use tokio::io::unix::AsyncFd;
 pub use super::async_send::PendingReply;
 use super::async_send::{register, AsyncSide, DISPATCH_BUDGET};
 use super::{
-    CallError, Client, ClientOptions, GetRequest, HandlerId, Inner, Reply, Request, Slot, Ttl,
+    CallError, Client, ClientOptions, GetBuilder, GetRequest, HandlerId, Inner, Reply, Request,
+    Slot, Ttl,
 };
-use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf, Target};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf, Target};
 use crate::Error;
 
 /// An async handle on a hub connection. Every send has an async form here that waits for room
@@ -46,13 +47,25 @@ pub struct AsyncClient {
 }
 
 impl AsyncClient {
-    /// Connects (the handshake runs on a blocking thread) and starts the dispatcher task.
-    /// Must be called inside a tokio runtime.
+    /// Connects (the handshake, and the retries [`ClientOptions::reconnect`] asks for, run
+    /// on a blocking thread) and starts the dispatcher task. The same arguments and options
+    /// as [`Client::connect`]; `dispatcher` is ignored (the task is the dispatcher). Must be
+    /// called inside a tokio runtime.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert_eq!(web.client().name(), "web");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn connect(
-        dir: impl Into<PathBuf>,
+        dir: impl AsRef<Path>,
         opts: ClientOptions,
     ) -> Result<AsyncClient, Error> {
-        let dir = dir.into();
+        let dir: PathBuf = dir.as_ref().to_path_buf();
         let opts = opts.dispatcher(false);
         let client = tokio::task::spawn_blocking(move || Client::connect(dir, opts))
             .await
@@ -83,36 +96,43 @@ impl AsyncClient {
         self.inner().send_async(&self.side, msg).await
     }
 
-    /// Gets `kind` (optionally `key`) from the owner `from`. A non-fresh get is answered from
-    /// this process's mapping of the cache segment when it holds a live value of `from` in an
-    /// encoding this client takes (as the sync [`GetBuilder`](crate::client::GetBuilder) does
-    /// by default), without a round trip through the hub. The send (which waits for room
-    /// without blocking the runtime) and the answer both count against the timeout.
-    pub async fn get(
-        &self,
-        from: &str,
-        kind: &str,
-        key: Option<&str>,
-        fresh: bool,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, CallError> {
-        let inner = self.inner();
-        if !fresh {
-            if let Some(r) = inner.local_get(from, kind, key) {
-                return Ok(r);
-            }
-        }
-        let timeout = timeout.or(inner.opts.timeout);
-        inner
-            .call_async(
-                &self.side,
-                timeout,
-                inner.get_frame(from, kind, key, fresh, timeout),
-            )
-            .await
+    /// Starts building a get of `kind` from the owner `from`: the sync
+    /// [`GetBuilder`], finished with `.await`. A non-fresh get is answered from this
+    /// process's mapping of the cache segment when it holds a live value of `from` in an
+    /// encoding this client takes (unless [`local(false)`](GetBuilder::local)), without a
+    /// round trip through the hub. The send (which waits for room without blocking the
+    /// runtime) and the answer both count against the timeout.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions, Ttl};
+    /// use std::time::Duration;
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_get("score", |g| Ok((g.key.clone().unwrap_or_default(), Ttl::Secs(30))));
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let r = web.get("bot", "score").key("alice").fresh(true).timeout(Duration::from_secs(5)).await?;
+    /// assert_eq!(r.decode::<String>()?, "alice");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn get<'c>(&'c self, from: &'c str, kind: &'c str) -> GetBuilder<'c, AsyncClient> {
+        GetBuilder::new(self, self.inner().opts.timeout, from, kind)
     }
 
-    /// Calls `method` on the client `to`.
+    /// Calls `method` on the client `to` (the same call as [`Client::request`], awaited).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_request("double", |r| Ok(r.payload.decode::<u32>().map_err(|e| e.to_string())? * 2));
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert_eq!(web.request("bot", "double", &21u32, None).await?.decode::<u32>()?, 42);
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn request<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -120,9 +140,8 @@ impl AsyncClient {
         arg: &T,
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
-        let p = PayloadBuf::bincode(arg)?;
         let inner = self.inner();
-        let timeout = timeout.or(inner.opts.timeout);
+        let (p, timeout) = inner.request_args(arg, timeout)?;
         inner
             .call_async(
                 &self.side,
@@ -280,6 +299,25 @@ impl AsyncClient {
     }
 }
 
+impl<'c> std::future::IntoFuture for GetBuilder<'c, AsyncClient> {
+    type Output = Result<Reply, CallError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send + 'c>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = self.client;
+            let inner = c.inner();
+            if !self.fresh && self.local {
+                if let Some(r) = inner.local_get(self.from, self.kind, self.key) {
+                    return Ok(r);
+                }
+            }
+            let frame = inner.get_frame(self.from, self.kind, self.key, self.fresh, self.timeout);
+            inner.call_async(&c.side, self.timeout, frame).await
+        })
+    }
+}
+
 const GET_DROPPED: &str = "the owner dropped the get without answering";
 const REQUEST_DROPPED: &str = "the responder dropped the request without answering";
 
@@ -356,7 +394,7 @@ impl AsyncTicket {
         self.done = true;
         let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
         inner
-            .answer_async(&self.side, self.req, Answer::Err { message })
+            .answer_async(&self.side, self.req, Answer::err(ErrorCode::Failed, message))
             .await
     }
 
@@ -371,7 +409,10 @@ impl AsyncTicket {
     fn fail_later(&self, message: &str) {
         if let Some(inner) = self.inner.upgrade() {
             if inner.connected.load(std::sync::atomic::Ordering::Acquire) {
-                inner.answer_later(&self.side, (self.req, Err(message.into())));
+                inner.answer_later(
+                    &self.side,
+                    (self.req, Err((ErrorCode::Failed, message.into()))),
+                );
             }
         }
     }

@@ -244,7 +244,7 @@ pub fn stat(dir: &Path) -> Result<StatReport, Error> {
     // maximum bounds it.
     match crate::recv_control_limited::<ControlReply>(&sock, crate::MAX_CONTROL_REPLY)? {
         Some((ControlReply::Stat(r), _)) => Ok(r),
-        Some((ControlReply::Welcome(Welcome::Refused { reason }), _)) => {
+        Some((ControlReply::Welcome(Welcome::Refused { reason, .. }), _)) => {
             Err(Error::Handshake(format!("refused: {reason}")))
         }
         _ => Err(Error::Handshake("unexpected answer to stat".into())),
