@@ -392,7 +392,7 @@ fn sio_killed_shard_fails_the_pending_request() {
     let took = failed_at.duration_since(killed);
     eprintln!("sio kill: the pending request failed {took:?} after SIGKILL: {r:?}");
     match r {
-        Err(CallError::Remote(m)) => {
+        Err(CallError::Remote(m) | CallError::OwnerLeft(m)) => {
             assert!(m.contains("disconnected") || m.contains("left"), "{m}")
         }
         other => panic!("expected a remote error, got {other:?}"),

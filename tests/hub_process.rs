@@ -131,7 +131,7 @@ fn sigkill_owner_with_100_pending_gets() {
     assert_eq!(done.len(), 100);
     for (at, r) in done.iter() {
         match r {
-            Err(CallError::Remote(m)) => assert!(m.contains("owner \"owner\" left"), "{m}"),
+            Err(CallError::OwnerLeft(m)) => assert!(m.contains("owner \"owner\" left"), "{m}"),
             other => panic!("expected a clear error, got {other:?}"),
         }
         let after = at.duration_since(killed);

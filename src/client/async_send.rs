@@ -493,7 +493,7 @@ impl Inner {
         let msg = make(req);
         match tokio::time::timeout_at(pending.deadline, self.send_async(side, &msg)).await {
             Ok(Ok(())) => Ok(pending),
-            Ok(Err(e)) => Err(CallError::Link(e)),
+            Ok(Err(e)) => Err(CallError::from(e)),
             Err(_) => Err(CallError::our_timeout()),
         }
     }

@@ -396,7 +396,7 @@ impl Inner {
                 let deadline = Instant::now() + total;
                 if let Err(e) = self.send(&make(req)) {
                     self.waits.lock().expect("lock").remove(&req);
-                    return Err(CallError::Link(e));
+                    return Err(CallError::from(e));
                 }
                 (slot, deadline)
             }
@@ -437,7 +437,7 @@ impl Inner {
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Direct {
         if let Err(e) = self.send_draining(&make(req), Some(g)) {
-            return Direct::Done(Err(CallError::Link(e)));
+            return Direct::Done(Err(CallError::from(e)));
         }
         loop {
             let got = self.receive_with(g, Deadline::Within(turn), None, |m| match m {
