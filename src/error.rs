@@ -219,7 +219,6 @@ impl From<CallError> for Error {
     }
 }
 
-
 impl CallError {
     /// A copy (a link error is duplicated as [`Error::duplicate`] does).
     pub(crate) fn duplicate(&self) -> CallError {
@@ -236,7 +235,6 @@ impl CallError {
         }
     }
 }
-
 
 macro_rules! send_errors {
     ($($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident),* }),*) => {$(

@@ -46,10 +46,7 @@ fn async_get_request_events_and_hub_loss() {
         let web = AsyncClient::connect(dir.path(), ClientOptions::new("web"))
             .await
             .unwrap();
-        let r = web
-            .get("bot", "stats").key("g1")
-            .await
-            .unwrap();
+        let r = web.get("bot", "stats").key("g1").await.unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"g1\")");
         // Now cached: non-fresh gets are read from the segment in this process and never
         // reach the hub (its count of frames from `web` stays put); a fresh one does.
@@ -64,16 +61,11 @@ fn async_get_request_events_and_hub_loss() {
         };
         let before = frames_from_web();
         for _ in 0..10 {
-            let r = web
-                .get("bot", "stats").key("g1")
-                .await
-                .unwrap();
+            let r = web.get("bot", "stats").key("g1").await.unwrap();
             assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"g1\")");
         }
         assert_eq!(frames_from_web(), before, "cached gets went to the hub");
-        web.get("bot", "stats").key("g1").fresh(true)
-            .await
-            .unwrap();
+        web.get("bot", "stats").key("g1").fresh(true).await.unwrap();
         assert_eq!(
             frames_from_web(),
             before + 1,

@@ -242,14 +242,12 @@ fn a_bounded_retry_gives_up_with_hub_not_running() {
 fn leaves_when_dropped(dispatcher: bool) {
     let dir = util::TestDir::new(&format!("leave-{dispatcher}"));
     let _hub = HubProc::start(dir.path(), &[]);
-    let bot = Client::connect(
-        dir.path(),
-        ClientOptions::new("bot").dispatcher(dispatcher),
-    )
-    .unwrap();
+    let bot =
+        Client::connect(dir.path(), ClientOptions::new("bot").dispatcher(dispatcher)).unwrap();
     // Handlers that answer and emit through their context, not a captured clone.
     bot.on_request_with("hello", |ctx, r| {
-        ctx.reply("hello-seen", &ctx.name()).map_err(|e| e.to_string())?;
+        ctx.reply("hello-seen", &ctx.name())
+            .map_err(|e| e.to_string())?;
         Ok(format!("hello {} from {}", r.from, ctx.client().name()))
     });
     bot.on_with("ping", |ctx, _| {
@@ -327,7 +325,10 @@ fn events_as_values_drop_the_newest_when_full() {
         .unwrap();
     let a = irc.recv_timeout(Duration::from_secs(10)).unwrap();
     let b = irc.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!((a.event.as_str(), b.event.as_str()), ("irc:message", "irc:join"));
+    assert_eq!(
+        (a.event.as_str(), b.event.as_str()),
+        ("irc:message", "irc:join")
+    );
     assert_eq!(a.payload.decode::<String>().unwrap(), "hi");
     assert!(irc.try_recv().is_err(), "\"other\" does not match irc:*");
     // The two oldest ticks were kept; the eight newer ones were dropped and counted.
@@ -368,10 +369,7 @@ fn a_dropped_event_receiver_unregisters() {
     let rx = bot.events("*");
     let web = Client::connect(dir.path(), ClientOptions::new("web")).unwrap();
     web.emit("bot", "a", &()).unwrap();
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(10)).unwrap().event,
-        "a"
-    );
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().event, "a");
     drop(rx);
     web.emit("bot", "b", &()).unwrap();
     assert!(util::eventually(10, || counted.load(Ordering::Relaxed) == 2));

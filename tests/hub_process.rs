@@ -242,7 +242,7 @@ fn malformed_hello_is_refused_and_nothing_else_is_affected() {
         };
         shmbus::send_control(&s, &ControlRequest::Hello(hello), &[]).unwrap();
         match shmbus::recv_control::<ControlReply>(&s).unwrap() {
-            Some((ControlReply::Welcome(Welcome::Refused { reason }), _)) => {
+            Some((ControlReply::Welcome(Welcome::Refused { reason, .. }), _)) => {
                 assert!(reason.contains("protocol"), "{reason}")
             }
             other => panic!("{other:?}"),

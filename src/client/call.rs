@@ -241,7 +241,6 @@ impl<'c, C> GetBuilder<'c, C> {
         self.timeout = Some(t);
         self
     }
-
 }
 
 impl GetBuilder<'_, Client> {

@@ -28,6 +28,15 @@ impl Client {
     /// attempt if none is set). A client that is still connected first drops its link (the
     /// disconnect handlers run, with the reason "reconnecting"), then joins again on a new
     /// one. May be called from any thread, including from inside a handler.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.reconnect()?;
+    /// assert!(bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn reconnect(&self) -> Result<(), Error> {
         let fresh_drop = self.inner.connected.load(Ordering::Acquire);
         if fresh_drop {
@@ -50,16 +59,15 @@ impl Inner {
 
     /// Connects, says hello, builds the link.
     pub(super) fn establish(&self) -> Result<(), Error> {
-        let sock = std::os::unix::net::UnixStream::connect(&self.path).map_err(|e| {
-            match e.kind() {
+        let sock =
+            std::os::unix::net::UnixStream::connect(&self.path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                     Error::HubNotRunning {
                         path: self.path.clone(),
                     }
                 }
                 _ => Error::Io(e),
-            }
-        })?;
+            })?;
         sock.set_read_timeout(Some(crate::link::HANDSHAKE_TIMEOUT))?;
         let hello = Hello {
             magic: proto::HELLO_MAGIC,

@@ -79,7 +79,9 @@ impl<'a> Ctx<'a> {
             .me
             .upgrade()
             .expect("a handler runs on a live client");
-        inner.users.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        inner
+            .users
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Client { inner }
     }
 

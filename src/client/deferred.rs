@@ -17,6 +17,19 @@ impl Client {
     /// together with a [`GetTicket`] that answers it later, from any thread. Replaces the
     /// previous catch-all handler. A ticket dropped unanswered answers with an error, so the
     /// requester never waits for nothing.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// bot.on_get_deferred(|g, ticket| {
+    ///     std::thread::spawn(move || ticket.answer(&PayloadBuf::encode(g.accept, &"later").unwrap(), Ttl::NoCache));
+    /// });
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(web.get("bot", "anything").send()?.decode::<String>()?, "later");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_get_deferred(
         &self,
         f: impl Fn(GetRequest, GetTicket) + Send + Sync + 'static,
@@ -110,7 +123,10 @@ impl Drop for GetTicket {
             if let Some(inner) = self.inner.upgrade() {
                 let _ = inner.send_or_owe(&ClientMsg::Answer {
                     req: self.req,
-                    answer: Answer::err(ErrorCode::Failed, "the owner dropped the get without answering"),
+                    answer: Answer::err(
+                        ErrorCode::Failed,
+                        "the owner dropped the get without answering",
+                    ),
                 });
             }
         }

@@ -300,6 +300,19 @@ impl Client {
 
     /// Calls `f` when other clients join, leave or change state (and asks the hub for those
     /// notifications).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// use shmbus::client::Lifecycle;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// bot.on_lifecycle(move |l| { let _ = tx.send(l.clone()); })?;
+    /// bot.get("nobody", "sync").send().ok(); // a round trip: the watch is in place
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Lifecycle::Joined("web".into()));
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_lifecycle(
         &self,
         f: impl Fn(&Lifecycle) + Send + Sync + 'static,
@@ -316,6 +329,17 @@ impl Client {
     }
 
     /// Calls `f` with the reason when the link to the hub is lost.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// bot.on_disconnect(move |why| { let _ = tx.send(why.to_string()); });
+    /// drop(hub);
+    /// assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_disconnect(&self, f: impl Fn(&str) + Send + Sync + 'static) -> HandlerId {
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
@@ -324,6 +348,16 @@ impl Client {
     }
 
     /// Removes a handler. Returns whether it existed.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let id = bot.on("x", |_| {});
+    /// assert!(bot.remove_handler(id));
+    /// assert!(!bot.remove_handler(id));
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn remove_handler(&self, id: HandlerId) -> bool {
         self.inner.handlers.write().expect("lock").remove(id)
     }

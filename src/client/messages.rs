@@ -5,8 +5,8 @@
 //! so a handler may keep them. A reply's TTL is the one the cache sees (`Ttl::from_ms` of
 //! the wire value).
 
-use crate::proto::{Answer, Encoding, ErrorCode, PayloadBuf};
 use crate::error::CallError;
+use crate::proto::{Answer, Encoding, ErrorCode, PayloadBuf};
 use crate::Error;
 
 use super::Ttl;

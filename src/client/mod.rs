@@ -107,17 +107,17 @@ pub mod tokio_client;
 mod json_calls;
 pub use json_calls::RequestTicket;
 
-pub use call::GetBuilder;
+pub use crate::error::CallError;
 #[cfg(feature = "tokio")]
 pub use async_events::EventStream;
-pub use context::{Ctx, WeakClient};
-pub use events::{pattern_matches, EventReceiver, DEFAULT_EVENT_CAPACITY};
+pub use call::GetBuilder;
 use call::Slot;
+pub use context::{Ctx, WeakClient};
 pub use deferred::GetTicket;
 use dispatch::dispatcher;
+pub use events::{pattern_matches, EventReceiver, DEFAULT_EVENT_CAPACITY};
 pub use handlers::HandlerId;
 use handlers::{Handlers, Incoming};
-pub use crate::error::CallError;
 pub use messages::{DataPush, Event, GetRequest, Lifecycle, Reply, Request};
 pub use options::{ClientOptions, PanicPolicy, Retry, Ttl};
 
@@ -220,6 +220,14 @@ impl Client {
 
 impl Client {
     /// Connects to the hub whose directory (or socket path) is `dir`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert!(bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn connect(dir: impl AsRef<Path>, opts: ClientOptions) -> Result<Client, Error> {
         let d = dir.as_ref();
         let path = if d.is_dir() || d.extension().is_none() && !d.exists() {
@@ -263,16 +271,42 @@ impl Client {
     }
 
     /// Our name.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert_eq!(bot.name(), "bot");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.inner.opts.name
     }
 
     /// Whether the link to the hub is up.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert!(bot.is_connected());
+    /// bot.close();
+    /// assert!(!bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Acquire)
     }
 
     /// Why the hub dropped us last, if it said.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert_eq!(bot.last_goodbye(), None);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn last_goodbye(&self) -> Option<String> {
         self.inner.last_goodbye.lock().expect("lock").clone()
     }
@@ -280,6 +314,17 @@ impl Client {
     // ---------------------------------------------------------------- sending
 
     /// Sends `event` to the client named `to`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let got = bot.events("hi");
+    /// web.emit("bot", "hi", &1u8)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn emit<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -292,24 +337,72 @@ impl Client {
 
     /// Sends an RPF-style `target:event`: to the client `target` when one is connected,
     /// otherwise to every other client.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// // The receiver sees the full name, "bot:hi".
+    /// let got = bot.events("bot:hi");
+    /// web.emit_routed("bot:hi", &1u8)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn emit_routed<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
         let p = PayloadBuf::bincode(value)?;
         self.emit_payload(Target::ByEventName, event, &p)
     }
 
     /// Sends `event` to every other client.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let got = bot.events("news");
+    /// web.broadcast("news", &"hello all")?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
         let p = PayloadBuf::bincode(value)?;
         self.emit_payload(Target::All, event, &p)
     }
 
     /// Sends `value` to every subscriber of `topic` (as event `topic`).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// bot.subscribe(["prices"])?;
+    /// let got = bot.events("prices");
+    /// bot.get("nobody", "sync").send().ok(); // a round trip: the hub has the subscription
+    /// web.publish("prices", &42u32)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<(), Error> {
         let p = PayloadBuf::bincode(value)?;
         self.emit_payload(Target::Topic(topic), topic, &p)
     }
 
     /// Sends an already encoded payload.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::proto::{PayloadBuf, Target};
+    /// let got = bot.events("raw");
+    /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&[1, 2])?)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn emit_payload(&self, to: Target<'_>, event: &str, p: &PayloadBuf) -> Result<(), Error> {
         self.inner.send(&ClientMsg::Emit {
             to,
@@ -319,6 +412,14 @@ impl Client {
     }
 
     /// Replaces our topic set.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.subscribe(["prices", "news"])?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn subscribe<I: IntoIterator<Item = S>, S: Into<String>>(
         &self,
         topics: I,
@@ -331,6 +432,18 @@ impl Client {
     }
 
     /// Puts a value in the hub's cache (and the interval pushes).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::client::Ttl;
+    /// bot.data("motd", None, &"hello", Ttl::Secs(60))?;
+    /// bot.get("nobody", "sync").send().ok(); // a round trip: the hub has it
+    /// assert_eq!(web.get("bot", "motd").send()?.decode::<String>()?, "hello");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn data<T: Serialize + ?Sized>(
         &self,
         kind: &str,
@@ -343,6 +456,15 @@ impl Client {
     }
 
     /// Puts an already encoded value in the cache.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// bot.data_payload("cfg", Some("a"), &PayloadBuf::json(&[1])?, Ttl::Forever)?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn data_payload(
         &self,
         kind: &str,
@@ -366,6 +488,14 @@ impl Client {
     }
 
     /// Sets our state (ready, coma, shutdown, …); watchers are told.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.set_state("ready")?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn set_state(&self, state: &str) -> Result<(), Error> {
         *self.inner.state.lock().expect("lock") = Some(state.to_string());
         self.inner.send(&ClientMsg::SetState { state })
@@ -374,6 +504,15 @@ impl Client {
     /// This connection's read-only view of the hub's cache segment: reads with no syscall,
     /// no copy and no round trip (see [`crate::cache`]). After a reconnect, call it again
     /// for the new hub's segment; an old view then fails with `CacheError::Disconnected`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let cache = bot.cache();
+    /// let _ = cache; // read values of any owner without a round trip
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn cache(&self) -> Cache {
         Cache {
             reader: self.inner.cache.lock().expect("lock").clone(),
@@ -382,6 +521,15 @@ impl Client {
 
     /// Closes the link (the dispatcher thread stops). May be called from any thread,
     /// including from inside a handler.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.close();
+    /// assert!(!bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn close(&self) {
         self.inner.close_link();
     }

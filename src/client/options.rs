@@ -3,8 +3,8 @@
 //!
 //! Invariants: `Ttl` and the wire's milliseconds convert both ways without surprise: `< 0`
 //! is "do not cache", `0` is "forever", anything else a positive number of milliseconds
-//! (`Ttl::Millis(0)` and `Ttl::Secs(0)` go out as 1 ms, never as "forever"; huge values
-//! saturate at `i64::MAX`), and two `Ttl`s are equal when they go out as the same number. The options are plain data: nothing here touches the link.
+//! (`Ttl::Millis(0)` goes out as 1 ms, never as "forever", while `Ttl::Secs(0)` is Arthur's
+//! `time: 0`, forever; huge values saturate at `i64::MAX`), and two `Ttl`s are equal when they go out as the same number. The options are plain data: nothing here touches the link.
 
 use std::time::Duration;
 
@@ -14,13 +14,14 @@ use crate::wait::WaitStrategy;
 /// A cache time-to-live, with Arthur's semantics.
 ///
 /// Compares (and hashes) by value, as the wire and the cache see it:
-/// `Ttl::Secs(30) == Ttl::Millis(30_000)`, and `Secs(0) == Millis(0) == Millis(1)` (the
-/// shortest life a cached value can have; neither means "forever").
+/// `Ttl::Secs(30) == Ttl::Millis(30_000)`; `Secs(0) == Forever` (Arthur's `time: 0`) while
+/// `Millis(0) == Millis(1)` (the shortest life a cached value can have).
 ///
 /// ```
 /// use shmbus::client::Ttl;
 /// assert_eq!(Ttl::Secs(30), Ttl::Millis(30_000));
-/// assert_ne!(Ttl::Secs(0), Ttl::Forever);
+/// assert_eq!(Ttl::Secs(0), Ttl::Forever);
+/// assert_ne!(Ttl::Millis(0), Ttl::Forever);
 /// assert_eq!(Ttl::from_ms(Ttl::Secs(2).as_ms()), Ttl::Secs(2));
 /// ```
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +42,7 @@ impl Ttl {
         match self {
             Ttl::NoCache => -1,
             Ttl::Forever => 0,
-            Ttl::Secs(s) => s.saturating_mul(1000).clamp(1, i64::MAX as u64) as i64,
+            Ttl::Secs(s) => s.saturating_mul(1000).min(i64::MAX as u64) as i64,
             Ttl::Millis(m) => m.clamp(1, i64::MAX as u64) as i64,
         }
     }

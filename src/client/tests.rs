@@ -140,8 +140,9 @@ fn answers_become_replies_and_errors() {
 #[test]
 fn ttls_compare_by_value() {
     assert_eq!(Ttl::Secs(30), Ttl::Millis(30_000));
-    assert_eq!(Ttl::Secs(0), Ttl::Millis(1));
-    assert_ne!(Ttl::Secs(0), Ttl::Forever);
+    assert_eq!(Ttl::Millis(0), Ttl::Millis(1));
+    assert_eq!(Ttl::Secs(0), Ttl::Forever);
+    assert_ne!(Ttl::Millis(0), Ttl::Forever);
     assert_ne!(Ttl::NoCache, Ttl::Forever);
     assert_ne!(Ttl::Secs(1), Ttl::Millis(999));
     let set: std::collections::HashSet<Ttl> = [Ttl::Secs(2), Ttl::Millis(2000)].into();
@@ -253,8 +254,11 @@ fn the_registry_removes_every_kind_of_handler_once() {
     let ids: Vec<_> = (0..7).map(|_| h.id()).collect();
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 7, "handler ids must be unique");
-    h.events
-        .push((ids[0], Some("e".into()), Arc::new(|_: &Ctx<'_>, _: &Event| {})));
+    h.events.push((
+        ids[0],
+        Some("e".into()),
+        Arc::new(|_: &Ctx<'_>, _: &Event| {}),
+    ));
     h.gets.insert(
         "k".into(),
         (

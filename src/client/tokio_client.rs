@@ -61,10 +61,7 @@ impl AsyncClient {
     /// # Ok::<(), shmbus::Error>(())
     /// # }).unwrap();
     /// ```
-    pub async fn connect(
-        dir: impl AsRef<Path>,
-        opts: ClientOptions,
-    ) -> Result<AsyncClient, Error> {
+    pub async fn connect(dir: impl AsRef<Path>, opts: ClientOptions) -> Result<AsyncClient, Error> {
         let dir: PathBuf = dir.as_ref().to_path_buf();
         let opts = opts.dispatcher(false);
         let client = tokio::task::spawn_blocking(move || Client::connect(dir, opts))
@@ -80,6 +77,16 @@ impl AsyncClient {
     }
 
     /// The synchronous handle: handlers, state, the cache; its sends wait the sync way.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert_eq!(web.client().name(), "web");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -152,6 +159,20 @@ impl AsyncClient {
     }
 
     /// Sends an already encoded event.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::proto::{PayloadBuf, Target};
+    /// let got = bot.events("raw");
+    /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&1)?).await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn emit_payload(
         &self,
         to: Target<'_>,
@@ -167,6 +188,19 @@ impl AsyncClient {
     }
 
     /// Sends `event` to the client named `to`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let got = bot.events("hi");
+    /// web.emit("bot", "hi", &1u8).await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn emit<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -178,6 +212,19 @@ impl AsyncClient {
     }
 
     /// Sends an RPF-style `target:event` (to `target` if connected, else to all others).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let got = bot.events("bot:hi");
+    /// web.emit_routed("bot:hi", &1u8).await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn emit_routed<T: Serialize + ?Sized>(
         &self,
         event: &str,
@@ -188,6 +235,19 @@ impl AsyncClient {
     }
 
     /// Sends `event` to every other client.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let got = bot.events("news");
+    /// web.broadcast("news", &"x").await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn broadcast<T: Serialize + ?Sized>(
         &self,
         event: &str,
@@ -198,6 +258,16 @@ impl AsyncClient {
     }
 
     /// Sends `value` to every subscriber of `topic`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// web.publish("prices", &42u32).await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         topic: &str,
@@ -208,6 +278,17 @@ impl AsyncClient {
     }
 
     /// Puts an already encoded value in the cache (and the interval pushes).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// web.data_payload("cfg", None, &PayloadBuf::json(&[1])?, Ttl::Secs(5)).await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn data_payload(
         &self,
         kind: &str,
@@ -235,6 +316,20 @@ impl AsyncClient {
     }
 
     /// Puts a value in the cache.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::client::Ttl;
+    /// web.data("motd", None, &"hello", Ttl::Secs(60)).await?;
+    /// web.get("nobody", "sync").await.ok(); // a round trip: the hub has it
+    /// assert_eq!(bot.get("web", "motd").send()?.decode::<String>()?, "hello");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn data<T: Serialize + ?Sized>(
         &self,
         kind: &str,
@@ -247,6 +342,16 @@ impl AsyncClient {
     }
 
     /// Replaces our topic set.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// web.subscribe(["prices"]).await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn subscribe<I: IntoIterator<Item = S>, S: Into<String>>(
         &self,
         topics: I,
@@ -260,6 +365,16 @@ impl AsyncClient {
     }
 
     /// Sets our state (ready, coma, shutdown, …); watchers are told.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// web.set_state("ready").await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn set_state(&self, state: &str) -> Result<(), Error> {
         *self.inner().state.lock().expect("lock") = Some(state.to_string());
         self.send(&ClientMsg::SetState { state }).await
@@ -268,6 +383,25 @@ impl AsyncClient {
     /// Receives every forwarded get whose kind has no `on_get` handler, with an
     /// [`AsyncTicket`] that answers it later from async code (the async counterpart of
     /// [`Client::on_get_deferred`]). `f` runs on the dispatcher task: keep it short.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// web.on_get_deferred(|g, ticket| {
+    ///     tokio::spawn(async move {
+    ///         let p = PayloadBuf::encode(g.accept, &"later").unwrap();
+    ///         let _ = ticket.answer(&p, Ttl::NoCache).await;
+    ///     });
+    /// });
+    /// let r = tokio::task::spawn_blocking(move || bot.get("web", "any").send()).await.unwrap();
+    /// assert_eq!(r.unwrap().decode::<String>()?, "later");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn on_get_deferred(
         &self,
         f: impl Fn(GetRequest, AsyncTicket) + Send + Sync + 'static,
@@ -285,6 +419,25 @@ impl AsyncClient {
     /// [`AsyncRequestTicket`] that answers it later from async code (the async counterpart of
     /// [`Client::on_request_deferred`]). Replaces the previous catch-all. `f` runs on the
     /// dispatcher task: keep it short.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::proto::PayloadBuf;
+    /// web.on_request_deferred(|r, ticket| {
+    ///     tokio::spawn(async move {
+    ///         let p = PayloadBuf::encode(r.accept, &r.method).unwrap();
+    ///         let _ = ticket.answer(&p).await;
+    ///     });
+    /// });
+    /// let r = tokio::task::spawn_blocking(move || bot.request("web", "any", &(), None)).await.unwrap();
+    /// assert_eq!(r.unwrap().decode::<String>()?, "any");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn on_request_deferred(
         &self,
         f: impl Fn(Request, AsyncRequestTicket) + Send + Sync + 'static,
@@ -394,7 +547,11 @@ impl AsyncTicket {
         self.done = true;
         let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
         inner
-            .answer_async(&self.side, self.req, Answer::err(ErrorCode::Failed, message))
+            .answer_async(
+                &self.side,
+                self.req,
+                Answer::err(ErrorCode::Failed, message),
+            )
             .await
     }
 

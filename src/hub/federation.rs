@@ -692,7 +692,11 @@ impl Hub {
                 .as_ref()
                 .and_then(|f| f.calls.iter().find(|(c, _)| **c == call))
                 .map_or(0, |(_, c)| c.deadline.duration_since(c.started).as_millis());
-            self.fed_fail_call(call, ErrorCode::TimedOut, &format!("timed out after {ms} ms"));
+            self.fed_fail_call(
+                call,
+                ErrorCode::TimedOut,
+                &format!("timed out after {ms} ms"),
+            );
         }
     }
 

@@ -206,7 +206,11 @@ impl Hub {
                         .map(|f| f.calls.matching(Some(&node), Some(&name)))
                         .unwrap_or_default();
                     for c in calls {
-                        self.fed_fail_call(c, ErrorCode::OwnerLeft, &format!("owner {name:?} left"));
+                        self.fed_fail_call(
+                            c,
+                            ErrorCode::OwnerLeft,
+                            &format!("owner {name:?} left"),
+                        );
                     }
                     if !self.names.contains_key(&name) {
                         self.fed_watchers(&name, Life::Left);
