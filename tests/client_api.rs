@@ -146,7 +146,11 @@ fn a_call_error_keeps_its_kind_as_a_crate_error() {
     let _hub = HubProc::start(dir.path(), &[]);
     let web = Client::connect(dir.path(), ClientOptions::new("web")).unwrap();
     // `?` in a function returning `shmbus::Error`.
-    let get = || -> Result<u32, Error> { Ok(web.get("nobody", "x").send()?.decode()?) };
+    let get = || -> Result<u32, Error> {
+        let r = web.get("nobody", "x").send()?;
+        let v: u32 = r.decode()?;
+        Ok(v + 1)
+    };
     match get() {
         Err(Error::Call(c)) => assert!(matches!(*c, CallError::NotConnected(_)), "{c:?}"),
         other => panic!("{other:?}"),
