@@ -268,7 +268,7 @@ fn website(args: &Args) -> Result<(), String> {
     // 7. An owner that is not connected: an error at once, not a timeout.
     let t0 = Instant::now();
     match web.get("nobody", "profile").key("42").send() {
-        Err(CallError::Remote(m)) => ensure!(
+        Err(CallError::NotConnected(m)) => ensure!(
             m.contains("not connected") && m.contains("nobody"),
             "get from nobody: unexpected message {m:?}"
         ),

@@ -3,6 +3,9 @@
 //! [`Fail`], why a raw operation did not complete, which each public call maps to its own
 //! enum.
 //!
+//! It also holds [`CallError`], why a bus client's get or request failed, so that
+//! [`Error::Call`] can keep it whole.
+//!
 //! Invariants: this module depends on nothing of the crate but `ring::RingError`, so every
 //! other module may use it. A send error always carries the message back.
 
@@ -10,8 +13,10 @@ use std::fmt;
 use std::io;
 
 /// Everything that can go wrong on a link, apart from "full", "empty" and "timed out", which
-/// the per-operation enums report on their own.
+/// the per-operation enums report on their own; and, for the bus client, connecting to the
+/// hub and failed calls.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// The peer is gone: it closed the link, or it died (its control socket hung up).
     Disconnected,
@@ -33,6 +38,25 @@ pub enum Error {
     Handshake(String),
     /// A system call failed.
     Io(io::Error),
+    /// The hub refused our name: another client (on this hub or, federated, on another
+    /// node) has it.
+    NameTaken {
+        /// The name we asked for.
+        name: String,
+    },
+    /// The hub refused the connection for another reason (wrong token, protocol mismatch,
+    /// bad name, too many clients).
+    Refused {
+        /// The hub's reason.
+        reason: String,
+    },
+    /// No hub listens at `path` (the socket does not exist, or nobody accepts on it).
+    HubNotRunning {
+        /// The socket we tried.
+        path: std::path::PathBuf,
+    },
+    /// A get or request failed (kept whole: match on the [`CallError`] inside).
+    Call(Box<CallError>),
 }
 
 impl fmt::Display for Error {
@@ -48,6 +72,17 @@ impl fmt::Display for Error {
             Error::Corrupt(e) => write!(f, "link corrupted by peer: {e}"),
             Error::Handshake(e) => write!(f, "handshake failed: {e}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::NameTaken { name } => {
+                write!(f, "refused by the hub: name {name:?} is already taken")
+            }
+            Error::Refused { reason } => write!(f, "refused by the hub: {reason}"),
+            Error::HubNotRunning { path } => write!(
+                f,
+                "no hub is running at {}: start one with `shmbus hub` (or `shmbus up`) \
+                 for that directory, or set ClientOptions::reconnect to wait for it",
+                path.display()
+            ),
+            Error::Call(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -56,6 +91,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(e),
+            Error::Call(e) => Some(e),
             _ => None,
         }
     }
@@ -87,6 +123,115 @@ impl Error {
             Error::Corrupt(s) => Error::Corrupt(s.clone()),
             Error::Handshake(s) => Error::Handshake(s.clone()),
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
+            Error::NameTaken { name } => Error::NameTaken { name: name.clone() },
+            Error::Refused { reason } => Error::Refused {
+                reason: reason.clone(),
+            },
+            Error::HubNotRunning { path } => Error::HubNotRunning { path: path.clone() },
+            Error::Call(c) => Error::Call(Box::new(c.duplicate())),
+        }
+    }
+}
+
+/// Why a get or request failed. Match on the kind; every variant but `Link` carries the
+/// message the hub or the owner gave, which is also what `Display` prints.
+///
+/// ```
+/// use shmbus::client::CallError;
+/// fn retry_later(e: &CallError) -> bool {
+///     matches!(
+///         e,
+///         CallError::NotConnected(_) | CallError::OwnerLeft(_) | CallError::Timeout(_)
+///     )
+/// }
+/// assert!(retry_later(&CallError::Timeout("timed out after 5 ms".into())));
+/// assert!(!retry_later(&CallError::Remote("no stats today".into())));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The owner (or responder) is not connected to the bus.
+    NotConnected(String),
+    /// The owner has no handler for the kind (get) or the method (request).
+    NoHandler(String),
+    /// No answer in time: the hub's deadline passed (its message says after how long), or
+    /// ours did (a little after the hub's, if the hub never answered).
+    Timeout(String),
+    /// The owner left (or its node went away) before it answered.
+    OwnerLeft(String),
+    /// The owner's own error: its handler returned an error, panicked, or dropped the call
+    /// unanswered.
+    Remote(String),
+    /// The call or its answer was too large for the way it had to go (our link's maximum
+    /// message, or the federation's).
+    TooLarge(String),
+    /// The hub refused the call for now (too many calls waiting, a full federation queue).
+    Busy(String),
+    /// The route to the owner is down (federation without its NATS connection).
+    Unavailable(String),
+    /// Our link to the hub failed (or the call could not be encoded).
+    Link(Error),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NotConnected(m)
+            | CallError::NoHandler(m)
+            | CallError::Timeout(m)
+            | CallError::OwnerLeft(m)
+            | CallError::Remote(m)
+            | CallError::TooLarge(m)
+            | CallError::Busy(m)
+            | CallError::Unavailable(m) => f.write_str(m),
+            CallError::Link(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Link(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for CallError {
+    fn from(e: Error) -> Self {
+        match e {
+            // A call too large for our own link is a too-large call, not a broken link.
+            Error::TooLarge { .. } => CallError::TooLarge(e.to_string()),
+            e => CallError::Link(e),
+        }
+    }
+}
+
+/// Keeps the kind: a failed call becomes [`Error::Call`] (with the [`CallError`] inside),
+/// a link failure the link's own error.
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Link(e) => e,
+            e => Error::Call(Box::new(e)),
+        }
+    }
+}
+
+impl CallError {
+    /// A copy (a link error is duplicated as [`Error::duplicate`] does).
+    pub(crate) fn duplicate(&self) -> CallError {
+        match self {
+            CallError::NotConnected(m) => CallError::NotConnected(m.clone()),
+            CallError::NoHandler(m) => CallError::NoHandler(m.clone()),
+            CallError::Timeout(m) => CallError::Timeout(m.clone()),
+            CallError::OwnerLeft(m) => CallError::OwnerLeft(m.clone()),
+            CallError::Remote(m) => CallError::Remote(m.clone()),
+            CallError::TooLarge(m) => CallError::TooLarge(m.clone()),
+            CallError::Busy(m) => CallError::Busy(m.clone()),
+            CallError::Unavailable(m) => CallError::Unavailable(m.clone()),
+            CallError::Link(e) => CallError::Link(e.duplicate()),
         }
     }
 }

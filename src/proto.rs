@@ -9,7 +9,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::{codec, Error};
 
 /// Protocol version spoken in [`Hello`].
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// 3: error answers carry an [`ErrorCode`] and refusals a [`RefuseCode`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// How a payload's bytes are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -143,11 +145,43 @@ pub enum Answer<'a> {
         /// TTL in milliseconds.
         ttl_ms: i64,
     },
-    /// An error message.
+    /// An error: what kind of failure (machine-readable) and a message for people.
     Err {
+        /// What kind of failure.
+        code: ErrorCode,
         /// What went wrong.
         message: &'a str,
     },
+}
+
+/// What kind of failure an [`Answer::Err`] reports. New codes are appended only (bincode
+/// encodes the variant index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The owner's own error message (its handler returned an error, panicked, or dropped
+    /// the call unanswered).
+    Failed,
+    /// The owner (or responder) is not connected to the bus.
+    NotConnected,
+    /// The owner has no handler for the kind (get) or method (request).
+    NoHandler,
+    /// The hub's deadline passed before the owner answered.
+    TimedOut,
+    /// The owner left (or its node went away) before it answered.
+    OwnerLeft,
+    /// The answer or the call was too large for the way it had to go.
+    TooLarge,
+    /// The hub refused the call for now (too many calls waiting).
+    Busy,
+    /// The route to the owner is unavailable (the federation link is down).
+    Unavailable,
+}
+
+impl<'a> Answer<'a> {
+    /// An error answer of kind `code`.
+    pub fn err(code: ErrorCode, message: &'a str) -> Answer<'a> {
+        Answer::Err { code, message }
+    }
 }
 
 /// Client → hub frames.
@@ -382,9 +416,20 @@ pub enum Welcome {
     },
     /// Refused, with the reason.
     Refused {
+        /// What kind of refusal (machine-readable).
+        code: RefuseCode,
         /// Why.
         reason: String,
     },
+}
+
+/// Why the hub refused a hello. New codes are appended only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseCode {
+    /// Anything else: protocol mismatch, bad token, bad name, hub full, …
+    Other,
+    /// Another client (on this hub or, federated, on another node) has the name.
+    NameTaken,
 }
 
 /// serde helper: `&[u8]` as bincode bytes, borrowed on decode.

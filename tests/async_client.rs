@@ -46,10 +46,7 @@ fn async_get_request_events_and_hub_loss() {
         let web = AsyncClient::connect(dir.path(), ClientOptions::new("web"))
             .await
             .unwrap();
-        let r = web
-            .get("bot", "stats", Some("g1"), false, None)
-            .await
-            .unwrap();
+        let r = web.get("bot", "stats").key("g1").await.unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"g1\")");
         // Now cached: non-fresh gets are read from the segment in this process and never
         // reach the hub (its count of frames from `web` stays put); a fresh one does.
@@ -64,16 +61,11 @@ fn async_get_request_events_and_hub_loss() {
         };
         let before = frames_from_web();
         for _ in 0..10 {
-            let r = web
-                .get("bot", "stats", Some("g1"), false, None)
-                .await
-                .unwrap();
+            let r = web.get("bot", "stats").key("g1").await.unwrap();
             assert_eq!(r.decode::<String>().unwrap(), "stats Some(\"g1\")");
         }
         assert_eq!(frames_from_web(), before, "cached gets went to the hub");
-        web.get("bot", "stats", Some("g1"), true, None)
-            .await
-            .unwrap();
+        web.get("bot", "stats").key("g1").fresh(true).await.unwrap();
         assert_eq!(
             frames_from_web(),
             before + 1,
@@ -81,21 +73,18 @@ fn async_get_request_events_and_hub_loss() {
         );
         let r = web.request("bot", "health_check", &(), None).await.unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "ok");
-        match web.get("nobody", "stats", None, false, None).await {
-            Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        match web.get("nobody", "stats").await {
+            Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
             other => panic!("{other:?}"),
         }
         match web
-            .get(
-                "sloth",
-                "slow",
-                None,
-                true,
-                Some(Duration::from_millis(200)),
-            )
+            .get("sloth", "slow")
+            .fresh(true)
+            .timeout(Duration::from_millis(200))
             .await
         {
-            Err(CallError::Remote(m)) => assert!(m.contains("timed out"), "{m}"),
+            // The hub's deadline is a timeout, not a remote error.
+            Err(CallError::Timeout(m)) => assert!(m.contains("timed out after"), "{m}"),
             other => panic!("{other:?}"),
         }
         // Many concurrent gets on one task.
@@ -104,7 +93,7 @@ fn async_get_request_events_and_hub_loss() {
                 let web = &web;
                 async move {
                     let k = format!("k{i}");
-                    web.get("bot", "stats", Some(&k), true, None).await
+                    web.get("bot", "stats").key(&k).fresh(true).await
                 }
             })
             .collect();
@@ -238,7 +227,7 @@ fn a_full_ring_does_not_block_the_runtime() {
                     }));
                 }
                 while !stop.load(Ordering::Relaxed) {
-                    if c.get("bot", "stats", None, true, None).await.is_ok() {
+                    if c.get("bot", "stats").fresh(true).await.is_ok() {
                         gets_ok.fetch_add(1, Ordering::Relaxed);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -287,4 +276,76 @@ fn a_full_ring_does_not_block_the_runtime() {
     assert_eq!(answered.load(Ordering::Relaxed), 300);
     stop.store(true, Ordering::Relaxed);
     rt_thread.join().unwrap();
+}
+
+/// Events as a `Stream`, `next_event`, and the sync `GetBuilder` awaited.
+#[test]
+fn async_events_next_event_and_the_shared_get_builder() {
+    use futures_core::Stream;
+    let _w = util::watchdog("async_events", 60);
+    let dir = util::TestDir::new("async-events");
+    let _hub = util::ThreadHub::start(HubConfig {
+        dir: dir.path().to_path_buf(),
+        get_timeout: Duration::from_secs(5),
+        ..HubConfig::default()
+    });
+    let web = Client::connect(dir.path(), ClientOptions::new("web")).unwrap();
+    web.on_get("score", |g| {
+        Ok((g.key.clone().unwrap_or_default().len(), Ttl::Secs(30)))
+    });
+    rt().block_on(async {
+        let bot = AsyncClient::connect(dir.path(), ClientOptions::new("bot"))
+            .await
+            .unwrap();
+        let mut irc = bot.events("irc:*");
+        let mut small = bot.events_bounded("tick", 1);
+        web.emit("bot", "irc:message", &"hi").unwrap();
+        web.emit("bot", "ignored", &()).unwrap();
+        for i in 0..5u32 {
+            web.emit("bot", "tick", &i).unwrap();
+        }
+        web.emit("bot", "irc:join", &"#rust").unwrap();
+        let a = irc.next().await.unwrap();
+        let b = irc.next().await.unwrap();
+        assert_eq!(
+            (a.event.as_str(), b.event.as_str()),
+            ("irc:message", "irc:join")
+        );
+        // The oldest tick was kept, the 4 newer ones dropped and counted.
+        assert_eq!(
+            small.try_next().unwrap().payload.decode::<u32>().unwrap(),
+            0
+        );
+        assert_eq!(small.dropped(), 4);
+        // It is a `Stream`: poll it through the trait.
+        web.emit("bot", "irc:part", &()).unwrap();
+        let ev = std::future::poll_fn(|cx| std::pin::Pin::new(&mut irc).poll_next(cx))
+            .await
+            .unwrap();
+        assert_eq!(ev.event, "irc:part");
+        // next_event: one event within a deadline, or None.
+        let (ev, ()) = tokio::join!(bot.next_event("ready", Duration::from_secs(10)), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            web.emit("bot", "ready", &1u8).unwrap();
+        });
+        assert_eq!(ev.unwrap().from, "web");
+        assert!(bot
+            .next_event("never", Duration::from_millis(20))
+            .await
+            .is_none());
+        // The sync builder, awaited: key, fresh and timeout as on a Client.
+        let r = bot
+            .get("web", "score")
+            .key("alice")
+            .fresh(true)
+            .timeout(Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.decode::<usize>().unwrap(), 5);
+        assert_eq!(r.ttl, Ttl::Secs(30));
+        match bot.get("web", "none").await {
+            Err(CallError::NoHandler(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    });
 }

@@ -634,7 +634,7 @@ fn legacy_owner_leaves_with_pending_gets() {
         assert!(r["error"].as_str().unwrap().contains("lbot"), "{r}");
     }
     match rust_get.join().unwrap() {
-        Err(CallError::Remote(m)) => assert!(m.contains("lbot"), "{m}"),
+        Err(CallError::OwnerLeft(m)) => assert!(m.contains("lbot"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());

@@ -400,7 +400,7 @@ fn sio_killed_shard_fails_the_pending_request() {
         Some(Duration::from_millis(500)),
     );
     assert!(
-        matches!(&r, Err(CallError::Timeout))
+        matches!(&r, Err(CallError::Timeout(_)))
             || matches!(&r, Err(CallError::Remote(m)) if m.contains("timed out")),
         "{r:?}"
     );
@@ -436,7 +436,7 @@ fn sio_killed_shard_fails_the_pending_request() {
     let took = failed_at.duration_since(killed);
     eprintln!("sio kill: the pending request failed {took:?} after SIGKILL: {r:?}");
     match r {
-        Err(CallError::Remote(m)) => {
+        Err(CallError::Remote(m) | CallError::OwnerLeft(m)) => {
             assert!(m.contains("disconnected") || m.contains("left"), "{m}")
         }
         other => panic!("expected a remote error, got {other:?}"),

@@ -285,7 +285,7 @@ fn gets_requests_cache_and_data_across_nodes() {
     // An owner not connected anywhere: an immediate error.
     let t = Instant::now();
     match web.get("nobody", "stats").send() {
-        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(t.elapsed() < Duration::from_secs(1));
@@ -296,8 +296,7 @@ fn gets_requests_cache_and_data_across_nodes() {
         .timeout(Duration::from_millis(500))
         .send()
     {
-        Err(CallError::Remote(m)) => assert!(m.contains("timed out"), "{m}"),
-        Err(CallError::Timeout) => {}
+        Err(CallError::Timeout(m)) => assert!(m.contains("timed out"), "{m}"),
         other => panic!("{other:?}"),
     }
     std::thread::sleep(Duration::from_millis(1200));
@@ -335,7 +334,7 @@ fn gets_requests_cache_and_data_across_nodes() {
         .unwrap();
     assert_eq!(n, 42);
     match web.request("nobody", "health_check", &1u32, None) {
-        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("{other:?}"),
     }
 
@@ -427,7 +426,7 @@ fn gets_requests_cache_and_data_across_nodes() {
     owner.close();
     let (r, at) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     match r {
-        Err(CallError::Remote(m)) => assert!(m.contains("left"), "{m}"),
+        Err(CallError::OwnerLeft(m)) => assert!(m.contains("left"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(at.duration_since(t) < Duration::from_secs(3));

@@ -69,7 +69,7 @@ fn nats_restarted_mid_run() {
     // Remote calls fail fast with a clear error.
     let t = Instant::now();
     match web.get("owner", "k").send() {
-        Err(CallError::Remote(m)) => {
+        Err(CallError::Unavailable(m)) => {
             assert!(m.contains("federation unavailable"), "{m}")
         }
         other => panic!("{other:?}"),
@@ -134,7 +134,7 @@ fn a_sigkilled_node_leaves_within_3s_and_its_calls_fail() {
     cl.hubs[1].kill9();
     let (r, at) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     match r {
-        Err(CallError::Remote(m)) => assert!(m.contains("beta") && m.contains("gone"), "{m}"),
+        Err(CallError::OwnerLeft(m)) => assert!(m.contains("beta") && m.contains("gone"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(
@@ -327,7 +327,7 @@ fn a_clean_shutdown_says_bye() {
         "alpha still lists beta"
     );
     match web.get("leaver", "k").send() {
-        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("{other:?}"),
     }
 }

@@ -211,13 +211,13 @@ fn get_cached_fresh_error_missing_owner_and_ttl() {
     web.get("bot", "volatile").send().unwrap();
     bot.remove_handler(bot.on_get("volatile", |_| Ok(("v2", Ttl::NoCache))));
     match web.get("bot", "volatile").send() {
-        Err(CallError::Remote(m)) => assert!(m.contains("no handler"), "{m}"),
+        Err(CallError::NoHandler(m)) => assert!(m.contains("no handler"), "{m}"),
         other => panic!("a non-cached kind must go to the owner again: {other:?}"),
     }
     // Owner missing: immediate error.
     let t0 = Instant::now();
     match web.get("ghost", "stats").send() {
-        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(t0.elapsed() < Duration::from_millis(500));
@@ -277,7 +277,7 @@ fn get_timeout_owner_leaving_and_coalescing() {
         .timeout(Duration::from_millis(200))
         .send()
     {
-        Err(CallError::Remote(m)) => assert!(m.contains("timed out"), "{m}"),
+        Err(CallError::Timeout(m)) => assert!(m.contains("timed out"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(t0.elapsed() < Duration::from_millis(1000));
@@ -344,7 +344,7 @@ fn pending_gets_fail_when_the_owner_leaves() {
     drop(owner);
     let (r, _) = t.join().unwrap();
     match r {
-        Err(CallError::Remote(m)) => assert!(m.contains("left"), "{m}"),
+        Err(CallError::OwnerLeft(m)) => assert!(m.contains("left"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(
@@ -380,7 +380,7 @@ fn request_lifecycle_states_and_intervals() {
     let r = watcher.request("bot", "health_check", &7u32, None).unwrap();
     assert_eq!(r.decode::<String>().unwrap(), "ok 7");
     match watcher.request("bot", "nope", &(), None) {
-        Err(CallError::Remote(m)) => assert!(m.contains("no handler"), "{m}"),
+        Err(CallError::NoHandler(m)) => assert!(m.contains("no handler"), "{m}"),
         other => panic!("{other:?}"),
     }
     bot.set_state("ready").unwrap();
@@ -492,13 +492,13 @@ fn cache_belongs_to_its_owner() {
     let r: String = web.get("other", "stats").send().unwrap().decode().unwrap();
     assert_eq!(r, "other's stats");
     match web.get("nobody", "stats").send() {
-        Err(CallError::Remote(m)) => assert!(m.contains("not connected"), "{m}"),
+        Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("a missing owner must be an error, got {other:?}"),
     }
     bot.data("motd", None, &"from bot", Ttl::Forever).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     match web.get("other", "motd").send() {
-        Err(CallError::Remote(m)) => assert!(m.contains("no handler"), "{m}"),
+        Err(CallError::NoHandler(m)) => assert!(m.contains("no handler"), "{m}"),
         other => panic!("bot's data must not answer a get from other: {other:?}"),
     }
 }

@@ -131,7 +131,7 @@ fn sigkill_owner_with_100_pending_gets() {
     assert_eq!(done.len(), 100);
     for (at, r) in done.iter() {
         match r {
-            Err(CallError::Remote(m)) => assert!(m.contains("owner \"owner\" left"), "{m}"),
+            Err(CallError::OwnerLeft(m)) => assert!(m.contains("owner \"owner\" left"), "{m}"),
             other => panic!("expected a clear error, got {other:?}"),
         }
         let after = at.duration_since(killed);
@@ -246,7 +246,7 @@ fn malformed_hello_is_refused_and_nothing_else_is_affected() {
         };
         shmbus::send_control(&s, &ControlRequest::Hello(hello), &[]).unwrap();
         match shmbus::recv_control::<ControlReply>(&s).unwrap() {
-            Some((ControlReply::Welcome(Welcome::Refused { reason }), _)) => {
+            Some((ControlReply::Welcome(Welcome::Refused { reason, .. }), _)) => {
                 assert!(reason.contains(want), "{reason}")
             }
             other => panic!("{other:?}"),

@@ -505,7 +505,7 @@ fn close_on_panic_policy_closes_the_client() {
         .timeout(Duration::from_secs(5))
         .send();
     assert!(
-        matches!(&after, Err(CallError::Remote(m)) if m.contains("not connected")),
+        matches!(&after, Err(CallError::NotConnected(m)) if m.contains("not connected")),
         "{after:?}"
     );
 }

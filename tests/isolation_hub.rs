@@ -730,7 +730,7 @@ fn pending_requests_per_client_are_bounded() {
             match shmbus::codec::decode_borrowed::<HubMsg<'_>>(b) {
                 Ok(HubMsg::Reply {
                     req,
-                    answer: shmbus::proto::Answer::Err { message },
+                    answer: shmbus::proto::Answer::Err { message, .. },
                 }) => Some((req, message.to_string())),
                 _ => None,
             }
@@ -783,7 +783,7 @@ fn longest_deadline_is_bounded() {
         t.elapsed()
     );
     match res {
-        Ok(Err(CallError::Remote(m))) => assert!(m.contains("timed out"), "{m}"),
+        Ok(Err(CallError::Timeout(m))) => assert!(m.contains("timed out"), "{m}"),
         other => panic!("a 49-day deadline was not bounded: {other:?}"),
     }
 }

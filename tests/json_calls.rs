@@ -173,7 +173,7 @@ fn async_request_json() {
         let e = a
             .request_json("nobody", "echo", &1, Some(Duration::from_millis(500)))
             .await;
-        assert!(matches!(e, Err(CallError::Remote(_))), "{e:?}");
+        assert!(matches!(e, Err(CallError::NotConnected(_))), "{e:?}");
     });
 }
 

@@ -444,7 +444,7 @@ pub fn wait_file(dir: &Path, flag: &str, timeout: Duration) -> Result<(), String
 pub fn sync(c: &Client) -> Result<(), String> {
     // A get from an owner that never exists is answered by the hub itself, at once.
     match c.get("\u{1}sync", "\u{1}sync").send() {
-        Err(CallError::Remote(m)) if m.contains("not connected") => Ok(()),
+        Err(CallError::NotConnected(m)) if m.contains("not connected") => Ok(()),
         other => Err(format!("sync with the hub: unexpected {other:?}")),
     }
 }

@@ -198,9 +198,7 @@ impl Shared {
             opts.ring_capacity = self.cfg.ring_capacity;
             match AsyncClient::connect(self.cfg.dir.clone(), opts).await {
                 Ok(c) => return Ok(c),
-                Err(Error::Handshake(m))
-                    if m.contains("already taken") && Instant::now() < deadline =>
-                {
+                Err(Error::NameTaken { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e),

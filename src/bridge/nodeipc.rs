@@ -116,13 +116,11 @@ fn push_reply(out: &Out, stats: &super::BridgeStats, request: &str, r: Result<Re
             stats.undeliverable.fetch_add(1, Ordering::Relaxed);
             frame::write_response_err(b, request, "the owner's answer is not JSON (a Rust owner answers JSON requesters in JSON: encode with PayloadBuf::encode(get.accept, ..))");
         }
-        Err(CallError::Remote(m)) => frame::write_response_err(b, request, &m),
-        Err(CallError::Timeout) => {
-            frame::write_response_err(b, request, "timed out waiting for the answer")
-        }
         Err(CallError::Link(e)) => {
             frame::write_response_err(b, request, &format!("bus link failed: {e}"))
         }
+        // Every other kind displays as the hub's or the owner's message.
+        Err(e) => frame::write_response_err(b, request, &e.to_string()),
     });
 }
 
@@ -392,6 +390,9 @@ impl Conn {
         let client = match self.sh.connect_bus(&name, intervals).await {
             Ok(c) => c,
             Err(crate::Error::Handshake(m)) => return self.bad(&format!("hello: {m}")),
+            Err(e @ (crate::Error::NameTaken { .. } | crate::Error::Refused { .. })) => {
+                return self.bad(&format!("hello: {e}"))
+            }
             Err(e) => {
                 // No hub: close, so node-ipc's own retry says hello again later.
                 self.bad(&format!("hello: cannot reach the hub: {e}"));

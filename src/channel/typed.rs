@@ -125,6 +125,20 @@ impl<T: Serialize> Sender<T> {
         }
     }
 
+    /// Sends `msg`, waiting for room until `deadline` (crossbeam's `send_deadline`).
+    pub fn send_deadline(
+        &mut self,
+        msg: T,
+        deadline: std::time::Instant,
+    ) -> Result<(), SendTimeoutError<T>> {
+        match self.put(&msg, Deadline::At(deadline), true) {
+            Ok(()) => Ok(()),
+            Err(Fail::NotNow | Fail::Timeout) => Err(SendTimeoutError::Timeout(msg)),
+            Err(Fail::Disconnected) => Err(SendTimeoutError::Disconnected(msg)),
+            Err(Fail::Error(e)) => Err(SendTimeoutError::Failed(msg, e)),
+        }
+    }
+
     /// Sends a borrowed message (no move, nothing handed back).
     ///
     /// ```
@@ -297,6 +311,11 @@ impl<T: DeserializeOwned> Receiver<T> {
         self.raw
             .recv_bytes_timeout(timeout, codec::decode::<T>)
             .and_then(|r| r.map_err(RecvTimeoutError::Failed))
+    }
+
+    /// Receives one message, waiting until `deadline` (crossbeam's `recv_deadline`).
+    pub fn recv_deadline(&mut self, deadline: std::time::Instant) -> Result<T, RecvTimeoutError> {
+        self.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
     }
 
     /// Receives one message and passes it to `f` by reference; it is decoded from the private

@@ -57,7 +57,7 @@ const BACKSTOP: Duration = Duration::from_millis(250);
 pub(super) const DISPATCH_BUDGET: usize = 256;
 
 /// An answer a handler produced, not sent yet.
-pub(super) type OwedAnswer = (u64, Result<(PayloadBuf, i64), String>);
+pub(super) type OwedAnswer = (u64, Result<(PayloadBuf, i64), super::handlers::Failure>);
 
 /// What the dispatcher could not send inline.
 #[derive(Default)]
@@ -494,12 +494,10 @@ impl Inner {
                         .gets
                         .get(&g.kind)
                         .map(|(_, f)| f.clone());
+                    let ctx = super::Ctx::new(self, &g.requester);
                     let answer = match h {
-                        Some(f) => f(&g),
-                        None => Err(format!(
-                            "{} has no handler for {:?}",
-                            self.opts.name, g.kind
-                        )),
+                        Some(f) => f(&ctx, &g).map_err(super::handlers::failed),
+                        None => Err(self.no_get_handler(&g.kind)),
                     };
                     self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
                 }
@@ -514,12 +512,12 @@ impl Inner {
                         .requests
                         .get(&r.method)
                         .map(|(_, f)| f.clone());
+                    let ctx = super::Ctx::new(self, &r.from);
                     let answer = match h {
-                        Some(f) => f(&r).map(|p| (p, -1)),
-                        None => Err(format!(
-                            "{} has no handler for method {:?}",
-                            self.opts.name, r.method
-                        )),
+                        Some(f) => f(&ctx, &r)
+                            .map(|p| (p, -1))
+                            .map_err(super::handlers::failed),
+                        None => Err(self.no_request_handler(&r.method)),
                     };
                     self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
                 }
@@ -562,8 +560,8 @@ impl Inner {
         let msg = make(req);
         match tokio::time::timeout_at(pending.deadline, self.send_async(side, &msg)).await {
             Ok(Ok(())) => Ok(pending),
-            Ok(Err(e)) => Err(CallError::Link(e)),
-            Err(_) => Err(CallError::Timeout),
+            Ok(Err(e)) => Err(CallError::from(e)),
+            Err(_) => Err(CallError::our_timeout()),
         }
     }
 
@@ -610,7 +608,7 @@ impl PendingReply {
         let slot = super::tokio_client::SlotFuture(self.slot.clone());
         tokio::time::timeout_at(self.deadline, slot)
             .await
-            .unwrap_or(Err(CallError::Timeout))
+            .unwrap_or_else(|_| Err(CallError::our_timeout()))
     }
 }
 
@@ -658,7 +656,7 @@ fn answer_msg(a: &OwedAnswer) -> ClientMsg<'_> {
                 },
                 ttl_ms: *ttl_ms,
             },
-            Err(m) => Answer::Err { message: m },
+            Err((code, m)) => Answer::err(*code, m),
         },
     }
 }

@@ -132,20 +132,42 @@ enum Got {
 }
 
 impl Client {
-    /// Starts building a get of `kind` from the owner `from`.
+    /// Starts building a get of `kind` from the owner `from`; finish it with
+    /// [`send`](GetBuilder::send).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    /// use std::time::Duration;
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_get("score", |g| Ok((g.key.as_deref().map_or(0, str::len), Ttl::Secs(30))));
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let r = web.get("bot", "score").key("alice").fresh(true).timeout(Duration::from_secs(5)).send()?;
+    /// assert_eq!(r.decode::<usize>()?, 5);
+    /// assert_eq!(r.ttl, Ttl::Secs(30));
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn get<'c>(&'c self, from: &'c str, kind: &'c str) -> GetBuilder<'c> {
-        GetBuilder {
-            client: self,
-            from,
-            kind,
-            key: None,
-            fresh: false,
-            local: true,
-            timeout: self.inner.opts.timeout,
-        }
+        GetBuilder::new(self, self.inner.opts.timeout, from, kind)
     }
 
     /// Calls `method` on the client `to` (its [`on_request`](Client::on_request) handler).
+    /// `timeout` (else [`ClientOptions::timeout`](super::ClientOptions::timeout), else the
+    /// hub's default) bounds the wait.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{CallError, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_request("add", |r| {
+    ///     let (a, b): (i32, i32) = r.payload.decode().map_err(|e| e.to_string())?;
+    ///     Ok(a + b)
+    /// });
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(web.request("bot", "add", &(2, 3), None)?.decode::<i32>()?, 5);
+    /// assert!(matches!(web.request("bot", "sub", &(2, 3), None), Err(CallError::NoHandler(_))));
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn request<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -153,8 +175,7 @@ impl Client {
         arg: &T,
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
-        let p = PayloadBuf::bincode(arg)?;
-        let timeout = timeout.or(self.inner.opts.timeout);
+        let (p, timeout) = self.inner.request_args(arg, timeout)?;
         self.inner
             .call(timeout, self.inner.request_frame(to, method, &p, timeout))
     }
@@ -164,18 +185,38 @@ pub(super) fn timeout_ms(t: Option<Duration>) -> u32 {
     t.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
 }
 
-/// Builds a get; finish with [`send`](GetBuilder::send).
-pub struct GetBuilder<'c> {
-    client: &'c Client,
-    from: &'c str,
-    kind: &'c str,
-    key: Option<&'c str>,
-    fresh: bool,
-    local: bool,
-    timeout: Option<Duration>,
+/// Builds a get; finish with [`send`](GetBuilder::send) on a [`Client`], or `.await` it on an
+/// [`AsyncClient`](super::tokio_client::AsyncClient) (through `IntoFuture`): the same
+/// builder, the same options, for both.
+pub struct GetBuilder<'c, C = Client> {
+    pub(super) client: &'c C,
+    pub(super) from: &'c str,
+    pub(super) kind: &'c str,
+    pub(super) key: Option<&'c str>,
+    pub(super) fresh: bool,
+    pub(super) local: bool,
+    pub(super) timeout: Option<Duration>,
 }
 
-impl<'c> GetBuilder<'c> {
+impl<'c, C> GetBuilder<'c, C> {
+    /// A get of `kind` from `from` through `client`, with its default `timeout`.
+    pub(super) fn new(
+        client: &'c C,
+        timeout: Option<Duration>,
+        from: &'c str,
+        kind: &'c str,
+    ) -> GetBuilder<'c, C> {
+        GetBuilder {
+            client,
+            from,
+            kind,
+            key: None,
+            fresh: false,
+            local: true,
+            timeout,
+        }
+    }
+
     /// Whether a non-fresh get may be answered from this process's mapping of the cache
     /// segment (the default) before asking the hub. `false` always asks the hub.
     pub fn local(mut self, l: bool) -> Self {
@@ -200,7 +241,9 @@ impl<'c> GetBuilder<'c> {
         self.timeout = Some(t);
         self
     }
+}
 
+impl GetBuilder<'_, Client> {
     /// Sends the get and waits for the answer.
     pub fn send(self) -> Result<Reply, CallError> {
         let inner = &self.client.inner;
@@ -215,6 +258,16 @@ impl<'c> GetBuilder<'c> {
 }
 
 impl Inner {
+    /// What [`Client::request`] and the async client's `request` both start with: the
+    /// argument encoded, and the deadline (the caller's, else the options' default).
+    pub(super) fn request_args<T: Serialize + ?Sized>(
+        &self,
+        arg: &T,
+        timeout: Option<Duration>,
+    ) -> Result<(PayloadBuf, Option<Duration>), CallError> {
+        Ok((PayloadBuf::bincode(arg)?, timeout.or(self.opts.timeout)))
+    }
+
     /// A non-fresh get answered from the local mapping of the cache segment, if it holds a
     /// live value of `from` in an encoding we take (a bincode client decodes either).
     pub(super) fn local_get(&self, from: &str, kind: &str, key: Option<&str>) -> Option<Reply> {
@@ -342,7 +395,7 @@ impl Inner {
                 let deadline = Instant::now() + total;
                 if let Err(e) = self.send(&make(req)) {
                     self.waits.lock().expect("lock").remove(&req);
-                    return Err(CallError::Link(e));
+                    return Err(CallError::from(e));
                 }
                 (slot, deadline)
             }
@@ -383,7 +436,7 @@ impl Inner {
         make: impl FnOnce(u64) -> ClientMsg<'m>,
     ) -> Direct {
         if let Err(e) = self.send_draining(&make(req), Some(g)) {
-            return Direct::Done(Err(CallError::Link(e)));
+            return Direct::Done(Err(CallError::from(e)));
         }
         loop {
             let got = self.receive_with(g, Deadline::Within(turn), None, |m| match m {
@@ -416,7 +469,7 @@ impl Inner {
             let t = Instant::now();
             if t >= deadline {
                 self.waits.lock().expect("lock").remove(&req);
-                return Err(CallError::Timeout);
+                return Err(CallError::our_timeout());
             }
             // Receive for ourselves if nobody else is; otherwise wait to be handed the reply.
             let mine = match self.rx.try_lock() {

@@ -20,7 +20,7 @@ use super::Slot;
 use super::{CallError, Client, Inner, Retry};
 use crate::cache::CacheReader;
 use crate::hub::{ControlReply, ControlRequest};
-use crate::proto::{self, ClientMsg, Hello, Welcome};
+use crate::proto::{self, ClientMsg, Hello, RefuseCode, Welcome};
 use crate::{Error, LinkConfig};
 
 impl Client {
@@ -28,6 +28,15 @@ impl Client {
     /// attempt if none is set). A client that is still connected first drops its link (the
     /// disconnect handlers run, with the reason "reconnecting"), then joins again on a new
     /// one. May be called from any thread, including from inside a handler.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.reconnect()?;
+    /// assert!(bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn reconnect(&self) -> Result<(), Error> {
         let fresh_drop = self.inner.connected.load(Ordering::Acquire);
         if fresh_drop {
@@ -50,7 +59,15 @@ impl Inner {
 
     /// Connects, says hello, builds the link.
     pub(super) fn establish(&self) -> Result<(), Error> {
-        let sock = std::os::unix::net::UnixStream::connect(&self.path)?;
+        let sock =
+            std::os::unix::net::UnixStream::connect(&self.path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    Error::HubNotRunning {
+                        path: self.path.clone(),
+                    }
+                }
+                _ => Error::Io(e),
+            })?;
         sock.set_read_timeout(Some(crate::link::HANDSHAKE_TIMEOUT))?;
         let hello = Hello {
             magic: proto::HELLO_MAGIC,
@@ -81,8 +98,13 @@ impl Inner {
                 cache_max_value,
                 ..
             }) if version == proto::PROTOCOL_VERSION => (max_message, cache_max_value),
-            ControlReply::Welcome(Welcome::Refused { reason }) => {
-                return Err(Error::Handshake(format!("refused by the hub: {reason}")))
+            ControlReply::Welcome(Welcome::Refused { code, reason }) => {
+                return Err(match code {
+                    RefuseCode::NameTaken => Error::NameTaken {
+                        name: self.opts.name.clone(),
+                    },
+                    RefuseCode::Other => Error::Refused { reason },
+                })
             }
             other => {
                 return Err(Error::Handshake(format!(
@@ -125,6 +147,32 @@ impl Inner {
         Ok(())
     }
 
+    /// The first connect: [`establish`](Inner::establish), retried per
+    /// [`ClientOptions::reconnect`](super::ClientOptions::reconnect) when the hub is not
+    /// there yet (or the attempt failed on the way); a refusal (name taken, wrong token) is
+    /// final. Without a retry policy one attempt: no hub fails at once with
+    /// [`Error::HubNotRunning`].
+    pub(super) fn first_connect(&self) -> Result<(), Error> {
+        let Some(retry) = self.opts.reconnect else {
+            return self.establish();
+        };
+        let mut failures = 0u32;
+        loop {
+            match self.establish() {
+                Ok(()) => return Ok(()),
+                Err(e @ (Error::NameTaken { .. } | Error::Refused { .. })) => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    if retry.max_retries.is_some_and(|m| failures >= m) {
+                        return Err(e);
+                    }
+                    tracing::debug!(client = %self.opts.name, "connect failed, retrying: {e}");
+                    std::thread::sleep(retry.interval);
+                }
+            }
+        }
+    }
+
     /// Restores subscriptions, state and watch after a reconnect.
     fn restore(&self) -> Result<(), Error> {
         let topics = self.topics.lock().expect("lock").clone();
@@ -160,10 +208,8 @@ impl Inner {
                     self.restore()?;
                     return self.ensure_dispatcher();
                 }
-                Err(Error::Handshake(m))
-                    if fresh_drop
-                        && m.contains("already taken")
-                        && std::time::Instant::now() < name_grace =>
+                Err(Error::NameTaken { .. })
+                    if fresh_drop && std::time::Instant::now() < name_grace =>
                 {
                     std::thread::sleep(Duration::from_millis(10));
                 }

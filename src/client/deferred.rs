@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::handlers::DeferredGetFn;
 use super::{Client, GetRequest, HandlerId, Inner, Ttl};
-use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf};
 use crate::Error;
 
 impl Client {
@@ -17,6 +17,19 @@ impl Client {
     /// together with a [`GetTicket`] that answers it later, from any thread. Replaces the
     /// previous catch-all handler. A ticket dropped unanswered answers with an error, so the
     /// requester never waits for nothing.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// bot.on_get_deferred(|g, ticket| {
+    ///     std::thread::spawn(move || ticket.answer(&PayloadBuf::encode(g.accept, &"later").unwrap(), Ttl::NoCache));
+    /// });
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(web.get("bot", "anything").send()?.decode::<String>()?, "later");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_get_deferred(
         &self,
         f: impl Fn(GetRequest, GetTicket) + Send + Sync + 'static,
@@ -89,7 +102,7 @@ impl GetTicket {
     /// Answers with an error message (relayed to the requester, not cached).
     pub fn fail(mut self, message: &str) -> Result<(), Error> {
         self.done = true;
-        self.send(Answer::Err { message })
+        self.send(Answer::err(ErrorCode::Failed, message))
     }
 
     fn send(&self, answer: Answer<'_>) -> Result<(), Error> {
@@ -110,9 +123,10 @@ impl Drop for GetTicket {
             if let Some(inner) = self.inner.upgrade() {
                 let _ = inner.send_or_owe(&ClientMsg::Answer {
                     req: self.req,
-                    answer: Answer::Err {
-                        message: "the owner dropped the get without answering",
-                    },
+                    answer: Answer::err(
+                        ErrorCode::Failed,
+                        "the owner dropped the get without answering",
+                    ),
                 });
             }
         }

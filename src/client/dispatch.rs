@@ -26,9 +26,32 @@ use crate::{codec, Error, RawReceiver};
 /// having their replies handed over by the dispatcher (a futex wake-up each).
 const STEP_ASIDE: Duration = Duration::from_millis(1);
 
+/// The longest the dispatcher sleeps between looks while calls keep coming. Each look is a
+/// timer wake-up of a thread that has nothing to do: in a stream of calls it lands on a core
+/// where the caller, the hub or the owner waits for the next hop, and on a 2-core machine
+/// that preemption is what made the fresh get with the dispatcher on bimodal (one wake-up
+/// per millisecond). The sleep doubles from [`STEP_ASIDE`] up to this while calls keep
+/// coming, so a long stream of calls sees 16× fewer of them; once calls stop, the
+/// dispatcher takes the receiver back within this (the callers handled everything that
+/// arrived while they were calling).
+const STEP_ASIDE_MAX: Duration = Duration::from_millis(16);
+
 impl Client {
     /// Receives and handles what is there, waiting up to `timeout` for the first message
     /// (for clients without the dispatcher thread). Returns the messages handled.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot").dispatcher(false))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let got = bot.events("hi");
+    /// web.emit("bot", "hi", &())?;
+    /// while got.try_recv().is_err() {
+    ///     bot.poll(std::time::Duration::from_millis(100))?;
+    /// }
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn poll(&self, timeout: Duration) -> Result<usize, Error> {
         let deadline = Deadline::At(Instant::now() + timeout);
         let mut n = 0;
@@ -52,6 +75,18 @@ impl Client {
 
     /// Handles messages until the link is lost (and not re-established) or
     /// [`close`](Client::close).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot").dispatcher(false))?;
+    /// bot.on_with("stop", |ctx, _| ctx.client().close());
+    /// let runner = { let b = bot.clone(); std::thread::spawn(move || b.run()) };
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// web.emit("bot", "stop", &())?;
+    /// runner.join().unwrap()?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn run(&self) -> Result<(), Error> {
         while !self.inner.closing.load(Ordering::Acquire) {
             match self.poll(Duration::from_millis(100)) {
@@ -220,6 +255,7 @@ pub(super) fn dispatcher(weak: std::sync::Weak<Inner>) {
 /// The dispatcher's loop; returns true when it should stop (link lost, no retry policy).
 fn dispatcher_turns(weak: &std::sync::Weak<Inner>) -> bool {
     let mut seen_calls = 0;
+    let mut aside = STEP_ASIDE;
     loop {
         let Some(inner) = weak.upgrade() else {
             return false;
@@ -235,9 +271,11 @@ fn dispatcher_turns(weak: &std::sync::Weak<Inner>) -> bool {
         if inner.callers.load(Ordering::SeqCst) > 0 || calls != seen_calls {
             seen_calls = calls;
             drop(inner);
-            std::thread::sleep(STEP_ASIDE);
+            std::thread::sleep(aside);
+            aside = (aside * 2).min(STEP_ASIDE_MAX);
             continue;
         }
+        aside = STEP_ASIDE;
         let res = {
             let mut g = inner.rx.lock().expect("lock");
             // SeqCst (all three): a caller that came after our check of `callers` below

@@ -19,19 +19,24 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::context::Ctx;
 use super::deferred::GetTicket;
 use super::{Client, DataPush, Event, GetRequest, Inner, Lifecycle, PanicPolicy, Request, Ttl};
-use crate::proto::{Answer, ClientMsg, Payload, PayloadBuf};
+use crate::proto::{Answer, ClientMsg, ErrorCode, Payload, PayloadBuf};
 use crate::Error;
 
 /// Identifies a registered handler, for [`Client::remove_handler`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HandlerId(u64);
 
-type EventFn = Arc<dyn Fn(&Event) + Send + Sync>;
-type GetFn = Arc<dyn Fn(&GetRequest) -> Result<(PayloadBuf, i64), String> + Send + Sync>;
-type RequestFn = Arc<dyn Fn(&Request) -> Result<PayloadBuf, String> + Send + Sync>;
-type DataFn = Arc<dyn Fn(&DataPush) + Send + Sync>;
+type EventFn = Arc<dyn Fn(&Ctx<'_>, &Event) + Send + Sync>;
+pub(super) type GetFn =
+    Arc<dyn Fn(&Ctx<'_>, &GetRequest) -> Result<(PayloadBuf, i64), String> + Send + Sync>;
+pub(super) type RequestFn =
+    Arc<dyn Fn(&Ctx<'_>, &Request) -> Result<PayloadBuf, String> + Send + Sync>;
+type DataFn = Arc<dyn Fn(&Ctx<'_>, &DataPush) + Send + Sync>;
+/// Why a get or request handler did not produce a value: the wire code and the message.
+pub(super) type Failure = (ErrorCode, String);
 type LifecycleFn = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
 type DisconnectFn = Arc<dyn Fn(&str) + Send + Sync>;
 pub(super) type DeferredGetFn = Arc<dyn Fn(GetRequest, GetTicket) + Send + Sync>;
@@ -108,8 +113,47 @@ pub(super) enum Incoming {
 
 impl Client {
     /// Calls `f` for every event named `event` (including published topics, whose event name
-    /// is the topic).
+    /// is the topic). A handler that needs the client (to answer, emit, get) uses
+    /// [`on_with`](Client::on_with) instead of capturing a clone of it.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// bot.on("ping", move |ev| tx.send(ev.payload.decode::<u32>().unwrap()).unwrap());
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// web.emit("bot", "ping", &7u32)?;
+    /// assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), 7);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on(&self, event: &str, f: impl Fn(&Event) + Send + Sync + 'static) -> HandlerId {
+        self.on_with(event, move |_, ev| f(ev))
+    }
+
+    /// [`on`](Client::on) with a [`Ctx`]: the handler can reply to the sender, emit, or use
+    /// the client, without holding a handle that would keep the client alive.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_with("ping", |ctx, ev| {
+    ///     let n: u32 = ev.payload.decode().unwrap();
+    ///     ctx.reply("pong", &(n + 1)).unwrap();
+    /// });
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let pongs = web.events("pong");
+    /// web.emit("bot", "ping", &7u32)?;
+    /// let ev = pongs.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    /// assert_eq!(ev.payload.decode::<u32>()?, 8);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
+    pub fn on_with(
+        &self,
+        event: &str,
+        f: impl Fn(&Ctx<'_>, &Event) + Send + Sync + 'static,
+    ) -> HandlerId {
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
         h.events.push((id, Some(event.to_string()), Arc::new(f)));
@@ -117,22 +161,63 @@ impl Client {
     }
 
     /// Calls `f` for every event.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// bot.on_any(move |ev| tx.send(ev.event.clone()).unwrap());
+    /// Client::connect(hub.dir(), ClientOptions::new("web"))?.emit("bot", "hello", &())?;
+    /// assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), "hello");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_any(&self, f: impl Fn(&Event) + Send + Sync + 'static) -> HandlerId {
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
-        h.events.push((id, None, Arc::new(f)));
+        h.events.push((id, None, Arc::new(move |_, ev| f(ev))));
         id
     }
 
     /// Answers gets of `kind` forwarded to us. `f` returns the value and its TTL, or an error
     /// message; the value is encoded in whatever encoding the requester asked for.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_get("stats", |_g| Ok((vec![1u32, 2], Ttl::Secs(30))));
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(web.get("bot", "stats").send()?.decode::<Vec<u32>>()?, [1, 2]);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_get<T, F>(&self, kind: &str, f: F) -> HandlerId
     where
         T: Serialize,
         F: Fn(&GetRequest) -> Result<(T, Ttl), String> + Send + Sync + 'static,
     {
-        let g: GetFn = Arc::new(move |r: &GetRequest| {
-            let (v, ttl) = f(r)?;
+        self.on_get_with(kind, move |_, r| f(r))
+    }
+
+    /// [`on_get`](Client::on_get) with a [`Ctx`] (to emit, or get from others, while
+    /// answering, without keeping the client alive).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_get_with("whoami", |ctx, g| Ok((format!("{} asks {}", g.requester, ctx.name()), Ttl::NoCache)));
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(web.get("bot", "whoami").send()?.decode::<String>()?, "web asks bot");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
+    pub fn on_get_with<T, F>(&self, kind: &str, f: F) -> HandlerId
+    where
+        T: Serialize,
+        F: Fn(&Ctx<'_>, &GetRequest) -> Result<(T, Ttl), String> + Send + Sync + 'static,
+    {
+        let g: GetFn = Arc::new(move |c: &Ctx<'_>, r: &GetRequest| {
+            let (v, ttl) = f(c, r)?;
             let p = PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())?;
             Ok((p, ttl.as_ms()))
         });
@@ -143,13 +228,47 @@ impl Client {
     }
 
     /// Answers requests for `method`, encoding the result as the requester asked.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_request("double", |r| Ok(r.payload.decode::<u32>().map_err(|e| e.to_string())? * 2));
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(web.request("bot", "double", &21u32, None)?.decode::<u32>()?, 42);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_request<T, F>(&self, method: &str, f: F) -> HandlerId
     where
         T: Serialize,
         F: Fn(&Request) -> Result<T, String> + Send + Sync + 'static,
     {
-        let g: RequestFn = Arc::new(move |r: &Request| {
-            let v = f(r)?;
+        self.on_request_with(method, move |_, r| f(r))
+    }
+
+    /// [`on_request`](Client::on_request) with a [`Ctx`].
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_request_with("hello", |ctx, r| {
+    ///     ctx.reply("hello-seen", &()).map_err(|e| e.to_string())?;
+    ///     Ok(format!("hello {}", r.from))
+    /// });
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let seen = web.events("hello-seen");
+    /// assert_eq!(web.request("bot", "hello", &(), None)?.decode::<String>()?, "hello web");
+    /// assert!(seen.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
+    pub fn on_request_with<T, F>(&self, method: &str, f: F) -> HandlerId
+    where
+        T: Serialize,
+        F: Fn(&Ctx<'_>, &Request) -> Result<T, String> + Send + Sync + 'static,
+    {
+        let g: RequestFn = Arc::new(move |c: &Ctx<'_>, r: &Request| {
+            let v = f(c, r)?;
             PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())
         });
         let mut h = self.inner.handlers.write().expect("lock");
@@ -159,6 +278,14 @@ impl Client {
     }
 
     /// Calls `f` for interval pushes of `kind` (`None` = every kind).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_data(Some("stats"), |d| println!("{} pushed", d.kind));
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_data(
         &self,
         kind: Option<&str>,
@@ -166,12 +293,26 @@ impl Client {
     ) -> HandlerId {
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
-        h.data.push((id, kind.map(str::to_string), Arc::new(f)));
+        h.data
+            .push((id, kind.map(str::to_string), Arc::new(move |_, d| f(d))));
         id
     }
 
     /// Calls `f` when other clients join, leave or change state (and asks the hub for those
     /// notifications).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// use shmbus::client::Lifecycle;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// bot.on_lifecycle(move |l| { let _ = tx.send(l.clone()); })?;
+    /// bot.get("nobody", "sync").send().ok(); // a round trip: the watch is in place
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Lifecycle::Joined("web".into()));
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_lifecycle(
         &self,
         f: impl Fn(&Lifecycle) + Send + Sync + 'static,
@@ -188,6 +329,17 @@ impl Client {
     }
 
     /// Calls `f` with the reason when the link to the hub is lost.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// bot.on_disconnect(move |why| { let _ = tx.send(why.to_string()); });
+    /// drop(hub);
+    /// assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_disconnect(&self, f: impl Fn(&str) + Send + Sync + 'static) -> HandlerId {
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
@@ -196,6 +348,16 @@ impl Client {
     }
 
     /// Removes a handler. Returns whether it existed.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let id = bot.on("x", |_| {});
+    /// assert!(bot.remove_handler(id));
+    /// assert!(!bot.remove_handler(id));
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn remove_handler(&self, id: HandlerId) -> bool {
         self.inner.handlers.write().expect("lock").remove(id)
     }
@@ -269,10 +431,11 @@ impl Inner {
                     .filter(|(_, name, _)| name.as_deref().is_none_or(|n| n == ev.event))
                     .map(|(_, _, f)| f.clone())
                     .collect();
+                let ctx = Ctx::new(self, &ev.from);
                 for f in hs {
                     let _ = self
                         .contained(&format_args!("the handler of event {:?}", ev.event), || {
-                            f(&ev)
+                            f(&ctx, &ev)
                         });
                 }
             }
@@ -294,19 +457,20 @@ impl Inner {
                     .gets
                     .get(&g.kind)
                     .map(|(_, f)| f.clone());
+                let ctx = Ctx::new(self, &g.requester);
                 let answer = match h {
                     Some(f) => self
-                        .contained(&format_args!("the get handler for {:?}", g.kind), || f(&g))
+                        .contained(&format_args!("the get handler for {:?}", g.kind), || {
+                            f(&ctx, &g)
+                        })
                         .unwrap_or_else(|m| {
                             Err(format!(
                                 "{}'s get handler for {:?} panicked: {m}",
                                 self.opts.name, g.kind
                             ))
-                        }),
-                    None => Err(format!(
-                        "{} has no handler for {:?}",
-                        self.opts.name, g.kind
-                    )),
+                        })
+                        .map_err(failed),
+                    None => Err(self.no_get_handler(&g.kind)),
                 };
                 self.answer(hreq, answer);
             }
@@ -321,11 +485,12 @@ impl Inner {
                     .requests
                     .get(&r.method)
                     .map(|(_, f)| f.clone());
+                let ctx = Ctx::new(self, &r.from);
                 let answer = match h {
                     Some(f) => self
                         .contained(
                             &format_args!("the request handler for {:?}", r.method),
-                            || f(&r),
+                            || f(&ctx, &r),
                         )
                         .unwrap_or_else(|m| {
                             Err(format!(
@@ -333,11 +498,9 @@ impl Inner {
                                 self.opts.name, r.method
                             ))
                         })
-                        .map(|p| (p, -1)),
-                    None => Err(format!(
-                        "{} has no handler for method {:?}",
-                        self.opts.name, r.method
-                    )),
+                        .map(|p| (p, -1))
+                        .map_err(failed),
+                    None => Err(self.no_request_handler(&r.method)),
                 };
                 self.answer(hreq, answer);
             }
@@ -351,9 +514,12 @@ impl Inner {
                     .filter(|(_, k, _)| k.as_deref().is_none_or(|k| k == d.kind))
                     .map(|(_, _, f)| f.clone())
                     .collect();
+                let ctx = Ctx::new(self, "");
                 for f in hs {
                     let _ = self
-                        .contained(&format_args!("the data handler for {:?}", d.kind), || f(&d));
+                        .contained(&format_args!("the data handler for {:?}", d.kind), || {
+                            f(&ctx, &d)
+                        });
                 }
             }
             Incoming::Lifecycle(l) => {
@@ -385,7 +551,23 @@ impl Inner {
         }
     }
 
-    pub(super) fn answer(&self, hreq: u64, a: Result<(PayloadBuf, i64), String>) {
+    /// The answer to a get of `kind` we have no handler for.
+    pub(super) fn no_get_handler(&self, kind: &str) -> Failure {
+        (
+            ErrorCode::NoHandler,
+            format!("{} has no handler for {kind:?}", self.opts.name),
+        )
+    }
+
+    /// The answer to a request for `method` we have no handler for.
+    pub(super) fn no_request_handler(&self, method: &str) -> Failure {
+        (
+            ErrorCode::NoHandler,
+            format!("{} has no handler for method {method:?}", self.opts.name),
+        )
+    }
+
+    pub(super) fn answer(&self, hreq: u64, a: Result<(PayloadBuf, i64), Failure>) {
         let msg = match &a {
             Ok((p, ttl_ms)) => ClientMsg::Answer {
                 req: hreq,
@@ -397,11 +579,16 @@ impl Inner {
                     ttl_ms: *ttl_ms,
                 },
             },
-            Err(m) => ClientMsg::Answer {
+            Err((code, m)) => ClientMsg::Answer {
                 req: hreq,
-                answer: Answer::Err { message: m },
+                answer: Answer::err(*code, m),
             },
         };
         let _ = self.send(&msg);
     }
+}
+
+/// A handler's own error message, as the answer's failure.
+pub(super) fn failed(m: String) -> Failure {
+    (ErrorCode::Failed, m)
 }

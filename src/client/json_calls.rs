@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{CallError, Client, GetRequest, HandlerId, Inner, Reply, Request, Ttl};
-use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf, Target};
+use super::{CallError, Client, Ctx, GetRequest, HandlerId, Inner, Reply, Request, Ttl};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf, Target};
 use crate::Error;
 
 /// A catch-all request handler that answers later (see [`Client::on_request_deferred`]).
@@ -32,22 +32,67 @@ pub(super) type DeferredRequestFn = Arc<dyn Fn(Request, RequestTicket) + Send + 
 
 impl Client {
     /// [`emit_routed`](Client::emit_routed) with an already encoded payload.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::proto::PayloadBuf;
+    /// let got = bot.events("bot:hi");
+    /// web.emit_routed_payload("bot:hi", &PayloadBuf::json(&1)?)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn emit_routed_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
         self.emit_payload(Target::ByEventName, event, p)
     }
 
     /// [`broadcast`](Client::broadcast) with an already encoded payload.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::proto::PayloadBuf;
+    /// let got = bot.events("news");
+    /// web.broadcast_payload("news", &PayloadBuf::json(&"x")?)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn broadcast_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
         self.emit_payload(Target::All, event, p)
     }
 
     /// [`publish`](Client::publish) with an already encoded payload.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// use shmbus::proto::PayloadBuf;
+    /// bot.publish_payload("prices", &PayloadBuf::json(&1)?)?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn publish_payload(&self, topic: &str, p: &PayloadBuf) -> Result<(), Error> {
         self.emit_payload(Target::Topic(topic), topic, p)
     }
 
     /// [`request`](Client::request) with an already encoded argument (for example
     /// [`PayloadBuf::json`], which a Socket.IO or node-ipc responder can read).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::proto::PayloadBuf;
+    /// bot.on_request_payload("echo", |r| Ok(r.payload.clone()));
+    /// let r = web.request_payload("bot", "echo", &PayloadBuf::json(&[1, 2])?, None)?;
+    /// assert_eq!(r.payload.bytes, b"[1,2]");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn request_payload(
         &self,
         to: &str,
@@ -61,6 +106,16 @@ impl Client {
     }
 
     /// [`request`](Client::request) with the argument encoded as JSON.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// bot.on_request("len", |r| Ok(r.payload.decode::<Vec<u8>>().map_err(|e| e.to_string())?.len()));
+    /// assert_eq!(web.request_json("bot", "len", &[1, 2, 3], None)?.decode::<usize>()?, 3);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn request_json<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -74,22 +129,47 @@ impl Client {
     /// Answers requests for `method` with a payload the handler encoded itself (in any
     /// encoding: Rust requesters decode either; a JSON-only requester needs JSON, which
     /// `r.accept` says).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::proto::PayloadBuf;
+    /// bot.on_request_payload("ver", |_| PayloadBuf::json(&"1.0").map_err(|e| e.to_string()));
+    /// assert_eq!(web.request("bot", "ver", &(), None)?.decode::<String>()?, "1.0");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_request_payload<F>(&self, method: &str, f: F) -> HandlerId
     where
         F: Fn(&Request) -> Result<PayloadBuf, String> + Send + Sync + 'static,
     {
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
-        h.requests.insert(method.to_string(), (id, Arc::new(f)));
+        h.requests.insert(
+            method.to_string(),
+            (id, Arc::new(move |_: &Ctx<'_>, r: &Request| f(r))),
+        );
         id
     }
 
     /// Answers gets of `kind` with a payload the handler encoded itself, and its TTL.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// bot.on_get_payload("cfg", |_| Ok((PayloadBuf::json(&[7]).map_err(|e| e.to_string())?, Ttl::Secs(5))));
+    /// assert_eq!(web.get("bot", "cfg").send()?.decode::<Vec<u32>>()?, [7]);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_get_payload<F>(&self, kind: &str, f: F) -> HandlerId
     where
         F: Fn(&GetRequest) -> Result<(PayloadBuf, Ttl), String> + Send + Sync + 'static,
     {
-        let g = move |r: &GetRequest| f(r).map(|(p, ttl)| (p, ttl.as_ms()));
+        let g = move |_: &Ctx<'_>, r: &GetRequest| f(r).map(|(p, ttl)| (p, ttl.as_ms()));
         let mut h = self.inner.handlers.write().expect("lock");
         let id = h.id();
         h.gets.insert(kind.to_string(), (id, Arc::new(g)));
@@ -100,6 +180,19 @@ impl Client {
     /// handler, together with a [`RequestTicket`] that answers it later, from any thread or
     /// task. Replaces the previous catch-all. A ticket dropped unanswered answers with an
     /// error, so the requester never waits for nothing.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::proto::PayloadBuf;
+    /// bot.on_request_deferred(|r, ticket| {
+    ///     let _ = ticket.answer(&PayloadBuf::encode(r.accept, &r.method).unwrap());
+    /// });
+    /// assert_eq!(web.request("bot", "anything", &(), None)?.decode::<String>()?, "anything");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn on_request_deferred(
         &self,
         f: impl Fn(Request, RequestTicket) + Send + Sync + 'static,
@@ -113,6 +206,14 @@ impl Client {
     /// Replaces the version this client announced (shown by `shmbus stat`), for a client
     /// that learns it after connecting (Urban Robot's `identify {version}`). It is kept: a
     /// reconnect announces it in its hello.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.set_version("2.1.0")?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn set_version(&self, version: &str) -> Result<(), Error> {
         *self.inner.version.lock().expect("lock") = Some(version.to_string());
         self.inner.send(&ClientMsg::SetVersion { version })
@@ -186,7 +287,7 @@ impl RequestTicket {
     /// Answers with an error message, relayed to the requester.
     pub fn fail(mut self, message: &str) -> Result<(), Error> {
         self.done = true;
-        self.send(Answer::Err { message })
+        self.send(Answer::err(ErrorCode::Failed, message))
     }
 
     fn send(&self, answer: Answer<'_>) -> Result<(), Error> {
@@ -210,9 +311,10 @@ impl RequestTicket {
 impl Drop for RequestTicket {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.send(Answer::Err {
-                message: "the responder dropped the request without answering",
-            });
+            let _ = self.send(Answer::err(
+                ErrorCode::Failed,
+                "the responder dropped the request without answering",
+            ));
         }
     }
 }
@@ -230,22 +332,72 @@ mod async_calls {
 
     impl AsyncClient {
         /// [`emit_routed`](AsyncClient::emit_routed) with an already encoded payload.
+        ///
+        /// ```
+        /// # let hub = shmbus::client::doctest::DocHub::start();
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+        /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+        /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+        /// use shmbus::proto::PayloadBuf;
+        /// let got = bot.events("bot:hi");
+        /// web.emit_routed_payload("bot:hi", &PayloadBuf::json(&1)?).await?;
+        /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+        /// # Ok::<(), shmbus::Error>(())
+        /// # }).unwrap();
+        /// ```
         pub async fn emit_routed_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
             self.emit_payload(Target::ByEventName, event, p).await
         }
 
         /// [`broadcast`](AsyncClient::broadcast) with an already encoded payload.
+        ///
+        /// ```
+        /// # let hub = shmbus::client::doctest::DocHub::start();
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+        /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+        /// use shmbus::proto::PayloadBuf;
+        /// web.broadcast_payload("news", &PayloadBuf::json(&1)?).await?;
+        /// # Ok::<(), shmbus::Error>(())
+        /// # }).unwrap();
+        /// ```
         pub async fn broadcast_payload(&self, event: &str, p: &PayloadBuf) -> Result<(), Error> {
             self.emit_payload(Target::All, event, p).await
         }
 
         /// [`publish`](AsyncClient::publish) with an already encoded payload.
+        ///
+        /// ```
+        /// # let hub = shmbus::client::doctest::DocHub::start();
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+        /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+        /// use shmbus::proto::PayloadBuf;
+        /// web.publish_payload("prices", &PayloadBuf::json(&1)?).await?;
+        /// # Ok::<(), shmbus::Error>(())
+        /// # }).unwrap();
+        /// ```
         pub async fn publish_payload(&self, topic: &str, p: &PayloadBuf) -> Result<(), Error> {
             self.emit_payload(Target::Topic(topic), topic, p).await
         }
 
         /// [`request`](AsyncClient::request) with an already encoded argument (for example
         /// [`PayloadBuf::json`]).
+        ///
+        /// ```
+        /// # let hub = shmbus::client::doctest::DocHub::start();
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+        /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+        /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+        /// use shmbus::proto::PayloadBuf;
+        /// bot.on_request_payload("echo", |r| Ok(r.payload.clone()));
+        /// let r = web.request_payload("bot", "echo", &PayloadBuf::json(&[1])?, None).await?;
+        /// assert_eq!(r.payload.bytes, b"[1]");
+        /// # Ok::<(), shmbus::Error>(())
+        /// # }).unwrap();
+        /// ```
         pub async fn request_payload(
             &self,
             to: &str,
@@ -263,6 +415,20 @@ mod async_calls {
         /// the request is written to the ring (waiting for room without blocking the runtime),
         /// with its reply still to await. What this client sends next reaches the hub after
         /// it. The send and the wait both count against the timeout.
+        ///
+        /// ```
+        /// # let hub = shmbus::client::doctest::DocHub::start();
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+        /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+        /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+        /// use shmbus::proto::PayloadBuf;
+        /// bot.on_request_payload("echo", |r| Ok(r.payload.clone()));
+        /// let pending = web.send_request_payload("bot", "echo", &PayloadBuf::json(&2)?, None).await?;
+        /// assert_eq!(pending.reply().await?.payload.bytes, b"2");
+        /// # Ok::<(), shmbus::Error>(())
+        /// # }).unwrap();
+        /// ```
         pub async fn send_request_payload(
             &self,
             to: &str,
@@ -282,6 +448,18 @@ mod async_calls {
         }
 
         /// [`request`](AsyncClient::request) with the argument encoded as JSON.
+        ///
+        /// ```
+        /// # let hub = shmbus::client::doctest::DocHub::start();
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+        /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+        /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+        /// bot.on_request("len", |r| Ok(r.payload.decode::<Vec<u8>>().map_err(|e| e.to_string())?.len()));
+        /// assert_eq!(web.request_json("bot", "len", &[1, 2], None).await?.decode::<usize>()?, 2);
+        /// # Ok::<(), shmbus::Error>(())
+        /// # }).unwrap();
+        /// ```
         pub async fn request_json<T: Serialize + ?Sized>(
             &self,
             to: &str,
@@ -295,6 +473,16 @@ mod async_calls {
 
         /// Replaces the version this client announced (shown by `shmbus stat`); a reconnect
         /// announces it in its hello.
+        ///
+        /// ```
+        /// # let hub = shmbus::client::doctest::DocHub::start();
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+        /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+        /// web.set_version("2.1.0").await?;
+        /// # Ok::<(), shmbus::Error>(())
+        /// # }).unwrap();
+        /// ```
         pub async fn set_version(&self, version: &str) -> Result<(), Error> {
             *self.inner().version.lock().expect("lock") = Some(version.to_string());
             self.send(&ClientMsg::SetVersion { version }).await

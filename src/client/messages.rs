@@ -5,7 +5,8 @@
 //! so a handler may keep them. A reply's TTL is the one the cache sees (`Ttl::from_ms` of
 //! the wire value).
 
-use crate::proto::{Answer, Encoding, PayloadBuf};
+use crate::error::CallError;
+use crate::proto::{Answer, Encoding, ErrorCode, PayloadBuf};
 use crate::Error;
 
 use super::Ttl;
@@ -89,43 +90,42 @@ impl Reply {
     }
 }
 
-/// Why a get or request failed.
-#[derive(Debug)]
-pub enum CallError {
-    /// The owner (or the hub) answered with an error: owner missing, owner left, timeout at
-    /// the hub, or the owner's own error message.
-    Remote(String),
-    /// No answer before our own deadline.
-    Timeout,
-    /// The link to the hub failed.
-    Link(Error),
-}
+/// Our own deadline's message (the hub's deadline says "timed out after N ms").
+pub(super) const OUR_TIMEOUT: &str = "timed out waiting for the answer";
 
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Remote(m) => write!(f, "{m}"),
-            CallError::Timeout => f.write_str("timed out waiting for the answer"),
-            CallError::Link(e) => write!(f, "{e}"),
+impl CallError {
+    /// The wire code of this failure, for relaying it (`None` for our own link's failure).
+    pub fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            CallError::NotConnected(_) => ErrorCode::NotConnected,
+            CallError::NoHandler(_) => ErrorCode::NoHandler,
+            CallError::Timeout(_) => ErrorCode::TimedOut,
+            CallError::OwnerLeft(_) => ErrorCode::OwnerLeft,
+            CallError::Remote(_) => ErrorCode::Failed,
+            CallError::TooLarge(_) => ErrorCode::TooLarge,
+            CallError::Busy(_) => ErrorCode::Busy,
+            CallError::Unavailable(_) => ErrorCode::Unavailable,
+            CallError::Link(_) => return None,
+        })
+    }
+
+    /// The failure an error answer with `code` stands for.
+    pub fn from_code(code: ErrorCode, message: String) -> CallError {
+        match code {
+            ErrorCode::NotConnected => CallError::NotConnected(message),
+            ErrorCode::NoHandler => CallError::NoHandler(message),
+            ErrorCode::TimedOut => CallError::Timeout(message),
+            ErrorCode::OwnerLeft => CallError::OwnerLeft(message),
+            ErrorCode::Failed => CallError::Remote(message),
+            ErrorCode::TooLarge => CallError::TooLarge(message),
+            ErrorCode::Busy => CallError::Busy(message),
+            ErrorCode::Unavailable => CallError::Unavailable(message),
         }
     }
-}
 
-impl std::error::Error for CallError {}
-
-impl From<Error> for CallError {
-    fn from(e: Error) -> Self {
-        CallError::Link(e)
-    }
-}
-
-impl From<CallError> for Error {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::Link(e) => e,
-            CallError::Remote(m) => Error::Decode(format!("remote error: {m}")),
-            CallError::Timeout => Error::Io(std::io::ErrorKind::TimedOut.into()),
-        }
+    /// Our own deadline passed.
+    pub(super) fn our_timeout() -> CallError {
+        CallError::Timeout(OUR_TIMEOUT.into())
     }
 }
 
@@ -136,6 +136,6 @@ pub(super) fn reply_of(answer: Answer<'_>) -> Result<Reply, CallError> {
             payload: payload.to_owned(),
             ttl: Ttl::from_ms(ttl_ms),
         }),
-        Answer::Err { message } => Err(CallError::Remote(message.to_string())),
+        Answer::Err { code, message } => Err(CallError::from_code(code, message.to_string())),
     }
 }

@@ -85,11 +85,17 @@ use crate::wait::Deadline;
 use crate::{codec, Error, RawReceiver, RawSender};
 
 #[cfg(feature = "tokio")]
+mod async_events;
+#[cfg(feature = "tokio")]
 mod async_send;
 mod call;
 mod connect;
+mod context;
 mod deferred;
 mod dispatch;
+#[doc(hidden)]
+pub mod doctest;
+mod events;
 mod handlers;
 mod messages;
 mod options;
@@ -101,13 +107,18 @@ pub mod tokio_client;
 mod json_calls;
 pub use json_calls::RequestTicket;
 
+pub use crate::error::CallError;
+#[cfg(feature = "tokio")]
+pub use async_events::EventStream;
 pub use call::GetBuilder;
 use call::Slot;
+pub use context::{Ctx, WeakClient};
 pub use deferred::GetTicket;
 use dispatch::dispatcher;
+pub use events::{pattern_matches, EventReceiver, DEFAULT_EVENT_CAPACITY};
 pub use handlers::HandlerId;
 use handlers::{Handlers, Incoming};
-pub use messages::{CallError, DataPush, Event, GetRequest, Lifecycle, Reply, Request};
+pub use messages::{DataPush, Event, GetRequest, Lifecycle, Reply, Request};
 pub use options::{ClientOptions, PanicPolicy, Retry, Ttl};
 
 /// Request numbers are this client's own (sequential, never chosen by a peer).
@@ -156,16 +167,69 @@ struct Inner {
     /// The dispatcher thread runs (it exits when the link is lost without a retry policy;
     /// `reconnect` starts a new one).
     dispatching: AtomicBool,
+    /// Live [`Client`] handles. The last one to drop closes the link (the dispatcher thread,
+    /// handlers and tickets hold `Inner` only for a turn or weakly, never as a user).
+    users: AtomicUsize,
 }
 
-/// A connection to the hub. Cheap to clone (all clones share the connection).
-#[derive(Clone)]
+/// A connection to the hub. Cheap to clone (all clones share the connection). The client
+/// leaves the hub when its last handle drops: handlers get a [`Ctx`] (or capture a
+/// [`WeakClient`]) so they need not hold a handle themselves.
 pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl Clone for Client {
+    fn clone(&self) -> Client {
+        // Relaxed: a count of handles, like `Arc`'s own (the Acquire/Release pair is on the
+        // decrement).
+        self.inner.users.fetch_add(1, Ordering::Relaxed);
+        Client {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // AcqRel: the last handle's close sees every other handle's work done.
+        if self.inner.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.close_link();
+        }
+    }
+}
+
+impl Client {
+    /// A user handle on `inner`, unless every handle has dropped already (then the client
+    /// is closed and stays so).
+    fn from_arc(inner: Arc<Inner>) -> Option<Client> {
+        let mut n = inner.users.load(Ordering::Relaxed);
+        loop {
+            if n == 0 {
+                return None;
+            }
+            // Acquire on success: pairs with the decrement's release, as `Weak::upgrade`.
+            match inner
+                .users
+                .compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Client { inner }),
+                Err(m) => n = m,
+            }
+        }
+    }
+}
+
 impl Client {
     /// Connects to the hub whose directory (or socket path) is `dir`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert!(bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn connect(dir: impl AsRef<Path>, opts: ClientOptions) -> Result<Client, Error> {
         let d = dir.as_ref();
         let path = if d.is_dir() || d.extension().is_none() && !d.exists() {
@@ -200,25 +264,52 @@ impl Client {
             owed: Mutex::new(VecDeque::new()),
             panicked: AtomicBool::new(false),
             dispatching: AtomicBool::new(false),
+            users: AtomicUsize::new(1),
             opts,
         });
-        inner.establish()?;
+        inner.first_connect()?;
         let client = Client { inner };
         client.inner.ensure_dispatcher()?;
         Ok(client)
     }
 
     /// Our name.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert_eq!(bot.name(), "bot");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.inner.opts.name
     }
 
     /// Whether the link to the hub is up.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert!(bot.is_connected());
+    /// bot.close();
+    /// assert!(!bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Acquire)
     }
 
     /// Why the hub dropped us last, if it said.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// assert_eq!(bot.last_goodbye(), None);
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn last_goodbye(&self) -> Option<String> {
         self.inner.last_goodbye.lock().expect("lock").clone()
     }
@@ -226,6 +317,17 @@ impl Client {
     // ---------------------------------------------------------------- sending
 
     /// Sends `event` to the client named `to`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let got = bot.events("hi");
+    /// web.emit("bot", "hi", &1u8)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn emit<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -240,24 +342,72 @@ impl Client {
     /// otherwise to every other client. The receiver sees the event under its full name
     /// (`"bot:irc:message"`, not `"irc:message"`): that is the name to register with
     /// [`on`](Client::on).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// // The receiver sees the full name, "bot:hi".
+    /// let got = bot.events("bot:hi");
+    /// web.emit_routed("bot:hi", &1u8)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn emit_routed<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
         let p = PayloadBuf::bincode(value)?;
         self.emit_payload(Target::ByEventName, event, &p)
     }
 
     /// Sends `event` to every other client.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// let got = bot.events("news");
+    /// web.broadcast("news", &"hello all")?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
         let p = PayloadBuf::bincode(value)?;
         self.emit_payload(Target::All, event, &p)
     }
 
     /// Sends `value` to every subscriber of `topic` (as event `topic`).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// bot.subscribe(["prices"])?;
+    /// let got = bot.events("prices");
+    /// bot.get("nobody", "sync").send().ok(); // a round trip: the hub has the subscription
+    /// web.publish("prices", &42u32)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<(), Error> {
         let p = PayloadBuf::bincode(value)?;
         self.emit_payload(Target::Topic(topic), topic, &p)
     }
 
     /// Sends an already encoded payload.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::proto::{PayloadBuf, Target};
+    /// let got = bot.events("raw");
+    /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&[1, 2])?)?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn emit_payload(&self, to: Target<'_>, event: &str, p: &PayloadBuf) -> Result<(), Error> {
         self.inner.send(&ClientMsg::Emit {
             to,
@@ -267,6 +417,14 @@ impl Client {
     }
 
     /// Replaces our topic set.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.subscribe(["prices", "news"])?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn subscribe<I: IntoIterator<Item = S>, S: Into<String>>(
         &self,
         topics: I,
@@ -279,6 +437,18 @@ impl Client {
     }
 
     /// Puts a value in the hub's cache (and the interval pushes).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// use shmbus::client::Ttl;
+    /// bot.data("motd", None, &"hello", Ttl::Secs(60))?;
+    /// bot.get("nobody", "sync").send().ok(); // a round trip: the hub has it
+    /// assert_eq!(web.get("bot", "motd").send()?.decode::<String>()?, "hello");
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn data<T: Serialize + ?Sized>(
         &self,
         kind: &str,
@@ -291,6 +461,15 @@ impl Client {
     }
 
     /// Puts an already encoded value in the cache.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// bot.data_payload("cfg", Some("a"), &PayloadBuf::json(&[1])?, Ttl::Forever)?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn data_payload(
         &self,
         kind: &str,
@@ -314,6 +493,14 @@ impl Client {
     }
 
     /// Sets our state (ready, coma, shutdown, …); watchers are told.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.set_state("ready")?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn set_state(&self, state: &str) -> Result<(), Error> {
         *self.inner.state.lock().expect("lock") = Some(state.to_string());
         self.inner.send(&ClientMsg::SetState { state })
@@ -322,6 +509,15 @@ impl Client {
     /// This connection's read-only view of the hub's cache segment: reads with no syscall,
     /// no copy and no round trip (see [`crate::cache`]). After a reconnect, call it again
     /// for the new hub's segment; an old view then fails with `CacheError::Disconnected`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let cache = bot.cache();
+    /// let _ = cache; // read values of any owner without a round trip
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn cache(&self) -> Cache {
         Cache {
             reader: self.inner.cache.lock().expect("lock").clone(),
@@ -330,6 +526,15 @@ impl Client {
 
     /// Closes the link (the dispatcher thread stops). May be called from any thread,
     /// including from inside a handler.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.close();
+    /// assert!(!bot.is_connected());
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn close(&self) {
         self.inner.close_link();
     }

@@ -3,8 +3,8 @@
 //!
 //! Invariants: `Ttl` and the wire's milliseconds convert both ways without surprise: `< 0`
 //! is "do not cache", `0` is "forever", anything else a positive number of milliseconds
-//! (`Ttl::Millis(0)` goes out as 1 ms, never as "forever"; huge values saturate at
-//! `i64::MAX`). The options are plain data: nothing here touches the link.
+//! (`Ttl::Millis(0)` goes out as 1 ms, never as "forever", while `Ttl::Secs(0)` is Arthur's
+//! `time: 0`, forever; huge values saturate at `i64::MAX`), and two `Ttl`s are equal when they go out as the same number. The options are plain data: nothing here touches the link.
 
 use std::time::Duration;
 
@@ -12,7 +12,19 @@ use crate::proto::Encoding;
 use crate::wait::WaitStrategy;
 
 /// A cache time-to-live, with Arthur's semantics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Compares (and hashes) by value, as the wire and the cache see it:
+/// `Ttl::Secs(30) == Ttl::Millis(30_000)`; `Secs(0) == Forever` (Arthur's `time: 0`) while
+/// `Millis(0) == Millis(1)` (the shortest life a cached value can have).
+///
+/// ```
+/// use shmbus::client::Ttl;
+/// assert_eq!(Ttl::Secs(30), Ttl::Millis(30_000));
+/// assert_eq!(Ttl::Secs(0), Ttl::Forever);
+/// assert_ne!(Ttl::Millis(0), Ttl::Forever);
+/// assert_eq!(Ttl::from_ms(Ttl::Secs(2).as_ms()), Ttl::Secs(2));
+/// ```
+#[derive(Clone, Copy, Debug)]
 pub enum Ttl {
     /// Do not cache (`time < 0`).
     NoCache,
@@ -30,7 +42,7 @@ impl Ttl {
         match self {
             Ttl::NoCache => -1,
             Ttl::Forever => 0,
-            Ttl::Secs(s) => (s.saturating_mul(1000)).min(i64::MAX as u64) as i64,
+            Ttl::Secs(s) => s.saturating_mul(1000).min(i64::MAX as u64) as i64,
             Ttl::Millis(m) => m.clamp(1, i64::MAX as u64) as i64,
         }
     }
@@ -42,6 +54,20 @@ impl Ttl {
             0 => Ttl::Forever,
             m => Ttl::Millis(m as u64),
         }
+    }
+}
+
+impl PartialEq for Ttl {
+    fn eq(&self, other: &Ttl) -> bool {
+        self.as_ms() == other.as_ms()
+    }
+}
+
+impl Eq for Ttl {}
+
+impl std::hash::Hash for Ttl {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_ms().hash(h);
     }
 }
 
@@ -93,7 +119,9 @@ pub struct ClientOptions {
     pub ring_capacity: u64,
     /// Run a background dispatcher thread (default true).
     pub dispatcher: bool,
-    /// Reconnect automatically after the hub goes away (default: off).
+    /// Reconnect automatically after the hub goes away, and keep trying the first connect
+    /// while no hub runs yet (default: off, and a first connect without a hub fails at once
+    /// with [`Error::HubNotRunning`](crate::Error::HubNotRunning)).
     pub reconnect: Option<Retry>,
     /// The encoding we want answers in (default bincode).
     pub accept: Encoding,
@@ -151,7 +179,8 @@ impl ClientOptions {
         self
     }
 
-    /// Turns automatic reconnection on.
+    /// Turns automatic reconnection on; the first connect then also waits for a hub that
+    /// is not up yet (retrying per `r`).
     pub fn reconnect(mut self, r: Retry) -> Self {
         self.reconnect = Some(r);
         self

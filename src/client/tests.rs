@@ -10,8 +10,8 @@ use super::call::{timeout_ms, Slot};
 use super::deferred::GetTicket;
 use super::handlers::Handlers;
 use super::messages::reply_of;
-use super::{CallError, ClientOptions, Event, GetRequest, Reply, Request, Retry, Ttl};
-use crate::proto::{Answer, Encoding, Payload, PayloadBuf};
+use super::{CallError, ClientOptions, Ctx, Event, GetRequest, Reply, Request, Retry, Ttl};
+use crate::proto::{Answer, Encoding, ErrorCode, Payload, PayloadBuf};
 use crate::wait::WaitStrategy;
 use crate::Error;
 
@@ -112,10 +112,41 @@ fn answers_become_replies_and_errors() {
     assert_eq!(r.payload.enc, Encoding::Json);
     assert_eq!(r.payload.bytes, b"[1]");
     assert_eq!(r.ttl, Ttl::Millis(2500));
-    match reply_of(Answer::Err { message: "nope" }) {
+    match reply_of(Answer::err(ErrorCode::Failed, "nope")) {
         Err(CallError::Remote(m)) => assert_eq!(m, "nope"),
         other => panic!("{other:?}"),
     }
+    // Every wire code comes back as its own variant, and goes out again as the same code.
+    for code in [
+        ErrorCode::Failed,
+        ErrorCode::NotConnected,
+        ErrorCode::NoHandler,
+        ErrorCode::TimedOut,
+        ErrorCode::OwnerLeft,
+        ErrorCode::TooLarge,
+        ErrorCode::Busy,
+        ErrorCode::Unavailable,
+    ] {
+        let e = reply_of(Answer::err(code, "why")).unwrap_err();
+        assert_eq!(e.code(), Some(code), "{e:?}");
+        assert_eq!(e.to_string(), "why");
+    }
+    assert!(matches!(
+        reply_of(Answer::err(ErrorCode::TimedOut, "timed out after 5 ms")),
+        Err(CallError::Timeout(_))
+    ));
+}
+
+#[test]
+fn ttls_compare_by_value() {
+    assert_eq!(Ttl::Secs(30), Ttl::Millis(30_000));
+    assert_eq!(Ttl::Millis(0), Ttl::Millis(1));
+    assert_eq!(Ttl::Secs(0), Ttl::Forever);
+    assert_ne!(Ttl::Millis(0), Ttl::Forever);
+    assert_ne!(Ttl::NoCache, Ttl::Forever);
+    assert_ne!(Ttl::Secs(1), Ttl::Millis(999));
+    let set: std::collections::HashSet<Ttl> = [Ttl::Secs(2), Ttl::Millis(2000)].into();
+    assert_eq!(set.len(), 1);
 }
 
 #[test]
@@ -124,17 +155,26 @@ fn call_errors_convert_to_crate_errors() {
         Error::from(CallError::Link(Error::Disconnected)),
         Error::Disconnected
     ));
+    // The kind survives: a remote error stays a remote error (it used to become `Decode`).
     match Error::from(CallError::Remote("boom".into())) {
-        Error::Decode(m) => assert_eq!(m, "remote error: boom"),
+        Error::Call(c) => assert!(matches!(*c, CallError::Remote(ref m) if m == "boom")),
         other => panic!("{other:?}"),
     }
-    match Error::from(CallError::Timeout) {
-        Error::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+    match Error::from(CallError::Timeout("timed out after 5 ms".into())) {
+        Error::Call(c) => assert!(matches!(*c, CallError::Timeout(_))),
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        Error::from(CallError::NoHandler("bot has no handler".into())).to_string(),
+        "bot has no handler"
+    );
     assert!(matches!(
         CallError::from(Error::Corrupt("x".into())),
         CallError::Link(Error::Corrupt(_))
+    ));
+    assert!(matches!(
+        CallError::from(Error::TooLarge { size: 9, max: 8 }),
+        CallError::TooLarge(_)
     ));
     assert_eq!(CallError::Remote("m".into()).to_string(), "m");
 }
@@ -214,23 +254,26 @@ fn the_registry_removes_every_kind_of_handler_once() {
     let ids: Vec<_> = (0..7).map(|_| h.id()).collect();
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 7, "handler ids must be unique");
-    h.events
-        .push((ids[0], Some("e".into()), Arc::new(|_: &Event| {})));
+    h.events.push((
+        ids[0],
+        Some("e".into()),
+        Arc::new(|_: &Ctx<'_>, _: &Event| {}),
+    ));
     h.gets.insert(
         "k".into(),
         (
             ids[1],
-            Arc::new(|_: &GetRequest| Err::<(PayloadBuf, i64), _>("x".to_string())),
+            Arc::new(|_: &Ctx<'_>, _: &GetRequest| Err::<(PayloadBuf, i64), _>("x".to_string())),
         ),
     );
     h.requests.insert(
         "m".into(),
         (
             ids[2],
-            Arc::new(|_: &Request| Err::<PayloadBuf, _>("x".to_string())),
+            Arc::new(|_: &Ctx<'_>, _: &Request| Err::<PayloadBuf, _>("x".to_string())),
         ),
     );
-    h.data.push((ids[3], None, Arc::new(|_| {})));
+    h.data.push((ids[3], None, Arc::new(|_, _| {})));
     h.lifecycle.push((ids[4], Arc::new(|_| {})));
     h.disconnect.push((ids[5], Arc::new(|_| {})));
     h.deferred_get = Some((ids[6], Arc::new(|_, _| {})));

@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -30,9 +30,10 @@ use tokio::io::unix::AsyncFd;
 pub use super::async_send::PendingReply;
 use super::async_send::{register, AsyncSide, DISPATCH_BUDGET};
 use super::{
-    CallError, Client, ClientOptions, GetRequest, HandlerId, Inner, Reply, Request, Slot, Ttl,
+    CallError, Client, ClientOptions, GetBuilder, GetRequest, HandlerId, Inner, Reply, Request,
+    Slot, Ttl,
 };
-use crate::proto::{Answer, ClientMsg, Encoding, PayloadBuf, Target};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf, Target};
 use crate::Error;
 
 /// An async handle on a hub connection. Every send has an async form here that waits for room
@@ -46,13 +47,22 @@ pub struct AsyncClient {
 }
 
 impl AsyncClient {
-    /// Connects (the handshake runs on a blocking thread) and starts the dispatcher task.
-    /// Must be called inside a tokio runtime.
-    pub async fn connect(
-        dir: impl Into<PathBuf>,
-        opts: ClientOptions,
-    ) -> Result<AsyncClient, Error> {
-        let dir = dir.into();
+    /// Connects (the handshake, and the retries [`ClientOptions::reconnect`] asks for, run
+    /// on a blocking thread) and starts the dispatcher task. The same arguments and options
+    /// as [`Client::connect`]; `dispatcher` is ignored (the task is the dispatcher). Must be
+    /// called inside a tokio runtime.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert_eq!(web.client().name(), "web");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn connect(dir: impl AsRef<Path>, opts: ClientOptions) -> Result<AsyncClient, Error> {
+        let dir: PathBuf = dir.as_ref().to_path_buf();
         let opts = opts.dispatcher(false);
         let client = tokio::task::spawn_blocking(move || Client::connect(dir, opts))
             .await
@@ -67,6 +77,16 @@ impl AsyncClient {
     }
 
     /// The synchronous handle: handlers, state, the cache; its sends wait the sync way.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert_eq!(web.client().name(), "web");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -83,33 +103,28 @@ impl AsyncClient {
         self.inner().send_async(&self.side, msg).await
     }
 
-    /// Gets `kind` (optionally `key`) from the owner `from`. A non-fresh get is answered from
-    /// this process's mapping of the cache segment when it holds a live value of `from` in an
-    /// encoding this client takes (as the sync [`GetBuilder`](crate::client::GetBuilder) does
-    /// by default), without a round trip through the hub. The send (which waits for room
-    /// without blocking the runtime) and the answer both count against the timeout.
-    pub async fn get(
-        &self,
-        from: &str,
-        kind: &str,
-        key: Option<&str>,
-        fresh: bool,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, CallError> {
-        let inner = self.inner();
-        if !fresh {
-            if let Some(r) = inner.local_get(from, kind, key) {
-                return Ok(r);
-            }
-        }
-        let timeout = timeout.or(inner.opts.timeout);
-        inner
-            .call_async(
-                &self.side,
-                timeout,
-                inner.get_frame(from, kind, key, fresh, timeout),
-            )
-            .await
+    /// Starts building a get of `kind` from the owner `from`: the sync
+    /// [`GetBuilder`], finished with `.await`. A non-fresh get is answered from this
+    /// process's mapping of the cache segment when it holds a live value of `from` in an
+    /// encoding this client takes (unless [`local(false)`](GetBuilder::local)), without a
+    /// round trip through the hub. The send (which waits for room without blocking the
+    /// runtime) and the answer both count against the timeout.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions, Ttl};
+    /// use std::time::Duration;
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_get("score", |g| Ok((g.key.clone().unwrap_or_default(), Ttl::Secs(30))));
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let r = web.get("bot", "score").key("alice").fresh(true).timeout(Duration::from_secs(5)).await?;
+    /// assert_eq!(r.decode::<String>()?, "alice");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn get<'c>(&'c self, from: &'c str, kind: &'c str) -> GetBuilder<'c, AsyncClient> {
+        GetBuilder::new(self, self.inner().opts.timeout, from, kind)
     }
 
     /// A non-fresh get's answer from this process's mapping of the cache segment, when it
@@ -155,7 +170,19 @@ impl AsyncClient {
         SendBatch { client: self }
     }
 
-    /// Calls `method` on the client `to`.
+    /// Calls `method` on the client `to` (the same call as [`Client::request`], awaited).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_request("double", |r| Ok(r.payload.decode::<u32>().map_err(|e| e.to_string())? * 2));
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert_eq!(web.request("bot", "double", &21u32, None).await?.decode::<u32>()?, 42);
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn request<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -163,9 +190,8 @@ impl AsyncClient {
         arg: &T,
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
-        let p = PayloadBuf::bincode(arg)?;
         let inner = self.inner();
-        let timeout = timeout.or(inner.opts.timeout);
+        let (p, timeout) = inner.request_args(arg, timeout)?;
         inner
             .call_async(
                 &self.side,
@@ -176,6 +202,20 @@ impl AsyncClient {
     }
 
     /// Sends an already encoded event.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::proto::{PayloadBuf, Target};
+    /// let got = bot.events("raw");
+    /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&1)?).await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn emit_payload(
         &self,
         to: Target<'_>,
@@ -191,6 +231,19 @@ impl AsyncClient {
     }
 
     /// Sends `event` to the client named `to`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let got = bot.events("hi");
+    /// web.emit("bot", "hi", &1u8).await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn emit<T: Serialize + ?Sized>(
         &self,
         to: &str,
@@ -204,6 +257,19 @@ impl AsyncClient {
     /// Sends an RPF-style `target:event` (to `target` if connected, else to all others). The
     /// receiver sees the event under its full name (`"bot:irc:message"`), the name its
     /// [`Client::on`] handler registers.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let got = bot.events("bot:hi");
+    /// web.emit_routed("bot:hi", &1u8).await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn emit_routed<T: Serialize + ?Sized>(
         &self,
         event: &str,
@@ -214,6 +280,19 @@ impl AsyncClient {
     }
 
     /// Sends `event` to every other client.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// let got = bot.events("news");
+    /// web.broadcast("news", &"x").await?;
+    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn broadcast<T: Serialize + ?Sized>(
         &self,
         event: &str,
@@ -224,6 +303,16 @@ impl AsyncClient {
     }
 
     /// Sends `value` to every subscriber of `topic`.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// web.publish("prices", &42u32).await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         topic: &str,
@@ -234,6 +323,17 @@ impl AsyncClient {
     }
 
     /// Puts an already encoded value in the cache (and the interval pushes).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// web.data_payload("cfg", None, &PayloadBuf::json(&[1])?, Ttl::Secs(5)).await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn data_payload(
         &self,
         kind: &str,
@@ -261,6 +361,20 @@ impl AsyncClient {
     }
 
     /// Puts a value in the cache.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::client::Ttl;
+    /// web.data("motd", None, &"hello", Ttl::Secs(60)).await?;
+    /// web.get("nobody", "sync").await.ok(); // a round trip: the hub has it
+    /// assert_eq!(bot.get("web", "motd").send()?.decode::<String>()?, "hello");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn data<T: Serialize + ?Sized>(
         &self,
         kind: &str,
@@ -273,6 +387,16 @@ impl AsyncClient {
     }
 
     /// Replaces our topic set.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// web.subscribe(["prices"]).await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn subscribe<I: IntoIterator<Item = S>, S: Into<String>>(
         &self,
         topics: I,
@@ -286,6 +410,16 @@ impl AsyncClient {
     }
 
     /// Sets our state (ready, coma, shutdown, …); watchers are told.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// web.set_state("ready").await?;
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn set_state(&self, state: &str) -> Result<(), Error> {
         *self.inner().state.lock().expect("lock") = Some(state.to_string());
         self.send(&ClientMsg::SetState { state }).await
@@ -294,6 +428,25 @@ impl AsyncClient {
     /// Receives every forwarded get whose kind has no `on_get` handler, with an
     /// [`AsyncTicket`] that answers it later from async code (the async counterpart of
     /// [`Client::on_get_deferred`]). `f` runs on the dispatcher task: keep it short.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::{client::Ttl, proto::PayloadBuf};
+    /// web.on_get_deferred(|g, ticket| {
+    ///     tokio::spawn(async move {
+    ///         let p = PayloadBuf::encode(g.accept, &"later").unwrap();
+    ///         let _ = ticket.answer(&p, Ttl::NoCache).await;
+    ///     });
+    /// });
+    /// let r = tokio::task::spawn_blocking(move || bot.get("web", "any").send()).await.unwrap();
+    /// assert_eq!(r.unwrap().decode::<String>()?, "later");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn on_get_deferred(
         &self,
         f: impl Fn(GetRequest, AsyncTicket) + Send + Sync + 'static,
@@ -311,6 +464,25 @@ impl AsyncClient {
     /// [`AsyncRequestTicket`] that answers it later from async code (the async counterpart of
     /// [`Client::on_request_deferred`]). Replaces the previous catch-all. `f` runs on the
     /// dispatcher task: keep it short.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// use shmbus::proto::PayloadBuf;
+    /// web.on_request_deferred(|r, ticket| {
+    ///     tokio::spawn(async move {
+    ///         let p = PayloadBuf::encode(r.accept, &r.method).unwrap();
+    ///         let _ = ticket.answer(&p).await;
+    ///     });
+    /// });
+    /// let r = tokio::task::spawn_blocking(move || bot.request("web", "any", &(), None)).await.unwrap();
+    /// assert_eq!(r.unwrap().decode::<String>()?, "any");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn on_request_deferred(
         &self,
         f: impl Fn(Request, AsyncRequestTicket) + Send + Sync + 'static,
@@ -337,6 +509,25 @@ impl Drop for SendBatch<'_> {
         if self.client.side.uncork() {
             self.client.inner().flush_batch();
         }
+    }
+}
+
+impl<'c> std::future::IntoFuture for GetBuilder<'c, AsyncClient> {
+    type Output = Result<Reply, CallError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send + 'c>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let c = self.client;
+            let inner = c.inner();
+            if !self.fresh && self.local {
+                if let Some(r) = inner.local_get(self.from, self.kind, self.key) {
+                    return Ok(r);
+                }
+            }
+            let frame = inner.get_frame(self.from, self.kind, self.key, self.fresh, self.timeout);
+            inner.call_async(&c.side, self.timeout, frame).await
+        })
     }
 }
 
@@ -416,7 +607,11 @@ impl AsyncTicket {
         self.done = true;
         let inner = self.inner.upgrade().ok_or(Error::Disconnected)?;
         inner
-            .answer_async(&self.side, self.req, Answer::Err { message })
+            .answer_async(
+                &self.side,
+                self.req,
+                Answer::err(ErrorCode::Failed, message),
+            )
             .await
     }
 
@@ -431,7 +626,10 @@ impl AsyncTicket {
     fn fail_later(&self, message: &str) {
         if let Some(inner) = self.inner.upgrade() {
             if inner.connected.load(std::sync::atomic::Ordering::Acquire) {
-                inner.answer_later(&self.side, (self.req, Err(message.into())));
+                inner.answer_later(
+                    &self.side,
+                    (self.req, Err((ErrorCode::Failed, message.into()))),
+                );
             }
         }
     }

@@ -26,7 +26,7 @@ use crate::{codec, Error};
 /// `"SBF1"`: the first field of every [`Header`].
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SBF1");
 /// Version of this wire format; a different one is refused (the message is dropped).
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2; // 2: `Answer::Err` carries an `ErrorCode`
 /// Largest NATS message we build or accept (the server's own `max_payload` may be lower).
 pub const MAX_MESSAGE: usize = 8 << 20;
 /// Most records in one NATS message.

@@ -27,7 +27,7 @@ use super::{
     token, ControlReply, ControlRequest, Hub, SUB_CTRL, SUB_DATA, SUB_HANDSHAKE, SUB_SPACE,
     TOKEN_LISTENER,
 };
-use crate::proto::{self, Change, Hello, Welcome};
+use crate::proto::{self, Change, Hello, RefuseCode, Welcome};
 use crate::sys::{self, PeerCred};
 use crate::{Error, LinkSegment};
 
@@ -265,10 +265,11 @@ impl Hub {
         cred: PeerCred,
         hello: Hello,
     ) -> Result<(), String> {
-        let refuse_with = |sock: &UnixStream, r: String| {
-            refuse(sock, &r);
+        let refuse_as = |sock: &UnixStream, code: RefuseCode, r: String| {
+            refuse_code(sock, code, &r);
             Err(r)
         };
+        let refuse_with = |sock: &UnixStream, r: String| refuse_as(sock, RefuseCode::Other, r);
         if hello.magic != proto::HELLO_MAGIC {
             return refuse_with(
                 &sock,
@@ -295,7 +296,7 @@ impl Hub {
         }
         let remote_claim = match self.fed_admit_check(&hello.name) {
             Ok(c) => c,
-            Err(reason) => return refuse_with(&sock, reason),
+            Err(reason) => return refuse_as(&sock, RefuseCode::NameTaken, reason),
         };
         if let Some(&old) = self.names.get(&hello.name) {
             if self.cfg.replace_names {
@@ -303,7 +304,11 @@ impl Hub {
                 self.doom(old, "replaced by a new client with the same name");
                 self.reap();
             } else {
-                return refuse_with(&sock, format!("name {:?} is already taken", hello.name));
+                return refuse_as(
+                    &sock,
+                    RefuseCode::NameTaken,
+                    format!("name {:?} is already taken", hello.name),
+                );
             }
         }
         let mut cfg = self.cfg.link.clone();
@@ -400,9 +405,16 @@ impl Hub {
 }
 
 fn refuse(sock: &UnixStream, reason: &str) {
+    refuse_code(sock, RefuseCode::Other, reason);
+}
+
+/// Refuses a hello with a machine-readable `code` (the client maps `NameTaken` to
+/// `Error::NameTaken`).
+fn refuse_code(sock: &UnixStream, code: RefuseCode, reason: &str) {
     let _ = crate::send_control(
         sock,
         &ControlReply::Welcome(Welcome::Refused {
+            code,
             reason: reason.to_string(),
         }),
         &[],

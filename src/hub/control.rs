@@ -63,6 +63,7 @@ pub(crate) fn answer_cache_segment(
         let _ = crate::send_control(
             sock,
             &ControlReply::Welcome(Welcome::Refused {
+                code: crate::proto::RefuseCode::Other,
                 reason: reason.to_string(),
             }),
             &[],
@@ -98,7 +99,7 @@ pub(crate) fn cache_segment_source(
             Ok(Some((ControlReply::CacheSegment { .. }, mut fds))) if fds.len() == 1 => {
                 Ok(fds.pop().expect("one fd"))
             }
-            Ok(Some((ControlReply::Welcome(Welcome::Refused { reason }), _))) => Err(reason),
+            Ok(Some((ControlReply::Welcome(Welcome::Refused { reason, .. }), _))) => Err(reason),
             Ok(Some((other, _))) => Err(format!("unexpected answer: {other:?}")),
             Ok(None) => Err("the hub closed the connection".into()),
             Err(e) => Err(e.to_string()),
@@ -312,7 +313,7 @@ pub fn stat(dir: &Path) -> Result<StatReport, Error> {
     // maximum bounds it.
     match crate::recv_control_limited::<ControlReply>(&sock, crate::MAX_CONTROL_REPLY)? {
         Some((ControlReply::Stat(r), _)) => Ok(r),
-        Some((ControlReply::Welcome(Welcome::Refused { reason }), _)) => {
+        Some((ControlReply::Welcome(Welcome::Refused { reason, .. }), _)) => {
             Err(Error::Handshake(format!("refused: {reason}")))
         }
         _ => Err(Error::Handshake("unexpected answer to stat".into())),

@@ -36,7 +36,7 @@ use crate::federation::routes::{Routes, Traffic, MAX_NODES};
 use crate::federation::stamps::Stamps;
 use crate::federation::wire::{self, Claim, ClientInfo, Delta, EventTo, Frame, Presence};
 use crate::federation::{FederationConfig, FederationStat, NodeStat};
-use crate::proto::{Answer, Encoding, Payload, Target};
+use crate::proto::{Answer, Encoding, ErrorCode, Payload, Target};
 use crate::sys;
 
 #[path = "federation_in.rs"]
@@ -491,7 +491,7 @@ impl Hub {
             let m = format!(
                 "federation unavailable: owner {from:?} is not on this node and NATS is not connected"
             );
-            self.reply(slot, req, Answer::Err { message: &m });
+            self.reply(slot, req, Answer::err(ErrorCode::Unavailable, &m));
             return Some(true);
         }
         let node = f.routes.node_of(from)?.clone();
@@ -570,7 +570,7 @@ impl Hub {
             let m = format!(
                 "federation unavailable: client {to:?} is not on this node and NATS is not connected"
             );
-            self.reply(slot, req, Answer::Err { message: &m });
+            self.reply(slot, req, Answer::err(ErrorCode::Unavailable, &m));
             return Some(true);
         }
         let node = f.routes.node_of(to)?.clone();
@@ -618,26 +618,32 @@ impl Hub {
         let Some(f) = self.fed.as_deref_mut() else {
             return;
         };
-        let err = match rec {
+        let (code, err) = match rec {
             Ok(r) => match f.send(Dest::Node(node), &r) {
                 Ok(()) => return,
-                Err(SendError::TooLarge) => "request too large to cross nodes".to_string(),
-                Err(SendError::Full) => "federation queue full".to_string(),
-                Err(SendError::Down) => "federation unavailable: NATS is not connected".to_string(),
+                Err(SendError::TooLarge) => (
+                    ErrorCode::TooLarge,
+                    "request too large to cross nodes".to_string(),
+                ),
+                Err(SendError::Full) => (ErrorCode::Busy, "federation queue full".to_string()),
+                Err(SendError::Down) => (
+                    ErrorCode::Unavailable,
+                    "federation unavailable: NATS is not connected".to_string(),
+                ),
             },
-            Err(e) => format!("request not encoded: {e}"),
+            Err(e) => (ErrorCode::TooLarge, format!("request not encoded: {e}")),
         };
-        self.fed_fail_call(call, &err);
+        self.fed_fail_call(call, code, &err);
     }
 
-    fn fed_fail_call(&mut self, call: u64, message: &str) {
+    fn fed_fail_call(&mut self, call: u64, code: ErrorCode, message: &str) {
         let Some(c) = self.fed.as_deref_mut().and_then(|f| f.calls.take(call)) else {
             return;
         };
         for w in &c.waiters {
             self.count_pending(w.who, false);
             if self.alive(w.who) {
-                self.reply(w.who.slot, w.req, Answer::Err { message });
+                self.reply(w.who.slot, w.req, Answer::err(code, message));
             }
         }
     }
@@ -668,9 +674,7 @@ impl Hub {
             let too_large = Frame::Answer {
                 call: w.req,
                 stamp,
-                answer: Answer::Err {
-                    message: "answer too large to cross nodes",
-                },
+                answer: Answer::err(ErrorCode::TooLarge, "answer too large to cross nodes"),
             };
             if wire::push_record(&mut rec, &too_large).is_err() {
                 f.scratch = rec;
@@ -738,7 +742,11 @@ impl Hub {
                 .as_ref()
                 .and_then(|f| f.calls.iter().find(|(c, _)| **c == call))
                 .map_or(0, |(_, c)| c.deadline.duration_since(c.started).as_millis());
-            self.fed_fail_call(call, &format!("timed out after {ms} ms"));
+            self.fed_fail_call(
+                call,
+                ErrorCode::TimedOut,
+                &format!("timed out after {ms} ms"),
+            );
         }
     }
 

@@ -17,7 +17,7 @@ use crate::federation::link::{Dest, Incoming, Msg};
 use crate::federation::presence::{self, Conflict, LocalClient};
 use crate::federation::routes::Change;
 use crate::federation::wire::{self, Claim, EventTo, Frame, Presence};
-use crate::proto::{Answer, Change as Life, Encoding, HubMsg, Payload};
+use crate::proto::{Answer, Change as Life, Encoding, ErrorCode, HubMsg, Payload};
 use crate::sys;
 
 impl Hub {
@@ -89,7 +89,11 @@ impl Hub {
                 f.connected = false;
                 let all = f.calls.matching(None, None);
                 for c in all {
-                    self.fed_fail_call(c, "federation unavailable: the NATS connection was lost");
+                    self.fed_fail_call(
+                        c,
+                        ErrorCode::Unavailable,
+                        "federation unavailable: the NATS connection was lost",
+                    );
                 }
             }
             Incoming::Presence(msg) => self.fed_presence_msg(&msg),
@@ -207,7 +211,11 @@ impl Hub {
                         .map(|f| f.calls.matching(Some(&node), Some(&name)))
                         .unwrap_or_default();
                     for c in calls {
-                        self.fed_fail_call(c, &format!("owner {name:?} left"));
+                        self.fed_fail_call(
+                            c,
+                            ErrorCode::OwnerLeft,
+                            &format!("owner {name:?} left"),
+                        );
                     }
                     if !self.names.contains_key(&name) {
                         self.fed_watchers(&name, Life::Left);
@@ -234,7 +242,11 @@ impl Hub {
                         .map(|f| f.calls.matching(Some(&node), None))
                         .unwrap_or_default();
                     for c in calls {
-                        self.fed_fail_call(c, &format!("node {node:?} is gone ({reason})"));
+                        self.fed_fail_call(
+                            c,
+                            ErrorCode::OwnerLeft,
+                            &format!("node {node:?} is gone ({reason})"),
+                        );
                     }
                 }
                 Change::NeedSync(node) => {
@@ -579,7 +591,7 @@ impl Hub {
             .filter(|&o| self.alive(self.who(o)))
         else {
             let m = format!("owner {owner:?} is not connected");
-            self.fed_answer_now(node, call, Answer::Err { message: &m });
+            self.fed_answer_now(node, call, Answer::err(ErrorCode::NotConnected, &m));
             return Ok(());
         };
         if !self.has_capacity(o) {
@@ -665,7 +677,7 @@ impl Hub {
             .filter(|&o| self.alive(self.who(o)))
         else {
             let m = format!("client {to:?} is not connected");
-            self.fed_answer_now(node, call, Answer::Err { message: &m });
+            self.fed_answer_now(node, call, Answer::err(ErrorCode::NotConnected, &m));
             return Ok(());
         };
         if !self.has_capacity(o) {

@@ -85,7 +85,11 @@ impl Hub {
             drop(rx);
             drop(c);
             for hreq in owned {
-                self.fail_pending(hreq, &format!("owner {name:?} left"));
+                self.fail_pending(
+                    hreq,
+                    crate::proto::ErrorCode::OwnerLeft,
+                    &format!("owner {name:?} left"),
+                );
             }
             for p in self.pending.values_mut() {
                 p.waiters.retain(|w| w.who != gone);

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::federation::FED_SLOT;
 use super::route::Conn;
 use super::Hub;
-use crate::proto::{Answer, Encoding, HubMsg, Payload};
+use crate::proto::{Answer, Encoding, ErrorCode, HubMsg, Payload};
 use crate::sys;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,7 @@ impl Hub {
             "too many pending gets and requests: {n} are waiting, this hub allows {max} per \
              client (--max-pending)"
         );
-        self.reply(slot, req, Answer::Err { message: &m });
+        self.reply(slot, req, Answer::err(ErrorCode::Busy, &m));
         true
     }
 
@@ -155,7 +155,7 @@ impl Hub {
         }
         let Some(owner) = owner.filter(|&o| self.alive(self.who(o))) else {
             let m = format!("owner {from:?} is not connected");
-            self.reply(slot, req, Answer::Err { message: &m });
+            self.reply(slot, req, Answer::err(ErrorCode::NotConnected, &m));
             return true;
         };
         if self.over_pending(slot, req) {
@@ -244,7 +244,7 @@ impl Hub {
             .filter(|&o| self.alive(self.who(o)))
         else {
             let m = format!("client {to:?} is not connected");
-            self.reply(slot, req, Answer::Err { message: &m });
+            self.reply(slot, req, Answer::err(ErrorCode::NotConnected, &m));
             return true;
         };
         if !self.has_capacity(owner) {
@@ -340,7 +340,7 @@ impl Hub {
         true
     }
 
-    pub(super) fn fail_pending(&mut self, hreq: u64, message: &str) {
+    pub(super) fn fail_pending(&mut self, hreq: u64, code: ErrorCode, message: &str) {
         let Some(p) = self.pending.remove(&hreq) else {
             return;
         };
@@ -350,9 +350,9 @@ impl Hub {
         for w in &p.waiters {
             self.count_pending(w.who, false);
             if w.who.slot == FED_SLOT {
-                self.fed_reply(w, Answer::Err { message });
+                self.fed_reply(w, Answer::err(code, message));
             } else if self.alive(w.who) {
-                self.reply(w.who.slot, w.req, Answer::Err { message });
+                self.reply(w.who.slot, w.req, Answer::err(code, message));
             }
         }
     }

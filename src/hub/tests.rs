@@ -89,7 +89,7 @@ fn summary(m: HubMsg<'_>) -> Got {
             req,
             answer: match answer {
                 Answer::Ok { payload, .. } => Ok(payload.bytes.to_vec()),
-                Answer::Err { message } => Err(message.to_string()),
+                Answer::Err { message, .. } => Err(message.to_string()),
             },
         },
         HubMsg::Get {

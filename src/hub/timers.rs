@@ -62,7 +62,7 @@ impl Hub {
                     } else {
                         format!("timed out after {ms} ms")
                     };
-                    self.fail_pending(hreq, &m);
+                    self.fail_pending(hreq, crate::proto::ErrorCode::TimedOut, &m);
                 }
             }
         }

@@ -99,6 +99,7 @@ pub(crate) async fn admit(
     };
     let bus = connect_bus(&sio.sh, &name).await.map_err(|e| match e {
         Error::Handshake(m) => m,
+        e @ (Error::NameTaken { .. } | Error::Refused { .. }) => e.to_string(),
         e => format!("cannot reach the hub: {e}"),
     })?;
     s.extensions.insert(Arc::new(bus));
@@ -114,9 +115,7 @@ async fn connect_bus(sh: &Shared, name: &str) -> Result<AsyncClient, Error> {
         opts.token = sh.cfg.hub_token.clone();
         opts.ring_capacity = sh.cfg.ring_capacity;
         match AsyncClient::connect(sh.cfg.dir.clone(), opts).await {
-            Err(Error::Handshake(m))
-                if m.contains("already taken") && Instant::now() < deadline =>
-            {
+            Err(Error::NameTaken { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             r => return r,
@@ -360,9 +359,9 @@ fn answer_ack(ack: AckSender, r: Result<Reply, CallError>, stats: &BridgeStats) 
                 ack_error(ack, "the answer is bincode; the responder must answer JSON requesters in JSON (PayloadBuf::encode(r.accept, ..))");
             }
         },
-        Err(CallError::Remote(m)) => ack_error(ack, &m),
-        Err(CallError::Timeout) => ack_error(ack, "timed out waiting for the answer"),
         Err(CallError::Link(e)) => ack_error(ack, &format!("bus link failed: {e}")),
+        // Every other kind displays as the hub's or the owner's message.
+        Err(e) => ack_error(ack, &e.to_string()),
     }
 }
 
