@@ -135,8 +135,10 @@ fn sigkill_owner_with_100_pending_gets() {
             other => panic!("expected a clear error, got {other:?}"),
         }
         let after = at.duration_since(killed);
+        // "At once" means the hang-up path, not the heartbeat (seconds later); 1 s leaves
+        // room for a loaded CI machine (140 ms seen at load 18).
         assert!(
-            after < Duration::from_millis(100),
+            after < Duration::from_secs(1),
             "a get failed {after:?} after the kill"
         );
     }
@@ -185,8 +187,9 @@ fn sigkill_hub_clients_see_disconnect_and_come_back() {
     assert!(ok, "disconnects seen: {}", lost.lock().unwrap().len());
     for t in lost.lock().unwrap().iter() {
         let after = t.duration_since(killed);
+        // The hang-up path, not the heartbeat; 1 s leaves room for a loaded machine.
         assert!(
-            after < Duration::from_millis(100),
+            after < Duration::from_secs(1),
             "disconnect seen {after:?} after the kill"
         );
     }
