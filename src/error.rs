@@ -43,6 +43,8 @@ pub enum Error {
     NameTaken {
         /// The name we asked for.
         name: String,
+        /// The hub's words: where the name is held (for example on which federated node).
+        reason: String,
     },
     /// The hub refused the connection for another reason (wrong token, protocol mismatch,
     /// bad name, too many clients).
@@ -72,8 +74,12 @@ impl fmt::Display for Error {
             Error::Corrupt(e) => write!(f, "link corrupted by peer: {e}"),
             Error::Handshake(e) => write!(f, "handshake failed: {e}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
-            Error::NameTaken { name } => {
-                write!(f, "refused by the hub: name {name:?} is already taken")
+            Error::NameTaken { name, reason } => {
+                if reason.is_empty() {
+                    write!(f, "refused by the hub: name {name:?} is already taken")
+                } else {
+                    write!(f, "refused by the hub: {reason}")
+                }
             }
             Error::Refused { reason } => write!(f, "refused by the hub: {reason}"),
             Error::HubNotRunning { path } => write!(
@@ -123,7 +129,10 @@ impl Error {
             Error::Corrupt(s) => Error::Corrupt(s.clone()),
             Error::Handshake(s) => Error::Handshake(s.clone()),
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
-            Error::NameTaken { name } => Error::NameTaken { name: name.clone() },
+            Error::NameTaken { name, reason } => Error::NameTaken {
+                name: name.clone(),
+                reason: reason.clone(),
+            },
             Error::Refused { reason } => Error::Refused {
                 reason: reason.clone(),
             },

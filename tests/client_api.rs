@@ -178,7 +178,7 @@ fn connect_errors_say_what_happened() {
     let _ = &hub;
     let web = Client::connect(dir.path(), ClientOptions::new("web").token("sesame")).unwrap();
     match Client::connect(dir.path(), ClientOptions::new("web").token("sesame")) {
-        Err(Error::NameTaken { name }) => assert_eq!(name, "web"),
+        Err(Error::NameTaken { name, .. }) => assert_eq!(name, "web"),
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("the name was given twice"),
     }

@@ -374,7 +374,7 @@ fn remote_calls_count_against_max_pending() {
             for c in calls {
                 match c.join().unwrap() {
                     Ok(_) => ok += 1,
-                    Err(CallError::Remote(m)) => refused.push(m),
+                    Err(CallError::Busy(m)) => refused.push(m),
                     Err(e) => panic!("{e}"),
                 }
             }

@@ -102,6 +102,7 @@ impl Inner {
                 return Err(match code {
                     RefuseCode::NameTaken => Error::NameTaken {
                         name: self.opts.name.clone(),
+                        reason,
                     },
                     RefuseCode::Other => Error::Refused { reason },
                 })
