@@ -300,5 +300,5 @@ pub(crate) use link::{bind_unix, MAX_CONTROL_MESSAGE};
 #[doc(hidden)]
 pub use link::{
     open_link, open_segment, recv_control, recv_control_limited, send_control,
-    send_control_limited, LinkHandshake, LinkSegment, MAX_CONTROL_REPLY,
+    send_control_limited, LinkHandshake, LinkSegment, PinWords, MAX_CONTROL_REPLY,
 };
