@@ -20,9 +20,16 @@ use shmbus::PinWords;
 #[global_allocator]
 static ALLOC: shmbus_fuzz::Counting = shmbus_fuzz::Counting;
 
+/// Built once, reused by every input: the segment is restored word by word after each one
+/// (exactly, in reverse edit order), so inputs stay independent without copying or
+/// re-creating the segment.
 struct Fixture {
+    len: usize,
+    /// The segment as the hub wrote it (checked against the restored copy now and then).
     template: Vec<u8>,
-    copy_fd: std::os::fd::OwnedFd,
+    inputs: u64,
+    /// A read-only fd for the copy (each input maps it afresh, as a client does).
+    ro_fd: std::os::fd::OwnedFd,
     copy: Mapping,
     pins: PinWords,
     _keep: (CacheWriter, shmbus::Link),
@@ -75,9 +82,15 @@ fn fixture() -> &'static std::sync::Mutex<Fixture> {
         let (a, b) = shmbus::Link::pair().unwrap();
         let pins = b.pin_words();
         drop(b);
+        // SAFETY: `copy` is our own writable mapping of `len` bytes; no reader maps it yet.
+        unsafe { std::slice::from_raw_parts_mut(copy.as_ptr(), len) }.copy_from_slice(&template);
+        let ro_fd = sys::reopen_readonly(copy_fd.as_fd()).unwrap();
+        drop(copy_fd);
         std::sync::Mutex::new(Fixture {
+            len,
             template,
-            copy_fd,
+            inputs: 0,
+            ro_fd,
             copy,
             pins,
             _keep: (w, a),
@@ -86,21 +99,38 @@ fn fixture() -> &'static std::sync::Mutex<Fixture> {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let f = fixture().lock().unwrap();
-    let len = f.template.len();
-    // SAFETY: `copy` is our own writable mapping of `len` bytes; no reader maps it right now.
-    let seg = unsafe { std::slice::from_raw_parts_mut(f.copy.as_ptr(), len) };
-    seg.copy_from_slice(&f.template);
+    let mut f = fixture().lock().unwrap();
+    let len = f.len;
     let (edits, keys) = input.split_at(input.len().min(64 * 10));
-    for e in edits.chunks_exact(10) {
-        let off = (u16::from_le_bytes([e[0], e[1]]) as usize * 8) % len;
-        if off + 8 <= len {
-            seg[off..off + 8].copy_from_slice(&e[2..10]);
+    let mut saved: Vec<(usize, [u8; 8])> = Vec::with_capacity(64);
+    {
+        // SAFETY: `copy` is our own writable mapping of `len` bytes; no reader maps it now.
+        let seg = unsafe { std::slice::from_raw_parts_mut(f.copy.as_ptr(), len) };
+        for e in edits.chunks_exact(10) {
+            let off = (u16::from_le_bytes([e[0], e[1]]) as usize * 8) % len;
+            if off + 8 <= len {
+                saved.push((off, seg[off..off + 8].try_into().unwrap()));
+                seg[off..off + 8].copy_from_slice(&e[2..10]);
+            }
         }
     }
     let base = shmbus_fuzz::reset();
-    let fd = sys::reopen_readonly(f.copy_fd.as_fd()).unwrap();
-    let map = Mapping::map(fd.as_fd(), len, false).unwrap();
+    read_all(&f, len, keys);
+    shmbus_fuzz::assert_bounded("cache reader", base, 0, 0, 64 << 10);
+    // SAFETY: as above; the reader (and its mapping) is gone.
+    let seg = unsafe { std::slice::from_raw_parts_mut(f.copy.as_ptr(), len) };
+    for (off, w) in saved.iter().rev() {
+        seg[*off..*off + 8].copy_from_slice(w);
+    }
+    f.inputs += 1;
+    if f.inputs % 1024 == 1 {
+        assert!(seg == &f.template[..], "the segment is restored exactly");
+    }
+});
+
+/// Opens a reader over the (edited) segment and reads every entry and the fuzzer's key.
+fn read_all(f: &Fixture, len: usize, keys: &[u8]) {
+    let map = Mapping::map(f.ro_fd.as_fd(), len, false).unwrap();
     let r = match CacheReader::from_mapping(map, f.pins.clone()) {
         Ok(r) => r.with_torn_timeout(std::time::Duration::ZERO),
         Err(shmbus::cache::CacheError::Corrupt(_)) => return,
@@ -126,6 +156,4 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     let _ = r.stats();
-    drop(r);
-    shmbus_fuzz::assert_bounded("cache reader", base, 0, 0, 64 << 10);
-});
+}
