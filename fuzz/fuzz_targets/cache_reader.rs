@@ -4,7 +4,8 @@
 //!
 //! Invariants: opening either refuses the header with `Corrupt` or yields a reader; a read
 //! is a hit, a miss or an error — never a panic, a read outside the mapping or an endless
-//! probe; a hit's value is at most `max_value` and readable end to end; no allocation past
+//! probe; a hit's value is at most the header's `max_value` (4096 unless an edit changed it)
+//! and readable end to end; no allocation past
 //! 64 KiB per input.
 #![no_main]
 
@@ -12,6 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use shmbus::cache::layout::CacheHeader;
 use shmbus::cache::{CacheConfig, CacheReader, CacheWriter};
 use shmbus::proto::{Encoding, Payload};
 use shmbus::sys::{self, Mapping};
@@ -114,8 +116,14 @@ fuzz_target!(|input: &[u8]| {
             }
         }
     }
+    // The bound on a value is the header's `max_value` as it is now (the edits may have
+    // changed it; open checks it against the arena).
+    let mv = std::mem::offset_of!(CacheHeader, max_value);
+    // SAFETY: as above.
+    let seg = unsafe { std::slice::from_raw_parts(f.copy.as_ptr(), len) };
+    let max_value = u64::from_le_bytes(seg[mv..mv + 8].try_into().unwrap());
     let base = shmbus_fuzz::reset();
-    read_all(&f, len, keys);
+    read_all(&f, len, keys, max_value);
     shmbus_fuzz::assert_bounded("cache reader", base, 0, 0, 64 << 10);
     // SAFETY: as above; the reader (and its mapping) is gone.
     let seg = unsafe { std::slice::from_raw_parts_mut(f.copy.as_ptr(), len) };
@@ -129,7 +137,7 @@ fuzz_target!(|input: &[u8]| {
 });
 
 /// Opens a reader over the (edited) segment and reads every entry and the fuzzer's key.
-fn read_all(f: &Fixture, len: usize, keys: &[u8]) {
+fn read_all(f: &Fixture, len: usize, keys: &[u8], max_value: u64) {
     let map = Mapping::map(f.ro_fd.as_fd(), len, false).unwrap();
     let r = match CacheReader::from_mapping(map, f.pins.clone()) {
         Ok(r) => r.with_torn_timeout(std::time::Duration::ZERO),
@@ -146,7 +154,8 @@ fn read_all(f: &Fixture, len: usize, keys: &[u8]) {
     for (kind, key) in &tries {
         match r.try_get(kind, key.as_deref()) {
             Ok(Some(v)) => {
-                assert!(v.len() <= 4096, "value above max_value");
+                assert!(v.len() as u64 <= max_value, "value above the header's max_value");
+                assert!(v.len() < len, "value longer than the segment");
                 let x = v.iter().fold(0u8, |a, b| a ^ b);
                 std::hint::black_box(x);
                 let _ = v.decode::<&[u8]>();

@@ -21,9 +21,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use shmbus::__fuzz::nodeipc::{
-    number_text, DataMsg, GetMsg, HelloMsg, RequestOnly, ResponseMsg,
-};
+use shmbus::__fuzz::nodeipc::{number_text, DataMsg, GetMsg, HelloMsg, RequestOnly, ResponseMsg};
 use shmbus::bridge::frame::{self, Splitter, DELIMITER};
 
 #[global_allocator]
@@ -133,9 +131,10 @@ fn map(f: &[u8]) -> M {
                             .unwrap_or_else(|_| t.to_string()),
                     }),
                 ),
-                (None, Some(d)) => {
-                    M::Response(n, Ok((d.get().to_string(), frame::ttl_ms_from_secs(r.time))))
-                }
+                (None, Some(d)) => M::Response(
+                    n,
+                    Ok((d.get().to_string(), frame::ttl_ms_from_secs(r.time))),
+                ),
                 (None, None) => bad("response: needs `data` or `error`".into()),
             }
         }
