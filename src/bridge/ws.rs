@@ -561,6 +561,36 @@ mod tests {
         assert!(listener_topics(&t, &raw(r#"{"users":"1"}"#)).is_none());
         assert!(listener_topics(&t, &raw(r#"[1]"#)).is_none());
     }
+
+    /// The decisions `on_text` acts on (the fuzz target `ws_text` drives the same function;
+    /// its `regress-event-without-data` input is the last case: an event code without `data`
+    /// emits `null`).
+    #[test]
+    fn text_frames_classified() {
+        let mut t = WsTable::default();
+        t.events.push("30001=chat:say".parse().unwrap());
+        assert_eq!(classify_text(&t, "[1]"), TextAction::Garbage);
+        assert_eq!(classify_text(&t, "{nope"), TextAction::Garbage);
+        assert_eq!(classify_text(&t, r#"{"data":1}"#), TextAction::UnknownCode);
+        assert_eq!(classify_text(&t, r#"{"code":1}"#), TextAction::UnknownCode);
+        let hb = format!(r#"{{"code":{}}}"#, t.heartbeat);
+        assert_eq!(classify_text(&t, &hb), TextAction::Heartbeat);
+        let l = format!(r#"{{"code":{},"data":{{"users":[7]}}}}"#, t.listeners);
+        assert_eq!(
+            classify_text(&t, &l),
+            TextAction::Listen(vec!["user:7".into()])
+        );
+        let l = format!(r#"{{"code":{},"data":{{"users":7}}}}"#, t.listeners);
+        assert_eq!(classify_text(&t, &l), TextAction::Garbage);
+        assert_eq!(
+            classify_text(&t, r#"{"code":30001,"data":{"a": [1]}}"#),
+            TextAction::Event("chat:say", r#"{"a": [1]}"#)
+        );
+        assert_eq!(
+            classify_text(&t, r#"{"code":30001,"ta":{"t":1}}"#),
+            TextAction::Event("chat:say", "null")
+        );
+    }
 }
 
 #[cfg(all(test, not(shmbus_loom)))]
