@@ -154,7 +154,10 @@ fn read_all(f: &Fixture, len: usize, keys: &[u8], max_value: u64) {
     for (kind, key) in &tries {
         match r.try_get(kind, key.as_deref()) {
             Ok(Some(v)) => {
-                assert!(v.len() as u64 <= max_value, "value above the header's max_value");
+                assert!(
+                    v.len() as u64 <= max_value,
+                    "value above the header's max_value"
+                );
                 assert!(v.len() < len, "value longer than the segment");
                 let x = v.iter().fold(0u8, |a, b| a ^ b);
                 std::hint::black_box(x);
