@@ -5,8 +5,14 @@
 //! the sockets and processes that normally surround it. Nothing here is needed by, or stable
 //! for, users of the crate.
 
+/// The node-ipc connection's message types (their serde derives are its parsers) and
+/// helpers, as `Conn` uses them.
 #[cfg(all(feature = "bridge", not(shmbus_loom)))]
-pub use crate::bridge::nodeipc::{map_frame as nodeipc_map_frame, Mapped as NodeIpcMapped};
+pub mod nodeipc {
+    pub use crate::bridge::nodeipc::{
+        number_text, DataMsg, GetMsg, HelloMsg, RequestOnly, ResponseMsg,
+    };
+}
 #[cfg(all(feature = "bridge", not(shmbus_loom)))]
 pub use crate::bridge::ws::{classify_text as ws_classify_text, TextAction as WsTextAction};
 

@@ -1,21 +1,149 @@
-//! node-ipc: the `\f` frame splitter over arbitrary chunkings, and the Arthur-IPC mapping of
-//! every frame (any JSON, split, oversized and invalid frames).
+//! node-ipc: the `\f` frame splitter over arbitrary chunkings, and the Arthur-IPC parse of
+//! every frame (any JSON, split, oversized and invalid frames), through the code the
+//! connection runs: `bridge::frame`'s `Splitter`, `parse_envelope`, `key_text`,
+//! `ttl_ms_from_secs` and frame writers, and `bridge::nodeipc`'s message types (their serde
+//! derives are the parsers) and `number_text`, re-exported by `shmbus::__fuzz`. [`map`] is
+//! `Conn::frame`'s dispatch without its effects (a hub): which type, which message struct,
+//! which helper, in the same order.
 //!
 //! Invariants: the splitter hands out exactly the frames of the stream, in order, each without
 //! its delimiter and at most `max` bytes; a frame over `max` is `Oversized` (never handed
 //! out, never buffered past `max` + one chunk); every mapped frame is either a bus action
 //! whose JSON texts are valid JSON, or an error; every outgoing frame the bridge builds from
 //! it parses back as `{type, data}` with the same values and holds no raw `\f`; one input
-//! never makes the code allocate more than 16 × its length + 256 KiB.
+//! never makes the code allocate more than 16 × its length + 256 KiB (the splitter's own
+//! 64 KiB read buffer included).
 #![no_main]
+
+use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
-use shmbus::__fuzz::{nodeipc_map_frame, NodeIpcMapped as M};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use shmbus::__fuzz::nodeipc::{number_text, DataMsg, GetMsg, HelloMsg, RequestOnly, ResponseMsg};
 use shmbus::bridge::frame::{self, Splitter, DELIMITER};
 
 #[global_allocator]
 static ALLOC: shmbus_fuzz::Counting = shmbus_fuzz::Counting;
+
+/// What one frame asks of the bus (owned, so the frame's bytes can go).
+#[derive(Debug, PartialEq)]
+enum M {
+    /// `hello`: the bus client's name and interval kinds.
+    Hello(String, Vec<String>),
+    /// `data`: kind, key, TTL in ms, the JSON value's text.
+    Data(String, Option<String>, i64, String),
+    /// `get`: from, kind, key, fresh, the request number's text.
+    Get(String, String, Option<String>, bool, String),
+    /// `response` to get `n`: `Ok(value text, ttl ms)` or `Err(message)`.
+    Response(u64, Result<(String, i64), String>),
+    /// Any other type: an event with its JSON body.
+    Event(String, String),
+    /// Refused with an `error` event; `Some(request)` if a `response {request, error}` is
+    /// owed as well (a bad `get` whose number could be read).
+    Bad(String, Option<String>),
+}
+
+/// `Conn::parse`.
+fn parse<'a, T: Deserialize<'a>>(what: &str, d: Option<&'a RawValue>) -> Result<T, String> {
+    let d = d.ok_or_else(|| format!("{what}: missing data"))?;
+    serde_json::from_str::<T>(d.get()).map_err(|e| format!("{what}: {e}"))
+}
+
+/// `Conn::frame` and the handlers it calls, up to the bus call each one makes.
+fn map(f: &[u8]) -> M {
+    let bad = |m: String| M::Bad(m, None);
+    let env = match frame::parse_envelope(f) {
+        Ok(e) => e,
+        Err(m) => return bad(m),
+    };
+    match &*env.kind {
+        "hello" => match parse::<HelloMsg<'_>>("hello", env.data) {
+            Ok(h) => match frame::key_text(Some(h.id)) {
+                Ok(Some(n)) if !n.is_empty() => {
+                    M::Hello(n.into_owned(), h.intervals.unwrap_or_default())
+                }
+                Ok(_) => bad("hello: `id` must not be empty".into()),
+                Err(m) => bad(format!("hello: {m}")),
+            },
+            Err(m) => bad(m),
+        },
+        "data" => match parse::<DataMsg<'_>>("data", env.data) {
+            Ok(d) => match frame::key_text(d.id) {
+                Ok(k) => M::Data(
+                    d.kind.into_owned(),
+                    k.map(Cow::into_owned),
+                    frame::ttl_ms_from_secs(d.time),
+                    d.data.get().to_string(),
+                ),
+                Err(m) => bad(format!("data: {m}")),
+            },
+            Err(m) => bad(m),
+        },
+        "get" => {
+            let data = env.data;
+            // `Conn::bad_get`.
+            let bad_get = |m: String| {
+                let req = data
+                    .and_then(|d| serde_json::from_str::<RequestOnly<'_>>(d.get()).ok())
+                    .and_then(|r| number_text(r.request, "request").ok().map(str::to_string));
+                M::Bad(m, req)
+            };
+            let g = match data.map(|d| serde_json::from_str::<GetMsg<'_>>(d.get())) {
+                Some(Ok(g)) => g,
+                Some(Err(e)) => return bad_get(format!("get: {e}")),
+                None => return bad("get: missing data".into()),
+            };
+            let request = match number_text(g.request, "request") {
+                Ok(r) => r.to_string(),
+                Err(m) => return bad(format!("get: {m}")),
+            };
+            match frame::key_text(g.id) {
+                Ok(k) => M::Get(
+                    g.from.into_owned(),
+                    g.kind.into_owned(),
+                    k.map(Cow::into_owned),
+                    g.fresh == Some(true),
+                    request,
+                ),
+                Err(m) => bad_get(format!("get: {m}")),
+            }
+        }
+        "response" => {
+            let r = match parse::<ResponseMsg<'_>>("response", env.data) {
+                Ok(r) => r,
+                Err(m) => return bad(m),
+            };
+            let n = match number_text(r.request, "request").map(str::parse::<u64>) {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => return bad(format!("response: no get {}", r.request.get())),
+                Err(m) => return bad(format!("response: {m}")),
+            };
+            let error = r.error.filter(|e| !matches!(e.get(), "null" | "false"));
+            match (error, r.data) {
+                (Some(e), _) => M::Response(
+                    n,
+                    Err(match e.get() {
+                        "true" => "error".to_string(),
+                        t => serde_json::from_str::<Cow<'_, str>>(t)
+                            .map(Cow::into_owned)
+                            .unwrap_or_else(|_| t.to_string()),
+                    }),
+                ),
+                (None, Some(d)) => M::Response(
+                    n,
+                    Ok((d.get().to_string(), frame::ttl_ms_from_secs(r.time))),
+                ),
+                (None, None) => bad("response: needs `data` or `error`".into()),
+            }
+        }
+        other => M::Event(
+            other.to_string(),
+            env.data.map_or("null", RawValue::get).to_string(),
+        ),
+    }
+}
 
 fn is_json(s: &str) -> bool {
     serde_json::from_str::<IgnoredAny>(s).is_ok()
@@ -62,7 +190,7 @@ fuzz_target!(|input: &[u8]| {
                     got += 1;
                     let f = f.to_vec();
                     out.clear();
-                    match nodeipc_map_frame(&f) {
+                    match map(&f) {
                         M::Hello(name, _) => assert!(!name.is_empty()),
                         M::Data(kind, key, _, text) => {
                             assert!(is_json(&text), "data value is JSON");

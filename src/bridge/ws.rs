@@ -415,7 +415,8 @@ fn json_text(enc: Encoding, bytes: &[u8]) -> Option<&str> {
     std::str::from_utf8(bytes).ok()
 }
 
-/// Handles one text frame; returns a reply to send, if any.
+/// Handles one text frame; returns a reply to send, if any. The decision is
+/// [`classify_text`]'s (the code the fuzz target `ws_text` drives); this only acts on it.
 async fn on_text(
     text: &str,
     sh: &Shared,
@@ -423,60 +424,43 @@ async fn on_text(
     ignored: &Ignored,
 ) -> Option<String> {
     let table = &sh.cfg.ws_table;
-    let garbage = || {
-        ignored.garbage.fetch_add(1, Ordering::Relaxed);
-        sh.stats.ws_garbage.fetch_add(1, Ordering::Relaxed);
-        None
-    };
-    // An object only (serde would also read a struct from an array).
-    if !text.trim_start().starts_with('{') {
-        return garbage();
-    }
-    let Ok(msg) = serde_json::from_str::<CodeMsg<'_>>(text) else {
-        return garbage();
-    };
-    let Some(code) = msg.code.as_ref().and_then(serde_json::Value::as_i64) else {
-        ignored.unknown_code.fetch_add(1, Ordering::Relaxed);
-        sh.stats.ws_unknown_code.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
-    if code == table.heartbeat {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        return Some(format!(
-            "{{\"code\":{},\"data\":{{\"receivedAt\":{now_ms},\"uptime\":{},\"memoryUsage\":{},\"clients\":{},\"ignored\":{{\"unknownCode\":{},\"garbage\":{}}}}}}}",
-            table.heartbeat_ack,
-            sh.started.elapsed().as_millis(),
-            super::rss_bytes(),
-            sh.stats.connections.load(Ordering::Relaxed),
-            ignored.unknown_code.load(Ordering::Relaxed),
-            ignored.garbage.load(Ordering::Relaxed),
-        ));
-    }
-    if code == table.listeners {
-        let Some(topics) = msg.data.and_then(|d| listener_topics(table, d)) else {
-            return garbage();
-        };
-        if let Err(e) = bus.subscribe(topics).await {
-            debug!(error = %e, "subscribe failed");
+    match classify_text(table, text) {
+        TextAction::Garbage => {
+            ignored.garbage.fetch_add(1, Ordering::Relaxed);
+            sh.stats.ws_garbage.fetch_add(1, Ordering::Relaxed);
+            None
         }
-        return None;
+        TextAction::UnknownCode => {
+            ignored.unknown_code.fetch_add(1, Ordering::Relaxed);
+            sh.stats.ws_unknown_code.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        TextAction::Heartbeat => {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            Some(format!(
+                "{{\"code\":{},\"data\":{{\"receivedAt\":{now_ms},\"uptime\":{},\"memoryUsage\":{},\"clients\":{},\"ignored\":{{\"unknownCode\":{},\"garbage\":{}}}}}}}",
+                table.heartbeat_ack,
+                sh.started.elapsed().as_millis(),
+                super::rss_bytes(),
+                sh.stats.connections.load(Ordering::Relaxed),
+                ignored.unknown_code.load(Ordering::Relaxed),
+                ignored.garbage.load(Ordering::Relaxed),
+            ))
+        }
+        TextAction::Listen(topics) => {
+            if let Err(e) = bus.subscribe(topics).await {
+                debug!(error = %e, "subscribe failed");
+            }
+            None
+        }
+        TextAction::Event(event, body) => {
+            let p = PayloadBuf::raw_json(body.as_bytes());
+            let _ = bus.emit_payload(Target::ByEventName, event, &p).await;
+            None
+        }
     }
-    if let Some(rule) = table.events.iter().find(|r| r.code == code) {
-        let body = msg.data.map_or("null", RawValue::get);
-        let _ = bus
-            .emit_payload(
-                Target::ByEventName,
-                &rule.event,
-                &PayloadBuf::raw_json(body.as_bytes()),
-            )
-            .await;
-        return None;
-    }
-    ignored.unknown_code.fetch_add(1, Ordering::Relaxed);
-    sh.stats.ws_unknown_code.fetch_add(1, Ordering::Relaxed);
-    None
 }
 
 /// `{users: [..], guilds: [..]}` → the topic set `user:<id>`, `guild:<id>`, … (a missing list
@@ -501,11 +485,11 @@ fn listener_topics(table: &WsTable, data: &RawValue) -> Option<Vec<String>> {
     Some(topics)
 }
 
-/// What [`on_text`] decides for one text frame, without its effects (for the fuzz target,
-/// `shmbus::__fuzz`): the same parse steps, the same code table.
+/// What one text frame asks for, without its effects: the parse [`on_text`] runs (and the
+/// fuzz target `ws_text`, through `shmbus::__fuzz`).
 #[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
-pub enum TextAction {
+pub enum TextAction<'a> {
     /// Not an object, or not JSON: counted as garbage.
     Garbage,
     /// No integer `code`, or one the table does not know: counted.
@@ -514,12 +498,13 @@ pub enum TextAction {
     Heartbeat,
     /// A listener set: these topics replace the connection's subscriptions.
     Listen(Vec<String>),
-    /// A `--ws-event` code: this bus event, with this JSON body.
-    Event(String, String),
+    /// A `--ws-event` code: this bus event (the table's), with this JSON body (the frame's).
+    Event(&'a str, &'a str),
 }
 
 #[doc(hidden)]
-pub fn classify_text(table: &WsTable, text: &str) -> TextAction {
+pub fn classify_text<'a>(table: &'a WsTable, text: &'a str) -> TextAction<'a> {
+    // An object only (serde would also read a struct from an array).
     if !text.trim_start().starts_with('{') {
         return TextAction::Garbage;
     }
@@ -539,8 +524,7 @@ pub fn classify_text(table: &WsTable, text: &str) -> TextAction {
         };
     }
     if let Some(rule) = table.events.iter().find(|r| r.code == code) {
-        let body = msg.data.map_or("null", RawValue::get);
-        return TextAction::Event(rule.event.clone(), body.to_string());
+        return TextAction::Event(&rule.event, msg.data.map_or("null", RawValue::get));
     }
     TextAction::UnknownCode
 }
@@ -576,6 +560,36 @@ mod tests {
         );
         assert!(listener_topics(&t, &raw(r#"{"users":"1"}"#)).is_none());
         assert!(listener_topics(&t, &raw(r#"[1]"#)).is_none());
+    }
+
+    /// The decisions `on_text` acts on (the fuzz target `ws_text` drives the same function;
+    /// its `regress-event-without-data` input is the last case: an event code without `data`
+    /// emits `null`).
+    #[test]
+    fn text_frames_classified() {
+        let mut t = WsTable::default();
+        t.events.push("30001=chat:say".parse().unwrap());
+        assert_eq!(classify_text(&t, "[1]"), TextAction::Garbage);
+        assert_eq!(classify_text(&t, "{nope"), TextAction::Garbage);
+        assert_eq!(classify_text(&t, r#"{"data":1}"#), TextAction::UnknownCode);
+        assert_eq!(classify_text(&t, r#"{"code":1}"#), TextAction::UnknownCode);
+        let hb = format!(r#"{{"code":{}}}"#, t.heartbeat);
+        assert_eq!(classify_text(&t, &hb), TextAction::Heartbeat);
+        let l = format!(r#"{{"code":{},"data":{{"users":[7]}}}}"#, t.listeners);
+        assert_eq!(
+            classify_text(&t, &l),
+            TextAction::Listen(vec!["user:7".into()])
+        );
+        let l = format!(r#"{{"code":{},"data":{{"users":7}}}}"#, t.listeners);
+        assert_eq!(classify_text(&t, &l), TextAction::Garbage);
+        assert_eq!(
+            classify_text(&t, r#"{"code":30001,"data":{"a": [1]}}"#),
+            TextAction::Event("chat:say", r#"{"a": [1]}"#)
+        );
+        assert_eq!(
+            classify_text(&t, r#"{"code":30001,"ta":{"t":1}}"#),
+            TextAction::Event("chat:say", "null")
+        );
     }
 }
 
