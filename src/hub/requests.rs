@@ -42,6 +42,20 @@ pub(super) enum PendingKind {
     },
 }
 
+/// What a call asks of its owner, borrowed from the frame that asked it.
+#[derive(Clone, Copy)]
+pub(super) enum CallSpec<'a> {
+    Get {
+        kind: &'a str,
+        key: Option<&'a str>,
+        fresh: bool,
+        accept: Encoding,
+    },
+    Request {
+        method: &'a str,
+    },
+}
+
 pub(super) struct Pending {
     pub(super) owner: Who,
     pub(super) waiters: Vec<Waiter>,
@@ -109,6 +123,74 @@ impl Hub {
         }
     }
 
+    /// Opens a pending call on the local client in `owner` for `waiter` (a local caller or a
+    /// remote one, see `federation_calls.rs`): a non-fresh get joins an identical get already
+    /// in flight (`None`: nothing to forward); otherwise the call is numbered, its deadline
+    /// (`timeout_ms`, 0 = the default) goes on the timer heap, and its hub number is returned
+    /// for the forward the caller then delivers to the owner.
+    pub(super) fn open_pending(
+        &mut self,
+        owner: usize,
+        waiter: Waiter,
+        timeout_ms: u32,
+        spec: CallSpec<'_>,
+    ) -> Option<u64> {
+        self.keybuf.clear();
+        if let CallSpec::Get {
+            kind,
+            key,
+            fresh: false,
+            accept,
+        } = spec
+        {
+            use std::fmt::Write;
+            let _ = write!(
+                self.keybuf,
+                "{owner}\0{kind}\0{}\0{accept:?}",
+                key.unwrap_or("\u{1}")
+            );
+            if let Some(&hreq) = self.inflight.get(self.keybuf.as_str()) {
+                if let Some(p) = self.pending.get_mut(&hreq) {
+                    p.waiters.push(waiter);
+                    return None;
+                }
+            }
+        }
+        let hreq = self.next_req;
+        self.next_req += 1;
+        let (deadline, clamped) = self.deadline(timeout_ms);
+        let kind = match spec {
+            CallSpec::Get {
+                kind, key, fresh, ..
+            } => {
+                if !fresh {
+                    self.inflight.insert(self.keybuf.clone(), hreq);
+                }
+                PendingKind::Get {
+                    kind: kind.to_string(),
+                    key: key.map(str::to_string),
+                    coalesce: !fresh,
+                }
+            }
+            CallSpec::Request { method } => PendingKind::Request {
+                method: method.to_string(),
+            },
+        };
+        self.pending.insert(
+            hreq,
+            Pending {
+                owner: self.who(owner),
+                waiters: vec![waiter],
+                deadline,
+                kind,
+                started: Instant::now(),
+                clamped,
+            },
+        );
+        self.deadlines.push(Reverse((deadline, hreq)));
+        Some(hreq)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn get(
         &mut self,
@@ -163,45 +245,15 @@ impl Hub {
         }
         let who = self.who(slot);
         self.count_pending(who, true);
-        let waiter = Waiter { who, req };
-        // Concurrent identical non-fresh gets share one forward.
-        self.keybuf.clear();
-        if !fresh {
-            use std::fmt::Write;
-            let _ = write!(
-                self.keybuf,
-                "{owner}\0{kind}\0{}\0{accept:?}",
-                key.unwrap_or("\u{1}")
-            );
-            if let Some(&hreq) = self.inflight.get(self.keybuf.as_str()) {
-                if let Some(p) = self.pending.get_mut(&hreq) {
-                    p.waiters.push(waiter);
-                    return true;
-                }
-            }
-        }
-        let hreq = self.next_req;
-        self.next_req += 1;
-        let (deadline, clamped) = self.deadline(timeout_ms);
-        if !fresh {
-            self.inflight.insert(self.keybuf.clone(), hreq);
-        }
-        self.pending.insert(
-            hreq,
-            Pending {
-                owner: self.who(owner),
-                waiters: vec![waiter],
-                deadline,
-                kind: PendingKind::Get {
-                    kind: kind.to_string(),
-                    key: key.map(str::to_string),
-                    coalesce: !fresh,
-                },
-                started: Instant::now(),
-                clamped,
-            },
-        );
-        self.deadlines.push(Reverse((deadline, hreq)));
+        let spec = CallSpec::Get {
+            kind,
+            key,
+            fresh,
+            accept,
+        };
+        let Some(hreq) = self.open_pending(owner, Waiter { who, req }, timeout_ms, spec) else {
+            return true; // joined an identical get in flight
+        };
         let requester = self.name_arc(slot);
         self.deliver(
             owner,
@@ -255,23 +307,10 @@ impl Hub {
         }
         let who = self.who(slot);
         self.count_pending(who, true);
-        let hreq = self.next_req;
-        self.next_req += 1;
-        let (deadline, clamped) = self.deadline(timeout_ms);
-        self.pending.insert(
-            hreq,
-            Pending {
-                owner: self.who(owner),
-                waiters: vec![Waiter { who, req }],
-                deadline,
-                kind: PendingKind::Request {
-                    method: method.to_string(),
-                },
-                started: Instant::now(),
-                clamped,
-            },
-        );
-        self.deadlines.push(Reverse((deadline, hreq)));
+        let spec = CallSpec::Request { method };
+        let Some(hreq) = self.open_pending(owner, Waiter { who, req }, timeout_ms, spec) else {
+            return true;
+        };
         let from = self.name_arc(slot);
         self.deliver(
             owner,
