@@ -22,7 +22,7 @@
 //!
 //! A reader that keeps a pin longer than the hub's bound (`--cache-pin-ms`, 10 s by default)
 //! while retired space waits on it does not get that space reused under it: the hub moves to
-//! a new segment generation (`generation.rs`) and never writes the old one again, so the
+//! a new segment generation (`writer/generation.rs`) and never writes the old one again, so the
 //! bytes a `CacheRef` borrows stay exactly as they were for as long as it is held — the
 //! reader's own mapping keeps those pages alive. Once the old segment is `superseded`, a view
 //! that holds no values fetches the current segment and switches; one that still holds values
@@ -124,7 +124,7 @@ pub const TORN_AFTER: std::time::Duration = std::time::Duration::from_millis(100
 const PIN_TRIES: usize = 10_000;
 
 /// Asks the hub for its current cache segment: given this link's cache key, returns a
-/// read-only fd of it (see `generation.rs`).
+/// read-only fd of it (see `writer/generation.rs`).
 pub type SegmentSource = Box<dyn Fn(u64) -> Result<OwnedFd, String> + Send + Sync>;
 
 /// The read-only view of one cache segment for one hub connection.
@@ -188,7 +188,7 @@ impl CacheReader {
 
     /// Lets this view follow the hub to newer segment generations: `source` fetches the
     /// current segment's fd for this link's cache key (the client passes a request on the
-    /// hub's socket; see `generation.rs`).
+    /// hub's socket; see `writer/generation.rs`).
     pub fn with_source(mut self, source: SegmentSource) -> CacheReader {
         self.source = Some(source);
         self

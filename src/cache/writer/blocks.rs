@@ -4,7 +4,7 @@
 //!
 //! Invariants: a retired block returns to the free lists only once every honoured pin
 //! (pins at or above `floor`) is newer than its tag; the epoch is bumped (SeqCst) after every
-//! retirement, so a reader that pinned before it re-pins (see `reader.rs` for the proof);
+//! retirement, so a reader that pinned before it re-pins (see `reader/mod.rs` for the proof);
 //! `alloc` never evicts the entry being updated (`keep`).
 
 use std::collections::BTreeSet;
@@ -48,7 +48,7 @@ impl CacheWriter {
 
     pub(super) fn retire(&mut self, off: u64, order: u32, now_ns: u64) {
         // SeqCst fence: the slot swap above is ordered before the epoch we read and bump
-        // (see the proof in `reader.rs`).
+        // (see the proof in `reader/mod.rs`).
         fence(Ordering::SeqCst);
         let e = &self.header().epoch;
         let tag = e.load(Ordering::SeqCst);
@@ -68,7 +68,7 @@ impl CacheWriter {
     /// Smallest pin any honoured reader holds (u64::MAX = none pinned).
     pub(super) fn min_pin(&self) -> u64 {
         // SeqCst fence + loads: a reader whose pin we do not see here will see the epoch we
-        // bumped and re-pin (see `reader.rs`).
+        // bumped and re-pin (see `reader/mod.rs`).
         fence(Ordering::SeqCst);
         let mut min = u64::MAX;
         for r in &self.readers {

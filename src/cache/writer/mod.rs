@@ -5,7 +5,7 @@
 //! readers need into the segment. An update goes: allocate a free block → write owner, kind,
 //! key and value into it → swap the slot under its seqlock → retire the old block with the
 //! current epoch as its tag → bump the epoch. A retired block is freed once every pinned
-//! reader's pin is newer than its tag (see `reader.rs` for why that is enough).
+//! reader's pin is newer than its tag (see `reader/mod.rs` for why that is enough).
 //!
 //! Invariants: only this process writes the segment, and only through `segment.rs`'s
 //! seqlocked slot writes and fresh (never live, never retired) blocks; a block is live (one
