@@ -426,7 +426,7 @@ fn loom_close_wakes_consumer_after_last_frame() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cache segment: epoch pins across processes (src/cache/reader.rs, writer.rs)
+// Cache segment: epoch pins across processes (src/cache/reader/, writer/)
 // ---------------------------------------------------------------------------------------------
 //
 // An abstract model of the pin/retire/reclaim protocol with the same atomics and orderings as

@@ -53,7 +53,7 @@ pub struct CacheHeader {
     pub arena_len: u64,
     /// Largest value the hub stores.
     pub max_value: u64,
-    /// Which generation of the hub's cache this segment is (1, 2, …; see `writer.rs`).
+    /// Which generation of the hub's cache this segment is (1, 2, …; see `writer/generation.rs`).
     pub generation: u64,
     /// The 128-bit key of the index hash ([`key_hash`]), drawn by the hub for this
     /// segment.
@@ -66,7 +66,7 @@ pub struct CacheHeader {
     pub _r1: [u64; 4],
     /// The global epoch (starts at 1, only grows). Written only by the hub (SeqCst
     /// `fetch_add` after it retires a block), read by readers when they pin (SeqCst, see
-    /// `reader.rs`).
+    /// `reader/mod.rs`).
     pub epoch: AtomicU64,
     /// Unused, up to the statistics' line.
     pub _r2: [u64; 7],

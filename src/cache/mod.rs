@@ -13,7 +13,7 @@
 //!   across processes, with each client's pin in its link segment header, which the hub
 //!   reads. A client that dies stops counting as soon as the hub sees it gone; one that holds
 //!   a pin past the bound makes the hub move to a new segment generation, never reusing space
-//!   under it (see [`reader`] and `generation.rs`).
+//!   under it (see [`reader`] and `writer/generation.rs`).
 //! * TTLs are `CLOCK_MONOTONIC` deadlines, shared by every process on the host.
 //! * A value outlives its owner: it stays readable after the process that wrote it exits or
 //!   disconnects, for the rest of its TTL (`Ttl::Forever`: until the hub stops, or evicts it

@@ -53,6 +53,14 @@ pub enum ControlReply {
 }
 
 /// Answers a [`ControlRequest::CacheSegment`] on a fresh control connection.
+///
+/// Sent straight from the event loop, and that cannot make the loop wait: `sock` is a
+/// handshake socket, non-blocking since accept (`accept.rs`), and `send_with_fds` sends with
+/// `MSG_NOSIGNAL`, so a full buffer is `EAGAIN` and a closed peer `EPIPE`, each only dropping
+/// this reply. The reply is one message of a few dozen bytes and one fd, the first and only
+/// thing the hub writes on that connection, so the socket's send buffer is empty when it
+/// goes. It never touches a client's ring or outbox: a client with a full ring asks on a
+/// connection of its own (`cache_segment_source`).
 pub(crate) fn answer_cache_segment(
     cache: &crate::cache::CacheWriter,
     sock: &std::os::unix::net::UnixStream,

@@ -1,7 +1,7 @@
 //! Segment generations: how the hub stops a stuck reader from holding the cache hostage
 //! without ever writing a byte that reader may still be looking at.
 //!
-//! A reader pins an epoch while it holds values (`reader.rs`); the hub frees a retired block
+//! A reader pins an epoch while it holds values (`reader/mod.rs`); the hub frees a retired block
 //! only when no honoured pin can see it. A reader that holds a pin past `--cache-pin-ms`
 //! while retired space waits on it would block reuse for good. The hub then does *not* reuse
 //! the space under it (that would change bytes a `CacheRef` still borrows). It moves to a

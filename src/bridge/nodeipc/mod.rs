@@ -25,6 +25,9 @@
 //! most `--pre-hello-bytes` of an unfinished frame (and the bridge `--pre-hello-total` across
 //! such connections), for at most `--hello-timeout-ms`. A half-closed peer (EOF) still gets
 //! the answers to the gets it made before.
+//!
+//! Files: this one is the connection task (`Conn`: read loop, hello, bus wiring, gets and
+//! their answers); `messages.rs` holds the frames' JSON shapes.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -33,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info};
@@ -46,70 +49,10 @@ use crate::client::tokio_client::{AsyncClient, AsyncTicket};
 use crate::client::{CallError, Reply, Ttl};
 use crate::proto::{Encoding, PayloadBuf, Target};
 
-/// A present field, even `null` (plain `Option<&RawValue>` turns `null` into `None`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
+mod messages;
 
 #[doc(hidden)]
-#[derive(Deserialize)]
-pub struct HelloMsg<'a> {
-    #[serde(borrow)]
-    pub id: &'a RawValue,
-    #[serde(default)]
-    pub intervals: Option<Vec<String>>,
-    /// Required on a public (non-loopback) TCP listener.
-    #[serde(borrow, default)]
-    pub token: Option<Cow<'a, str>>,
-}
-
-#[doc(hidden)]
-#[derive(Deserialize)]
-pub struct DataMsg<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    pub data: &'a RawValue,
-    #[serde(default)]
-    pub time: Option<f64>,
-}
-
-#[doc(hidden)]
-#[derive(Deserialize)]
-pub struct GetMsg<'a> {
-    #[serde(borrow)]
-    pub from: Cow<'a, str>,
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    #[serde(borrow)]
-    pub request: &'a RawValue,
-    #[serde(borrow, default)]
-    pub id: Option<&'a RawValue>,
-    #[serde(default)]
-    pub fresh: Option<bool>,
-}
-
-#[doc(hidden)]
-#[derive(Deserialize)]
-pub struct RequestOnly<'a> {
-    #[serde(borrow)]
-    pub request: &'a RawValue,
-}
-
-#[doc(hidden)]
-#[derive(Deserialize)]
-pub struct ResponseMsg<'a> {
-    #[serde(borrow)]
-    pub request: &'a RawValue,
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub data: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub error: Option<&'a RawValue>,
-    #[serde(default)]
-    pub time: Option<f64>,
-}
+pub use messages::{number_text, DataMsg, GetMsg, HelloMsg, RequestOnly, ResponseMsg};
 
 /// Queues the `response` frame for a get's answer (under the requester's own `request`).
 fn push_reply(out: &Out, stats: &super::BridgeStats, request: &str, r: Result<Reply, CallError>) {
@@ -127,16 +70,6 @@ fn push_reply(out: &Out, stats: &super::BridgeStats, request: &str, r: Result<Re
         // Every other kind displays as the hub's or the owner's message.
         Err(e) => frame::write_response_err(b, request, &e.to_string()),
     });
-}
-
-/// A JSON number's text, or an error naming the field.
-#[doc(hidden)]
-pub fn number_text<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String> {
-    let t = raw.get();
-    match t.as_bytes().first() {
-        Some(b'-' | b'0'..=b'9') => Ok(t),
-        _ => Err(format!("`{field}` must be a number, not {t}")),
-    }
 }
 
 /// Gets forwarded to this (legacy) owner, waiting for its `response`, by the number the bridge
