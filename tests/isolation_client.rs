@@ -620,9 +620,8 @@ fn a_ping_on_a_full_ring_does_not_stall_the_dispatcher() {
             })
         })
         .collect();
-    let a_full = || {
-        client_stat(dir.path(), "a").is_some_and(|c| c.ring_in_fill + 32 >= c.ring_in_capacity)
-    };
+    let a_full =
+        || client_stat(dir.path(), "a").is_some_and(|c| c.ring_in_fill + 32 >= c.ring_in_capacity);
     let end = t0 + HEARTBEAT - Duration::from_millis(300);
     let mut full = false;
     while Instant::now() < end && !full {
@@ -640,7 +639,10 @@ fn a_ping_on_a_full_ring_does_not_stall_the_dispatcher() {
     let t1 = next_heartbeat(dir.path(), &["obs"], HEARTBEAT * 2).expect("no heartbeat");
     assert!(a_full(), "a's ring drained before the ping");
     std::thread::sleep(Duration::from_millis(900).saturating_sub(t1.elapsed()));
-    assert!(a_full(), "a's ring drained before the end of the stuck phase");
+    assert!(
+        a_full(),
+        "a's ring drained before the end of the stuck phase"
+    );
     // Let the ring drain well before the next heartbeat (the sink answers its own ping then).
     let thawed = Instant::now();
     sink.proc.cont();
@@ -685,6 +687,9 @@ fn a_ping_on_a_full_ring_does_not_stall_the_dispatcher() {
     assert!(t2.is_some() && t3.is_some(), "the heartbeats stopped");
     assert!(kept.is_some(), "the hub dropped a: its pong never came");
     assert!(a.is_connected());
-    assert!(alive.is_ok(), "a does not serve after the stuck phase: {alive:?}");
+    assert!(
+        alive.is_ok(),
+        "a does not serve after the stuck phase: {alive:?}"
+    );
     sink.proc.kill();
 }
