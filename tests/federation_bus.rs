@@ -288,7 +288,12 @@ fn gets_requests_cache_and_data_across_nodes() {
         Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(t.elapsed() < Duration::from_secs(1));
+    // NotConnected, not a timeout: well before the deadline, generous under load.
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
     // Deadlines are kept (the owner takes 1.5 s, the caller allows 500 ms).
     match web
         .get("owner", "stats")

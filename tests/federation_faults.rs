@@ -74,8 +74,9 @@ fn nats_restarted_mid_run() {
         }
         other => panic!("{other:?}"),
     }
+    // Unavailable, not a timeout (5 s): well before the deadline, generous under load.
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_millis(2500),
         "{:?}",
         t.elapsed()
     );

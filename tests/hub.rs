@@ -220,7 +220,13 @@ fn get_cached_fresh_error_missing_owner_and_ttl() {
         Err(CallError::NotConnected(m)) => assert!(m.contains("not connected"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(t0.elapsed() < Duration::from_millis(500));
+    // The kind says it was not the 1 s deadline; the bound (generous for a loaded machine)
+    // only says it did not wait for one.
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
     // Data frames feed the cache directly.
     bot.data("user", Some("42"), &"alice", Ttl::Forever)
         .unwrap();
@@ -274,13 +280,19 @@ fn get_timeout_owner_leaving_and_coalescing() {
     let t0 = Instant::now();
     match web
         .get("slow", "x")
-        .timeout(Duration::from_millis(200))
+        .timeout(Duration::from_millis(100))
         .send()
     {
         Err(CallError::Timeout(m)) => assert!(m.contains("timed out"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(t0.elapsed() < Duration::from_millis(1000));
+    // 10x the call's own deadline, and still under the hub's 1 s default: the call's deadline
+    // was the one kept.
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t0.elapsed()
+    );
     gate_tx.send(()).unwrap();
     // Concurrent identical gets share one forward: five clients ask while the owner is
     // still working on the first one.
@@ -347,11 +359,9 @@ fn pending_gets_fail_when_the_owner_leaves() {
         Err(CallError::OwnerLeft(m)) => assert!(m.contains("left"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(
-        t0.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t0.elapsed()
-    );
+    // OwnerLeft, not the 4 s deadline; the bound (generous for a loaded machine) only says
+    // it came well before it.
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     // The name is free again.
     let again = Client::connect(hub.dir.path(), ClientOptions::new("owner")).unwrap();
     assert!(again.is_connected());

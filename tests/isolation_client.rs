@@ -509,3 +509,190 @@ fn close_on_panic_policy_closes_the_client() {
         "{after:?}"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// 12.9: answering a ping on a full ring never stalls the dispatcher
+// ------------------------------------------------------------------------------------------
+
+/// One client's entry in the hub's `stat`.
+fn client_stat(dir: &Path, name: &str) -> Option<shmbus::hub::ClientStat> {
+    shmbus::hub::stat(dir)
+        .ok()?
+        .clients
+        .into_iter()
+        .find(|c| c.name == name)
+}
+
+/// Waits for the next heartbeat: the moment the hub has read a new pong from every client in
+/// `who` (an idle client sends nothing else, so its `msgs_in` moves only at pongs).
+fn next_heartbeat(dir: &Path, who: &[&str], within: Duration) -> Option<Instant> {
+    let base: Vec<u64> = who
+        .iter()
+        .map(|n| client_stat(dir, n).map_or(0, |c| c.msgs_in))
+        .collect();
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        let moved = who
+            .iter()
+            .zip(&base)
+            .all(|(n, b)| client_stat(dir, n).is_some_and(|c| c.msgs_in > *b));
+        if moved {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// The client `a` floods a stopped consumer until its ring towards the hub is full to the
+/// last 16-byte frame (the size of a pong), and the hub pings it then. The hub keeps it (the
+/// ring drains before the next heartbeat), but the ping must be answered without waiting:
+/// `a`'s dispatcher keeps delivering a steady stream of events (20 ms apart) to its handler
+/// (no gap of 800 ms, generous for a loaded machine; a pong that waited for room would hold
+/// the receiver for 1 s), and the owed pong goes out once the ring drains, so `a` is still on
+/// the bus two heartbeats later.
+#[test]
+fn a_ping_on_a_full_ring_does_not_stall_the_dispatcher() {
+    let _w = util::watchdog("a_ping_on_a_full_ring_does_not_stall_the_dispatcher", 120);
+    const HEARTBEAT: Duration = Duration::from_millis(3000);
+    let dir = util::TestDir::new("ping-full");
+    let _hub = start_hub(
+        dir.path(),
+        HubSpec {
+            flags: &[
+                "--heartbeat-ms",
+                "3000",
+                "--ring-bytes",
+                "65536",
+                "--outbox-bytes",
+                "262144",
+            ],
+            ..Default::default()
+        },
+    );
+    // The sink is called "s" so that `emit("s", "e", &())` is an 8-byte message: a 16-byte
+    // frame, the same as a pong's, so when no such emit fits, no pong fits either.
+    let mut sink = fault_harness::rust_agent("sink", "s", dir.path(), &[]);
+    sink.expect("ready", Duration::from_secs(20));
+    let a = Client::connect(dir.path(), ClientOptions::new("a")).unwrap();
+    let delivered = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let d = delivered.clone();
+    a.on("tick", move |_| d.lock().unwrap().push(Instant::now()));
+    a.on_request("alive", |_| Ok("yes"));
+    let _obs = Client::connect(dir.path(), ClientOptions::new("obs")).unwrap();
+    let ticker = Client::connect(dir.path(), ClientOptions::new("ticker")).unwrap();
+    ticker
+        .request("a", "alive", &(), Some(Duration::from_secs(5)))
+        .expect("a serves before the test");
+    let stop_ticks = Arc::new(AtomicBool::new(false));
+    let ticks = {
+        let (t, stop) = (ticker.clone(), stop_ticks.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = t.emit("a", "tick", &n);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    // T0: a heartbeat has just been answered by everyone, the sink included. Stop the sink
+    // and fill `a`'s ring before the next one.
+    let t0 = next_heartbeat(dir.path(), &["obs", "s"], HEARTBEAT * 3).expect("no heartbeat");
+    sink.proc.stop();
+    let stop_flood = Arc::new(AtomicBool::new(false));
+    let floods: Vec<_> = [16usize << 10, 0]
+        .into_iter()
+        .map(|size| {
+            let (a2, stop) = (a.clone(), stop_flood.clone());
+            std::thread::spawn(move || {
+                let body = vec![0u8; size];
+                while !stop.load(Ordering::Relaxed) {
+                    let r = if size > 0 {
+                        a2.emit("s", "ev", &body)
+                    } else {
+                        a2.emit("s", "e", &())
+                    };
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let a_full =
+        || client_stat(dir.path(), "a").is_some_and(|c| c.ring_in_fill + 32 >= c.ring_in_capacity);
+    let end = t0 + HEARTBEAT - Duration::from_millis(300);
+    let mut full = false;
+    while Instant::now() < end && !full {
+        full = a_full() && {
+            std::thread::sleep(Duration::from_millis(100));
+            a_full()
+        };
+    }
+    assert!(
+        full,
+        "a's ring towards the hub did not fill within a heartbeat: {:?}",
+        client_stat(dir.path(), "a")
+    );
+    // T1: the hub pings `a`, whose ring has no room for the pong.
+    let t1 = next_heartbeat(dir.path(), &["obs"], HEARTBEAT * 2).expect("no heartbeat");
+    assert!(a_full(), "a's ring drained before the ping");
+    // 1.5 s: longer than a pong that waits for room would wait (1 s, after which it is lost),
+    // and 1.5 s before the next heartbeat for the ring to drain and the owed pong to go out.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(t1.elapsed()));
+    assert!(
+        a_full(),
+        "a's ring drained before the end of the stuck phase"
+    );
+    // Let the ring drain well before the next heartbeat (the sink answers its own ping then).
+    let thawed = Instant::now();
+    sink.proc.cont();
+    stop_flood.store(true, Ordering::Relaxed);
+    for f in floods {
+        let _ = f.join();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (gap, n) = {
+        let times = delivered.lock().unwrap();
+        let window: Vec<Instant> = times
+            .iter()
+            .copied()
+            .filter(|t| *t >= t0 && *t <= thawed + Duration::from_millis(300))
+            .collect();
+        let gap = window
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        (gap, window.len())
+    };
+    // T2, T3: `a` must have answered T1's ping once its ring drained (the hub drops a client
+    // that has not answered the previous ping when the next one is due).
+    let t2 = next_heartbeat(dir.path(), &["obs", "s"], HEARTBEAT * 2);
+    let t3 = next_heartbeat(dir.path(), &["obs", "s"], HEARTBEAT * 2);
+    let kept = client_stat(dir.path(), "a");
+    let alive = ticker.request("a", "alive", &(), Some(Duration::from_secs(5)));
+    stop_ticks.store(true, Ordering::Relaxed);
+    let _ = ticks.join();
+    eprintln!(
+        "ping on a full ring: {n} events delivered while stuck, longest gap {gap:?}; \
+         heartbeats after: {:?} {:?}; a in stat: {kept:?}; request: {alive:?}",
+        t2.map(|t| t - t1),
+        t3.map(|t| t - t1)
+    );
+    assert!(n >= 10, "too few events delivered to measure: {n}");
+    assert!(
+        gap < Duration::from_millis(800),
+        "a's dispatcher stalled for {gap:?} while a ping waited for room"
+    );
+    assert!(t2.is_some() && t3.is_some(), "the heartbeats stopped");
+    assert!(kept.is_some(), "the hub dropped a: its pong never came");
+    assert!(a.is_connected());
+    assert!(
+        alive.is_ok(),
+        "a does not serve after the stuck phase: {alive:?}"
+    );
+    sink.proc.kill();
+}

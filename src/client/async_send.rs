@@ -31,7 +31,10 @@
 //! Do not mix, on one client, sync sends (`AsyncClient::client().emit`, …, from another thread)
 //! with async sends of messages larger than one frame: a sync send can land between the async
 //! message's fragments, and the hub then drops the link as corrupt. Every send operation exists
-//! on [`AsyncClient`](super::tokio_client::AsyncClient).
+//! on [`AsyncClient`](super::tokio_client::AsyncClient). A sync send made on the thread of a
+//! current-thread runtime while an async fragmented send it started is half-way out would wait
+//! forever (only that thread can finish the message): it fails at once with an
+//! `io::ErrorKind::Deadlock` error instead (`Inner::stuck_behind_async_fragments`).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -185,6 +188,8 @@ struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.sent == 0 || self.sent >= self.bytes.len() {
+            // Done (or nothing written): no sync send has to wait for this message any more.
+            *self.inner.async_fragments_on.lock().expect("lock") = None;
             return;
         }
         let rest = InFlight {
@@ -198,6 +203,7 @@ impl Drop for InFlight {
         self.side.rt.spawn(async move {
             let mut rest = rest;
             let _ = push_fragments(&mut rest).await;
+            rest.sent = 0; // done, or failed: nothing more to finish
         });
     }
 }
@@ -215,6 +221,29 @@ async fn push_fragments(f: &mut InFlight) -> Result<(), Error> {
 }
 
 impl Inner {
+    /// The error for a sync send that found the ring busy on the thread of a current-thread
+    /// tokio runtime which started an async send of a fragmented message still half-way out:
+    /// only this thread can send the rest of those fragments, and it would be blocked in the
+    /// sync send, so the wait could never end. `None` when waiting is fine (no such message,
+    /// another thread, or a multi-thread runtime whose other workers finish the message).
+    pub(super) fn stuck_behind_async_fragments(&self) -> Option<Error> {
+        let on = (*self.async_fragments_on.lock().expect("lock"))?;
+        if on != std::thread::current().id() {
+            return None;
+        }
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        Some(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::Deadlock,
+            "a sync send on a current-thread tokio runtime's thread, while an async send of a \
+             message larger than one frame is half-way out on it, could never finish (its \
+             fragments must go first, and only this thread can send them): use the \
+             AsyncClient's async sends from async code, or send from another thread",
+        )))
+    }
+
     /// Reports a failed async send: a lost or corrupt link is marked disconnected after
     /// what the hub published on it is filed (no `tx` guard is held here; the dispatch task
     /// runs the queued disconnect handlers).
@@ -344,6 +373,8 @@ impl Inner {
         let mut bytes = vec![0u8; len];
         let n = codec::encode_into(msg, &mut bytes)?;
         bytes.truncate(n);
+        // Cleared when the `InFlight` below (or the one that finishes it) is done.
+        *self.async_fragments_on.lock().expect("lock") = Some(std::thread::current().id());
         let mut f = InFlight {
             inner: self.clone(),
             side: side.clone(),

@@ -167,6 +167,11 @@ struct Inner {
     /// The dispatcher thread runs (it exits when the link is lost without a retry policy;
     /// `reconnect` starts a new one).
     dispatching: AtomicBool,
+    /// The thread that started the async send of a message larger than one frame still
+    /// half-way out (feature `tokio`; set and cleared by `async_send`): a sync send on that
+    /// thread, inside a current-thread runtime, could never get past its fragments.
+    #[cfg(feature = "tokio")]
+    async_fragments_on: Mutex<Option<std::thread::ThreadId>>,
     /// Live [`Client`] handles. The last one to drop closes the link (the dispatcher thread,
     /// handlers and tickets hold `Inner` only for a turn or weakly, never as a user).
     users: AtomicUsize,
@@ -265,6 +270,8 @@ impl Client {
             panicked: AtomicBool::new(false),
             dispatching: AtomicBool::new(false),
             users: AtomicUsize::new(1),
+            #[cfg(feature = "tokio")]
+            async_fragments_on: Mutex::new(None),
             opts,
         });
         inner.first_connect()?;
@@ -599,6 +606,12 @@ impl Inner {
             match res {
                 Ok(()) => return Ok(()),
                 Err(Fail::NotNow | Fail::Timeout) => {
+                    // Waiting here could never end: only this thread can send the rest of an
+                    // async message that is in the way.
+                    #[cfg(feature = "tokio")]
+                    if let Some(e) = self.stuck_behind_async_fragments() {
+                        return Err(e);
+                    }
                     match held.as_deref_mut() {
                         Some(g) => {
                             let _ = self.receive_locked(g, Deadline::Now);

@@ -78,6 +78,12 @@ impl AsyncClient {
 
     /// The synchronous handle: handlers, state, the cache; its sends wait the sync way.
     ///
+    /// **Its sends block the calling thread** while the ring is full: from async code use the
+    /// [`AsyncClient`]'s own sends. A sync send on a current-thread runtime's thread while an
+    /// async send of a message larger than one frame is half-way out on it could never finish
+    /// (the fragments must go first, and only that thread can send them): it returns an
+    /// `Error::Io` of kind `Deadlock` at once instead of waiting.
+    ///
     /// ```
     /// # let hub = shmbus::client::doctest::DocHub::start();
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

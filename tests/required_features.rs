@@ -1,0 +1,90 @@
+//! Built with every feature set, so that a run without the default features is never a quiet
+//! one. The tests that start the `shmbus` binary declare `required-features = ["cli"]` in
+//! Cargo.toml, and cargo leaves them out without a word under `--no-default-features`: this
+//! test lists them (read from Cargo.toml, so the list cannot go stale) and fails, unless
+//! `SHMBUS_LIB_ONLY=1` says that a library-only run is what was meant. The federation tests
+//! (feature `federation`, not a default one) are named on stderr when left out.
+#![cfg(not(shmbus_loom))]
+
+/// Whether this build has `feature`.
+fn enabled(feature: &str) -> bool {
+    match feature {
+        "cli" => cfg!(feature = "cli"),
+        "bench" => cfg!(feature = "bench"),
+        "tokio" => cfg!(feature = "tokio"),
+        "bridge" => cfg!(feature = "bridge"),
+        "socketio" => cfg!(feature = "socketio"),
+        "federation" => cfg!(feature = "federation"),
+        other => panic!("Cargo.toml names a feature this test does not know: {other}"),
+    }
+}
+
+/// Every `[[test]]` of Cargo.toml with its `required-features`.
+fn declared_tests() -> Vec<(String, Vec<String>)> {
+    let toml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .expect("read Cargo.toml");
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_test = false;
+    for line in toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_test = line == "[[test]]";
+            continue;
+        }
+        if !in_test {
+            continue;
+        }
+        let quoted = |s: &str| -> Vec<String> {
+            s.split('"')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        if let Some(v) = line.strip_prefix("name") {
+            let name = quoted(v).into_iter().next().expect("[[test]] name");
+            out.push((name, Vec::new()));
+        } else if let Some(v) = line.strip_prefix("required-features") {
+            out.last_mut().expect("name before required-features").1 = quoted(v);
+        }
+    }
+    out
+}
+
+#[test]
+fn tests_left_out_by_the_feature_set_are_named() {
+    let declared = declared_tests();
+    assert!(
+        declared.iter().any(|(n, _)| n == "hub_process"),
+        "no [[test]] entries read from Cargo.toml: {declared:?}"
+    );
+    let left_out: Vec<(&str, Vec<&str>)> = declared
+        .iter()
+        .filter_map(|(name, req)| {
+            let missing: Vec<&str> = req
+                .iter()
+                .map(String::as_str)
+                .filter(|f| !enabled(f))
+                .collect();
+            (!missing.is_empty()).then_some((name.as_str(), missing))
+        })
+        .collect();
+    let (need_cli, federation_only): (Vec<_>, Vec<_>) =
+        left_out.iter().partition(|(_, m)| m.contains(&"cli"));
+    if !federation_only.is_empty() {
+        eprintln!(
+            "left out by this feature set (run `cargo test --release --features federation \
+             --test 'federation_*'` with a nats-server on PATH): {federation_only:?}"
+        );
+    }
+    if need_cli.is_empty() || std::env::var_os("SHMBUS_LIB_ONLY").is_some_and(|v| v == "1") {
+        return;
+    }
+    let names: Vec<&str> = need_cli.iter().map(|(n, _)| *n).collect();
+    panic!(
+        "these tests need the default features: run cargo test --release. This build leaves \
+         out {} test binaries that start the shmbus binary (feature `cli`): {}. To run only \
+         the library's tests on purpose, set SHMBUS_LIB_ONLY=1.",
+        names.len(),
+        names.join(", ")
+    );
+}
