@@ -166,10 +166,14 @@ pub(crate) trait Waitable {
 }
 
 /// Waiting for data in a consumer; with a kick flag, also until that flag is set (the waiter
-/// then re-checks and gives up: see `RawReceiver::recv_kickable`).
+/// then re-checks and gives up: see `RawReceiver::recv_kickable`). With a [`Reassembly`],
+/// its large copy buffer is freed when the waiter announces that it parks (idle).
+///
+/// [`Reassembly`]: crate::channel::reassembly::Reassembly
 pub(crate) struct DataIn<'a>(
     pub(crate) &'a mut crate::ring::Consumer,
     pub(crate) Option<&'a std::sync::atomic::AtomicBool>,
+    pub(crate) Option<&'a mut crate::channel::reassembly::Reassembly>,
 );
 
 impl Waitable for DataIn<'_> {
@@ -182,6 +186,11 @@ impl Waitable for DataIn<'_> {
                 .is_some_and(|k| k.load(std::sync::atomic::Ordering::Relaxed)))
     }
     fn announce(&mut self, on: bool) {
+        if on {
+            if let Some(asm) = self.2.as_mut() {
+                asm.trim();
+            }
+        }
         self.0.set_sleeping(on)
     }
 }
