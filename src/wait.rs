@@ -156,6 +156,13 @@ const PAUSE_SPINS: u32 = 64;
 /// Spins between liveness probes in `WaitStrategy::Spin` (about 100-300 µs).
 const SPINS_PER_PROBE: u32 = 1 << 14;
 
+/// Yielding polls between liveness probes in `WaitStrategy::SpinYield`. A yield on a busy
+/// machine lasts as long as the other runnable threads' slices (70 µs and more at load 14 on
+/// 2 cores), so 2^14 of them took over a second to notice a SIGKILLed peer
+/// (`link_crash::sigkill_mid_write_never_exposes_half_a_frame`, spin-yield: "Disconnected
+/// 1.16 s after the kill"); a probe (one `poll`) is cheap next to a yield.
+const YIELDS_PER_PROBE: u32 = 1 << 8;
+
 /// The condition a waiter waits for, and its `sleeping` flag.
 pub(crate) trait Waitable {
     /// Re-checks the ring (re-reading the peer's index). True also when the peer closed, so
@@ -269,7 +276,12 @@ pub(crate) fn wait_until(
                         break;
                     }
                 }
-                if budget.is_none() && i % SPINS_PER_PROBE == 0 && parker.peer_gone()? {
+                let probe_every = if yielding {
+                    YIELDS_PER_PROBE
+                } else {
+                    SPINS_PER_PROBE
+                };
+                if budget.is_none() && i % probe_every == 0 && parker.peer_gone()? {
                     return Ok(if ready()? {
                         WaitOutcome::Ready
                     } else {

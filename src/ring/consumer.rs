@@ -58,48 +58,6 @@ unsafe fn copy_words(src: *const u8, dst: *mut u8, words: usize) {
     }
 }
 
-/// Copies at or above this many bytes use [`copy_bulk`] (`rep movsb`) where it exists.
-const BULK_COPY: usize = 1024;
-
-/// Copies `len` bytes from `src` (in the ring) to `dst` with one `rep movsb`.
-///
-/// Why this is sound although the peer may write `src` meanwhile: the asm block is opaque to
-/// the compiler (no `pure`/`nomem`/`readonly`), so it must assume the block reads and writes
-/// memory as *some* Rust code could, and the behaviour of `rep movsb` is exactly that of a
-/// byte-wise copy made of Relaxed atomic byte loads (each byte read once, some value per
-/// byte, P1478's `atomic_load_per_byte_memcpy`), which is what [`copy_words`] does with
-/// 8-byte atomics. No value read here is assumed to stay put or to be valid: the copy lands
-/// in our private buffer, and only that buffer is decoded. On Zen 4 and on Intel since Ice
-/// Lake (ERMS/FSRM), `rep movsb` streams whole lines, several times faster than the word loop
-/// for large frames. Miri and loom cannot run asm and use the word loop.
-///
-/// # Safety
-/// As for [`copy_words`]: `src .. src + len` is inside a live ring data area, `dst` is valid
-/// for `len` bytes of writes, and the two do not overlap.
-#[inline]
-unsafe fn copy_bulk(src: *const u8, dst: *mut u8, len: usize) {
-    #[cfg(all(target_arch = "x86_64", not(miri), not(shmbus_loom)))]
-    // SAFETY: the caller vouches for both ranges (see above for why a concurrent write by the
-    // peer is not undefined behaviour). The direction flag is clear on entry to any asm block
-    // (Rust's asm ABI), so the copy runs forwards; `rcx`, `rsi` and `rdi` are declared
-    // clobbered, the flags are untouched, and no stack is used.
-    unsafe {
-        std::arch::asm!(
-            "rep movsb",
-            inout("rcx") len => _,
-            inout("rsi") src => _,
-            inout("rdi") dst => _,
-            options(nostack, preserves_flags)
-        );
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri), not(shmbus_loom))))]
-    // SAFETY: the caller's contract, in whole words: `len` is a multiple of 8 here (see the
-    // only caller, `copy_payload`).
-    unsafe {
-        copy_words(src, dst, len / 8)
-    }
-}
-
 /// A validated frame at the consumer's head. Its payload is copied out with
 /// [`Consumer::copy_payload`] (or, from a trusted peer, borrowed with the unsafe
 /// [`Consumer::payload_in_place`]) and its space given back with [`Consumer::release`].
@@ -278,14 +236,11 @@ impl Consumer {
         // and `size = 8 + len` rounded up to 8, so the `words` 8-byte words from `pos + 8 +
         // skip` are inside it; they are 8-aligned (the data area and `pos` are). `out` has
         // room for `words * 8` bytes past `start` (reserved above); only `len` are exposed.
-        // Either copy reads the ring only atomically or through opaque asm (see `copy_bulk`).
+        // (No `rep movsb` for large frames: on this Zen 4 it runs at 0.3 GiB/s when the
+        // destination sits 8 or 16 bytes past the source modulo 64, which ring offsets and
+        // heap buffers hit; the word loop makes 26 GiB/s at 1 MiB in L2. See BENCHMARKS.md.)
         unsafe {
-            let dst = out.as_mut_ptr().add(start);
-            if words * 8 >= BULK_COPY {
-                copy_bulk(src, dst, words * 8);
-            } else {
-                copy_words(src, dst, words);
-            }
+            copy_words(src, out.as_mut_ptr().add(start), words);
             out.set_len(start + len);
         }
         len

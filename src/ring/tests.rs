@@ -246,8 +246,8 @@ fn an_empty_frame_in_the_last_word_is_fine() {
     assert_eq!(c.peek().unwrap(), None);
 }
 
-/// Every copy path (the word loop below 1 KiB, `rep movsb` from 1 KiB on x86-64) returns
-/// exactly the frame's bytes, for odd lengths, with and without a skipped prefix, appended
+/// The atomic word copy (four words per turn, then single words) returns exactly the frame's
+/// bytes, for odd lengths, with and without a skipped prefix, appended
 /// after what the buffer held; and `peek_msg` agrees with `peek` on whole frames.
 #[test]
 fn copies_of_every_size_are_exact_and_peek_msg_agrees_with_peek() {
@@ -255,7 +255,9 @@ fn copies_of_every_size_are_exact_and_peek_msg_agrees_with_peek() {
     let sizes: &[usize] = if cfg!(miri) {
         &[0, 1, 7, 8, 33, 1023, 1024, 1025]
     } else {
-        &[0, 1, 7, 8, 9, 31, 32, 33, 255, 256, 257, 1016, 1023, 1024, 1025, 3000, 8184]
+        &[
+            0, 1, 7, 8, 9, 31, 32, 33, 255, 256, 257, 1016, 1023, 1024, 1025, 3000, 8184,
+        ]
     };
     for &n in sizes {
         let msg: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
