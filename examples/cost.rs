@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Modes: `ring64` (a 64 B message sent with `send_bytes` and received with `recv_bytes`, the
-//! receiver summing it), `view64` (a typed message with two `&str` fields, `recv_view`),
+//! receiver summing it), `stream64` (the same one way in batches of 32: `try_write_frame` +
+//! `flush`, `recv_batch_bytes`), `view64` (a typed message with two `&str` fields, `recv_view`),
 //! `cache64` / `cache1m` (a cache hit of a 64 B / 1 MiB value: get, length check, first and
 //! last byte, drop), `hubget` (the hub's own cache lookup of a cached get, `CacheWriter::get`).
 
@@ -52,6 +53,34 @@ fn main() {
                 acc += rx
                     .recv_bytes(|b| b.iter().map(|&x| x as u64).sum::<u64>())
                     .unwrap();
+            }
+        }
+        "stream64" => {
+            // One-way streaming as `bench ring --throughput` does it: 32 frames committed,
+            // one publish, then the receiver takes the batch (`recv_batch_bytes`).
+            let (a, b) = Link::pair_with(&cfg).unwrap();
+            let (mut tx, _) = a.split();
+            let (_, mut rx) = b.split();
+            let msg = [7u8; 64];
+            for _ in 0..n / 32 {
+                for _ in 0..32 {
+                    assert!(tx
+                        .try_write_frame(64, |b| {
+                            b.copy_from_slice(&msg);
+                            Ok(64)
+                        })
+                        .unwrap());
+                }
+                tx.flush().unwrap();
+                let mut got = 0;
+                while got < 32 {
+                    got += rx
+                        .recv_batch_bytes(256, |b| {
+                            acc += b.iter().map(|&x| x as u64).sum::<u64>();
+                            true
+                        })
+                        .unwrap();
+                }
             }
         }
         "view64" => {

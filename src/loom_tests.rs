@@ -155,7 +155,7 @@ fn wait_for_data(bell: &LoomBell, cons: &mut Consumer) {
         WaitStrategy::Park,
         Deadline::Never,
         bell,
-        &mut DataIn(cons, None),
+        &mut DataIn(cons, None, None),
     )
     .unwrap();
     assert_eq!(out, WaitOutcome::Ready);

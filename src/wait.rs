@@ -156,6 +156,13 @@ const PAUSE_SPINS: u32 = 64;
 /// Spins between liveness probes in `WaitStrategy::Spin` (about 100-300 µs).
 const SPINS_PER_PROBE: u32 = 1 << 14;
 
+/// Yielding polls between liveness probes in `WaitStrategy::SpinYield`. A yield on a busy
+/// machine lasts as long as the other runnable threads' slices (70 µs and more at load 14 on
+/// 2 cores), so 2^14 of them took over a second to notice a SIGKILLed peer
+/// (`link_crash::sigkill_mid_write_never_exposes_half_a_frame`, spin-yield: "Disconnected
+/// 1.16 s after the kill"); a probe (one `poll`) is cheap next to a yield.
+const YIELDS_PER_PROBE: u32 = 1 << 8;
+
 /// The condition a waiter waits for, and its `sleeping` flag.
 pub(crate) trait Waitable {
     /// Re-checks the ring (re-reading the peer's index). True also when the peer closed, so
@@ -166,10 +173,14 @@ pub(crate) trait Waitable {
 }
 
 /// Waiting for data in a consumer; with a kick flag, also until that flag is set (the waiter
-/// then re-checks and gives up: see `RawReceiver::recv_kickable`).
+/// then re-checks and gives up: see `RawReceiver::recv_kickable`). With a [`Reassembly`],
+/// its large copy buffer is freed when the waiter announces that it parks (idle).
+///
+/// [`Reassembly`]: crate::channel::reassembly::Reassembly
 pub(crate) struct DataIn<'a>(
     pub(crate) &'a mut crate::ring::Consumer,
     pub(crate) Option<&'a std::sync::atomic::AtomicBool>,
+    pub(crate) Option<&'a mut crate::channel::reassembly::Reassembly>,
 );
 
 impl Waitable for DataIn<'_> {
@@ -182,6 +193,11 @@ impl Waitable for DataIn<'_> {
                 .is_some_and(|k| k.load(std::sync::atomic::Ordering::Relaxed)))
     }
     fn announce(&mut self, on: bool) {
+        if on {
+            if let Some(asm) = self.2.as_mut() {
+                asm.trim();
+            }
+        }
         self.0.set_sleeping(on)
     }
 }
@@ -260,7 +276,12 @@ pub(crate) fn wait_until(
                         break;
                     }
                 }
-                if budget.is_none() && i % SPINS_PER_PROBE == 0 && parker.peer_gone()? {
+                let probe_every = if yielding {
+                    YIELDS_PER_PROBE
+                } else {
+                    SPINS_PER_PROBE
+                };
+                if budget.is_none() && i % probe_every == 0 && parker.peer_gone()? {
                     return Ok(if ready()? {
                         WaitOutcome::Ready
                     } else {

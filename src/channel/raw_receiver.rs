@@ -112,42 +112,79 @@ impl RawReceiver {
         self.data_bell.as_fd()
     }
 
-    fn corrupt(&mut self, what: &str) -> Error {
+    #[cold]
+    #[inline(never)]
+    fn corrupt(&mut self, what: &'static str) -> Error {
         let e = Error::Corrupt(what.to_string());
         self.broken = Some(e.duplicate());
         e
     }
 
-    /// Advances to the next whole message, absorbing fragments. `None` = nothing whole yet.
-    fn poll_ready(&mut self) -> Result<Option<Ready>, Error> {
-        if let Some(e) = &self.broken {
-            return Err(e.duplicate());
-        }
-        let r = self.asm.poll(&mut self.cons);
-        self.wake_producer()?;
-        r.map_err(|m| self.corrupt(&m))
+    #[cold]
+    #[inline(never)]
+    fn broken_error(&self) -> Error {
+        self.broken
+            .as_ref()
+            .map_or(Error::Disconnected, Error::duplicate)
     }
 
-    /// Rings the space doorbell if a release asked for it.
-    #[inline]
-    fn wake_producer(&mut self) -> Result<(), Error> {
-        if self.asm.take_wake() {
-            self.space_bell.ring()?;
+    /// The fast path of [`poll_ready`](RawReceiver::poll_ready): a whole frame at the head
+    /// while nothing is held, assembled or broken. `None` = take the slow path (which also
+    /// handles everything this one leaves: padding, fragments, errors, an empty ring).
+    #[inline(always)]
+    fn fast_whole(&mut self) -> Option<Ready> {
+        if self.held.is_some() || self.broken.is_some() || !self.asm.idle() {
+            return None;
         }
-        Ok(())
+        self.cons.peek_msg().map(Ready::Whole)
+    }
+
+    /// Advances to the next whole message, absorbing fragments. `None` = nothing whole yet.
+    #[inline]
+    fn poll_ready(&mut self) -> Result<Option<Ready>, Error> {
+        if self.broken.is_some() {
+            return Err(self.broken_error());
+        }
+        let r = self.asm.poll(&mut self.cons);
+        // Only fragments and aborts are released inside `poll` (a whole frame is released by
+        // `finish`), so this is the one check of their wake-up flag.
+        if self.asm.take_wake() {
+            self.ring_space()?;
+        }
+        match r {
+            Ok(r) => Ok(r),
+            Err(m) => Err(self.corrupt(m)),
+        }
+    }
+
+    /// Rings the space doorbell: a producer sleeps on a full ring and space was freed.
+    #[cold]
+    #[inline(never)]
+    fn ring_space(&mut self) -> Result<(), Error> {
+        Ok(self.space_bell.ring()?)
     }
 
     /// Hands a ready message to `f` from a private copy (see [`Reassembly::with_bytes`]),
     /// then consumes it.
+    #[inline]
     fn deliver<R>(&mut self, r: Ready, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
         let out = self.asm.with_bytes(&self.cons, &r, f);
         self.finish(r, out)
     }
 
+    #[inline]
     fn finish<R>(&mut self, r: Ready, out: R) -> Result<R, Error> {
-        self.stats.bytes += self.asm.finish(&mut self.cons, r) as u64;
+        let (len, wake) = match r {
+            // A whole frame: released here, and its release is the only one to check.
+            Ready::Whole(f) => (f.len, self.cons.release(f)),
+            // Assembled: its fragments were released (and their wake-ups rung) by `poll`.
+            Ready::Assembled => (self.asm.finish(&mut self.cons, r), false),
+        };
+        self.stats.bytes += len as u64;
         self.stats.messages += 1;
-        self.wake_producer()?;
+        if wake {
+            self.ring_space()?;
+        }
         Ok(out)
     }
 
@@ -182,6 +219,9 @@ impl RawReceiver {
         take: impl FnOnce(&mut Self, Ready) -> Result<R, Error>,
     ) -> Result<R, Fail> {
         loop {
+            if let Some(r) = self.fast_whole() {
+                return Ok(take(self, r)?);
+            }
             if let Some(r) = self.held.take() {
                 return Ok(take(self, r)?);
             }
@@ -211,7 +251,7 @@ impl RawReceiver {
                 ctrl: self.ctrl.as_fd(),
                 sleeper: &self.sleeper,
             };
-            let mut w = DataIn(&mut self.cons, kick);
+            let mut w = DataIn(&mut self.cons, kick, Some(&mut self.asm));
             match wait_until(self.wait, deadline, &parker, &mut w)? {
                 WaitOutcome::Ready => {}
                 WaitOutcome::TimedOut => return Err(Fail::Timeout),
@@ -255,6 +295,7 @@ impl RawReceiver {
     /// so do not park; the announcement was withdrawn. `Ok(false)`: park on the doorbell, then
     /// withdraw the announcement with [`set_waiting_for_data(false)`](Self::set_waiting_for_data).
     pub fn prepare_park(&mut self) -> Result<bool, Error> {
+        self.asm.trim();
         wait::prepare_park(&mut ParkingReceiver(self))
     }
 
@@ -285,6 +326,9 @@ impl RawReceiver {
 
     /// Receives one message, waiting as the wait strategy says, and calls `f` with its bytes.
     pub fn recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        if let Some(r) = self.fast_whole() {
+            return self.deliver(r, f).map_err(RecvError::Failed);
+        }
         self.recv_with(Deadline::Never, f).map_err(|e| match e {
             Fail::Error(e) => RecvError::Failed(e),
             _ => RecvError::Disconnected,
@@ -309,7 +353,11 @@ impl RawReceiver {
         }
         let mut n = 1;
         while n < max {
-            match self.poll_ready() {
+            let next = match self.fast_whole() {
+                Some(r) => Ok(Some(r)),
+                None => self.poll_ready(),
+            };
+            match next {
                 Ok(Some(r)) => {
                     // `f` has run even when this fails (only waking a full producer can).
                     let res = self.deliver(r, &mut f);

@@ -123,31 +123,56 @@ impl RawSender {
         Fail::from(e)
     }
 
+    /// The per-send liveness checks: the common case (alive, no probe due) is a few loads
+    /// and branches; the rest is out of line.
+    #[inline]
     fn check_alive(&mut self) -> Result<(), Fail> {
-        if let Some(e) = &self.broken {
-            return Err(Fail::Error(e.duplicate()));
-        }
-        if self.peer_gone || self.prod.peer_closed() {
-            self.peer_gone = true;
-            return Err(Fail::Disconnected);
+        if self.broken.is_some() || self.peer_gone || self.prod.peer_closed() {
+            return self.not_alive();
         }
         self.until_probe -= 1;
         if self.until_probe == 0 {
-            self.until_probe = PROBE_EVERY;
-            if sys::peer_hung_up(self.ctrl.as_fd()).map_err(|e| self.fail(e.into()))? {
-                self.peer_gone = true;
-                return Err(Fail::Disconnected);
-            }
+            return self.probe();
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_alive(&mut self) -> Result<(), Fail> {
+        if let Some(e) = &self.broken {
+            return Err(Fail::Error(e.duplicate()));
+        }
+        self.peer_gone = true;
+        Err(Fail::Disconnected)
+    }
+
+    /// Every [`PROBE_EVERY`] sends: has the peer hung up its control socket?
+    #[cold]
+    #[inline(never)]
+    fn probe(&mut self) -> Result<(), Fail> {
+        self.until_probe = PROBE_EVERY;
+        if sys::peer_hung_up(self.ctrl.as_fd()).map_err(|e| self.fail(e.into()))? {
+            self.peer_gone = true;
+            return Err(Fail::Disconnected);
         }
         Ok(())
     }
 
     /// Publishes committed frames and rings the consumer if it sleeps.
+    #[inline]
     fn publish(&mut self) -> Result<(), Fail> {
         if self.prod.publish() {
-            self.data_bell.ring().map_err(|e| self.fail(e.into()))?;
+            return self.ring_data();
         }
         Ok(())
+    }
+
+    /// Rings the consumer's doorbell (it announced that it sleeps).
+    #[cold]
+    #[inline(never)]
+    fn ring_data(&mut self) -> Result<(), Fail> {
+        self.data_bell.ring().map_err(|e| self.fail(e.into()))
     }
 
     /// Publishes everything written with the `feed`-style calls and wakes the consumer.

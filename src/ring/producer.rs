@@ -136,6 +136,7 @@ impl Producer {
     /// Reserves a contiguous payload slice of exactly `len` bytes. `Ok(None)` means the ring is
     /// full for now (backpressure). The slice holds stale bytes: write all of it that you
     /// commit.
+    #[inline]
     pub fn reserve(&mut self, len: usize) -> Result<Option<&mut [u8]>, RingError> {
         if len > self.max_payload {
             return Err(RingError::FrameTooLarge {
@@ -181,6 +182,7 @@ impl Producer {
     ///
     /// # Panics
     /// If nothing is reserved or `len` exceeds the reservation (a bug in the caller).
+    #[inline]
     pub fn commit(&mut self, frame_kind: u8, len: usize) {
         let (pos, rlen) = self.reserved.take().expect("commit without a reservation");
         assert!(len <= rlen, "commit longer than the reservation");
@@ -249,6 +251,7 @@ impl Producer {
 
     /// Makes every committed frame visible to the consumer. Returns true if the consumer has
     /// announced that it sleeps, in which case the caller must ring its doorbell.
+    #[inline]
     pub fn publish(&mut self) -> bool {
         self.release_held();
         // SeqCst fence: keeps the header store above from being reordered after the load of

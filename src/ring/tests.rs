@@ -245,3 +245,38 @@ fn an_empty_frame_in_the_last_word_is_fine() {
     c.release(f);
     assert_eq!(c.peek().unwrap(), None);
 }
+
+/// The atomic word copy (four words per turn, then single words) returns exactly the frame's
+/// bytes, for odd lengths, with and without a skipped prefix, appended
+/// after what the buffer held; and `peek_msg` agrees with `peek` on whole frames.
+#[test]
+fn copies_of_every_size_are_exact_and_peek_msg_agrees_with_peek() {
+    let (mut p, mut c) = heap_ring(16384);
+    let sizes: &[usize] = if cfg!(miri) {
+        &[0, 1, 7, 8, 33, 1023, 1024, 1025]
+    } else {
+        &[
+            0, 1, 7, 8, 9, 31, 32, 33, 255, 256, 257, 1016, 1023, 1024, 1025, 3000, 8184,
+        ]
+    };
+    for &n in sizes {
+        let msg: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+        assert!(p.push(kind::MSG, &msg).unwrap());
+        p.publish();
+        let f = c.peek_msg().expect("a whole frame");
+        assert_eq!(c.peek().unwrap(), Some(f));
+        assert_eq!(pl(&c, &f), msg, "size {n}");
+        let mut out = vec![0xaa; 3];
+        let skip = (n / 2) & !7;
+        assert_eq!(c.copy_payload(&f, skip, &mut out), n - skip);
+        assert_eq!(&out[..3], &[0xaa; 3]);
+        assert_eq!(&out[3..], &msg[skip..], "size {n} skip {skip}");
+        c.release(f);
+        assert_eq!(c.peek_msg(), None);
+    }
+    // Fragments and padding are left to `peek`.
+    assert!(p.push(kind::FIRST, &[0; 16]).unwrap());
+    p.publish();
+    assert_eq!(c.peek_msg(), None);
+    assert_eq!(c.peek().unwrap().map(|f| f.kind), Some(kind::FIRST));
+}
