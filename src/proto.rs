@@ -11,7 +11,9 @@ use crate::{codec, Error};
 /// Protocol version spoken in [`Hello`].
 ///
 /// 3: error answers carry an [`ErrorCode`] and refusals a [`RefuseCode`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: direct links between two clients ([`ClientMsg::Introduce`], [`HubMsg::Introduced`],
+/// their fences and closes, and the frames of [`DirectMsg`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// How a payload's bytes are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -279,6 +281,37 @@ pub enum ClientMsg<'a> {
         /// The new version.
         version: &'a str,
     },
+    /// Asks the hub for a direct link to the client `to` (we are the requester, it the
+    /// owner). Answered with [`HubMsg::Introduced`] (to both) or [`HubMsg::DirectRefused`].
+    Introduce {
+        /// The owner.
+        to: &'a str,
+    },
+    /// An ordering fence for a direct link we requested: the hub passes it to the owner in
+    /// band, after everything we sent before it; direct frames carrying `seq` wait for it.
+    DirectFence {
+        /// The link's number (the hub's).
+        link: u64,
+        /// The fence's number (1, 2, … per link).
+        seq: u64,
+    },
+    /// We closed this direct link (either side may say so).
+    DirectClose {
+        /// The link's number.
+        link: u64,
+    },
+    /// The owner's answer to a direct get, for the hub's cache (sent after the reply).
+    DirectCache {
+        /// Kind.
+        kind: &'a str,
+        /// Key.
+        key: Option<&'a str>,
+        /// The value.
+        #[serde(borrow)]
+        payload: Payload<'a>,
+        /// `< 0` don't cache, `0` forever, `> 0` milliseconds.
+        ttl_ms: i64,
+    },
 }
 
 /// A lifecycle change of some client.
@@ -371,6 +404,77 @@ pub enum HubMsg<'a> {
     Pong {
         /// The client's nonce.
         nonce: u64,
+    },
+    /// A direct link between us and `peer`: its six fds (segment, four bells, the peer's
+    /// socket) came first on the control socket, as `ControlReply::DirectFds { link }`. To
+    /// the owner this is also the in-band marker: everything the requester sent us through
+    /// the hub before asking was delivered before it.
+    Introduced {
+        /// The link's number.
+        link: u64,
+        /// The other side.
+        peer: &'a str,
+        /// True: we are the owner (we serve the calls); false: we asked.
+        owner: bool,
+    },
+    /// A requester's ordering fence on a direct link (see [`ClientMsg::DirectFence`]).
+    DirectFence {
+        /// The link's number.
+        link: u64,
+        /// The fence's number.
+        seq: u64,
+    },
+    /// The other side of a direct link closed it or left.
+    DirectClosed {
+        /// The link's number.
+        link: u64,
+    },
+    /// The hub did not introduce us to `peer` (calls to it stay on the hub path).
+    DirectRefused {
+        /// The owner we asked for.
+        peer: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+/// The frames on a direct link between two clients (requester ↔ owner).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DirectMsg<'a> {
+    /// Requester → owner: a fresh get.
+    Get {
+        /// The requester's own request number.
+        req: u64,
+        /// The last fence this call must come after (0: the introduction).
+        fence: u64,
+        /// Kind.
+        kind: &'a str,
+        /// Key.
+        key: Option<&'a str>,
+        /// The encoding to answer in.
+        accept: Encoding,
+    },
+    /// Requester → owner: a request.
+    Request {
+        /// The requester's own request number.
+        req: u64,
+        /// The last fence this call must come after.
+        fence: u64,
+        /// Method.
+        method: &'a str,
+        /// Argument.
+        #[serde(borrow)]
+        payload: Payload<'a>,
+        /// The encoding to answer in.
+        accept: Encoding,
+    },
+    /// Owner → requester: the answer, under the requester's number.
+    Reply {
+        /// The requester's request number.
+        req: u64,
+        /// Result.
+        #[serde(borrow)]
+        answer: Answer<'a>,
     },
 }
 

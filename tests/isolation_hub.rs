@@ -409,6 +409,7 @@ fn control_plane_carries_a_10000_client_stat() {
         cache_bytes: 0,
         cache: Default::default(),
         federation: None,
+        direct: Vec::new(),
     };
     let (a, b) = UnixStream::pair().unwrap();
     // The hub's own send (it writes stat replies up to the control plane's maximum) and

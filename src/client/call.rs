@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::messages::reply_of;
 use super::{CallError, Client, Inner, Reply, Ttl};
-use crate::proto::{ClientMsg, Encoding, HubMsg, PayloadBuf};
+use crate::proto::{ClientMsg, DirectMsg, Encoding, HubMsg, PayloadBuf};
 use crate::wait::Deadline;
 use crate::RawReceiver;
 
@@ -175,7 +175,59 @@ impl Client {
         arg: &T,
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
+        self.request_via(to, method, arg, timeout, self.inner.opts.direct)
+    }
+
+    /// [`request`](Client::request) on a direct link to `to` (whatever
+    /// [`ClientOptions::direct`](super::ClientOptions::direct) says): the first one asks the
+    /// hub to introduce us and goes through the hub; later ones skip it.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_request("twice", |r| Ok(2 * r.payload.decode::<u32>().map_err(|e| e.to_string())?));
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// for _ in 0..3 {
+    ///     assert_eq!(web.request_direct("bot", "twice", &21u32, None)?.decode::<u32>()?, 42);
+    /// }
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
+    pub fn request_direct<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        method: &str,
+        arg: &T,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, CallError> {
+        self.request_via(to, method, arg, timeout, true)
+    }
+
+    fn request_via<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        method: &str,
+        arg: &T,
+        timeout: Option<Duration>,
+        direct: bool,
+    ) -> Result<Reply, CallError> {
         let (p, timeout) = self.inner.request_args(arg, timeout)?;
+        if direct {
+            let accept = self.inner.opts.accept;
+            let payload = p.as_payload();
+            if let Some(r) = self
+                .inner
+                .direct_call(to, timeout, |req, fence| DirectMsg::Request {
+                    req,
+                    fence,
+                    method,
+                    payload,
+                    accept,
+                })
+            {
+                return r;
+            }
+        }
         self.inner
             .call(timeout, self.inner.request_frame(to, method, &p, timeout))
     }
@@ -196,6 +248,7 @@ pub struct GetBuilder<'c, C = Client> {
     pub(super) fresh: bool,
     pub(super) local: bool,
     pub(super) timeout: Option<Duration>,
+    pub(super) direct: bool,
 }
 
 impl<'c, C> GetBuilder<'c, C> {
@@ -214,7 +267,18 @@ impl<'c, C> GetBuilder<'c, C> {
             fresh: false,
             local: true,
             timeout,
+            direct: false,
         }
+    }
+
+    /// A fresh get on a direct link to the owner (also when
+    /// [`ClientOptions::direct`](super::ClientOptions::direct) is off): the first one asks
+    /// the hub to introduce us and goes through the hub; later ones skip it. A get that is
+    /// not fresh still reads the cache first and then asks the hub. (The blocking client's
+    /// `send`; the async client goes through the hub.)
+    pub fn direct(mut self) -> Self {
+        self.direct = true;
+        self
     }
 
     /// Whether a non-fresh get may be answered from this process's mapping of the cache
@@ -250,6 +314,19 @@ impl GetBuilder<'_, Client> {
         if !self.fresh && self.local {
             if let Some(r) = inner.local_get(self.from, self.kind, self.key) {
                 return Ok(r);
+            }
+        }
+        if self.fresh && (self.direct || inner.opts.direct) {
+            let (kind, key, accept) = (self.kind, self.key, inner.opts.accept);
+            let r = inner.direct_call(self.from, self.timeout, |req, fence| DirectMsg::Get {
+                req,
+                fence,
+                kind,
+                key,
+                accept,
+            });
+            if let Some(r) = r {
+                return r;
             }
         }
         let frame = inner.get_frame(self.from, self.kind, self.key, self.fresh, self.timeout);

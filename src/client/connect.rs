@@ -253,6 +253,8 @@ impl Inner {
         for s in waits {
             s.fill(Err(CallError::Link(Error::Disconnected)));
         }
+        // The hub that knew our direct links is gone: close them (calls on them fail).
+        self.direct_close_all();
     }
 
     /// Marks the current cache view dead and forgets it.

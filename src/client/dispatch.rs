@@ -179,6 +179,10 @@ impl Inner {
                 false
             }
             HubMsg::Pong { .. } => false,
+            m @ (HubMsg::Introduced { .. }
+            | HubMsg::DirectFence { .. }
+            | HubMsg::DirectClosed { .. }
+            | HubMsg::DirectRefused { .. }) => self.direct_file(m)?,
             HubMsg::Event {
                 from,
                 event,

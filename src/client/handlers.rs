@@ -109,6 +109,8 @@ pub(super) enum Incoming {
     /// The link was lost (why): queued behind everything that arrived on it, so the
     /// disconnect handlers run after the handlers of the old link's last messages.
     Disconnected(String),
+    /// A direct link's introduction or fence (`direct/serve.rs`), handled in order.
+    Direct(super::direct::Marker),
 }
 
 impl Client {
@@ -421,6 +423,7 @@ impl Inner {
 
     fn handle_one(&self, item: Incoming) {
         match item {
+            Incoming::Direct(m) => self.direct_marker(m),
             Incoming::Event(ev) => {
                 let hs: Vec<EventFn> = self
                     .handlers

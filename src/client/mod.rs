@@ -92,6 +92,7 @@ mod call;
 mod connect;
 mod context;
 mod deferred;
+mod direct;
 mod dispatch;
 #[doc(hidden)]
 pub mod doctest;
@@ -175,6 +176,8 @@ struct Inner {
     /// Live [`Client`] handles. The last one to drop closes the link (the dispatcher thread,
     /// handlers and tickets hold `Inner` only for a turn or weakly, never as a user).
     users: AtomicUsize,
+    /// Direct links to owners and from requesters (`direct.rs`).
+    direct: direct::DirectState,
 }
 
 /// A connection to the hub. Cheap to clone (all clones share the connection). The client
@@ -272,6 +275,7 @@ impl Client {
             users: AtomicUsize::new(1),
             #[cfg(feature = "tokio")]
             async_fragments_on: Mutex::new(None),
+            direct: direct::DirectState::default(),
             opts,
         });
         inner.first_connect()?;
@@ -558,6 +562,7 @@ impl Inner {
         *self.rx.lock().expect("lock") = None;
         *self.ctrl.lock().expect("lock") = None;
         self.connected.store(false, Ordering::Release);
+        self.direct_close_all();
     }
 
     /// Starts the dispatcher thread if the options ask for one and none runs.
@@ -589,6 +594,11 @@ impl Inner {
         msg: &ClientMsg<'_>,
         mut held: Option<&mut Option<RawReceiver>>,
     ) -> Result<(), Error> {
+        if let ClientMsg::Answer { req, answer } = msg {
+            if req & direct::DIRECT_BIT != 0 {
+                return self.direct_answer(*req, answer, true);
+            }
+        }
         let len = codec::encoded_len(msg)?;
         let mut deadline = Deadline::Now;
         loop {
@@ -604,7 +614,14 @@ impl Inner {
                 }
             };
             match res {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if direct::counts(msg) {
+                        // Release: pairs with the Acquire load in `direct::fence_for`; the
+                        // frame is in the ring before the count says so.
+                        self.direct.hub_seq.fetch_add(1, Ordering::Release);
+                    }
+                    return Ok(());
+                }
                 Err(Fail::NotNow | Fail::Timeout) => {
                     // Waiting here could never end: only this thread can send the rest of an
                     // async message that is in the way.
@@ -673,7 +690,17 @@ impl Inner {
     /// Sends `msg` if it fits now, and otherwise leaves it in the `owed` queue for the next
     /// send or dispatcher turn: never waits, never takes a lock that is held across a wait.
     fn send_or_owe(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
+        if let ClientMsg::Answer { req, answer } = msg {
+            if req & direct::DIRECT_BIT != 0 {
+                return self.direct_answer(*req, answer, false);
+            }
+        }
         let frame = codec::encode_to_vec(msg)?;
+        if direct::counts(msg) {
+            // Owed frames go out before anything sent later (every send flushes them
+            // first), so counting now keeps the fences behind them.
+            self.direct.hub_seq.fetch_add(1, Ordering::Release);
+        }
         {
             let mut q = self.owed.lock().expect("lock");
             // Bounded: the hub limits what can be owed (one pong per heartbeat, one answer

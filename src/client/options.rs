@@ -129,6 +129,14 @@ pub struct ClientOptions {
     pub timeout: Option<Duration>,
     /// What happens after a handler panics (default: carry on).
     pub on_panic: PanicPolicy,
+    /// Send fresh gets and requests on a direct link to their owner (default off; per call:
+    /// [`GetBuilder::direct`](super::GetBuilder::direct), [`Client::request_direct`](super::Client::request_direct)).
+    pub direct: bool,
+    /// Most direct links this client keeps (either side); the least recently used is
+    /// closed past it (default 8).
+    pub direct_links: usize,
+    /// A direct link without a call for this long is closed (default 30 s).
+    pub direct_idle: Duration,
 }
 
 impl ClientOptions {
@@ -146,7 +154,24 @@ impl ClientOptions {
             accept: Encoding::Bincode,
             timeout: None,
             on_panic: PanicPolicy::Continue,
+            direct: false,
+            direct_links: 8,
+            direct_idle: Duration::from_secs(30),
         }
+    }
+
+    /// Sends fresh gets and requests on direct links to their owners: on first use the hub
+    /// introduces us, and later calls skip the hub (see the README's "Direct links").
+    pub fn direct(mut self, on: bool) -> Self {
+        self.direct = on;
+        self
+    }
+
+    /// Sets the most direct links kept (at least 1) and how long an idle one stays open.
+    pub fn direct_links(mut self, max: usize, idle: Duration) -> Self {
+        self.direct_links = max.max(1);
+        self.direct_idle = idle;
+        self
     }
 
     /// Sets what happens after a handler panics.

@@ -50,6 +50,13 @@ pub enum ControlReply {
         /// The segment's generation.
         generation: u64,
     },
+    /// Sent unasked on a client's control socket: the six fds of direct link `link` (its
+    /// segment, four bells, our end of the socket to the peer); the ring frame
+    /// `HubMsg::Introduced` follows.
+    DirectFds {
+        /// The link's number.
+        link: u64,
+    },
 }
 
 /// Answers a [`ControlRequest::CacheSegment`] on a fresh control connection.
@@ -132,6 +139,21 @@ pub struct StatReport {
     pub cache: crate::cache::WriterStats,
     /// Federation: our node, NATS, the other nodes and their clients (`--nats`).
     pub federation: Option<Box<crate::federation::FederationStat>>,
+    /// Direct links between clients that the hub introduced and that are still open.
+    pub direct: Vec<DirectStat>,
+}
+
+/// One direct link in a [`StatReport`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DirectStat {
+    /// The hub's number of the link.
+    pub link: u64,
+    /// Who asked (sends gets and requests on it).
+    pub requester: String,
+    /// Who answers them.
+    pub owner: String,
+    /// How long it has been open.
+    pub age_ms: u64,
 }
 
 /// One client in a [`StatReport`].
@@ -235,6 +257,16 @@ impl StatReport {
         if let Some(f) = &self.federation {
             s.push_str(&f.to_table());
         }
+        if !self.direct.is_empty() {
+            let _ = writeln!(s, "direct links:");
+            for d in &self.direct {
+                let _ = writeln!(
+                    s,
+                    "  #{} {} -> {}, {} ms",
+                    d.link, d.requester, d.owner, d.age_ms
+                );
+            }
+        }
         if !self.pending.is_empty() {
             let _ = writeln!(s, "pending:");
             for p in &self.pending {
@@ -308,6 +340,7 @@ impl Hub {
             cache_bytes: self.cache.bytes() as u64,
             cache: self.cache.stats(),
             federation: self.fed_stat(),
+            direct: self.direct_stat(now),
         }
     }
 }

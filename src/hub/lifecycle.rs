@@ -95,6 +95,7 @@ impl Hub {
                 p.waiters.retain(|w| w.who != gone);
             }
             self.fed_left(&name, gone);
+            self.direct_left(gone);
             for other in self.conns.iter_mut().flatten() {
                 if other.stalled_on == Some(slot) {
                     other.stalled_on = None;

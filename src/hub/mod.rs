@@ -41,6 +41,7 @@ mod federation;
 #[path = "federation_off.rs"]
 mod federation;
 mod handshake;
+mod introduce;
 mod lifecycle;
 mod requests;
 mod route;
@@ -61,7 +62,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 pub use config::{default_dir, socket_path, HubConfig, Limits};
-pub use control::{stat, ClientStat, PendingStat, StatReport};
+pub use control::{stat, ClientStat, DirectStat, PendingStat, StatReport};
 // The control plane's messages and the directory set-up: for the tests and the benches, not
 // part of the API.
 #[doc(hidden)]
@@ -145,6 +146,8 @@ pub struct Hub {
     stat_writers: Arc<std::sync::atomic::AtomicUsize>,
     /// What every client's partial messages may hold together (`limits.max_reassembly`).
     reassembly: Arc<crate::ReassemblyBudget>,
+    /// The direct links the hub introduced (`introduce.rs`).
+    direct: introduce::DirectLinks,
 }
 
 /// The listener's state: watched, or paused (until a time, or until a handshake slot frees).
@@ -223,6 +226,7 @@ impl Hub {
             accept: AcceptState::default(),
             stat_writers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             reassembly: crate::ReassemblyBudget::new(reassembly_bytes),
+            direct: introduce::DirectLinks::default(),
         })
     }
 

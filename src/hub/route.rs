@@ -337,6 +337,15 @@ impl Hub {
                 self.deliver(slot, &HubMsg::Pong { nonce });
                 true
             }
+            ClientMsg::Introduce { to } => self.introduce(slot, to),
+            ClientMsg::DirectFence { link, seq } => self.direct_fence(slot, link, seq),
+            ClientMsg::DirectClose { link } => self.direct_close(slot, link),
+            ClientMsg::DirectCache {
+                kind,
+                key,
+                payload,
+                ttl_ms,
+            } => self.direct_cache(slot, kind, key, payload, ttl_ms),
             ClientMsg::Pong { nonce } => {
                 if let Some(c) = self.conns[slot].as_mut() {
                     if c.ping.is_some_and(|(n, _)| n == nonce) {

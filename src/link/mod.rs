@@ -23,6 +23,7 @@ pub use control::{
     recv_control, recv_control_limited, send_control, send_control_limited, LinkHandshake,
     HELLO_MAGIC, MAX_CONTROL_MESSAGE, MAX_CONTROL_REPLY,
 };
+pub(crate) use segment::open_link_as;
 pub use segment::{open_link, open_segment, LinkSegment};
 
 use std::io;

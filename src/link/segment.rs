@@ -234,6 +234,18 @@ fn build_link(
 
 /// Builds the opener's end from the five fds the creator sent (memfd + 4 bells).
 pub fn open_link(fds: Vec<OwnedFd>, ctrl: UnixStream, cfg: &LinkConfig) -> Result<Link, Error> {
+    open_link_as(fds, ctrl, cfg, false)
+}
+
+/// [`open_link`] for either end of a segment a third process created (a direct link the hub
+/// made for two clients): `creator` takes ring 0 as its sending ring, the other end ring 1.
+/// The segment is checked as any received one.
+pub(crate) fn open_link_as(
+    fds: Vec<OwnedFd>,
+    ctrl: UnixStream,
+    cfg: &LinkConfig,
+    creator: bool,
+) -> Result<Link, Error> {
     if fds.len() != 5 {
         return Err(Error::Handshake(format!(
             "expected 5 fds (segment + 4 doorbells), got {}",
@@ -250,5 +262,6 @@ pub fn open_link(fds: Vec<OwnedFd>, ctrl: UnixStream, cfg: &LinkConfig) -> Resul
     let bells: [Bell; 4] = bells
         .try_into()
         .map_err(|_| Error::Handshake("bells".into()))?;
-    build_link(&map, descs, Side::Opener, bells, ctrl, cfg)
+    let side = if creator { Side::Creator } else { Side::Opener };
+    build_link(&map, descs, side, bells, ctrl, cfg)
 }

@@ -1,0 +1,657 @@
+//! Direct links: fresh gets and requests from this client (the requester) to one owner
+//! travel on a link of their own instead of through the hub. The hub introduces the two on
+//! first use ([`ClientMsg::Introduce`]; the call that asks still goes through the hub), and
+//! stays the authority: it knows every link, caches the owner's answers that carry a TTL,
+//! and tells each side when the other leaves. This file holds the state ([`DirectState`],
+//! [`DLink`]) and the requester's side; `direct/serve.rs` the owner's.
+//!
+//! # Ordering
+//!
+//! A direct call never overtakes a message this client sent the same owner earlier through
+//! the hub. Every hub-routed frame that can reach another client bumps `hub_seq` once it is
+//! in the ring. A link remembers the `hub_seq` it is clean at: the value read before the
+//! introduction was asked for, or before its last fence was sent. A call on a link that is
+//! not clean first sends a fence through the hub ([`ClientMsg::DirectFence`], behind
+//! everything sent before it) and carries the fence's number; the owner serves a direct call
+//! only once it has handled the introduction marker and every fence up to the call's own
+//! (fences may arrive out of order from several threads: the owner counts the contiguous
+//! prefix). A stream of calls with nothing else in between sends no fence at all.
+//!
+//! Nothing is promised between a direct reply and the owner's own hub-routed messages: an
+//! event the owner emitted before answering may arrive after the reply.
+//!
+//! # Invariants
+//!
+//! * The table holds at most [`ClientOptions::direct_links`](super::ClientOptions) links
+//!   (the least recently used is closed first), each closed after `direct_idle` without a
+//!   call; the hub bounds every client's links too.
+//! * A reply is delivered to exactly one waiter, as on the hub path: the caller that holds
+//!   the link's receiver, or the slot registered under its number before the send.
+//! * A link that fails (its peer died, closed it, or sent something that does not decode as
+//!   the frame its role expects) is closed at once: its waiting calls fail, the hub is told,
+//!   and later calls to that owner go through the hub. A peer that misbehaved is not
+//!   introduced again for [`SHUN_FOR`]. Nothing here touches the hub link's state.
+//! * Locks: a link's `rx` is held across a receive (like the hub's `rx`); its `tx` for one
+//!   bounded send attempt (at most 1 ms); the rest are leaves. A thread holding a link's lock
+//!   may take the hub's `tx` (to send a fence or a close), never the other way round.
+
+#[path = "direct/serve.rs"]
+mod serve;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::call::Slot;
+use super::handlers::Incoming;
+use super::messages::reply_of;
+use super::{CallError, Inner, Reply};
+use crate::error::Fail;
+use crate::hub::ControlReply;
+use crate::proto::{ClientMsg, DirectMsg, HubMsg};
+use crate::wait::Deadline;
+use crate::{codec, Error, LinkConfig, RawReceiver, RawSender};
+
+pub(super) use serve::Marker;
+
+/// The bit that marks a request number as one of our direct calls served (owner side): the
+/// answer goes back on the link, not to the hub.
+pub(super) const DIRECT_BIT: u64 = 1 << 63;
+
+/// How long a peer that misbehaved on a direct link (or whose introduction was refused) is
+/// not asked for again.
+const SHUN_FOR: Duration = Duration::from_secs(10);
+
+/// How long an introduction may take before it is asked again.
+const ASK_AGAIN: Duration = Duration::from_secs(5);
+
+/// One direct link, requester or owner side.
+pub(super) struct DLink {
+    pub(super) id: u64,
+    pub(super) peer: String,
+    /// We serve the calls on it (else we make them).
+    pub(super) owner: bool,
+    pub(super) tx: Mutex<Option<RawSender>>,
+    pub(super) rx: Mutex<Option<RawReceiver>>,
+    /// Requester: calls waiting for their reply on the shared path.
+    waits: Mutex<HashMap<u64, Arc<Slot>, crate::hash::KeyedHash>>,
+    pub(super) dead: AtomicBool,
+    /// When it was last used, in ms since [`DirectState::epoch`].
+    pub(super) last_used: AtomicU64,
+    /// Requester: the `hub_seq` the link is clean at, and the last fence number handed out.
+    clean_at: AtomicU64,
+    fence_seq: AtomicU64,
+    /// Owner: fences handled, and the calls being served.
+    pub(super) fences: Mutex<serve::Fences>,
+    pub(super) fence_cv: Condvar,
+    pub(super) inflight: AtomicUsize,
+    /// Our end of the link's socket, to hang up at once when we close it.
+    ctrl: UnixStream,
+}
+
+impl DLink {
+    fn new(id: u64, peer: &str, owner: bool, link: crate::Link, now_ms: u64, clean: u64) -> Self {
+        let ctrl = link.control().try_clone();
+        let (tx, rx) = link.split();
+        DLink {
+            id,
+            peer: peer.to_string(),
+            owner,
+            tx: Mutex::new(Some(tx)),
+            rx: Mutex::new(Some(rx)),
+            waits: Mutex::new(HashMap::default()),
+            dead: AtomicBool::new(false),
+            last_used: AtomicU64::new(now_ms),
+            clean_at: AtomicU64::new(clean),
+            fence_seq: AtomicU64::new(0),
+            fences: Mutex::new(serve::Fences::default()),
+            fence_cv: Condvar::new(),
+            inflight: AtomicUsize::new(0),
+            ctrl: ctrl.unwrap_or_else(|_| UnixStream::pair().expect("socket pair").0),
+        }
+    }
+}
+
+/// A direct call we serve (owner side), until its answer goes out.
+pub(super) struct Served {
+    link: std::sync::Weak<DLink>,
+    req: u64,
+    /// For a get: the kind and key its answer is cached under.
+    cache: Option<(String, Option<String>)>,
+}
+
+/// Everything direct of one client.
+pub(super) struct DirectState {
+    links: Mutex<Vec<Arc<DLink>>>,
+    /// Introductions asked for: owner → (the `hub_seq` read before asking, when).
+    asked: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Owners not to ask for now (refused, or misbehaved), until when.
+    shunned: Mutex<VecDeque<(String, Instant)>>,
+    /// Hub-routed frames sent so far that may reach another client (see the module doc).
+    pub(super) hub_seq: AtomicU64,
+    served: Mutex<HashMap<u64, Served, crate::hash::KeyedHash>>,
+    next_local: AtomicU64,
+    epoch: Instant,
+    last_sweep: AtomicU64,
+}
+
+impl Default for DirectState {
+    fn default() -> Self {
+        DirectState {
+            links: Mutex::new(Vec::new()),
+            asked: Mutex::new(HashMap::new()),
+            shunned: Mutex::new(VecDeque::new()),
+            hub_seq: AtomicU64::new(0),
+            served: Mutex::new(HashMap::default()),
+            next_local: AtomicU64::new(1),
+            epoch: Instant::now(),
+            last_sweep: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DirectState {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Whether a hub-routed frame counts for ordering (it may reach another client).
+pub(super) fn counts(msg: &ClientMsg<'_>) -> bool {
+    !matches!(
+        msg,
+        ClientMsg::Ping { .. }
+            | ClientMsg::Pong { .. }
+            | ClientMsg::Introduce { .. }
+            | ClientMsg::DirectFence { .. }
+            | ClientMsg::DirectClose { .. }
+            | ClientMsg::DirectCache { .. }
+    )
+}
+
+/// One message received on a requester's link.
+enum Got {
+    Mine(Result<Reply, CallError>),
+    Other,
+    Bad(String),
+}
+
+/// Why a link went down, for the calls that were waiting on it.
+pub(super) enum Down {
+    /// The peer left or closed the link.
+    Gone,
+    /// The peer sent something that is not a frame of its role.
+    Misbehaved(String),
+    /// We closed it (least recently used, idle, or our client closed).
+    Ours(&'static str),
+}
+
+impl super::Client {
+    /// The owners this client has a direct link to (either side), for tests and tools.
+    #[doc(hidden)]
+    pub fn direct_peers(&self) -> Vec<String> {
+        let links = self.inner.direct.links.lock().expect("lock");
+        links
+            .iter()
+            .filter(|l| !l.dead.load(Ordering::Acquire))
+            .map(|l| l.peer.clone())
+            .collect()
+    }
+
+    /// Asks the hub for a direct link to `peer` now, without a call (for tests and tools;
+    /// calls ask by themselves).
+    #[doc(hidden)]
+    pub fn direct_introduce(&self, peer: &str) {
+        self.inner.maybe_introduce(peer);
+    }
+
+    /// Writes raw bytes as one frame on our direct link to `peer` (a misbehaving peer, for
+    /// tests). False if there is no such link or the ring is full.
+    #[doc(hidden)]
+    pub fn direct_inject(&self, peer: &str, bytes: &[u8]) -> Result<bool, Error> {
+        let l = {
+            let links = self.inner.direct.links.lock().expect("lock");
+            links.iter().find(|l| l.peer == peer).cloned()
+        };
+        let Some(l) = l else {
+            return Ok(false);
+        };
+        let mut g = l.tx.lock().expect("lock");
+        match g.as_mut() {
+            Some(tx) => tx.try_send_bytes(bytes),
+            None => Ok(false),
+        }
+    }
+}
+
+impl Inner {
+    /// The live link to `peer` (as requester or owner), touched.
+    pub(super) fn direct_link(&self, peer: &str) -> Option<Arc<DLink>> {
+        let now = self.direct.now_ms();
+        // Sweep first: a link idle for too long is closed, not revived by this call.
+        if now.saturating_sub(self.direct.last_sweep.load(Ordering::Relaxed)) >= 250 {
+            self.direct.last_sweep.store(now, Ordering::Relaxed);
+            self.direct_sweep(now);
+        }
+        let found = {
+            let links = self.direct.links.lock().expect("lock");
+            links
+                .iter()
+                .find(|l| !l.owner && l.peer == peer && !l.dead.load(Ordering::Acquire))
+                .cloned()
+        };
+        if let Some(l) = &found {
+            // Relaxed: an LRU hint.
+            l.last_used.store(now, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Closes the links idle for longer than `direct_idle`.
+    fn direct_sweep(&self, now: u64) {
+        let idle = self.opts.direct_idle.as_millis() as u64;
+        let old: Vec<Arc<DLink>> = {
+            let links = self.direct.links.lock().expect("lock");
+            links
+                .iter()
+                .filter(|l| {
+                    !l.owner && now.saturating_sub(l.last_used.load(Ordering::Relaxed)) > idle
+                })
+                .cloned()
+                .collect()
+        };
+        for l in old {
+            self.direct_down(&l, Down::Ours("idle"));
+        }
+    }
+
+    /// A direct fresh get or request to `to`: `None` if there is no link yet (one is asked
+    /// for) or it failed before the call was sent; the caller then goes through the hub.
+    pub(super) fn direct_call<'m>(
+        &self,
+        to: &str,
+        timeout: Option<Duration>,
+        frame: impl FnOnce(u64, u64) -> DirectMsg<'m>,
+    ) -> Option<Result<Reply, CallError>> {
+        let Some(l) = self.direct_link(to) else {
+            self.maybe_introduce(to);
+            return None;
+        };
+        let fence = self.fence_for(&l).ok()?;
+        let req = self.next_req();
+        let msg = frame(req, fence);
+        let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(5));
+        if let Ok(mut g) = l.rx.try_lock() {
+            if !self.direct_send(&l, &msg, Some(&mut g), deadline) {
+                return None;
+            }
+            loop {
+                match self.direct_recv(&l, &mut g, Deadline::At(deadline), req) {
+                    Ok(Some(v)) => return Some(v),
+                    Ok(None) if Instant::now() >= deadline => {
+                        return Some(Err(CallError::our_timeout()))
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+        let slot = Slot::new();
+        l.waits.lock().expect("lock").insert(req, slot.clone());
+        if !self.direct_send(&l, &msg, None, deadline) {
+            l.waits.lock().expect("lock").remove(&req);
+            return None;
+        }
+        Some(self.direct_await(&l, req, &slot, deadline))
+    }
+
+    /// The shared path of a direct call: waits for its slot, receiving for everyone while
+    /// nobody else does.
+    fn direct_await(
+        &self,
+        l: &DLink,
+        req: u64,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        loop {
+            if let Some(v) = slot.take() {
+                return v;
+            }
+            let t = Instant::now();
+            if t >= deadline {
+                l.waits.lock().expect("lock").remove(&req);
+                return Err(CallError::our_timeout());
+            }
+            let turn = Deadline::At(deadline.min(t + Duration::from_millis(50)));
+            match l.rx.try_lock() {
+                Ok(mut g) => match self.direct_recv(l, &mut g, turn, req) {
+                    Ok(Some(v)) => {
+                        l.waits.lock().expect("lock").remove(&req);
+                        return v;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return slot.take().unwrap_or(Err(e)),
+                },
+                Err(_) => slot.wait_for(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Sends a call on `l`, in attempts of at most 1 ms (draining replies between them when
+    /// we hold the receiver). False if the link failed or the deadline passed first: the
+    /// call was not sent.
+    fn direct_send(
+        &self,
+        l: &DLink,
+        msg: &DirectMsg<'_>,
+        mut held: Option<&mut Option<RawReceiver>>,
+        deadline: Instant,
+    ) -> bool {
+        let Ok(len) = codec::encoded_len(msg) else {
+            return false;
+        };
+        let mut d = Deadline::Now;
+        loop {
+            let res = {
+                let mut g = l.tx.lock().expect("lock");
+                match g.as_mut() {
+                    None => Err(Fail::Disconnected),
+                    Some(tx) => tx.send_with(len, d, true, |buf| codec::encode_into(msg, buf)),
+                }
+            };
+            match res {
+                Ok(()) => return true,
+                Err(Fail::NotNow | Fail::Timeout) if Instant::now() < deadline => {
+                    if let Some(g) = held.as_deref_mut() {
+                        let _ = self.direct_recv(l, g, Deadline::Now, 0);
+                    }
+                    d = Deadline::Within(Duration::from_millis(1));
+                }
+                Err(Fail::NotNow | Fail::Timeout) => return false,
+                Err(Fail::Error(Error::TooLarge { .. })) => return false,
+                Err(Fail::Disconnected) => {
+                    self.direct_down(l, Down::Gone);
+                    return false;
+                }
+                Err(Fail::Error(e)) => {
+                    self.direct_down(l, Down::Misbehaved(e.to_string()));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Receives one reply on a requester's link: `Some` if it is the one for `mine`; others
+    /// are filed to their slots. An error: the link went down (every waiter was failed).
+    fn direct_recv(
+        &self,
+        l: &DLink,
+        g: &mut Option<RawReceiver>,
+        d: Deadline,
+        mine: u64,
+    ) -> Result<Option<Result<Reply, CallError>>, CallError> {
+        let Some(rx) = g.as_mut() else {
+            return Err(down_error(l, &Down::Gone));
+        };
+        let res = rx.recv_with(d, |bytes| {
+            match codec::decode_borrowed::<DirectMsg<'_>>(bytes) {
+                Ok(DirectMsg::Reply { req, answer }) if req == mine => Got::Mine(reply_of(answer)),
+                Ok(DirectMsg::Reply { req, answer }) => {
+                    let slot = l.waits.lock().expect("lock").remove(&req);
+                    if let Some(s) = slot {
+                        s.fill(reply_of(answer));
+                    }
+                    Got::Other
+                }
+                Ok(_) => Got::Bad("a call frame from the owner".into()),
+                Err(e) => Got::Bad(e.to_string()),
+            }
+        });
+        let why = match res {
+            Ok(Got::Mine(v)) => return Ok(Some(v)),
+            Ok(Got::Other) | Err(Fail::NotNow | Fail::Timeout) => return Ok(None),
+            Ok(Got::Bad(m)) => Down::Misbehaved(m),
+            Err(Fail::Disconnected) => Down::Gone,
+            Err(Fail::Error(e)) => Down::Misbehaved(e.to_string()),
+        };
+        *g = None;
+        let e = down_error(l, &why);
+        self.direct_down(l, why);
+        Err(e)
+    }
+
+    /// The fence number a call on `l` carries, sending a fence through the hub first if
+    /// anything that may reach the owner went through the hub since the link was clean.
+    fn fence_for(&self, l: &DLink) -> Result<u64, Error> {
+        // Acquire: pairs with the Release increment after each hub send, and with the
+        // Release store of `clean_at` below (whose thread bumped `fence_seq` before it).
+        let h = self.direct.hub_seq.load(Ordering::Acquire);
+        if l.clean_at.load(Ordering::Acquire) == h {
+            return Ok(l.fence_seq.load(Ordering::Acquire));
+        }
+        let seq = l.fence_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.send(&ClientMsg::DirectFence { link: l.id, seq })?;
+        l.clean_at.store(h, Ordering::Release);
+        Ok(seq)
+    }
+
+    /// Asks the hub to introduce us to `to`, unless that is under way or `to` is shunned.
+    fn maybe_introduce(&self, to: &str) {
+        let now = Instant::now();
+        {
+            let mut sh = self.direct.shunned.lock().expect("lock");
+            sh.retain(|(_, until)| *until > now);
+            if sh.iter().any(|(p, _)| p == to) {
+                return;
+            }
+        }
+        let h = self.direct.hub_seq.load(Ordering::Acquire);
+        {
+            let mut asked = self.direct.asked.lock().expect("lock");
+            if asked
+                .get(to)
+                .is_some_and(|(_, at)| now.duration_since(*at) < ASK_AGAIN)
+            {
+                return;
+            }
+            // Bounded: one entry per owner asked for, dropped when answered or stale.
+            asked.retain(|_, (_, at)| now.duration_since(*at) < ASK_AGAIN);
+            asked.insert(to.to_string(), (h, now));
+        }
+        if self.send(&ClientMsg::Introduce { to }).is_err() {
+            self.direct.asked.lock().expect("lock").remove(to);
+        }
+    }
+
+    fn shun(&self, peer: &str) {
+        let mut sh = self.direct.shunned.lock().expect("lock");
+        if sh.len() >= 1024 {
+            sh.pop_front();
+        }
+        sh.push_back((peer.to_string(), Instant::now() + SHUN_FOR));
+    }
+
+    /// Closes `l` (once): fails its waiting calls, tells the hub and the peer (hang-up).
+    pub(super) fn direct_down(&self, l: &DLink, why: Down) {
+        if l.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match &why {
+            Down::Misbehaved(m) => {
+                tracing::warn!(client = %self.opts.name, peer = %l.peer, "direct link closed: {m}");
+                self.shun(&l.peer);
+            }
+            Down::Gone => tracing::debug!(peer = %l.peer, "direct link: the peer left"),
+            Down::Ours(w) => tracing::debug!(peer = %l.peer, "direct link closed ({w})"),
+        }
+        self.direct
+            .links
+            .lock()
+            .expect("lock")
+            .retain(|x| x.id != l.id);
+        let _ = l.ctrl.shutdown(std::net::Shutdown::Both);
+        *l.tx.lock().expect("lock") = None;
+        if let Ok(mut g) = l.rx.try_lock() {
+            *g = None;
+        }
+        let waits: Vec<Arc<Slot>> = l
+            .waits
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in waits {
+            s.fill(Err(down_error(l, &why)));
+        }
+        l.fence_cv.notify_all();
+        if !matches!(why, Down::Ours("the client closed")) {
+            let _ = self.send(&ClientMsg::DirectClose { link: l.id });
+        }
+    }
+
+    /// Closes every direct link (our client closed or lost the hub).
+    pub(super) fn direct_close_all(&self) {
+        let all: Vec<Arc<DLink>> = self.direct.links.lock().expect("lock").drain(..).collect();
+        for l in all {
+            self.direct_down(&l, Down::Ours("the client closed"));
+        }
+        self.direct.asked.lock().expect("lock").clear();
+    }
+
+    /// Adds a link to the table, closing the least recently used one past the bound.
+    fn direct_insert(&self, l: Arc<DLink>) {
+        let evicted = {
+            let mut links = self.direct.links.lock().expect("lock");
+            links.push(l);
+            if links.len() > self.opts.direct_links.max(1) {
+                let (i, _) = links[..links.len() - 1]
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, x)| x.last_used.load(Ordering::Relaxed))
+                    .expect("at least one");
+                Some(links.remove(i))
+            } else {
+                None
+            }
+        };
+        if let Some(old) = evicted {
+            self.direct_down(&old, Down::Ours("least recently used"));
+        }
+    }
+
+    /// Files a direct-link message from the hub (`dispatch::file`). True if queued.
+    pub(super) fn direct_file(&self, m: HubMsg<'_>) -> Result<bool, Error> {
+        match m {
+            HubMsg::Introduced { link, peer, owner } => Ok(self.introduced(link, peer, owner)),
+            HubMsg::DirectFence { link, seq } => {
+                Ok(self.enqueue(Incoming::Direct(Marker::Fence { link, seq })))
+            }
+            HubMsg::DirectClosed { link } => {
+                let l = {
+                    let links = self.direct.links.lock().expect("lock");
+                    links.iter().find(|l| l.id == link).cloned()
+                };
+                if let Some(l) = l {
+                    self.direct_down(&l, Down::Gone);
+                }
+                Ok(false)
+            }
+            HubMsg::DirectRefused { peer, reason } => {
+                tracing::debug!(%peer, %reason, "no direct link");
+                self.direct.asked.lock().expect("lock").remove(peer);
+                self.shun(peer);
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The hub introduced us to `peer`: take the link's fds from the control socket and
+    /// build our end. The owner's end is served once the marker is handled (queued).
+    fn introduced(&self, link: u64, peer: &str, owner: bool) -> bool {
+        let clean = if owner {
+            0
+        } else {
+            match self.direct.asked.lock().expect("lock").remove(peer) {
+                Some((h, _)) => h,
+                None => {
+                    // Not asked for (or given up on): close it.
+                    let _ = self.take_fds(link);
+                    let _ = self.send(&ClientMsg::DirectClose { link });
+                    return false;
+                }
+            }
+        };
+        let built = self.take_fds(link).and_then(|mut fds| {
+            let sock = UnixStream::from(fds.pop().ok_or(Error::Disconnected)?);
+            let cfg = LinkConfig {
+                wait: self.opts.wait,
+                ..LinkConfig::default()
+            };
+            crate::link::open_link_as(fds, sock, &cfg, !owner)
+        });
+        let l = match built {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%peer, "direct link unusable, staying on the hub path: {e}");
+                let _ = self.send(&ClientMsg::DirectClose { link });
+                return false;
+            }
+        };
+        let dl = Arc::new(DLink::new(
+            link,
+            peer,
+            owner,
+            l,
+            self.direct.now_ms(),
+            clean,
+        ));
+        if owner {
+            self.enqueue(Incoming::Direct(Marker::Serve(dl)))
+        } else {
+            self.direct_insert(dl);
+            false
+        }
+    }
+
+    /// The six fds of link `link` from the control socket (skipping stale ones).
+    fn take_fds(&self, link: u64) -> Result<Vec<std::os::fd::OwnedFd>, Error> {
+        let ctrl = self.ctrl.lock().expect("lock").clone();
+        let ctrl = ctrl.ok_or(Error::Disconnected)?;
+        // The hub wrote the fds before the ring frame we are filing: they are there.
+        ctrl.set_nonblocking(true)?;
+        loop {
+            match crate::recv_control::<ControlReply>(&ctrl)? {
+                Some((ControlReply::DirectFds { link: l }, fds)) if l == link && fds.len() == 6 => {
+                    return Ok(fds)
+                }
+                Some((ControlReply::DirectFds { link: l }, _)) if l < link => continue,
+                Some(_) | None => {
+                    return Err(Error::Handshake(
+                        "no direct link fds on the control socket".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn down_error(l: &DLink, why: &Down) -> CallError {
+    match why {
+        Down::Gone => CallError::OwnerLeft(format!(
+            "{:?} left or closed the direct link before it answered",
+            l.peer
+        )),
+        Down::Misbehaved(m) => {
+            CallError::Link(Error::Corrupt(format!("direct link to {:?}: {m}", l.peer)))
+        }
+        Down::Ours(w) => CallError::Link(Error::Io(std::io::Error::other(format!(
+            "the direct link to {:?} was closed ({w})",
+            l.peer
+        )))),
+    }
+}
