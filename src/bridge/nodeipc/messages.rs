@@ -85,6 +85,3 @@ pub fn number_text<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String
         _ => Err(format!("`{field}` must be a number, not {t}")),
     }
 }
-
-/// What one node-ipc frame asks of the bus, decided by the same parse steps the connection task (`super::Conn`) takes
-/// (for the fuzz target, `shmbus::__fuzz`; `Conn` also needs a hub to act on it).
