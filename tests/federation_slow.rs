@@ -31,8 +31,6 @@ fn ping(from: &Client, to: &str, rx: &mpsc::Receiver<String>, what: &str) {
 }
 
 #[test]
-#[ignore = "open defect (issue 16): beta's data queue pauses at a frame for a full local client, so \
-            every later frame from NATS waits (head-of-line blocking); run with --ignored"]
 fn a_slow_remote_client_never_blocks_another_nodes_hub() {
     let _w = watchdog("slow_remote_client", 180);
     let cl = Cluster::start("slowremote", &["alpha", "beta"], &[]);
