@@ -180,7 +180,11 @@ fn a_remote_flood_past_the_bound_disconnects_only_the_slow_client() {
     let gone = eventually(60.0, || {
         !beta.stat().clients.iter().any(|c| c.name == "slow")
     });
-    assert!(gone, "the slow client was never disconnected:\n{}", beta.log_tail());
+    assert!(
+        gone,
+        "the slow client was never disconnected:\n{}",
+        beta.log_tail()
+    );
     let flood = sender.join().unwrap();
     let fs = beta.stat().federation.unwrap();
     let grown = peak_rss(beta.pid()).saturating_sub(base);
@@ -189,9 +193,16 @@ fn a_remote_flood_past_the_bound_disconnects_only_the_slow_client() {
         fs.deferred_peak, fs.slow_disconnects
     );
     assert_eq!(fs.slow_disconnects, 1);
-    assert!(fs.deferred_peak <= 8 << 20, "deferred {} B", fs.deferred_peak);
+    assert!(
+        fs.deferred_peak <= 8 << 20,
+        "deferred {} B",
+        fs.deferred_peak
+    );
     assert!(fs.deferred_peak > 0, "nothing was ever deferred");
-    assert_eq!(fs.deferred_bytes, 0, "the slow client's queue was not freed");
+    assert_eq!(
+        fs.deferred_bytes, 0,
+        "the slow client's queue was not freed"
+    );
     // 8 MiB outbox + 8 MiB deferred + what is in flight from NATS; without a bound beta
     // would hold the 64 MiB flood.
     assert!(
@@ -206,7 +217,12 @@ fn a_remote_flood_past_the_bound_disconnects_only_the_slow_client() {
         beta.log_tail()
     );
     for round in 0..3 {
-        ping(&web, "b2", &b2_rx, &format!("alpha to beta after the flood {round}"));
+        ping(
+            &web,
+            "b2",
+            &b2_rx,
+            &format!("alpha to beta after the flood {round}"),
+        );
     }
     drop(held);
     drop(flood);

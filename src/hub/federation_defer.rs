@@ -143,7 +143,11 @@ impl Hub {
         let mut moved = false;
         let mut blocked = Vec::new();
         for &slot in &slots {
-            let Some(mut q) = self.fed.as_deref_mut().and_then(|f| f.deferred.remove(slot)) else {
+            let Some(mut q) = self
+                .fed
+                .as_deref_mut()
+                .and_then(|f| f.deferred.remove(slot))
+            else {
                 continue;
             };
             let alive = self
