@@ -1,7 +1,10 @@
 //! A slow remote client never blocks another node's hub (issue 16, section 5): a client on
-//! beta stops reading while alpha floods it until its ring is full; meanwhile traffic between
-//! other clients on both nodes keeps flowing, and remote calls to other owners on beta
-//! succeed. When the slow client reads again it gets everything, in order.
+//! beta stops reading while alpha floods it until its ring and outbox are full and beta
+//! defers the rest for it; meanwhile traffic between other clients on both nodes keeps
+//! flowing, and remote calls to other owners on beta succeed. When the slow client reads
+//! again it gets everything, in order. Past the per-client bound of deferred bytes (the
+//! hub's outbox limit) the slow client is disconnected as too slow, and beta's memory stays
+//! bounded under a flood of 64 KiB events.
 #![cfg(not(shmbus_loom))]
 
 mod fed_util;
@@ -31,8 +34,6 @@ fn ping(from: &Client, to: &str, rx: &mpsc::Receiver<String>, what: &str) {
 }
 
 #[test]
-#[ignore = "open defect (issue 16): beta's data queue pauses at a frame for a full local client, so \
-            every later frame from NATS waits (head-of-line blocking); run with --ignored"]
 fn a_slow_remote_client_never_blocks_another_nodes_hub() {
     let _w = watchdog("slow_remote_client", 180);
     let cl = Cluster::start("slowremote", &["alpha", "beta"], &[]);
@@ -66,9 +67,9 @@ fn a_slow_remote_client_never_blocks_another_nodes_hub() {
         && alpha.sees("owner")
         && alpha.sees("b2")));
 
-    // Flood the slow client from alpha: 16 MiB, more than its 1 MiB ring and beta's 8 MiB
-    // outbox limit together.
-    const N: u64 = 16384;
+    // Flood the slow client from alpha: 14 MiB, more than its 1 MiB ring and beta's 8 MiB
+    // outbox limit together, less than those and the 8 MiB of frames beta defers for it.
+    const N: u64 = 14336;
     let flood = alpha.client("flood");
     let pad = "x".repeat(1000);
     let sender = std::thread::spawn(move || {
@@ -77,15 +78,18 @@ fn a_slow_remote_client_never_blocks_another_nodes_hub() {
         }
         flood
     });
-    // Beta can no longer deliver to the slow client (its ring and outbox are full).
+    // Beta can no longer deliver to the slow client (its ring and outbox are full) and
+    // defers what else comes for it.
     assert!(
         eventually(20.0, || {
             let s = beta.stat();
             s.clients
                 .iter()
                 .any(|c| c.name == "slow" && c.outbox_bytes > 7 << 20)
+                && s.federation.is_some_and(|f| f.deferred_bytes > 0)
         }),
-        "the slow client's outbox never filled"
+        "the slow client's outbox never filled, or nothing was deferred: {:?}",
+        beta.stat().federation.map(|f| f.deferred_bytes)
     );
 
     // Everything else keeps flowing, on both nodes and across them.
@@ -105,8 +109,14 @@ fn a_slow_remote_client_never_blocks_another_nodes_hub() {
     }
 
     // The slow client reads again: everything arrives, in order.
-    drop(held);
     let flood = sender.join().unwrap();
+    let fs = beta.stat().federation.unwrap();
+    eprintln!(
+        "beta while the slow client is stuck: {} B deferred (peak {}), {} slow disconnects",
+        fs.deferred_bytes, fs.deferred_peak, fs.slow_disconnects
+    );
+    assert_eq!(fs.slow_disconnects, 0, "the slow client was disconnected");
+    drop(held);
     for i in 0..N {
         let n = srx
             .recv_timeout(Duration::from_secs(20))
@@ -114,4 +124,107 @@ fn a_slow_remote_client_never_blocks_another_nodes_hub() {
         assert_eq!(n, i, "out of order");
     }
     drop(flood);
+    assert!(
+        eventually(10.0, || beta
+            .stat()
+            .federation
+            .is_some_and(|f| f.deferred_bytes == 0)),
+        "deferred frames left after the slow client caught up"
+    );
+}
+
+/// The peak resident set of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb << 10
+}
+
+/// Past its bound (the hub's 8 MiB outbox limit of deferred frames) a slow client is
+/// disconnected as too slow, the deferred bytes never pass the bound, beta's memory does not
+/// grow with the flood (64 KiB events, 64 MiB of them), and everything else keeps flowing.
+#[test]
+fn a_remote_flood_past_the_bound_disconnects_only_the_slow_client() {
+    let _w = watchdog("slow_remote_bound", 180);
+    let cl = Cluster::start("slowbound", &["alpha", "beta"], &[]);
+    let (alpha, beta) = (&cl.hubs[0], &cl.hubs[1]);
+
+    let slow = beta.client("slow");
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.lock().unwrap();
+    {
+        let gate = gate.clone();
+        slow.on_any(move |_| drop(gate.lock().unwrap_or_else(|e| e.into_inner())));
+    }
+    let b2 = beta.client("b2");
+    let b2_rx = events(&b2);
+    let web = alpha.client("web");
+    assert!(eventually(10.0, || alpha.sees("slow") && alpha.sees("b2")));
+    let base = peak_rss(beta.pid());
+
+    const EVENT: usize = 64 << 10;
+    const N: usize = 1024; // 64 MiB
+    let flood = alpha.client("flood");
+    let sender = std::thread::spawn(move || {
+        let pad = "y".repeat(EVENT);
+        for i in 0..N {
+            // Once alpha learns that "slow" left, its emits fail: that is expected.
+            let _ = flood.emit("slow", "e", &(i as u64, pad.as_str()));
+        }
+        flood
+    });
+    let gone = eventually(60.0, || {
+        !beta.stat().clients.iter().any(|c| c.name == "slow")
+    });
+    assert!(
+        gone,
+        "the slow client was never disconnected:\n{}",
+        beta.log_tail()
+    );
+    let flood = sender.join().unwrap();
+    let fs = beta.stat().federation.unwrap();
+    let grown = peak_rss(beta.pid()).saturating_sub(base);
+    eprintln!(
+        "beta: deferred peak {} B, {} slow disconnects, peak RSS grew {grown} B",
+        fs.deferred_peak, fs.slow_disconnects
+    );
+    assert_eq!(fs.slow_disconnects, 1);
+    assert!(
+        fs.deferred_peak <= 8 << 20,
+        "deferred {} B",
+        fs.deferred_peak
+    );
+    assert!(fs.deferred_peak > 0, "nothing was ever deferred");
+    assert_eq!(
+        fs.deferred_bytes, 0,
+        "the slow client's queue was not freed"
+    );
+    // 8 MiB outbox + 8 MiB deferred + what is in flight from NATS; without a bound beta
+    // would hold the 64 MiB flood.
+    assert!(
+        grown < 40 << 20,
+        "beta's peak RSS grew {grown} B under a 64 MiB flood"
+    );
+    assert!(
+        std::fs::read_to_string(beta.dir().join("hub.log"))
+            .unwrap_or_default()
+            .contains("too slow for the traffic from other nodes"),
+        "no reason logged:\n{}",
+        beta.log_tail()
+    );
+    for round in 0..3 {
+        ping(
+            &web,
+            "b2",
+            &b2_rx,
+            &format!("alpha to beta after the flood {round}"),
+        );
+    }
+    drop(held);
+    drop(flood);
+    drop(slow);
 }

@@ -24,9 +24,11 @@
 //!   in-queues by their own byte permits (held by each [`Incoming`] until the hub drops it),
 //!   and the client's subscription buffers by [`SUB_CAPACITY`] messages (when an in-queue is
 //!   full its reader waits, the buffer fills, and what async-nats then drops is counted as
-//!   `slow consumer` events).
-//! * Presence has its own in-queue, so a hub that pauses the data queue (a local client is
-//!   slow) still sees heartbeats.
+//!   `slow consumer` events). The hub never leaves the data queue unread because of a slow
+//!   local client (it defers that client's frames, bounded in bytes,
+//!   `hub/federation_defer.rs`), so an in-queue is full only while the hub's thread is behind
+//!   on CPU, and the subscription buffers then hold what arrives meanwhile.
+//! * Presence has its own in-queue, so heartbeats are never stuck behind data.
 //! * Order: records for one node are appended to that node's batches in the order they were
 //!   sent, batches are published in the order they were opened, on one subject and one
 //!   connection, and every message from a node arrives on one subscription; NATS keeps a

@@ -62,7 +62,8 @@ pub struct FederationConfig {
     pub node_timeout: Duration,
     /// Bytes the queue towards NATS may hold (a local sender past it waits).
     pub out_bytes: usize,
-    /// Bytes the queue from NATS may hold.
+    /// Bytes the queue from NATS may hold, and, apart, the frames deferred for local clients
+    /// that are full (all of them together; one client gets at most the hub's outbox limit).
     pub in_bytes: usize,
 }
 
@@ -149,6 +150,16 @@ pub struct FederationStat {
     pub undeliverable: u64,
     /// Bytes waiting for NATS.
     pub queued_bytes: u64,
+    /// Bytes of frames from other nodes deferred for local clients that are full (bounded
+    /// by the hub's outbox limit per client and by `in_bytes` in all).
+    #[serde(default)]
+    pub deferred_bytes: u64,
+    /// The most `deferred_bytes` has been.
+    #[serde(default)]
+    pub deferred_peak: u64,
+    /// Local clients disconnected because their deferred frames reached the bound.
+    #[serde(default)]
+    pub slow_disconnects: u64,
     /// Remote calls waiting for an answer.
     pub calls_pending: u64,
     /// Cached values replayed to nodes that came up (they were written before).
@@ -188,7 +199,8 @@ impl FederationStat {
         let _ = writeln!(
             s,
             "federation: node {:?} in cluster {:?}, NATS {} ({}; {} connects), {} msgs / {} B out, \
-             {} msgs / {} B in, {} B queued, {} dropped out, {} dropped in, {} malformed, \
+             {} msgs / {} B in, {} B queued, {} B deferred (peak {}; {} slow clients \
+             disconnected), {} dropped out, {} dropped in, {} malformed, \
              {} undeliverable, {} remote calls pending, {} values replayed ({} replays under way)",
             self.node,
             self.cluster,
@@ -200,6 +212,9 @@ impl FederationStat {
             self.nats_msgs_in,
             self.nats_bytes_in,
             self.queued_bytes,
+            self.deferred_bytes,
+            self.deferred_peak,
+            self.slow_disconnects,
             self.dropped_out,
             self.dropped_in,
             self.decode_errors,

@@ -12,8 +12,9 @@
 //!   records are dropped and counted, and remote calls fail at once with "federation
 //!   unavailable".
 //! * A frame from NATS that cannot be delivered because a local client's outbox is full is
-//!   not dropped: the data queue pauses at that frame (`cursor`) and resumes when that client
-//!   has room, so per-sender order holds. Presence has its own queue and never pauses.
+//!   deferred for that client only (`federation_defer.rs`, bounded in bytes per client and
+//!   in all; a client past its bound is disconnected as too slow); frames for other clients
+//!   keep flowing, and per-sender order holds. Neither in-queue from NATS ever pauses.
 //! * Remote input is untrusted: a message that fails to open, or a record that fails to
 //!   decode or validate, is counted and skipped; an answer is accepted only from the node the
 //!   call went to; a `Kick` only removes the client it names. Tables keyed by node names
@@ -32,7 +33,7 @@ use tracing::{info, warn};
 use super::requests::{Waiter, Who};
 use super::Hub;
 use crate::federation::calls::Calls;
-use crate::federation::link::{Dest, Link, LinkSettings, Msg, SendError};
+use crate::federation::link::{Dest, Link, LinkSettings, SendError};
 use crate::federation::presence::LocalPresence;
 use crate::federation::routes::{Routes, Traffic, MAX_NODES};
 use crate::federation::stamps::Stamps;
@@ -42,6 +43,8 @@ use crate::sys;
 
 #[path = "federation_calls.rs"]
 mod calls;
+#[path = "federation_defer.rs"]
+mod defer;
 #[path = "federation_frames.rs"]
 mod frames;
 #[path = "federation_loop.rs"]
@@ -68,8 +71,8 @@ pub(super) struct Fed {
     /// Node names by index, for remote waiters (bounded like `routes`).
     origins: Vec<Arc<str>>,
     traffic: HashMap<Arc<str>, Traffic>,
-    /// A data message paused at a frame: (message, bytes left, the local slot it waits for).
-    cursor: Option<(Msg, usize, usize)>,
+    /// Frames from other nodes waiting for local clients that cannot take them yet.
+    deferred: defer::Deferred,
     next_beat: Instant,
     connected: bool,
     last_sync: HashMap<Arc<str>, Instant>,
@@ -151,7 +154,7 @@ impl Fed {
             calls: Calls::default(),
             origins: Vec::new(),
             traffic: HashMap::new(),
-            cursor: None,
+            deferred: defer::Deferred::default(),
             next_beat: Instant::now(),
             connected: false,
             last_sync: HashMap::new(),

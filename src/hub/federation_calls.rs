@@ -335,7 +335,7 @@ impl Hub {
     }
 
     /// A get from a remote requester for a local owner: answered from our cache, or forwarded
-    /// to the owner. `Err(slot)`: that local client is full; retry later.
+    /// to the owner. `Err(slot)`: that local client cannot take it now (it is deferred).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fed_incoming_get(
         &mut self,
@@ -366,7 +366,7 @@ impl Hub {
         let Some(o) = self.fed_local_owner(node, call, "owner", owner) else {
             return Ok(());
         };
-        if !self.has_capacity(o) {
+        if !self.fed_room(o) {
             return Err(o);
         }
         let Some(waiter) = self.fed_waiter(node, call) else {
@@ -409,7 +409,7 @@ impl Hub {
         let Some(o) = self.fed_local_owner(node, call, "client", to) else {
             return Ok(());
         };
-        if !self.has_capacity(o) {
+        if !self.fed_room(o) {
             return Err(o);
         }
         let Some(waiter) = self.fed_waiter(node, call) else {

@@ -3,8 +3,9 @@
 //! (`federation_calls.rs`), answers to our calls, cached values of a resync, kicks.
 //!
 //! Invariants:
-//! * A frame for a full local client pauses the data queue at that frame (`Fed::cursor`) and
-//!   is retried when the client has room: nothing is dropped and per-sender order holds.
+//! * A frame for a local client that cannot take it now (outbox full, or frames of it already
+//!   deferred) is deferred for that client only (`federation_defer.rs`); the frames after it,
+//!   for other clients, carry on. Per sender → receiver order holds.
 //! * A message that fails to open, or a record that fails to decode or validate, is counted
 //!   (`decode_errors`) and skipped; the rest of the message still counts.
 //! * Traffic is counted only for nodes we know: a peer inventing node names grows nothing.
@@ -21,23 +22,20 @@ use crate::proto::HubMsg;
 use crate::sys;
 
 impl Hub {
-    /// Handles the frames of one data message, from `resume` bytes before its end if given.
-    /// False: paused at a frame for a full local client (the cursor is set).
-    pub(super) fn fed_data_msg(&mut self, msg: Msg, resume: Option<usize>) -> bool {
+    /// Handles the frames of one data message; a frame for a local client that cannot take
+    /// it now is deferred for that client (`federation_defer.rs`), never holding up the rest.
+    pub(super) fn fed_data_msg(&mut self, msg: Msg) {
         let bytes = msg.bytes.clone();
-        let (h, recs) = match wire::open(&bytes) {
+        drop(msg); // its permit: what is kept from here on is a deferred copy
+        let (h, mut recs) = match wire::open(&bytes) {
             Ok(x) => x,
             Err(e) => {
                 if let Some(f) = self.fed.as_deref_mut() {
                     f.decode_errors += 1;
                 }
                 debug!(error = %e, "malformed federation message dropped");
-                return true;
+                return;
             }
-        };
-        let mut recs = match resume {
-            Some(left) => wire::Records::resume(&bytes, left),
-            None => recs,
         };
         let node: Arc<str> = match self.fed.as_deref().and_then(|f| {
             f.routes
@@ -49,13 +47,14 @@ impl Hub {
             None => Arc::from(h.node),
         };
         let (mut frames, mut bytes_in) = (0u64, 0u64);
+        let mut blocked = Vec::new(); // allocates only if a frame is deferred
         loop {
             let left = recs.remaining();
             let Some(r) = recs.next_as::<Frame<'_>>() else {
                 break;
             };
             let Some(f) = self.fed.as_deref_mut() else {
-                return true;
+                break;
             };
             let frame = match r {
                 Ok(fr) if fr.validate() => fr,
@@ -65,12 +64,14 @@ impl Hub {
                 }
             };
             let used = left - recs.remaining();
-            if let Err(dest) = self.fed_frame(&node, h.incarnation, frame) {
-                self.fed_count_in(&node, frames, bytes_in);
-                if let Some(f) = self.fed.as_deref_mut() {
-                    f.cursor = Some((msg, left, dest));
+            blocked.clear();
+            self.fed_frame(&node, h.incarnation, frame, None, &mut blocked);
+            if !blocked.is_empty() {
+                let at = bytes.len() - left;
+                let rec = &bytes[at..at + used];
+                for &slot in &blocked {
+                    self.fed_defer(slot, &node, h.incarnation, rec);
                 }
-                return false;
             }
             frames += 1;
             bytes_in += used as u64;
@@ -81,7 +82,6 @@ impl Hub {
                 f.decode_errors += 1;
             }
         }
-        true
     }
 
     /// Counts frames received from `node` (once per message, not per frame), only for nodes
@@ -100,8 +100,17 @@ impl Hub {
         }
     }
 
-    /// One frame from `node`. `Err(slot)`: that local client is full; retry later.
-    fn fed_frame(&mut self, node: &Arc<str>, _inc: u64, frame: Frame<'_>) -> Result<(), usize> {
+    /// One frame from `node`, for every local recipient, or only for `only` (a deferred
+    /// record being replayed: its side effects happened when it first arrived). The local
+    /// clients that cannot take it now are pushed to `blocked` (to be deferred).
+    pub(super) fn fed_frame(
+        &mut self,
+        node: &Arc<str>,
+        _inc: u64,
+        frame: Frame<'_>,
+        only: Option<usize>,
+        blocked: &mut Vec<usize>,
+    ) {
         match frame {
             Frame::Event {
                 from,
@@ -111,12 +120,15 @@ impl Hub {
             } => {
                 let mut dests = std::mem::take(&mut self.dests);
                 dests.clear();
-                let mut topic = None;
-                match to {
-                    EventTo::Client(n) => dests.extend(self.names.get(n).copied()),
-                    EventTo::All => self.others(FED_SLOT, &mut dests),
-                    EventTo::Topic(t) => {
-                        topic = Some(t);
+                let topic = match to {
+                    EventTo::Topic(t) => Some(t),
+                    _ => None,
+                };
+                match (only, to) {
+                    (Some(slot), _) => dests.push(slot),
+                    (None, EventTo::Client(n)) => dests.extend(self.names.get(n).copied()),
+                    (None, EventTo::All) => self.others(FED_SLOT, &mut dests),
+                    (None, EventTo::Topic(t)) => {
                         dests.extend(
                             self.conns
                                 .iter()
@@ -131,11 +143,7 @@ impl Hub {
                 }
                 // A remote sender must not reach a local client of its own name.
                 dests.retain(|&d| self.name_of(d) != from);
-                if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
-                    self.dests = dests;
-                    return Err(full);
-                }
-                if dests.is_empty() {
+                if dests.is_empty() && only.is_none() {
                     if let Some(f) = self.fed.as_deref_mut() {
                         f.undeliverable += 1;
                     }
@@ -147,10 +155,13 @@ impl Hub {
                     payload,
                 };
                 for &d in &dests {
-                    self.deliver(d, &msg);
+                    if self.fed_room(d) {
+                        self.deliver(d, &msg);
+                    } else {
+                        blocked.push(d);
+                    }
                 }
                 self.dests = dests;
-                Ok(())
             }
             Frame::Data {
                 owner,
@@ -160,6 +171,17 @@ impl Hub {
                 ttl_ms,
                 stamp,
             } => {
+                let msg = HubMsg::Data { kind, key, payload };
+                if let Some(slot) = only {
+                    self.deliver(slot, &msg);
+                    return;
+                }
+                let Some(f) = self.fed.as_deref_mut() else {
+                    return;
+                };
+                if !f.stamps.remote(node, kind, key, stamp) {
+                    return; // an older update than the one we hold
+                }
                 let keyed = key.map(|k| format!("{kind}:{k}"));
                 let dests: Vec<usize> = self
                     .conns
@@ -175,15 +197,6 @@ impl Hub {
                     })
                     .map(|(i, _)| i)
                     .collect();
-                if let Some(&full) = dests.iter().find(|&&d| !self.has_capacity(d)) {
-                    return Err(full);
-                }
-                let Some(f) = self.fed.as_deref_mut() else {
-                    return Ok(());
-                };
-                if !f.stamps.remote(node, kind, key, stamp) {
-                    return Ok(()); // an older update than the one we hold
-                }
                 if let Err(e) =
                     self.cache
                         .put(owner, kind, key, payload, ttl_ms, sys::monotonic_ns())
@@ -191,11 +204,13 @@ impl Hub {
                     warn!(%owner, kind, "remote value not cached: {e}");
                 }
                 self.schedule_cache_upkeep();
-                let msg = HubMsg::Data { kind, key, payload };
                 for d in dests {
-                    self.deliver(d, &msg);
+                    if self.fed_room(d) {
+                        self.deliver(d, &msg);
+                    } else {
+                        blocked.push(d);
+                    }
                 }
-                Ok(())
             }
             Frame::Get {
                 call,
@@ -206,9 +221,13 @@ impl Hub {
                 fresh,
                 accept,
                 timeout_ms,
-            } => self.fed_incoming_get(
-                node, call, requester, owner, kind, key, fresh, accept, timeout_ms,
-            ),
+            } => {
+                if let Err(o) = self.fed_incoming_get(
+                    node, call, requester, owner, kind, key, fresh, accept, timeout_ms,
+                ) {
+                    blocked.push(o);
+                }
+            }
             Frame::Request {
                 call,
                 from,
@@ -218,7 +237,11 @@ impl Hub {
                 accept,
                 timeout_ms,
             } => {
-                self.fed_incoming_request(node, call, from, to, method, payload, accept, timeout_ms)
+                if let Err(o) = self
+                    .fed_incoming_request(node, call, from, to, method, payload, accept, timeout_ms)
+                {
+                    blocked.push(o);
+                }
             }
             Frame::Answer {
                 call,
@@ -226,7 +249,6 @@ impl Hub {
                 answer,
             } => {
                 self.fed_answer_in(node, call, stamp, answer);
-                Ok(())
             }
             Frame::Cached {
                 owner,
@@ -237,7 +259,6 @@ impl Hub {
                 stamp,
             } => {
                 self.fed_cached(node, owner, kind, key, payload, ttl_ms, stamp);
-                Ok(())
             }
             Frame::Kick { name } => {
                 if let Some(&slot) = self.names.get(name) {
@@ -245,7 +266,6 @@ impl Hub {
                         format!("replaced by a new client with the same name on node {node:?}");
                     self.doom(slot, &reason);
                 }
-                Ok(())
             }
         }
     }

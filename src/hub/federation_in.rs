@@ -1,13 +1,14 @@
 //! What arrives from other nodes, up to the frames: the link's queues (presence first, then
-//! data, resuming a paused message), NATS up/down, presence messages (the remote tables,
+//! the deferred frames of clients that have room again, then data), NATS up/down, presence messages (the remote tables,
 //! snapshots on request, name conflicts after a partition), and lifecycle for local watchers
 //! of remote clients. The frames of a data message are `federation_frames.rs`'s.
 //!
 //! Invariants (besides those of `federation.rs`):
 //! * The idle path costs one atomic load per hub pass (`Link::has_incoming`), plus the link's
 //!   own `pass` when something is queued to go out.
-//! * Presence is handled before data and never pauses; at most 64 items of each per pass, so
-//!   a flood from NATS cannot starve local traffic.
+//! * Presence is handled before data; neither queue ever pauses (a frame for a slow local
+//!   client is deferred for that client only, `federation_defer.rs`); at most 64 items of
+//!   each per pass, so a flood from NATS cannot starve local traffic.
 //! * NATS down fails every call in flight at once ("federation unavailable"); a node that
 //!   leaves or expires fails the calls to it ("gone"), an owner that leaves fails its own.
 //! * A name conflict is resolved by `presence::resolve` on both nodes alike: the older claim
@@ -33,7 +34,7 @@ impl Hub {
                 // Publishes what the last pass queued, if it was the end of a burst.
                 f.link.pass();
                 // The hot path of an idle federation: one atomic load per pass.
-                if f.cursor.is_none() && !f.link.has_incoming() {
+                if f.deferred.is_empty() && !f.link.has_incoming() {
                     return false;
                 }
             }
@@ -46,30 +47,16 @@ impl Hub {
             progress = true;
             self.fed_control(item);
         }
-        // A paused data message first, if the client it waits for has room now.
-        if let Some((msg, left, dest)) = self.fed.as_deref_mut().and_then(|f| f.cursor.take()) {
-            if self.conns.get(dest).is_some_and(|c| c.is_some()) && !self.has_capacity(dest) {
-                if let Some(f) = self.fed.as_deref_mut() {
-                    f.cursor = Some((msg, left, dest));
-                }
-                return progress;
-            }
-            progress = true;
-            if !self.fed_data_msg(msg, Some(left)) {
-                return progress;
-            }
-        }
+        // Deferred frames first, to the clients that have room again (they are older than
+        // anything still queued for those clients).
+        progress |= self.fed_replay();
         for _ in 0..64 {
             let Some(item) = self.fed.as_deref_mut().and_then(|f| f.link.try_data()) else {
                 break;
             };
             progress = true;
             match item {
-                Incoming::Data(msg) => {
-                    if !self.fed_data_msg(msg, None) {
-                        break;
-                    }
-                }
+                Incoming::Data(msg) => self.fed_data_msg(msg),
                 other => self.fed_control(other),
             }
         }
@@ -101,9 +88,7 @@ impl Hub {
                 }
             }
             Incoming::Presence(msg) => self.fed_presence_msg(&msg),
-            Incoming::Data(msg) => {
-                let _ = self.fed_data_msg(msg, None);
-            }
+            Incoming::Data(msg) => self.fed_data_msg(msg),
         }
     }
 
