@@ -94,6 +94,7 @@ pub(super) fn wait_for_hub(dir: &Path) -> Result<(), Error> {
 pub(super) struct GetSide {
     client: Client,
     fresh: bool,
+    direct: bool,
     expect: u64,
 }
 
@@ -119,6 +120,7 @@ pub(super) fn connect_requester(o: &Opts, dir: &Path) -> Result<GetSide, Error> 
     Ok(GetSide {
         client,
         fresh: !o.cached,
+        direct: o.direct,
         expect: checksum(&payload(o.size)),
     })
 }
@@ -129,12 +131,15 @@ impl GetSide {
         for _ in 0..n {
             let t0 = Instant::now();
             // `local(false)`: through the hub even when cached (the segment read is `cache`).
-            let r = self
+            let mut g = self
                 .client
                 .get("owner", "bench")
                 .fresh(self.fresh)
-                .local(false)
-                .send()?;
+                .local(false);
+            if self.direct {
+                g = g.direct();
+            }
+            let r = g.send()?;
             let sum = codec::decode_borrowed::<&[u8]>(&r.payload.bytes).map(checksum);
             out.push(t0.elapsed().as_nanos() as u64);
             if sum.ok() != Some(self.expect) {

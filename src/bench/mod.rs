@@ -126,6 +126,9 @@ pub struct Opts {
     /// hub-get: the requester runs the client's dispatcher thread (the default client
     /// options); without it the requester receives only inside its calls.
     pub dispatcher: bool,
+    /// hub-get: fresh gets on a direct link to the owner (`GetBuilder::direct`), after the
+    /// first one (which goes through the hub and asks for the introduction).
+    pub direct: bool,
     /// hub-emit: how many clients emit (each to the next).
     pub clients: usize,
     /// hub-get / hub-emit: how the hub waits (`None` = like the clients, `wait`).
@@ -148,6 +151,7 @@ impl Default for Opts {
             ring_capacity: None,
             cached: false,
             dispatcher: false,
+            direct: false,
             clients: 1,
             hub_wait: None,
             readers: 0,

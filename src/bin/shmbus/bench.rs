@@ -38,6 +38,10 @@ pub(crate) struct BenchArgs {
     /// options) instead of receiving only in its calls.
     #[arg(long)]
     pub(crate) dispatcher: bool,
+    /// hub-get: fresh gets on a direct link to the owner, which the hub introduces on the
+    /// first get (ClientOptions::direct / GetBuilder::direct).
+    #[arg(long)]
+    pub(crate) direct: bool,
     /// hub-emit: number of clients, each emitting to the next.
     #[arg(long, default_value_t = 1)]
     pub(crate) clients: usize,
@@ -65,6 +69,7 @@ pub(crate) fn run(a: BenchArgs) -> ExitCode {
         ring_capacity: a.ring_bytes,
         cached: a.cached,
         dispatcher: a.dispatcher,
+        direct: a.direct,
         clients: a.clients,
         hub_wait: a.hub_wait,
         readers: if a.throughput {
