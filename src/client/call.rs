@@ -37,6 +37,23 @@ pub(super) struct SlotState {
     pub(super) sleeping: bool,
 }
 
+/// Fails every call filed in `waits` with `err()`: drained under the lock, filled after it (a
+/// fill wakes a caller, which must not find the map locked).
+pub(super) fn fail_all<S>(
+    waits: &Mutex<std::collections::HashMap<u64, Arc<Slot>, S>>,
+    err: impl Fn() -> CallError,
+) {
+    let slots: Vec<Arc<Slot>> = waits
+        .lock()
+        .expect("lock")
+        .drain()
+        .map(|(_, s)| s)
+        .collect();
+    for s in slots {
+        s.fill(Err(err()));
+    }
+}
+
 impl Slot {
     pub(super) fn new() -> Arc<Slot> {
         Arc::new(Slot {

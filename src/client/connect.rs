@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::handlers::Incoming;
-use super::Slot;
 use super::{CallError, Client, Inner, Retry};
 use crate::cache::CacheReader;
 use crate::hub::{ControlReply, ControlRequest};
@@ -243,16 +242,7 @@ impl Inner {
 
     /// Every call waiting for a reply learns that the link is gone.
     fn fail_waits(&self) {
-        let waits: Vec<Arc<Slot>> = self
-            .waits
-            .lock()
-            .expect("lock")
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
-        for s in waits {
-            s.fill(Err(CallError::Link(Error::Disconnected)));
-        }
+        super::call::fail_all(&self.waits, || CallError::Link(Error::Disconnected));
         // The hub that knew our direct links is gone: close them (calls on them fail).
         self.direct_close_all();
     }

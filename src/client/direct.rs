@@ -497,16 +497,7 @@ impl Inner {
         if let Ok(mut g) = l.rx.try_lock() {
             *g = None;
         }
-        let waits: Vec<Arc<Slot>> = l
-            .waits
-            .lock()
-            .expect("lock")
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
-        for s in waits {
-            s.fill(Err(down_error(l, &why)));
-        }
+        super::call::fail_all(&l.waits, || down_error(l, &why));
         l.fence_cv.notify_all();
         if !matches!(why, Down::Ours("the client closed")) {
             let _ = self.send(&ClientMsg::DirectClose { link: l.id });
