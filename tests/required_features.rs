@@ -88,3 +88,42 @@ fn tests_left_out_by_the_feature_set_are_named() {
         names.join(", ")
     );
 }
+
+/// Every test file that starts hubs with `--nats` (the federation harness, `mod fed_util`)
+/// declares `required-features` with `federation` in Cargo.toml. Without it, `cargo test
+/// --release` builds that test against a binary without the feature, and its hubs exit on
+/// the unknown `--nats` flag ("hub alpha did not come up"): a CI failure of session 7.
+#[test]
+fn every_federation_harness_test_requires_the_feature() {
+    let declared = declared_tests();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("read tests/") {
+        let path = entry.expect("tests/ entry").path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read test file");
+        if !text.lines().any(|l| l.trim() == "mod fed_util;") {
+            continue;
+        }
+        checked += 1;
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let req = declared
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        assert!(
+            req.iter().any(|f| f == "federation"),
+            "tests/{name}.rs uses the federation harness but Cargo.toml has no [[test]] \
+             name = \"{name}\" with required-features = [\"federation\", \"cli\"]: \
+             `cargo test --release` would run it without the feature and its hubs would \
+             refuse --nats"
+        );
+    }
+    assert!(
+        checked >= 8,
+        "found only {checked} federation harness tests in {dir}"
+    );
+}
