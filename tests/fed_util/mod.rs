@@ -368,13 +368,20 @@ impl Hub {
         register(Cleanup::Pid(child.id()));
         self.child = Some(child);
         let sock = self.dir.join("hub.sock");
-        assert!(
-            eventually(20.0, || std::os::unix::net::UnixStream::connect(&sock)
-                .is_ok()),
-            "hub {} did not come up (log: {})",
-            self.node,
-            self.dir.join("hub.log").display()
-        );
+        if !eventually(20.0, || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        }) {
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "hub {} did not come up in 20 s (exit status: {status:?}; log {}):\n{}",
+                self.node,
+                self.dir.join("hub.log").display(),
+                self.log_tail()
+            );
+        }
     }
 
     /// The end of its log (for failure messages).
