@@ -176,6 +176,29 @@ impl Producer {
         }))
     }
 
+    /// The fast path of [`reserve`](Producer::reserve): the slice if the frame fits before the
+    /// end of the ring and in the space last seen free, else `None` — and then `reserve`, which
+    /// also re-reads the consumer's index, pads at the end of the ring and reports a frame over
+    /// the limit, decides. Small enough to inline into every send.
+    #[inline(always)]
+    pub fn reserve_fast(&mut self, len: usize) -> Option<&mut [u8]> {
+        let cap = self.ring.cap;
+        let pos = self.tail & (cap - 1);
+        if len > self.max_payload {
+            return None;
+        }
+        let size = frame_size(len);
+        if size > cap - pos || !self.fits(size) {
+            return None;
+        }
+        self.ring.shadow_write(pos, size);
+        self.reserved = Some((pos, len));
+        // SAFETY: as in `reserve`: `[pos + 8, pos + 8 + len)` lies inside the data area (`pos +
+        // size <= cap`, checked just above) and is free space (`fits`) that only this producer
+        // may touch until it publishes it; the borrow ties it to `&mut self`.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ring.at(pos + FRAME_HEADER), len) })
+    }
+
     /// Commits the last reservation as a frame of `kind` with its first `len` bytes (`len` may
     /// be shorter than what was reserved). Not visible to the consumer until
     /// [`publish`](Producer::publish).
@@ -217,7 +240,11 @@ impl Producer {
 
     /// Reserves, fills and commits one frame from `bytes`. `Ok(false)` = full.
     pub fn push(&mut self, frame_kind: u8, bytes: &[u8]) -> Result<bool, RingError> {
-        match self.reserve(bytes.len())? {
+        let buf = match self.reserve_fast(bytes.len()) {
+            Some(buf) => Some(buf),
+            None => self.reserve(bytes.len())?,
+        };
+        match buf {
             Some(buf) => {
                 buf.copy_from_slice(bytes);
                 self.commit(frame_kind, bytes.len());
