@@ -19,10 +19,12 @@ fn cfg(o: &Opts) -> LinkConfig {
 
 /// Encodes `m` straight into the ring (what `Sender<T>::send` does).
 fn send(tx: &mut RawSender, m: &BenchMsg<'_>, publish: bool) -> Result<(), Error> {
-    let n = codec::encoded_len(m)?;
-    tx.send_with(n, Deadline::Never, publish, |buf| {
-        codec::encode_into(m, buf)
-    })
+    tx.send_encoded(
+        Deadline::Never,
+        publish,
+        |buf| codec::encode_into(m, buf),
+        || codec::encoded_len(m),
+    )
     .map_err(fail_to_error)
 }
 

@@ -24,6 +24,8 @@ pub(crate) mod reassembly;
 mod typed;
 
 #[cfg(all(test, not(shmbus_loom)))]
+mod send_tests;
+#[cfg(all(test, not(shmbus_loom)))]
 mod tests;
 
 pub use budget::ReassemblyBudget;

@@ -29,6 +29,11 @@ use crate::Error;
 /// peer when it waits, or at these probes).
 const PROBE_EVERY: u32 = 1024;
 
+/// Largest reservation [`RawSender::send_encoded`] makes on a guess: a message measured above
+/// this is always measured first (encoding into a guess too small for it would waste the
+/// work of encoding it twice).
+const GUESS_MAX: usize = 1024;
+
 /// The byte-level sending half of a link direction.
 pub struct RawSender {
     prod: Producer,
@@ -51,6 +56,9 @@ pub struct RawSender {
     /// full ring, so no frame of another message lands between its fragments.
     mid_message: bool,
     until_probe: u32,
+    /// Bytes [`send_encoded`](RawSender::send_encoded) reserves before encoding, from the
+    /// last measured message (0 = measure first).
+    guess: usize,
     scratch: Vec<u8>,
     stats: Stats,
     /// Where this half sleeps on a full ring (created at the first park).
@@ -80,6 +88,7 @@ impl RawSender {
             abort_owed: false,
             mid_message: false,
             until_probe: PROBE_EVERY,
+            guess: 0,
             scratch: Vec::new(),
             stats: Stats::default(),
             sleeper: Sleeper::default(),
@@ -235,6 +244,11 @@ impl RawSender {
         deadline: Deadline,
         fill: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
     ) -> Result<(), Fail> {
+        if let Some(buf) = self.prod.reserve_fast(len) {
+            let n = fill(buf)?;
+            self.prod.commit(frame_kind, n);
+            return Ok(());
+        }
         loop {
             match self.prod.reserve(len) {
                 Ok(Some(buf)) => {
@@ -258,6 +272,79 @@ impl RawSender {
         write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
     ) -> Result<(), Fail> {
         self.check_alive()?;
+        self.send_checked(size, deadline, publish, write)
+    }
+
+    /// Sends one message that `encode` writes into the space it is given, returning how many
+    /// bytes it wrote (or an error if they do not fit); `size` measures it exactly.
+    ///
+    /// The common case skips the sizing pass: `encode` runs once, straight into a reservation
+    /// of [`guess`](RawSender::guess) bytes (the last measured size, rounded up), and only the
+    /// bytes it wrote are committed. If that reservation cannot be had at once (the ring looks
+    /// full, or the frame would need padding at the end of the ring), or `encode` fails
+    /// (the message outgrew the guess, or is over `max_message`), nothing is committed (the
+    /// bytes `encode` wrote lie in free space the consumer cannot see) and the message takes
+    /// the exact path: `size`, then [`send_with`](RawSender::send_with)'s reservation of exactly
+    /// that, so a message too large for one frame, too large for `max_message`, or a ring
+    /// too full for the guess behave as if no guess had been made.
+    #[inline]
+    pub(crate) fn send_encoded(
+        &mut self,
+        deadline: Deadline,
+        publish: bool,
+        encode: impl Fn(&mut [u8]) -> Result<usize, Error>,
+        size: impl FnOnce() -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        self.check_alive()?;
+        if self.guess != 0 && !self.mid_message && !self.abort_owed {
+            // Only the fast reservation: a guess that needs padding or a re-read of the
+            // consumer's index is not worth it (the exact path below does both).
+            if let Some(buf) = self.prod.reserve_fast(self.guess) {
+                if let Ok(n) = encode(buf) {
+                    if n <= self.max_message {
+                        self.prod.commit(kind::MSG, n);
+                        self.stats.messages += 1;
+                        self.stats.bytes += n as u64;
+                        if publish {
+                            self.publish()?;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let n = size()?;
+        self.guess = Self::guess_for(n, self.prod.max_payload());
+        self.send_checked(n, deadline, publish, encode)
+    }
+
+    /// The reservation [`send_encoded`](RawSender::send_encoded) tries for a message that
+    /// measured `n` bytes last time: `n` rounded up to 64 bytes, or 0 (always measure) above
+    /// [`GUESS_MAX`] or above one frame.
+    fn guess_for(n: usize, max_payload: usize) -> usize {
+        let g = (n.max(1) + 63) & !63;
+        if g > GUESS_MAX || g > max_payload {
+            0
+        } else {
+            g
+        }
+    }
+
+    /// The bytes [`send_encoded`](RawSender::send_encoded) reserves before encoding (0 =
+    /// measure first).
+    pub fn guess(&self) -> usize {
+        self.guess
+    }
+
+    /// [`send_with`](RawSender::send_with) after its liveness check.
+    #[inline]
+    fn send_checked(
+        &mut self,
+        size: usize,
+        deadline: Deadline,
+        publish: bool,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
         if self.mid_message {
             // Another caller's message is half in; its fragments come first.
             return Err(Fail::NotNow);
@@ -394,7 +481,11 @@ impl RawSender {
         if self.prod.peer_closed() {
             return Err(Error::Disconnected);
         }
-        match self.prod.reserve(len) {
+        let buf = match self.prod.reserve_fast(len) {
+            Some(buf) => Ok(Some(buf)),
+            None => self.prod.reserve(len),
+        };
+        match buf {
             Ok(Some(buf)) => {
                 let n = write(buf)?;
                 self.prod.commit(kind::MSG, n);

@@ -3,9 +3,10 @@
 //! [`View`]s borrow `&str` / `&[u8]` fields from that copy for the length of a closure (from
 //! the ring itself only through the unsafe `*_in_place` calls, for a trusted peer).
 //!
-//! Invariants: a message's encoded size is measured before anything is reserved, so the
-//! reservation is exact and a message over `max_message` is refused before a byte is
-//! written. A view cannot outlive the closure it is given to (the space goes back to the
+//! Invariants: a message is encoded straight into reserved ring space — a reservation of the
+//! last measured size, rounded up ([`RawSender::send_encoded`]), or, when that does not hold
+//! it, of exactly its measured size — and only the bytes written are committed; a message
+//! over `max_message` is refused without a byte becoming visible. A view cannot outlive the closure it is given to (the space goes back to the
 //! sender when it returns). A message that does not decode is consumed and reported as
 //! `Failed(Decode)`; the link stays usable.
 
@@ -34,9 +35,12 @@ impl<T: Serialize> Sender<T> {
     }
 
     fn put(&mut self, msg: &T, deadline: Deadline, publish: bool) -> Result<(), Fail> {
-        let size = codec::encoded_len(msg)?;
-        self.raw
-            .send_with(size, deadline, publish, |buf| codec::encode_into(msg, buf))
+        self.raw.send_encoded(
+            deadline,
+            publish,
+            |buf| codec::encode_into(msg, buf),
+            || codec::encoded_len(msg),
+        )
     }
 
     /// Sends `msg`, waiting for room as the wait strategy says (backpressure). A message
