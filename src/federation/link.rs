@@ -303,6 +303,8 @@ pub struct Link {
     queued: usize,
     /// Records were queued since the hub last looked ([`Link::pass`]).
     fresh: bool,
+    /// Something was queued for NATS or taken from it since [`Link::take_touched`].
+    touched: bool,
     out_bytes: usize,
     header: Vec<u8>,
     node_base: String,
@@ -398,6 +400,7 @@ impl Link {
             out: VecDeque::new(),
             queued: 0,
             fresh: false,
+            touched: false,
             out_bytes: s.out_bytes,
             header,
             node_base: format!("{}.n.", s.prefix),
@@ -452,6 +455,7 @@ impl Link {
         }
         self.queued += rec.len();
         self.fresh = true;
+        self.touched = true;
         Ok(())
     }
 
@@ -475,8 +479,15 @@ impl Link {
         self.counters.queued_in.load(Ordering::Acquire) != 0
     }
 
-    fn took(&self, item: Option<Incoming>) -> Option<Incoming> {
+    /// Whether anything was queued for NATS or taken from it since the last call: the hub
+    /// then parks without spinning (what it waits for next comes over the network).
+    pub fn take_touched(&mut self) -> bool {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn took(&mut self, item: Option<Incoming>) -> Option<Incoming> {
         if item.is_some() {
+            self.touched = true;
             // Relaxed: only the hub decrements; the item itself came through the channel.
             self.counters.queued_in.fetch_sub(1, Ordering::Relaxed);
         }
