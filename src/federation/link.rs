@@ -19,15 +19,18 @@
 //!   buffer is [`SendError::Full`], the hub stalls the local sender or counts a drop), while
 //!   NATS is not connected it refuses at once ([`SendError::Down`]), and `drive` only polls
 //!   (a publish the client cannot take now stays queued and is retried on the next pass).
-//! * Memory is bounded both ways: the out buffer by `out_bytes`, the client's command queue
-//!   by [`CLIENT_CAPACITY`] messages of at most [`BATCH_BYTES`], the data and presence
-//!   in-queues by their own byte permits (held by each [`Incoming`] until the hub drops it),
-//!   and the client's subscription buffers by [`SUB_CAPACITY`] messages (when an in-queue is
-//!   full its reader waits, the buffer fills, and what async-nats then drops is counted as
-//!   `slow consumer` events). The hub never leaves the data queue unread because of a slow
-//!   local client (it defers that client's frames, bounded in bytes,
+//! * Memory is bounded in bytes both ways: the out buffer by `out_bytes`, the client's
+//!   command queue by [`CLIENT_CAPACITY`] messages of at most [`BATCH_BYTES`], the data and
+//!   presence in-queues by their own byte permits (`in_bytes`, and at most 16 MiB for
+//!   presence; held by each [`Incoming`] until the hub drops it). The readers never wait: a
+//!   message that does not fit its in-queue is dropped and counted (`dropped_in`,
+//!   `dropped_in_bytes`), so an async-nats subscription buffer never holds a backlog, only
+//!   what the client's connection task read in its current turn (tokio's budget: at most 128
+//!   socket reads, then the readers run). A message count ([`SUB_CAPACITY`]) would not bound
+//!   bytes: 65,536 max-size messages are 64 GiB. The hub never leaves the data queue unread
+//!   because of a slow local client (it defers that client's frames, bounded in bytes,
 //!   `hub/federation_defer.rs`), so an in-queue is full only while the hub's thread is behind
-//!   on CPU, and the subscription buffers then hold what arrives meanwhile.
+//!   on CPU or stopped.
 //! * Presence has its own in-queue, so heartbeats are never stuck behind data.
 //! * Order: records for one node are appended to that node's batches in the order they were
 //!   sent, batches are published in the order they were opened, on one subject and one
@@ -60,9 +63,10 @@ pub const BATCH_BYTES: usize = 256 << 10;
 pub const FLUSH_BYTES: usize = 64 << 10;
 /// Messages the async-nats client may hold before writing them (its command queue).
 pub const CLIENT_CAPACITY: usize = 256;
-/// Messages an async-nats subscription may buffer before it drops (slow consumer): the
-/// client reads the whole socket buffer at once, so this must hold many small messages.
-pub const SUB_CAPACITY: usize = 65536;
+/// Messages an async-nats subscription may buffer before it drops (slow consumer). Our
+/// readers take every message as soon as the client's connection task yields (they never
+/// wait), so this only has to hold what one turn of that task reads: many small messages.
+pub const SUB_CAPACITY: usize = 64;
 
 /// Link settings.
 #[derive(Clone, Debug)]
@@ -128,8 +132,11 @@ pub struct LinkCounters {
     pub nats_bytes_in: AtomicU64,
     /// Frames the hub could not queue (full, or NATS down).
     pub dropped_out: AtomicU64,
-    /// Messages lost on the way in (async-nats slow-consumer drops, oversized messages).
+    /// Messages lost on the way in (no room in an in-queue, async-nats slow-consumer drops,
+    /// oversized messages).
     pub dropped_in: AtomicU64,
+    /// Bytes of the messages dropped because an in-queue had no room.
+    pub dropped_in_bytes: AtomicU64,
     /// Publishes that failed.
     pub publish_errors: AtomicU64,
     /// Times the connection was (re)established.
@@ -241,15 +248,18 @@ impl Shared {
                 self.push(true, Incoming::Down);
             }
             Event::SlowConsumer(sid) => {
-                self.counters.dropped_in.fetch_add(1, Ordering::Relaxed);
+                // Counted exactly by `Link::dropped_in` (the client's own message count
+                // against what reached our readers); an event may itself be lost.
                 warn!(sid, "NATS subscription overflowed: messages dropped");
             }
             other => debug!(event = %other, "NATS event"),
         }
     }
 
-    /// Hands one received message to the hub, waiting for queue space.
-    async fn deliver(&self, payload: bytes::Bytes, presence: bool) {
+    /// Hands one received message to the hub, or drops it (counted) when its in-queue has no
+    /// room for its bytes: it never waits, so the client's subscription buffer holds only what
+    /// its connection task read in one turn, never a backlog (see the module's invariants).
+    fn deliver(&self, payload: bytes::Bytes, presence: bool) {
         self.counters.nats_in.fetch_add(1, Ordering::Relaxed);
         self.counters
             .nats_bytes_in
@@ -264,7 +274,11 @@ impl Shared {
             &self.data_sem
         };
         let n = payload.len().max(1) as u32;
-        let Ok(permit) = sem.clone().acquire_many_owned(n).await else {
+        let Ok(permit) = sem.clone().try_acquire_many_owned(n) else {
+            self.counters.dropped_in.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .dropped_in_bytes
+                .fetch_add(payload.len() as u64, Ordering::Relaxed);
             return;
         };
         let msg = Msg {
@@ -375,7 +389,7 @@ impl Link {
             let sh = shared.clone();
             rt.spawn(async move {
                 while let Some(m) = sub.next().await {
-                    sh.deliver(m.payload, is_presence).await;
+                    sh.deliver(m.payload, is_presence);
                 }
             });
         }
@@ -461,6 +475,17 @@ impl Link {
 
     fn batch_limit(&self) -> usize {
         BATCH_BYTES.min(self.client.max_payload().max(4096))
+    }
+
+    /// Messages lost on the way in: dropped by our readers (no room, oversized) and by the
+    /// client's subscription buffers (what it read from the socket that never reached a
+    /// reader).
+    pub fn dropped_in(&self) -> u64 {
+        let c = &self.counters;
+        // Relaxed: statistics, read on the thread that updates them.
+        let read = self.client.statistics().in_messages.load(Ordering::Relaxed);
+        let delivered = c.nats_in.load(Ordering::Relaxed);
+        c.dropped_in.load(Ordering::Relaxed) + read.saturating_sub(delivered)
     }
 
     /// Whether `len` more bytes would fit in the out buffer now.
