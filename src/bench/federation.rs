@@ -11,6 +11,11 @@
 //! 3. local hub-get and emit on hub A (federation on, NATS idle) against the same on the
 //!    hub without federation (target: within noise).
 //!
+//! The remote get and its floor run in interleaved passes (`SHMBUS_FED_PASSES`, default 5),
+//! each pass's ratio reported, with the voluntary context switches per remote get of the
+//! bench (both clients), both hubs and nats-server; `SHMBUS_FED_HUB_ARGS` adds flags to every
+//! hub it starts (e.g. `--wait park`), to compare hub settings in otherwise equal runs.
+//!
 //! Every payload is checked (sizes and sequence numbers) on the receiving side; a missing
 //! message or a wrong answer fails the run. Every wait has a deadline.
 //!

@@ -26,8 +26,11 @@
 //!   message that does not fit its in-queue is dropped and counted (`dropped_in`,
 //!   `dropped_in_bytes`), so an async-nats subscription buffer never holds a backlog, only
 //!   what the client's connection task read in its current turn (tokio's budget: at most 128
-//!   socket reads, then the readers run). A message count ([`SUB_CAPACITY`]) would not bound
-//!   bytes: 65,536 max-size messages are 64 GiB. The hub never leaves the data queue unread
+//!   socket reads, then the readers run), and at most [`SUB_CAPACITY`] messages of it (more
+//!   are dropped by async-nats and counted in [`Link::dropped_in`]): at most
+//!   `SUB_CAPACITY` × the server's `max_payload` per subscription (64 MiB with NATS's default
+//!   1 MiB; a count, so not small for a server with a large `max_payload`: async-nats gives no
+//!   control over its reads). The hub never leaves the data queue unread
 //!   because of a slow local client (it defers that client's frames, bounded in bytes,
 //!   `hub/federation_defer.rs`), so an in-queue is full only while the hub's thread is behind
 //!   on CPU or stopped.
@@ -70,7 +73,8 @@ pub const FLUSH_BYTES: usize = 64 << 10;
 pub const CLIENT_CAPACITY: usize = 256;
 /// Messages an async-nats subscription may buffer before it drops (slow consumer). Our
 /// readers take every message as soon as the client's connection task yields (they never
-/// wait), so this only has to hold what one turn of that task reads: many small messages.
+/// wait), so this only has to hold what one turn of that task reads; small, because it is
+/// also what bounds the bytes of that turn (× the server's `max_payload`). Was 65,536.
 pub const SUB_CAPACITY: usize = 64;
 
 /// Link settings.
