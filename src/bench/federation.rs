@@ -11,6 +11,11 @@
 //! 3. local hub-get and emit on hub A (federation on, NATS idle) against the same on the
 //!    hub without federation (target: within noise).
 //!
+//! The remote get and its floor run in interleaved passes (`SHMBUS_FED_PASSES`, default 5),
+//! each pass's ratio reported, with the voluntary context switches per remote get of the
+//! bench (both clients), both hubs and nats-server; `SHMBUS_FED_HUB_ARGS` adds flags to every
+//! hub it starts (e.g. `--wait park`), to compare hub settings in otherwise equal runs.
+//!
 //! Every payload is checked (sizes and sequence numbers) on the receiving side; a missing
 //! message or a wrong answer fails the run. Every wait has a deadline.
 //!
@@ -74,6 +79,7 @@ fn free_port() -> Result<u16, Error> {
 fn start_hub(dir: &Path, fed: Option<(&str, &str, &str)>) -> Result<Kill, Error> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("hub").arg("--dir").arg(dir).args(["--log", "warn"]);
+    cmd.args(hub_args());
     if let Some((url, node, cluster)) = fed {
         cmd.args(["--nats", url, "--node", node, "--cluster", cluster]);
     }
@@ -171,6 +177,39 @@ fn emit_rate(from: &Client, to: &Client, n: u64, size: usize) -> Result<f64, Err
     Ok(n as f64 / el.as_secs_f64())
 }
 
+/// Passes the latency cases are split into, interleaved with their floor
+/// (`SHMBUS_FED_PASSES`, default 5).
+fn passes() -> u64 {
+    std::env::var("SHMBUS_FED_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5u64)
+        .max(1)
+}
+
+/// Extra arguments for the hubs the bench starts (`SHMBUS_FED_HUB_ARGS`, split on spaces),
+/// to compare hub settings (e.g. `--wait park`) in otherwise identical runs.
+fn hub_args() -> Vec<String> {
+    std::env::var("SHMBUS_FED_HUB_ARGS")
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// Voluntary context switches of a process, all its threads together (0 if unreadable).
+fn wakeups(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// Runs everything and returns the rows and a markdown report with the target ratios.
 pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
     let root = std::env::temp_dir().join(format!("shmbus-bench-fed-{}", std::process::id()));
@@ -178,6 +217,7 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
     crate::hub::prepare_dir(&root)?;
     let cleanup = Cleanup(root.clone());
     let mut _server = None;
+    let mut server_pid = None;
     let url = match &o.nats {
         Some(u) => u.clone(),
         None => {
@@ -198,6 +238,7 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
                          nats-server`) or pass --nats URL"
                     ))
                 })?;
+            server_pid = Some(child.id());
             _server = Some(Kill(child));
             wait_for(10, || {
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -207,13 +248,13 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
     };
     let cluster = format!("bench{}", std::process::id());
     let (da, db, dl) = (root.join("a"), root.join("b"), root.join("local"));
-    let _ha = start_hub(&da, Some((&url, "bench-a", &cluster)))?;
-    let _hb = start_hub(&db, Some((&url, "bench-b", &cluster)))?;
+    let ha = start_hub(&da, Some((&url, "bench-a", &cluster)))?;
+    let hb = start_hub(&db, Some((&url, "bench-b", &cluster)))?;
     let _hl = start_hub(&dl, None)?;
     let mut rows = Vec::new();
     let body = vec![1u8; o.size];
 
-    // 1. Remote fresh get vs raw request-reply.
+    // 1. Remote fresh get vs raw request-reply, interleaved passes.
     let owner = Client::connect(&db, ClientOptions::new("owner"))?;
     {
         let body = body.clone();
@@ -229,15 +270,54 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
             })
         })
     })?;
-    rows.push(latency_row(
-        "remote fresh get (A → NATS → B → owner → back)",
-        gets(&req, "owner", true, o.iters, o.size)?,
-    ));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (rr, pub_rate) = rt.block_on(raw_nats(&url, o))?;
-    rows.push(latency_row("raw async-nats request-reply (floor)", rr));
+    let floor = rt.block_on(RawFloor::start(&url, o))?;
+    let np = passes();
+    let per = (o.iters / np).max(10);
+    let (mut remote, mut raw, mut pass_lines) = (Vec::new(), Vec::new(), Vec::new());
+    let pids = [
+        ("bench (both clients)", std::process::id()),
+        ("hub A", ha.0.id()),
+        ("hub B", hb.0.id()),
+        ("nats-server", server_pid.unwrap_or(0)),
+    ];
+    let mut woke = [0u64; 4];
+    for p in 0..np {
+        let before: Vec<u64> = pids.iter().map(|(_, pid)| wakeups(*pid)).collect();
+        let mut r = gets(&req, "owner", true, per, o.size)?;
+        for (w, (b, (_, pid))) in woke.iter_mut().zip(before.iter().zip(pids.iter())) {
+            *w += wakeups(*pid).saturating_sub(*b);
+        }
+        let mut f = rt.block_on(floor.rr(per, o.size))?;
+        let (rp, fp) = (pct(&mut r, 0.5), pct(&mut f, 0.5));
+        pass_lines.push(format!(
+            "pass {}: remote get p50 {:.1} µs, floor p50 {:.1} µs, ratio {:.2}×",
+            p + 1,
+            rp as f64 / 1e3,
+            fp as f64 / 1e3,
+            rp as f64 / fp.max(1) as f64
+        ));
+        remote.extend(r);
+        raw.extend(f);
+    }
+    let gets_done = (per * np) as f64;
+    let woke_line = pids
+        .iter()
+        .zip(woke.iter())
+        .map(|((what, _), w)| format!("{what} {:.2}", *w as f64 / gets_done))
+        .collect::<Vec<_>>()
+        .join(", ");
+    pass_lines.push(format!(
+        "voluntary context switches per remote get: {woke_line}"
+    ));
+    rows.push(latency_row(
+        "remote fresh get (A → NATS → B → owner → back)",
+        remote,
+    ));
+    rows.push(latency_row("raw async-nats request-reply (floor)", raw));
+    let pub_rate = rt.block_on(floor.publish_rate(o.msgs, o.size))?;
 
     // 2. Cross-node emit vs raw publish.
     let sink = Client::connect(&db, ClientOptions::new("sink"))?;
@@ -285,7 +365,12 @@ pub fn run(o: &FedOpts) -> Result<(Vec<Row>, String), Error> {
         });
     }
     drop(cleanup);
-    let md = report(&rows, o, &url);
+    let mut md = report(&rows, o, &url);
+    md.push('\n');
+    for l in pass_lines {
+        md.push_str(&l);
+        md.push('\n');
+    }
     Ok((rows, md))
 }
 
@@ -298,92 +383,123 @@ impl Drop for Cleanup {
 }
 
 /// The floor: raw async-nats, the responder and subscriber on a thread and runtime of their
-/// own (as a hub's NATS link has), the requester and publisher on this one.
-async fn raw_nats(url: &str, o: &FedOpts) -> Result<(Vec<u64>, f64), Error> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let (count_tx, count_rx) = std::sync::mpsc::channel::<u64>();
-    let (n, size, surl) = (o.msgs, o.size, url.to_string());
-    std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e.to_string()));
-                return;
-            }
-        };
-        rt.block_on(async move {
-            // A subscription buffer that holds the whole stream: the floor counts what the
-            // server delivers, not what a small client buffer would drop.
-            let server = match async_nats::ConnectOptions::new()
-                .subscription_capacity(n as usize + 1024)
-                .connect(surl)
-                .await
+/// own (as a hub's NATS link has), the requester and publisher on the bench's runtime.
+struct RawFloor {
+    client: async_nats::Client,
+    count_rx: std::sync::mpsc::Receiver<u64>,
+}
+
+impl RawFloor {
+    async fn start(url: &str, o: &FedOpts) -> Result<RawFloor, Error> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (count_tx, count_rx) = std::sync::mpsc::channel::<u64>();
+        let (n, size, surl) = (o.msgs, o.size, url.to_string());
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
             {
-                Ok(c) => c,
+                Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
                     return;
                 }
             };
-            let (Ok(mut rr), Ok(mut tp)) = (
-                server.subscribe("bench.rr").await,
-                server.subscribe("bench.tp").await,
-            ) else {
-                let _ = ready_tx.send(Err("subscribe failed".into()));
-                return;
-            };
-            let _ = server.flush().await;
-            let _ = ready_tx.send(Ok(()));
-            let s2 = server.clone();
-            tokio::spawn(async move {
-                while let Some(m) = rr.next().await {
-                    if let Some(r) = m.reply {
-                        let _ = s2.publish(r, m.payload).await;
+            rt.block_on(async move {
+                // A subscription buffer that holds the whole stream: the floor counts what the
+                // server delivers, not what a small client buffer would drop.
+                let server = match async_nats::ConnectOptions::new()
+                    .subscription_capacity(n as usize + 1024)
+                    .connect(surl)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let (Ok(mut rr), Ok(mut tp)) = (
+                    server.subscribe("bench.rr").await,
+                    server.subscribe("bench.tp").await,
+                ) else {
+                    let _ = ready_tx.send(Err("subscribe failed".into()));
+                    return;
+                };
+                let _ = server.flush().await;
+                let _ = ready_tx.send(Ok(()));
+                let s2 = server.clone();
+                tokio::spawn(async move {
+                    while let Some(m) = rr.next().await {
+                        if let Some(r) = m.reply {
+                            let _ = s2.publish(r, m.payload).await;
+                        }
+                    }
+                });
+                let mut got = 0u64;
+                while got < n {
+                    match tp.next().await {
+                        Some(m) if m.payload.len() == size => got += 1,
+                        Some(_) => {}
+                        None => break,
                     }
                 }
+                let _ = count_tx.send(got);
             });
-            let mut got = 0u64;
-            while got < n {
-                match tokio::time::timeout(Duration::from_secs(60), tp.next()).await {
-                    Ok(Some(m)) if m.payload.len() == size => got += 1,
-                    _ => break,
-                }
-            }
-            let _ = count_tx.send(got);
         });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .map_err(io)?
-        .map_err(io)?;
-    let client = async_nats::connect(url).await.map_err(io)?;
-    let body = bytes::Bytes::from(vec![1u8; o.size]);
-    let mut v = Vec::with_capacity(o.iters as usize);
-    for i in 0..o.iters + o.iters / 10 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(io)?
+            .map_err(io)?;
+        let client = async_nats::connect(url).await.map_err(io)?;
+        Ok(RawFloor { client, count_rx })
+    }
+
+    /// `n` request-replies (after a tenth as warm-up), their round trips in ns.
+    async fn rr(&self, n: u64, size: usize) -> Result<Vec<u64>, Error> {
+        let body = bytes::Bytes::from(vec![1u8; size]);
+        let mut v = Vec::with_capacity(n as usize);
+        for i in 0..n + n / 10 {
+            let t = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.client.request("bench.rr", body.clone()),
+            )
+            .await
+            .map_err(io)?
+            .map_err(io)?;
+            let el = t.elapsed().as_nanos() as u64;
+            if r.payload.len() != size {
+                return Err(io("short raw reply"));
+            }
+            if i >= n / 10 {
+                v.push(el);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Publishes `n` messages and waits until the subscriber has them all: messages/s.
+    async fn publish_rate(&self, n: u64, size: usize) -> Result<f64, Error> {
+        let body = bytes::Bytes::from(vec![1u8; size]);
         let t = Instant::now();
-        let r = client.request("bench.rr", body.clone()).await.map_err(io)?;
-        let el = t.elapsed().as_nanos() as u64;
-        if r.payload.len() != o.size {
-            return Err(io("short raw reply"));
+        for _ in 0..n {
+            self.client
+                .publish("bench.tp", body.clone())
+                .await
+                .map_err(io)?;
         }
-        if i >= o.iters / 10 {
-            v.push(el);
+        self.client.flush().await.map_err(io)?;
+        let got = self
+            .count_rx
+            .recv_timeout(Duration::from_secs(90))
+            .map_err(io)?;
+        let el = t.elapsed();
+        if got != n {
+            return Err(io(format!("raw publish: {got} of {n} arrived")));
         }
+        Ok(n as f64 / el.as_secs_f64())
     }
-    let t = Instant::now();
-    for _ in 0..n {
-        client.publish("bench.tp", body.clone()).await.map_err(io)?;
-    }
-    client.flush().await.map_err(io)?;
-    let got = count_rx.recv_timeout(Duration::from_secs(90)).map_err(io)?;
-    let el = t.elapsed();
-    if got != n {
-        return Err(io(format!("raw publish: {got} of {n} arrived")));
-    }
-    Ok((v, n as f64 / el.as_secs_f64()))
 }
 
 fn report(rows: &[Row], o: &FedOpts, url: &str) -> String {

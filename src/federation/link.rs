@@ -19,15 +19,21 @@
 //!   buffer is [`SendError::Full`], the hub stalls the local sender or counts a drop), while
 //!   NATS is not connected it refuses at once ([`SendError::Down`]), and `drive` only polls
 //!   (a publish the client cannot take now stays queued and is retried on the next pass).
-//! * Memory is bounded both ways: the out buffer by `out_bytes`, the client's command queue
-//!   by [`CLIENT_CAPACITY`] messages of at most [`BATCH_BYTES`], the data and presence
-//!   in-queues by their own byte permits (held by each [`Incoming`] until the hub drops it),
-//!   and the client's subscription buffers by [`SUB_CAPACITY`] messages (when an in-queue is
-//!   full its reader waits, the buffer fills, and what async-nats then drops is counted as
-//!   `slow consumer` events). The hub never leaves the data queue unread because of a slow
-//!   local client (it defers that client's frames, bounded in bytes,
+//! * Memory is bounded in bytes both ways: the out buffer by `out_bytes`, the client's
+//!   command queue by [`CLIENT_CAPACITY`] messages of at most [`BATCH_BYTES`], the data and
+//!   presence in-queues by their own byte permits (`in_bytes`, and at most 16 MiB for
+//!   presence; held by each [`Incoming`] until the hub drops it). The readers never wait: a
+//!   message that does not fit its in-queue is dropped and counted (`dropped_in`,
+//!   `dropped_in_bytes`), so an async-nats subscription buffer never holds a backlog, only
+//!   what the client's connection task read in its current turn (tokio's budget: at most 128
+//!   socket reads, then the readers run), and at most [`SUB_CAPACITY`] messages of it (more
+//!   are dropped by async-nats and counted in [`Link::dropped_in`]): at most
+//!   `SUB_CAPACITY` × the server's `max_payload` per subscription (64 MiB with NATS's default
+//!   1 MiB; a count, so not small for a server with a large `max_payload`: async-nats gives no
+//!   control over its reads). The hub never leaves the data queue unread
+//!   because of a slow local client (it defers that client's frames, bounded in bytes,
 //!   `hub/federation_defer.rs`), so an in-queue is full only while the hub's thread is behind
-//!   on CPU, and the subscription buffers then hold what arrives meanwhile.
+//!   on CPU or stopped.
 //! * Presence has its own in-queue, so heartbeats are never stuck behind data.
 //! * Order: records for one node are appended to that node's batches in the order they were
 //!   sent, batches are published in the order they were opened, on one subject and one
@@ -40,15 +46,20 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tracing::debug;
+
+#[path = "link_in.rs"]
+mod incoming;
+use incoming::Shared;
+pub use incoming::{Incoming, LinkCounters, LinkState, Msg};
 
 use super::wire;
 use crate::sys::{PollEvent, Poller};
@@ -60,9 +71,11 @@ pub const BATCH_BYTES: usize = 256 << 10;
 pub const FLUSH_BYTES: usize = 64 << 10;
 /// Messages the async-nats client may hold before writing them (its command queue).
 pub const CLIENT_CAPACITY: usize = 256;
-/// Messages an async-nats subscription may buffer before it drops (slow consumer): the
-/// client reads the whole socket buffer at once, so this must hold many small messages.
-pub const SUB_CAPACITY: usize = 65536;
+/// Messages an async-nats subscription may buffer before it drops (slow consumer). Our
+/// readers take every message as soon as the client's connection task yields (they never
+/// wait), so this only has to hold what one turn of that task reads; small, because it is
+/// also what bounds the bytes of that turn (× the server's `max_payload`). Was 65,536.
+pub const SUB_CAPACITY: usize = 64;
 
 /// Link settings.
 #[derive(Clone, Debug)]
@@ -85,69 +98,6 @@ pub struct LinkSettings {
     pub in_bytes: usize,
 }
 
-/// Connection state, as shown by `shmbus stat`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinkState {
-    /// Not connected yet.
-    Connecting,
-    /// Connected.
-    Connected,
-    /// Lost; async-nats reconnects.
-    Disconnected,
-}
-
-impl LinkState {
-    fn from_u8(v: u8) -> LinkState {
-        match v {
-            1 => LinkState::Connected,
-            2 => LinkState::Disconnected,
-            _ => LinkState::Connecting,
-        }
-    }
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkState::Connecting => "connecting",
-            LinkState::Connected => "connected",
-            LinkState::Disconnected => "disconnected",
-        }
-    }
-}
-
-/// Counters shared with the client's tasks.
-#[derive(Debug, Default)]
-pub struct LinkCounters {
-    state: AtomicU8,
-    /// NATS messages published.
-    pub nats_out: AtomicU64,
-    /// Bytes published.
-    pub nats_bytes_out: AtomicU64,
-    /// NATS messages received.
-    pub nats_in: AtomicU64,
-    /// Bytes received.
-    pub nats_bytes_in: AtomicU64,
-    /// Frames the hub could not queue (full, or NATS down).
-    pub dropped_out: AtomicU64,
-    /// Messages lost on the way in (async-nats slow-consumer drops, oversized messages).
-    pub dropped_in: AtomicU64,
-    /// Publishes that failed.
-    pub publish_errors: AtomicU64,
-    /// Times the connection was (re)established.
-    pub connects: AtomicU64,
-    /// Items in the in-queues not yet taken by the hub: the hub's loop reads this one word
-    /// (instead of polling two channels) on every pass.
-    queued_in: AtomicU64,
-}
-
-impl LinkCounters {
-    /// The connection state.
-    pub fn state(&self) -> LinkState {
-        // Relaxed: a status value; nothing else is published through it (everything runs on
-        // the hub's thread; the atomics only make the tasks `Send`).
-        LinkState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-}
-
 /// Where an outgoing record goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Dest {
@@ -155,25 +105,6 @@ pub enum Dest {
     Node(Arc<str>),
     /// The presence subject.
     Presence,
-}
-
-/// Something from the link for the hub.
-pub enum Incoming {
-    /// A message on our inbox (frames from another node).
-    Data(Msg),
-    /// A message on the presence subject.
-    Presence(Msg),
-    /// NATS (re)connected: announce ourselves and ask for snapshots.
-    Up,
-    /// NATS connection lost.
-    Down,
-}
-
-/// A received NATS payload; its permit returns when the hub drops it.
-pub struct Msg {
-    /// The payload.
-    pub bytes: bytes::Bytes,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// Why [`Link::send`] refused.
@@ -196,87 +127,6 @@ struct Batch {
     rec_bytes: usize,
     /// Set once a publish was tried: nothing more is appended, the same bytes are retried.
     sealed: Option<bytes::Bytes>,
-}
-
-/// What the client's tasks share with the hub's end (all on the hub's thread).
-struct Shared {
-    counters: Arc<LinkCounters>,
-    /// Rung when an in-queue gets an item: ends a park.
-    notify: Notify,
-    data_tx: mpsc::UnboundedSender<Incoming>,
-    presence_tx: mpsc::UnboundedSender<Incoming>,
-    data_sem: Arc<Semaphore>,
-    presence_sem: Arc<Semaphore>,
-}
-
-impl Shared {
-    /// Queues an item for the hub, counts it, and ends the hub's park.
-    fn push(&self, presence: bool, item: Incoming) {
-        let sent = if presence {
-            self.presence_tx.send(item).is_ok()
-        } else {
-            self.data_tx.send(item).is_ok()
-        };
-        if sent {
-            // Release: pairs with the Acquire load in `Link::has_incoming`, so a hub that
-            // sees the count also finds the item in its channel.
-            self.counters.queued_in.fetch_add(1, Ordering::Release);
-        }
-        self.notify.notify_one();
-    }
-
-    fn on_event(&self, ev: async_nats::Event) {
-        use async_nats::Event;
-        match ev {
-            Event::Connected => {
-                // Relaxed: a status value (the hub learns of the change through `Up`).
-                self.counters.state.store(1, Ordering::Relaxed);
-                self.counters.connects.fetch_add(1, Ordering::Relaxed);
-                info!("NATS connected");
-                self.push(true, Incoming::Up);
-            }
-            Event::Disconnected => {
-                self.counters.state.store(2, Ordering::Relaxed);
-                warn!("NATS disconnected; reconnecting");
-                self.push(true, Incoming::Down);
-            }
-            Event::SlowConsumer(sid) => {
-                self.counters.dropped_in.fetch_add(1, Ordering::Relaxed);
-                warn!(sid, "NATS subscription overflowed: messages dropped");
-            }
-            other => debug!(event = %other, "NATS event"),
-        }
-    }
-
-    /// Hands one received message to the hub, waiting for queue space.
-    async fn deliver(&self, payload: bytes::Bytes, presence: bool) {
-        self.counters.nats_in.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .nats_bytes_in
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        if payload.len() > wire::MAX_MESSAGE {
-            self.counters.dropped_in.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let sem = if presence {
-            &self.presence_sem
-        } else {
-            &self.data_sem
-        };
-        let n = payload.len().max(1) as u32;
-        let Ok(permit) = sem.clone().acquire_many_owned(n).await else {
-            return;
-        };
-        let msg = Msg {
-            bytes: payload,
-            _permit: permit,
-        };
-        if presence {
-            self.push(true, Incoming::Presence(msg));
-        } else {
-            self.push(false, Incoming::Data(msg));
-        }
-    }
 }
 
 /// The hub's epoll fd, as the runtime's reactor sees it (a duplicate of the same instance).
@@ -303,6 +153,8 @@ pub struct Link {
     queued: usize,
     /// Records were queued since the hub last looked ([`Link::pass`]).
     fresh: bool,
+    /// Something was queued for NATS or taken from it since [`Link::take_touched`].
+    touched: bool,
     out_bytes: usize,
     header: Vec<u8>,
     node_base: String,
@@ -373,7 +225,7 @@ impl Link {
             let sh = shared.clone();
             rt.spawn(async move {
                 while let Some(m) = sub.next().await {
-                    sh.deliver(m.payload, is_presence).await;
+                    sh.deliver(m.payload, is_presence);
                 }
             });
         }
@@ -398,6 +250,7 @@ impl Link {
             out: VecDeque::new(),
             queued: 0,
             fresh: false,
+            touched: false,
             out_bytes: s.out_bytes,
             header,
             node_base: format!("{}.n.", s.prefix),
@@ -452,11 +305,23 @@ impl Link {
         }
         self.queued += rec.len();
         self.fresh = true;
+        self.touched = true;
         Ok(())
     }
 
     fn batch_limit(&self) -> usize {
         BATCH_BYTES.min(self.client.max_payload().max(4096))
+    }
+
+    /// Messages lost on the way in: dropped by our readers (no room, oversized) and by the
+    /// client's subscription buffers (what it read from the socket that never reached a
+    /// reader).
+    pub fn dropped_in(&self) -> u64 {
+        let c = &self.counters;
+        // Relaxed: statistics, read on the thread that updates them.
+        let read = self.client.statistics().in_messages.load(Ordering::Relaxed);
+        let delivered = c.nats_in.load(Ordering::Relaxed);
+        c.dropped_in.load(Ordering::Relaxed) + read.saturating_sub(delivered)
     }
 
     /// Whether `len` more bytes would fit in the out buffer now.
@@ -475,8 +340,15 @@ impl Link {
         self.counters.queued_in.load(Ordering::Acquire) != 0
     }
 
-    fn took(&self, item: Option<Incoming>) -> Option<Incoming> {
+    /// Whether anything was queued for NATS or taken from it since the last call: the hub
+    /// then parks without spinning (what it waits for next comes over the network).
+    pub fn take_touched(&mut self) -> bool {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn took(&mut self, item: Option<Incoming>) -> Option<Incoming> {
         if item.is_some() {
+            self.touched = true;
             // Relaxed: only the hub decrements; the item itself came through the channel.
             self.counters.queued_in.fetch_sub(1, Ordering::Relaxed);
         }

@@ -142,8 +142,11 @@ pub struct FederationStat {
     pub nats_bytes_in: u64,
     /// Frames not sent (queue full, NATS down, too large).
     pub dropped_out: u64,
-    /// Messages lost on the way in (slow consumer, oversized).
+    /// Messages lost on the way in (no room in an in-queue, slow consumer, oversized).
     pub dropped_in: u64,
+    /// Bytes of the messages dropped because an in-queue had no room.
+    #[serde(default)]
+    pub dropped_in_bytes: u64,
     /// Records or messages refused as malformed.
     pub decode_errors: u64,
     /// Remote frames with no local recipient.
@@ -200,7 +203,7 @@ impl FederationStat {
             s,
             "federation: node {:?} in cluster {:?}, NATS {} ({}; {} connects), {} msgs / {} B out, \
              {} msgs / {} B in, {} B queued, {} B deferred (peak {}; {} slow clients \
-             disconnected), {} dropped out, {} dropped in, {} malformed, \
+             disconnected), {} dropped out, {} dropped in ({} B), {} malformed, \
              {} undeliverable, {} remote calls pending, {} values replayed ({} replays under way)",
             self.node,
             self.cluster,
@@ -217,6 +220,7 @@ impl FederationStat {
             self.slow_disconnects,
             self.dropped_out,
             self.dropped_in,
+            self.dropped_in_bytes,
             self.decode_errors,
             self.undeliverable,
             self.calls_pending,

@@ -77,6 +77,16 @@ impl Hub {
         }
     }
 
+    /// Whether the hub's last busy pass moved federation traffic (queued for NATS or took
+    /// from it): it then parks without spinning, since what comes next (an answer, the next
+    /// message of the node) takes at least a NATS round trip, far longer than a spin budget,
+    /// and a spinning hub only takes the CPU from nats-server and the clients.
+    pub(in crate::hub) fn fed_touched(&mut self) -> bool {
+        self.fed
+            .as_deref_mut()
+            .is_some_and(|f| f.link.take_touched())
+    }
+
     /// The hub's park: inside the federation's runtime (so NATS is served while the hub
     /// sleeps, on this thread), or a plain epoll wait without federation.
     pub(in crate::hub) fn park(
@@ -141,7 +151,8 @@ impl Hub {
             nats_msgs_in: c.nats_in.load(Relaxed),
             nats_bytes_in: c.nats_bytes_in.load(Relaxed),
             dropped_out: c.dropped_out.load(Relaxed) + f.dropped,
-            dropped_in: c.dropped_in.load(Relaxed),
+            dropped_in: f.link.dropped_in(),
+            dropped_in_bytes: c.dropped_in_bytes.load(Relaxed),
             decode_errors: f.decode_errors,
             undeliverable: f.undeliverable,
             queued_bytes: f.link.queued_bytes() as u64,

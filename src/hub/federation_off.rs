@@ -123,4 +123,7 @@ impl Hub {
     pub(super) fn fed_pump(&mut self) -> bool {
         false
     }
+    pub(super) fn fed_touched(&mut self) -> bool {
+        false
+    }
 }

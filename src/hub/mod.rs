@@ -256,6 +256,9 @@ impl Hub {
             WaitStrategy::Park => Some(Duration::ZERO),
         };
         let mut turns: u32 = 0;
+        // The last busy pass moved federation traffic: park without spinning (see
+        // `fed_touched`). Local traffic keeps the spin policy.
+        let mut remote = false;
         loop {
             if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
@@ -264,6 +267,7 @@ impl Hub {
             turns = turns.wrapping_add(1);
             if progress {
                 idle_since = None;
+                remote = self.fed_touched();
                 if turns % 64 == 0 {
                     self.timers(Instant::now());
                 }
@@ -273,7 +277,7 @@ impl Hub {
             // turn of the idle loop is what a new message waits for, so it must stay short.
             // No `pause` here: on this class of CPU it stalls ~140 cycles, as long as the rest
             // of a turn, and the turn's own loads already pace the loop.
-            if spin != Some(Duration::ZERO) && turns % 64 != 0 {
+            if spin != Some(Duration::ZERO) && turns % 64 != 0 && !remote {
                 if yielding {
                     std::thread::yield_now();
                 }
@@ -293,7 +297,7 @@ impl Hub {
                     std::hint::spin_loop();
                     continue;
                 }
-                Some(budget) if now.duration_since(since) < budget => {
+                Some(budget) if now.duration_since(since) < budget && !remote => {
                     std::hint::spin_loop();
                     continue;
                 }
@@ -313,6 +317,7 @@ impl Hub {
             self.clear_sleep();
             self.handle_events(&events)?;
             idle_since = None;
+            remote = false;
         }
         self.shutdown_all();
         Ok(())

@@ -180,15 +180,18 @@ pub struct Nats {
     port: u16,
     netns: Option<String>,
     log: PathBuf,
+    /// A configuration file (`-c`), for limits the command line cannot set.
+    conf: Option<PathBuf>,
 }
 
 impl Nats {
-    fn start(netns: Option<String>, port: u16, log: PathBuf) -> Nats {
+    fn start(netns: Option<String>, port: u16, log: PathBuf, conf: Option<PathBuf>) -> Nats {
         let mut n = Nats {
             child: None,
             port,
             netns,
             log,
+            conf,
         };
         n.restart();
         n
@@ -216,6 +219,9 @@ impl Nats {
             }
             None => Command::new(&bin),
         };
+        if let Some(c) = &self.conf {
+            cmd.arg("-c").arg(c);
+        }
         cmd.args(["-a", host, "-p", &self.port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -336,6 +342,12 @@ impl Hub {
         }
     }
 
+    /// Sends `sig` to the hub (SIGSTOP / SIGCONT stall and resume it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signal the hub");
+    }
+
     /// SIGKILLs the hub.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -346,7 +358,11 @@ impl Hub {
     }
 
     fn spawn(&mut self) {
-        let exe = env!("CARGO_BIN_EXE_shmbus");
+        // `SHMBUS_FED_BIN` runs another build's hub (to compare a fix against the code before
+        // it with the same test).
+        let exe_os = std::env::var("SHMBUS_FED_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shmbus").to_string());
+        let exe = exe_os.as_str();
         let log = std::fs::File::create(self.dir.join("hub.log")).unwrap();
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -418,6 +434,27 @@ impl Cluster {
     /// [`start`](Cluster::start) with only the first `running` hubs started: the hosts of the
     /// others exist, and [`add_hub`](Cluster::add_hub) starts them later (in order).
     pub fn start_some(test: &str, nodes: &[&str], running: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_full(test, nodes, running, extra, None)
+    }
+
+    /// [`start`](Cluster::start) with a nats-server configuration (the text of its `-c`
+    /// file, e.g. `max_pending: 1GB`).
+    pub fn start_with_server_conf(
+        test: &str,
+        nodes: &[&str],
+        extra: &[&str],
+        conf: &str,
+    ) -> Cluster {
+        Cluster::start_full(test, nodes, nodes.len(), extra, Some(conf))
+    }
+
+    fn start_full(
+        test: &str,
+        nodes: &[&str],
+        running: usize,
+        extra: &[&str],
+        conf: Option<&str>,
+    ) -> Cluster {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let root = std::env::temp_dir().join(format!("shmbus-fed-{test}-{pid}-{seq}"));
@@ -483,7 +520,12 @@ impl Cluster {
             Net::Netns { server_ns, .. } => (4222, Some(server_ns.clone())),
             Net::Loopback => (free_port(), None),
         };
-        let nats = Nats::start(nats_ns, port, root.join("nats.log"));
+        let conf = conf.map(|c| {
+            let p = root.join("nats.conf");
+            std::fs::write(&p, c).unwrap();
+            p
+        });
+        let nats = Nats::start(nats_ns, port, root.join("nats.log"), conf);
         let cluster = format!("t{pid}x{seq}");
         let mut c = Cluster {
             hubs: Vec::new(),
