@@ -35,6 +35,8 @@
 //!   bounded send attempt (at most 1 ms); the rest are leaves. A thread holding a link's lock
 //!   may take the hub's `tx` (to send a fence or a close), never the other way round.
 
+#[path = "direct/memo.rs"]
+mod memo;
 #[path = "direct/serve.rs"]
 mod serve;
 
@@ -132,6 +134,8 @@ pub(super) struct DirectState {
     /// Hub-routed frames sent so far that may reach another client (see the module doc).
     pub(super) hub_seq: AtomicU64,
     served: Mutex<HashMap<u64, Served, crate::hash::KeyedHash>>,
+    /// Owner: what the hub's cache holds from our direct answers (`direct/memo.rs`).
+    memo: Mutex<memo::CacheMemo>,
     next_local: AtomicU64,
     epoch: Instant,
     last_sweep: AtomicU64,
@@ -145,6 +149,7 @@ impl Default for DirectState {
             shunned: Mutex::new(VecDeque::new()),
             hub_seq: AtomicU64::new(0),
             served: Mutex::new(HashMap::default()),
+            memo: Mutex::new(memo::CacheMemo::default()),
             next_local: AtomicU64::new(1),
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
@@ -284,19 +289,10 @@ impl Inner {
         let msg = frame(req, fence);
         let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(5));
         if let Ok(mut g) = l.rx.try_lock() {
-            if !self.direct_send(&l, &msg, Some(&mut g), deadline) {
-                return None;
-            }
-            loop {
-                match self.direct_recv(&l, &mut g, Deadline::At(deadline), req) {
-                    Ok(Some(v)) => return Some(v),
-                    Ok(None) if Instant::now() >= deadline => {
-                        return Some(Err(CallError::our_timeout()))
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Some(Err(e)),
-                }
-            }
+            let res = self.direct_call_holding(&l, &mut g, &msg, req, deadline);
+            drop(g);
+            pass_on(&l);
+            return res;
         }
         let slot = Slot::new();
         l.waits.lock().expect("lock").insert(req, slot.clone());
@@ -305,6 +301,31 @@ impl Inner {
             return None;
         }
         Some(self.direct_await(&l, req, &slot, deadline))
+    }
+
+    /// A direct call by the thread that holds the link's receiver: sends, then receives
+    /// until its own reply (filing the others' to their slots).
+    fn direct_call_holding(
+        &self,
+        l: &DLink,
+        g: &mut Option<RawReceiver>,
+        msg: &DirectMsg<'_>,
+        req: u64,
+        deadline: Instant,
+    ) -> Option<Result<Reply, CallError>> {
+        if !self.direct_send(l, msg, Some(g), deadline) {
+            return None;
+        }
+        loop {
+            match self.direct_recv(l, g, Deadline::At(deadline), req) {
+                Ok(Some(v)) => return Some(v),
+                Ok(None) if Instant::now() >= deadline => {
+                    return Some(Err(CallError::our_timeout()))
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 
     /// The shared path of a direct call: waits for its slot, receiving for everyone while
@@ -327,14 +348,21 @@ impl Inner {
             }
             let turn = Deadline::At(deadline.min(t + Duration::from_millis(50)));
             match l.rx.try_lock() {
-                Ok(mut g) => match self.direct_recv(l, &mut g, turn, req) {
-                    Ok(Some(v)) => {
-                        l.waits.lock().expect("lock").remove(&req);
-                        return v;
+                Ok(mut g) => {
+                    let got = self.direct_recv(l, &mut g, turn, req);
+                    drop(g);
+                    match got {
+                        Ok(Some(v)) => {
+                            l.waits.lock().expect("lock").remove(&req);
+                            pass_on(l);
+                            return v;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return slot.take().unwrap_or(Err(e)),
                     }
-                    Ok(None) => {}
-                    Err(e) => return slot.take().unwrap_or(Err(e)),
-                },
+                }
+                // Woken by a fill or by the receiver's holder letting go (`pass_on`); the
+                // timeout only bounds a wake-up lost to a race with `try_lock` above.
                 Err(_) => slot.wait_for(Duration::from_millis(5)),
             }
         }
@@ -511,6 +539,7 @@ impl Inner {
             self.direct_down(&l, Down::Ours("the client closed"));
         }
         self.direct.asked.lock().expect("lock").clear();
+        self.direct.memo.lock().expect("lock").clear();
     }
 
     /// Adds a link to the table, closing the least recently used one past the bound.
@@ -627,6 +656,25 @@ impl Inner {
                     ))
                 }
             }
+        }
+    }
+}
+
+/// The receiver's holder let go: wakes one caller still waiting for its reply, which then
+/// takes the receiver (without this it would sleep out its 5 ms before looking).
+fn pass_on(l: &DLink) {
+    let waiting: Vec<Arc<Slot>> = {
+        let w = l.waits.lock().expect("lock");
+        if w.is_empty() {
+            return;
+        }
+        w.values().cloned().collect()
+    };
+    // One caller that still needs its reply is enough: it takes the receiver, and passes it
+    // on in turn.
+    for s in waiting {
+        if s.poke() {
+            return;
         }
     }
 }

@@ -256,20 +256,27 @@ impl Inner {
             l.inflight.fetch_sub(1, Ordering::Relaxed);
             self.reply_on(&l, s.req, answer, wait);
         }
-        if let (Some((kind, key)), Answer::Ok { payload, ttl_ms }) = (&s.cache, answer) {
-            if *ttl_ms >= 0 {
-                let m = ClientMsg::DirectCache {
-                    kind,
-                    key: key.as_deref(),
-                    payload: *payload,
-                    ttl_ms: *ttl_ms,
-                };
-                return if wait {
-                    self.send(&m)
-                } else {
-                    self.send_or_owe(&m)
-                };
+        if let (Some(what), Answer::Ok { payload, ttl_ms }) = (&s.cache, answer) {
+            if *ttl_ms < 0 {
+                return Ok(());
             }
+            // Acquire: pairs with the Release increment after each hub send (the memo must
+            // see every hub-routed frame sent before this answer).
+            let seq = self.direct.hub_seq.load(Ordering::Acquire);
+            // Held across the (never waiting) hand-over to the `owed` queue, so the hub
+            // receives these frames in the order the memo saw them: the last one it caches
+            // is the one the memo remembers. Lock order: memo, then `tx` / `owed` (leaves).
+            let mut memo = self.direct.memo.lock().expect("lock");
+            if memo.already_sent(what, payload, *ttl_ms, seq, Instant::now()) {
+                return Ok(());
+            }
+            let (kind, key) = what;
+            return self.send_or_owe(&ClientMsg::DirectCache {
+                kind,
+                key: key.as_deref(),
+                payload: *payload,
+                ttl_ms: *ttl_ms,
+            });
         }
         Ok(())
     }
