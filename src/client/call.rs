@@ -317,7 +317,7 @@ impl<'c, C> GetBuilder<'c, C> {
     /// [`ClientOptions::direct`](super::ClientOptions::direct) is off): the first one asks
     /// the hub to introduce us and goes through the hub; later ones skip it. A get that is
     /// not fresh still reads the cache first and then asks the hub. (The blocking client's
-    /// `send`; the async client goes through the hub.)
+    /// `send`, and the async client's `.await`, which runs it on tokio's blocking pool.)
     pub fn direct(mut self) -> Self {
         self.direct = true;
         self

@@ -467,7 +467,7 @@ impl Inner {
     }
 
     /// Asks the hub to introduce us to `to`, unless that is under way or `to` is shunned.
-    fn maybe_introduce(&self, to: &str) {
+    pub(super) fn maybe_introduce(&self, to: &str) {
         let now = Instant::now();
         {
             let mut sh = self.direct.shunned.lock().expect("lock");
@@ -568,6 +568,21 @@ impl Inner {
         match m {
             HubMsg::Introduced { link, peer, owner } => Ok(self.introduced(link, peer, owner)),
             HubMsg::DirectFence { link, seq } => {
+                let l = {
+                    let links = self.direct.links.lock().expect("lock");
+                    links.iter().find(|l| l.id == link && l.owner).cloned()
+                };
+                if let Some(l) = l {
+                    let ok = l.fences.lock().expect("lock").arrive(seq);
+                    l.fence_cv.notify_all();
+                    if !ok {
+                        self.direct_down(
+                            &l,
+                            Down::Misbehaved("too many fences out of order".into()),
+                        );
+                        return Ok(false);
+                    }
+                }
                 Ok(self.enqueue(Incoming::Direct(Marker::Fence { link, seq })))
             }
             HubMsg::DirectClosed { link } => {
@@ -630,12 +645,10 @@ impl Inner {
             self.direct.now_ms(),
             clean,
         ));
-        if owner {
-            self.enqueue(Incoming::Direct(Marker::Serve(dl)))
-        } else {
-            self.direct_insert(dl);
-            false
-        }
+        // In the table at once, also as owner (served only once the marker is handled): the
+        // fences filed before then are noted as arrived (`serve::FENCE_DEADLINE`).
+        self.direct_insert(dl.clone());
+        owner && self.enqueue(Incoming::Direct(Marker::Serve(dl)))
     }
 
     /// The six fds of link `link` from the control socket (skipping stale ones).
