@@ -291,3 +291,33 @@ fn hub_restart_closes_links_and_new_ones_follow() {
         "the new link carries the calls"
     );
 }
+
+/// An owner this hub cannot introduce (not one of its own clients: with federation, a client
+/// of another node is one) is refused; the call goes through the hub and the requester does
+/// not ask again for a while. (Tested without federation: the hub's refusal is the same, it
+/// looks the owner up among its own clients only.)
+#[test]
+fn an_owner_the_hub_cannot_introduce_is_refused_and_the_call_goes_through_the_hub() {
+    let _w = watchdog("direct_refused", 60);
+    let dir = TestDir::new("direct-refused");
+    let _hub = Kids(vec![util::hub_process(dir.path(), &[])]);
+    let web = requester(&dir, "web");
+    let r = web.request_direct("elsewhere", "echo", &"x".to_string(), None);
+    assert!(
+        matches!(r, Err(CallError::NotConnected(_))),
+        "through the hub, which knows no such client: {r:?}"
+    );
+    // The refusal comes back on the hub ring; give the dispatcher a moment to file it.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = msgs_in(&dir, "web");
+    let r = web.request_direct("elsewhere", "echo", &"y".to_string(), None);
+    assert!(matches!(r, Err(CallError::NotConnected(_))), "{r:?}");
+    assert_eq!(
+        msgs_in(&dir, "web"),
+        before + 1,
+        "only the call went to the hub, no second introduction"
+    );
+    assert!(web.direct_peers().is_empty());
+    assert!(shmbus::hub::stat(dir.path()).unwrap().direct.is_empty());
+    assert!(web.is_connected());
+}
