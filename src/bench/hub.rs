@@ -69,7 +69,9 @@ pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
         ClientOptions::new("owner").wait(wait).dispatcher(false),
     )?;
     let p = Blob(payload(o.size).into());
+    let q = p.clone();
     c.on_get("bench", move |_| Ok((p.clone(), Ttl::Forever)));
+    c.on_request("bench", move |_| Ok(q.clone()));
     loop {
         match c.poll(Duration::from_millis(100)) {
             Ok(_) => {}
@@ -95,6 +97,7 @@ pub(super) struct GetSide {
     client: Client,
     fresh: bool,
     direct: bool,
+    request: bool,
     expect: u64,
 }
 
@@ -121,6 +124,7 @@ pub(super) fn connect_requester(o: &Opts, dir: &Path) -> Result<GetSide, Error> 
         client,
         fresh: !o.cached,
         direct: o.direct,
+        request: o.request,
         expect: checksum(&payload(o.size)),
     })
 }
@@ -130,6 +134,19 @@ impl GetSide {
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n {
             let t0 = Instant::now();
+            if self.request {
+                let r = if self.direct {
+                    self.client.request_direct("owner", "bench", &(), None)?
+                } else {
+                    self.client.request("owner", "bench", &(), None)?
+                };
+                let sum = codec::decode_borrowed::<&[u8]>(&r.payload.bytes).map(checksum);
+                out.push(t0.elapsed().as_nanos() as u64);
+                if sum.ok() != Some(self.expect) {
+                    return Err(mismatch("hub-get --request payload"));
+                }
+                continue;
+            }
             // `local(false)`: through the hub even when cached (the segment read is `cache`).
             let mut g = self
                 .client

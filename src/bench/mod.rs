@@ -129,6 +129,9 @@ pub struct Opts {
     /// hub-get: fresh gets on a direct link to the owner (`GetBuilder::direct`), after the
     /// first one (which goes through the hub and asks for the introduction).
     pub direct: bool,
+    /// hub-get: requests (`Client::request`, or `request_direct` with `direct`) of a
+    /// `size`-byte value instead of fresh gets.
+    pub request: bool,
     /// hub-emit: how many clients emit (each to the next).
     pub clients: usize,
     /// hub-get / hub-emit: how the hub waits (`None` = like the clients, `wait`).
@@ -152,6 +155,7 @@ impl Default for Opts {
             cached: false,
             dispatcher: false,
             direct: false,
+            request: false,
             clients: 1,
             hub_wait: None,
             readers: 0,

@@ -368,6 +368,9 @@ impl Inner {
                 .write_when_room(side, |tx| side.attempt(tx, len, msg))
                 .await;
             drop(gate);
+            if r.is_ok() {
+                self.counted(msg);
+            }
             return r;
         }
         let mut bytes = vec![0u8; len];
@@ -384,7 +387,20 @@ impl Inner {
         };
         let r = push_fragments(&mut f).await;
         f.sent = 0; // done, or failed: nothing to finish
+        if r.is_ok() {
+            self.counted(msg);
+        }
         r
+    }
+
+    /// A frame is in the ring: counts it for the direct links' fences (`direct::counts`).
+    fn counted(&self, msg: &ClientMsg<'_>) {
+        if super::direct::counts(msg) {
+            // Release: pairs with the Acquire load in `direct::fence_for`.
+            self.direct
+                .hub_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Sends `frame` (a ping's pong, a handler's answer) without waiting when the gate is free

@@ -35,6 +35,8 @@ pub(super) struct SlotState {
     /// A caller is blocked on `cv` (only then does `fill` notify it: a notify is a futex
     /// syscall, which a caller that receives for itself would pay on every reply).
     pub(super) sleeping: bool,
+    /// [`Slot::poke`]d since the caller last waited.
+    poked: bool,
 }
 
 /// Fails every call filed in `waits` with `err()`: drained under the lock, filled after it (a
@@ -60,6 +62,7 @@ impl Slot {
             state: Mutex::new(SlotState {
                 value: None,
                 sleeping: false,
+                poked: false,
             }),
             cv: Condvar::new(),
             waker: Mutex::new(None),
@@ -80,6 +83,25 @@ impl Slot {
         }
     }
 
+    /// Wakes the caller blocked in [`wait_for`](Slot::wait_for), if any, without a value
+    /// (it looks again: the receiver may be free).
+    /// A poke before the caller sleeps makes its next `wait_for` return at once, so none is
+    /// lost. False if the slot holds its value already (the caller needs no receiver).
+    pub(super) fn poke(&self) -> bool {
+        let sleeping = {
+            let mut g = self.state.lock().expect("lock");
+            if g.value.is_some() {
+                return false;
+            }
+            g.poked = true;
+            g.sleeping
+        };
+        if sleeping {
+            self.cv.notify_all();
+        }
+        true
+    }
+
     /// The reply, if it has been filed.
     pub(super) fn take(&self) -> Option<Result<Reply, CallError>> {
         self.state.lock().expect("lock").value.take()
@@ -88,6 +110,9 @@ impl Slot {
     /// Blocks until the reply is filed or `d` passes.
     pub(super) fn wait_for(&self, d: Duration) {
         let mut g = self.state.lock().expect("lock");
+        if std::mem::take(&mut g.poked) {
+            return;
+        }
         if g.value.is_none() {
             g.sleeping = true;
             let (mut g, _) = self.cv.wait_timeout(g, d).expect("lock");
@@ -292,7 +317,7 @@ impl<'c, C> GetBuilder<'c, C> {
     /// [`ClientOptions::direct`](super::ClientOptions::direct) is off): the first one asks
     /// the hub to introduce us and goes through the hub; later ones skip it. A get that is
     /// not fresh still reads the cache first and then asks the hub. (The blocking client's
-    /// `send`; the async client goes through the hub.)
+    /// `send`, and the async client's `.await`, which runs it on tokio's blocking pool.)
     pub fn direct(mut self) -> Self {
         self.direct = true;
         self

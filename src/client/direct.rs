@@ -3,7 +3,8 @@
 //! first use ([`ClientMsg::Introduce`]; the call that asks still goes through the hub), and
 //! stays the authority: it knows every link, caches the owner's answers that carry a TTL,
 //! and tells each side when the other leaves. This file holds the state ([`DirectState`],
-//! [`DLink`]) and the requester's side; `direct/serve.rs` the owner's.
+//! [`DLink`]) and the requester's side; `direct/intro.rs` the introductions,
+//! `direct/serve.rs` the owner's side, `direct/memo.rs` what the hub's cache holds.
 //!
 //! # Ordering
 //!
@@ -35,6 +36,10 @@
 //!   bounded send attempt (at most 1 ms); the rest are leaves. A thread holding a link's lock
 //!   may take the hub's `tx` (to send a fence or a close), never the other way round.
 
+#[path = "direct/intro.rs"]
+mod intro;
+#[path = "direct/memo.rs"]
+mod memo;
 #[path = "direct/serve.rs"]
 mod serve;
 
@@ -45,14 +50,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::call::Slot;
-use super::handlers::Incoming;
 use super::messages::reply_of;
 use super::{CallError, Inner, Reply};
 use crate::error::Fail;
-use crate::hub::ControlReply;
-use crate::proto::{ClientMsg, DirectMsg, HubMsg};
+use crate::proto::{ClientMsg, DirectMsg};
 use crate::wait::Deadline;
-use crate::{codec, Error, LinkConfig, RawReceiver, RawSender};
+use crate::{codec, Error, RawReceiver, RawSender};
 
 pub(super) use serve::Marker;
 
@@ -132,6 +135,8 @@ pub(super) struct DirectState {
     /// Hub-routed frames sent so far that may reach another client (see the module doc).
     pub(super) hub_seq: AtomicU64,
     served: Mutex<HashMap<u64, Served, crate::hash::KeyedHash>>,
+    /// Owner: what the hub's cache holds from our direct answers (`direct/memo.rs`).
+    memo: Mutex<memo::CacheMemo>,
     next_local: AtomicU64,
     epoch: Instant,
     last_sweep: AtomicU64,
@@ -145,6 +150,7 @@ impl Default for DirectState {
             shunned: Mutex::new(VecDeque::new()),
             hub_seq: AtomicU64::new(0),
             served: Mutex::new(HashMap::default()),
+            memo: Mutex::new(memo::CacheMemo::default()),
             next_local: AtomicU64::new(1),
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
@@ -284,19 +290,10 @@ impl Inner {
         let msg = frame(req, fence);
         let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(5));
         if let Ok(mut g) = l.rx.try_lock() {
-            if !self.direct_send(&l, &msg, Some(&mut g), deadline) {
-                return None;
-            }
-            loop {
-                match self.direct_recv(&l, &mut g, Deadline::At(deadline), req) {
-                    Ok(Some(v)) => return Some(v),
-                    Ok(None) if Instant::now() >= deadline => {
-                        return Some(Err(CallError::our_timeout()))
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Some(Err(e)),
-                }
-            }
+            let res = self.direct_call_holding(&l, &mut g, &msg, req, deadline);
+            drop(g);
+            pass_on(&l);
+            return res;
         }
         let slot = Slot::new();
         l.waits.lock().expect("lock").insert(req, slot.clone());
@@ -305,6 +302,31 @@ impl Inner {
             return None;
         }
         Some(self.direct_await(&l, req, &slot, deadline))
+    }
+
+    /// A direct call by the thread that holds the link's receiver: sends, then receives
+    /// until its own reply (filing the others' to their slots).
+    fn direct_call_holding(
+        &self,
+        l: &DLink,
+        g: &mut Option<RawReceiver>,
+        msg: &DirectMsg<'_>,
+        req: u64,
+        deadline: Instant,
+    ) -> Option<Result<Reply, CallError>> {
+        if !self.direct_send(l, msg, Some(g), deadline) {
+            return None;
+        }
+        loop {
+            match self.direct_recv(l, g, Deadline::At(deadline), req) {
+                Ok(Some(v)) => return Some(v),
+                Ok(None) if Instant::now() >= deadline => {
+                    return Some(Err(CallError::our_timeout()))
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 
     /// The shared path of a direct call: waits for its slot, receiving for everyone while
@@ -327,14 +349,21 @@ impl Inner {
             }
             let turn = Deadline::At(deadline.min(t + Duration::from_millis(50)));
             match l.rx.try_lock() {
-                Ok(mut g) => match self.direct_recv(l, &mut g, turn, req) {
-                    Ok(Some(v)) => {
-                        l.waits.lock().expect("lock").remove(&req);
-                        return v;
+                Ok(mut g) => {
+                    let got = self.direct_recv(l, &mut g, turn, req);
+                    drop(g);
+                    match got {
+                        Ok(Some(v)) => {
+                            l.waits.lock().expect("lock").remove(&req);
+                            pass_on(l);
+                            return v;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return slot.take().unwrap_or(Err(e)),
                     }
-                    Ok(None) => {}
-                    Err(e) => return slot.take().unwrap_or(Err(e)),
-                },
+                }
+                // Woken by a fill or by the receiver's holder letting go (`pass_on`); the
+                // timeout only bounds a wake-up lost to a race with `try_lock` above.
                 Err(_) => slot.wait_for(Duration::from_millis(5)),
             }
         }
@@ -438,42 +467,6 @@ impl Inner {
         Ok(seq)
     }
 
-    /// Asks the hub to introduce us to `to`, unless that is under way or `to` is shunned.
-    fn maybe_introduce(&self, to: &str) {
-        let now = Instant::now();
-        {
-            let mut sh = self.direct.shunned.lock().expect("lock");
-            sh.retain(|(_, until)| *until > now);
-            if sh.iter().any(|(p, _)| p == to) {
-                return;
-            }
-        }
-        let h = self.direct.hub_seq.load(Ordering::Acquire);
-        {
-            let mut asked = self.direct.asked.lock().expect("lock");
-            if asked
-                .get(to)
-                .is_some_and(|(_, at)| now.duration_since(*at) < ASK_AGAIN)
-            {
-                return;
-            }
-            // Bounded: one entry per owner asked for, dropped when answered or stale.
-            asked.retain(|_, (_, at)| now.duration_since(*at) < ASK_AGAIN);
-            asked.insert(to.to_string(), (h, now));
-        }
-        if self.send(&ClientMsg::Introduce { to }).is_err() {
-            self.direct.asked.lock().expect("lock").remove(to);
-        }
-    }
-
-    fn shun(&self, peer: &str) {
-        let mut sh = self.direct.shunned.lock().expect("lock");
-        if sh.len() >= 1024 {
-            sh.pop_front();
-        }
-        sh.push_back((peer.to_string(), Instant::now() + SHUN_FOR));
-    }
-
     /// Closes `l` (once): fails its waiting calls, tells the hub and the peer (hang-up).
     pub(super) fn direct_down(&self, l: &DLink, why: Down) {
         if l.dead.swap(true, Ordering::AcqRel) {
@@ -511,6 +504,7 @@ impl Inner {
             self.direct_down(&l, Down::Ours("the client closed"));
         }
         self.direct.asked.lock().expect("lock").clear();
+        self.direct.memo.lock().expect("lock").clear();
     }
 
     /// Adds a link to the table, closing the least recently used one past the bound.
@@ -533,100 +527,23 @@ impl Inner {
             self.direct_down(&old, Down::Ours("least recently used"));
         }
     }
+}
 
-    /// Files a direct-link message from the hub (`dispatch::file`). True if queued.
-    pub(super) fn direct_file(&self, m: HubMsg<'_>) -> Result<bool, Error> {
-        match m {
-            HubMsg::Introduced { link, peer, owner } => Ok(self.introduced(link, peer, owner)),
-            HubMsg::DirectFence { link, seq } => {
-                Ok(self.enqueue(Incoming::Direct(Marker::Fence { link, seq })))
-            }
-            HubMsg::DirectClosed { link } => {
-                let l = {
-                    let links = self.direct.links.lock().expect("lock");
-                    links.iter().find(|l| l.id == link).cloned()
-                };
-                if let Some(l) = l {
-                    self.direct_down(&l, Down::Gone);
-                }
-                Ok(false)
-            }
-            HubMsg::DirectRefused { peer, reason } => {
-                tracing::debug!(%peer, %reason, "no direct link");
-                self.direct.asked.lock().expect("lock").remove(peer);
-                self.shun(peer);
-                Ok(false)
-            }
-            _ => Ok(false),
+/// The receiver's holder let go: wakes one caller still waiting for its reply, which then
+/// takes the receiver (without this it would sleep out its 5 ms before looking).
+fn pass_on(l: &DLink) {
+    let waiting: Vec<Arc<Slot>> = {
+        let w = l.waits.lock().expect("lock");
+        if w.is_empty() {
+            return;
         }
-    }
-
-    /// The hub introduced us to `peer`: take the link's fds from the control socket and
-    /// build our end. The owner's end is served once the marker is handled (queued).
-    fn introduced(&self, link: u64, peer: &str, owner: bool) -> bool {
-        let clean = if owner {
-            0
-        } else {
-            match self.direct.asked.lock().expect("lock").remove(peer) {
-                Some((h, _)) => h,
-                None => {
-                    // Not asked for (or given up on): close it.
-                    let _ = self.take_fds(link);
-                    let _ = self.send(&ClientMsg::DirectClose { link });
-                    return false;
-                }
-            }
-        };
-        let built = self.take_fds(link).and_then(|mut fds| {
-            let sock = UnixStream::from(fds.pop().ok_or(Error::Disconnected)?);
-            let cfg = LinkConfig {
-                wait: self.opts.wait,
-                ..LinkConfig::default()
-            };
-            crate::link::open_link_as(fds, sock, &cfg, !owner)
-        });
-        let l = match built {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(%peer, "direct link unusable, staying on the hub path: {e}");
-                let _ = self.send(&ClientMsg::DirectClose { link });
-                return false;
-            }
-        };
-        let dl = Arc::new(DLink::new(
-            link,
-            peer,
-            owner,
-            l,
-            self.direct.now_ms(),
-            clean,
-        ));
-        if owner {
-            self.enqueue(Incoming::Direct(Marker::Serve(dl)))
-        } else {
-            self.direct_insert(dl);
-            false
-        }
-    }
-
-    /// The six fds of link `link` from the control socket (skipping stale ones).
-    fn take_fds(&self, link: u64) -> Result<Vec<std::os::fd::OwnedFd>, Error> {
-        let ctrl = self.ctrl.lock().expect("lock").clone();
-        let ctrl = ctrl.ok_or(Error::Disconnected)?;
-        // The hub wrote the fds before the ring frame we are filing: they are there.
-        ctrl.set_nonblocking(true)?;
-        loop {
-            match crate::recv_control::<ControlReply>(&ctrl)? {
-                Some((ControlReply::DirectFds { link: l }, fds)) if l == link && fds.len() == 6 => {
-                    return Ok(fds)
-                }
-                Some((ControlReply::DirectFds { link: l }, _)) if l < link => continue,
-                Some(_) | None => {
-                    return Err(Error::Handshake(
-                        "no direct link fds on the control socket".into(),
-                    ))
-                }
-            }
+        w.values().cloned().collect()
+    };
+    // One caller that still needs its reply is enough: it takes the receiver, and passes it
+    // on in turn.
+    for s in waiting {
+        if s.poke() {
+            return;
         }
     }
 }

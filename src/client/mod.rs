@@ -85,6 +85,8 @@ use crate::wait::Deadline;
 use crate::{codec, Error, RawReceiver, RawSender};
 
 #[cfg(feature = "tokio")]
+mod async_direct;
+#[cfg(feature = "tokio")]
 mod async_events;
 #[cfg(feature = "tokio")]
 mod async_send;

@@ -196,8 +196,30 @@ impl AsyncClient {
         arg: &T,
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
+        self.request_via(to, method, arg, timeout, self.inner().opts.direct)
+            .await
+    }
+
+    /// [`request`](AsyncClient::request), on a direct link if `direct` and there is one.
+    pub(super) async fn request_via<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        method: &str,
+        arg: &T,
+        timeout: Option<Duration>,
+        direct: bool,
+    ) -> Result<Reply, CallError> {
         let inner = self.inner();
         let (p, timeout) = inner.request_args(arg, timeout)?;
+        if direct {
+            let call = super::async_direct::DirectCall::Request {
+                method: method.to_string(),
+                payload: p.clone(),
+            };
+            if let Some(r) = self.try_direct(to, timeout, call).await {
+                return r;
+            }
+        }
         inner
             .call_async(
                 &self.side,
@@ -529,6 +551,15 @@ impl<'c> std::future::IntoFuture for GetBuilder<'c, AsyncClient> {
             if !self.fresh && self.local {
                 if let Some(r) = inner.local_get(self.from, self.kind, self.key) {
                     return Ok(r);
+                }
+            }
+            if self.fresh && (self.direct || inner.opts.direct) {
+                let call = super::async_direct::DirectCall::Get {
+                    kind: self.kind.to_string(),
+                    key: self.key.map(str::to_string),
+                };
+                if let Some(r) = c.try_direct(self.from, self.timeout, call).await {
+                    return r;
                 }
             }
             let frame = inner.get_frame(self.from, self.kind, self.key, self.fresh, self.timeout);

@@ -42,6 +42,10 @@ pub(crate) struct BenchArgs {
     /// first get (ClientOptions::direct / GetBuilder::direct).
     #[arg(long)]
     pub(crate) direct: bool,
+    /// hub-get: requests of a --size value (Client::request; with --direct,
+    /// request_direct) instead of fresh gets.
+    #[arg(long)]
+    pub(crate) request: bool,
     /// hub-emit: number of clients, each emitting to the next.
     #[arg(long, default_value_t = 1)]
     pub(crate) clients: usize,
@@ -70,6 +74,7 @@ pub(crate) fn run(a: BenchArgs) -> ExitCode {
         cached: a.cached,
         dispatcher: a.dispatcher,
         direct: a.direct,
+        request: a.request,
         clients: a.clients,
         hub_wait: a.hub_wait,
         readers: if a.throughput {

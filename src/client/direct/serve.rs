@@ -29,15 +29,39 @@ const MAX_AHEAD: usize = 1024;
 /// Most calls of one link waiting for their answer.
 const MAX_INFLIGHT: usize = 1024;
 
-/// The fences an owner has handled on a link.
+/// How long a call waits for a fence that has not even arrived from the hub: past it the
+/// requester is taken to misbehave (it announced a fence it never sent) and the link is
+/// closed. A fence that arrived but waits for the owner's handler queue (busy handlers) is
+/// waited for without a limit, as any hub-routed message would be.
+pub(in crate::client) const FENCE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The fences an owner has handled on a link, and those that arrived from the hub.
 #[derive(Default)]
 pub(in crate::client) struct Fences {
+    done: Prefix,
+    arrived: Prefix,
+}
+
+/// The contiguous prefix of the numbers seen (and the ones seen past a gap).
+#[derive(Default)]
+struct Prefix {
     done: u64,
     ahead: BTreeSet<u64>,
 }
 
 impl Fences {
     /// Notes fence `seq` handled. False if too many wait out of order (the peer misbehaves).
+    fn add(&mut self, seq: u64) -> bool {
+        self.arrived.add(seq) && self.done.add(seq)
+    }
+
+    /// Notes fence `seq` arrived from the hub (filed, not yet handled).
+    pub(in crate::client) fn arrive(&mut self, seq: u64) -> bool {
+        self.arrived.add(seq)
+    }
+}
+
+impl Prefix {
     fn add(&mut self, seq: u64) -> bool {
         if seq <= self.done {
             return true;
@@ -126,7 +150,7 @@ impl Inner {
     pub(in crate::client) fn direct_marker(&self, m: Marker) {
         match m {
             Marker::Serve(l) => {
-                self.direct_insert(l.clone());
+                // In the table since it was filed (`introduced`).
                 if l.dead.load(Ordering::Acquire) {
                     return;
                 }
@@ -155,20 +179,52 @@ impl Inner {
     }
 
     /// Waits until every fence up to `fence` was handled. False if the link or the client
-    /// closed meanwhile.
+    /// closed meanwhile, or the fence did not arrive within [`FENCE_DEADLINE`] (the link is
+    /// then closed: the requester misbehaves).
     fn await_fence(&self, l: &DLink, fence: u64) -> bool {
-        let mut f = l.fences.lock().expect("lock");
-        while f.done < fence {
-            if l.dead.load(Ordering::Acquire) || self.closing.load(Ordering::Acquire) {
+        let start = Instant::now();
+        loop {
+            let arrived = {
+                let f = l.fences.lock().expect("lock");
+                if f.done.done >= fence {
+                    return true;
+                }
+                if l.dead.load(Ordering::Acquire) || self.closing.load(Ordering::Acquire) {
+                    return false;
+                }
+                if f.arrived.done >= fence {
+                    // Arrived: the handler queue gets to it (no limit, like any message).
+                    let _ = l
+                        .fence_cv
+                        .wait_timeout(f, Duration::from_millis(100))
+                        .expect("lock");
+                    continue;
+                }
+                f.arrived.done
+            };
+            if start.elapsed() >= FENCE_DEADLINE {
+                self.direct_down(
+                    l,
+                    Down::Misbehaved(format!(
+                        "a call waits for fence {fence}, which did not come through the hub \
+                         within {FENCE_DEADLINE:?} (fences arrived up to {arrived})"
+                    )),
+                );
                 return false;
             }
-            f = l
-                .fence_cv
-                .wait_timeout(f, Duration::from_millis(100))
-                .expect("lock")
-                .0;
+            // Not arrived: receive from the hub ourselves if nobody does (a client that
+            // polls rarely), then look again.
+            if let Ok(mut g) = self.rx.try_lock() {
+                let _ = self.receive_locked(&mut g, Deadline::Now);
+            }
+            let f = l.fences.lock().expect("lock");
+            if f.arrived.done < fence {
+                let _ = l
+                    .fence_cv
+                    .wait_timeout(f, Duration::from_millis(10))
+                    .expect("lock");
+            }
         }
-        true
     }
 
     /// Queues a call for the handlers, under a direct number.
@@ -256,20 +312,27 @@ impl Inner {
             l.inflight.fetch_sub(1, Ordering::Relaxed);
             self.reply_on(&l, s.req, answer, wait);
         }
-        if let (Some((kind, key)), Answer::Ok { payload, ttl_ms }) = (&s.cache, answer) {
-            if *ttl_ms >= 0 {
-                let m = ClientMsg::DirectCache {
-                    kind,
-                    key: key.as_deref(),
-                    payload: *payload,
-                    ttl_ms: *ttl_ms,
-                };
-                return if wait {
-                    self.send(&m)
-                } else {
-                    self.send_or_owe(&m)
-                };
+        if let (Some(what), Answer::Ok { payload, ttl_ms }) = (&s.cache, answer) {
+            if *ttl_ms < 0 {
+                return Ok(());
             }
+            // Acquire: pairs with the Release increment after each hub send (the memo must
+            // see every hub-routed frame sent before this answer).
+            let seq = self.direct.hub_seq.load(Ordering::Acquire);
+            // Held across the (never waiting) hand-over to the `owed` queue, so the hub
+            // receives these frames in the order the memo saw them: the last one it caches
+            // is the one the memo remembers. Lock order: memo, then `tx` / `owed` (leaves).
+            let mut memo = self.direct.memo.lock().expect("lock");
+            if memo.already_sent(what, payload, *ttl_ms, seq, Instant::now()) {
+                return Ok(());
+            }
+            let (kind, key) = what;
+            return self.send_or_owe(&ClientMsg::DirectCache {
+                kind,
+                key: key.as_deref(),
+                payload: *payload,
+                ttl_ms: *ttl_ms,
+            });
         }
         Ok(())
     }
