@@ -57,6 +57,9 @@ pub struct Consumer {
     /// Last value stored to the shared `head` (`published <= head`).
     published: u64,
     max_payload: usize,
+    /// Largest payload [`peek_msg`](Consumer::peek_msg) takes: `max_payload`, at most
+    /// [`PREFETCH_MAX`].
+    fast_max: usize,
 }
 
 impl Consumer {
@@ -68,6 +71,7 @@ impl Consumer {
             notified: 0,
             published: 0,
             max_payload,
+            fast_max: max_payload.min(PREFETCH_MAX as usize),
         }
     }
 
@@ -154,14 +158,16 @@ impl Consumer {
 
     /// The fast path of [`peek`](Consumer::peek): the next frame if it is a valid whole
     /// message (`MSG`), else `None` — for an empty ring, and also for anything else (padding,
-    /// fragments, a corrupt header), which the caller then leaves to `peek`. Validates exactly
-    /// what `peek` does for a `MSG` frame.
+    /// fragments, a corrupt header, a frame above [`PREFETCH_MAX`]), which the caller then
+    /// leaves to `peek`. Validates what `peek` does for a `MSG` frame.
     #[inline]
     pub fn peek_msg(&mut self) -> Option<Frame> {
         let (pos, word) = self.head_word();
         let (k, len) = parse_frame_word(word)?;
         let len = len as usize;
-        if k != kind::MSG || len > self.max_payload {
+        // `fast_max`: larger frames take `peek`, whose prefetch is capped (no extra
+        // instruction here: the same comparison as against `max_payload`).
+        if k != kind::MSG || len > self.fast_max {
             return None;
         }
         let size = frame_size(len);
@@ -171,7 +177,7 @@ impl Consumer {
         self.ring.shadow_read(pos, size);
         // As in `peek`: ask for the frame's other lines now.
         let mut line = (pos | 63) + 1;
-        while line < (pos + size).min(pos + PREFETCH_MAX) {
+        while line < pos + size {
             prefetch(self.ring.at(line));
             line += 64;
         }

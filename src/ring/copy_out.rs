@@ -64,8 +64,23 @@ pub unsafe fn copy_words(src: *const u8, dst: *mut u8, words: usize) {
 /// As for [`copy_words`].
 #[inline]
 pub unsafe fn copy_out(src: *const u8, dst: *mut u8, words: usize) {
+    if words * 8 >= LARGE_COPY {
+        // SAFETY: forwarded from the caller.
+        return unsafe { copy_out_large(src, dst, words) };
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { copy_words(src, dst, words) }
+}
+
+/// The large half of [`copy_out`], out of line (the small frames' copy stays a short inlined
+/// loop).
+///
+/// # Safety
+/// As for [`copy_words`].
+#[inline(never)]
+unsafe fn copy_out_large(src: *const u8, dst: *mut u8, words: usize) {
     #[cfg(all(target_arch = "x86_64", not(miri), not(shmbus_loom)))]
-    if words * 8 >= LARGE_COPY && std::arch::is_x86_feature_detected!("avx2") {
+    if std::arch::is_x86_feature_detected!("avx2") {
         let blocks = words * 8 / 128;
         // SAFETY: AVX2 is present (checked just above); `blocks * 128 <= words * 8` bytes of
         // the caller's ranges, the rest is copied by words right after.
