@@ -6,6 +6,12 @@
 #   compare/run.sh              # the full run (~3 minutes of measuring on 2 cores, once built)
 #   compare/run.sh --quick      # a smoke test; extra arguments go to `compare`
 #
+# After `compare` (the ring, the floors `atomic`/`eventfd`, iceoryx2 and the others, side by
+# side), the same run measures fresh 64 B gets with `shmbus bench`: through the hub
+# (`hub-get`), over the hub-introduced direct link (`hub-get --direct`, issue 17.2), and the
+# ring with the same waits as the reference, interleaved in passes, with default waits
+# (`--wait spin-then-park`; three processes on 2 cores: `--wait spin` would starve one).
+#
 # Spinning transports need both cores: run it on a quiet machine (no build, no other load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +23,11 @@ end='<!-- compare:end -->'
 
 echo "== building (release)"
 cargo build --release -p shmbus-compare
+cargo build --release --bin shmbus
 bin="${CARGO_TARGET_DIR:-target}/release/compare"
+sbin="${CARGO_TARGET_DIR:-target}/release/shmbus"
+quick=0
+for a in "$@"; do [ "$a" = "--quick" ] && quick=1; done
 
 echo "== machine"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)
@@ -43,12 +53,35 @@ stat_busy() { read -r _ u n s i w q sq st _ </proc/stat; echo $((u + n + s + q +
 children_cpu() { times | sed -n 2p | awk '{ n = 0; for (f = 1; f <= 2; f++) { split($f, a, "m"); sub("s", "", a[2]); n += a[1] * 60 + a[2] } print n }'; }
 
 tmp=$(mktemp)
-trap 'rm -f "$tmp" "$tmp.svg"' EXIT
+trap 'rm -f "$tmp" "$tmp.svg" "$tmp.gets"' EXIT
 status=0
 b0=$(stat_busy); c0=$(children_cpu); t0=$(date +%s.%N)
 # The rows (with distributions) are kept for `compare --report-from FILE --markdown`.
 json="${CARGO_TARGET_DIR:-target}/compare-last.jsonl"
 "$bin" --pin --markdown --cdf-out "$tmp.svg" --json-out "$json" "$@" >"$tmp" || status=$?
+
+# Fresh gets through the hub and over the direct link, with the ring at the same waits as
+# the reference: `passes` interleaved passes, one markdown row each.
+if [ "$quick" -eq 1 ]; then passes=1; get_iters=2000; else passes=3; get_iters=20000; fi
+gets_md="$tmp.gets"
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+us() { awk -v n="$1" 'BEGIN { if (n == "") print "failed"; else if (n < 1000) printf "%d ns", n; else printf "%.2f µs", n / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "–"; else printf "%.1f", a / b }'; }
+{
+    echo "Fresh get, 64 B, default waits (\`$sbin bench T --wait spin-then-park --iters $get_iters --json\`, T = \`ring\`, \`hub-get\`, \`hub-get --direct\`, interleaved in each pass; direct target: p50 ≤ 1.5× the ring's):"
+    echo
+    echo "| pass | ring p50 | hub-get p50 | hub-get --direct p50 | direct / ring | hub / direct | p99 ring / hub / direct |"
+    echo "|---|---|---|---|---|---|---|"
+} >"$gets_md"
+echo "== fresh gets: ring, hub-get, hub-get --direct ($passes pass(es), $get_iters each)"
+for p in $(seq 1 "$passes"); do
+    r=$("$sbin" bench ring --wait spin-then-park --iters "$get_iters" --json 2>/dev/null | tail -n1) || r=""
+    h=$("$sbin" bench hub-get --wait spin-then-park --iters "$get_iters" --json 2>/dev/null | tail -n1) || h=""
+    d=$("$sbin" bench hub-get --direct --wait spin-then-park --iters "$get_iters" --json 2>/dev/null | tail -n1) || d=""
+    r50=$(echo "$r" | field p50_ns); h50=$(echo "$h" | field p50_ns); d50=$(echo "$d" | field p50_ns)
+    r99=$(echo "$r" | field p99_ns); h99=$(echo "$h" | field p99_ns); d99=$(echo "$d" | field p99_ns)
+    echo "| $p | $(us "$r50") | $(us "$h50") | $(us "$d50") | $(ratio "$d50" "$r50") | $(ratio "$h50" "$d50") | $(us "$r99") / $(us "$h99") / $(us "$d99") |" | tee -a "$gets_md"
+done
 b1=$(stat_busy); c1=$(children_cpu); t1=$(date +%s.%N)
 others=$(awk -v b0="$b0" -v b1="$b1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { o = (b1 - b0) / hz - (c1 - c0); if (o < 0) o = 0; printf "%.0f", 100 * o / ((t1 - t0) * n) }')
@@ -80,6 +113,8 @@ block=$(mktemp)
     fi
     echo
     cat "$tmp"
+    echo
+    cat "$gets_md"
     echo
     echo "Latency distributions at 64 B: [docs/compare-cdf-64B.svg](docs/compare-cdf-64B.svg)"
     echo

@@ -21,6 +21,7 @@
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::ring::FrameReader;
 use crate::Error;
 
 /// Largest allocation one decode may claim, whatever the input says (1 GiB); the limit
@@ -65,6 +66,40 @@ macro_rules! with_limit_for {
     }};
 }
 
+/// Runs `bincode::serde::$decode` on `$input` with the limit tier for `$len` input bytes.
+macro_rules! with_limit_for_len {
+    ($len:expr, $decode:ident, $t:ty, $input:expr) => {{
+        let input = $input;
+        match decode_limit_for($len) {
+            n if n == 16 << 10 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 16 << 10 }>())
+            }
+            n if n == 64 << 10 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 64 << 10 }>())
+            }
+            n if n == 256 << 10 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 256 << 10 }>())
+            }
+            n if n == 1 << 20 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 1 << 20 }>())
+            }
+            n if n == 4 << 20 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 4 << 20 }>())
+            }
+            n if n == 16 << 20 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 16 << 20 }>())
+            }
+            n if n == 64 << 20 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 64 << 20 }>())
+            }
+            n if n == 256 << 20 => {
+                bincode::serde::$decode::<$t, _, _>(input, config::<{ 256 << 20 }>())
+            }
+            _ => bincode::serde::$decode::<$t, _, _>(input, config::<DECODE_LIMIT>()),
+        }
+    }};
+}
+
 /// Exact encoded size of `value`, computed without allocating.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
     let mut w = bincode::enc::write::SizeWriter::default();
@@ -99,6 +134,43 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         with_limit_for!(bytes, decode_from_slice, T).map_err(|e| Error::Decode(e.to_string()))?;
     check_used(used, bytes.len())?;
     Ok(v)
+}
+
+/// Decodes an owned `T` from exactly the payload `r` reads, each ring byte copied once
+/// straight into the value's own buffers (see [`FrameReader`]). The limit tier is the one for
+/// the payload's length, as in [`decode`].
+pub fn decode_frame<T: DeserializeOwned>(r: &mut FrameReader<'_>) -> Result<T, Error> {
+    let len = r.remaining();
+    let v = with_limit_for_len!(len, decode_from_reader, T, FrameRead(&mut *r))
+        .map_err(|e| Error::Decode(e.to_string()))?;
+    check_used(len - r.remaining(), len)?;
+    Ok(v)
+}
+
+/// bincode's view of a [`FrameReader`]: `peek_read` shows staged private bytes only.
+struct FrameRead<'r, 'a>(&'r mut FrameReader<'a>);
+
+impl bincode::de::read::Reader for FrameRead<'_, '_> {
+    #[inline]
+    fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+        if self.0.read(bytes) {
+            Ok(())
+        } else {
+            Err(bincode::error::DecodeError::UnexpectedEnd {
+                additional: bytes.len() - self.0.remaining(),
+            })
+        }
+    }
+
+    #[inline]
+    fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        self.0.peek(n)
+    }
+
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        self.0.consume(n)
+    }
 }
 
 /// Decodes a `T` that may borrow (`&str`, `&[u8]`, `Cow`) from `bytes`, with no copy.

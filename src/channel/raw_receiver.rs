@@ -21,13 +21,20 @@ use std::time::{Duration, Instant};
 
 use super::reassembly::{Ready, Reassembly};
 use super::{ReassemblyBudget, Stats};
+use crate::codec;
 use crate::error::{Fail, RecvError, RecvTimeoutError, TryRecvError};
-use crate::ring::Consumer;
+use crate::ring::{Consumer, Frame};
 use crate::sys::Bell;
 use crate::wait::{
     self, wait_until, BellParker, DataIn, Deadline, Sleeper, WaitOutcome, WaitStrategy, Waitable,
 };
 use crate::Error;
+use serde::de::DeserializeOwned;
+
+/// Whole frames of at least this many bytes are decoded by [`RawReceiver::recv_owned`]
+/// straight from the ring (below it, copying the frame first and decoding from the slice is
+/// as cheap and keeps bincode's borrowed fast paths).
+pub(crate) const DIRECT_DECODE: usize = 4096;
 
 /// The byte-level receiving half of a link direction.
 pub struct RawReceiver {
@@ -186,6 +193,38 @@ impl RawReceiver {
             self.ring_space()?;
         }
         Ok(out)
+    }
+
+    /// Receives one message and decodes an owned `T` from it (`Ok(Err)`: it did not decode;
+    /// it is consumed either way). A whole frame of at least [`DIRECT_DECODE`] bytes is
+    /// decoded straight from the ring through [`FrameReader`](crate::ring::FrameReader): each
+    /// byte copied once, into the value's own buffers. Smaller frames and reassembled
+    /// messages decode from the private copy, as [`recv_with`](RawReceiver::recv_with) gives it.
+    #[inline]
+    pub(crate) fn recv_owned<T: DeserializeOwned>(
+        &mut self,
+        deadline: Deadline,
+    ) -> Result<Result<T, Error>, Fail> {
+        if let Some(r) = self.fast_whole() {
+            return Ok(self.deliver_owned(r)?);
+        }
+        self.recv_loop(deadline, None, |rx, r| rx.deliver_owned(r))
+    }
+
+    #[inline]
+    fn deliver_owned<T: DeserializeOwned>(&mut self, r: Ready) -> Result<Result<T, Error>, Error> {
+        let out = match r {
+            Ready::Whole(f) if f.len >= DIRECT_DECODE => self.decode_in_ring(&f),
+            _ => self.asm.with_bytes(&self.cons, &r, codec::decode::<T>),
+        };
+        self.finish(r, out)
+    }
+
+    /// The large-frame half of [`deliver_owned`](RawReceiver::deliver_owned), out of line (its
+    /// reader stages 4 KiB on the stack).
+    #[inline(never)]
+    fn decode_in_ring<T: DeserializeOwned>(&self, f: &Frame) -> Result<T, Error> {
+        codec::decode_frame::<T>(&mut self.cons.frame_reader(f))
     }
 
     /// Receives one message and hands its bytes to `f` (a private copy: the peer can still

@@ -306,3 +306,7 @@ impl Drop for Reassembly {
 #[cfg(all(test, not(shmbus_loom)))]
 #[path = "reassembly_tests.rs"]
 mod tests;
+
+#[cfg(all(test, not(shmbus_loom)))]
+#[path = "reassembly_large_tests.rs"]
+mod large_tests;

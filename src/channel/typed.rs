@@ -274,9 +274,11 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv(&mut self) -> Result<T, RecvError> {
-        self.raw
-            .recv_bytes(codec::decode::<T>)
-            .and_then(|r| r.map_err(RecvError::Failed))
+        match self.raw.recv_owned::<T>(Deadline::Never) {
+            Ok(r) => r.map_err(RecvError::Failed),
+            Err(Fail::Error(e)) => Err(RecvError::Failed(e)),
+            Err(_) => Err(RecvError::Disconnected),
+        }
     }
 
     /// Receives one message if one is there.
@@ -293,9 +295,12 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        self.raw
-            .try_recv_bytes(codec::decode::<T>)
-            .and_then(|r| r.map_err(TryRecvError::Failed))
+        match self.raw.recv_owned::<T>(Deadline::Now) {
+            Ok(r) => r.map_err(TryRecvError::Failed),
+            Err(Fail::Error(e)) => Err(TryRecvError::Failed(e)),
+            Err(Fail::Disconnected) => Err(TryRecvError::Disconnected),
+            Err(Fail::NotNow | Fail::Timeout) => Err(TryRecvError::Empty),
+        }
     }
 
     /// Receives one message, waiting at most `timeout`.
@@ -312,9 +317,12 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.raw
-            .recv_bytes_timeout(timeout, codec::decode::<T>)
-            .and_then(|r| r.map_err(RecvTimeoutError::Failed))
+        match self.raw.recv_owned::<T>(Deadline::Within(timeout)) {
+            Ok(r) => r.map_err(RecvTimeoutError::Failed),
+            Err(Fail::Error(e)) => Err(RecvTimeoutError::Failed(e)),
+            Err(Fail::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(Fail::NotNow | Fail::Timeout) => Err(RecvTimeoutError::Timeout),
+        }
     }
 
     /// Receives one message, waiting until `deadline` (crossbeam's `recv_deadline`).
@@ -322,8 +330,8 @@ impl<T: DeserializeOwned> Receiver<T> {
         self.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
     }
 
-    /// Receives one message and passes it to `f` by reference; it is decoded from the private
-    /// copy of the frame and dropped after `f` returns.
+    /// Receives one message and passes it to `f` by reference; it is decoded as by
+    /// [`recv`](Receiver::recv) and dropped after `f` returns.
     ///
     /// ```
     /// let (a, b) = shmbus::Link::pair()?;
@@ -335,9 +343,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_ref<R>(&mut self, f: impl FnOnce(&T) -> R) -> Result<R, RecvError> {
-        self.raw
-            .recv_bytes(|b| codec::decode::<T>(b).map(|v| f(&v)))
-            .and_then(|r| r.map_err(RecvError::Failed))
+        self.recv().map(|v| f(&v))
     }
 
     /// Receives one message decoded as the borrowed view `V::Of<'_>`: its `&str` / `&[u8]`

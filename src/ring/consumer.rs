@@ -5,6 +5,7 @@
 //! ([`Consumer::copy_payload`]) unless the caller vouches for the peer
 //! ([`Consumer::payload_in_place`], `unsafe`); `head` only grows and is published Release.
 
+use super::copy_out::{copy_out, copy_words, FrameReader};
 use super::layout::{self, frame_size, kind, parse_frame_word, FRAME_HEADER};
 use super::{RingError, RingRef};
 use crate::sync::{fence, Ordering};
@@ -21,42 +22,13 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// A frame's lines are prefetched at `peek` up to this many bytes from its start: enough for
+/// the frames whose latency it helps; for a 1 MiB frame, 16,384 prefetches issued up front
+/// were a read pass of their own (the copy's hardware prefetch streams the rest).
+const PREFETCH_MAX: u64 = 4096;
+
 /// Frames up to this many payload bytes can be read with [`Consumer::with_small_payload`].
 pub const SMALL_FRAME: usize = 256;
-
-/// Copies `words` 8-byte words from `src` (8-aligned, in the ring) to `dst` (any alignment)
-/// with Relaxed atomic loads, four words per turn (a plain `mov` each on x86-64: the loop is
-/// as fast as the compiler's scalar copy, it just never becomes a `memcpy` call or vectors,
-/// which would be non-atomic reads of memory the peer can write).
-///
-/// # Safety
-/// `src .. src + 8 * words` is inside a live ring data area and 8-aligned; `dst` is valid for
-/// `8 * words` bytes of writes and does not overlap it.
-#[inline(always)]
-unsafe fn copy_words(src: *const u8, dst: *mut u8, words: usize) {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let load = |i: usize| {
-        // SAFETY: `i < words`: inside the range the caller vouches for, 8-aligned.
-        unsafe { (*src.add(i * 8).cast::<AtomicU64>()).load(Relaxed) }
-    };
-    let store = |i: usize, w: u64| {
-        // SAFETY: `i < words`, inside `dst`'s range.
-        unsafe { dst.add(i * 8).cast::<u64>().write_unaligned(w) }
-    };
-    let mut i = 0;
-    while i + 4 <= words {
-        let (a, b, c, d) = (load(i), load(i + 1), load(i + 2), load(i + 3));
-        store(i, a);
-        store(i + 1, b);
-        store(i + 2, c);
-        store(i + 3, d);
-        i += 4;
-    }
-    while i < words {
-        store(i, load(i));
-        i += 1;
-    }
-}
 
 /// A validated frame at the consumer's head. Its payload is copied out with
 /// [`Consumer::copy_payload`] (or, from a trusted peer, borrowed with the unsafe
@@ -85,6 +57,9 @@ pub struct Consumer {
     /// Last value stored to the shared `head` (`published <= head`).
     published: u64,
     max_payload: usize,
+    /// Largest payload [`peek_msg`](Consumer::peek_msg) takes: `max_payload`, at most
+    /// [`PREFETCH_MAX`].
+    fast_max: usize,
 }
 
 impl Consumer {
@@ -96,6 +71,7 @@ impl Consumer {
             notified: 0,
             published: 0,
             max_payload,
+            fast_max: max_payload.min(PREFETCH_MAX as usize),
         }
     }
 
@@ -167,7 +143,7 @@ impl Consumer {
             // frame, into lines the producer may still be writing, was measured to slow the
             // round trip and not to speed up streaming.)
             let mut line = (pos | 63) + 1;
-            while line < pos + size {
+            while line < (pos + size).min(pos + PREFETCH_MAX) {
                 prefetch(self.ring.at(line));
                 line += 64;
             }
@@ -182,14 +158,16 @@ impl Consumer {
 
     /// The fast path of [`peek`](Consumer::peek): the next frame if it is a valid whole
     /// message (`MSG`), else `None` — for an empty ring, and also for anything else (padding,
-    /// fragments, a corrupt header), which the caller then leaves to `peek`. Validates exactly
-    /// what `peek` does for a `MSG` frame.
+    /// fragments, a corrupt header, a frame above [`PREFETCH_MAX`]), which the caller then
+    /// leaves to `peek`. Validates what `peek` does for a `MSG` frame.
     #[inline]
     pub fn peek_msg(&mut self) -> Option<Frame> {
         let (pos, word) = self.head_word();
         let (k, len) = parse_frame_word(word)?;
         let len = len as usize;
-        if k != kind::MSG || len > self.max_payload {
+        // `fast_max`: larger frames take `peek`, whose prefetch is capped (no extra
+        // instruction here: the same comparison as against `max_payload`).
+        if k != kind::MSG || len > self.fast_max {
             return None;
         }
         let size = frame_size(len);
@@ -236,14 +214,22 @@ impl Consumer {
         // and `size = 8 + len` rounded up to 8, so the `words` 8-byte words from `pos + 8 +
         // skip` are inside it; they are 8-aligned (the data area and `pos` are). `out` has
         // room for `words * 8` bytes past `start` (reserved above); only `len` are exposed.
-        // (No `rep movsb` for large frames: on this Zen 4 it runs at 0.3 GiB/s when the
-        // destination sits 8 or 16 bytes past the source modulo 64, which ring offsets and
-        // heap buffers hit; the word loop makes 26 GiB/s at 1 MiB in L2. See BENCHMARKS.md.)
+        // (Large frames take the vector loop of `copy_out`, small ones the atomic word loop.)
         unsafe {
-            copy_words(src, out.as_mut_ptr().add(start), words);
+            copy_out(src, out.as_mut_ptr().add(start), words);
             out.set_len(start + len);
         }
         len
+    }
+
+    /// A sequential reader over `frame`'s payload that copies each read out of the ring
+    /// (with the loads of `copy_payload`) straight into the caller's buffer: one copy from
+    /// the ring into a decoded value's own memory.
+    pub fn frame_reader<'a>(&'a self, frame: &Frame) -> FrameReader<'a> {
+        debug_assert!(frame.pos + frame.size <= self.ring.cap);
+        // SAFETY: `peek` checked that the frame lies in the data area, 8-aligned, with its
+        // payload padded to 8 bytes; `&self` keeps the ring mapped for `'a`.
+        unsafe { FrameReader::new(self.ring.at(frame.pos + FRAME_HEADER), frame.len) }
     }
 
     /// Calls `f` with a private copy of the payload of a frame of at most

@@ -10,6 +10,7 @@
 //! and a bad value is a [`RingError::Corrupt`], never a read outside the ring.
 
 mod consumer;
+pub(crate) mod copy_out;
 pub mod layout;
 mod producer;
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use crate::sync::{AtomicU64, Ordering};
 
 pub use consumer::{Consumer, Frame, SMALL_FRAME};
+pub use copy_out::FrameReader;
 pub use layout::RingHeader;
 pub use producer::Producer;
 
