@@ -106,14 +106,23 @@ struct Conn {
     peer: String,
     origin: Origin,
     bus: Option<Arc<AsyncClient>>,
+    /// On the Unix socket (else TCP).
+    unix: bool,
     /// Gets this client made, waiting for their answers (polled by the connection's task).
     replies: FuturesUnordered<ReplyFuture>,
     owed: Arc<Mutex<Owed>>,
 }
 
 /// Serves one node-ipc connection until either side closes it.
-pub(crate) async fn serve<R, W>(r: R, w: W, peer: String, origin: Origin, sh: Arc<Shared>)
-where
+/// `unix`: the connection is on the Unix socket (for the runtime's nap, `bridge::nap`).
+pub(crate) async fn serve<R, W>(
+    r: R,
+    w: W,
+    peer: String,
+    origin: Origin,
+    unix: bool,
+    sh: Arc<Shared>,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -128,6 +137,7 @@ where
         peer,
         origin,
         bus: None,
+        unix,
         replies: FuturesUnordered::new(),
         owed: Arc::new(Mutex::new(Owed::default())),
     };
@@ -213,7 +223,7 @@ impl Conn {
             tokio::select! {
                 n = lim.read_buf(buf) => match n {
                     Ok(0) => return self.finish_half_closed(&mut closed).await,
-                    Ok(_) => {}
+                    Ok(_) => super::nap::saw_read(self.unix),
                     Err(_) => return "read error",
                 },
                 _ = tokio::time::sleep_until(hello_by), if pre.is_some() => {
