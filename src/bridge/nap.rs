@@ -13,14 +13,18 @@
 //!
 //! Invariants:
 //! * the nap only happens while the bridge is busy: when the previous park lasted less than
-//!   [`BUSY_PARK`] (the next event came quickly). An idle bridge blocks at once, so an isolated
-//!   request pays no nap; the first park after an idle spell never naps.
+//!   [`BUSY_PARK`] (the next event came quickly). An idle bridge blocks at once: the first
+//!   park after an idle spell never naps.
 //! * the nap is bounded (`nap`, ≤ [`MAX_NAP`]) and happens only when the runtime has no task
 //!   ready (tokio's `on_thread_park`), so it delays no ready work by more than one nap.
 //! * the nap only follows a pass that read a Unix socket and no TCP socket ([`saw_read`]). A
 //!   loopback TCP peer's Nagle algorithm already coalesces its frames, and a receiver that
 //!   answers late holds its next segment back until the ACK: with the nap, TCP gets cost the
-//!   bridge ~1.5× more CPU and ran at 0.65× the throughput (BENCHMARKS.md).
+//!   bridge ~1.35× more CPU, at lower throughput (BENCHMARKS.md).
+//! * ... and only when that Unix client pipelines (more than one frame in the read, or more
+//!   than one get of its own or forwarded to it waiting): a client that sends one get and
+//!   waits for its answer would pay a nap at every hop (one get at a time over the Unix
+//!   socket: p50 150–170 µs without the nap, 550–590 µs with it before this rule).
 //! * `nap = 0` turns it off (`--nap-us 0`).
 
 use std::cell::Cell;
@@ -37,16 +41,19 @@ pub const MAX_NAP: Duration = Duration::from_millis(5);
 pub const DEFAULT_NAP: Duration = Duration::from_micros(100);
 
 thread_local! {
-    /// Socket reads on this (the runtime's) thread since its last park: (Unix, TCP).
+    /// Socket reads on this (the runtime's) thread since its last park: (a pipelining Unix
+    /// client's, TCP).
     static READS: Cell<(bool, bool)> = const { Cell::new((false, false)) };
 }
 
-/// Notes a socket read that brought data (`unix`: on a Unix socket, else TCP), on the
-/// runtime's thread: the next park naps only if Unix sockets, and no TCP socket, were read.
-pub(crate) fn saw_read(unix: bool) {
+/// Notes a socket read that brought data (`unix`: on a Unix socket, else TCP; `pipelined`:
+/// the client has more than one frame on its way — several in the read, or several gets
+/// waiting for their answers), on the runtime's thread: the next park naps only after a
+/// pipelining Unix client's read and no TCP read.
+pub(crate) fn saw_read(unix: bool, pipelined: bool) {
     READS.with(|r| {
         let (u, t) = r.get();
-        r.set((u || unix, t || !unix));
+        r.set((u || (unix && pipelined), t || !unix));
     });
 }
 

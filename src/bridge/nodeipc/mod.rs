@@ -168,6 +168,7 @@ impl Conn {
             // Every frame of this read in one send batch: the hub is woken once, at the end.
             let bus = self.bus.clone();
             let batch = bus.as_deref().map(AsyncClient::batch);
+            let mut frames = 0usize;
             loop {
                 let f = match sp.next_frame() {
                     Ok(Some(f)) => f,
@@ -205,6 +206,7 @@ impl Conn {
                         }
                     }
                 }
+                frames += 1;
                 if self.bus.is_some() && pre.is_some() {
                     pre = None; // releases this connection's share of the total
                     sp.set_max(cfg.max_frame);
@@ -212,6 +214,11 @@ impl Conn {
                 }
             }
             drop(batch);
+            if frames > 0 {
+                // For the runtime's nap (`bridge::nap`): does this client pipeline?
+                let waiting = self.replies.len() + self.owed.lock().expect("lock").tickets.len();
+                super::nap::saw_read(self.unix, frames > 1 || waiting > 1);
+            }
             if let Some(p) = pre.as_mut() {
                 if !p.hold(sp.pending()) {
                     self.sh.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -241,7 +248,7 @@ impl Conn {
             tokio::select! {
                 n = lim.read_buf(buf) => match n {
                     Ok(0) => return self.finish_half_closed(&mut closed).await,
-                    Ok(_) => super::nap::saw_read(self.unix),
+                    Ok(_) => {}
                     Err(_) => return "read error",
                 },
                 _ = tokio::time::sleep_until(hello_by), if pre.is_some() => {
