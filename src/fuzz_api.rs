@@ -10,7 +10,7 @@
 #[cfg(all(feature = "bridge", not(shmbus_loom)))]
 pub mod nodeipc {
     pub use crate::bridge::nodeipc::{
-        number_text, DataMsg, GetMsg, HelloMsg, RequestOnly, ResponseMsg,
+        number_text, parse_fast, DataMsg, Fast, GetMsg, HelloMsg, RequestOnly, ResponseMsg,
     };
 }
 #[cfg(all(feature = "bridge", not(shmbus_loom)))]

@@ -40,6 +40,7 @@
 pub mod auth;
 #[doc(hidden)]
 pub mod frame;
+pub mod nap;
 pub(crate) mod nodeipc;
 mod outbox;
 mod prehello;
@@ -550,7 +551,7 @@ async fn accept_unix(s: UnixStream, sh: Arc<Shared>) {
         Ok(c) if sh.access.allows(c.uid()) => {
             let peer = format!("unix pid {}", c.pid().unwrap_or(0));
             let (r, w) = s.into_split();
-            nodeipc::serve(r, w, peer, Origin::Checked, sh).await;
+            nodeipc::serve(r, w, peer, Origin::Checked, true, sh).await;
         }
         Ok(c) => {
             let why = format!("uid {} is not allowed on this bridge", c.uid());
@@ -567,7 +568,7 @@ async fn accept_tcp(s: TcpStream, peer: std::net::SocketAddr, public: bool, sh: 
     let name = peer.to_string();
     if public {
         let (r, w) = s.into_split();
-        return nodeipc::serve(r, w, name, Origin::NeedsToken, sh).await;
+        return nodeipc::serve(r, w, name, Origin::NeedsToken, false, sh).await;
     }
     let Ok(local) = s.local_addr() else {
         return refuse(s, &name, "no local address", &sh).await;
@@ -577,7 +578,7 @@ async fn accept_tcp(s: TcpStream, peer: std::net::SocketAddr, public: bool, sh: 
     match owner {
         Ok(Ok(Some(uid))) if sh.access.allows(uid) => {
             let (r, w) = s.into_split();
-            nodeipc::serve(r, w, name, Origin::Checked, sh).await;
+            nodeipc::serve(r, w, name, Origin::Checked, false, sh).await;
         }
         Ok(Ok(Some(uid))) => {
             let why = format!("uid {uid} is not allowed on this bridge");

@@ -71,6 +71,11 @@ impl Out {
         self.max.store(max, Ordering::Relaxed);
     }
 
+    /// Whether the connection is closing (set before the `closed` watch changes).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
+    }
+
     pub(crate) fn closed(&self) -> watch::Receiver<bool> {
         self.closed.subscribe()
     }

@@ -11,6 +11,8 @@
 #   bash tests/compat/bench_cpu.sh                 # N=50000 gets per run, WINDOW=64, REPS=3, unix
 #   TRANSPORTS="unix tcp" REPS=5 bash tests/compat/bench_cpu.sh
 #   UP_ARGS="--wait spin-then-park" bash tests/compat/bench_cpu.sh   # other `shmbus up` flags
+#   VARIANTS="--nap-us 0;--nap-us 400" bash tests/compat/bench_cpu.sh # also these `up` flags,
+#       each as a row of its own (shmbus_v1, shmbus_v2, …), in the same alternation
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -19,6 +21,7 @@ WINDOW=${WINDOW:-64}
 REPS=${REPS:-3}
 TRANSPORTS=${TRANSPORTS:-unix}
 UP_ARGS=${UP_ARGS:-}
+VARIANTS=${VARIANTS:-}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 command -v node >/dev/null && command -v npm >/dev/null || {
@@ -85,15 +88,16 @@ run_baseline() {
     stop "$srv"
 }
 
+# run_shmbus TRANSPORT [LABEL EXTRA_UP_ARGS]
 run_shmbus() {
-    local t=$1 sock=$TMP/bridge.sock port; port=$(free_port); rm -rf "$TMP/hub" "$sock"
+    local t=$1 label=${2:-shmbus} extra=${3:-} sock=$TMP/bridge.sock port; port=$(free_port); rm -rf "$TMP/hub" "$sock"
     local tcp=off; [ "$t" = tcp ] && tcp=127.0.0.1:$port
     # shellcheck disable=SC2086
-    "$SHMBUS" up --dir "$TMP/hub" --node-ipc-path "$sock" --node-ipc-tcp "$tcp" --log warn $UP_ARGS >/dev/null &
+    "$SHMBUS" up --dir "$TMP/hub" --node-ipc-path "$sock" --node-ipc-tcp "$tcp" --log warn $UP_ARGS $extra >/dev/null &
     local up=$!; PIDS+=("$up")
     if [ "$t" = unix ]; then wait_sock "$sock"; else wait_port "$port"; fi
     local br; br=$(pgrep -P "$up" | head -1)
-    measure "$t" shmbus "$sock" "$port" "hub=$up" "bridge=$br"
+    measure "$t" "$label" "$sock" "$port" "hub=$up" "bridge=$br"
     stop "$up"
 }
 
@@ -106,9 +110,19 @@ for _ in $(seq "$REPS"); do
     for t in $TRANSPORTS; do
         run_baseline "$t"
         run_shmbus "$t"
+        if [ -n "$VARIANTS" ]; then
+            i=0
+            IFS=';' read -ra vs <<<"$VARIANTS"
+            for v in "${vs[@]}"; do i=$((i + 1)); run_shmbus "$t" "shmbus_v$i" "$v"; done
+        fi
     done
 done
 echo "- uptime at end: $(uptime | sed 's/^ *//')"
+if [ -n "$VARIANTS" ]; then
+    i=0
+    IFS=';' read -ra vs <<<"$VARIANTS"
+    for v in "${vs[@]}"; do i=$((i + 1)); echo "- shmbus_v$i: shmbus up $UP_ARGS $v"; done
+fi
 echo
 python3 - "$ROWS" <<'PY'
 import sys, statistics as st
@@ -127,23 +141,25 @@ for (t, cfg), rs in sorted(rows.items()):
         name, detail = "node-ipc server", ""
     else:
         side = [r["hub"] + r["bridge"] for r in rs]; cs = [r["hub_cs"] + r["bridge_cs"] for r in rs]
-        name = f"shmbus up: bridge {med(rs, 'bridge'):.2f} + hub {med(rs, 'hub'):.2f}"
+        name = f"{cfg} up: bridge {med(rs, 'bridge'):.2f} + hub {med(rs, 'hub'):.2f}"
     runs = ", ".join(f"{r['gets_per_s']:.0f}/{s:.1f}" for r, s in zip(rs, side))
     print(f"| {t} | {name} | {med(rs, 'gets_per_s'):.0f} | {med(rs, 'p50'):.0f} | {med(rs, 'p99'):.0f} "
           f"| {med(rs, 'website'):.1f} | {med(rs, 'bot'):.1f} | {st.median(side):.2f} | {st.median(cs):.2f} | {runs} |")
 print()
 for t in sorted({t for t, _ in rows}):
-    b, s = rows.get((t, "baseline")), rows.get((t, "shmbus"))
-    if not b or not s:
-        continue
-    bs = st.median(r["server"] for r in b)
-    ss = st.median(r["hub"] + r["bridge"] for r in s)
-    bt, stp = med(b, "gets_per_s"), med(s, "gets_per_s")
-    b99, s99 = med(b, "p99"), med(s, "p99")
-    print(f"- {t}: bridge + hub CPU per get {ss:.2f} µs = {ss / bs:.3f} of the node-ipc server's {bs:.2f} µs "
-          f"(target ≤ 0.333: {'met' if ss / bs <= 1 / 3 else 'NOT met'}); "
-          f"throughput {stp / bt:.2f}× the baseline ({'≥' if stp >= bt else 'BELOW'}); "
-          f"p99 {s99:.0f} µs vs {b99:.0f} µs ({'lower' if s99 < b99 else 'NOT lower'})")
+    b = rows.get((t, "baseline"))
+    for cfg in sorted(c for tt, c in rows if tt == t and c != "baseline"):
+        s = rows[(t, cfg)]
+        if not b:
+            continue
+        bs = st.median(r["server"] for r in b)
+        ss = st.median(r["hub"] + r["bridge"] for r in s)
+        bt, stp = med(b, "gets_per_s"), med(s, "gets_per_s")
+        b99, s99 = med(b, "p99"), med(s, "p99")
+        print(f"- {t} {cfg}: bridge + hub CPU per get {ss:.2f} µs = {ss / bs:.3f} of the node-ipc server's {bs:.2f} µs "
+              f"(target ≤ 0.333: {'met' if ss / bs <= 1 / 3 else 'NOT met'}); "
+              f"throughput {stp / bt:.2f}× the baseline ({'≥' if stp >= bt else 'BELOW'}); "
+              f"p99 {s99:.0f} µs vs {b99:.0f} µs ({'lower' if s99 < b99 else 'NOT lower'})")
 print()
 print("Raw rows:")
 print()

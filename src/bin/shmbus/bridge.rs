@@ -98,6 +98,10 @@ pub(crate) struct BridgeArgs {
     /// Socket.IO TCP connections, at most.
     #[arg(long, default_value_t = 16384)]
     pub(crate) socketio_max_conns: usize,
+    /// While busy, the bridge sleeps this long (µs) before it blocks for more input, so that
+    /// what arrives meanwhile is handled in one pass (0 = off; at most 5000).
+    #[arg(long, default_value_t = shmbus::bridge::nap::DEFAULT_NAP.as_micros() as u64)]
+    pub(crate) nap_us: u64,
 }
 
 fn off(s: &str) -> bool {
@@ -225,6 +229,7 @@ impl BridgeArgs {
             "socketio-max-conns",
             Some(self.socketio_max_conns.to_string()),
         );
+        opt("nap-us", Some(self.nap_us.to_string()));
         if self.node_ipc_tcp_public {
             a.push("--node-ipc-tcp-public".into());
         }
@@ -304,9 +309,11 @@ pub(crate) fn run_bridge(a: BridgeCmd) -> Result<(), shmbus::Error> {
     }
     // One thread: the bridge's runtime only does async work (nothing on it waits for a
     // peer), so more threads would add contention, not isolation (docs/ARCHITECTURE.md).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // While busy it naps before blocking, to handle more per wake-up (`bridge::nap`).
+    let mut rt = tokio::runtime::Builder::new_current_thread();
+    rt.enable_all();
+    shmbus::bridge::nap::install(&mut rt, Duration::from_micros(a.serve.nap_us));
+    let rt = rt.build()?;
     let res = rt.block_on(async move {
         let bridge = Bridge::bind(cfg).await?;
         let mut out = std::io::stdout().lock();
