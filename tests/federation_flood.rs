@@ -115,9 +115,10 @@ fn a_flood_of_large_messages_at_a_stalled_hub_stays_bounded() {
         COUNT as u64,
         "every flood message is either refused as malformed or dropped and counted"
     );
-    // The data in-queue budget (64 MiB) plus the subscription buffer (64 messages of at most
-    // `max_payload`, 1 MiB here) plus the client's read buffer; with a buffer of 65,536
-    // messages one turn of the NATS client could hold the whole flood.
+    // The data in-queue budget (64 MiB) plus what one turn of the NATS client reads (its
+    // readers never wait, so the subscription buffer never holds a backlog) plus the client's
+    // read buffer. Before the readers stopped waiting, the 65,536-message buffer held the
+    // whole flood.
     assert!(
         grown < 160 << 20,
         "beta's peak RSS grew {} MiB under a {} MiB flood",

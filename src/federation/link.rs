@@ -26,11 +26,10 @@
 //!   message that does not fit its in-queue is dropped and counted (`dropped_in`,
 //!   `dropped_in_bytes`), so an async-nats subscription buffer never holds a backlog, only
 //!   what the client's connection task read in its current turn (tokio's budget: at most 128
-//!   socket reads, then the readers run), and at most [`SUB_CAPACITY`] messages of it (more
-//!   are dropped by async-nats and counted in [`Link::dropped_in`]): at most
-//!   `SUB_CAPACITY` × the server's `max_payload` per subscription (64 MiB with NATS's default
-//!   1 MiB; a count, so not small for a server with a large `max_payload`: async-nats gives no
-//!   control over its reads). The hub never leaves the data queue unread
+//!   socket reads, then the readers run; [`SUB_CAPACITY`] is a count large enough never to be
+//!   the limit, and messages async-nats drops past it are counted in [`Link::dropped_in`]).
+//!   That turn is not bounded in bytes by us (async-nats gives no control over its reads):
+//!   the bytes of one turn's socket reads, at most 128 reads. The hub never leaves the data queue unread
 //!   because of a slow local client (it defers that client's frames, bounded in bytes,
 //!   `hub/federation_defer.rs`), so an in-queue is full only while the hub's thread is behind
 //!   on CPU or stopped.
@@ -73,9 +72,13 @@ pub const FLUSH_BYTES: usize = 64 << 10;
 pub const CLIENT_CAPACITY: usize = 256;
 /// Messages an async-nats subscription may buffer before it drops (slow consumer). Our
 /// readers take every message as soon as the client's connection task yields (they never
-/// wait), so this only has to hold what one turn of that task reads; small, because it is
-/// also what bounds the bytes of that turn (× the server's `max_payload`). Was 65,536.
-pub const SUB_CAPACITY: usize = 64;
+/// wait: what does not fit the byte-bounded in-queue is dropped and counted there), so this
+/// holds only what one turn of that task reads. It must hold a whole turn: 64 (tried in
+/// session 8 to bound the bytes of a turn) dropped messages of an ordinary 200,000-event
+/// stream in `bench-federation` (a turn reads many small batches), so it is a count large
+/// enough never to be the limit; the bytes are bounded by `in_bytes` and by what one turn
+/// reads.
+pub const SUB_CAPACITY: usize = 65_536;
 
 /// Link settings.
 #[derive(Clone, Debug)]
@@ -196,6 +199,7 @@ impl Link {
             presence_tx,
             data_sem: Arc::new(Semaphore::new(s.in_bytes)),
             presence_sem: Arc::new(Semaphore::new(s.in_bytes.min(16 << 20))),
+            overflow_logged: std::sync::Mutex::new(None),
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

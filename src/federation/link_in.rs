@@ -112,6 +112,9 @@ pub(super) struct Shared {
     pub(super) presence_tx: mpsc::UnboundedSender<Incoming>,
     pub(super) data_sem: Arc<Semaphore>,
     pub(super) presence_sem: Arc<Semaphore>,
+    /// When a subscription overflow was last logged (the log is rate-limited; the drops are
+    /// counted exactly elsewhere). Held only to read and set it.
+    pub(super) overflow_logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Shared {
@@ -148,7 +151,20 @@ impl Shared {
             Event::SlowConsumer(sid) => {
                 // Counted exactly by `Link::dropped_in` (the client's own message count
                 // against what reached our readers); an event may itself be lost.
-                warn!(sid, "NATS subscription overflowed: messages dropped");
+                // Rate-limited: one line per second at most (a flood would log per message).
+                let now = std::time::Instant::now();
+                let mut last = self
+                    .overflow_logged
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
+                    *last = Some(now);
+                    drop(last);
+                    warn!(
+                        sid,
+                        "NATS subscription overflowed: messages dropped (counted in stat)"
+                    );
+                }
             }
             other => debug!(event = %other, "NATS event"),
         }
