@@ -11,19 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmbus::client::{CallError, Client, ClientOptions, Ttl};
-use util::{arg, eventually, role, spawn_child, watchdog, TestDir};
-
-/// Kills its children on drop (a failing test cleans up too).
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use util::{arg, eventually, role, spawn_child, watchdog, Kids, TestDir};
 
 /// The owner process: one client per name in NAMES (comma-separated).
 fn run_owner() {

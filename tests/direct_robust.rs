@@ -10,19 +10,7 @@ use std::time::{Duration, Instant};
 
 use shmbus::client::{CallError, Client, ClientOptions, Retry};
 use shmbus::proto::{DirectMsg, Encoding, Payload};
-use util::{arg, eventually, role, spawn_child, watchdog, TestDir};
-
-/// Kills its children on drop (a failing test cleans up too).
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use util::{arg, eventually, role, spawn_child, watchdog, Kids, TestDir};
 
 /// The owner process: one client `bot` (reconnecting) that echoes strings.
 fn run_owner() {

@@ -90,6 +90,8 @@ mod async_direct;
 mod async_events;
 #[cfg(feature = "tokio")]
 mod async_send;
+#[cfg(feature = "tokio")]
+mod async_tickets;
 mod call;
 mod connect;
 mod context;

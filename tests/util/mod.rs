@@ -177,3 +177,15 @@ impl Drop for ThreadHub {
         }
     }
 }
+
+/// Child processes killed (and reaped) on drop, so a failing test cleans up too.
+pub struct Kids(pub Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
