@@ -593,10 +593,10 @@ fn hostile_hello_does_not_make_the_hub_allocate() {
     let _w = util::watchdog("hostile_hello_does_not_make_the_hub_allocate", 60);
     let dir = util::TestDir::new("hostile-hello");
     let hub = start_hub(dir.path(), HubSpec::default());
-    // The socket accepts before the hub has mapped its cache segment (64 MiB): a first stat
-    // answered means the hub is in its event loop with everything mapped (and its stat
-    // thread's malloc arena made), so the peak read now is the baseline. Without it, a loaded
-    // machine (CI) read the peak mid-startup and counted the cache as +128 MiB for the hello.
+    // A first stat answered means the hub is in its event loop with everything mapped (and its
+    // stat thread's malloc arena made), so the peak read now is the baseline. Without it, a
+    // loaded machine (CI) read the peak mid-startup and counted the cache (64 MiB) as +128 MiB
+    // for the hello: the socket then existed before the cache was mapped (now it does not).
     assert_eq!(stat_within(dir.path(), Duration::from_secs(5)), Ok(0));
     let before = hub.stats().vm_peak_kib;
     let body = hostile_hello(1 << 29);

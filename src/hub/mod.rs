@@ -177,6 +177,9 @@ impl Hub {
             )));
         }
         prepare_dir(&cfg.dir)?;
+        // The cache is mapped before the socket exists: a client that finds `hub.sock` finds
+        // a hub whose memory is in place (and a cache that cannot be created leaves no socket).
+        let cache = CacheWriter::new(cfg.cache.clone())?;
         let path = socket_path(&cfg.dir);
         let listener = crate::bind_unix(&path)?;
         listener.set_nonblocking(true)?;
@@ -184,7 +187,6 @@ impl Hub {
         let shutdown = Arc::new(Bell::new()?);
         poller.add(listener.as_fd(), TOKEN_LISTENER, false, false)?;
         poller.add(shutdown.as_fd(), TOKEN_SHUTDOWN, false, false)?;
-        let cache = CacheWriter::new(cfg.cache.clone())?;
         let fed = match cfg.federation.clone() {
             Some(f) => {
                 // The federation's runtime watches this poller: the hub parks inside it.
