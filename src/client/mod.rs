@@ -80,7 +80,11 @@ use crate::hub::socket_path;
 use crate::{Error, RawReceiver, RawSender};
 
 #[cfg(feature = "tokio")]
+mod async_calls;
+#[cfg(feature = "tokio")]
 mod async_direct;
+#[cfg(feature = "tokio")]
+mod async_dispatch;
 #[cfg(feature = "tokio")]
 mod async_events;
 #[cfg(feature = "tokio")]

@@ -21,18 +21,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-pub use super::async_send::PendingReply;
-use super::async_send::{register, AsyncSide, DISPATCH_BUDGET};
+pub use super::async_calls::PendingReply;
+use super::async_dispatch::DISPATCH_BUDGET;
+use super::async_send::{register, AsyncSide};
 pub use super::async_tickets::{AsyncRequestTicket, AsyncTicket};
 use super::{
-    CallError, Client, ClientOptions, GetBuilder, GetRequest, HandlerId, Inner, Reply, Request,
-    Slot, Ttl,
+    CallError, Client, ClientOptions, GetBuilder, GetRequest, HandlerId, Inner, Reply, Request, Ttl,
 };
 use crate::proto::{ClientMsg, PayloadBuf, Target};
 use crate::Error;
@@ -576,24 +575,6 @@ impl Drop for AsyncClient {
     fn drop(&mut self) {
         self.client.close();
         self.task.abort();
-    }
-}
-
-/// Completes when the dispatcher files the reply.
-pub(super) struct SlotFuture(pub(super) Arc<Slot>);
-
-impl Future for SlotFuture {
-    type Output = Result<Reply, CallError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(v) = self.0.take() {
-            return Poll::Ready(v);
-        }
-        *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
-        // Filed between the check and storing the waker? Then take it now.
-        match self.0.take() {
-            Some(v) => Poll::Ready(v),
-            None => Poll::Pending,
-        }
     }
 }
 
