@@ -17,10 +17,18 @@
 //! * The worker's first failed send drops what is queued and ends the worker.
 //! * Handlers run under `running_handlers` (`try_lock`, as in the sync client), with no other
 //!   lock held.
+//! * The dispatcher task ([`dispatch`]) takes at most [`DISPATCH_BUDGET`] messages from the
+//!   ring before it runs handlers and yields. It awaits the data doorbell only after
+//!   announcing it (`prepare_park`: flag, fence, re-check, `crate::wait`'s protocol), so no
+//!   doorbell is lost; a hang-up on the control socket first delivers what is left in the
+//!   ring, then reports the loss behind it.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use super::async_send::{AsyncSide, Attempt, OwedAnswer};
+use tokio::io::unix::AsyncFd;
+
+use super::async_send::{register, AsyncSide, Attempt, OwedAnswer};
 use super::{Incoming, Inner};
 use crate::error::Fail;
 use crate::proto::{Answer, ClientMsg, HubMsg, Payload};
@@ -236,5 +244,90 @@ fn answer_msg(a: &OwedAnswer) -> ClientMsg<'_> {
             },
             Err((code, m)) => Answer::err(*code, m),
         },
+    }
+}
+
+/// Duplicates of the data doorbell and the control socket, for `AsyncFd`.
+pub(super) fn fds(inner: &Inner) -> Result<(OwnedFd, OwnedFd), Error> {
+    let bell = {
+        let g = inner.rx.lock().expect("lock");
+        let rx = g.as_ref().ok_or(Error::Disconnected)?;
+        rx.doorbell().try_clone_to_owned()?
+    };
+    let ctrl = {
+        let g = inner.ctrl.lock().expect("lock");
+        let c = g.as_ref().ok_or(Error::Disconnected)?;
+        c.as_fd().try_clone_to_owned()?
+    };
+    Ok((bell, ctrl))
+}
+
+pub(super) async fn dispatch(
+    inner: Arc<Inner>,
+    side: Arc<AsyncSide>,
+    bell: OwnedFd,
+    ctrl: OwnedFd,
+) -> Result<(), Error> {
+    let bell: AsyncFd<OwnedFd> = register(bell)?;
+    // A hang-up makes the socket readable (EOF): that is all we watch it for.
+    let ctrl: AsyncFd<OwnedFd> = register(ctrl)?;
+    loop {
+        // Drain whatever is there (a budget at a time, so other tasks run too).
+        let mut n = 0;
+        loop {
+            match inner.receive_async(&side) {
+                Ok(true) => {
+                    n += 1;
+                    if n % DISPATCH_BUDGET == 0 {
+                        inner.run_handlers_async(&side);
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    inner.run_handlers_async(&side);
+                    return Err(e);
+                }
+            }
+        }
+        inner.run_handlers_async(&side);
+        // Announce sleep, fence, re-check, then await the doorbell (crate::wait's protocol).
+        let ready = {
+            let mut g = inner.rx.lock().expect("lock");
+            let rx = g.as_mut().ok_or(Error::Disconnected)?;
+            rx.notify_space()?;
+            // Either we see the hub's data now or it sees our flag and rings the doorbell.
+            rx.prepare_park()?
+        };
+        if ready {
+            continue;
+        }
+        tokio::select! {
+            g = bell.readable() => {
+                let mut g = g?;
+                let mut b = [0u8; 8];
+                let _ = nix::unistd::read(bell.get_ref(), &mut b);
+                g.clear_ready();
+            }
+            g = ctrl.readable() => {
+                // Readable on the control socket: the hub said goodbye or is gone.
+                let mut g = g?;
+                g.clear_ready();
+                if crate::sys::peer_hung_up(ctrl.get_ref().as_fd())? {
+                    // Deliver what is left in the ring, then report the loss.
+                    while let Ok(true) = inner.receive_async(&side) {}
+                    // The loss is queued behind what arrived; the handlers then run both.
+                    inner.mark_disconnected();
+                    inner.run_handlers();
+                    return Err(Error::Disconnected);
+                }
+            }
+        }
+        if let Some(rx) = inner.rx.lock().expect("lock").as_mut() {
+            rx.set_waiting_for_data(false);
+        }
+        if inner.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
     }
 }
