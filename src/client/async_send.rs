@@ -1,7 +1,9 @@
-//! Sending and dispatching from async code without ever blocking the runtime (feature `tokio`).
+//! Sending from async code without ever blocking the runtime (feature `tokio`): the async
+//! client's sending side ([`AsyncSide`]), `send_async`, fragmented messages and send batches.
+//! The dispatcher's side is in `async_dispatch.rs`, gets and requests in `async_calls.rs`.
 //!
 //! The sync client waits for room in a full ring by parking its thread; on a tokio runtime that
-//! would stall every task. Here:
+//! would stall every task. Invariants:
 //!
 //! * **Sends** try the ring once (no waiting). If it is full, the sender announces that it
 //!   waits for space (the producer's `sleeping` flag), issues a SeqCst fence, tries again, and
@@ -14,9 +16,10 @@
 //!   than one frame goes out in fragments across awaits, and nothing else may be written between
 //!   them. A send cancelled halfway through a message hands the rest of it, and the gate, to a
 //!   task that finishes it, so the stream stays whole and the link stays up.
-//! * **The dispatcher never sends inline**: a `Ping` and the answers of get/request handlers are
-//!   written at once if the gate is free and the ring has room, else queued (the latest pong
-//!   only; answers in order) for a worker task that sends them like any async send.
+//! * **The dispatcher never sends inline** (`async_dispatch.rs`): what it owes (a pong, the
+//!   answers of get/request handlers) is written at once if the gate is free and the ring has
+//!   room, else queued in [`AsyncSide`]'s `deferred` for a worker task that sends it through
+//!   [`send_async`](Inner::send_async) like any async send.
 //! * **Batches** ([`AsyncSide::corked`], [`SendBatch`](super::tokio_client::SendBatch)): while
 //!   a batch is open, sends write their frames into the ring without publishing them; closing
 //!   the batch publishes them all with one fence and at most one doorbell. A send that finds
@@ -46,9 +49,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::OwnedMutexGuard;
 
-use super::{CallError, Incoming, Inner, Reply};
+use super::Inner;
 use crate::error::{fail_to_error, Fail};
-use crate::proto::{Answer, ClientMsg, HubMsg, Payload, PayloadBuf};
+use crate::proto::{ClientMsg, PayloadBuf};
 use crate::sync::{fence, Ordering};
 use crate::wait::Deadline;
 use crate::{codec, Error, RawSender};
@@ -56,27 +59,24 @@ use crate::{codec, Error, RawSender};
 /// How often a waiting sender re-tries even without a doorbell (a backstop only).
 const BACKSTOP: Duration = Duration::from_millis(250);
 
-/// Messages the dispatcher takes from the ring before it lets other tasks run.
-pub(super) const DISPATCH_BUDGET: usize = 256;
-
 /// An answer a handler produced, not sent yet.
 pub(super) type OwedAnswer = (u64, Result<(PayloadBuf, i64), super::handlers::Failure>);
 
-/// What the dispatcher could not send inline.
+/// What the dispatcher could not send inline (filled and drained by `async_dispatch.rs`).
 #[derive(Default)]
-struct Deferred {
+pub(super) struct Deferred {
     /// The latest ping's nonce (an older pong is worthless once a newer ping came).
-    pong: Option<u64>,
-    answers: VecDeque<OwedAnswer>,
+    pub(super) pong: Option<u64>,
+    pub(super) answers: VecDeque<OwedAnswer>,
     /// A worker task is sending them.
-    running: bool,
+    pub(super) running: bool,
 }
 
 /// The async client's sending side: the gate, the doorbell and the control socket in tokio's
 /// reactor, and the dispatcher's deferred frames.
 pub(super) struct AsyncSide {
     /// Held for the whole of each async send (see the module doc).
-    gate: Arc<tokio::sync::Mutex<()>>,
+    pub(super) gate: Arc<tokio::sync::Mutex<()>>,
     /// A duplicate of the space doorbell of our outgoing ring.
     space: AsyncFd<OwnedFd>,
     /// A duplicate of the control socket (readable on hang-up).
@@ -84,7 +84,7 @@ pub(super) struct AsyncSide {
     /// The runtime the client was connected on (for the tasks this side spawns, also from
     /// `Drop` on any thread).
     pub(super) rt: tokio::runtime::Handle,
-    deferred: Mutex<Deferred>,
+    pub(super) deferred: Mutex<Deferred>,
     /// Open send batches: while non-zero, sends do not publish (the last batch to close does).
     corked: AtomicUsize,
     /// A send inside a batch wrote a frame that is not published yet.
@@ -153,7 +153,7 @@ impl AsyncSide {
     }
 
     /// One attempt at a one-frame message: published at once, or left for the open batch.
-    fn attempt(
+    pub(super) fn attempt(
         &self,
         tx: &mut RawSender,
         len: usize,
@@ -170,7 +170,7 @@ impl AsyncSide {
 }
 
 /// How one attempt at writing a message went.
-enum Attempt {
+pub(super) enum Attempt {
     Done,
     Full,
 }
@@ -401,318 +401,5 @@ impl Inner {
                 .hub_seq
                 .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
-    }
-
-    /// Sends `frame` (a ping's pong, a handler's answer) without waiting when the gate is free
-    /// and the ring has room; otherwise queues it for the worker task. Never waits.
-    fn send_or_defer(self: &Arc<Self>, side: &Arc<AsyncSide>, item: DeferredItem) {
-        {
-            let d = side.deferred.lock().expect("lock");
-            // Anything queued goes first (answers keep their order).
-            if !d.running {
-                if let Ok(_g) = side.gate.try_lock() {
-                    drop(d);
-                    let sent = item.with_msg(|m| -> Result<bool, Error> {
-                        let len = codec::encoded_len(m)?;
-                        let mut g = self.tx.lock().expect("lock");
-                        let tx = g.as_mut().ok_or(Error::Disconnected)?;
-                        if len > tx.max_frame() {
-                            return Ok(false);
-                        }
-                        Ok(matches!(side.attempt(tx, len, m)?, Attempt::Done))
-                    });
-                    // On an error the worker's send meets it again and reports it (this may run
-                    // with the receiver's lock held, where no handler may run).
-                    if let Ok(true) = sent {
-                        return;
-                    }
-                }
-            }
-        }
-        let start = {
-            let mut d = side.deferred.lock().expect("lock");
-            match item {
-                DeferredItem::Pong(n) => d.pong = Some(n),
-                DeferredItem::Answer(a) => d.answers.push_back(a),
-            }
-            !std::mem::replace(&mut d.running, true)
-        };
-        if start {
-            let (inner, side2) = (self.clone(), side.clone());
-            side.rt
-                .spawn(async move { inner.deferred_worker(&side2).await });
-        }
-    }
-
-    /// Sends what the dispatcher deferred, in order, until nothing is left or the link fails.
-    async fn deferred_worker(self: &Arc<Self>, side: &Arc<AsyncSide>) {
-        loop {
-            let item = {
-                let mut d = side.deferred.lock().expect("lock");
-                match (d.pong.take(), d.answers.pop_front()) {
-                    (Some(n), a) => {
-                        if let Some(a) = a {
-                            d.answers.push_front(a);
-                        }
-                        DeferredItem::Pong(n)
-                    }
-                    (None, Some(a)) => DeferredItem::Answer(a),
-                    (None, None) => {
-                        d.running = false;
-                        return;
-                    }
-                }
-            };
-            let r = match &item {
-                DeferredItem::Pong(nonce) => {
-                    self.send_async(side, &ClientMsg::Pong { nonce: *nonce })
-                        .await
-                }
-                DeferredItem::Answer(a) => self.send_async(side, &answer_msg(a)).await,
-            };
-            if r.is_err() {
-                let mut d = side.deferred.lock().expect("lock");
-                d.pong = None;
-                d.answers.clear();
-                d.running = false;
-                return;
-            }
-        }
-    }
-
-    /// Receives one message without waiting and files it (a ping is answered through
-    /// [`send_or_defer`](Inner::send_or_defer), never inline). Ok(true) if one was received. A
-    /// dead link is reported after the receiver's lock is released.
-    pub(super) fn receive_async(self: &Arc<Self>, side: &Arc<AsyncSide>) -> Result<bool, Error> {
-        let res = {
-            let mut g = self.rx.lock().expect("lock");
-            let Some(rx) = g.as_mut() else {
-                return Err(Error::Disconnected);
-            };
-            let r = rx.recv_with(Deadline::Now, |bytes| {
-                codec::decode_borrowed::<HubMsg<'_>>(bytes).and_then(|m| match m {
-                    HubMsg::Ping { nonce } => {
-                        self.send_or_defer(side, DeferredItem::Pong(nonce));
-                        Ok(false)
-                    }
-                    m => self.file(m),
-                })
-            });
-            if matches!(r, Err(Fail::Error(_) | Fail::Disconnected)) {
-                *g = None;
-            }
-            r
-        };
-        match res {
-            Ok(r) => r.map(|_| true),
-            Err(Fail::NotNow | Fail::Timeout) => Ok(false),
-            Err(f) => {
-                self.mark_disconnected();
-                Err(match f {
-                    Fail::Error(e) => e,
-                    _ => Error::Disconnected,
-                })
-            }
-        }
-    }
-
-    /// Runs the queued handlers like `run_handlers`, except that the answers of get and request
-    /// handlers are sent through [`send_or_defer`](Inner::send_or_defer) instead of a send that
-    /// waits for room.
-    pub(super) fn run_handlers_async(self: &Arc<Self>, side: &Arc<AsyncSide>) {
-        let Ok(_running) = self.running_handlers.try_lock() else {
-            return;
-        };
-        loop {
-            let Some(item) = self.queue.lock().expect("lock").pop_front() else {
-                return;
-            };
-            match item {
-                Incoming::Get(hreq, g) => {
-                    if let Some(d) = self.deferred_get_for(&g.kind) {
-                        let ticket = super::GetTicket::new(self.me.clone(), hreq, g.accept);
-                        d(g, ticket);
-                        continue;
-                    }
-                    let h = self
-                        .handlers
-                        .read()
-                        .expect("lock")
-                        .gets
-                        .get(&g.kind)
-                        .map(|(_, f)| f.clone());
-                    let ctx = super::Ctx::new(self, &g.requester);
-                    let answer = match h {
-                        Some(f) => f(&ctx, &g).map_err(super::handlers::failed),
-                        None => Err(self.no_get_handler(&g.kind)),
-                    };
-                    self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
-                }
-                Incoming::Request(hreq, r) => {
-                    let Some(r) = self.defer_request(hreq, r) else {
-                        continue;
-                    };
-                    let h = self
-                        .handlers
-                        .read()
-                        .expect("lock")
-                        .requests
-                        .get(&r.method)
-                        .map(|(_, f)| f.clone());
-                    let ctx = super::Ctx::new(self, &r.from);
-                    let answer = match h {
-                        Some(f) => f(&ctx, &r)
-                            .map(|p| (p, -1))
-                            .map_err(super::handlers::failed),
-                        None => Err(self.no_request_handler(&r.method)),
-                    };
-                    self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
-                }
-                other => self.handle(other),
-            }
-        }
-    }
-
-    /// A get or request from async code: the send and the wait for the reply both count
-    /// against `timeout` (+250 ms, so the hub's clearer timeout error normally comes first).
-    pub(super) async fn call_async<'m>(
-        self: &Arc<Self>,
-        side: &Arc<AsyncSide>,
-        timeout: Option<Duration>,
-        make: impl FnOnce(u64) -> ClientMsg<'m>,
-    ) -> Result<Reply, CallError> {
-        self.start_call_async(side, timeout, make)
-            .await?
-            .reply()
-            .await
-    }
-
-    /// The first half of [`call_async`](Inner::call_async): returns once the frame is written
-    /// (so calls started one after another reach the hub in that order), with the reply still
-    /// to await.
-    pub(super) async fn start_call_async<'m>(
-        self: &Arc<Self>,
-        side: &Arc<AsyncSide>,
-        timeout: Option<Duration>,
-        make: impl FnOnce(u64) -> ClientMsg<'m>,
-    ) -> Result<PendingReply, CallError> {
-        let req = self.next_req();
-        let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
-        let pending = PendingReply {
-            slot: self.register(req),
-            inner: self.clone(),
-            req,
-            deadline: tokio::time::Instant::now() + wait,
-        };
-        let msg = make(req);
-        match tokio::time::timeout_at(pending.deadline, self.send_async(side, &msg)).await {
-            Ok(Ok(())) => Ok(pending),
-            Ok(Err(e)) => Err(CallError::from(e)),
-            Err(_) => Err(CallError::our_timeout()),
-        }
-    }
-
-    /// Answers a forwarded get (a deferred ticket's `req`) from async code.
-    pub(super) async fn answer_async(
-        self: &Arc<Self>,
-        side: &Arc<AsyncSide>,
-        req: u64,
-        answer: Answer<'_>,
-    ) -> Result<(), Error> {
-        self.send_async(side, &ClientMsg::Answer { req, answer })
-            .await
-    }
-
-    /// Queues an answer without waiting (a dropped ticket's error answer).
-    pub(super) fn answer_later(self: &Arc<Self>, side: &Arc<AsyncSide>, a: OwedAnswer) {
-        self.send_or_defer(side, DeferredItem::Answer(a));
-    }
-}
-
-/// A get or request already sent, whose reply is still to come (see
-/// [`AsyncClient::send_request_payload`](super::tokio_client::AsyncClient::send_request_payload)).
-/// Await it with [`reply`](PendingReply::reply); dropping it forgets the call (a late reply is
-/// then discarded).
-pub struct PendingReply {
-    inner: Arc<Inner>,
-    req: u64,
-    slot: Arc<super::Slot>,
-    /// The call's own deadline (the hub's plus 250 ms), counted from before the send.
-    deadline: tokio::time::Instant,
-}
-
-impl std::fmt::Debug for PendingReply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingReply")
-            .field("req", &self.req)
-            .finish()
-    }
-}
-
-impl PendingReply {
-    /// The reply, or the error that came instead (a timeout once the call's deadline passed).
-    pub async fn reply(self) -> Result<Reply, CallError> {
-        let slot = super::tokio_client::SlotFuture(self.slot.clone());
-        tokio::time::timeout_at(self.deadline, slot)
-            .await
-            .unwrap_or_else(|_| Err(CallError::our_timeout()))
-    }
-}
-
-impl PendingReply {
-    /// The reply, without the client's own backstop timer: for callers that keep many calls
-    /// in flight and cannot afford a timer per call (the bridge). Nothing is left waiting for
-    /// ever: the hub answers every get and request by its deadline (a timeout error if the
-    /// owner did not answer in time), and the link's loss fails every pending call.
-    pub async fn reply_untimed(self) -> Result<Reply, CallError> {
-        super::tokio_client::SlotFuture(self.slot.clone()).await
-    }
-}
-
-impl Drop for PendingReply {
-    fn drop(&mut self) {
-        // Filed already (then the dispatcher removed it), or never will be: forget it.
-        self.inner.waits.lock().expect("lock").remove(&self.req);
-    }
-}
-
-/// A frame the dispatcher owes.
-enum DeferredItem {
-    Pong(u64),
-    Answer(OwedAnswer),
-}
-
-impl DeferredItem {
-    fn with_msg<R>(&self, f: impl FnOnce(&ClientMsg<'_>) -> R) -> R {
-        match self {
-            DeferredItem::Pong(nonce) => f(&ClientMsg::Pong { nonce: *nonce }),
-            DeferredItem::Answer(a) => f(&answer_msg(a)),
-        }
-    }
-}
-
-fn answer_msg(a: &OwedAnswer) -> ClientMsg<'_> {
-    let (req, r) = a;
-    ClientMsg::Answer {
-        req: *req,
-        answer: match r {
-            Ok((p, ttl_ms)) => Answer::Ok {
-                payload: Payload {
-                    enc: p.enc,
-                    bytes: &p.bytes,
-                },
-                ttl_ms: *ttl_ms,
-            },
-            Err((code, m)) => Answer::err(*code, m),
-        },
-    }
-}
-
-impl super::GetTicket {
-    /// Takes the ticket's request number and accepted encoding; the ticket no longer answers
-    /// on drop (an [`AsyncTicket`](super::tokio_client::AsyncTicket) owes the answer now).
-    pub(super) fn disarm(mut self) -> (u64, crate::proto::Encoding) {
-        self.done = true;
-        (self.req, self.accept)
     }
 }

@@ -7,12 +7,16 @@
 //! error answer without waiting (written at once if the ring has room, else by the client's
 //! worker task), so a requester is never left waiting and a drop never blocks the runtime; a
 //! ticket holds only a weak handle on the client, so it never keeps a closed client alive.
+//!
+//! Also here: `Inner::answer_async` (a ticket's answer, sent like any async send) and
+//! `GetTicket::disarm` (the sync ticket the dispatcher hands out, turned into an async one
+//! that owes the answer instead).
 
 use std::sync::{Arc, Weak};
 
 use super::async_send::AsyncSide;
 use super::{Inner, Ttl};
-use crate::proto::{Answer, Encoding, ErrorCode, PayloadBuf};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf};
 use crate::Error;
 
 /// The answer owed for one forwarded get, for async code (see
@@ -147,5 +151,27 @@ impl AsyncRequestTicket {
     /// [`AsyncTicket::fail_without_waiting`].
     pub fn fail_without_waiting(self, message: &str) {
         self.0.fail_without_waiting(message)
+    }
+}
+
+impl Inner {
+    /// Answers a forwarded get (a deferred ticket's `req`) from async code.
+    pub(super) async fn answer_async(
+        self: &Arc<Self>,
+        side: &Arc<AsyncSide>,
+        req: u64,
+        answer: Answer<'_>,
+    ) -> Result<(), Error> {
+        self.send_async(side, &ClientMsg::Answer { req, answer })
+            .await
+    }
+}
+
+impl super::GetTicket {
+    /// Takes the ticket's request number and accepted encoding; the ticket no longer answers
+    /// on drop (an [`AsyncTicket`](super::tokio_client::AsyncTicket) owes the answer now).
+    pub(super) fn disarm(mut self) -> (u64, crate::proto::Encoding) {
+        self.done = true;
+        (self.req, self.accept)
     }
 }

@@ -31,10 +31,11 @@
 //! # Where things are
 //!
 //! `options` (how to connect), `messages` (what handlers and callers get), `handlers` (the
-//! registry and running handlers), `call` (gets, requests, reply slots), `dispatch` (the
+//! registry and running handlers), `emit` (the client's one-way sends), `send` (the send path
+//! to the hub, the `owed` queue), `call` (gets, requests, reply slots), `dispatch` (the
 //! receive loop and the dispatcher thread), `connect` (handshake, reconnect, disconnect),
 //! `deferred` (answers owed later), `tokio_client` (the async client). This file holds
-//! [`Client`] and the state they all share (`Inner`).
+//! [`Client`], its lifetime (handles, connect, close) and the state they all share (`Inner`).
 //!
 //! # Invariants
 //!
@@ -73,19 +74,17 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
-
-use serde::Serialize;
 
 use crate::cache::{Cache, CacheReader};
-use crate::error::{fail_to_error, Fail};
 use crate::hub::socket_path;
-use crate::proto::{ClientMsg, PayloadBuf, Target};
-use crate::wait::Deadline;
-use crate::{codec, Error, RawReceiver, RawSender};
+use crate::{Error, RawReceiver, RawSender};
 
 #[cfg(feature = "tokio")]
+mod async_calls;
+#[cfg(feature = "tokio")]
 mod async_direct;
+#[cfg(feature = "tokio")]
+mod async_dispatch;
 #[cfg(feature = "tokio")]
 mod async_events;
 #[cfg(feature = "tokio")]
@@ -100,10 +99,12 @@ mod direct;
 mod dispatch;
 #[doc(hidden)]
 pub mod doctest;
+mod emit;
 mod events;
 mod handlers;
 mod messages;
 mod options;
+mod send;
 #[cfg(all(test, not(shmbus_loom)))]
 mod tests;
 #[cfg(feature = "tokio")]
@@ -329,198 +330,6 @@ impl Client {
         self.inner.last_goodbye.lock().expect("lock").clone()
     }
 
-    // ---------------------------------------------------------------- sending
-
-    /// Sends `event` to the client named `to`.
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// let got = bot.events("hi");
-    /// web.emit("bot", "hi", &1u8)?;
-    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn emit<T: Serialize + ?Sized>(
-        &self,
-        to: &str,
-        event: &str,
-        value: &T,
-    ) -> Result<(), Error> {
-        let p = PayloadBuf::bincode(value)?;
-        self.emit_payload(Target::Client(to), event, &p)
-    }
-
-    /// Sends an RPF-style `target:event`: to the client `target` when one is connected,
-    /// otherwise to every other client. The receiver sees the event under its full name
-    /// (`"bot:irc:message"`, not `"irc:message"`): that is the name to register with
-    /// [`on`](Client::on).
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// // The receiver sees the full name, "bot:hi".
-    /// let got = bot.events("bot:hi");
-    /// web.emit_routed("bot:hi", &1u8)?;
-    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn emit_routed<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
-        let p = PayloadBuf::bincode(value)?;
-        self.emit_payload(Target::ByEventName, event, &p)
-    }
-
-    /// Sends `event` to every other client.
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// let got = bot.events("news");
-    /// web.broadcast("news", &"hello all")?;
-    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, value: &T) -> Result<(), Error> {
-        let p = PayloadBuf::bincode(value)?;
-        self.emit_payload(Target::All, event, &p)
-    }
-
-    /// Sends `value` to every subscriber of `topic` (as event `topic`).
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// bot.subscribe(["prices"])?;
-    /// let got = bot.events("prices");
-    /// bot.get("nobody", "sync").send().ok(); // a round trip: the hub has the subscription
-    /// web.publish("prices", &42u32)?;
-    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<(), Error> {
-        let p = PayloadBuf::bincode(value)?;
-        self.emit_payload(Target::Topic(topic), topic, &p)
-    }
-
-    /// Sends an already encoded payload.
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::proto::{PayloadBuf, Target};
-    /// let got = bot.events("raw");
-    /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&[1, 2])?)?;
-    /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn emit_payload(&self, to: Target<'_>, event: &str, p: &PayloadBuf) -> Result<(), Error> {
-        self.inner.send(&ClientMsg::Emit {
-            to,
-            event,
-            payload: p.as_payload(),
-        })
-    }
-
-    /// Replaces our topic set.
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// bot.subscribe(["prices", "news"])?;
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn subscribe<I: IntoIterator<Item = S>, S: Into<String>>(
-        &self,
-        topics: I,
-    ) -> Result<(), Error> {
-        let t: Vec<String> = topics.into_iter().map(Into::into).collect();
-        *self.inner.topics.lock().expect("lock") = t.clone();
-        self.inner.send(&ClientMsg::Subscribe {
-            topics: t.iter().map(String::as_str).collect(),
-        })
-    }
-
-    /// Puts a value in the hub's cache (and the interval pushes).
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::client::Ttl;
-    /// bot.data("motd", None, &"hello", Ttl::Secs(60))?;
-    /// bot.get("nobody", "sync").send().ok(); // a round trip: the hub has it
-    /// assert_eq!(web.get("bot", "motd").send()?.decode::<String>()?, "hello");
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn data<T: Serialize + ?Sized>(
-        &self,
-        kind: &str,
-        key: Option<&str>,
-        value: &T,
-        ttl: Ttl,
-    ) -> Result<(), Error> {
-        let p = PayloadBuf::bincode(value)?;
-        self.data_payload(kind, key, &p, ttl)
-    }
-
-    /// Puts an already encoded value in the cache.
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// use shmbus::{client::Ttl, proto::PayloadBuf};
-    /// bot.data_payload("cfg", Some("a"), &PayloadBuf::json(&[1])?, Ttl::Forever)?;
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn data_payload(
-        &self,
-        kind: &str,
-        key: Option<&str>,
-        p: &PayloadBuf,
-        ttl: Ttl,
-    ) -> Result<(), Error> {
-        let max = self.inner.cache_max_value.load(Ordering::Relaxed) as usize;
-        if max != 0 && p.bytes.len() > max && ttl.as_ms() >= 0 {
-            return Err(Error::TooLarge {
-                size: p.bytes.len(),
-                max,
-            });
-        }
-        self.inner.send(&ClientMsg::Data {
-            kind,
-            key,
-            payload: p.as_payload(),
-            ttl_ms: ttl.as_ms(),
-        })
-    }
-
-    /// Sets our state (ready, coma, shutdown, …); watchers are told.
-    ///
-    /// ```
-    /// # let hub = shmbus::client::doctest::DocHub::start();
-    /// use shmbus::client::{Client, ClientOptions};
-    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// bot.set_state("ready")?;
-    /// # Ok::<(), shmbus::Error>(())
-    /// ```
-    pub fn set_state(&self, state: &str) -> Result<(), Error> {
-        *self.inner.state.lock().expect("lock") = Some(state.to_string());
-        self.inner.send(&ClientMsg::SetState { state })
-    }
-
     /// This connection's read-only view of the hub's cache segment: reads with no syscall,
     /// no copy and no round trip (see [`crate::cache`]). After a reconnect, call it again
     /// for the new hub's segment; an old view then fails with `CacheError::Disconnected`.
@@ -584,152 +393,4 @@ impl Inner {
                 Error::Io(e)
             })
     }
-
-    /// Sends one frame, encoded straight into the ring. While the ring is full, keeps
-    /// draining what the hub sends us so neither side can wedge the other.
-    fn send(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
-        self.send_draining(msg, None)
-    }
-
-    /// [`send`](Inner::send) for a caller that may already hold the receiver (`held`): it
-    /// drains through that guard instead of trying the lock it holds.
-    fn send_draining(
-        &self,
-        msg: &ClientMsg<'_>,
-        mut held: Option<&mut Option<RawReceiver>>,
-    ) -> Result<(), Error> {
-        if let ClientMsg::Answer { req, answer } = msg {
-            if req & direct::DIRECT_BIT != 0 {
-                return self.direct_answer(*req, answer, true);
-            }
-        }
-        let len = codec::encoded_len(msg)?;
-        let mut deadline = Deadline::Now;
-        loop {
-            // The guard lives only for this one attempt: a failure is reported below, after
-            // it is dropped (`mark_disconnected` takes `tx` itself).
-            let res = {
-                let mut g = self.tx.lock().expect("lock");
-                match g.as_mut() {
-                    None => Err(Fail::Disconnected),
-                    Some(tx) => Self::flush_owed(&self.owed, tx).and_then(|()| {
-                        tx.send_with(len, deadline, true, |buf| codec::encode_into(msg, buf))
-                    }),
-                }
-            };
-            match res {
-                Ok(()) => {
-                    if direct::counts(msg) {
-                        // Release: pairs with the Acquire load in `direct::fence_for`; the
-                        // frame is in the ring before the count says so.
-                        self.direct.hub_seq.fetch_add(1, Ordering::Release);
-                    }
-                    return Ok(());
-                }
-                Err(Fail::NotNow | Fail::Timeout) => {
-                    // Waiting here could never end: only this thread can send the rest of an
-                    // async message that is in the way.
-                    #[cfg(feature = "tokio")]
-                    if let Some(e) = self.stuck_behind_async_fragments() {
-                        return Err(e);
-                    }
-                    match held.as_deref_mut() {
-                        Some(g) => {
-                            let _ = self.receive_locked(g, Deadline::Now);
-                        }
-                        None => {
-                            if let Ok(mut g) = self.rx.try_lock() {
-                                let _ = self.receive_locked(&mut g, Deadline::Now);
-                            }
-                        }
-                    }
-                    deadline = Deadline::Within(Duration::from_millis(1));
-                }
-                Err(f) => {
-                    let e = fail_to_error(f);
-                    if !matches!(e, Error::Disconnected | Error::Corrupt(_)) {
-                        return Err(e);
-                    }
-                    // Before the loss is queued for the handlers, file everything the hub
-                    // published on this link: the handlers see its last messages first.
-                    match held {
-                        Some(g) => self.drain_then_disconnect(g),
-                        None => {
-                            let mut g = self.rx.lock().expect("lock");
-                            self.drain_then_disconnect(&mut g);
-                            drop(g);
-                            // No lock held here: the disconnect handlers may run now.
-                            self.run_handlers();
-                        }
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// Files whatever is left in the receiver (with its guard held), then marks the link
-    /// lost: the disconnect is queued after the old link's last messages.
-    fn drain_then_disconnect(&self, g: &mut Option<RawReceiver>) {
-        while let Ok(true) = self.receive_locked(g, Deadline::Now) {}
-        self.mark_disconnected();
-    }
-
-    /// Writes the owed frames that fit now, oldest first (with `tx` held). `NotNow` if some
-    /// are left (the ring is full).
-    fn flush_owed(owed: &Mutex<VecDeque<Vec<u8>>>, tx: &mut RawSender) -> Result<(), Fail> {
-        let mut q = owed.lock().expect("lock");
-        while let Some(f) = q.front() {
-            match tx.try_send_bytes(f) {
-                Ok(true) => {
-                    q.pop_front();
-                }
-                Ok(false) => return Err(Fail::NotNow),
-                Err(e) => return Err(Fail::from(e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends `msg` if it fits now, and otherwise leaves it in the `owed` queue for the next
-    /// send or dispatcher turn: never waits, never takes a lock that is held across a wait.
-    fn send_or_owe(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
-        if let ClientMsg::Answer { req, answer } = msg {
-            if req & direct::DIRECT_BIT != 0 {
-                return self.direct_answer(*req, answer, false);
-            }
-        }
-        let frame = codec::encode_to_vec(msg)?;
-        if direct::counts(msg) {
-            // Owed frames go out before anything sent later (every send flushes them
-            // first), so counting now keeps the fences behind them.
-            self.direct.hub_seq.fetch_add(1, Ordering::Release);
-        }
-        {
-            let mut q = self.owed.lock().expect("lock");
-            // Bounded: the hub limits what can be owed (one pong per heartbeat, one answer
-            // per pending get); this only guards against a hub that misbehaves.
-            if q.len() >= OWED_MAX {
-                q.pop_front();
-            }
-            q.push_back(frame);
-        }
-        self.try_flush_owed();
-        Ok(())
-    }
-
-    /// Writes owed frames if `tx` is free and has room (never waits).
-    fn try_flush_owed(&self) {
-        if self.owed.lock().expect("lock").is_empty() {
-            return;
-        }
-        if let Ok(mut g) = self.tx.try_lock() {
-            if let Some(tx) = g.as_mut() {
-                let _ = Self::flush_owed(&self.owed, tx);
-            }
-        }
-    }
 }
-
-/// Most frames the `owed` queue keeps.
-const OWED_MAX: usize = 65_536;

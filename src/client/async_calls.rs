@@ -1,0 +1,130 @@
+//! Gets and requests from async code (feature `tokio`): the call's frame goes out through
+//! `send_async` (waiting for room without blocking the runtime), and its reply is a future on
+//! the call's reply slot that the dispatcher task fills in.
+//!
+//! # Invariants
+//!
+//! * A call's slot is registered in `waits` before its frame is sent, so a reply can never
+//!   arrive for a call that is not waited for; a [`PendingReply`] dropped at any point removes
+//!   its entry (a late reply is then discarded).
+//! * The send and the wait for the reply count against one deadline (the call's timeout,
+//!   5 s by default, plus 250 ms so the hub's clearer timeout error normally comes first),
+//!   taken before the send.
+//! * [`SlotFuture`] stores its waker and then checks the slot again, so a reply filed between
+//!   the first check and the store is not missed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::async_send::AsyncSide;
+use super::{CallError, Inner, Reply, Slot};
+use crate::proto::ClientMsg;
+
+impl Inner {
+    /// A get or request from async code: the send and the wait for the reply both count
+    /// against `timeout` (+250 ms, so the hub's clearer timeout error normally comes first).
+    pub(super) async fn call_async<'m>(
+        self: &Arc<Self>,
+        side: &Arc<AsyncSide>,
+        timeout: Option<Duration>,
+        make: impl FnOnce(u64) -> ClientMsg<'m>,
+    ) -> Result<Reply, CallError> {
+        self.start_call_async(side, timeout, make)
+            .await?
+            .reply()
+            .await
+    }
+
+    /// The first half of [`call_async`](Inner::call_async): returns once the frame is written
+    /// (so calls started one after another reach the hub in that order), with the reply still
+    /// to await.
+    pub(super) async fn start_call_async<'m>(
+        self: &Arc<Self>,
+        side: &Arc<AsyncSide>,
+        timeout: Option<Duration>,
+        make: impl FnOnce(u64) -> ClientMsg<'m>,
+    ) -> Result<PendingReply, CallError> {
+        let req = self.next_req();
+        let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+        let pending = PendingReply {
+            slot: self.register(req),
+            inner: self.clone(),
+            req,
+            deadline: tokio::time::Instant::now() + wait,
+        };
+        let msg = make(req);
+        match tokio::time::timeout_at(pending.deadline, self.send_async(side, &msg)).await {
+            Ok(Ok(())) => Ok(pending),
+            Ok(Err(e)) => Err(CallError::from(e)),
+            Err(_) => Err(CallError::our_timeout()),
+        }
+    }
+}
+
+/// A get or request already sent, whose reply is still to come (see
+/// [`AsyncClient::send_request_payload`](super::tokio_client::AsyncClient::send_request_payload)).
+/// Await it with [`reply`](PendingReply::reply); dropping it forgets the call (a late reply is
+/// then discarded).
+pub struct PendingReply {
+    inner: Arc<Inner>,
+    req: u64,
+    slot: Arc<Slot>,
+    /// The call's own deadline (the hub's plus 250 ms), counted from before the send.
+    deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("req", &self.req)
+            .finish()
+    }
+}
+
+impl PendingReply {
+    /// The reply, or the error that came instead (a timeout once the call's deadline passed).
+    pub async fn reply(self) -> Result<Reply, CallError> {
+        let slot = SlotFuture(self.slot.clone());
+        tokio::time::timeout_at(self.deadline, slot)
+            .await
+            .unwrap_or_else(|_| Err(CallError::our_timeout()))
+    }
+}
+
+impl PendingReply {
+    /// The reply, without the client's own backstop timer: for callers that keep many calls
+    /// in flight and cannot afford a timer per call (the bridge). Nothing is left waiting for
+    /// ever: the hub answers every get and request by its deadline (a timeout error if the
+    /// owner did not answer in time), and the link's loss fails every pending call.
+    pub async fn reply_untimed(self) -> Result<Reply, CallError> {
+        SlotFuture(self.slot.clone()).await
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        // Filed already (then the dispatcher removed it), or never will be: forget it.
+        self.inner.waits.lock().expect("lock").remove(&self.req);
+    }
+}
+
+/// Completes when the dispatcher files the reply.
+struct SlotFuture(Arc<Slot>);
+
+impl Future for SlotFuture {
+    type Output = Result<Reply, CallError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(v) = self.0.take() {
+            return Poll::Ready(v);
+        }
+        *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
+        // Filed between the check and storing the waker? Then take it now.
+        match self.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => Poll::Pending,
+        }
+    }
+}
