@@ -127,3 +127,37 @@ fn every_federation_harness_test_requires_the_feature() {
         "found only {checked} federation harness tests in {dir}"
     );
 }
+
+/// Every test file that starts the `shmbus` binary (`util::hub_process`, or the binary's path
+/// from cargo) declares `required-features` with `cli`: without it, a build without the default
+/// features fails to compile that test (`hub_process` exists only with `cli`) instead of
+/// leaving it out by name (clippy `--no-default-features --features tokio`, session 9).
+#[test]
+fn every_test_that_starts_the_binary_requires_cli() {
+    let declared = declared_tests();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("read tests/") {
+        let path = entry.expect("tests/ entry").path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.extension().is_none_or(|e| e != "rs") || name == "required_features" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read test file");
+        if !text.contains("hub_process(") && !text.contains("CARGO_BIN_EXE_shmbus") {
+            continue;
+        }
+        checked += 1;
+        let req = declared
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        assert!(
+            req.iter().any(|f| f == "cli"),
+            "tests/{name}.rs starts the shmbus binary but Cargo.toml has no [[test]] \
+             name = \"{name}\" with required-features containing \"cli\""
+        );
+    }
+    assert!(checked >= 10, "found only {checked} tests that start the binary in {dir}");
+}
