@@ -5,7 +5,8 @@
 //! `SO_PEERCRED`; loopback TCP: the kernel's socket table) or, on a public TCP address, with
 //! the hello token still to check (`Origin::NeedsToken`); a refused peer gets an `error` event
 //! saying why and its bytes are drained, never interpreted; an accept error never stops a
-//! listener.
+//! listener. A loopback TCP peer that closed without sending a byte (a port probe) is closed
+//! quietly: not found in the table either, but with nothing to refuse.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::nodeipc::{self, Origin};
 use super::{auth, frame, Shared};
@@ -90,6 +91,9 @@ pub(super) async fn accept_tcp(
             let why = format!("uid {uid} is not allowed on this bridge");
             refuse(s, &name, &why, &sh).await;
         }
+        Ok(Ok(None)) if closed_unused(&s).await => {
+            debug!(peer = %name, "loopback TCP connection closed before it sent a byte (a probe)");
+        }
         Ok(Ok(None)) => {
             let why = "the connecting socket's owner is not in the kernel's socket table \
                        (not allowed: only local processes of allowed uids may connect)";
@@ -98,6 +102,24 @@ pub(super) async fn accept_tcp(
         Ok(Err(e)) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
         Err(e) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
     }
+}
+
+/// How long a peer whose socket is not in the table gets for its FIN to arrive, in
+/// [`closed_unused`].
+const PROBE_FIN_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether a loopback peer closed its connection without sending a byte: a port probe (bash's
+/// `/dev/tcp`, a health check). By the time its owner is looked up its socket is an orphan
+/// with no owner in the table, so the lookup finds nothing; but there is nothing to refuse
+/// (nothing was sent, nobody reads the answer), so this is not logged as a refusal. A peer
+/// that sent anything, or whose connection is still open after [`PROBE_FIN_WAIT`], is
+/// refused as before.
+async fn closed_unused(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(PROBE_FIN_WAIT, s.peek(&mut b)).await,
+        Ok(Ok(0))
+    )
 }
 
 /// Accept failed (out of fds, …): log, back off a little, keep serving.
