@@ -203,8 +203,11 @@ fn loopback_tcp_probe_is_not_a_refusal() {
     for _ in 0..20 {
         drop(std::net::TcpStream::connect(at).unwrap());
     }
-    let owner = Client::connect(hub.clone(), ClientOptions::new("owner").accept(Encoding::Json))
-        .unwrap();
+    let owner = Client::connect(
+        hub.clone(),
+        ClientOptions::new("owner").accept(Encoding::Json),
+    )
+    .unwrap();
     owner.on_get("stats", |_| Ok((json!({"n": 1}), Ttl::NoCache)));
     let mut mine = Agent::node_ipc_start(&bridge, Transport::Tcp, "mine", json!({}), None);
     served(&mut mine);
@@ -217,7 +220,9 @@ fn loopback_tcp_probe_is_not_a_refusal() {
             Some(ok),
         );
         a.expect("error", 10, |d| {
-            d["message"].as_str().is_some_and(|m| m.contains("not allowed"))
+            d["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not allowed"))
         });
         a
     });
