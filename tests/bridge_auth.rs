@@ -187,6 +187,60 @@ fn loopback_tcp_refuses_other_uids_by_default() {
     refused(&b, &mut other, "not allowed");
 }
 
+/// A loopback TCP connection closed before it sent a byte (a port probe: bash's `/dev/tcp` in
+/// `tests/compat/bench_cpu.sh`, a health check) has left the kernel's socket table by the time
+/// the bridge looks its owner up (a closed socket has no owner there). It is closed quietly,
+/// not logged as a refusal; the listener keeps serving, and a real refusal is still logged.
+#[test]
+fn loopback_tcp_probe_is_not_a_refusal() {
+    let _w = util::watchdog("auth tcp probe", 60);
+    bridge_util::ensure_node();
+    let dir = util::TestDir::new("auth-tcp-probe");
+    let hub = dir.join("hub");
+    let _hub = bridge_util::hub(&hub, &[]);
+    let (bridge, log) = bridge_util::bridge_logged(&hub, &["--node-ipc-tcp", "127.0.0.1:0"]);
+    let at = bridge.tcp.unwrap();
+    for _ in 0..20 {
+        drop(std::net::TcpStream::connect(at).unwrap());
+    }
+    let owner = Client::connect(
+        hub.clone(),
+        ClientOptions::new("owner").accept(Encoding::Json),
+    )
+    .unwrap();
+    owner.on_get("stats", |_| Ok((json!({"n": 1}), Ttl::NoCache)));
+    let mut mine = Agent::node_ipc_start(&bridge, Transport::Tcp, "mine", json!({}), None);
+    served(&mut mine);
+    let intruder = users().map(|(ok, _)| {
+        let mut a = Agent::node_ipc_start(
+            &bridge,
+            Transport::Tcp,
+            "intruder",
+            json!({"maxRetries": 0}),
+            Some(ok),
+        );
+        a.expect("error", 10, |d| {
+            d["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not allowed"))
+        });
+        a
+    });
+    mine.settle(500);
+    let lines: Vec<String> = log.try_iter().collect();
+    let refusals: Vec<&String> = lines.iter().filter(|l| l.contains("refused")).collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("socket table")),
+        "a probe was logged as a refusal: {lines:#?}"
+    );
+    if intruder.is_some() {
+        assert_eq!(refusals.len(), 1, "{lines:#?}");
+        assert!(refusals[0].contains("not allowed"), "{lines:#?}");
+    } else {
+        assert!(refusals.is_empty(), "{lines:#?}");
+    }
+}
+
 /// A non-loopback address of this host (eth0's, or a dummy interface's made for the test).
 fn public_ip() -> String {
     let out = std::process::Command::new("ip")

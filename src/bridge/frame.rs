@@ -125,10 +125,43 @@ pub fn parse_envelope(frame: &[u8]) -> Result<Envelope<'_>, String> {
     serde_json::from_slice(frame).map_err(|e| format!("invalid frame: {e}"))
 }
 
-/// Appends `s` as a JSON string.
+/// Appends `s` as a JSON string. A string with nothing to escape (no control character,
+/// quote or backslash: every name, kind and key of the common traffic) is copied between
+/// quotes as it is; any other goes through serde_json, which escapes it.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail, and a &str always serializes.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends `n` in decimal (what `write!(out, "{n}")` writes, without the formatting
+/// machinery: a request number goes into every forwarded get).
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    loop {
+        i -= 1;
+        b[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&b[i..]);
+}
+
+/// Appends `n` in decimal (see [`push_u64`]).
+pub fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
 }
 
 /// Appends a JSON number for a TTL in milliseconds as Arthur's `time` in seconds
@@ -136,9 +169,9 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
 pub fn push_time_secs(out: &mut Vec<u8>, ttl_ms: i64) {
     use std::io::Write;
     if ttl_ms <= 0 {
-        let _ = write!(out, "{}", ttl_ms.signum());
+        push_i64(out, ttl_ms.signum());
     } else if ttl_ms % 1000 == 0 {
-        let _ = write!(out, "{}", ttl_ms / 1000);
+        push_i64(out, ttl_ms / 1000);
     } else {
         let _ = write!(out, "{}", ttl_ms as f64 / 1000.0);
     }
@@ -190,12 +223,12 @@ pub fn write_get(
     fresh: bool,
     requester: &str,
 ) {
-    use std::io::Write;
     out.extend_from_slice(b"{\"type\":\"get\",\"data\":{\"from\":");
     push_str(out, from);
     out.extend_from_slice(b",\"type\":");
     push_str(out, kind);
-    let _ = write!(out, ",\"request\":{request}");
+    out.extend_from_slice(b",\"request\":");
+    push_u64(out, request);
     if let Some(k) = key {
         out.extend_from_slice(b",\"id\":");
         push_str(out, k);
@@ -321,6 +354,35 @@ mod tests {
                 json!({"type":"data","data":{"type":"guild","data":{}}}),
             ]
         );
+    }
+
+    #[test]
+    fn numbers_and_strings_as_serde_json_writes_them() {
+        for n in [0u64, 1, 9, 10, 99, 12345, u64::MAX] {
+            let mut o = Vec::new();
+            push_u64(&mut o, n);
+            assert_eq!(o, n.to_string().into_bytes());
+        }
+        for n in [0i64, -1, 1, -10, 1000, i64::MIN, i64::MAX] {
+            let mut o = Vec::new();
+            push_i64(&mut o, n);
+            assert_eq!(o, n.to_string().into_bytes());
+        }
+        for s in [
+            "",
+            "bot",
+            "stats",
+            "a\"b",
+            "back\\slash",
+            "nl\n",
+            "\u{1}",
+            "é ü \u{7f}",
+            "</script>",
+        ] {
+            let mut o = Vec::new();
+            push_str(&mut o, s);
+            assert_eq!(o, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]

@@ -29,15 +29,18 @@
 //! against the hub's allow-list; a public TCP address by a token in the hello; WebSocket by
 //! the single `Authorization` header.
 //!
-//! Module map: [`frame`] (node-ipc framing), `nodeipc` (the Arthur-IPC mapping), `outbox`
+//! Module map: `config` ([`BridgeConfig`], [`BridgeStats`]), `accept` (the uid check at
+//! accept, refusals), [`frame`] (node-ipc framing), `nodeipc` (the Arthur-IPC mapping), `outbox`
 //! (a node-ipc connection's bounded outbox and writer), `prehello` (the total pre-hello
 //! budget), [`auth`] (allow-list, socket table, token comparison), [`ws`] (the WebSocket
 //! server and its code table).
 
+mod accept;
 // Token checks, the socket-table lookup and node-ipc framing: internals (the binary reads
 // `frame::DEFAULT_MAX_FRAME`).
 #[doc(hidden)]
 pub mod auth;
+mod config;
 #[doc(hidden)]
 pub mod frame;
 pub mod nap;
@@ -49,16 +52,15 @@ mod socketio;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
+use accept::{accept_error, accept_tcp, accept_unix};
 use auth::AccessList;
-use nodeipc::Origin;
 use prehello::PreHelloBudget;
 
 use crate::client::tokio_client::AsyncClient;
@@ -66,110 +68,12 @@ use crate::client::ClientOptions;
 use crate::proto::Encoding;
 use crate::Error;
 
+pub use config::{BridgeConfig, BridgeStats};
 pub use ws::{PushRule, WsTable};
 
 /// node-ipc's socket path for an id: `/tmp/app.<id>` (its `socketRoot` + `appspace` + id).
 pub fn node_ipc_default_path(id: &str) -> PathBuf {
     PathBuf::from(format!("/tmp/app.{id}"))
-}
-
-/// Bridge settings.
-#[derive(Clone, Debug)]
-pub struct BridgeConfig {
-    /// The hub's directory (or socket path).
-    pub dir: PathBuf,
-    /// Token for the hub, if it requires one.
-    pub hub_token: Option<String>,
-    /// Serve node-ipc on this Unix socket path.
-    pub node_ipc_path: Option<PathBuf>,
-    /// Serve node-ipc on this TCP address (`HOST:PORT`).
-    pub node_ipc_tcp: Option<String>,
-    /// Serve WebSocket on this TCP address.
-    pub ws: Option<String>,
-    /// The WebSocket token (the whole `Authorization` header value). Required with `ws`.
-    pub ws_token: Option<String>,
-    /// WebSocket ping period; a peer that has not answered the previous ping is dropped.
-    pub ws_ping: Duration,
-    /// WebSocket code ↔ event table.
-    pub ws_table: WsTable,
-    /// Largest node-ipc frame; a bigger one closes that connection.
-    pub max_frame: usize,
-    /// Bytes queued for one slow legacy client before the bridge drops it.
-    pub max_queued: usize,
-    /// Ring capacity of each bus client (0 = the hub's default).
-    pub ring_capacity: u64,
-    /// Uids allowed besides the hub's and the bridge's own (the hub's `--allow-uid` list).
-    pub allow_uids: Vec<u32>,
-    /// Allow `node_ipc_tcp` on a non-loopback address (then `node_ipc_token` is required).
-    pub node_ipc_tcp_public: bool,
-    /// The token a node-ipc hello must carry on a public TCP address.
-    pub node_ipc_token: Option<String>,
-    /// Largest unfinished frame a connection may hold before its hello.
-    pub pre_hello_bytes: usize,
-    /// Bytes held for unfinished hellos across all connections.
-    pub pre_hello_total: usize,
-    /// Time a connection has to say hello (node-ipc) or finish its upgrade (WebSocket).
-    pub hello_timeout: Duration,
-    /// Serve Socket.IO on this TCP address (feature `socketio`).
-    pub socketio: Option<String>,
-    /// Socket.IO clients must send this as `auth.token`, when set.
-    pub socketio_token: Option<String>,
-    /// Where Socket.IO events without a connected `name:` prefix go (instead of everyone).
-    pub socketio_to: Option<String>,
-    /// Socket.IO sessions that have not connected to the namespace yet, at most.
-    pub socketio_max_pending: usize,
-    /// Socket.IO TCP connections, at most.
-    pub socketio_max_conns: usize,
-}
-
-impl Default for BridgeConfig {
-    fn default() -> Self {
-        BridgeConfig {
-            dir: crate::hub::default_dir(),
-            hub_token: None,
-            node_ipc_path: None,
-            node_ipc_tcp: None,
-            ws: None,
-            ws_token: None,
-            ws_ping: Duration::from_millis(30_000),
-            ws_table: WsTable::default(),
-            max_frame: frame::DEFAULT_MAX_FRAME,
-            max_queued: 64 << 20,
-            ring_capacity: 0,
-            allow_uids: Vec::new(),
-            node_ipc_tcp_public: false,
-            node_ipc_token: None,
-            pre_hello_bytes: 64 << 10,
-            pre_hello_total: 16 << 20,
-            hello_timeout: Duration::from_secs(10),
-            socketio: None,
-            socketio_token: None,
-            socketio_to: None,
-            socketio_max_pending: 1024,
-            socketio_max_conns: 16384,
-        }
-    }
-}
-
-/// Counters, shared by every connection.
-#[derive(Default, Debug)]
-pub struct BridgeStats {
-    /// Legacy connections open now.
-    pub connections: AtomicUsize,
-    /// Frames read from legacy clients.
-    pub frames_in: AtomicU64,
-    /// Frames written to legacy clients.
-    pub frames_out: AtomicU64,
-    /// Frames answered with an `error` event (bad JSON, missing field, wrong type).
-    pub bad_frames: AtomicU64,
-    /// WebSocket messages ignored: unknown or missing code.
-    pub ws_unknown_code: AtomicU64,
-    /// WebSocket messages ignored: not JSON / not `{code, data}`.
-    pub ws_garbage: AtomicU64,
-    /// Bus payloads that could not be passed to a legacy client (bincode, or invalid JSON).
-    pub undeliverable: AtomicU64,
-    /// Connections refused at accept (uid not allowed, or its owner not found).
-    pub refused: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -515,89 +419,6 @@ impl Bridge {
         );
         Ok(())
     }
-}
-
-/// Closes a refused connection with an `error` event saying why (node-ipc publishes it).
-/// What the peer already sent is read and thrown away (at most 64 KiB, for at most 1 s) before
-/// the socket closes: closing with unread input would reset the connection, and the peer would
-/// lose the error event.
-async fn refuse<S>(mut s: S, peer: &str, why: &str, sh: &Shared)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::AsyncReadExt;
-    sh.stats.refused.fetch_add(1, Ordering::Relaxed);
-    warn!(%peer, why, "node-ipc connection refused");
-    let mut b = Vec::new();
-    frame::write_error(&mut b, why);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = s.write_all(&b).await;
-        let _ = s.shutdown().await;
-        let mut sink = [0u8; 4096];
-        let mut left = 64usize << 10;
-        while left > 0 {
-            match s.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
-}
-
-/// A node-ipc connection on the Unix socket: its uid (SO_PEERCRED) must be allowed.
-async fn accept_unix(s: UnixStream, sh: Arc<Shared>) {
-    match s.peer_cred() {
-        Ok(c) if sh.access.allows(c.uid()) => {
-            let peer = format!("unix pid {}", c.pid().unwrap_or(0));
-            let (r, w) = s.into_split();
-            nodeipc::serve(r, w, peer, Origin::Checked, true, sh).await;
-        }
-        Ok(c) => {
-            let why = format!("uid {} is not allowed on this bridge", c.uid());
-            refuse(s, &format!("unix pid {}", c.pid().unwrap_or(0)), &why, &sh).await;
-        }
-        Err(e) => refuse(s, "unix", &format!("no peer credentials: {e}"), &sh).await,
-    }
-}
-
-/// A node-ipc connection over TCP: on loopback, the owner of the connecting socket (the
-/// kernel's socket table) must be allowed; on a public address the hello carries the token.
-async fn accept_tcp(s: TcpStream, peer: std::net::SocketAddr, public: bool, sh: Arc<Shared>) {
-    let _ = s.set_nodelay(true);
-    let name = peer.to_string();
-    if public {
-        let (r, w) = s.into_split();
-        return nodeipc::serve(r, w, name, Origin::NeedsToken, false, sh).await;
-    }
-    let Ok(local) = s.local_addr() else {
-        return refuse(s, &name, "no local address", &sh).await;
-    };
-    // Reading the socket table is a few file reads; off the runtime's thread all the same.
-    let owner = tokio::task::spawn_blocking(move || auth::tcp_peer_uid(peer, local)).await;
-    match owner {
-        Ok(Ok(Some(uid))) if sh.access.allows(uid) => {
-            let (r, w) = s.into_split();
-            nodeipc::serve(r, w, name, Origin::Checked, false, sh).await;
-        }
-        Ok(Ok(Some(uid))) => {
-            let why = format!("uid {uid} is not allowed on this bridge");
-            refuse(s, &name, &why, &sh).await;
-        }
-        Ok(Ok(None)) => {
-            let why = "the connecting socket's owner is not in the kernel's socket table \
-                       (not allowed: only local processes of allowed uids may connect)";
-            refuse(s, &name, why, &sh).await;
-        }
-        Ok(Err(e)) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
-        Err(e) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
-    }
-}
-
-/// Accept failed (out of fds, …): log, back off a little, keep serving.
-async fn accept_error(e: &std::io::Error) {
-    warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Raises this process's soft open-file limit to its hard limit: every Socket.IO (or other

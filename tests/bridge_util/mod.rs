@@ -97,19 +97,43 @@ pub fn bridge(dir: &Path, args: &[&str]) -> BridgeProc {
 
 /// [`bridge`] with extra environment variables (tokens).
 pub fn bridge_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> BridgeProc {
+    let log = std::env::var("SHMBUS_TEST_BRIDGE_LOG").unwrap_or_else(|_| "warn".into());
+    bridge_spawn(dir, args, env, &log, Stdio::inherit())
+}
+
+/// [`bridge`] at `--log warn` whose log lines (stderr) come through the receiver, for tests
+/// that check what the bridge logs.
+pub fn bridge_logged(dir: &Path, args: &[&str]) -> (BridgeProc, mpsc::Receiver<String>) {
+    let mut b = bridge_spawn(dir, args, &[], "warn", Stdio::piped());
+    let stderr = b.proc.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines() {
+            let Ok(l) = l else { return };
+            eprintln!("bridge: {l}");
+            let _ = tx.send(l);
+        }
+    });
+    (b, rx)
+}
+
+fn bridge_spawn(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &str,
+    stderr: Stdio,
+) -> BridgeProc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
         .envs(env.iter().copied())
         .arg("bridge")
         .arg("--dir")
         .arg(dir)
-        .args([
-            "--log",
-            &std::env::var("SHMBUS_TEST_BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
-        ])
+        .args(["--log", log])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

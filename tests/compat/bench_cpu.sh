@@ -13,6 +13,8 @@
 #   UP_ARGS="--wait spin-then-park" bash tests/compat/bench_cpu.sh   # other `shmbus up` flags
 #   VARIANTS="--nap-us 0;--nap-us 400" bash tests/compat/bench_cpu.sh # also these `up` flags,
 #       each as a row of its own (shmbus_v1, shmbus_v2, …), in the same alternation
+#   BEFORE=/tmp/shmbus-old bash tests/compat/bench_cpu.sh  # also that build of `shmbus` (row
+#       `before`), in the same alternation: before/after figures from one invocation
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -22,6 +24,7 @@ REPS=${REPS:-3}
 TRANSPORTS=${TRANSPORTS:-unix}
 UP_ARGS=${UP_ARGS:-}
 VARIANTS=${VARIANTS:-}
+BEFORE=${BEFORE:-}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 command -v node >/dev/null && command -v npm >/dev/null || {
@@ -88,12 +91,12 @@ run_baseline() {
     stop "$srv"
 }
 
-# run_shmbus TRANSPORT [LABEL EXTRA_UP_ARGS]
+# run_shmbus TRANSPORT [LABEL EXTRA_UP_ARGS BINARY]
 run_shmbus() {
-    local t=$1 label=${2:-shmbus} extra=${3:-} sock=$TMP/bridge.sock port; port=$(free_port); rm -rf "$TMP/hub" "$sock"
+    local t=$1 label=${2:-shmbus} extra=${3:-} bin=${4:-$SHMBUS} sock=$TMP/bridge.sock port; port=$(free_port); rm -rf "$TMP/hub" "$sock"
     local tcp=off; [ "$t" = tcp ] && tcp=127.0.0.1:$port
     # shellcheck disable=SC2086
-    "$SHMBUS" up --dir "$TMP/hub" --node-ipc-path "$sock" --node-ipc-tcp "$tcp" --log warn $UP_ARGS $extra >/dev/null &
+    "$bin" up --dir "$TMP/hub" --node-ipc-path "$sock" --node-ipc-tcp "$tcp" --log warn $UP_ARGS $extra >/dev/null &
     local up=$!; PIDS+=("$up")
     if [ "$t" = unix ]; then wait_sock "$sock"; else wait_port "$port"; fi
     local br; br=$(pgrep -P "$up" | head -1)
@@ -109,6 +112,7 @@ echo "- date: $(date -u +%Y-%m-%dT%H:%MZ); uptime at start: $(uptime | sed 's/^ 
 for _ in $(seq "$REPS"); do
     for t in $TRANSPORTS; do
         run_baseline "$t"
+        [ -z "$BEFORE" ] || run_shmbus "$t" before "" "$BEFORE"
         run_shmbus "$t"
         if [ -n "$VARIANTS" ]; then
             i=0
@@ -118,6 +122,7 @@ for _ in $(seq "$REPS"); do
     done
 done
 echo "- uptime at end: $(uptime | sed 's/^ *//')"
+[ -z "$BEFORE" ] || echo "- before: $BEFORE up $UP_ARGS"
 if [ -n "$VARIANTS" ]; then
     i=0
     IFS=';' read -ra vs <<<"$VARIANTS"

@@ -27,15 +27,14 @@
 //! the answers to the gets it made before.
 //!
 //! Files: this one is the connection task (`Conn`: read loop, hello, bus wiring, gets and
-//! their answers); `messages.rs` holds the frames' JSON shapes.
+//! their answers); `messages.rs` holds the frames' JSON shapes; `owed.rs` the gets forwarded
+//! to a legacy owner that wait for its `response`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
@@ -47,11 +46,14 @@ use super::frame::{self, Splitter};
 use super::outbox::{write_loop, Out};
 use super::prehello::PreHello;
 use super::Shared;
-use crate::client::tokio_client::{AsyncClient, AsyncTicket};
+use crate::client::tokio_client::AsyncClient;
 use crate::client::{CallError, Reply, Ttl};
 use crate::proto::{Encoding, PayloadBuf, Target};
 
 mod messages;
+mod owed;
+
+use owed::Owed;
 
 #[doc(hidden)]
 pub use messages::{
@@ -75,19 +77,6 @@ fn push_reply(out: &Out, stats: &super::BridgeStats, request: &str, r: Result<Re
         Err(e) => frame::write_response_err(b, request, &e.to_string()),
     });
 }
-
-/// Gets forwarded to this (legacy) owner, waiting for its `response`, by the number the bridge
-/// gave them.
-#[derive(Default)]
-struct Owed {
-    next: u64,
-    tickets: HashMap<u64, (Instant, AsyncTicket)>,
-}
-
-/// Tickets older than this are answered with an error and forgotten (the hub gave up on them
-/// long ago), so a legacy owner that never answers cannot grow the table without bound. The
-/// table is swept every 256 forwarded gets.
-const OWED_HORIZON: Duration = Duration::from_secs(120);
 
 /// Gets of one connection in flight at once; the reader stops reading while this many wait.
 pub(crate) const MAX_GETS: usize = 1024;
@@ -216,7 +205,7 @@ impl Conn {
             drop(batch);
             if frames > 0 {
                 // For the runtime's nap (`bridge::nap`): does this client pipeline?
-                let waiting = self.replies.len() + self.owed.lock().expect("lock").tickets.len();
+                let waiting = self.replies.len() + self.owed.lock().expect("lock").len();
                 super::nap::saw_read(self.unix, frames > 1 || waiting > 1);
             }
             if let Some(p) = pre.as_mut() {
@@ -413,19 +402,7 @@ impl Conn {
         });
         let (out, owed, me) = (self.out.clone(), self.owed.clone(), name.to_string());
         ac.on_get_deferred(move |g, ticket| {
-            let n = {
-                let mut o = owed.lock().expect("lock");
-                o.next += 1;
-                let n = o.next;
-                let now = Instant::now();
-                if n % 256 == 0 {
-                    // Dropped tickets queue their error answers without waiting.
-                    o.tickets
-                        .retain(|_, (t, _)| now.duration_since(*t) < OWED_HORIZON);
-                }
-                o.tickets.insert(n, (now, ticket));
-                n
-            };
+            let n = owed.lock().expect("lock").insert(ticket);
             out.push(|b| {
                 frame::write_get(b, &me, &g.kind, n, g.key.as_deref(), g.fresh, &g.requester)
             });
@@ -533,8 +510,8 @@ impl Conn {
             }
             Err(m) => return self.bad(&format!("response: {m}")),
         };
-        let ticket = self.owed.lock().expect("lock").tickets.remove(&n);
-        let Some((_, ticket)) = ticket else {
+        let ticket = self.owed.lock().expect("lock").take(n);
+        let Some(ticket) = ticket else {
             return self.bad(&format!(
                 "response: no get with request {n} is waiting (answered already, or the bridge gave up on it)"
             ));
