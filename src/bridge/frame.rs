@@ -255,9 +255,12 @@ pub fn write_data(out: &mut Vec<u8>, kind: &str, key: Option<&str>, data: &[u8])
 }
 
 /// Whether `bytes` is one complete JSON value (checked before bus payloads from Rust clients
-/// are spliced into a frame, so a bad one cannot break a legacy client's parser).
+/// are spliced into a frame, so a bad one cannot break a legacy client's parser). UTF-8 is
+/// checked first: serde_json skips the bytes inside a string it ignores without validating
+/// them, so `"\xff"` alone would pass and reach legacy clients as U+FFFD or a closed socket.
 pub fn is_json(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    std::str::from_utf8(bytes)
+        .is_ok_and(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok())
 }
 
 /// A key (`id`) given as a JSON string or number; anything else is an error.
@@ -421,5 +424,9 @@ mod tests {
         assert!(is_json(b" [1, {\"a\": null}] "));
         assert!(!is_json(b"{\"a\":"));
         assert!(!is_json(b""));
+        // Invalid UTF-8 inside a string (serde_json's from_slice alone accepts it).
+        assert!(!is_json(b"\"\xff\""));
+        assert!(!is_json(b"{\"a\":\"\xc3\"}"));
+        assert!(is_json("\"\u{e9}\"".as_bytes()));
     }
 }
