@@ -79,6 +79,23 @@ pub const CLIENT_CAPACITY: usize = 256;
 /// enough never to be the limit; the bytes are bounded by `in_bytes` and by what one turn
 /// reads.
 pub const SUB_CAPACITY: usize = 65_536;
+/// The client's read buffer (its initial capacity; async-nats's default, set explicitly
+/// because [`turn_bound`] depends on it).
+pub const READ_BUFFER: usize = 65_535;
+/// Socket reads in one turn of the client's connection task: tokio's cooperative budget
+/// (each read that makes progress consumes one unit; at 0 the task yields).
+pub const TURN_READS: u64 = 128;
+
+/// The bytes the client's subscription buffers can hold at once, for a server that
+/// advertises `max_payload`: what one turn of its connection task reads ([`TURN_READS`]
+/// reads, each into a read buffer that grows to at most twice the largest message plus its
+/// initial capacity, so at most that much newly allocated per read), since our readers take
+/// everything after every turn. A message count ([`SUB_CAPACITY`]) cannot be a byte bound
+/// for messages of 60 B to `max_payload`: a count small enough to bound a flood of large
+/// messages loses an ordinary stream of small ones (`tests/federation_stream.rs`).
+pub fn turn_bound(max_payload: usize) -> u64 {
+    TURN_READS * (2 * max_payload as u64 + READ_BUFFER as u64)
+}
 
 /// Link settings.
 #[derive(Clone, Debug)]
@@ -163,6 +180,9 @@ pub struct Link {
     node_base: String,
     presence_subject: async_nats::Subject,
     stopped: bool,
+    /// The next park harvests the hub's epoll set before it waits (the last harvest may have
+    /// left events, or the reactor reported the set readable).
+    recheck: bool,
     rt: tokio::runtime::Runtime,
 }
 
@@ -260,6 +280,7 @@ impl Link {
             node_base: format!("{}.n.", s.prefix),
             presence_subject: presence.into(),
             stopped: false,
+            recheck: true,
             rt,
         })
     }
@@ -311,6 +332,11 @@ impl Link {
         self.fresh = true;
         self.touched = true;
         Ok(())
+    }
+
+    /// The server's advertised `max_payload` (async-nats's 1 MiB default before it connects).
+    pub fn server_max_payload(&self) -> usize {
+        self.client.max_payload()
     }
 
     fn batch_limit(&self) -> usize {
@@ -423,6 +449,7 @@ impl Link {
             counters,
             shared,
             hub_fd,
+            recheck,
             ..
         } = self;
         rt.block_on(async {
@@ -432,11 +459,22 @@ impl Link {
             let _ = futures_util::FutureExt::now_or_never(shared.notify.notified());
             publish_ready(client, out, queued, counters);
             loop {
-                // Check first: readiness that came before this park may have been reported
-                // (and cleared) already; after the check every new event is a fresh edge.
-                poller.wait(events, Some(Duration::ZERO))?;
+                // Harvest the hub's epoll set only when the reactor said it is readable (or
+                // the last harvest filled the buffer): readiness that came while the hub was
+                // busy is still queued in the reactor's epoll as an edge of the hub's fd (or
+                // cached as `hub_fd`'s readiness, if a `drive` polled it), so `readable()`
+                // below completes at once; an event that came during the last harvest makes a
+                // fresh edge. (A pre-check here cost one `epoll_wait` per park.)
+                if std::mem::take(recheck) {
+                    poller.wait(events, Some(Duration::ZERO))?;
+                    // The poller returns at most 64 at a time: more may be waiting.
+                    *recheck = events.len() >= 64;
+                    if !events.is_empty() {
+                        return Ok(());
+                    }
+                }
                 // Acquire: pairs with the Release increment in `Shared::push`.
-                if !events.is_empty() || counters.queued_in.load(Ordering::Acquire) != 0 {
+                if counters.queued_in.load(Ordering::Acquire) != 0 {
                     return Ok(());
                 }
                 // The client refused a publish (its queue was full): retry soon.
@@ -453,6 +491,7 @@ impl Link {
                         if let Ok(mut g) = r {
                             g.clear_ready();
                         }
+                        *recheck = true;
                     }
                     _ = sleep_until(until) => {
                         if !out.is_empty() {
@@ -571,6 +610,7 @@ async fn options(
         .max_reconnects(None)
         .client_capacity(CLIENT_CAPACITY)
         .subscription_capacity(SUB_CAPACITY)
+        .read_buffer_capacity(READ_BUFFER as u16)
         .ping_interval(Duration::from_secs(2))
         .connection_timeout(Duration::from_secs(3))
         .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).clamp(100, 1000)))
