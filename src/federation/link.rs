@@ -180,8 +180,8 @@ pub struct Link {
     node_base: String,
     presence_subject: async_nats::Subject,
     stopped: bool,
-    /// The next park harvests the hub's epoll set before it waits (the last harvest may have
-    /// left events, or the reactor reported the set readable).
+    /// The next park harvests the hub's epoll set before it waits (the last harvest found
+    /// events and may have left some, or the reactor reported the set readable).
     recheck: bool,
     rt: tokio::runtime::Runtime,
 }
@@ -459,17 +459,19 @@ impl Link {
             let _ = futures_util::FutureExt::now_or_never(shared.notify.notified());
             publish_ready(client, out, queued, counters);
             loop {
-                // Harvest the hub's epoll set only when the reactor said it is readable (or
-                // the last harvest filled the buffer): readiness that came while the hub was
-                // busy is still queued in the reactor's epoll as an edge of the hub's fd (or
-                // cached as `hub_fd`'s readiness, if a `drive` polled it), so `readable()`
-                // below completes at once; an event that came during the last harvest makes a
-                // fresh edge. (A pre-check here cost one `epoll_wait` per park.)
+                // Harvest the hub's epoll set first only if the last harvest found events, or
+                // once the reactor said it is readable. An event that came while the hub was
+                // busy is queued in the reactor's epoll as an edge of the hub's fd (or cached
+                // as `hub_fd`'s readiness, if a `drive` polled it), so `readable()` below
+                // completes at once. But what a harvest leaves ready (level-triggered fds,
+                // more than 64 events) is not signalled to a nested epoll again (Linux 5.x
+                // on), so after a harvest that found something the next park checks first.
+                // This skips the check in the park after a wake-up from NATS (one
+                // `epoll_wait` per remote get on each hub).
                 if std::mem::take(recheck) {
                     poller.wait(events, Some(Duration::ZERO))?;
-                    // The poller returns at most 64 at a time: more may be waiting.
-                    *recheck = events.len() >= 64;
                     if !events.is_empty() {
+                        *recheck = true;
                         return Ok(());
                     }
                 }
