@@ -58,7 +58,7 @@ use tracing::debug;
 #[path = "link_in.rs"]
 mod incoming;
 use incoming::Shared;
-pub use incoming::{Incoming, LinkCounters, LinkState, Msg};
+pub use incoming::{turn_bound, Incoming, LinkCounters, LinkState, Msg, READ_BUFFER, TURN_READS};
 
 use super::wire;
 use crate::sys::{PollEvent, Poller};
@@ -79,24 +79,6 @@ pub const CLIENT_CAPACITY: usize = 256;
 /// enough never to be the limit; the bytes are bounded by `in_bytes` and by what one turn
 /// reads.
 pub const SUB_CAPACITY: usize = 65_536;
-/// The client's read buffer (its initial capacity; async-nats's default, set explicitly
-/// because [`turn_bound`] depends on it).
-pub const READ_BUFFER: usize = 65_535;
-/// Socket reads in one turn of the client's connection task: tokio's cooperative budget
-/// (each read that makes progress consumes one unit; at 0 the task yields).
-pub const TURN_READS: u64 = 128;
-
-/// The bytes the client's subscription buffers can hold at once, for a server that
-/// advertises `max_payload`: what one turn of its connection task reads ([`TURN_READS`]
-/// reads, each into a read buffer that grows to at most twice the largest message plus its
-/// initial capacity, so at most that much newly allocated per read), since our readers take
-/// everything after every turn. A message count ([`SUB_CAPACITY`]) cannot be a byte bound
-/// for messages of 60 B to `max_payload`: a count small enough to bound a flood of large
-/// messages loses an ordinary stream of small ones (`tests/federation_stream.rs`).
-pub fn turn_bound(max_payload: usize) -> u64 {
-    TURN_READS * (2 * max_payload as u64 + READ_BUFFER as u64)
-}
-
 /// Link settings.
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
