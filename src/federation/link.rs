@@ -58,7 +58,7 @@ use tracing::debug;
 #[path = "link_in.rs"]
 mod incoming;
 use incoming::Shared;
-pub use incoming::{Incoming, LinkCounters, LinkState, Msg};
+pub use incoming::{turn_bound, Incoming, LinkCounters, LinkState, Msg, READ_BUFFER, TURN_READS};
 
 use super::wire;
 use crate::sys::{PollEvent, Poller};
@@ -79,7 +79,6 @@ pub const CLIENT_CAPACITY: usize = 256;
 /// enough never to be the limit; the bytes are bounded by `in_bytes` and by what one turn
 /// reads.
 pub const SUB_CAPACITY: usize = 65_536;
-
 /// Link settings.
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
@@ -163,6 +162,9 @@ pub struct Link {
     node_base: String,
     presence_subject: async_nats::Subject,
     stopped: bool,
+    /// The next park harvests the hub's epoll set before it waits (the last harvest found
+    /// events and may have left some, or the reactor reported the set readable).
+    recheck: bool,
     rt: tokio::runtime::Runtime,
 }
 
@@ -260,6 +262,7 @@ impl Link {
             node_base: format!("{}.n.", s.prefix),
             presence_subject: presence.into(),
             stopped: false,
+            recheck: true,
             rt,
         })
     }
@@ -311,6 +314,11 @@ impl Link {
         self.fresh = true;
         self.touched = true;
         Ok(())
+    }
+
+    /// The server's advertised `max_payload` (async-nats's 1 MiB default before it connects).
+    pub fn server_max_payload(&self) -> usize {
+        self.client.max_payload()
     }
 
     fn batch_limit(&self) -> usize {
@@ -423,6 +431,7 @@ impl Link {
             counters,
             shared,
             hub_fd,
+            recheck,
             ..
         } = self;
         rt.block_on(async {
@@ -432,11 +441,24 @@ impl Link {
             let _ = futures_util::FutureExt::now_or_never(shared.notify.notified());
             publish_ready(client, out, queued, counters);
             loop {
-                // Check first: readiness that came before this park may have been reported
-                // (and cleared) already; after the check every new event is a fresh edge.
-                poller.wait(events, Some(Duration::ZERO))?;
+                // Harvest the hub's epoll set first only if the last harvest found events, or
+                // once the reactor said it is readable. An event that came while the hub was
+                // busy is queued in the reactor's epoll as an edge of the hub's fd (or cached
+                // as `hub_fd`'s readiness, if a `drive` polled it), so `readable()` below
+                // completes at once. But what a harvest leaves ready (level-triggered fds,
+                // more than 64 events) is not signalled to a nested epoll again (Linux 5.x
+                // on), so after a harvest that found something the next park checks first.
+                // This skips the check in the park after a wake-up from NATS (one
+                // `epoll_wait` per remote get on each hub).
+                if std::mem::take(recheck) {
+                    poller.wait(events, Some(Duration::ZERO))?;
+                    if !events.is_empty() {
+                        *recheck = true;
+                        return Ok(());
+                    }
+                }
                 // Acquire: pairs with the Release increment in `Shared::push`.
-                if !events.is_empty() || counters.queued_in.load(Ordering::Acquire) != 0 {
+                if counters.queued_in.load(Ordering::Acquire) != 0 {
                     return Ok(());
                 }
                 // The client refused a publish (its queue was full): retry soon.
@@ -453,6 +475,7 @@ impl Link {
                         if let Ok(mut g) = r {
                             g.clear_ready();
                         }
+                        *recheck = true;
                     }
                     _ = sleep_until(until) => {
                         if !out.is_empty() {
@@ -571,6 +594,7 @@ async fn options(
         .max_reconnects(None)
         .client_capacity(CLIENT_CAPACITY)
         .subscription_capacity(SUB_CAPACITY)
+        .read_buffer_capacity(READ_BUFFER as u16)
         .ping_interval(Duration::from_secs(2))
         .connection_timeout(Duration::from_secs(3))
         .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).clamp(100, 1000)))

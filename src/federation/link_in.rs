@@ -18,6 +18,24 @@ use tracing::{debug, info, warn};
 
 use super::wire;
 
+/// The client's read buffer (its initial capacity; async-nats's default, set explicitly
+/// because [`turn_bound`] depends on it).
+pub const READ_BUFFER: usize = 65_535;
+/// Socket reads in one turn of the client's connection task: tokio's cooperative budget
+/// (each read that makes progress consumes one unit; at 0 the task yields).
+pub const TURN_READS: u64 = 128;
+
+/// The bytes the client's subscription buffers can hold at once, for a server that
+/// advertises `max_payload`: what one turn of its connection task reads ([`TURN_READS`]
+/// reads, each into a read buffer that grows to at most twice the largest message plus its
+/// initial capacity, so at most that much newly allocated per read), since our readers take
+/// everything after every turn. A message count (`SUB_CAPACITY`) cannot be a byte bound
+/// for messages of 60 B to `max_payload`: a count small enough to bound a flood of large
+/// messages loses an ordinary stream of small ones (`tests/federation_stream.rs`).
+pub fn turn_bound(max_payload: usize) -> u64 {
+    TURN_READS * (2 * max_payload as u64 + READ_BUFFER as u64)
+}
+
 /// Connection state, as shown by `shmbus stat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkState {

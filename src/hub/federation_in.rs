@@ -19,7 +19,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Hub;
-use crate::federation::link::{Dest, Incoming, Msg};
+use crate::federation::link::{self, Dest, Incoming, Msg};
 use crate::federation::presence::{self, Conflict, LocalClient};
 use crate::federation::routes::Change;
 use crate::federation::wire::{self, Claim, Presence};
@@ -70,6 +70,24 @@ impl Hub {
                     return;
                 };
                 f.connected = true;
+                // The honest memory bound of the way in (`link::turn_bound`), for this server.
+                let p = f.link.server_max_payload();
+                let (turn, budget) = (link::turn_bound(p) >> 20, f.cfg.in_bytes >> 20);
+                if p > 1 << 20 {
+                    warn!(
+                        max_payload = p,
+                        "NATS max_payload above 1 MiB: one read turn of the NATS client may \
+                         buffer up to {turn} MiB before the {budget} MiB in-queue budget \
+                         applies; federation never sends more than 256 KiB per message, so a \
+                         server max_payload of 300KB bounds that to 81 MiB"
+                    );
+                } else {
+                    info!(
+                        max_payload = p,
+                        "NATS connected: the way in holds at most {budget} MiB queued plus \
+                         {turn} MiB for one read turn of the NATS client"
+                    );
+                }
                 f.send_presence(wire::record(&Presence::Sync { node: None }));
                 self.fed_send_snapshot();
             }

@@ -38,7 +38,10 @@ impl Hub {
         };
         // Publish, and read what NATS brought, even while local traffic keeps the hub from
         // parking (this runs every 64th turn of the loop; at most every 50 µs, so a busy
-        // local stream pays a few syscalls per 50 µs, not per 64 turns).
+        // local stream pays a few syscalls per 50 µs, not per 64 turns). The 50 µs count from
+        // the last park too (`Hub::park`): a hub that parks runs the link's tasks there, and
+        // the idle path's timers just before a park must not drive (two zero-timeout
+        // `epoll_wait`s per park, four per remote get on each hub).
         if now >= f.next_drive {
             f.next_drive = now + Duration::from_micros(50);
             f.link.drive();
@@ -95,7 +98,11 @@ impl Hub {
         timeout: Option<Duration>,
     ) -> std::io::Result<()> {
         match self.fed.as_deref_mut() {
-            Some(f) => f.link.park(&self.poller, events, timeout),
+            Some(f) => {
+                let r = f.link.park(&self.poller, events, timeout);
+                f.next_drive = Instant::now() + Duration::from_micros(50);
+                r
+            }
             None => self.poller.wait(events, timeout),
         }
     }
