@@ -130,10 +130,12 @@ pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 
 /// Decodes an owned `T` from exactly `bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let (v, used) =
-        with_limit_for!(bytes, decode_from_slice, T).map_err(|e| Error::Decode(e.to_string()))?;
-    check_used(used, bytes.len())?;
-    Ok(v)
+    let r = if bytes.len() <= SMALL_INPUT {
+        bincode::serde::decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>())
+    } else {
+        with_limit_for!(bytes, decode_from_slice, T)
+    };
+    finish_decode(r, bytes.len())
 }
 
 /// Decodes an owned `T` from exactly the payload `r` reads, each ring byte copied once
@@ -175,10 +177,43 @@ impl bincode::de::read::Reader for FrameRead<'_, '_> {
 
 /// Decodes a `T` that may borrow (`&str`, `&[u8]`, `Cow`) from `bytes`, with no copy.
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
-    let (v, used) = with_limit_for!(bytes, borrow_decode_from_slice, T)
-        .map_err(|e| Error::Decode(e.to_string()))?;
-    check_used(used, bytes.len())?;
-    Ok(v)
+    let r = if bytes.len() <= SMALL_INPUT {
+        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>())
+    } else {
+        with_limit_for!(bytes, borrow_decode_from_slice, T)
+    };
+    finish_decode(r, bytes.len())
+}
+
+/// Inputs up to this many bytes always get the smallest limit tier (16 KiB: `16 × 768 +
+/// 4 KiB`): [`decode`] and [`decode_borrowed`] take it without computing the tier.
+const SMALL_INPUT: usize = ((16 << 10) - (4 << 10)) / 16;
+const _: () = assert!(decode_limit_for(SMALL_INPUT) == 16 << 10);
+
+/// A slice decode's outcome as [`decode`]'s result: the value if it used all `len` bytes;
+/// the error cases out of line.
+#[inline(always)]
+fn finish_decode<T>(
+    r: Result<(T, usize), bincode::error::DecodeError>,
+    len: usize,
+) -> Result<T, Error> {
+    match r {
+        Ok((v, used)) if used == len => Ok(v),
+        Ok((_, used)) => Err(trailing(used, len)),
+        Err(e) => Err(decode_error(e)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn trailing(used: usize, len: usize) -> Error {
+    Error::Decode(format!("{} trailing bytes after the value", len - used))
+}
+
+#[cold]
+#[inline(never)]
+fn decode_error(e: bincode::error::DecodeError) -> Error {
+    Error::Decode(e.to_string())
 }
 
 /// `#[serde(deserialize_with = "crate::codec::bounded_seq")]` for a `Vec` a peer sends:
@@ -208,10 +243,7 @@ where
 
 fn check_used(used: usize, len: usize) -> Result<(), Error> {
     if used != len {
-        return Err(Error::Decode(format!(
-            "{} trailing bytes after the value",
-            len - used
-        )));
+        return Err(trailing(used, len));
     }
     Ok(())
 }
