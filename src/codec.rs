@@ -129,13 +129,20 @@ pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 }
 
 /// Decodes an owned `T` from exactly `bytes`.
+#[inline]
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let r = if bytes.len() <= SMALL_INPUT {
-        bincode::serde::decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>())
-    } else {
-        with_limit_for!(bytes, decode_from_slice, T)
-    };
+    if bytes.len() > SMALL_INPUT {
+        return decode_large(bytes);
+    }
+    let r = bincode::serde::decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>());
     finish_decode(r, bytes.len())
+}
+
+/// [`decode`] above [`SMALL_INPUT`], out of line (the tier's nine instances of bincode stay
+/// out of the small messages' path).
+#[inline(never)]
+fn decode_large<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    finish_decode(with_limit_for!(bytes, decode_from_slice, T), bytes.len())
 }
 
 /// Decodes an owned `T` from exactly the payload `r` reads, each ring byte copied once
@@ -176,13 +183,22 @@ impl bincode::de::read::Reader for FrameRead<'_, '_> {
 }
 
 /// Decodes a `T` that may borrow (`&str`, `&[u8]`, `Cow`) from `bytes`, with no copy.
+#[inline]
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
-    let r = if bytes.len() <= SMALL_INPUT {
-        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>())
-    } else {
-        with_limit_for!(bytes, borrow_decode_from_slice, T)
-    };
+    if bytes.len() > SMALL_INPUT {
+        return decode_borrowed_large(bytes);
+    }
+    let r = bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>());
     finish_decode(r, bytes.len())
+}
+
+/// [`decode_borrowed`] above [`SMALL_INPUT`], out of line.
+#[inline(never)]
+fn decode_borrowed_large<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    finish_decode(
+        with_limit_for!(bytes, borrow_decode_from_slice, T),
+        bytes.len(),
+    )
 }
 
 /// Inputs up to this many bytes always get the smallest limit tier (16 KiB: `16 × 768 +
