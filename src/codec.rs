@@ -129,11 +129,20 @@ pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 }
 
 /// Decodes an owned `T` from exactly `bytes`.
+#[inline]
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let (v, used) =
-        with_limit_for!(bytes, decode_from_slice, T).map_err(|e| Error::Decode(e.to_string()))?;
-    check_used(used, bytes.len())?;
-    Ok(v)
+    if bytes.len() > SMALL_INPUT {
+        return decode_large(bytes);
+    }
+    let r = bincode::serde::decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>());
+    finish_decode(r, bytes.len())
+}
+
+/// [`decode`] above [`SMALL_INPUT`], out of line (the tier's nine instances of bincode stay
+/// out of the small messages' path).
+#[inline(never)]
+fn decode_large<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    finish_decode(with_limit_for!(bytes, decode_from_slice, T), bytes.len())
 }
 
 /// Decodes an owned `T` from exactly the payload `r` reads, each ring byte copied once
@@ -174,11 +183,53 @@ impl bincode::de::read::Reader for FrameRead<'_, '_> {
 }
 
 /// Decodes a `T` that may borrow (`&str`, `&[u8]`, `Cow`) from `bytes`, with no copy.
+#[inline]
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
-    let (v, used) = with_limit_for!(bytes, borrow_decode_from_slice, T)
-        .map_err(|e| Error::Decode(e.to_string()))?;
-    check_used(used, bytes.len())?;
-    Ok(v)
+    if bytes.len() > SMALL_INPUT {
+        return decode_borrowed_large(bytes);
+    }
+    let r = bincode::serde::borrow_decode_from_slice::<T, _>(bytes, config::<{ 16 << 10 }>());
+    finish_decode(r, bytes.len())
+}
+
+/// [`decode_borrowed`] above [`SMALL_INPUT`], out of line.
+#[inline(never)]
+fn decode_borrowed_large<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    finish_decode(
+        with_limit_for!(bytes, borrow_decode_from_slice, T),
+        bytes.len(),
+    )
+}
+
+/// Inputs up to this many bytes always get the smallest limit tier (16 KiB: `16 × 768 +
+/// 4 KiB`): [`decode`] and [`decode_borrowed`] take it without computing the tier.
+const SMALL_INPUT: usize = ((16 << 10) - (4 << 10)) / 16;
+const _: () = assert!(decode_limit_for(SMALL_INPUT) == 16 << 10);
+
+/// A slice decode's outcome as [`decode`]'s result: the value if it used all `len` bytes;
+/// the error cases out of line.
+#[inline(always)]
+fn finish_decode<T>(
+    r: Result<(T, usize), bincode::error::DecodeError>,
+    len: usize,
+) -> Result<T, Error> {
+    match r {
+        Ok((v, used)) if used == len => Ok(v),
+        Ok((_, used)) => Err(trailing(used, len)),
+        Err(e) => Err(decode_error(e)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn trailing(used: usize, len: usize) -> Error {
+    Error::Decode(format!("{} trailing bytes after the value", len - used))
+}
+
+#[cold]
+#[inline(never)]
+fn decode_error(e: bincode::error::DecodeError) -> Error {
+    Error::Decode(e.to_string())
 }
 
 /// `#[serde(deserialize_with = "crate::codec::bounded_seq")]` for a `Vec` a peer sends:
@@ -208,10 +259,7 @@ where
 
 fn check_used(used: usize, len: usize) -> Result<(), Error> {
     if used != len {
-        return Err(Error::Decode(format!(
-            "{} trailing bytes after the value",
-            len - used
-        )));
+        return Err(trailing(used, len));
     }
     Ok(())
 }

@@ -391,6 +391,13 @@ impl RawReceiver {
             return Ok(1);
         }
         let mut n = 1;
+        if self.held.is_none() && self.broken.is_none() && self.asm.idle() {
+            match self.batch_whole(max, &mut n, &mut f) {
+                Some(true) => {}
+                // `f` ended the batch, or waking a full producer failed.
+                _ => return Ok(n),
+            }
+        }
         while n < max {
             let next = match self.fast_whole() {
                 Some(r) => Ok(Some(r)),
@@ -409,6 +416,43 @@ impl RawReceiver {
             }
         }
         Ok(n)
+    }
+
+    /// The hot loop of [`recv_batch_bytes`](RawReceiver::recv_batch_bytes), for when nothing
+    /// is held, assembled or broken (taking whole frames changes none of that): delivers
+    /// whole `MSG` frames while [`Consumer::peek_msg`] finds them and `*n < max`, each from a
+    /// private copy as [`deliver`](RawReceiver::deliver) gives it, with no per-message
+    /// `Result` and the statistics added once. `Some(true)`: the next frame is not a whole
+    /// message (or `max` was reached), take the general loop; `Some(false)`: `f` ended the
+    /// batch; `None`: waking a full producer failed (ends the batch, as in the general loop).
+    #[inline]
+    fn batch_whole(
+        &mut self,
+        max: usize,
+        n: &mut usize,
+        f: &mut impl FnMut(&[u8]) -> bool,
+    ) -> Option<bool> {
+        let (mut messages, mut bytes, mut go_on, mut failed) = (0u64, 0u64, true, false);
+        while *n < max {
+            let Some(fr) = self.cons.peek_msg() else {
+                break;
+            };
+            go_on = self.asm.with_bytes(&self.cons, &Ready::Whole(fr), &mut *f);
+            *n += 1;
+            messages += 1;
+            bytes += fr.len as u64;
+            // As in `finish`: the release may be the one that owes a full producer its wake-up.
+            if self.cons.release(fr) && self.ring_space().is_err() {
+                failed = true;
+                break;
+            }
+            if !go_on {
+                break;
+            }
+        }
+        self.stats.messages += messages;
+        self.stats.bytes += bytes;
+        (!failed).then_some(go_on)
     }
 
     /// Receives one message if one is there.

@@ -372,3 +372,43 @@ fn a_timed_send_cut_short_owes_an_abort_before_the_next_message() {
     c.copy_payload(&f, 0, &mut p);
     assert_eq!((f.kind, &p[..]), (kind::MSG, &b"next"[..]));
 }
+
+#[test]
+fn a_batch_takes_whole_frames_and_fragments_in_order_counts_them_and_stops_when_told() {
+    let (mut p, mut rx, _peer) = receiver(1 << 16, 1 << 20);
+    let big = vec![7u8; 1000]; // above the stack copy's 256 bytes
+    push(&mut p, kind::MSG, b"a");
+    push(&mut p, kind::MSG, &big);
+    push(&mut p, kind::MSG, b"bc");
+    push(&mut p, kind::FIRST, &first(6, b"def"));
+    push(&mut p, kind::LAST, b"ghi");
+    push(&mut p, kind::MSG, b"j");
+    push(&mut p, kind::MSG, b"stop");
+    push(&mut p, kind::MSG, b"k");
+    push(&mut p, kind::MSG, b"l");
+    push(&mut p, kind::MSG, b"m");
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let n = rx
+        .recv_batch_bytes(100, |b| {
+            got.push(b.to_vec());
+            b != b"stop"
+        })
+        .unwrap();
+    assert_eq!(n, 6, "up to and including the message that ended the batch");
+    let want: [&[u8]; 6] = [b"a", &big, b"bc", b"defghi", b"j", b"stop"];
+    assert_eq!(got, want);
+    assert_eq!(rx.stats().messages, 6);
+    assert_eq!(rx.stats().bytes, 1 + 1000 + 2 + 6 + 1 + 4);
+    // `max` ends a batch too; what is left stays for the next call.
+    got.clear();
+    let mut take = |b: &[u8]| {
+        got.push(b.to_vec());
+        true
+    };
+    assert_eq!(rx.recv_batch_bytes(2, &mut take).unwrap(), 2);
+    assert_eq!(rx.recv_batch_bytes(100, &mut take).unwrap(), 1);
+    assert_eq!(got, [b"k".to_vec(), b"l".to_vec(), b"m".to_vec()]);
+    assert_eq!(rx.stats().messages, 9);
+    assert_eq!(rx.stats().bytes, 1 + 1000 + 2 + 6 + 1 + 4 + 3);
+    assert!(matches!(try_recv(&mut rx), Err(TryRecvError::Empty)));
+}

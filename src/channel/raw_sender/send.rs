@@ -1,0 +1,238 @@
+//! The blocking send path of [`RawSender`]: one message as one frame (encoded in place,
+//! on a guessed or a measured reservation), waiting for room as the wait strategy says.
+//!
+//! Invariants: nothing is committed before the message's bytes are written, and nothing is
+//! visible to the receiver before it is published; a guessed reservation that the encoder
+//! outgrows commits nothing (its bytes lie in free space) and the message takes the measured
+//! path. A message over `max_message` is `TooLarge` before a byte is written; an owed `ABORT`
+//! goes before the next message; while another caller's message is half in, sends are
+//! `NotNow`.
+
+use std::os::fd::AsFd;
+
+use super::{RawSender, GUESS_MAX};
+use crate::error::{fail_to_error, Fail};
+use crate::ring::layout::kind;
+use crate::sys;
+use crate::wait::{wait_until, BellParker, Deadline, RoomFor, WaitOutcome};
+use crate::Error;
+
+impl RawSender {
+    /// Waits until a frame of `len` payload bytes fits.
+    pub(super) fn wait_room(&mut self, len: usize, deadline: Deadline) -> Result<(), Fail> {
+        if self.prod.has_room(len).map_err(|e| self.fail(e.into()))? {
+            return Ok(());
+        }
+        // Before waiting for the consumer, make sure it has everything we committed.
+        self.publish()?;
+        if self.prod.peer_closed() {
+            return Err(Fail::Disconnected);
+        }
+        if let Deadline::Now = deadline {
+            // Full: make sure "full" does not hide a dead peer.
+            if sys::peer_hung_up(self.ctrl.as_fd()).unwrap_or(false) {
+                self.peer_gone = true;
+                return Err(Fail::Disconnected);
+            }
+            return Err(Fail::NotNow);
+        }
+        let parker = BellParker {
+            bell: &self.space_bell,
+            ctrl: self.ctrl.as_fd(),
+            sleeper: &self.sleeper,
+        };
+        let outcome = wait_until(
+            self.wait,
+            deadline,
+            &parker,
+            &mut RoomFor(&mut self.prod, len),
+        );
+        match outcome {
+            Ok(WaitOutcome::Ready) if self.prod.peer_closed() => {
+                self.peer_gone = true;
+                Err(Fail::Disconnected)
+            }
+            Ok(WaitOutcome::Ready) => Ok(()),
+            Ok(WaitOutcome::TimedOut) => Err(Fail::Timeout),
+            Ok(WaitOutcome::PeerGone) => {
+                self.peer_gone = true;
+                Err(Fail::Disconnected)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Writes one frame of `len` bytes filled by `fill`, waiting per `deadline`. Not published.
+    pub(super) fn put_frame(
+        &mut self,
+        frame_kind: u8,
+        len: usize,
+        deadline: Deadline,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        if let Some(buf) = self.prod.reserve_fast(len) {
+            let n = fill(buf)?;
+            self.prod.commit(frame_kind, n);
+            return Ok(());
+        }
+        loop {
+            match self.prod.reserve(len) {
+                Ok(Some(buf)) => {
+                    let n = fill(buf)?;
+                    self.prod.commit(frame_kind, n);
+                    return Ok(());
+                }
+                Ok(None) => self.wait_room(len, deadline)?,
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+    }
+
+    /// Sends one message of exactly `size` bytes, written by `write` into the space it is
+    /// given (which is `size` bytes long). `publish` = wake the consumer now.
+    pub(crate) fn send_with(
+        &mut self,
+        size: usize,
+        deadline: Deadline,
+        publish: bool,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        self.check_alive()?;
+        self.send_checked(size, deadline, publish, write)
+    }
+
+    /// Sends one message that `encode` writes into the space it is given, returning how many
+    /// bytes it wrote (or an error if they do not fit); `size` measures it exactly.
+    ///
+    /// The common case skips the sizing pass: `encode` runs once, straight into a reservation
+    /// of [`guess`](RawSender::guess) bytes (the last measured size, rounded up), and only the
+    /// bytes it wrote are committed. If that reservation cannot be had at once (the ring looks
+    /// full, or the frame would need padding at the end of the ring), or `encode` fails
+    /// (the message outgrew the guess, or is over `max_message`), nothing is committed (the
+    /// bytes `encode` wrote lie in free space the consumer cannot see) and the message takes
+    /// the exact path: `size`, then [`send_with`](RawSender::send_with)'s reservation of exactly
+    /// that, so a message too large for one frame, too large for `max_message`, or a ring
+    /// too full for the guess behave as if no guess had been made.
+    #[inline]
+    pub(crate) fn send_encoded(
+        &mut self,
+        deadline: Deadline,
+        publish: bool,
+        encode: impl Fn(&mut [u8]) -> Result<usize, Error>,
+        size: impl FnOnce() -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        self.check_alive()?;
+        if self.guess != 0 && !self.mid_message && !self.abort_owed {
+            // Only the fast reservation: a guess that needs padding or a re-read of the
+            // consumer's index is not worth it (the exact path below does both).
+            if let Some(buf) = self.prod.reserve_fast(self.guess) {
+                if let Ok(n) = encode(buf) {
+                    if n <= self.max_message {
+                        self.prod.commit(kind::MSG, n);
+                        self.stats.messages += 1;
+                        self.stats.bytes += n as u64;
+                        if publish {
+                            self.publish()?;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let n = size()?;
+        self.guess = Self::guess_for(n, self.prod.max_payload());
+        self.send_checked(n, deadline, publish, encode)
+    }
+
+    /// The reservation [`send_encoded`](RawSender::send_encoded) tries for a message that
+    /// measured `n` bytes last time: `n` rounded up to 64 bytes, or 0 (always measure) above
+    /// [`GUESS_MAX`] or above one frame.
+    fn guess_for(n: usize, max_payload: usize) -> usize {
+        let g = (n.max(1) + 63) & !63;
+        if g > GUESS_MAX || g > max_payload {
+            0
+        } else {
+            g
+        }
+    }
+
+    /// The bytes [`send_encoded`](RawSender::send_encoded) reserves before encoding (0 =
+    /// measure first).
+    pub fn guess(&self) -> usize {
+        self.guess
+    }
+
+    /// [`send_with`](RawSender::send_with) after its liveness check.
+    #[inline]
+    fn send_checked(
+        &mut self,
+        size: usize,
+        deadline: Deadline,
+        publish: bool,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        if self.mid_message {
+            // Another caller's message is half in; its fragments come first.
+            return Err(Fail::NotNow);
+        }
+        if size > self.max_message {
+            return Err(Fail::Error(Error::TooLarge {
+                size,
+                max: self.max_message,
+            }));
+        }
+        if self.abort_owed {
+            self.put_frame(kind::ABORT, 0, deadline, |_| Ok(0))?;
+            self.abort_owed = false;
+        }
+        if size <= self.prod.max_payload() {
+            self.put_frame(kind::MSG, size, deadline, write)?;
+        } else {
+            self.send_fragmented(size, deadline, write)?;
+        }
+        self.stats.messages += 1;
+        self.stats.bytes += size as u64;
+        if publish {
+            self.publish()?;
+        }
+        Ok(())
+    }
+
+    /// Sends one message of exactly `len` bytes written in place by `write`, which gets the
+    /// reserved ring space (for messages up to [`max_frame`](RawSender::max_frame); larger
+    /// ones are written into a scratch buffer and fragmented). Nothing is visible to the
+    /// receiver until `write` returns, so a writer that dies inside `write` leaves no
+    /// half-written frame behind.
+    pub fn send_in_place(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<(), Error> {
+        self.send_with(len, Deadline::Never, true, |buf| {
+            write(buf);
+            Ok(len)
+        })
+        .map_err(fail_to_error)
+    }
+
+    /// Sends `bytes` as one message, waiting for room as the wait strategy says.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.send_with(bytes.len(), Deadline::Never, true, |buf| {
+            buf.copy_from_slice(bytes);
+            Ok(bytes.len())
+        })
+        .map_err(fail_to_error)
+    }
+
+    /// Sends `bytes` if there is room now; `Ok(false)` if the ring is full.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> Result<bool, Error> {
+        match self.send_with(bytes.len(), Deadline::Now, true, |buf| {
+            buf.copy_from_slice(bytes);
+            Ok(bytes.len())
+        }) {
+            Ok(()) => Ok(true),
+            Err(Fail::NotNow) => Ok(false),
+            Err(f) => Err(fail_to_error(f)),
+        }
+    }
+}
