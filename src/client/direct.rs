@@ -42,6 +42,8 @@ mod intro;
 mod memo;
 #[path = "direct/serve.rs"]
 mod serve;
+#[path = "direct/wire.rs"]
+mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
@@ -55,7 +57,7 @@ use super::{CallError, Inner, Reply};
 use crate::error::Fail;
 use crate::proto::{ClientMsg, DirectMsg};
 use crate::wait::Deadline;
-use crate::{codec, Error, RawReceiver, RawSender};
+use crate::{Error, RawReceiver, RawSender};
 
 pub(super) use serve::Marker;
 
@@ -160,7 +162,11 @@ impl Default for DirectState {
 
 impl DirectState {
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }
 
@@ -175,6 +181,37 @@ pub(super) fn counts(msg: &ClientMsg<'_>) -> bool {
             | ClientMsg::DirectClose { .. }
             | ClientMsg::DirectCache { .. }
     )
+}
+
+/// How sending a direct call ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// Not sent, and it may go through the hub instead: the link went down first, or the
+    /// call is larger than the link's ring can ever hold. Either way nothing of it is on the
+    /// link, so the hub-routed call keeps the ordering promise (it follows everything sent
+    /// through the hub before it).
+    No,
+    /// Not sent: the link's ring stayed full until the call's deadline (the owner is not
+    /// reading: its handlers are busy, or [`serve::MAX_INFLIGHT`] of our calls wait for their
+    /// answer there). The call fails with [`CallError::Busy`], not re-sent through the hub:
+    /// that would take up to twice the caller's deadline, and could overtake our direct
+    /// calls still queued on the link.
+    Full,
+}
+
+impl Sent {
+    /// What the caller gets for a call that was not sent: `None` goes through the hub.
+    fn unsent(self, l: &DLink) -> Option<Result<Reply, CallError>> {
+        match self {
+            Sent::Full => Some(Err(CallError::Busy(format!(
+                "the direct link to {:?} stayed full until the call's deadline (the owner \
+                 takes no more calls for now); the call was not sent",
+                l.peer
+            )))),
+            _ => None,
+        }
+    }
 }
 
 /// One message received on a requester's link.
@@ -234,8 +271,8 @@ impl super::Client {
 
 impl Inner {
     /// The live link to `peer` (as requester or owner), touched.
-    pub(super) fn direct_link(&self, peer: &str) -> Option<Arc<DLink>> {
-        let now = self.direct.now_ms();
+    pub(super) fn direct_link(&self, peer: &str, now: Instant) -> Option<Arc<DLink>> {
+        let now = self.direct.ms_at(now);
         // Sweep first: a link idle for too long is closed, not revived by this call.
         if now.saturating_sub(self.direct.last_sweep.load(Ordering::Relaxed)) >= 250 {
             self.direct.last_sweep.store(now, Ordering::Relaxed);
@@ -281,14 +318,16 @@ impl Inner {
         timeout: Option<Duration>,
         frame: impl FnOnce(u64, u64) -> DirectMsg<'m>,
     ) -> Option<Result<Reply, CallError>> {
-        let Some(l) = self.direct_link(to) else {
+        // One clock read for the link's LRU stamp, the sweep and the call's deadline.
+        let now = Instant::now();
+        let Some(l) = self.direct_link(to, now) else {
             self.maybe_introduce(to);
             return None;
         };
         let fence = self.fence_for(&l).ok()?;
         let req = self.next_req();
         let msg = frame(req, fence);
-        let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(5));
+        let deadline = now + timeout.unwrap_or(Duration::from_secs(5));
         if let Ok(mut g) = l.rx.try_lock() {
             let res = self.direct_call_holding(&l, &mut g, &msg, req, deadline);
             drop(g);
@@ -297,11 +336,13 @@ impl Inner {
         }
         let slot = Slot::new();
         l.waits.lock().expect("lock").insert(req, slot.clone());
-        if !self.direct_send(&l, &msg, None, deadline) {
-            l.waits.lock().expect("lock").remove(&req);
-            return None;
+        match self.direct_send(&l, &msg, None, deadline) {
+            Sent::Yes => Some(self.direct_await(&l, req, &slot, deadline)),
+            other => {
+                l.waits.lock().expect("lock").remove(&req);
+                other.unsent(&l)
+            }
         }
-        Some(self.direct_await(&l, req, &slot, deadline))
     }
 
     /// A direct call by the thread that holds the link's receiver: sends, then receives
@@ -314,8 +355,9 @@ impl Inner {
         req: u64,
         deadline: Instant,
     ) -> Option<Result<Reply, CallError>> {
-        if !self.direct_send(l, msg, Some(g), deadline) {
-            return None;
+        match self.direct_send(l, msg, Some(g), deadline) {
+            Sent::Yes => {}
+            other => return other.unsent(l),
         }
         loop {
             match self.direct_recv(l, g, Deadline::At(deadline), req) {
@@ -370,44 +412,41 @@ impl Inner {
     }
 
     /// Sends a call on `l`, in attempts of at most 1 ms (draining replies between them when
-    /// we hold the receiver). False if the link failed or the deadline passed first: the
-    /// call was not sent.
+    /// we hold the receiver), until the call's deadline.
     fn direct_send(
         &self,
         l: &DLink,
         msg: &DirectMsg<'_>,
         mut held: Option<&mut Option<RawReceiver>>,
         deadline: Instant,
-    ) -> bool {
-        let Ok(len) = codec::encoded_len(msg) else {
-            return false;
-        };
+    ) -> Sent {
+        let len = wire::encoded_len(msg);
         let mut d = Deadline::Now;
         loop {
             let res = {
                 let mut g = l.tx.lock().expect("lock");
                 match g.as_mut() {
                     None => Err(Fail::Disconnected),
-                    Some(tx) => tx.send_with(len, d, true, |buf| codec::encode_into(msg, buf)),
+                    Some(tx) => tx.send_with(len, d, true, |buf| wire::encode_into(msg, buf)),
                 }
             };
             match res {
-                Ok(()) => return true,
+                Ok(()) => return Sent::Yes,
                 Err(Fail::NotNow | Fail::Timeout) if Instant::now() < deadline => {
                     if let Some(g) = held.as_deref_mut() {
                         let _ = self.direct_recv(l, g, Deadline::Now, 0);
                     }
                     d = Deadline::Within(Duration::from_millis(1));
                 }
-                Err(Fail::NotNow | Fail::Timeout) => return false,
-                Err(Fail::Error(Error::TooLarge { .. })) => return false,
+                Err(Fail::NotNow | Fail::Timeout) => return Sent::Full,
+                Err(Fail::Error(Error::TooLarge { .. })) => return Sent::No,
                 Err(Fail::Disconnected) => {
                     self.direct_down(l, Down::Gone);
-                    return false;
+                    return Sent::No;
                 }
                 Err(Fail::Error(e)) => {
                     self.direct_down(l, Down::Misbehaved(e.to_string()));
-                    return false;
+                    return Sent::No;
                 }
             }
         }
@@ -426,7 +465,7 @@ impl Inner {
             return Err(down_error(l, &Down::Gone));
         };
         let res = rx.recv_with(d, |bytes| {
-            match codec::decode_borrowed::<DirectMsg<'_>>(bytes) {
+            match wire::decode(bytes) {
                 Ok(DirectMsg::Reply { req, answer }) if req == mine => Got::Mine(reply_of(answer)),
                 Ok(DirectMsg::Reply { req, answer }) => {
                     let slot = l.waits.lock().expect("lock").remove(&req);
@@ -436,7 +475,7 @@ impl Inner {
                     Got::Other
                 }
                 Ok(_) => Got::Bad("a call frame from the owner".into()),
-                Err(e) => Got::Bad(e.to_string()),
+                Err(e) => Got::Bad(e.into()),
             }
         });
         let why = match res {
