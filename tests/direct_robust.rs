@@ -239,7 +239,10 @@ fn a_full_link_fails_the_call_as_busy_without_going_through_the_hub() {
             );
         }
         let r = web.request_direct("bot", "hold", &filler, short);
-        assert!(matches!(r, Err(CallError::Busy(_))), "a call on the full link: {r:?}");
+        assert!(
+            matches!(r, Err(CallError::Busy(_))),
+            "a call on the full link: {r:?}"
+        );
         assert_eq!(
             msgs_in(&dir, "web"),
             before,

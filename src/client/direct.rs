@@ -4,7 +4,8 @@
 //! stays the authority: it knows every link, caches the owner's answers that carry a TTL,
 //! and tells each side when the other leaves. This file holds the state ([`DirectState`],
 //! [`DLink`]) and the requester's side; `direct/intro.rs` the introductions,
-//! `direct/serve.rs` the owner's side, `direct/memo.rs` what the hub's cache holds.
+//! `direct/serve.rs` the owner's side, `direct/memo.rs` what the hub's cache holds,
+//! `direct/wire.rs` the frames' encoding.
 //!
 //! # Ordering
 //!
@@ -32,6 +33,12 @@
 //!   the frame its role expects) is closed at once: its waiting calls fail, the hub is told,
 //!   and later calls to that owner go through the hub. A peer that misbehaved is not
 //!   introduced again for [`SHUN_FOR`]. Nothing here touches the hub link's state.
+//! * A call goes through the hub instead only if nothing of it reached the link (no link
+//!   yet, the link went down before the send, or the call is larger than a message may
+//!   be). A call that finds the ring full until its deadline (the owner reads no more
+//!   calls: busy handlers, or `MAX_INFLIGHT` unanswered) fails with `CallError::Busy`: not
+//!   sent, so safe to retry.
+//! * Frames are encoded and decoded by `direct/wire.rs` (bincode's bytes, by hand).
 //! * Locks: a link's `rx` is held across a receive (like the hub's `rx`); its `tx` for one
 //!   bounded send attempt (at most 1 ms); the rest are leaves. A thread holding a link's lock
 //!   may take the hub's `tx` (to send a fence or a close), never the other way round.
@@ -188,7 +195,7 @@ pub(super) fn counts(msg: &ClientMsg<'_>) -> bool {
 enum Sent {
     Yes,
     /// Not sent, and it may go through the hub instead: the link went down first, or the
-    /// call is larger than the link's ring can ever hold. Either way nothing of it is on the
+    /// call is larger than any message may be. Either way nothing of it is on the
     /// link, so the hub-routed call keeps the ordering promise (it follows everything sent
     /// through the hub before it).
     No,
@@ -464,19 +471,17 @@ impl Inner {
         let Some(rx) = g.as_mut() else {
             return Err(down_error(l, &Down::Gone));
         };
-        let res = rx.recv_with(d, |bytes| {
-            match wire::decode(bytes) {
-                Ok(DirectMsg::Reply { req, answer }) if req == mine => Got::Mine(reply_of(answer)),
-                Ok(DirectMsg::Reply { req, answer }) => {
-                    let slot = l.waits.lock().expect("lock").remove(&req);
-                    if let Some(s) = slot {
-                        s.fill(reply_of(answer));
-                    }
-                    Got::Other
+        let res = rx.recv_with(d, |bytes| match wire::decode(bytes) {
+            Ok(DirectMsg::Reply { req, answer }) if req == mine => Got::Mine(reply_of(answer)),
+            Ok(DirectMsg::Reply { req, answer }) => {
+                let slot = l.waits.lock().expect("lock").remove(&req);
+                if let Some(s) = slot {
+                    s.fill(reply_of(answer));
                 }
-                Ok(_) => Got::Bad("a call frame from the owner".into()),
-                Err(e) => Got::Bad(e.into()),
+                Got::Other
             }
+            Ok(_) => Got::Bad("a call frame from the owner".into()),
+            Err(e) => Got::Bad(e.into()),
         });
         let why = match res {
             Ok(Got::Mine(v)) => return Ok(Some(v)),

@@ -342,7 +342,8 @@ impl Inner {
             req,
             answer: *answer,
         };
-        let until = Instant::now() + Duration::from_secs(1);
+        // Read from the clock only when the ring is full (one read per answer saved).
+        let mut until = None;
         let mut d = Deadline::Now;
         loop {
             let len = super::wire::encoded_len(&msg);
@@ -350,12 +351,19 @@ impl Inner {
                 let mut g = l.tx.lock().expect("lock");
                 match g.as_mut() {
                     None => return,
-                    Some(tx) => tx.send_with(len, d, true, |buf| super::wire::encode_into(&msg, buf)),
+                    Some(tx) => {
+                        tx.send_with(len, d, true, |buf| super::wire::encode_into(&msg, buf))
+                    }
                 }
             };
             match res {
                 Ok(()) => return,
-                Err(Fail::NotNow | Fail::Timeout) if wait && Instant::now() < until => {
+                Err(Fail::NotNow | Fail::Timeout)
+                    if wait
+                        && Instant::now()
+                            < *until
+                                .get_or_insert_with(|| Instant::now() + Duration::from_secs(1)) =>
+                {
                     d = Deadline::Within(Duration::from_millis(1));
                 }
                 Err(Fail::NotNow | Fail::Timeout) => {

@@ -66,7 +66,9 @@ fn bytes_len(b: &[u8]) -> usize {
 
 fn answer_len(a: &Answer<'_>) -> usize {
     1 + match a {
-        Answer::Ok { payload, ttl_ms } => 1 + bytes_len(payload.bytes) + varint_len(zigzag(*ttl_ms)),
+        Answer::Ok { payload, ttl_ms } => {
+            1 + bytes_len(payload.bytes) + varint_len(zigzag(*ttl_ms))
+        }
         Answer::Err { message, .. } => 1 + bytes_len(message.as_bytes()),
     }
 }
@@ -75,7 +77,11 @@ fn answer_len(a: &Answer<'_>) -> usize {
 pub(in crate::client) fn encoded_len(m: &DirectMsg<'_>) -> usize {
     1 + match m {
         DirectMsg::Get {
-            req, fence, kind, key, ..
+            req,
+            fence,
+            kind,
+            key,
+            ..
         } => {
             varint_len(*req)
                 + varint_len(*fence)
@@ -109,19 +115,19 @@ struct Out<'b> {
 }
 
 impl Out<'_> {
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, b: &[u8]) {
         self.buf[self.at..self.at + b.len()].copy_from_slice(b);
         self.at += b.len();
     }
 
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self, b: u8) {
         self.buf[self.at] = b;
         self.at += 1;
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self, v: u64) {
         if v < U16_BYTE as u64 {
             self.byte(v as u8)
@@ -137,7 +143,7 @@ impl Out<'_> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
         self.put(b)
@@ -146,7 +152,10 @@ impl Out<'_> {
 
 /// Encodes `m` into `buf` (as `codec::encode_into` would); returns the bytes written. An
 /// error if `buf` is shorter than [`encoded_len`].
-pub(in crate::client) fn encode_into(m: &DirectMsg<'_>, buf: &mut [u8]) -> Result<usize, crate::Error> {
+pub(in crate::client) fn encode_into(
+    m: &DirectMsg<'_>,
+    buf: &mut [u8],
+) -> Result<usize, crate::Error> {
     if buf.len() < encoded_len(m) {
         return Err(crate::Error::Encode("direct frame: no room".into()));
     }
@@ -366,14 +375,30 @@ mod tests {
     use crate::codec;
 
     fn samples() -> Vec<DirectMsg<'static>> {
-        let ints = [0u64, 1, 250, 251, 252, 255, 65_535, 65_536, u32::MAX as u64, u32::MAX as u64 + 1, u64::MAX];
+        let ints = [
+            0u64,
+            1,
+            250,
+            251,
+            252,
+            255,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ];
         let ttls = [0i64, 1, -1, 125, -126, 1 << 40, i64::MAX, i64::MIN];
         let big: &'static [u8] = Box::leak(vec![7u8; 70_000].into_boxed_slice());
         let text: &'static str = Box::leak("é".repeat(200).into_boxed_str());
         let mut v = Vec::new();
         for (n, &x) in ints.iter().enumerate() {
             let y = ints[(n + 3) % ints.len()];
-            let enc = if n % 2 == 0 { Encoding::Bincode } else { Encoding::Json };
+            let enc = if n % 2 == 0 {
+                Encoding::Bincode
+            } else {
+                Encoding::Json
+            };
             v.push(DirectMsg::Get {
                 req: x,
                 fence: y,
