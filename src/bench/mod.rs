@@ -446,7 +446,7 @@ impl Drop for Session {
             }
             // A direct owner leaves by itself once its link is gone: give it time (under a
             // profiler it is slow to exit); the others are killed after 1 s.
-            let tries = if hub_last && self.opts.direct && i == 0 {
+            let tries = if hub_last && self.opts.direct && !self.opts.cached && i == 0 {
                 4000
             } else {
                 200
