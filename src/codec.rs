@@ -115,7 +115,13 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, dst: &mut [u8]) -> Result<u
 
 /// Encodes `value` into a fresh `Vec`.
 pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
-    bincode::serde::encode_to_vec(value, CONFIG).map_err(|e| Error::Encode(e.to_string()))
+    // Measured first, then written into a buffer of exactly that size: bincode's own
+    // `encode_to_vec` grows its `Vec` from empty (for a 64 B value, five reallocations,
+    // more instructions than the encoding).
+    let mut v = Vec::with_capacity(encoded_len(value)?);
+    bincode::serde::encode_into_std_write(value, &mut v, CONFIG)
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(v)
 }
 
 /// Appends the encoding of `value` to `out`.

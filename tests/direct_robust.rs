@@ -1,7 +1,8 @@
 //! Direct links under stress and abuse (issue 17 item 2, robustness), with a real hub process
 //! and the owner in its own process: a requester whose fence never arrives, messages larger
 //! than the link's ring (fragmented) and larger than any message may be, many concurrent
-//! callers on one link, and a hub restart while links exist.
+//! callers on one link, a link whose owner takes no more calls (full ring), and a hub
+//! restart while links exist.
 
 mod util;
 
@@ -31,6 +32,15 @@ fn run_owner() {
             .decode::<String>()
             .map(|s| s.len() as u64)
             .map_err(|e| e.to_string())
+    });
+    // Holds its handler thread (the link's reading thread) for 3 s on "hold", so that the
+    // requester's direct ring fills.
+    c.on_request("hold", |r| {
+        let s = r.payload.decode::<String>().map_err(|e| e.to_string())?;
+        if s == "hold" {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Ok(s.len() as u64)
     });
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end {
@@ -186,6 +196,69 @@ fn big_messages_fragment_and_oversized_ones_fail_cleanly() {
     let before = msgs_in(&dir, "web");
     assert_eq!(echo(&web, "still").unwrap(), "still");
     assert_eq!(msgs_in(&dir, "web"), before, "and is used");
+}
+
+/// A direct call that finds the link's ring full until its deadline fails with `Busy` (it
+/// was not sent) instead of going through the hub behind the caller's back; the link
+/// survives and serves again once the owner reads.
+#[test]
+fn a_full_link_fails_the_call_as_busy_without_going_through_the_hub() {
+    if role().as_deref() == Some("owner") {
+        return run_owner();
+    }
+    let _w = watchdog("direct_full", 120);
+    let dir = TestDir::new("direct-full");
+    let _hub = Kids(vec![util::hub_process(
+        dir.path(),
+        &["--ring-bytes", "65536"],
+    )]);
+    let _o = Kids(vec![start_owner(
+        "a_full_link_fails_the_call_as_busy_without_going_through_the_hub",
+        &dir,
+    )]);
+    let web = requester(&dir, "web");
+    linked(&web);
+    assert_eq!(echo(&web, "fence").unwrap(), "fence");
+    let before = msgs_in(&dir, "web");
+    let filler = "f".repeat(8 << 10);
+    let short = Some(Duration::from_millis(500));
+    std::thread::scope(|s| {
+        // The owner's reading thread runs this handler and stops reading for 3 s.
+        let web = &web;
+        s.spawn(move || web.request_direct("bot", "hold", &"hold".to_string(), None));
+        std::thread::sleep(Duration::from_millis(200));
+        // 64 KiB ring, 8 KiB calls: the ring is full after a handful; each of these times out.
+        let fill: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| web.request_direct("bot", "hold", &filler, short)))
+            .collect();
+        for f in fill {
+            let r = f.join().unwrap();
+            assert!(
+                matches!(r, Err(CallError::Timeout(_)) | Err(CallError::Busy(_))),
+                "a call behind the held handler: {r:?}"
+            );
+        }
+        let r = web.request_direct("bot", "hold", &filler, short);
+        assert!(
+            matches!(r, Err(CallError::Busy(_))),
+            "a call on the full link: {r:?}"
+        );
+        assert_eq!(
+            msgs_in(&dir, "web"),
+            before,
+            "a call that found the link full went through the hub"
+        );
+    });
+    // The owner reads again: the link serves (eventually: the queued calls drain first).
+    assert!(
+        eventually(30, || echo(&web, "again").is_ok_and(|s| s == "again")),
+        "the link did not serve again"
+    );
+    assert!(
+        web.direct_peers().iter().any(|p| p == "bot"),
+        "the direct link survived"
+    );
+    assert_eq!(msgs_in(&dir, "web"), before, "and every call went direct");
 }
 
 #[test]

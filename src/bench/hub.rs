@@ -72,7 +72,17 @@ pub(super) fn run_owner(o: &Opts, dir: &Path) -> Result<(), Error> {
     let q = p.clone();
     c.on_get("bench", move |_| Ok((p.clone(), Ttl::Forever)));
     c.on_request("bench", move |_| Ok(q.clone()));
+    // With `--direct` the owner leaves once the requester's link is gone (so that a
+    // profiler running it, e.g. callgrind, gets to write its output).
+    let mut linked = false;
     loop {
+        if o.direct {
+            let now = !c.direct_peers().is_empty();
+            if linked && !now {
+                return Ok(());
+            }
+            linked |= now;
+        }
         match c.poll(Duration::from_millis(100)) {
             Ok(_) => {}
             Err(Error::Disconnected) => return Ok(()),

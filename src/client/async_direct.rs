@@ -50,7 +50,7 @@ impl AsyncClient {
         call: DirectCall,
     ) -> Option<Result<Reply, CallError>> {
         let inner = self.inner();
-        if inner.direct_link(to).is_none() {
+        if inner.direct_link(to, std::time::Instant::now()).is_none() {
             inner.maybe_introduce(to);
             return None;
         }

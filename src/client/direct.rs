@@ -4,7 +4,8 @@
 //! stays the authority: it knows every link, caches the owner's answers that carry a TTL,
 //! and tells each side when the other leaves. This file holds the state ([`DirectState`],
 //! [`DLink`]) and the requester's side; `direct/intro.rs` the introductions,
-//! `direct/serve.rs` the owner's side, `direct/memo.rs` what the hub's cache holds.
+//! `direct/serve.rs` the owner's side, `direct/memo.rs` what the hub's cache holds,
+//! `direct/wire.rs` the frames' encoding.
 //!
 //! # Ordering
 //!
@@ -32,6 +33,12 @@
 //!   the frame its role expects) is closed at once: its waiting calls fail, the hub is told,
 //!   and later calls to that owner go through the hub. A peer that misbehaved is not
 //!   introduced again for [`SHUN_FOR`]. Nothing here touches the hub link's state.
+//! * A call goes through the hub instead only if nothing of it reached the link (no link
+//!   yet, the link went down before the send, or the call is larger than a message may
+//!   be). A call that finds the ring full until its deadline (the owner reads no more
+//!   calls: busy handlers, or `MAX_INFLIGHT` unanswered) fails with `CallError::Busy`: not
+//!   sent, so safe to retry.
+//! * Frames are encoded and decoded by `direct/wire.rs` (bincode's bytes, by hand).
 //! * Locks: a link's `rx` is held across a receive (like the hub's `rx`); its `tx` for one
 //!   bounded send attempt (at most 1 ms); the rest are leaves. A thread holding a link's lock
 //!   may take the hub's `tx` (to send a fence or a close), never the other way round.
@@ -42,6 +49,8 @@ mod intro;
 mod memo;
 #[path = "direct/serve.rs"]
 mod serve;
+#[path = "direct/wire.rs"]
+mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
@@ -55,7 +64,7 @@ use super::{CallError, Inner, Reply};
 use crate::error::Fail;
 use crate::proto::{ClientMsg, DirectMsg};
 use crate::wait::Deadline;
-use crate::{codec, Error, RawReceiver, RawSender};
+use crate::{Error, RawReceiver, RawSender};
 
 pub(super) use serve::Marker;
 
@@ -160,7 +169,11 @@ impl Default for DirectState {
 
 impl DirectState {
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }
 
@@ -175,6 +188,37 @@ pub(super) fn counts(msg: &ClientMsg<'_>) -> bool {
             | ClientMsg::DirectClose { .. }
             | ClientMsg::DirectCache { .. }
     )
+}
+
+/// How sending a direct call ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// Not sent, and it may go through the hub instead: the link went down first, or the
+    /// call is larger than any message may be. Either way nothing of it is on the
+    /// link, so the hub-routed call keeps the ordering promise (it follows everything sent
+    /// through the hub before it).
+    No,
+    /// Not sent: the link's ring stayed full until the call's deadline (the owner is not
+    /// reading: its handlers are busy, or [`serve::MAX_INFLIGHT`] of our calls wait for their
+    /// answer there). The call fails with [`CallError::Busy`], not re-sent through the hub:
+    /// that would take up to twice the caller's deadline, and could overtake our direct
+    /// calls still queued on the link.
+    Full,
+}
+
+impl Sent {
+    /// What the caller gets for a call that was not sent: `None` goes through the hub.
+    fn unsent(self, l: &DLink) -> Option<Result<Reply, CallError>> {
+        match self {
+            Sent::Full => Some(Err(CallError::Busy(format!(
+                "the direct link to {:?} stayed full until the call's deadline (the owner \
+                 takes no more calls for now); the call was not sent",
+                l.peer
+            )))),
+            _ => None,
+        }
+    }
 }
 
 /// One message received on a requester's link.
@@ -234,8 +278,8 @@ impl super::Client {
 
 impl Inner {
     /// The live link to `peer` (as requester or owner), touched.
-    pub(super) fn direct_link(&self, peer: &str) -> Option<Arc<DLink>> {
-        let now = self.direct.now_ms();
+    pub(super) fn direct_link(&self, peer: &str, now: Instant) -> Option<Arc<DLink>> {
+        let now = self.direct.ms_at(now);
         // Sweep first: a link idle for too long is closed, not revived by this call.
         if now.saturating_sub(self.direct.last_sweep.load(Ordering::Relaxed)) >= 250 {
             self.direct.last_sweep.store(now, Ordering::Relaxed);
@@ -281,14 +325,16 @@ impl Inner {
         timeout: Option<Duration>,
         frame: impl FnOnce(u64, u64) -> DirectMsg<'m>,
     ) -> Option<Result<Reply, CallError>> {
-        let Some(l) = self.direct_link(to) else {
+        // One clock read for the link's LRU stamp, the sweep and the call's deadline.
+        let now = Instant::now();
+        let Some(l) = self.direct_link(to, now) else {
             self.maybe_introduce(to);
             return None;
         };
         let fence = self.fence_for(&l).ok()?;
         let req = self.next_req();
         let msg = frame(req, fence);
-        let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(5));
+        let deadline = now + timeout.unwrap_or(Duration::from_secs(5));
         if let Ok(mut g) = l.rx.try_lock() {
             let res = self.direct_call_holding(&l, &mut g, &msg, req, deadline);
             drop(g);
@@ -297,11 +343,13 @@ impl Inner {
         }
         let slot = Slot::new();
         l.waits.lock().expect("lock").insert(req, slot.clone());
-        if !self.direct_send(&l, &msg, None, deadline) {
-            l.waits.lock().expect("lock").remove(&req);
-            return None;
+        match self.direct_send(&l, &msg, None, deadline) {
+            Sent::Yes => Some(self.direct_await(&l, req, &slot, deadline)),
+            other => {
+                l.waits.lock().expect("lock").remove(&req);
+                other.unsent(&l)
+            }
         }
-        Some(self.direct_await(&l, req, &slot, deadline))
     }
 
     /// A direct call by the thread that holds the link's receiver: sends, then receives
@@ -314,8 +362,9 @@ impl Inner {
         req: u64,
         deadline: Instant,
     ) -> Option<Result<Reply, CallError>> {
-        if !self.direct_send(l, msg, Some(g), deadline) {
-            return None;
+        match self.direct_send(l, msg, Some(g), deadline) {
+            Sent::Yes => {}
+            other => return other.unsent(l),
         }
         loop {
             match self.direct_recv(l, g, Deadline::At(deadline), req) {
@@ -370,44 +419,41 @@ impl Inner {
     }
 
     /// Sends a call on `l`, in attempts of at most 1 ms (draining replies between them when
-    /// we hold the receiver). False if the link failed or the deadline passed first: the
-    /// call was not sent.
+    /// we hold the receiver), until the call's deadline.
     fn direct_send(
         &self,
         l: &DLink,
         msg: &DirectMsg<'_>,
         mut held: Option<&mut Option<RawReceiver>>,
         deadline: Instant,
-    ) -> bool {
-        let Ok(len) = codec::encoded_len(msg) else {
-            return false;
-        };
+    ) -> Sent {
+        let len = wire::encoded_len(msg);
         let mut d = Deadline::Now;
         loop {
             let res = {
                 let mut g = l.tx.lock().expect("lock");
                 match g.as_mut() {
                     None => Err(Fail::Disconnected),
-                    Some(tx) => tx.send_with(len, d, true, |buf| codec::encode_into(msg, buf)),
+                    Some(tx) => tx.send_with(len, d, true, |buf| wire::encode_into(msg, buf)),
                 }
             };
             match res {
-                Ok(()) => return true,
+                Ok(()) => return Sent::Yes,
                 Err(Fail::NotNow | Fail::Timeout) if Instant::now() < deadline => {
                     if let Some(g) = held.as_deref_mut() {
                         let _ = self.direct_recv(l, g, Deadline::Now, 0);
                     }
                     d = Deadline::Within(Duration::from_millis(1));
                 }
-                Err(Fail::NotNow | Fail::Timeout) => return false,
-                Err(Fail::Error(Error::TooLarge { .. })) => return false,
+                Err(Fail::NotNow | Fail::Timeout) => return Sent::Full,
+                Err(Fail::Error(Error::TooLarge { .. })) => return Sent::No,
                 Err(Fail::Disconnected) => {
                     self.direct_down(l, Down::Gone);
-                    return false;
+                    return Sent::No;
                 }
                 Err(Fail::Error(e)) => {
                     self.direct_down(l, Down::Misbehaved(e.to_string()));
-                    return false;
+                    return Sent::No;
                 }
             }
         }
@@ -425,19 +471,17 @@ impl Inner {
         let Some(rx) = g.as_mut() else {
             return Err(down_error(l, &Down::Gone));
         };
-        let res = rx.recv_with(d, |bytes| {
-            match codec::decode_borrowed::<DirectMsg<'_>>(bytes) {
-                Ok(DirectMsg::Reply { req, answer }) if req == mine => Got::Mine(reply_of(answer)),
-                Ok(DirectMsg::Reply { req, answer }) => {
-                    let slot = l.waits.lock().expect("lock").remove(&req);
-                    if let Some(s) = slot {
-                        s.fill(reply_of(answer));
-                    }
-                    Got::Other
+        let res = rx.recv_with(d, |bytes| match wire::decode(bytes) {
+            Ok(DirectMsg::Reply { req, answer }) if req == mine => Got::Mine(reply_of(answer)),
+            Ok(DirectMsg::Reply { req, answer }) => {
+                let slot = l.waits.lock().expect("lock").remove(&req);
+                if let Some(s) = slot {
+                    s.fill(reply_of(answer));
                 }
-                Ok(_) => Got::Bad("a call frame from the owner".into()),
-                Err(e) => Got::Bad(e.to_string()),
+                Got::Other
             }
+            Ok(_) => Got::Bad("a call frame from the owner".into()),
+            Err(e) => Got::Bad(e.into()),
         });
         let why = match res {
             Ok(Got::Mine(v)) => return Ok(Some(v)),

@@ -46,8 +46,8 @@ pub(super) struct Handlers {
     next: u64,
     /// (id, event name or None for all, handler)
     pub(super) events: Vec<(HandlerId, Option<String>, EventFn)>,
-    pub(super) gets: HashMap<String, (HandlerId, GetFn)>,
-    pub(super) requests: HashMap<String, (HandlerId, RequestFn)>,
+    pub(super) gets: HashMap<String, (HandlerId, GetFn), crate::hash::KeyedHash>,
+    pub(super) requests: HashMap<String, (HandlerId, RequestFn), crate::hash::KeyedHash>,
     pub(super) data: Vec<(HandlerId, Option<String>, DataFn)>,
     pub(super) lifecycle: Vec<(HandlerId, LifecycleFn)>,
     pub(super) disconnect: Vec<(HandlerId, DisconnectFn)>,

@@ -41,7 +41,7 @@ struct Entry {
 /// See the module doc.
 #[derive(Default)]
 pub(in crate::client) struct CacheMemo {
-    map: HashMap<(String, Option<String>), Entry>,
+    map: HashMap<(String, Option<String>), Entry, crate::hash::KeyedHash>,
 }
 
 impl CacheMemo {

@@ -22,12 +22,12 @@ use crate::client::{GetRequest, Inner, Request};
 use crate::error::Fail;
 use crate::proto::{Answer, ClientMsg, DirectMsg, Encoding, ErrorCode, PayloadBuf};
 use crate::wait::Deadline;
-use crate::{codec, Error};
+use crate::Error;
 
 /// Most fences that may wait out of order on one link.
 const MAX_AHEAD: usize = 1024;
 /// Most calls of one link waiting for their answer.
-const MAX_INFLIGHT: usize = 1024;
+pub(super) const MAX_INFLIGHT: usize = 1024;
 
 /// How long a call waits for a fence that has not even arrived from the hub: past it the
 /// requester is taken to misbehave (it announced a fence it never sent) and the link is
@@ -106,7 +106,7 @@ enum Call {
 
 impl Call {
     fn decode(bytes: &[u8]) -> Result<Call, String> {
-        match codec::decode_borrowed::<DirectMsg<'_>>(bytes) {
+        match super::wire::decode(bytes) {
             Ok(DirectMsg::Get {
                 req,
                 fence,
@@ -134,7 +134,7 @@ impl Call {
                 accept,
             }),
             Ok(DirectMsg::Reply { .. }) => Err("a reply frame from the requester".into()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -342,22 +342,28 @@ impl Inner {
             req,
             answer: *answer,
         };
-        let until = Instant::now() + Duration::from_secs(1);
+        // Read from the clock only when the ring is full (one read per answer saved).
+        let mut until = None;
         let mut d = Deadline::Now;
         loop {
-            let Ok(len) = codec::encoded_len(&msg) else {
-                return;
-            };
+            let len = super::wire::encoded_len(&msg);
             let res = {
                 let mut g = l.tx.lock().expect("lock");
                 match g.as_mut() {
                     None => return,
-                    Some(tx) => tx.send_with(len, d, true, |buf| codec::encode_into(&msg, buf)),
+                    Some(tx) => {
+                        tx.send_with(len, d, true, |buf| super::wire::encode_into(&msg, buf))
+                    }
                 }
             };
             match res {
                 Ok(()) => return,
-                Err(Fail::NotNow | Fail::Timeout) if wait && Instant::now() < until => {
+                Err(Fail::NotNow | Fail::Timeout)
+                    if wait
+                        && Instant::now()
+                            < *until
+                                .get_or_insert_with(|| Instant::now() + Duration::from_secs(1)) =>
+                {
                     d = Deadline::Within(Duration::from_millis(1));
                 }
                 Err(Fail::NotNow | Fail::Timeout) => {
