@@ -139,6 +139,14 @@ impl Drop for PendingReply {
         // Filed (then its filler removed the entry), or never will be: forget it.
         if !self.filed {
             self.inner.waits.lock().expect("lock").remove(&self.req);
+            return;
+        }
+        // Filed and taken, held by nothing else: its value is taken and an async caller
+        // never sleeps on it, so only the waker is left to clear before the next call reuses
+        // it (as the sync `recycle` does).
+        if Arc::strong_count(&self.slot) == 1 {
+            *self.slot.waker.lock().expect("lock") = None;
+            *self.inner.spare.lock().expect("lock") = Some(self.slot.clone());
         }
     }
 }

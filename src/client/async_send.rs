@@ -378,7 +378,12 @@ impl Inner {
         side: &Arc<AsyncSide>,
         msg: &ClientMsg<'_>,
     ) -> Result<(), Error> {
-        let gate = side.gate.clone().lock_owned().await;
+        // A free gate is taken without the `Acquire` future (a tokio mutex hands a released
+        // permit to a queued waiter first, so `try_lock` never overtakes one).
+        let gate = match side.gate.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => side.gate.clone().lock_owned().await,
+        };
         let mut len = None;
         let len = match self
             .write_when_room(side, |tx| side.attempt(tx, &mut len, msg))
