@@ -13,6 +13,8 @@
 //!   5 s by default, plus 250 ms so the hub's clearer timeout error normally comes first),
 //!   taken before the send. The send's timer is armed only if the send does not finish on its
 //!   first poll (the common case, a ring with room, needs none).
+//! * A slot comes from this thread's pool of finished async slots (or is new) and goes back
+//!   to it only once its value was taken and nothing else holds it (see [`POOL_MAX`]).
 //! * [`SlotFuture`] stores its waker and then checks the slot again, so a reply filed between
 //!   the first check and the store is not missed.
 
@@ -52,8 +54,10 @@ impl Inner {
     ) -> Result<PendingReply, CallError> {
         let req = self.next_req();
         let wait = timeout.unwrap_or(Duration::from_secs(5)) + Duration::from_millis(250);
+        let slot = take_slot();
+        self.waits.lock().expect("lock").insert(req, slot.clone());
         let pending = PendingReply {
-            slot: self.register(req),
+            slot,
             inner: self.clone(),
             req,
             deadline: tokio::time::Instant::now() + wait,
@@ -66,6 +70,34 @@ impl Inner {
             None => Err(CallError::our_timeout()),
         }
     }
+}
+
+/// Slots of async calls that are done, for the next calls made on this thread (any client:
+/// a slot is only a mailbox). Only slots whose value was taken and that nothing else holds
+/// come here, and an async caller never sleeps on a slot's condvar nor is poked
+/// (`Slot::poke` is for blocked sync callers), so clearing the waker makes one as new. Not
+/// shared with the sync client's `spare` (a sync caller's slot state has more to reset).
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Arc<Slot>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_slot() -> Arc<Slot> {
+    POOL.try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(Slot::new)
+}
+
+fn give_back(slot: Arc<Slot>) {
+    *slot.waker.lock().expect("lock") = None;
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(slot);
+        }
+    });
 }
 
 /// `fut`'s output, or `None` once `deadline` passed: `tokio::time::timeout_at`, except that
@@ -141,12 +173,9 @@ impl Drop for PendingReply {
             self.inner.waits.lock().expect("lock").remove(&self.req);
             return;
         }
-        // Filed and taken, held by nothing else: its value is taken and an async caller
-        // never sleeps on it, so only the waker is left to clear before the next call reuses
-        // it (as the sync `recycle` does).
+        // Filed and taken, held by nothing else: back to this thread's pool.
         if Arc::strong_count(&self.slot) == 1 {
-            *self.slot.waker.lock().expect("lock") = None;
-            *self.inner.spare.lock().expect("lock") = Some(self.slot.clone());
+            give_back(self.slot.clone());
         }
     }
 }
