@@ -159,5 +159,8 @@ fn every_test_that_starts_the_binary_requires_cli() {
              name = \"{name}\" with required-features containing \"cli\""
         );
     }
-    assert!(checked >= 10, "found only {checked} tests that start the binary in {dir}");
+    assert!(
+        checked >= 10,
+        "found only {checked} tests that start the binary in {dir}"
+    );
 }

@@ -49,13 +49,10 @@ impl Inner {
                 if let Ok(_g) = side.gate.try_lock() {
                     drop(d);
                     let sent = item.with_msg(|m| -> Result<bool, Error> {
-                        let len = codec::encoded_len(m)?;
                         let mut g = self.tx.lock().expect("lock");
                         let tx = g.as_mut().ok_or(Error::Disconnected)?;
-                        if len > tx.max_frame() {
-                            return Ok(false);
-                        }
-                        Ok(matches!(side.attempt(tx, len, m)?, Attempt::Done))
+                        // Larger than one frame (nothing written): the worker fragments it.
+                        Ok(matches!(side.attempt(tx, &mut None, m)?, Attempt::Done))
                     });
                     // On an error the worker's send meets it again and reports it (this may run
                     // with the receiver's lock held, where no handler may run).

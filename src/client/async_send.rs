@@ -152,11 +152,13 @@ impl AsyncSide {
         self.corked.fetch_sub(1, Relaxed) == 1 && self.unpublished.swap(false, Relaxed)
     }
 
-    /// One attempt at a one-frame message: published at once, or left for the open batch.
+    /// One attempt at a message: published at once if it fits one frame, or left for the open
+    /// batch; `Fragments(len)` (nothing written) if it does not fit one frame. `len` keeps the
+    /// message's measured size across attempts.
     pub(super) fn attempt(
         &self,
         tx: &mut RawSender,
-        len: usize,
+        len: &mut Option<usize>,
         msg: &ClientMsg<'_>,
     ) -> Result<Attempt, Error> {
         let publish = !self.corked();
@@ -173,6 +175,8 @@ impl AsyncSide {
 pub(super) enum Attempt {
     Done,
     Full,
+    /// Too large for one frame (this many bytes): nothing was written.
+    Fragments(usize),
 }
 
 /// A message larger than one frame, partly written: if the send is cancelled, the rest goes
@@ -218,6 +222,7 @@ async fn push_fragments(f: &mut InFlight) -> Result<(), Error> {
             Ok(if done { Attempt::Done } else { Attempt::Full })
         })
         .await
+        .map(drop)
 }
 
 impl Inner {
@@ -266,30 +271,53 @@ impl Inner {
         }
     }
 
-    /// One attempt at a message that fits one frame: written and published, or `Full`. Never
-    /// waits.
-    /// `publish` = wake the hub now (false inside a send batch).
+    /// One attempt at a message: written and published (`publish` = wake the hub now, false
+    /// inside a send batch), `Full`, or `Fragments` if it is larger than one frame. Never waits.
+    ///
+    /// One encoding pass in the common case: `send_encoded` encodes straight into a reservation
+    /// of the size this sender measured last; only when that cannot be had (or the message
+    /// outgrew it) is the message measured (once: `len` keeps the size for the next attempt)
+    /// and written into a reservation of exactly its size.
     fn try_frame(
         tx: &mut RawSender,
-        len: usize,
+        len: &mut Option<usize>,
         msg: &ClientMsg<'_>,
         publish: bool,
     ) -> Result<Attempt, Error> {
-        match tx.send_with(len, Deadline::Now, publish, |b| codec::encode_into(msg, b)) {
+        let max_frame = tx.max_frame();
+        let mut big = None;
+        let size = || {
+            let n = match *len {
+                Some(n) => n,
+                None => *len.insert(codec::encoded_len(msg)?),
+            };
+            if n > max_frame {
+                // Not for a frame reservation: the caller sends it in fragments.
+                big = Some(n);
+                return Err(Error::TooLarge {
+                    size: n,
+                    max: max_frame,
+                });
+            }
+            Ok(n)
+        };
+        let encode = |b: &mut [u8]| codec::encode_into(msg, b);
+        match tx.send_encoded(Deadline::Now, publish, encode, size) {
             Ok(()) => Ok(Attempt::Done),
+            Err(_) if big.is_some() => Ok(Attempt::Fragments(big.unwrap_or_default())),
             Err(Fail::NotNow) => Ok(Attempt::Full),
             Err(f) => Err(fail_to_error(f)),
         }
     }
 
-    /// Runs `attempt` on the sender until it reports `Done`, awaiting the space doorbell (or
-    /// the control socket's hang-up) whenever the ring is full. The `tx` lock is held only
-    /// inside each attempt.
+    /// Runs `attempt` on the sender until it reports anything but `Full` (which it returns),
+    /// awaiting the space doorbell (or the control socket's hang-up) whenever the ring is full.
+    /// The `tx` lock is held only inside each attempt.
     async fn write_when_room(
         &self,
         side: &AsyncSide,
         mut attempt: impl FnMut(&mut RawSender) -> Result<Attempt, Error>,
-    ) -> Result<(), Error> {
+    ) -> Result<Attempt, Error> {
         loop {
             let outcome = {
                 let mut g = self.tx.lock().expect("lock");
@@ -313,8 +341,8 @@ impl Inner {
                 }
             };
             match outcome {
-                Ok(Attempt::Done) => return Ok(()),
                 Ok(Attempt::Full) => {}
+                Ok(a) => return Ok(a),
                 Err(e) => return Err(self.link_failed(e)),
             }
             let hung_up = tokio::select! {
@@ -350,28 +378,35 @@ impl Inner {
         side: &Arc<AsyncSide>,
         msg: &ClientMsg<'_>,
     ) -> Result<(), Error> {
-        let len = codec::encoded_len(msg)?;
-        let gate = side.gate.clone().lock_owned().await;
-        let (max_frame, max_message) = {
+        // A free gate is taken without the `Acquire` future (a tokio mutex hands a released
+        // permit to a queued waiter first, so `try_lock` never overtakes one).
+        let gate = match side.gate.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => side.gate.clone().lock_owned().await,
+        };
+        let mut len = None;
+        let len = match self
+            .write_when_room(side, |tx| side.attempt(tx, &mut len, msg))
+            .await
+        {
+            Ok(Attempt::Fragments(len)) => len,
+            r => {
+                drop(gate);
+                if r.is_ok() {
+                    self.counted(msg);
+                }
+                return r.map(drop);
+            }
+        };
+        let max_message = {
             let g = self.tx.lock().expect("lock");
-            let tx = g.as_ref().ok_or(Error::Disconnected)?;
-            (tx.max_frame(), tx.max_message())
+            g.as_ref().ok_or(Error::Disconnected)?.max_message()
         };
         if len > max_message {
             return Err(Error::TooLarge {
                 size: len,
                 max: max_message,
             });
-        }
-        if len <= max_frame {
-            let r = self
-                .write_when_room(side, |tx| side.attempt(tx, len, msg))
-                .await;
-            drop(gate);
-            if r.is_ok() {
-                self.counted(msg);
-            }
-            return r;
         }
         let mut bytes = vec![0u8; len];
         let n = codec::encode_into(msg, &mut bytes)?;
