@@ -382,3 +382,40 @@ fn an_owner_the_hub_cannot_introduce_is_refused_and_the_call_goes_through_the_hu
     assert!(shmbus::hub::stat(dir.path()).unwrap().direct.is_empty());
     assert!(web.is_connected());
 }
+
+/// The owner's dispatcher files the hub's `DirectClosed` (its requester left) while the owner
+/// itself is closing: answering the hub with `DirectClose` found `tx` gone and took the path
+/// that locks the receiver to drain it, the lock the dispatcher was holding while filing. The
+/// dispatcher deadlocked on itself and the owner's `drop` waited behind it forever (the
+/// `request_direct` doctest hung CI once). Many rounds of "requester leaves, owner drops at
+/// once", each with a watchdog.
+#[test]
+fn an_owner_closing_while_its_requester_leaves_does_not_deadlock() {
+    let _w = watchdog(
+        "an_owner_closing_while_its_requester_leaves_does_not_deadlock",
+        240,
+    );
+    let dir = TestDir::new("direct-close-race");
+    let _hub = Kids(vec![util::hub_process(dir.path(), &[])]);
+    for i in 0..150u32 {
+        let bot = Client::connect(dir.path(), ClientOptions::new(&format!("bot{i}"))).unwrap();
+        bot.on_request("echo", |r| {
+            r.payload.decode::<String>().map_err(|e| e.to_string())
+        });
+        let web = requester(&dir, &format!("web{i}"));
+        for _ in 0..3 {
+            let r = web
+                .request_direct(&format!("bot{i}"), "echo", &"x".to_string(), None)
+                .unwrap();
+            assert_eq!(r.decode::<String>().unwrap(), "x");
+        }
+        drop(web);
+        // The hub's DirectClosed reaches the owner's dispatcher within tens of µs: drop the
+        // owner at varying points of that window.
+        let until = Instant::now() + Duration::from_micros(u64::from(i % 15) * 20);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        drop(bot);
+    }
+}

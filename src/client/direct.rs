@@ -537,7 +537,10 @@ impl Inner {
         super::call::fail_all(&l.waits, || down_error(l, &why));
         l.fence_cv.notify_all();
         if !matches!(why, Down::Ours("the client closed")) {
-            let _ = self.send(&ClientMsg::DirectClose { link: l.id });
+            // Never waits and never takes `rx`: this runs while filing the hub's messages
+            // (`DirectClosed`, with the receiver's guard held), where `send`'s drain-on-failure
+            // would lock `rx` again and deadlock the dispatcher (and a `Client` drop behind it).
+            let _ = self.send_or_owe(&ClientMsg::DirectClose { link: l.id });
         }
     }
 

@@ -14,6 +14,9 @@
 //! * Owed frames (pongs, dropped tickets' answers) go out before anything else: every send
 //!   writes them first, so a frame counted for the direct links' fences (`direct::counts`)
 //!   when it is owed keeps its place. The queue is bounded (`OWED_MAX`).
+//! * Nothing that runs while the hub's messages are filed (the receiver's guard held: the
+//!   dispatcher, `direct::intro`) sends with [`send`](Inner::send): a send that fails the
+//!   link drains through `rx` and would lock it again. Those use `send_or_owe`.
 //! * Answers to direct calls (`direct::DIRECT_BIT`) never go to the hub: they are handed to
 //!   the direct link they came on.
 

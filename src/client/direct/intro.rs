@@ -112,7 +112,7 @@ impl Inner {
                 None => {
                     // Not asked for (or given up on): close it.
                     let _ = self.take_fds(link);
-                    let _ = self.send(&ClientMsg::DirectClose { link });
+                    let _ = self.send_or_owe(&ClientMsg::DirectClose { link });
                     return false;
                 }
             }
@@ -129,7 +129,7 @@ impl Inner {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(%peer, "direct link unusable, staying on the hub path: {e}");
-                let _ = self.send(&ClientMsg::DirectClose { link });
+                let _ = self.send_or_owe(&ClientMsg::DirectClose { link });
                 return false;
             }
         };
