@@ -398,7 +398,7 @@ fn an_owner_closing_while_its_requester_leaves_does_not_deadlock() {
     let dir = TestDir::new("direct-close-race");
     let _hub = Kids(vec![util::hub_process(dir.path(), &[])]);
     for i in 0..150u32 {
-        let bot = Client::connect(dir.path(), ClientOptions::new(&format!("bot{i}"))).unwrap();
+        let bot = Client::connect(dir.path(), ClientOptions::new(format!("bot{i}"))).unwrap();
         bot.on_request("echo", |r| {
             r.payload.decode::<String>().map_err(|e| e.to_string())
         });
