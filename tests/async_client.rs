@@ -439,3 +439,70 @@ fn a_sync_send_behind_an_async_fragmented_send_fails_at_once() {
     }
     assert_eq!(*got_big.lock().unwrap(), Some(1 << 20));
 }
+
+/// Handlers of an `AsyncClient` run on its dispatcher task: a panicking get, request or
+/// deferred-get handler answers its caller with an error naming the panic at once, and the
+/// dispatcher keeps serving (issue 12: a client is never silently dead).
+#[test]
+fn panicking_handlers_of_an_async_owner_are_contained() {
+    let _w = util::watchdog("panicking_handlers_of_an_async_owner_are_contained", 90);
+    let dir = util::TestDir::new("async-panics");
+    let _hub = util::ThreadHub::start(HubConfig {
+        dir: dir.path().to_path_buf(),
+        get_timeout: Duration::from_secs(10),
+        ..HubConfig::default()
+    });
+    let path = dir.path().to_path_buf();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let o = AsyncClient::connect(path, ClientOptions::new("owner"))
+                .await
+                .unwrap();
+            o.client()
+                .on_get("boom", |_| -> Result<(u32, Ttl), String> {
+                    panic!("kaboom get")
+                });
+            o.client().on_get("ok", |_| Ok((7u32, Ttl::NoCache)));
+            o.client().on_request("boom", |_| -> Result<u32, String> {
+                panic!("kaboom request")
+            });
+            o.on_get_deferred(|_, _| panic!("kaboom deferred get"));
+            ready_tx.send(()).unwrap();
+            let _ = stop_rx.await;
+            o.client().is_connected()
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let r = Client::connect(dir.path(), ClientOptions::new("req")).unwrap();
+    let five = Duration::from_secs(5);
+    for round in 0..2 {
+        let t = Instant::now();
+        let get = r.get("owner", "boom").fresh(true).timeout(five).send();
+        let req = r.request("owner", "boom", &(), Some(five));
+        let deferred = r.get("owner", "other").fresh(true).timeout(five).send();
+        let took = t.elapsed();
+        eprintln!("round {round}: {get:?} / {req:?} / {deferred:?} after {took:?}");
+        match &get {
+            Err(CallError::Remote(m)) if m.contains("panicked") && m.contains("kaboom get") => {}
+            other => panic!("the panicking get was not answered with the panic: {other:?}"),
+        }
+        match &req {
+            Err(CallError::Remote(m)) if m.contains("kaboom request") => {}
+            other => panic!("the panicking request: {other:?}"),
+        }
+        match &deferred {
+            Err(CallError::Remote(m)) if m.contains("panicked") => {}
+            other => panic!("the panicking deferred get: {other:?}"),
+        }
+        assert!(
+            took < Duration::from_secs(3),
+            "the error answers took {took:?}"
+        );
+        let ok = r.get("owner", "ok").fresh(true).timeout(five).send();
+        assert_eq!(ok.expect("the next get").decode::<u32>().unwrap(), 7);
+    }
+    stop_tx.send(()).unwrap();
+    assert!(owner.join().unwrap(), "the async owner stayed connected");
+}

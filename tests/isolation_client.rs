@@ -157,6 +157,7 @@ enum Kind {
     Data,
     Lifecycle,
     DeferredGet,
+    DeferredRequest,
 }
 
 /// Every handler type calls `close()` or `reconnect()` on its own client from inside the
@@ -178,6 +179,7 @@ fn every_handler_may_close_and_reconnect() {
             Kind::Data,
             Kind::Lifecycle,
             Kind::DeferredGet,
+            Kind::DeferredRequest,
         ] {
             let what = if reconnect { "reconnect" } else { "close" };
             if let Err(e) = handler_case(dir.path(), &poker, kind, reconnect) {
@@ -245,6 +247,12 @@ fn handler_case(dir: &Path, poker: &Client, kind: Kind, reconnect: bool) -> Resu
                 drop(t);
             });
         }
+        Kind::DeferredRequest => {
+            c.on_request_deferred(move |_, t| {
+                act();
+                drop(t);
+            });
+        }
     }
     // The handler must have been registered with the hub before the trigger (subscribe and
     // watch are frames like any other): a request round trip orders them.
@@ -282,6 +290,9 @@ fn handler_case(dir: &Path, poker: &Client, kind: Kind, reconnect: bool) -> Resu
                 .fresh(true)
                 .timeout(Duration::from_secs(3))
                 .send();
+        }
+        Kind::DeferredRequest => {
+            let _ = p.request(&n, "dm", &(), Some(Duration::from_secs(3)));
         }
     });
     let r = rx
@@ -381,6 +392,61 @@ fn panicking_handlers_are_contained() {
         other => panic!("the panicking request: {other:?}"),
     }
     assert_eq!(ev.ok(), Some(1), "events after a panicking handler");
+    assert!(o.is_connected());
+}
+
+/// The catch-all handlers (`on_get_deferred`, `on_request_deferred`) are handlers too: a
+/// panic in one drops its ticket, which answers the caller with an error at once, and the
+/// next call is served.
+#[test]
+fn panicking_deferred_handlers_are_contained() {
+    let _w = util::watchdog("panicking_deferred_handlers_are_contained", 90);
+    let dir = util::TestDir::new("deferred-panics");
+    let _hub = start_hub(dir.path(), HubSpec::default());
+    let o = Client::connect(dir.path(), ClientOptions::new("owner")).unwrap();
+    o.on_get_deferred(|g, t| {
+        if g.kind == "boom" {
+            panic!("kaboom deferred get");
+        }
+        let p = shmbus::proto::PayloadBuf::encode(g.accept, &7u32).unwrap();
+        t.answer(&p, Ttl::NoCache).unwrap();
+    });
+    o.on_request_deferred(|r, t| {
+        if r.method == "boom" {
+            panic!("kaboom deferred request");
+        }
+        let p = shmbus::proto::PayloadBuf::encode(r.accept, &8u32).unwrap();
+        t.answer(&p).unwrap();
+    });
+    let r = Client::connect(dir.path(), ClientOptions::new("req")).unwrap();
+    let five = Some(Duration::from_secs(5));
+    for round in 0..2 {
+        let t = Instant::now();
+        let get = r
+            .get("owner", "boom")
+            .fresh(true)
+            .timeout(Duration::from_secs(5))
+            .send();
+        let req = r.request("owner", "boom", &(), five);
+        let took = t.elapsed();
+        eprintln!("round {round}: panicking get {get:?}, request {req:?}, after {took:?}");
+        for (what, r) in [("get", &get), ("request", &req)] {
+            match r {
+                Err(CallError::Remote(m)) if m.contains("panicked") => {}
+                other => panic!("the panicking deferred {what}: {other:?}"),
+            }
+        }
+        assert!(
+            took < Duration::from_secs(2),
+            "the error answers took {took:?}"
+        );
+        let ok = r.get("owner", "ok").fresh(true).send();
+        assert_eq!(ok.expect("the next get").decode::<u32>().unwrap(), 7);
+        let ok = r
+            .request("owner", "ok", &(), five)
+            .expect("the next request");
+        assert_eq!(ok.decode::<u32>().unwrap(), 8);
+    }
     assert!(o.is_connected());
 }
 

@@ -89,31 +89,40 @@ fn tests_left_out_by_the_feature_set_are_named() {
     );
 }
 
+/// The `tests/*.rs` files (but this one) whose text `uses` picks, each with the features its
+/// `[[test]]` entry requires (none when there is no entry).
+fn tests_using(uses: impl Fn(&str) -> bool) -> Vec<(String, Vec<String>)> {
+    let declared = declared_tests();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read tests/") {
+        let path = entry.expect("tests/ entry").path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.extension().is_none_or(|e| e != "rs") || name == "required_features" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read test file");
+        if !uses(&text) {
+            continue;
+        }
+        let req = declared
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        found.push((name, req));
+    }
+    found
+}
+
 /// Every test file that starts hubs with `--nats` (the federation harness, `mod fed_util`)
 /// declares `required-features` with `federation` in Cargo.toml. Without it, `cargo test
 /// --release` builds that test against a binary without the feature, and its hubs exit on
 /// the unknown `--nats` flag ("hub alpha did not come up"): a CI failure of session 7.
 #[test]
 fn every_federation_harness_test_requires_the_feature() {
-    let declared = declared_tests();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(dir).expect("read tests/") {
-        let path = entry.expect("tests/ entry").path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).expect("read test file");
-        if !text.lines().any(|l| l.trim() == "mod fed_util;") {
-            continue;
-        }
-        checked += 1;
-        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let req = declared
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default();
+    let found = tests_using(|text| text.lines().any(|l| l.trim() == "mod fed_util;"));
+    for (name, req) in &found {
         assert!(
             req.iter().any(|f| f == "federation"),
             "tests/{name}.rs uses the federation harness but Cargo.toml has no [[test]] \
@@ -123,8 +132,9 @@ fn every_federation_harness_test_requires_the_feature() {
         );
     }
     assert!(
-        checked >= 8,
-        "found only {checked} federation harness tests in {dir}"
+        found.len() >= 8,
+        "found only {} federation harness tests in tests/",
+        found.len()
     );
 }
 
@@ -134,25 +144,9 @@ fn every_federation_harness_test_requires_the_feature() {
 /// leaving it out by name (clippy `--no-default-features --features tokio`, session 9).
 #[test]
 fn every_test_that_starts_the_binary_requires_cli() {
-    let declared = declared_tests();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(dir).expect("read tests/") {
-        let path = entry.expect("tests/ entry").path();
-        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        if path.extension().is_none_or(|e| e != "rs") || name == "required_features" {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).expect("read test file");
-        if !text.contains("hub_process(") && !text.contains("CARGO_BIN_EXE_shmbus") {
-            continue;
-        }
-        checked += 1;
-        let req = declared
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default();
+    let found =
+        tests_using(|text| text.contains("hub_process(") || text.contains("CARGO_BIN_EXE_shmbus"));
+    for (name, req) in &found {
         assert!(
             req.iter().any(|f| f == "cli"),
             "tests/{name}.rs starts the shmbus binary but Cargo.toml has no [[test]] \
@@ -160,7 +154,8 @@ fn every_test_that_starts_the_binary_requires_cli() {
         );
     }
     assert!(
-        checked >= 10,
-        "found only {checked} tests that start the binary in {dir}"
+        found.len() >= 10,
+        "found only {} tests that start the binary in tests/",
+        found.len()
     );
 }

@@ -162,44 +162,18 @@ impl Inner {
             };
             match item {
                 Incoming::Get(hreq, g) => {
-                    if let Some(d) = self.deferred_get_for(&g.kind) {
-                        let ticket = super::GetTicket::new(self.me.clone(), hreq, g.accept);
-                        d(g, ticket);
-                        continue;
+                    if let Some(g) = self.defer_get(hreq, g) {
+                        let answer = self.get_answer(&g);
+                        self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
                     }
-                    let h = self
-                        .handlers
-                        .read()
-                        .expect("lock")
-                        .gets
-                        .get(&g.kind)
-                        .map(|(_, f)| f.clone());
-                    let ctx = super::Ctx::new(self, &g.requester);
-                    let answer = match h {
-                        Some(f) => f(&ctx, &g).map_err(super::handlers::failed),
-                        None => Err(self.no_get_handler(&g.kind)),
-                    };
-                    self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
+                    self.close_if_panicked();
                 }
                 Incoming::Request(hreq, r) => {
-                    let Some(r) = self.defer_request(hreq, r) else {
-                        continue;
-                    };
-                    let h = self
-                        .handlers
-                        .read()
-                        .expect("lock")
-                        .requests
-                        .get(&r.method)
-                        .map(|(_, f)| f.clone());
-                    let ctx = super::Ctx::new(self, &r.from);
-                    let answer = match h {
-                        Some(f) => f(&ctx, &r)
-                            .map(|p| (p, -1))
-                            .map_err(super::handlers::failed),
-                        None => Err(self.no_request_handler(&r.method)),
-                    };
-                    self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
+                    if let Some(r) = self.defer_request(hreq, r) {
+                        let answer = self.request_answer(&r);
+                        self.send_or_defer(side, DeferredItem::Answer((hreq, answer)));
+                    }
+                    self.close_if_panicked();
                 }
                 other => self.handle(other),
             }

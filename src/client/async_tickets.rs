@@ -116,7 +116,7 @@ impl AsyncTicket {
 impl Drop for AsyncTicket {
     fn drop(&mut self) {
         if !self.done {
-            self.fail_later(self.dropped);
+            self.fail_later(super::deferred::unanswered(self.dropped));
         }
     }
 }

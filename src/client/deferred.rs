@@ -125,10 +125,21 @@ impl Drop for GetTicket {
                     req: self.req,
                     answer: Answer::err(
                         ErrorCode::Failed,
-                        "the owner dropped the get without answering",
+                        unanswered("the owner dropped the get without answering"),
                     ),
                 });
             }
         }
+    }
+}
+
+/// The error a ticket dropped unanswered sends: `dropped`, or, when a panic unwinding through
+/// the handler that held the ticket drops it, an error that says so (the panic's own message
+/// is in the client's log).
+pub(super) fn unanswered(dropped: &'static str) -> &'static str {
+    if std::thread::panicking() {
+        "the owner's handler panicked before answering"
+    } else {
+        dropped
     }
 }

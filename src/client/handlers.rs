@@ -388,7 +388,7 @@ impl Inner {
     /// Runs `f` (one handler call), catching a panic: it is logged and returned as its
     /// message, and with [`PanicPolicy::Close`] the client closes once the current message
     /// is handled. A panic never unwinds into the dispatcher or a caller's `get`.
-    fn contained<R>(
+    pub(super) fn contained<R>(
         &self,
         what: &dyn std::fmt::Display,
         f: impl FnOnce() -> R,
@@ -412,6 +412,12 @@ impl Inner {
 
     pub(super) fn handle(&self, item: Incoming) {
         self.handle_one(item);
+        self.close_if_panicked();
+    }
+
+    /// Under [`PanicPolicy::Close`], closes the client once a handler has panicked (called
+    /// after each message's handlers, by both dispatchers).
+    pub(super) fn close_if_panicked(&self) {
         if self.panicked.swap(false, Ordering::AcqRel) {
             tracing::error!(
                 client = %self.opts.name,
@@ -443,69 +449,14 @@ impl Inner {
                 }
             }
             Incoming::Get(hreq, g) => {
-                if let Some(d) = self.deferred_get_for(&g.kind) {
-                    let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
-                    let kind = g.kind.clone();
-                    // A panic drops the ticket, which answers the requester with an error.
-                    let _ = self.contained(
-                        &format_args!("the deferred get handler for {kind:?}"),
-                        || d(g, ticket),
-                    );
-                    return;
+                if let Some(g) = self.defer_get(hreq, g) {
+                    self.answer(hreq, self.get_answer(&g));
                 }
-                let h = self
-                    .handlers
-                    .read()
-                    .expect("lock")
-                    .gets
-                    .get(&g.kind)
-                    .map(|(_, f)| f.clone());
-                let ctx = Ctx::new(self, &g.requester);
-                let answer = match h {
-                    Some(f) => self
-                        .contained(&format_args!("the get handler for {:?}", g.kind), || {
-                            f(&ctx, &g)
-                        })
-                        .unwrap_or_else(|m| {
-                            Err(format!(
-                                "{}'s get handler for {:?} panicked: {m}",
-                                self.opts.name, g.kind
-                            ))
-                        })
-                        .map_err(failed),
-                    None => Err(self.no_get_handler(&g.kind)),
-                };
-                self.answer(hreq, answer);
             }
             Incoming::Request(hreq, r) => {
-                let Some(r) = self.defer_request(hreq, r) else {
-                    return;
-                };
-                let h = self
-                    .handlers
-                    .read()
-                    .expect("lock")
-                    .requests
-                    .get(&r.method)
-                    .map(|(_, f)| f.clone());
-                let ctx = Ctx::new(self, &r.from);
-                let answer = match h {
-                    Some(f) => self
-                        .contained(
-                            &format_args!("the request handler for {:?}", r.method),
-                            || f(&ctx, &r),
-                        )
-                        .unwrap_or_else(|m| {
-                            Err(format!(
-                                "{}'s request handler for {:?} panicked: {m}",
-                                self.opts.name, r.method
-                            ))
-                        })
-                        .map(|p| (p, -1))
-                        .map_err(failed),
-                    None => Err(self.no_request_handler(&r.method)),
-                };
-                self.answer(hreq, answer);
+                if let Some(r) = self.defer_request(hreq, r) {
+                    self.answer(hreq, self.request_answer(&r));
+                }
             }
             Incoming::Data(d) => {
                 let hs: Vec<DataFn> = self
@@ -552,6 +503,75 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Hands `g` to the deferred get handler when there is one and no `on_get` handler for its
+    /// kind (contained: a panic drops the ticket, which answers the requester with an error);
+    /// gives it back otherwise.
+    pub(super) fn defer_get(&self, hreq: u64, g: GetRequest) -> Option<GetRequest> {
+        let Some(d) = self.deferred_get_for(&g.kind) else {
+            return Some(g);
+        };
+        let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
+        let kind = g.kind.clone();
+        let _ = self.contained(
+            &format_args!("the deferred get handler for {kind:?}"),
+            || d(g, ticket),
+        );
+        None
+    }
+
+    /// What `g`'s get handler answers (run contained: a panic becomes an error naming it), or
+    /// "no handler".
+    pub(super) fn get_answer(&self, g: &GetRequest) -> Result<(PayloadBuf, i64), Failure> {
+        let h = self
+            .handlers
+            .read()
+            .expect("lock")
+            .gets
+            .get(&g.kind)
+            .map(|(_, f)| f.clone());
+        let Some(f) = h else {
+            return Err(self.no_get_handler(&g.kind));
+        };
+        let ctx = Ctx::new(self, &g.requester);
+        self.contained(&format_args!("the get handler for {:?}", g.kind), || {
+            f(&ctx, g)
+        })
+        .unwrap_or_else(|m| {
+            Err(format!(
+                "{}'s get handler for {:?} panicked: {m}",
+                self.opts.name, g.kind
+            ))
+        })
+        .map_err(failed)
+    }
+
+    /// What `r`'s request handler answers (run contained), or "no handler".
+    pub(super) fn request_answer(&self, r: &Request) -> Result<(PayloadBuf, i64), Failure> {
+        let h = self
+            .handlers
+            .read()
+            .expect("lock")
+            .requests
+            .get(&r.method)
+            .map(|(_, f)| f.clone());
+        let Some(f) = h else {
+            return Err(self.no_request_handler(&r.method));
+        };
+        let ctx = Ctx::new(self, &r.from);
+        self.contained(
+            &format_args!("the request handler for {:?}", r.method),
+            || f(&ctx, r),
+        )
+        .unwrap_or_else(|m| {
+            Err(format!(
+                "{}'s request handler for {:?} panicked: {m}",
+                self.opts.name, r.method
+            ))
+        })
+        .map(|p| (p, -1))
+        .map_err(failed)
     }
 
     /// The answer to a get of `kind` we have no handler for.

@@ -222,7 +222,7 @@ impl Client {
 
 impl Inner {
     /// Hands `r` to the deferred-request handler when there is one and no `on_request`
-    /// handler for its method; gives it back otherwise.
+    /// handler for its method (contained, like every handler); gives it back otherwise.
     pub(super) fn defer_request(&self, hreq: u64, r: Request) -> Option<Request> {
         let d = {
             let h = self.handlers.read().expect("lock");
@@ -240,7 +240,12 @@ impl Inner {
             accept: r.accept,
             done: false,
         };
-        d(r, ticket);
+        let method = r.method.clone();
+        // A panic drops the ticket, which answers the requester with an error.
+        let _ = self.contained(
+            &format_args!("the deferred request handler for {method:?}"),
+            || d(r, ticket),
+        );
         None
     }
 }
@@ -309,12 +314,21 @@ impl RequestTicket {
 }
 
 impl Drop for RequestTicket {
+    /// Answers with an error without waiting, as [`GetTicket`](super::GetTicket)'s drop does:
+    /// with the ring to the hub full the answer is owed, written before the next frame.
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.send(Answer::err(
-                ErrorCode::Failed,
-                "the responder dropped the request without answering",
-            ));
+            if let Some(inner) = self.inner.upgrade() {
+                let _ = inner.send_or_owe(&ClientMsg::Answer {
+                    req: self.req,
+                    answer: Answer::err(
+                        ErrorCode::Failed,
+                        super::deferred::unanswered(
+                            "the responder dropped the request without answering",
+                        ),
+                    ),
+                });
+            }
         }
     }
 }
