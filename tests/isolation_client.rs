@@ -382,9 +382,13 @@ fn panicking_handlers_are_contained() {
         Err(CallError::Remote(m)) if m.contains("panicked") && m.contains("kaboom get") => {}
         other => panic!("the panicking get was not answered with the panic: {other:?}"),
     }
+    // Issue 12's figure is 100 ms (0.3 ms measured). With RUST_BACKTRACE set, std's panic hook
+    // symbolizes a backtrace first (170 ms measured), which is the user's choice, not ours.
+    let backtraces = std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0");
+    let bound = Duration::from_millis(if backtraces { 2000 } else { 100 });
     assert!(
-        boom_took < Duration::from_secs(2),
-        "the panic's answer took {boom_took:?}"
+        boom_took < bound,
+        "the panic's answer took {boom_took:?} (bound {bound:?}, RUST_BACKTRACE set: {backtraces})"
     );
     assert_eq!(next.expect("the next get").decode::<u32>().unwrap(), 7);
     match &req {

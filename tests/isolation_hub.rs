@@ -225,6 +225,63 @@ fn a_hundred_slow_hellos_do_not_stall_other_clients() {
     slowloris(100);
 }
 
+/// `--max-handshakes` caps the handshakes in progress: with 8 slots and 20 slow hellos the hub
+/// holds at most 8 of them (the others wait in the listen backlog, costing the hub nothing),
+/// established clients keep being served, and as each slot's deadline ends it the hub accepts
+/// the next, until every slow peer was dropped and a new client gets in.
+#[test]
+fn the_handshake_cap_holds_and_frees_its_slots() {
+    let _w = util::watchdog("the_handshake_cap_holds_and_frees_its_slots", 90);
+    let dir = util::TestDir::new("handshake-cap");
+    let hub = start_hub(
+        dir.path(),
+        HubSpec {
+            flags: &["--max-handshakes", "8"],
+            ..Default::default()
+        },
+    );
+    let _o = owner(dir.path(), "owner");
+    let r = Client::connect(dir.path(), ClientOptions::new("req")).unwrap();
+    checked_get(&r, "owner").expect("warm-up get");
+    let fds_before = hub.stats().fds;
+    let mut socks: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(dir.join("hub.sock")).unwrap())
+        .collect();
+    for s in &mut socks {
+        s.write_all(&65536u32.to_le_bytes()).unwrap();
+    }
+    // Dribble for 1.5 s (under the 2 s handshake deadline): count the hub's fds meanwhile.
+    let mut most = 0;
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        for s in &mut socks {
+            let _ = s.write(b"x");
+        }
+        most = most.max(hub.stats().fds.saturating_sub(fds_before));
+        if let Err(e) = checked_get(&r, "owner") {
+            failures.push(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Deadlines free the slots 8 at a time: all 20 are dropped within three deadlines.
+    let closed = util::eventually(15, || socks.iter_mut().all(closed_by_peer));
+    let late = Client::connect(dir.path(), ClientOptions::new("late"));
+    eprintln!(
+        "handshake cap 8: at most {most} extra hub fds with 20 slow hellos; gets failed: \
+         {failures:?}; all dropped: {closed}; a new client: {:?}",
+        late.as_ref().map(|c| c.name().to_string())
+    );
+    assert!(most >= 1, "the hub accepted none of the slow hellos");
+    assert!(
+        most <= 8,
+        "the hub held {most} handshakes with --max-handshakes 8"
+    );
+    assert!(failures.is_empty(), "gets failed at the cap: {failures:?}");
+    assert!(closed, "the hub did not work through the waiting hellos");
+    assert!(late.is_ok(), "a new client after the cap: {:?}", late.err());
+}
+
 // ------------------------------------------------------------------------------------------
 // 12.4: at the fd limit, accept backs off instead of spinning
 // ------------------------------------------------------------------------------------------
@@ -288,6 +345,27 @@ fn fd_exhaustion_backs_off_and_recovers() {
     );
     assert!(during.is_ok(), "get at the fd limit: {during:?}");
     assert!(back, "the hub did not accept again once fds were free");
+    // The limit was really reached, and it was logged once per interval (5 s), not per
+    // failed accept.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    let window = text
+        .get(log_before as usize..log_before as usize + log_growth as usize)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(
+        failed.iter().any(|l| l.contains("Too many open files")),
+        "the hub never logged EMFILE: {failed:?}"
+    );
+    assert!(
+        window <= 2,
+        "{window} \"accept failed\" lines in the 5 s window (once per 5 s expected)"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -449,9 +527,11 @@ fn control_plane_carries_a_10000_client_stat() {
 fn partial_messages_are_bounded_in_memory_and_time() {
     let _w = util::watchdog("partial_messages_are_bounded_in_memory_and_time", 120);
     let dir = util::TestDir::new("partial");
+    let log = dir.join("hub.log");
     let hub = start_hub(
         dir.path(),
         HubSpec {
+            log_to: Some(&log),
             flags: &[
                 "--max-message",
                 "67108864",
@@ -539,6 +619,18 @@ fn partial_messages_are_bounded_in_memory_and_time() {
     );
     assert_eq!(gone, 4, "stuck partial messages were not timed out");
     assert!(during.is_ok(), "get after the partial messages: {during:?}");
+    // A clear reason, naming the bound (the senders' Goodbye carries the same text).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let why = text
+        .lines()
+        .filter(|l| {
+            l.contains("was not finished within 2000 ms") && l.contains("--partial-message-ms")
+        })
+        .count();
+    assert_eq!(
+        why, 4,
+        "the hub's log did not give the reason 4 times:\n{text}"
+    );
     drop(senders);
 }
 
@@ -789,7 +881,11 @@ fn longest_deadline_is_bounded() {
         t.elapsed()
     );
     match res {
-        Ok(Err(CallError::Timeout(m))) => assert!(m.contains("timed out"), "{m}"),
+        // A clear error: it says which bound cut the deadline short.
+        Ok(Err(CallError::Timeout(m))) => assert!(
+            m.contains("timed out") && m.contains("--max-deadline-ms"),
+            "{m}"
+        ),
         other => panic!("a 49-day deadline was not bounded: {other:?}"),
     }
 }
