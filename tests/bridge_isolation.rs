@@ -194,11 +194,20 @@ fn hub_killed_mid_send() {
     stopped.forget();
     b.hub_proc.kill9();
     b.hub_proc = bridge_util::hub(&b.hub_dir(), &[]);
+    // The 5 s count from the restart: the owner's connect, the newcomer's hello through the
+    // bridge and its get all fit in them.
+    let restarted = Instant::now();
     let _owner = b.owner();
     let mut c = Agent::node_ipc(&b.bridge, Transport::Unix, "newcomer", json!({}));
     c.emit("get", get_json("owner", 1));
     let r = c.expect("response", 5, |d| d["request"] == 1);
     assert_eq!(r["data"]["n"], 1, "{r}");
+    let served = restarted.elapsed();
+    eprintln!("a new client served {served:?} after the hub's restart");
+    assert!(
+        served < Duration::from_secs(5),
+        "the bridge served a new client only {served:?} after the hub's restart"
+    );
     fault::sigterm(b.bridge.pid());
     assert!(
         fault::exited_within(&mut b.bridge.proc.0, 5).is_some(),
