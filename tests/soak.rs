@@ -716,6 +716,7 @@ fn chaos_soak() {
             .sum::<u64>()
     };
     let (calls, sent, recv) = (sum("calls"), sum("sent"), sum("recv"));
+    let data_reads = sum("data_reads");
     if bus.finals.len() < RUST + NODE {
         f.violation(
             "driver",
@@ -773,12 +774,12 @@ fn chaos_soak() {
     let ws_in = wsink_recv.load(Ordering::Relaxed);
     let ws_out: u64 = bus.ws.iter().map(|w| w.tows_seen).sum();
     let acks: u64 = bus.ws.iter().map(|w| w.acks).sum();
-    if calls == 0 || recv == 0 || ws_in == 0 || ws_out == 0 || acks == 0 {
+    if calls == 0 || recv == 0 || ws_in == 0 || ws_out == 0 || acks == 0 || data_reads == 0 {
         f.violation(
             "driver",
             &format!(
                 "a check saw nothing: {calls} calls, {recv} events, ws {ws_in} in / {ws_out} \
-                 out, {acks} ACKs"
+                 out, {acks} ACKs, {data_reads} data reads"
             ),
         );
     }
@@ -786,7 +787,7 @@ fn chaos_soak() {
     actions.sort();
     eprintln!(
         "chaos soak summary ({secs} s, seed {seed}): {} chaos events {actions:?}; {calls} calls, \
-         {sent} events sent, {recv} received; WebSocket: {ws_in} events in, {ws_out} out, \
+         {data_reads} data reads, {sent} events sent, {recv} received; WebSocket: {ws_in} events in, {ws_out} out, \
          {acks} heartbeat ACKs; peaks (fds, RSS KiB) {:?}; {} violations",
         f.actions.values().sum::<u64>(),
         f.max,

@@ -1,6 +1,6 @@
 //! The soak's Rust client process (`tests/soak.rs` starts 32 of them): it emits sequenced
 //! events to three peers and a node-ipc client, makes gets and requests with deadlines, puts
-//! data in the cache, and checks every sequenced event it receives; it prints its findings
+//! data in the cache and reads it back, and checks every sequenced event it receives; it prints its findings
 //! and counts as JSON lines for the driver.
 //!
 //! Invariants: the sender's epoch changes exactly when its link does (this one thread makes
@@ -102,7 +102,7 @@ pub fn soak_agent() -> ! {
     });
 
     let stats = Arc::new(Mutex::new(
-        json!({"calls": 0, "errors": 0, "sent": 0, "late": 0}),
+        json!({"calls": 0, "errors": 0, "sent": 0, "late": 0, "data_reads": 0}),
     ));
     // Commands: resume (we were stopped: calls in flight are exempt), finish.
     let cmds = fault_harness::commands();
@@ -128,6 +128,8 @@ pub fn soak_agent() -> ! {
     let mut epoch = now_ns() / 1000;
     let mut seq_to: HashMap<String, u64> = HashMap::new();
     let mut tick = 0u64;
+    // The newest (epoch, tick) of ours read back from the cache.
+    let mut data_seen = (0u64, 0u64);
     let mut last_stats = Instant::now();
     let bump = |k: &str| {
         let mut s = stats.lock().unwrap();
@@ -192,7 +194,23 @@ pub fn soak_agent() -> ! {
             }
         }
         if tick % 10 == 0 {
-            let _ = client.data("d", Some(&name), &tick, Ttl::Secs(60));
+            let _ = client.data("d", Some(&name), &(epoch, tick), Ttl::Secs(60));
+        }
+        if tick % 10 == 5 {
+            // What we put in the cache reads back (through the zero-copy segment, or the hub):
+            // a value we wrote, not from the future, never older than one read before.
+            if let Ok(r) = client.get(&name, "d").key(name.as_str()).send() {
+                bump("data_reads");
+                match r.decode::<(u64, u64)>() {
+                    Ok(v) if v.0 <= epoch && (v.0 < epoch || v.1 < tick) && v >= data_seen => {
+                        data_seen = v;
+                    }
+                    other => say(json!({"ev": "violation", "what": format!(
+                        "data read back: {other:?} at epoch {epoch} tick {tick}, after \
+                         {data_seen:?}"
+                    )})),
+                }
+            }
         }
         if last_stats.elapsed() > Duration::from_secs(2) {
             last_stats = Instant::now();
