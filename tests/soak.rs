@@ -717,6 +717,13 @@ fn chaos_soak() {
     };
     let (calls, sent, recv) = (sum("calls"), sum("sent"), sum("recv"));
     let data_reads = sum("data_reads");
+    // The node-ipc agents' share (their lines carry `who`).
+    let node_data_reads: u64 = bus
+        .finals
+        .iter()
+        .filter(|v| v.get("who").is_some())
+        .map(|v| v["data_reads"].as_u64().unwrap_or(0))
+        .sum();
     if bus.finals.len() < RUST + NODE {
         f.violation(
             "driver",
@@ -774,12 +781,19 @@ fn chaos_soak() {
     let ws_in = wsink_recv.load(Ordering::Relaxed);
     let ws_out: u64 = bus.ws.iter().map(|w| w.tows_seen).sum();
     let acks: u64 = bus.ws.iter().map(|w| w.acks).sum();
-    if calls == 0 || recv == 0 || ws_in == 0 || ws_out == 0 || acks == 0 || data_reads == 0 {
+    if calls == 0
+        || recv == 0
+        || ws_in == 0
+        || ws_out == 0
+        || acks == 0
+        || data_reads == 0
+        || node_data_reads == 0
+    {
         f.violation(
             "driver",
             &format!(
                 "a check saw nothing: {calls} calls, {recv} events, ws {ws_in} in / {ws_out} \
-                 out, {acks} ACKs, {data_reads} data reads"
+                 out, {acks} ACKs, {data_reads} data reads ({node_data_reads} by node-ipc clients)"
             ),
         );
     }
@@ -787,7 +801,7 @@ fn chaos_soak() {
     actions.sort();
     eprintln!(
         "chaos soak summary ({secs} s, seed {seed}): {} chaos events {actions:?}; {calls} calls, \
-         {data_reads} data reads, {sent} events sent, {recv} received; WebSocket: {ws_in} events in, {ws_out} out, \
+         {data_reads} data reads ({node_data_reads} node-ipc), {sent} events sent, {recv} received; WebSocket: {ws_in} events in, {ws_out} out, \
          {acks} heartbeat ACKs; peaks (fds, RSS KiB) {:?}; {} violations",
         f.actions.values().sum::<u64>(),
         f.max,

@@ -4,11 +4,14 @@
 // argv[2]: {"id", "path", "targets": [rust client names], "periodMs", "callDeadlineMs"}
 // Workload, every period while connected: an event `<target>:nseq` {conn, seq} to each
 // target (seq counts per target), and every 5th period a fresh get of kind `t` from the next
-// target (its answer must be the target's name).
+// target (its answer must be the target's name); every 10th period a `data` of kind `d`
+// keyed by our id, {conn, tick}, and 5 periods later a cached get of it (answered from the
+// hub's cache; a miss comes to us and is answered with an error).
 // Checks: every `seq` event from a bus client arrives in order, without gaps or duplicates,
 // while both sides keep their link (the sender's `epoch` and our `conn` tell); every get is
 // answered (data or error) within callDeadlineMs, unless our connection dropped (node-ipc's
-// way of failing a call) or the driver says we were stopped ({"op":"resume"}).
+// way of failing a call) or the driver says we were stopped ({"op":"resume"}); a data value
+// read back is one we wrote, not from the future, never older than one read before.
 // Prints {"ev":"violation","what":…}, {"ev":"stats",…} every 2 s and on {"op":"finish"}.
 'use strict';
 const ipc = require('node-ipc');
@@ -21,7 +24,10 @@ ipc.config.retry = 100;
 ipc.config.maxRetries = false;
 
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
-const stats = { sent: 0, recv: 0, calls: 0, answered: 0, errors: 0, connects: 0 };
+const stats = { sent: 0, recv: 0, calls: 0, answered: 0, errors: 0, connects: 0, data_reads: 0 };
+// The newest [conn, tick] of ours read back from the cache.
+let dataSeen = [0, 0];
+const newer = (a, b) => a[0] > b[0] || (a[0] === b[0] && a[1] >= b[1]);
 // Connection epochs grow across restarts of an agent of the same id too.
 let conn = Date.now() * 1000;
 let connected = false;
@@ -59,6 +65,10 @@ ipc.connectTo('bus', cfg.path, () => {
     }
     lastFrom[d.from] = { epoch: d.epoch, seq: d.seq };
   });
+  // A cache miss of our own data comes to us: no value, an error.
+  bus.on('get', (d) => {
+    bus.emit('response', { request: d.request, error: 'not cached' });
+  });
   bus.on('response', (d) => {
     const p = pending.get(d.request);
     if (!p) return;
@@ -66,6 +76,15 @@ ipc.connectTo('bus', cfg.path, () => {
     stats.answered += 1;
     if (d.error !== undefined) {
       stats.errors += 1;
+    } else if (p.data) {
+      stats.data_reads += 1;
+      const v = [d.data && d.data.conn, d.data && d.data.tick];
+      const fromTheFuture = v[0] > conn || (v[0] === conn && v[1] >= tick);
+      if (typeof v[0] !== 'number' || typeof v[1] !== 'number' || fromTheFuture || !newer(v, dataSeen)) {
+        violation(`data read back: ${JSON.stringify(d.data)} at conn ${conn} tick ${tick}, after ${JSON.stringify(dataSeen)}`);
+      } else {
+        dataSeen = v;
+      }
     } else if (d.data !== p.target) {
       violation(`get t from ${p.target} answered ${JSON.stringify(d.data)}`);
     }
@@ -91,6 +110,15 @@ ipc.connectTo('bus', cfg.path, () => {
       pending.set(request, { t0: now, target });
       stats.calls += 1;
       bus.emit('get', { from: target, type: 't', request, fresh: true });
+    }
+    if (tick % 10 === 0) {
+      bus.emit('data', { type: 'd', id: cfg.id, data: { conn, tick }, time: 60 });
+    }
+    if (tick % 10 === 5) {
+      const request = nextReq++;
+      pending.set(request, { t0: now, target: cfg.id, data: true });
+      stats.calls += 1;
+      bus.emit('get', { from: cfg.id, type: 'd', id: cfg.id, request });
     }
   }, cfg.periodMs);
 });
