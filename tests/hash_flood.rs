@@ -247,6 +247,9 @@ struct Figures {
     probes: u64,
 }
 
+/// One measured figure of a run.
+type Figure = fn(&Figures) -> Duration;
+
 fn p50(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -371,8 +374,8 @@ fn flood_keys_cost_the_hub_no_more_than_random_keys() {
             a.puts, b.puts, a.hub_get, b.hub_get, a.local_read, b.local_read, a.probes, b.probes
         );
     }
-    let pick = |v: &[Figures], g: fn(&Figures) -> Duration| median(v.iter().map(g).collect());
-    let figures: [(&str, fn(&Figures) -> Duration); 3] = [
+    let pick = |v: &[Figures], g: Figure| median(v.iter().map(g).collect());
+    let figures: [(&str, Figure); 3] = [
         ("100k data puts", |x| x.puts),
         ("hub get p50", |x| x.hub_get),
         ("local read p50", |x| x.local_read),
