@@ -304,7 +304,7 @@ pub(crate) fn wait_until(
 /// This is the one copy of the handshake: [`wait_until`] parks through it (which is what the
 /// loom models in `src/loom_tests.rs` check), and so do the event loops that park on a
 /// doorbell themselves, the hub and the tokio client (`RawReceiver::prepare_park`,
-/// `RawSender::prepare_park_for_space`). On an error from the re-check the flag stays raised;
+/// `RawSender::prepare_park_for_space`, `RawSender::prepare_park_retrying`). On an error from the re-check the flag stays raised;
 /// the caller withdraws it.
 pub(crate) fn prepare_park(w: &mut impl Waitable) -> Result<bool, crate::Error> {
     w.announce(true);
