@@ -59,7 +59,7 @@ impl AsyncClient {
     /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-    /// use shmbus::proto::{PayloadBuf, Target};
+    /// use shmbus::{PayloadBuf, Target};
     /// let got = bot.events("raw");
     /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&1)?).await?;
     /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
