@@ -79,6 +79,7 @@ use crate::cache::{Cache, CacheReader};
 use crate::hub::socket_path;
 use crate::{Error, RawReceiver, RawSender};
 
+mod answers;
 #[cfg(feature = "tokio")]
 mod async_calls;
 #[cfg(feature = "tokio")]
