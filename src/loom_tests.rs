@@ -30,10 +30,11 @@ use std::time::Instant;
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
+use crate::channel::raw_receiver::DataIn;
 use crate::ring::layout::kind;
 use crate::ring::{heap_ring, Consumer, Frame, Producer};
 use crate::wait::Deadline;
-use crate::wait::{wait_until, DataIn, Parked, Parker, RoomFor, WaitOutcome, WaitStrategy};
+use crate::wait::{wait_until, Parked, Parker, RoomFor, WaitOutcome, WaitStrategy};
 
 /// Default preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
 const PREEMPTIONS: usize = 4;

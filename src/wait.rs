@@ -172,36 +172,6 @@ pub(crate) trait Waitable {
     fn announce(&mut self, on: bool);
 }
 
-/// Waiting for data in a consumer; with a kick flag, also until that flag is set (the waiter
-/// then re-checks and gives up: see `RawReceiver::recv_kickable`). With a [`Reassembly`],
-/// its large copy buffer is freed when the waiter announces that it parks (idle).
-///
-/// [`Reassembly`]: crate::channel::reassembly::Reassembly
-pub(crate) struct DataIn<'a>(
-    pub(crate) &'a mut crate::ring::Consumer,
-    pub(crate) Option<&'a std::sync::atomic::AtomicBool>,
-    pub(crate) Option<&'a mut crate::channel::reassembly::Reassembly>,
-);
-
-impl Waitable for DataIn<'_> {
-    fn ready(&mut self) -> Result<bool, crate::Error> {
-        // Relaxed kick load: a hint to stop waiting, ordered by the caller's mutex.
-        Ok(self.0.has_data()?
-            || self.0.peer_closed()
-            || self
-                .1
-                .is_some_and(|k| k.load(std::sync::atomic::Ordering::Relaxed)))
-    }
-    fn announce(&mut self, on: bool) {
-        if on {
-            if let Some(asm) = self.2.as_mut() {
-                asm.trim();
-            }
-        }
-        self.0.set_sleeping(on)
-    }
-}
-
 /// Waiting for room for a frame of `.1` payload bytes in a producer.
 pub(crate) struct RoomFor<'a>(pub(crate) &'a mut crate::ring::Producer, pub(crate) usize);
 
@@ -334,7 +304,7 @@ pub(crate) fn wait_until(
 /// This is the one copy of the handshake: [`wait_until`] parks through it (which is what the
 /// loom models in `src/loom_tests.rs` check), and so do the event loops that park on a
 /// doorbell themselves, the hub and the tokio client (`RawReceiver::prepare_park`,
-/// `RawSender::prepare_park_for_space`). On an error from the re-check the flag stays raised;
+/// `RawSender::prepare_park_for_space`, `RawSender::prepare_park_retrying`). On an error from the re-check the flag stays raised;
 /// the caller withdraws it.
 pub(crate) fn prepare_park(w: &mut impl Waitable) -> Result<bool, crate::Error> {
     w.announce(true);

@@ -90,6 +90,112 @@ fn recv_timeout_times_out() {
 }
 
 #[test]
+fn recv_deadline_times_out_on_an_empty_link() {
+    let _w = util::watchdog("recv_deadline_times_out_on_an_empty_link", 30);
+    for wait in [
+        WaitStrategy::Park,
+        WaitStrategy::default(),
+        WaitStrategy::Spin,
+        WaitStrategy::SpinYield,
+    ] {
+        let (a, b) = Link::pair_with(&small(wait)).unwrap();
+        let (_tx, _arx) = a.into_channel::<u8, u8>();
+        let (_btx, mut rx) = b.into_channel::<u8, u8>();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        assert!(
+            matches!(rx.recv_deadline(deadline), Err(RecvTimeoutError::Timeout)),
+            "{wait:?}"
+        );
+        assert!(
+            Instant::now() >= deadline,
+            "{wait:?}: returned before its deadline"
+        );
+        // A deadline already past: one look, then Timeout.
+        assert!(matches!(
+            rx.recv_deadline(Instant::now() - Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        ));
+    }
+}
+
+#[test]
+fn send_deadline_times_out_on_a_full_link_and_hands_the_message_back() {
+    let _w = util::watchdog("send_deadline_times_out_on_a_full_link", 30);
+    for wait in [WaitStrategy::Park, WaitStrategy::default()] {
+        let (a, b) = Link::pair_with(&small(wait)).unwrap();
+        let (mut tx, _arx) = a.into_channel::<Vec<u8>, ()>();
+        let (_btx, _rx) = b.into_channel::<(), Vec<u8>>();
+        let msg = vec![9u8; 1000];
+        while tx.try_send(msg.clone()).is_ok() {}
+        let deadline = Instant::now() + Duration::from_millis(50);
+        match tx.send_deadline(msg.clone(), deadline) {
+            Err(SendTimeoutError::Timeout(m)) => assert_eq!(m, msg, "{wait:?}"),
+            other => panic!("{wait:?}: expected timeout, got {other:?}"),
+        }
+        assert!(
+            Instant::now() >= deadline,
+            "{wait:?}: returned before its deadline"
+        );
+        match tx.send_deadline(msg.clone(), Instant::now() - Duration::from_millis(1)) {
+            Err(SendTimeoutError::Timeout(m)) => assert_eq!(m, msg, "{wait:?}"),
+            other => panic!("{wait:?}: past deadline: expected timeout, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn deadline_calls_succeed_before_the_deadline() {
+    let _w = util::watchdog("deadline_calls_succeed_before_the_deadline", 30);
+    for wait in [WaitStrategy::Park, WaitStrategy::default()] {
+        let (a, b) = Link::pair_with(&small(wait)).unwrap();
+        let (mut tx, _arx) = a.into_channel::<Vec<u8>, ()>();
+        let (_btx, mut rx) = b.into_channel::<(), Vec<u8>>();
+        let msg = vec![3u8; 1000];
+
+        // What is already there is taken even with a deadline that has passed.
+        tx.send(msg.clone()).unwrap();
+        assert_eq!(
+            rx.recv_deadline(Instant::now() - Duration::from_millis(1))
+                .unwrap(),
+            msg
+        );
+        // Room there: a send with a past deadline still goes out.
+        tx.send_deadline(msg.clone(), Instant::now() - Duration::from_millis(1))
+            .unwrap();
+        assert_eq!(rx.recv().unwrap(), msg);
+
+        // A receiver blocked until a far deadline wakes for a message sent 20 ms later.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let m = msg.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(m).unwrap();
+            tx
+        });
+        assert_eq!(rx.recv_deadline(deadline).unwrap(), msg, "{wait:?}");
+        assert!(Instant::now() < deadline, "{wait:?}");
+        let mut tx = sender.join().unwrap();
+
+        // A sender blocked on a full ring until a far deadline goes on once the reader
+        // drains, 20 ms later.
+        let mut queued = 0;
+        while tx.try_send(msg.clone()).is_ok() {
+            queued += 1;
+        }
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            for _ in 0..queued + 1 {
+                rx.recv().unwrap();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        tx.send_deadline(msg.clone(), deadline).unwrap();
+        assert!(Instant::now() < deadline, "{wait:?}");
+        reader.join().unwrap();
+    }
+}
+
+#[test]
 fn large_messages_fragment_and_arrive_whole() {
     let _w = util::watchdog("large_messages_fragment", 60);
     for wait in [WaitStrategy::Park, WaitStrategy::default()] {

@@ -308,6 +308,74 @@ fn a_client_without_dispatcher_leaves_the_hub_when_its_last_handle_drops() {
     leaves_when_dropped(false);
 }
 
+/// A handler that captures a `WeakClient` (not a clone) and upgrades it for each call does
+/// not keep the client alive: the last strong handle's drop still takes it off the hub.
+fn leaves_when_dropped_with_a_weak_handle_in_a_handler(dispatcher: bool) {
+    let dir = util::TestDir::new(&format!("leave-weak-{dispatcher}"));
+    let _hub = HubProc::start(dir.path(), &[]);
+    let bot =
+        Client::connect(dir.path(), ClientOptions::new("bot").dispatcher(dispatcher)).unwrap();
+    let weak = bot.downgrade();
+    bot.on_request("whoami", move |r| {
+        let me = weak.upgrade().ok_or("the client is gone")?;
+        me.emit(&r.from, "seen", &()).map_err(|e| e.to_string())?;
+        Ok(format!("{} asked {}", r.from, me.name()))
+    });
+    let probe = bot.downgrade();
+    let web = Client::connect(dir.path(), ClientOptions::new("web")).unwrap();
+    let seen = web.events("seen");
+    let pumping = (!dispatcher).then(|| {
+        let weak = bot.downgrade();
+        std::thread::spawn(move || {
+            while let Some(b) = weak.upgrade() {
+                let _ = b.poll(Duration::from_millis(20));
+            }
+        })
+    });
+    for _ in 0..2 {
+        let r = web.request("bot", "whoami", &(), Some(Duration::from_secs(10)));
+        assert_eq!(r.unwrap().decode::<String>().unwrap(), "web asked bot");
+        assert_eq!(
+            seen.recv_timeout(Duration::from_secs(10)).unwrap().from,
+            "bot"
+        );
+    }
+    assert!(names(dir.path()).contains(&"bot".to_string()));
+    drop(bot);
+    assert!(
+        util::eventually(10, || !names(dir.path()).contains(&"bot".to_string())),
+        "the dropped client is still on the hub: {:?}",
+        names(dir.path())
+    );
+    if let Some(p) = pumping {
+        p.join().unwrap();
+    }
+    assert!(
+        probe.upgrade().is_none(),
+        "the handler's weak handle kept the client alive"
+    );
+    let again = Client::connect(dir.path(), ClientOptions::new("bot")).unwrap();
+    assert!(again.is_connected());
+}
+
+#[test]
+fn a_handler_holding_a_weak_client_does_not_keep_it_on_the_hub() {
+    let _w = util::watchdog(
+        "a_handler_holding_a_weak_client_does_not_keep_it_on_the_hub",
+        90,
+    );
+    leaves_when_dropped_with_a_weak_handle_in_a_handler(true);
+}
+
+#[test]
+fn a_handler_holding_a_weak_client_without_dispatcher_does_not_keep_it_on_the_hub() {
+    let _w = util::watchdog(
+        "a_handler_holding_a_weak_client_without_dispatcher_does_not_keep_it_on_the_hub",
+        90,
+    );
+    leaves_when_dropped_with_a_weak_handle_in_a_handler(false);
+}
+
 #[test]
 fn events_as_values_drop_the_newest_when_full() {
     let _w = util::watchdog("events_as_values_drop_the_newest_when_full", 60);

@@ -18,7 +18,7 @@
 //! `Disconnected` once it has taken everything that was published.
 
 mod budget;
-mod raw_receiver;
+pub(crate) mod raw_receiver;
 mod raw_sender;
 pub(crate) mod reassembly;
 mod typed;

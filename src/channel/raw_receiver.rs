@@ -26,7 +26,7 @@ use crate::error::{Fail, RecvError, RecvTimeoutError, TryRecvError};
 use crate::ring::{Consumer, Frame};
 use crate::sys::Bell;
 use crate::wait::{
-    self, wait_until, BellParker, DataIn, Deadline, Sleeper, WaitOutcome, WaitStrategy, Waitable,
+    self, wait_until, BellParker, Deadline, Sleeper, WaitOutcome, WaitStrategy, Waitable,
 };
 use crate::Error;
 use serde::de::DeserializeOwned;
@@ -35,6 +35,37 @@ use serde::de::DeserializeOwned;
 /// straight from the ring (below it, copying the frame first and decoding from the slice is
 /// as cheap and keeps bincode's borrowed fast paths).
 pub(crate) const DIRECT_DECODE: usize = 4096;
+
+/// Waiting for data in a consumer; with a kick flag, also until that flag is set (the waiter
+/// then re-checks and gives up: see `RawReceiver::recv_kickable`). With a [`Reassembly`],
+/// its large copy buffer is freed when the waiter announces that it parks (idle).
+///
+/// It lives here, not in `wait.rs`, so that `wait` depends only on `sync`, `sys`, `ring` and
+/// `error`; the loom models in `src/loom_tests.rs` check this impl through `wait_until`.
+pub(crate) struct DataIn<'a>(
+    pub(crate) &'a mut Consumer,
+    pub(crate) Option<&'a std::sync::atomic::AtomicBool>,
+    pub(crate) Option<&'a mut Reassembly>,
+);
+
+impl Waitable for DataIn<'_> {
+    fn ready(&mut self) -> Result<bool, crate::Error> {
+        // Relaxed kick load: a hint to stop waiting, ordered by the caller's mutex.
+        Ok(self.0.has_data()?
+            || self.0.peer_closed()
+            || self
+                .1
+                .is_some_and(|k| k.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+    fn announce(&mut self, on: bool) {
+        if on {
+            if let Some(asm) = self.2.as_mut() {
+                asm.trim();
+            }
+        }
+        self.0.set_sleeping(on)
+    }
+}
 
 /// The byte-level receiving half of a link direction.
 pub struct RawReceiver {

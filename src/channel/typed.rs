@@ -130,6 +130,28 @@ impl<T: Serialize> Sender<T> {
     }
 
     /// Sends `msg`, waiting for room until `deadline` (crossbeam's `send_deadline`).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shmbus::{Link, LinkConfig, SendTimeoutError};
+    ///
+    /// let (a, b) = Link::pair_with(&LinkConfig { ring_capacity: 4096, ..LinkConfig::default() })?;
+    /// let (mut tx, _) = a.into_channel::<Vec<u8>, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), Vec<u8>>();
+    /// // Room to spare: the send returns before its deadline.
+    /// tx.send_deadline(vec![1; 10], Instant::now() + Duration::from_secs(5))?;
+    /// assert_eq!(rx.recv()?, vec![1; 10]);
+    /// // Nobody reads any more, so the ring fills and a send gives up at its deadline.
+    /// let err = loop {
+    ///     let deadline = Instant::now() + Duration::from_millis(10);
+    ///     if let Err(e) = tx.send_deadline(vec![0; 1000], deadline) {
+    ///         break e;
+    ///     }
+    /// };
+    /// // The message comes back with the error.
+    /// assert!(matches!(err, SendTimeoutError::Timeout(m) if m.len() == 1000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_deadline(
         &mut self,
         msg: T,
@@ -326,6 +348,21 @@ impl<T: DeserializeOwned> Receiver<T> {
     }
 
     /// Receives one message, waiting until `deadline` (crossbeam's `recv_deadline`).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shmbus::{Link, RecvTimeoutError};
+    ///
+    /// let (a, b) = Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<u32, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), u32>();
+    /// // Nothing sent yet: gives up at the deadline.
+    /// let r = rx.recv_deadline(Instant::now() + Duration::from_millis(10));
+    /// assert!(matches!(r, Err(RecvTimeoutError::Timeout)));
+    /// tx.send(7)?;
+    /// assert_eq!(rx.recv_deadline(Instant::now() + Duration::from_secs(5))?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_deadline(&mut self, deadline: std::time::Instant) -> Result<T, RecvTimeoutError> {
         self.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
     }
@@ -388,6 +425,21 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// As for [`RawReceiver::recv_bytes_in_place`]: the peer must be trusted not to write the
     /// frame while `f` runs. (A `&str` whose bytes change after the UTF-8 check is undefined
     /// behaviour.)
+    ///
+    /// ```
+    /// struct Text;
+    /// impl shmbus::View for Text { type Of<'a> = &'a str; }
+    ///
+    /// let (a, b) = shmbus::Link::pair()?;
+    /// let (mut tx, _) = a.into_channel::<&str, ()>();
+    /// let (_b_tx, mut rx) = b.into_channel::<(), String>();
+    /// tx.send("straight from the ring")?;
+    /// // SAFETY: the sender is `tx` in this very function: it does not write the frame while
+    /// // the closure runs. The `&str` cannot leave the closure; copy what must outlive it.
+    /// let owned = unsafe { rx.recv_view_in_place::<Text, _>(|s| s.to_owned())? };
+    /// assert_eq!(owned, "straight from the ring");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn recv_view_in_place<V: View, R>(
         &mut self,
         f: impl for<'a> FnOnce(V::Of<'a>) -> R,

@@ -31,6 +31,20 @@ impl AsyncClient {
     /// [`request`](AsyncClient::request) on a direct link to `to` (whatever
     /// [`ClientOptions::direct`](super::ClientOptions::direct) says): the first one asks the
     /// hub to introduce us and goes through the hub; later ones skip it.
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_request("twice", |r| Ok(2 * r.payload.decode::<u32>().map_err(|e| e.to_string())?));
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// for _ in 0..3 {
+    ///     let r = web.request_direct("bot", "twice", &21u32, None).await?;
+    ///     assert_eq!(r.decode::<u32>()?, 42);
+    /// }
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn request_direct<T: Serialize + ?Sized>(
         &self,
         to: &str,

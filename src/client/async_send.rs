@@ -6,10 +6,11 @@
 //! would stall every task. Invariants:
 //!
 //! * **Sends** try the ring once (no waiting). If it is full, the sender announces that it
-//!   waits for space (the producer's `sleeping` flag), issues a SeqCst fence, tries again, and
-//!   only then awaits the ring's *space doorbell* (an eventfd in [`AsyncFd`]) or the control
+//!   waits for space (the producer's `sleeping` flag), issues a SeqCst fence, tries again
+//!   (`RawSender::prepare_park_retrying`: the one copy of the handshake, `wait::prepare_park`),
+//!   and only then awaits the ring's *space doorbell* (an eventfd in [`AsyncFd`]) or the control
 //!   socket's hang-up, with no lock held. The hub rings the doorbell when it frees space while
-//!   the flag is set (`crate::wait`'s protocol, mirrored), so no wake-up is lost. A 250 ms timer
+//!   the flag is set (`crate::wait`'s protocol, the same code), so no wake-up is lost. A 250 ms timer
 //!   re-tries as a backstop (a `close` from another thread, a sync sender that cleared the
 //!   flag); it is not the wake-up path.
 //! * **One async message at a time** ([`AsyncSide::gate`], a tokio mutex): a message larger
@@ -52,7 +53,6 @@ use tokio::sync::OwnedMutexGuard;
 use super::Inner;
 use crate::error::{fail_to_error, Fail};
 use crate::proto::{ClientMsg, PayloadBuf};
-use crate::sync::{fence, Ordering};
 use crate::wait::Deadline;
 use crate::{codec, Error, RawSender};
 
@@ -324,18 +324,21 @@ impl Inner {
                 let tx = g.as_mut().ok_or(Error::Disconnected)?;
                 match attempt(tx) {
                     Ok(Attempt::Full) => {
-                        tx.set_waiting_for_space(true);
-                        // SeqCst fence: pairs with the consumer's fence after it stores its new
-                        // `head` and before it reads our flag
-                        // (`Consumer::check_producer_sleeping`): either our
-                        // re-check below sees the space, or the consumer sees the flag and rings
-                        // the space doorbell.
-                        fence(Ordering::SeqCst);
-                        let r = attempt(tx);
-                        if !matches!(r, Ok(Attempt::Full)) {
-                            tx.set_waiting_for_space(false);
+                        // The no-lost-wake-up handshake (`wait::prepare_park`): announce, fence,
+                        // try again. Either the retry sees the space, or the consumer sees the
+                        // flag and rings the space doorbell.
+                        let r = tx.prepare_park_retrying(|tx| match attempt(tx)? {
+                            Attempt::Full => Ok(None),
+                            a => Ok(Some(a)),
+                        });
+                        match r {
+                            Ok(Some(a)) => Ok(a),
+                            Ok(None) => Ok(Attempt::Full),
+                            Err(e) => {
+                                tx.set_waiting_for_space(false);
+                                Err(e)
+                            }
                         }
-                        r
                     }
                     r => r,
                 }

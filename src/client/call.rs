@@ -1,4 +1,5 @@
-//! Gets and requests: [`Client::get`] / [`GetBuilder`], [`Client::request`], and how a
+//! Gets and requests: [`Client::get`] (its [`GetBuilder`] is in `get_builder.rs`),
+//! [`Client::request`], and how a
 //! caller gets its reply: the direct path (the caller holds the receiver and decodes its
 //! reply straight from the ring) or the shared path (a [`Slot`] that whoever receives fills).
 //!
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::messages::reply_of;
-use super::{CallError, Client, Inner, Reply, Ttl};
+use super::{CallError, Client, GetBuilder, Inner, Reply, Ttl};
 use crate::proto::{ClientMsg, DirectMsg, Encoding, HubMsg, PayloadBuf};
 use crate::wait::Deadline;
 use crate::RawReceiver;
@@ -277,103 +278,6 @@ impl Client {
 
 pub(super) fn timeout_ms(t: Option<Duration>) -> u32 {
     t.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
-}
-
-/// Builds a get; finish with [`send`](GetBuilder::send) on a [`Client`], or `.await` it on an
-/// [`AsyncClient`](super::tokio_client::AsyncClient) (through `IntoFuture`): the same
-/// builder, the same options, for both.
-pub struct GetBuilder<'c, C = Client> {
-    pub(super) client: &'c C,
-    pub(super) from: &'c str,
-    pub(super) kind: &'c str,
-    pub(super) key: Option<&'c str>,
-    pub(super) fresh: bool,
-    pub(super) local: bool,
-    pub(super) timeout: Option<Duration>,
-    pub(super) direct: bool,
-}
-
-impl<'c, C> GetBuilder<'c, C> {
-    /// A get of `kind` from `from` through `client`, with its default `timeout`.
-    pub(super) fn new(
-        client: &'c C,
-        timeout: Option<Duration>,
-        from: &'c str,
-        kind: &'c str,
-    ) -> GetBuilder<'c, C> {
-        GetBuilder {
-            client,
-            from,
-            kind,
-            key: None,
-            fresh: false,
-            local: true,
-            timeout,
-            direct: false,
-        }
-    }
-
-    /// A fresh get on a direct link to the owner (also when
-    /// [`ClientOptions::direct`](super::ClientOptions::direct) is off): the first one asks
-    /// the hub to introduce us and goes through the hub; later ones skip it. A get that is
-    /// not fresh still reads the cache first and then asks the hub. (The blocking client's
-    /// `send`, and the async client's `.await`, which runs it on tokio's blocking pool.)
-    pub fn direct(mut self) -> Self {
-        self.direct = true;
-        self
-    }
-
-    /// Whether a non-fresh get may be answered from this process's mapping of the cache
-    /// segment (the default) before asking the hub. `false` always asks the hub.
-    pub fn local(mut self, l: bool) -> Self {
-        self.local = l;
-        self
-    }
-
-    /// The key within the kind.
-    pub fn key(mut self, k: &'c str) -> Self {
-        self.key = Some(k);
-        self
-    }
-
-    /// Skip the cache: the owner answers.
-    pub fn fresh(mut self, f: bool) -> Self {
-        self.fresh = f;
-        self
-    }
-
-    /// Deadline (also enforced by the hub).
-    pub fn timeout(mut self, t: Duration) -> Self {
-        self.timeout = Some(t);
-        self
-    }
-}
-
-impl GetBuilder<'_, Client> {
-    /// Sends the get and waits for the answer.
-    pub fn send(self) -> Result<Reply, CallError> {
-        let inner = &self.client.inner;
-        if !self.fresh && self.local {
-            if let Some(r) = inner.local_get(self.from, self.kind, self.key) {
-                return Ok(r);
-            }
-        }
-        if self.fresh && (self.direct || inner.opts.direct) {
-            let (kind, key, accept) = (self.kind, self.key, inner.opts.accept);
-            let r = inner.direct_call(self.from, self.timeout, |req, fence| DirectMsg::Get {
-                req,
-                fence,
-                kind,
-                key,
-                accept,
-            });
-            if let Some(r) = r {
-                return r;
-            }
-        }
-        let frame = inner.get_frame(self.from, self.kind, self.key, self.fresh, self.timeout);
-        inner.call(self.timeout, frame)
-    }
 }
 
 impl Inner {

@@ -106,7 +106,7 @@ impl Client {
     /// use shmbus::client::{Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::proto::{PayloadBuf, Target};
+    /// use shmbus::{PayloadBuf, Target};
     /// let got = bot.events("raw");
     /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&[1, 2])?)?;
     /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());

@@ -1,6 +1,7 @@
 //! The handler registry ([`Client::on`] and the other `on*` methods, [`HandlerId`],
 //! [`Client::remove_handler`]), the queue of messages waiting for their handlers, and
-//! running them: [`Inner::run_handlers`], and the answer a get or request handler owes.
+//! running them: [`Inner::run_handlers`]. The answer a get or request handler owes is in
+//! `answers.rs`.
 //!
 //! Invariants: handlers run in the order their messages arrived — the disconnect handlers
 //! too, queued behind the old link's last messages — on one thread at a time
@@ -22,7 +23,7 @@ use serde::Serialize;
 use super::context::Ctx;
 use super::deferred::GetTicket;
 use super::{Client, DataPush, Event, GetRequest, Inner, Lifecycle, PanicPolicy, Request, Ttl};
-use crate::proto::{Answer, ClientMsg, ErrorCode, Payload, PayloadBuf};
+use crate::proto::{ClientMsg, ErrorCode, PayloadBuf};
 use crate::Error;
 
 /// Identifies a registered handler, for [`Client::remove_handler`].
@@ -504,114 +505,4 @@ impl Inner {
             }
         }
     }
-
-    /// Hands `g` to the deferred get handler when there is one and no `on_get` handler for its
-    /// kind (contained: a panic drops the ticket, which answers the requester with an error);
-    /// gives it back otherwise.
-    pub(super) fn defer_get(&self, hreq: u64, g: GetRequest) -> Option<GetRequest> {
-        let Some(d) = self.deferred_get_for(&g.kind) else {
-            return Some(g);
-        };
-        let ticket = GetTicket::new(self.me.clone(), hreq, g.accept);
-        let kind = g.kind.clone();
-        let _ = self.contained(
-            &format_args!("the deferred get handler for {kind:?}"),
-            || d(g, ticket),
-        );
-        None
-    }
-
-    /// What `g`'s get handler answers (run contained: a panic becomes an error naming it), or
-    /// "no handler".
-    pub(super) fn get_answer(&self, g: &GetRequest) -> Result<(PayloadBuf, i64), Failure> {
-        let h = self
-            .handlers
-            .read()
-            .expect("lock")
-            .gets
-            .get(&g.kind)
-            .map(|(_, f)| f.clone());
-        let Some(f) = h else {
-            return Err(self.no_get_handler(&g.kind));
-        };
-        let ctx = Ctx::new(self, &g.requester);
-        self.contained(&format_args!("the get handler for {:?}", g.kind), || {
-            f(&ctx, g)
-        })
-        .unwrap_or_else(|m| {
-            Err(format!(
-                "{}'s get handler for {:?} panicked: {m}",
-                self.opts.name, g.kind
-            ))
-        })
-        .map_err(failed)
-    }
-
-    /// What `r`'s request handler answers (run contained), or "no handler".
-    pub(super) fn request_answer(&self, r: &Request) -> Result<(PayloadBuf, i64), Failure> {
-        let h = self
-            .handlers
-            .read()
-            .expect("lock")
-            .requests
-            .get(&r.method)
-            .map(|(_, f)| f.clone());
-        let Some(f) = h else {
-            return Err(self.no_request_handler(&r.method));
-        };
-        let ctx = Ctx::new(self, &r.from);
-        self.contained(
-            &format_args!("the request handler for {:?}", r.method),
-            || f(&ctx, r),
-        )
-        .unwrap_or_else(|m| {
-            Err(format!(
-                "{}'s request handler for {:?} panicked: {m}",
-                self.opts.name, r.method
-            ))
-        })
-        .map(|p| (p, -1))
-        .map_err(failed)
-    }
-
-    /// The answer to a get of `kind` we have no handler for.
-    pub(super) fn no_get_handler(&self, kind: &str) -> Failure {
-        (
-            ErrorCode::NoHandler,
-            format!("{} has no handler for {kind:?}", self.opts.name),
-        )
-    }
-
-    /// The answer to a request for `method` we have no handler for.
-    pub(super) fn no_request_handler(&self, method: &str) -> Failure {
-        (
-            ErrorCode::NoHandler,
-            format!("{} has no handler for method {method:?}", self.opts.name),
-        )
-    }
-
-    pub(super) fn answer(&self, hreq: u64, a: Result<(PayloadBuf, i64), Failure>) {
-        let msg = match &a {
-            Ok((p, ttl_ms)) => ClientMsg::Answer {
-                req: hreq,
-                answer: Answer::Ok {
-                    payload: Payload {
-                        enc: p.enc,
-                        bytes: &p.bytes,
-                    },
-                    ttl_ms: *ttl_ms,
-                },
-            },
-            Err((code, m)) => ClientMsg::Answer {
-                req: hreq,
-                answer: Answer::err(*code, m),
-            },
-        };
-        let _ = self.send(&msg);
-    }
-}
-
-/// A handler's own error message, as the answer's failure.
-pub(super) fn failed(m: String) -> Failure {
-    (ErrorCode::Failed, m)
 }

@@ -38,7 +38,7 @@ impl Client {
     /// use shmbus::client::{Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::proto::PayloadBuf;
+    /// use shmbus::PayloadBuf;
     /// let got = bot.events("bot:hi");
     /// web.emit_routed_payload("bot:hi", &PayloadBuf::json(&1)?)?;
     /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
@@ -55,7 +55,7 @@ impl Client {
     /// use shmbus::client::{Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::proto::PayloadBuf;
+    /// use shmbus::PayloadBuf;
     /// let got = bot.events("news");
     /// web.broadcast_payload("news", &PayloadBuf::json(&"x")?)?;
     /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
@@ -71,7 +71,7 @@ impl Client {
     /// # let hub = shmbus::client::doctest::DocHub::start();
     /// use shmbus::client::{Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
-    /// use shmbus::proto::PayloadBuf;
+    /// use shmbus::PayloadBuf;
     /// bot.publish_payload("prices", &PayloadBuf::json(&1)?)?;
     /// # Ok::<(), shmbus::Error>(())
     /// ```
@@ -87,7 +87,7 @@ impl Client {
     /// use shmbus::client::{Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::proto::PayloadBuf;
+    /// use shmbus::PayloadBuf;
     /// bot.on_request_payload("echo", |r| Ok(r.payload.clone()));
     /// let r = web.request_payload("bot", "echo", &PayloadBuf::json(&[1, 2])?, None)?;
     /// assert_eq!(r.payload.bytes, b"[1,2]");
@@ -135,7 +135,7 @@ impl Client {
     /// use shmbus::client::{Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::proto::PayloadBuf;
+    /// use shmbus::PayloadBuf;
     /// bot.on_request_payload("ver", |_| PayloadBuf::json(&"1.0").map_err(|e| e.to_string()));
     /// assert_eq!(web.request("bot", "ver", &(), None)?.decode::<String>()?, "1.0");
     /// # Ok::<(), shmbus::Error>(())
@@ -186,7 +186,7 @@ impl Client {
     /// use shmbus::client::{Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
-    /// use shmbus::proto::PayloadBuf;
+    /// use shmbus::PayloadBuf;
     /// bot.on_request_deferred(|r, ticket| {
     ///     let _ = ticket.answer(&PayloadBuf::encode(r.accept, &r.method).unwrap());
     /// });
@@ -353,7 +353,7 @@ mod async_calls {
         /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
         /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
         /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-        /// use shmbus::proto::PayloadBuf;
+        /// use shmbus::PayloadBuf;
         /// let got = bot.events("bot:hi");
         /// web.emit_routed_payload("bot:hi", &PayloadBuf::json(&1)?).await?;
         /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
@@ -371,7 +371,7 @@ mod async_calls {
         /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
         /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-        /// use shmbus::proto::PayloadBuf;
+        /// use shmbus::PayloadBuf;
         /// web.broadcast_payload("news", &PayloadBuf::json(&1)?).await?;
         /// # Ok::<(), shmbus::Error>(())
         /// # }).unwrap();
@@ -387,7 +387,7 @@ mod async_calls {
         /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
         /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-        /// use shmbus::proto::PayloadBuf;
+        /// use shmbus::PayloadBuf;
         /// web.publish_payload("prices", &PayloadBuf::json(&1)?).await?;
         /// # Ok::<(), shmbus::Error>(())
         /// # }).unwrap();
@@ -405,7 +405,7 @@ mod async_calls {
         /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
         /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
         /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-        /// use shmbus::proto::PayloadBuf;
+        /// use shmbus::PayloadBuf;
         /// bot.on_request_payload("echo", |r| Ok(r.payload.clone()));
         /// let r = web.request_payload("bot", "echo", &PayloadBuf::json(&[1])?, None).await?;
         /// assert_eq!(r.payload.bytes, b"[1]");
@@ -436,7 +436,7 @@ mod async_calls {
         /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
         /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
         /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-        /// use shmbus::proto::PayloadBuf;
+        /// use shmbus::PayloadBuf;
         /// bot.on_request_payload("echo", |r| Ok(r.payload.clone()));
         /// let pending = web.send_request_payload("bot", "echo", &PayloadBuf::json(&2)?, None).await?;
         /// assert_eq!(pending.reply().await?.payload.bytes, b"2");

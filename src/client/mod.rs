@@ -79,6 +79,7 @@ use crate::cache::{Cache, CacheReader};
 use crate::hub::socket_path;
 use crate::{Error, RawReceiver, RawSender};
 
+mod answers;
 #[cfg(feature = "tokio")]
 mod async_calls;
 #[cfg(feature = "tokio")]
@@ -101,6 +102,7 @@ mod dispatch;
 pub mod doctest;
 mod emit;
 mod events;
+mod get_builder;
 mod handlers;
 mod messages;
 mod options;
@@ -116,12 +118,12 @@ pub use json_calls::RequestTicket;
 pub use crate::error::CallError;
 #[cfg(feature = "tokio")]
 pub use async_events::EventStream;
-pub use call::GetBuilder;
 use call::Slot;
 pub use context::{Ctx, WeakClient};
 pub use deferred::GetTicket;
 use dispatch::dispatcher;
 pub use events::{pattern_matches, EventReceiver, DEFAULT_EVENT_CAPACITY};
+pub use get_builder::GetBuilder;
 pub use handlers::HandlerId;
 use handlers::{Handlers, Incoming};
 pub use messages::{DataPush, Event, GetRequest, Lifecycle, Reply, Request};

@@ -168,7 +168,7 @@ impl AsyncClient {
     /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-    /// use shmbus::proto::PayloadBuf;
+    /// use shmbus::PayloadBuf;
     /// web.on_request_deferred(|r, ticket| {
     ///     tokio::spawn(async move {
     ///         let p = PayloadBuf::encode(r.accept, &r.method).unwrap();

@@ -108,6 +108,26 @@ impl RawSender {
         wait::prepare_park(&mut ParkingSender(self, len))
     }
 
+    /// [`prepare_park_for_space`](RawSender::prepare_park_for_space) for a caller whose
+    /// re-check is a whole send attempt rather than a room check (the tokio client, whose
+    /// frame size is known only inside the attempt): announces, fences, then runs `retry`
+    /// once, through the same [`wait::prepare_park`]. `Ok(Some(r))`: the attempt went through
+    /// (or ended otherwise than "full"), the announcement was withdrawn. `Ok(None)`: still
+    /// full, the flag stays raised; park on the doorbell, then withdraw it. `Err`: the flag
+    /// stays raised, and the caller withdraws it.
+    pub(crate) fn prepare_park_retrying<R>(
+        &mut self,
+        retry: impl FnMut(&mut RawSender) -> Result<Option<R>, Error>,
+    ) -> Result<Option<R>, Error> {
+        let mut w = RetryingSender {
+            tx: self,
+            retry,
+            out: None,
+        };
+        wait::prepare_park(&mut w)?;
+        Ok(w.out)
+    }
+
     /// Raises or withdraws this sender's sleep announcement. Raising it is
     /// [`prepare_park_for_space`](RawSender::prepare_park_for_space)'s job (with the fence and
     /// the re-check that must follow); event loops call this with `false` once they wake.
@@ -136,5 +156,26 @@ impl Waitable for ParkingSender<'_> {
     }
     fn announce(&mut self, on: bool) {
         self.0.prod.set_sleeping(on)
+    }
+}
+
+/// A sender whose re-check is a send attempt: ready once `retry` returns `Some`, which is
+/// kept in `out`.
+struct RetryingSender<'a, F, R> {
+    tx: &'a mut RawSender,
+    retry: F,
+    out: Option<R>,
+}
+
+impl<F, R> Waitable for RetryingSender<'_, F, R>
+where
+    F: FnMut(&mut RawSender) -> Result<Option<R>, Error>,
+{
+    fn ready(&mut self) -> Result<bool, Error> {
+        self.out = (self.retry)(self.tx)?;
+        Ok(self.out.is_some())
+    }
+    fn announce(&mut self, on: bool) {
+        self.tx.prod.set_sleeping(on)
     }
 }

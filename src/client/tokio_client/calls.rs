@@ -46,6 +46,20 @@ impl AsyncClient {
     /// A non-fresh get's answer from this process's mapping of the cache segment, when it
     /// holds a live value of `from` in an encoding this client takes (what [`get`](Self::get)
     /// answers without a round trip); `None` otherwise.
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions, Ttl};
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert!(web.cached_get("bot", "motd", None).is_none()); // nothing cached yet
+    /// bot.data("motd", None, &"hello", Ttl::Secs(60))?;
+    /// bot.request("nobody", "sync", &(), None).ok(); // a round trip: the hub cached it
+    /// let r = web.cached_get("bot", "motd", None).expect("in the cache");
+    /// assert_eq!(r.decode::<String>()?, "hello");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn cached_get(&self, from: &str, kind: &str, key: Option<&str>) -> Option<Reply> {
         self.inner().local_get(from, kind, key)
     }
@@ -55,6 +69,23 @@ impl AsyncClient {
     /// (waiting for room without blocking the runtime), with its reply still to await. What
     /// this client sends next reaches the hub after it. The send and the wait both count
     /// against the timeout.
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions, Ttl};
+    /// use std::time::Duration;
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// bot.on_get("score", |g| Ok((g.key.clone().unwrap_or_default(), Ttl::Secs(30))));
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// // Two gets in flight at once, then both replies.
+    /// let five = Some(Duration::from_secs(5));
+    /// let ann = web.send_get("bot", "score", Some("ann"), true, five).await?;
+    /// let bob = web.send_get("bot", "score", Some("bob"), true, five).await?;
+    /// assert_eq!(bob.reply().await?.decode::<String>()?, "bob");
+    /// assert_eq!(ann.reply().await?.decode::<String>()?, "ann");
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn send_get(
         &self,
         from: &str,

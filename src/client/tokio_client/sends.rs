@@ -25,6 +25,27 @@ impl AsyncClient {
     /// unchanged; a send that finds the ring full publishes what is there before it waits.
     /// Keep a batch open only while sending: other tasks' sends on this client are held back
     /// too until it closes.
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
+    /// use std::time::Duration;
+    /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
+    /// let got = bot.events("tick");
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// {
+    ///     let _batch = web.batch();
+    ///     for i in 0..3u32 {
+    ///         web.emit("bot", "tick", &i).await?;
+    ///     }
+    /// } // the batch closes: the three frames are published at once, in order
+    /// for i in 0..3u32 {
+    ///     let ev = got.recv_timeout(Duration::from_secs(10)).expect("an event");
+    ///     assert_eq!(ev.payload.decode::<u32>()?, i);
+    /// }
+    /// # Ok::<(), shmbus::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn batch(&self) -> SendBatch<'_> {
         self.side.cork();
         SendBatch { client: self }
@@ -38,7 +59,7 @@ impl AsyncClient {
     /// use shmbus::client::{tokio_client::AsyncClient, Client, ClientOptions};
     /// let bot = Client::connect(hub.dir(), ClientOptions::new("bot"))?;
     /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
-    /// use shmbus::proto::{PayloadBuf, Target};
+    /// use shmbus::{PayloadBuf, Target};
     /// let got = bot.events("raw");
     /// web.emit_payload(Target::Client("bot"), "raw", &PayloadBuf::json(&1)?).await?;
     /// assert!(got.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
