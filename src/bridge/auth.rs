@@ -2,7 +2,7 @@
 //!
 //! * **Unix socket** (node-ipc): the peer's uid from `SO_PEERCRED`, checked against the
 //!   [`AccessList`] (the hub's uid, the bridge's own uid, and `--allow-uid`).
-//! * **Loopback TCP** (node-ipc): unchanged clients send nothing we could check, so the owner
+//! * **Loopback TCP** (node-ipc, and Socket.IO without `--socketio-token`): unchanged clients send nothing we could check, so the owner
 //!   of the *connecting* socket is looked up in the kernel's socket table, as identd does:
 //!   `/proc/net/tcp` and `/proc/net/tcp6` list every socket of this network namespace with its
 //!   owner uid; the peer's socket is the entry whose local address is the peer's address and
@@ -10,7 +10,9 @@
 //!   (TIME_WAIT: no owner any more) never match. The same [`AccessList`] applies.
 //! * **Public TCP** (node-ipc on a non-loopback address, only with `--node-ipc-tcp-public`):
 //!   the `hello` must carry the token; WebSocket: the single `Authorization` header must be the
-//!   token. Tokens are compared with [`ct_eq`], whose time depends only on the expected token.
+//!   token; Socket.IO with `--socketio-token` (required on a non-loopback address): the
+//!   handshake's `auth.token`. Tokens are compared with [`ct_eq`], whose time depends only on
+//!   the expected token.
 //!
 //! Invariant: nothing a peer sends is interpreted before its uid (or, for token listeners, its
 //! hello or upgrade request, within the pre-hello limits) has been checked; a refused peer's
@@ -51,16 +53,8 @@ impl AccessList {
     }
 }
 
-/// Compares a presented token with the expected one in time that depends only on the
-/// expected token's length, not on where the two first differ.
-pub fn ct_eq(presented: &[u8], expected: &[u8]) -> bool {
-    let mut diff = (presented.len() != expected.len()) as u8;
-    for (i, e) in expected.iter().enumerate() {
-        let p = presented.get(i).copied().unwrap_or(0);
-        diff |= p ^ e;
-    }
-    std::hint::black_box(diff) == 0
-}
+// Shared with the hub's token check.
+pub use crate::ct::ct_eq;
 
 /// IPv4-mapped IPv6 addresses as IPv4 (a v6 socket connected to 127.0.0.1 is listed so).
 fn canonical(a: SocketAddr) -> SocketAddr {
