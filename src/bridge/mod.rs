@@ -48,6 +48,7 @@ pub mod nap;
 pub(crate) mod nodeipc;
 mod outbox;
 mod prehello;
+mod sockdiag;
 #[cfg(feature = "socketio")]
 mod socketio;
 pub mod ws;
