@@ -262,6 +262,7 @@ pub mod bridge;
 pub mod cache;
 mod channel;
 pub mod client;
+mod ct;
 // Internals below are `#[doc(hidden)]` rather than private only because the integration
 // tests, benches/, compare/ or the binary reach into them (wire frames, hostile peers,
 // syscalls). They are not part of the API and may change in any release.

@@ -1,6 +1,7 @@
 //! Authentication on every bridge listener (issue 13): SO_PEERCRED on the node-ipc Unix socket,
-//! the kernel's socket table on loopback TCP, a hello token on a public TCP address, and the
-//! WebSocket `Authorization` token (one header, compared in constant time).
+//! the kernel's socket table on loopback TCP (node-ipc, and Socket.IO without a token), a hello
+//! token on a public TCP address, the Socket.IO `auth.token` (required on a public address), and
+//! the WebSocket `Authorization` token (one header, compared in constant time).
 //!
 //! Other uids are real: two system users created with `useradd` (the tests run as root), and
 //! node clients started as them with `setpriv --reuid --regid --clear-groups`. Without root
@@ -9,6 +10,8 @@
 #![cfg(all(feature = "bridge", not(shmbus_loom)))]
 
 mod bridge_util;
+#[cfg(feature = "socketio")]
+mod sio_util;
 mod util;
 
 use std::os::unix::fs::PermissionsExt;
@@ -508,4 +511,217 @@ fn up_passes_the_allow_list_and_keeps_tokens_off_the_command_line() {
     );
     refused(&b, &mut other, "not allowed");
     drop(up);
+}
+
+/// Socket.IO (python-socketio 5 and socket.io-client 4, unchanged) on a loopback address
+/// without `--socketio-token`: the owner of the connecting socket (the kernel's socket table)
+/// must be on the allow-list, as for node-ipc over loopback TCP. The bridge's own uid and an
+/// `--allow-uid` uid are served; another uid gets a 403 (Engine.IO's "forbidden" answer, whose
+/// message python-socketio hands to `connect_error`) before anything it sent is read, and
+/// never becomes a bus client.
+#[cfg(feature = "socketio")]
+#[test]
+fn socketio_loopback_checks_socket_owner() {
+    use sio_util::{Lang, Sio};
+    let _w = util::watchdog("auth socketio uid", 90);
+    let Some((ok, no)) = users() else { return };
+    sio_util::python();
+    let dir = util::TestDir::new("auth-sio-uid");
+    let _hub = bridge_util::hub(&dir.join("hub"), &[]);
+    let b = sio_util::bridge(&dir.join("hub"), &["--allow-uid", &ok.0.to_string()]);
+    let on_bus = |name: &str| sio_util::client_stat(&dir.join("hub"), name).is_some();
+    for lang in [Lang::Python, Lang::Js] {
+        let mine = format!("mine-{lang:?}");
+        let _m = Sio::connect(lang, &b, &mine, None);
+        assert!(
+            util::eventually(5, || on_bus(&mine)),
+            "{mine} not on the bus"
+        );
+        let allowed = format!("allowed-{lang:?}");
+        let mut a = Sio::start_as(
+            lang,
+            &b,
+            &allowed,
+            json!({"name": allowed}),
+            Value::Null,
+            Some(ok),
+        );
+        a.expect("connect", 15, |_| true);
+        assert!(
+            util::eventually(5, || on_bus(&allowed)),
+            "{allowed} not on the bus"
+        );
+        for transports in [Value::Null, json!(["websocket"])] {
+            let intruder = format!("intruder-{lang:?}");
+            let mut x = Sio::start_as(
+                lang,
+                &b,
+                &intruder,
+                json!({"name": intruder}),
+                transports.clone(),
+                Some(no),
+            );
+            let e = x.expect("connect_error", 15, |_| true);
+            if lang == Lang::Python && transports.is_null() {
+                let msg = e["message"].as_str().unwrap_or_default();
+                assert!(
+                    msg.contains(&format!("uid {} is not allowed", no.0)),
+                    "{lang:?} {transports}: {e}"
+                );
+            }
+            x.settle(300);
+            assert!(
+                !x.saw("connect", |_| true),
+                "{lang:?} {transports}: {:?}",
+                x.seen
+            );
+            assert!(
+                !on_bus(&intruder),
+                "{intruder} ({transports}) got onto the bus"
+            );
+        }
+    }
+}
+
+/// With `--socketio-token`, the token is the credential whatever the uid (as for WebSocket):
+/// another uid without it is refused, with it served. A wrong token, a taken name and the
+/// bridge's own uid are in `bridge_socketio::sio_refused_wrong_token_and_taken_name`.
+#[cfg(feature = "socketio")]
+#[test]
+fn socketio_token_is_the_credential_for_any_uid() {
+    use sio_util::{Lang, Sio};
+    const SIO_TOKEN: &str = "socketio-token-0015-2f1e9a";
+    let _w = util::watchdog("auth socketio token", 60);
+    let Some((_, no)) = users() else { return };
+    sio_util::python();
+    let dir = util::TestDir::new("auth-sio-token");
+    let _hub = bridge_util::hub(&dir.join("hub"), &[]);
+    let b = sio_util::bridge(&dir.join("hub"), &["--socketio-token", SIO_TOKEN]);
+    let mut x = Sio::start_as(
+        Lang::Python,
+        &b,
+        "other",
+        json!({"name": "other"}),
+        Value::Null,
+        Some(no),
+    );
+    let e = x.expect("connect_error", 15, |_| true);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing token"),
+        "{e}"
+    );
+    let auth = json!({"name": "other-token", "token": SIO_TOKEN});
+    let mut y = Sio::start_as(Lang::Python, &b, "other-token", auth, Value::Null, Some(no));
+    y.expect("connect", 15, |_| true);
+    assert!(util::eventually(5, || {
+        sio_util::client_stat(&dir.join("hub"), "other-token").is_some()
+    }));
+}
+
+/// A non-loopback `--socketio` address without `--socketio-token` would let any host that
+/// reaches it onto the bus (no uid can be checked across hosts): the bridge refuses to start
+/// and says to give the token. With the token it starts, with a warning that the address is
+/// public, and a client with the token is served there.
+#[cfg(feature = "socketio")]
+#[test]
+fn socketio_public_address_needs_the_token() {
+    use sio_util::{Lang, Sio};
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    const SIO_TOKEN: &str = "socketio-public-0015-77ab";
+    let _w = util::watchdog("auth socketio public", 60);
+    sio_util::python();
+    let ip = public_ip();
+    let addr = format!("{ip}:0");
+    let dir = util::TestDir::new("auth-sio-public");
+    let _hub = bridge_util::hub(&dir.join("hub"), &[]);
+    let mut refused = bridge_util::Proc(
+        Command::new(env!("CARGO_BIN_EXE_shmbus"))
+            .arg("bridge")
+            .arg("--dir")
+            .arg(dir.join("hub"))
+            .args(["--socketio", &addr])
+            .env_remove("SHMBUS_SOCKETIO_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let exited = util::eventually(10, || matches!(refused.0.try_wait(), Ok(Some(_))));
+    assert!(
+        exited,
+        "a public --socketio without a token started and kept serving"
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut refused.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!refused.0.wait().unwrap().success(), "exited 0: {err}");
+    assert!(
+        err.contains("--socketio-token") && err.contains(&ip),
+        "the error should name the address and the flag: {err}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .arg("bridge")
+        .arg("--dir")
+        .arg(dir.join("hub"))
+        .args(["--socketio", &addr, "--log", "warn"])
+        .env("SHMBUS_SOCKETIO_TOKEN", SIO_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let _bridge = bridge_util::Proc(child);
+    // Every stderr line, read to the end (a closed pipe would fail the bridge's writes).
+    let (tx, warnings) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut at = None;
+    for l in std::io::BufReader::new(stdout).lines() {
+        let l = l.unwrap();
+        if let Some(a) = l.strip_prefix("shmbus bridge: socketio ") {
+            at = Some(a.parse::<std::net::SocketAddr>().unwrap());
+        }
+        if l == "shmbus bridge: ready" {
+            break;
+        }
+    }
+    let at = at.expect("no socketio line before ready");
+    assert_eq!(at.ip().to_string(), ip);
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("WARNING") && l.contains("Socket.IO"))
+    {
+        match warnings.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(l) => said.push(l),
+            Err(_) => panic!("no warning about the public address: {said:?}"),
+        }
+    }
+    let b = sio_util::SioBridge {
+        proc: bridge_util::Proc(Command::new("true").spawn().unwrap()),
+        addr: at,
+        unix: None,
+    };
+    let mut s = Sio::start(Lang::Python, &b, "pub", json!({"name": "pub"}), Value::Null);
+    let e = s.expect("connect_error", 15, |_| true);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing token"),
+        "{e}"
+    );
+    let _ok = Sio::connect(Lang::Python, &b, "pub-token", Some(SIO_TOKEN));
 }

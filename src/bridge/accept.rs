@@ -1,5 +1,6 @@
-//! Accepting legacy connections: the uid check of every node-ipc listener before anything the
-//! peer sends is read (issue 13, [`super::auth`]), and the refusal of a peer that fails it.
+//! Accepting legacy connections: the uid check of every node-ipc listener (and of a Socket.IO
+//! listener without a token, [`check_loopback`]) before anything the peer sends is read
+//! (issue 13, [`super::auth`]), and the refusal of a peer that fails it ([`refuse_with`]).
 //!
 //! Invariants: a connection reaches `nodeipc::serve` only with its uid allowed (Unix:
 //! `SO_PEERCRED`; loopback TCP: the kernel's socket table) or, on a public TCP address, with
@@ -19,21 +20,26 @@ use tracing::{debug, warn};
 use super::nodeipc::{self, Origin};
 use super::{auth, frame, Shared};
 
-/// Closes a refused connection with an `error` event saying why (node-ipc publishes it).
-/// What the peer already sent is read and thrown away (at most 64 KiB, for at most 1 s) before
-/// the socket closes: closing with unread input would reset the connection, and the peer would
-/// lose the error event.
-async fn refuse<S>(mut s: S, peer: &str, why: &str, sh: &Shared)
-where
+/// Closes a refused connection after writing `answer` (what the listener's protocol says to
+/// a refused peer: node-ipc's `error` event, Socket.IO's HTTP 403). What the peer already
+/// sent is read and thrown away (at most 64 KiB, for at most 1 s), never interpreted, before
+/// the socket closes: closing with unread input would reset the connection, and the peer
+/// would lose the answer.
+pub(super) async fn refuse_with<S>(
+    mut s: S,
+    listener: &str,
+    peer: &str,
+    why: &str,
+    answer: &[u8],
+    sh: &Shared,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncReadExt;
     sh.stats.refused.fetch_add(1, Ordering::Relaxed);
-    warn!(%peer, why, "node-ipc connection refused");
-    let mut b = Vec::new();
-    frame::write_error(&mut b, why);
+    warn!(%peer, why, "{listener} connection refused");
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = s.write_all(&b).await;
+        let _ = s.write_all(answer).await;
         let _ = s.shutdown().await;
         let mut sink = [0u8; 4096];
         let mut left = 64usize << 10;
@@ -45,6 +51,17 @@ where
         }
     })
     .await;
+}
+
+/// Closes a refused node-ipc connection with an `error` event saying why (node-ipc publishes
+/// it), as [`refuse_with`] does.
+async fn refuse<S>(s: S, peer: &str, why: &str, sh: &Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut b = Vec::new();
+    frame::write_error(&mut b, why);
+    refuse_with(s, "node-ipc", peer, why, &b, sh).await;
 }
 
 /// A node-ipc connection on the Unix socket: its uid (SO_PEERCRED) must be allowed.
@@ -63,6 +80,45 @@ pub(super) async fn accept_unix(s: UnixStream, sh: Arc<Shared>) {
     }
 }
 
+/// What [`check_loopback`] found about a loopback TCP peer.
+pub(super) enum LoopbackPeer {
+    /// The owner of the connecting socket is on the allow-list.
+    Allowed,
+    /// The peer closed without sending a byte (a port probe): close quietly.
+    Probe,
+    /// Refused, and why (for the peer and the log).
+    Refused(String),
+}
+
+/// The uid check of a loopback TCP peer (node-ipc, and Socket.IO without a token): the owner
+/// of the connecting socket, from the kernel's socket table, must be on the allow-list.
+/// Reads nothing the peer sent (a probe is told apart with a peek).
+pub(super) async fn check_loopback(
+    s: &TcpStream,
+    peer: std::net::SocketAddr,
+    sh: &Shared,
+) -> LoopbackPeer {
+    let Ok(local) = s.local_addr() else {
+        return LoopbackPeer::Refused("no local address".into());
+    };
+    // Reading the socket table is a few file reads; off the runtime's thread all the same.
+    let owner = tokio::task::spawn_blocking(move || auth::tcp_peer_uid(peer, local)).await;
+    match owner {
+        Ok(Ok(Some(uid))) if sh.access.allows(uid) => LoopbackPeer::Allowed,
+        Ok(Ok(Some(uid))) => {
+            LoopbackPeer::Refused(format!("uid {uid} is not allowed on this bridge"))
+        }
+        Ok(Ok(None)) if closed_unused(s).await => LoopbackPeer::Probe,
+        Ok(Ok(None)) => LoopbackPeer::Refused(
+            "the connecting socket's owner is not in the kernel's socket table \
+             (not allowed: only local processes of allowed uids may connect)"
+                .into(),
+        ),
+        Ok(Err(e)) => LoopbackPeer::Refused(format!("socket table: {e}")),
+        Err(e) => LoopbackPeer::Refused(format!("socket table: {e}")),
+    }
+}
+
 /// A node-ipc connection over TCP: on loopback, the owner of the connecting socket (the
 /// kernel's socket table) must be allowed; on a public address the hello carries the token.
 pub(super) async fn accept_tcp(
@@ -77,30 +133,15 @@ pub(super) async fn accept_tcp(
         let (r, w) = s.into_split();
         return nodeipc::serve(r, w, name, Origin::NeedsToken, false, sh).await;
     }
-    let Ok(local) = s.local_addr() else {
-        return refuse(s, &name, "no local address", &sh).await;
-    };
-    // Reading the socket table is a few file reads; off the runtime's thread all the same.
-    let owner = tokio::task::spawn_blocking(move || auth::tcp_peer_uid(peer, local)).await;
-    match owner {
-        Ok(Ok(Some(uid))) if sh.access.allows(uid) => {
+    match check_loopback(&s, peer, &sh).await {
+        LoopbackPeer::Allowed => {
             let (r, w) = s.into_split();
             nodeipc::serve(r, w, name, Origin::Checked, false, sh).await;
         }
-        Ok(Ok(Some(uid))) => {
-            let why = format!("uid {uid} is not allowed on this bridge");
-            refuse(s, &name, &why, &sh).await;
-        }
-        Ok(Ok(None)) if closed_unused(&s).await => {
+        LoopbackPeer::Probe => {
             debug!(peer = %name, "loopback TCP connection closed before it sent a byte (a probe)");
         }
-        Ok(Ok(None)) => {
-            let why = "the connecting socket's owner is not in the kernel's socket table \
-                       (not allowed: only local processes of allowed uids may connect)";
-            refuse(s, &name, why, &sh).await;
-        }
-        Ok(Err(e)) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
-        Err(e) => refuse(s, &name, &format!("socket table: {e}"), &sh).await,
+        LoopbackPeer::Refused(why) => refuse(s, &name, &why, &sh).await,
     }
 }
 

@@ -2,15 +2,19 @@
 //!
 //! * **Unix socket** (node-ipc): the peer's uid from `SO_PEERCRED`, checked against the
 //!   [`AccessList`] (the hub's uid, the bridge's own uid, and `--allow-uid`).
-//! * **Loopback TCP** (node-ipc): unchanged clients send nothing we could check, so the owner
-//!   of the *connecting* socket is looked up in the kernel's socket table, as identd does:
-//!   `/proc/net/tcp` and `/proc/net/tcp6` list every socket of this network namespace with its
-//!   owner uid; the peer's socket is the entry whose local address is the peer's address and
-//!   whose remote address is our accepted socket's local address. Entries without an inode
-//!   (TIME_WAIT: no owner any more) never match. The same [`AccessList`] applies.
+//! * **Loopback TCP** (node-ipc, and Socket.IO without `--socketio-token`): unchanged clients
+//!   send nothing we could check, so the owner of the *connecting* socket is looked up in the
+//!   kernel, as identd does: by one exact `sock_diag` netlink query ([`super::sockdiag`]), or
+//!   where that fails, in `/proc/net/tcp` and `/proc/net/tcp6`, which list every socket of
+//!   this network namespace with its owner uid; the peer's socket is the one whose local
+//!   address is the peer's address and whose remote address is our accepted socket's local
+//!   address. Sockets without an inode (TIME_WAIT: no owner any more) never match. The same
+//!   [`AccessList`] applies.
 //! * **Public TCP** (node-ipc on a non-loopback address, only with `--node-ipc-tcp-public`):
 //!   the `hello` must carry the token; WebSocket: the single `Authorization` header must be the
-//!   token. Tokens are compared with [`ct_eq`], whose time depends only on the expected token.
+//!   token; Socket.IO with `--socketio-token` (required on a non-loopback address): the
+//!   handshake's `auth.token`. Tokens are compared with [`ct_eq`], whose time depends only on
+//!   the expected token.
 //!
 //! Invariant: nothing a peer sends is interpreted before its uid (or, for token listeners, its
 //! hello or upgrade request, within the pre-hello limits) has been checked; a refused peer's
@@ -51,16 +55,8 @@ impl AccessList {
     }
 }
 
-/// Compares a presented token with the expected one in time that depends only on the
-/// expected token's length, not on where the two first differ.
-pub fn ct_eq(presented: &[u8], expected: &[u8]) -> bool {
-    let mut diff = (presented.len() != expected.len()) as u8;
-    for (i, e) in expected.iter().enumerate() {
-        let p = presented.get(i).copied().unwrap_or(0);
-        diff |= p ^ e;
-    }
-    std::hint::black_box(diff) == 0
-}
+// Shared with the hub's token check.
+pub use crate::ct::ct_eq;
 
 /// IPv4-mapped IPv6 addresses as IPv4 (a v6 socket connected to 127.0.0.1 is listed so).
 fn canonical(a: SocketAddr) -> SocketAddr {
@@ -123,9 +119,22 @@ pub fn find_owner(table: &str, peer: SocketAddr, local: SocketAddr) -> Option<u3
     })
 }
 
-/// The owner uid of the connecting socket of a loopback TCP connection (`peer` → `local`),
-/// from the kernel's socket tables; `None` if no live socket matches.
+/// The owner uid of the connecting socket of a loopback TCP connection (`peer` → `local`):
+/// one exact `sock_diag` netlink lookup ([`super::sockdiag`]), or where that is not available,
+/// the kernel's socket tables ([`proc_peer_uid`]); `None` if no live socket matches.
 pub fn tcp_peer_uid(peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
+    match super::sockdiag::peer_uid(peer, local) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            tracing::debug!(error = %e, "sock_diag lookup failed; reading /proc/net/tcp");
+            proc_peer_uid(peer, local)
+        }
+    }
+}
+
+/// [`tcp_peer_uid`] from `/proc/net/tcp{,6}` (the whole table is read: its cost grows with
+/// the number of TCP sockets of the network namespace).
+pub fn proc_peer_uid(peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = match std::fs::read_to_string(table) {
             Ok(t) => t,
@@ -205,8 +214,9 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, peer) = l.accept().unwrap();
         assert_eq!(peer, c.local_addr().unwrap());
-        let uid = tcp_peer_uid(peer, s.local_addr().unwrap()).unwrap();
-        assert_eq!(uid, Some(nix::unistd::geteuid().as_raw()));
+        let euid = Some(nix::unistd::geteuid().as_raw());
+        assert_eq!(tcp_peer_uid(peer, s.local_addr().unwrap()).unwrap(), euid);
+        assert_eq!(proc_peer_uid(peer, s.local_addr().unwrap()).unwrap(), euid);
     }
 
     #[test]

@@ -51,7 +51,9 @@ pub struct BridgeConfig {
     pub hello_timeout: Duration,
     /// Serve Socket.IO on this TCP address (feature `socketio`).
     pub socketio: Option<String>,
-    /// Socket.IO clients must send this as `auth.token`, when set.
+    /// Socket.IO clients must send this as `auth.token`, when set (then it is the credential,
+    /// whatever the peer's uid). Unset, the listener must be loopback, and the owner uid of
+    /// each connecting socket is checked against the allow-list instead.
     pub socketio_token: Option<String>,
     /// Where Socket.IO events without a connected `name:` prefix go (instead of everyone).
     pub socketio_to: Option<String>,
@@ -87,6 +89,13 @@ impl Default for BridgeConfig {
             socketio_max_pending: 1024,
             socketio_max_conns: 16384,
         }
+    }
+}
+
+impl BridgeConfig {
+    /// The Socket.IO token, if one is set and not empty (an empty one is no token).
+    pub(crate) fn socketio_token(&self) -> Option<&str> {
+        self.socketio_token.as_deref().filter(|t| !t.is_empty())
     }
 }
 

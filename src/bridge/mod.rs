@@ -27,7 +27,8 @@
 //! Trust (issue 13): every listener checks its peer before reading from it ([`auth`]): the
 //! node-ipc Unix socket by `SO_PEERCRED`, loopback TCP by the kernel's socket table, both
 //! against the hub's allow-list; a public TCP address by a token in the hello; WebSocket by
-//! the single `Authorization` header.
+//! the single `Authorization` header; Socket.IO by the handshake's `auth.token` when
+//! `--socketio-token` is set, else (loopback only) by the socket table, as node-ipc's TCP.
 //!
 //! Module map: `config` ([`BridgeConfig`], [`BridgeStats`]), `accept` (the uid check at
 //! accept, refusals), [`frame`] (node-ipc framing), `nodeipc` (the Arthur-IPC mapping), `outbox`
@@ -47,6 +48,7 @@ pub mod nap;
 pub(crate) mod nodeipc;
 mod outbox;
 mod prehello;
+mod sockdiag;
 #[cfg(feature = "socketio")]
 mod socketio;
 pub mod ws;
@@ -303,14 +305,40 @@ impl Bridge {
             }
             None => None,
         };
-        info!(uids = ?access.uids(), "uids allowed on the node-ipc listeners");
+        info!(
+            uids = ?access.uids(),
+            "uids allowed on the node-ipc listeners (and on Socket.IO without a token)"
+        );
         let socketio = match &cfg.socketio {
             Some(a) => {
                 raise_nofile();
                 let l = TcpListener::bind(a.as_str())
                     .await
                     .map_err(|e| io_err(a, e))?;
-                listening.push(Listening::SocketIo(l.local_addr()?));
+                let at = l.local_addr()?;
+                // Without a token the only credential is the peer's uid, which only the
+                // kernel's socket table of this host can tell: loopback peers only.
+                if !auth::is_loopback(at.ip()) {
+                    if cfg.socketio_token().is_none() {
+                        return Err(invalid(&format!(
+                            "--socketio {a} is not a loopback address: any host that reaches \
+                             it could use the bus, and no uid can be checked across hosts. \
+                             Give --socketio-token (or SHMBUS_SOCKETIO_TOKEN), which every \
+                             client must send as auth.token, or use 127.0.0.1"
+                        )));
+                    }
+                    warn!(
+                        address = %at,
+                        "Socket.IO on a PUBLIC address: every peer that can reach it and knows \
+                         the token is a bus client; traffic is not encrypted"
+                    );
+                    eprintln!(
+                        "shmbus bridge: WARNING: Socket.IO is served on the non-loopback \
+                         address {at}. Anyone who can reach it and presents the token becomes \
+                         a bus client, and the traffic (token included) is not encrypted."
+                    );
+                }
+                listening.push(Listening::SocketIo(at));
                 Some(l)
             }
             None => None,

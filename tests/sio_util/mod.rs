@@ -167,19 +167,38 @@ pub enum Lang {
 
 impl Sio {
     pub fn spawn(lang: Lang, name: &str) -> Sio {
-        let mut cmd = match lang {
-            Lang::Python => {
-                let mut c = Command::new(python());
-                c.arg("-u").arg(compat_dir().join("sio_agent.py"));
-                c
-            }
+        Sio::spawn_as(lang, name, None)
+    }
+
+    /// [`spawn`](Sio::spawn) as another user (`uid`, `gid`), through `setpriv` (needs root).
+    pub fn spawn_as(lang: Lang, name: &str, ids: Option<(u32, u32)>) -> Sio {
+        let (prog, args) = match lang {
+            Lang::Python => (
+                python(),
+                vec!["-u".into(), compat_dir().join("sio_agent.py")],
+            ),
             Lang::Js => {
                 ensure_sio_node();
-                let mut c = Command::new("node");
-                c.arg(compat_dir().join("sio_agent.js"));
+                (
+                    PathBuf::from("node"),
+                    vec![compat_dir().join("sio_agent.js")],
+                )
+            }
+        };
+        let mut cmd = match ids {
+            None => Command::new(prog),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={gid}"),
+                    "--clear-groups".into(),
+                ])
+                .arg(prog);
                 c
             }
         };
+        cmd.args(args);
         let mut child = cmd
             .current_dir(compat_dir())
             .stdin(Stdio::piped())
@@ -213,7 +232,19 @@ impl Sio {
 
     /// Spawns and connects with `auth`; does not wait.
     pub fn start(lang: Lang, b: &SioBridge, name: &str, auth: Value, transports: Value) -> Sio {
-        let mut s = Sio::spawn(lang, name);
+        Sio::start_as(lang, b, name, auth, transports, None)
+    }
+
+    /// [`start`](Sio::start) as another user ([`spawn_as`](Sio::spawn_as)).
+    pub fn start_as(
+        lang: Lang,
+        b: &SioBridge,
+        name: &str,
+        auth: Value,
+        transports: Value,
+        ids: Option<(u32, u32)>,
+    ) -> Sio {
+        let mut s = Sio::spawn_as(lang, name, ids);
         s.cmd(json!({"op": "connect", "url": b.url(), "auth": auth, "transports": transports}));
         s
     }

@@ -81,11 +81,14 @@ pub(crate) struct BridgeArgs {
     /// Time a connection has to say hello (node-ipc) or finish its upgrade (WebSocket), in ms.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) hello_timeout_ms: u64,
-    /// Socket.IO (python-socketio 5, socket.io-client 4) on this address.
+    /// Socket.IO (python-socketio 5, socket.io-client 4) on this address. Without
+    /// --socketio-token it must be loopback, and only allowed uids (the hub's, the bridge's,
+    /// --allow-uid) get in, checked in the kernel's socket table.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) socketio: Option<String>,
     /// Socket.IO clients must send this token in their handshake's `auth.token` (or the
-    /// environment variable SHMBUS_SOCKETIO_TOKEN, which other users cannot read).
+    /// environment variable SHMBUS_SOCKETIO_TOKEN, which other users cannot read); it is then
+    /// the credential whatever the uid. Required on a non-loopback --socketio address.
     #[arg(long, value_name = "TOKEN")]
     pub(crate) socketio_token: Option<String>,
     /// Socket.IO events (and acks) without a connected `name:` prefix go to this client

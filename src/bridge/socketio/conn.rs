@@ -37,6 +37,7 @@ use super::gate::Gate;
 use super::inbox::{Inbox, InboxRx, Packet, Pushed};
 use super::out::{self, Item, Out, Owed};
 use super::route::{self, Directory};
+use crate::bridge::auth::ct_eq;
 use crate::bridge::{BridgeStats, Shared};
 use crate::client::tokio_client::AsyncClient;
 use crate::client::{CallError, ClientOptions, Reply};
@@ -85,10 +86,11 @@ pub(crate) async fn admit(
 ) -> Result<(), String> {
     sio.gate.connected();
     let auth = auth.map_err(|e| format!("bad auth payload (want {{name?, token?}}): {e}"))?;
-    if let Some(want) = sio.sh.cfg.socketio_token.as_deref() {
+    // Without a token the listener is loopback and the peer's uid was checked at accept.
+    if let Some(want) = sio.sh.cfg.socketio_token() {
         match auth.token.as_deref() {
             None => return Err("missing token: send auth {token} (--socketio-token)".into()),
-            Some(t) if t.as_bytes() != want.as_bytes() => return Err("invalid token".into()),
+            Some(t) if !ct_eq(t.as_bytes(), want.as_bytes()) => return Err("invalid token".into()),
             Some(_) => {}
         }
     }

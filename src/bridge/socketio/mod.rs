@@ -36,17 +36,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engineioxide::service::NotFoundService;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::service::SocketIoService;
 use socketioxide::SocketIo;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use self::conn::Sio;
 use self::gate::{Gate, GateBody, PENDING_FOR};
+use super::accept::{check_loopback, refuse_with, LoopbackPeer};
 use super::Shared;
 
 /// Packets socketioxide buffers per socket before our own byte-counted queue takes over.
@@ -83,6 +87,9 @@ pub(crate) async fn serve(listener: TcpListener, sh: Arc<Shared>) {
     let on_connect = move |s: socketioxide::extract::SocketRef| conn::joined(j.clone(), s);
     let admit = move |s, auth| conn::admit(a.clone(), s, auth);
     io.ns("/", on_connect.with(admit));
+    // No token: the listener is loopback (`Bridge::bind` refuses a public one without a
+    // token), and each peer's uid is checked as on node-ipc's loopback TCP listener.
+    let check_uid = sh.cfg.socketio_token().is_none();
     let open = Arc::new(AtomicUsize::new(0));
     let max_conns = sh.cfg.socketio_max_conns.max(1);
     loop {
@@ -102,19 +109,59 @@ pub(crate) async fn serve(listener: TcpListener, sh: Arc<Shared>) {
         open.fetch_add(1, Ordering::Relaxed);
         let (svc, sio, open) = (svc.clone(), sio.clone(), open.clone());
         tokio::spawn(async move {
-            let gated = Gated { svc, sio };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), gated)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "socketio: HTTP connection ended");
-            }
+            serve_conn(stream, peer, svc, sio, check_uid).await;
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// One TCP connection: without a token, the peer's uid is checked before a byte it sent is
+/// read ([`check_loopback`]); then HTTP/1.1 (polling requests, the WebSocket upgrade).
+async fn serve_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    svc: SocketIoService<NotFoundService>,
+    sio: Arc<Sio>,
+    check_uid: bool,
+) {
+    if check_uid {
+        match check_loopback(&stream, peer, &sio.sh).await {
+            LoopbackPeer::Allowed => {}
+            LoopbackPeer::Probe => {
+                debug!(%peer, "socketio: connection closed before it sent a byte (a probe)");
+                return;
+            }
+            LoopbackPeer::Refused(why) => {
+                let answer = forbidden(&why);
+                let name = peer.to_string();
+                return refuse_with(stream, "socketio", &name, &why, &answer, &sio.sh).await;
+            }
+        }
+    }
+    let gated = Gated { svc, sio };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), gated)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "socketio: HTTP connection ended");
+    }
+}
+
+/// The answer to a refused peer, written before its request is read: HTTP 403 with the body
+/// an Engine.IO server sends when it forbids a request (`{"code": 4, "message"}`), whose
+/// message python-socketio passes to `connect_error` (socket.io-client reports an
+/// `xhr poll error` / `websocket error`). The connection closes after it.
+fn forbidden(why: &str) -> Vec<u8> {
+    let body = serde_json::json!({"code": 4, "message": why}).to_string();
+    format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// socketioxide's service behind the [`Gate`].
