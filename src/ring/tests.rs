@@ -44,7 +44,8 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
     // max payload = 64 - 8 = 56
     assert_eq!(p.max_payload(), 56);
     assert!(matches!(
-        p.reserve(57),
+        // SAFETY: (test) refused before any slice exists.
+        unsafe { p.reserve(57) },
         Err(RingError::FrameTooLarge { len: 57, max: 56 })
     ));
     let a = [1u8; 40]; // frame size 48
@@ -83,7 +84,8 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
 #[test]
 fn reserve_then_shorter_commit() {
     let (mut p, mut c) = heap_ring(256);
-    let buf = p.reserve(50).unwrap().unwrap();
+    // SAFETY: (test) heap ring; the slice is only written.
+    let buf = unsafe { p.reserve(50) }.unwrap().unwrap();
     buf[..3].copy_from_slice(b"abc");
     p.commit(kind::MSG, 3);
     p.publish();
@@ -181,7 +183,8 @@ fn two_threads_stream_without_loss() {
         while i < n {
             let len = (i % 37) as usize * 8 + (i % 5) as usize; // 0..=292
             let seq = i.to_le_bytes();
-            match p.reserve(len + 8).unwrap() {
+            // SAFETY: (test) heap ring; the slice is only written.
+            match unsafe { p.reserve(len + 8) }.unwrap() {
                 Some(dst) => {
                     buf[..8].copy_from_slice(&seq);
                     for (j, b) in buf[8..8 + len].iter_mut().enumerate() {
