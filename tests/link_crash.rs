@@ -144,36 +144,46 @@ fn half_write_child() {
     let link = Link::connect(util::arg("SOCK"), &cfg(wait_arg())).expect("child connect");
     let (mut tx, _rx) = link.split();
     for seq in 0..VALID_BEFORE {
-        tx.send_in_place(VALID_LEN, |b| fill(b, seq)).unwrap();
+        // SAFETY: (test) the closure only writes the space (`fill`).
+        unsafe { tx.send_in_place(VALID_LEN, |b| fill(b, seq)) }.unwrap();
     }
     match case.as_str() {
         // Dies inside one frame: half of it written in place in the ring, not committed.
         "frame" => {
-            tx.send_in_place(VALID_LEN, |buf| {
-                let half = buf.len() / 2;
-                fill(&mut buf[..half], VALID_BEFORE);
-                std::fs::write(&marker, b"half").unwrap();
-                sleep_until_killed()
-            })
+            // SAFETY: (test) the closure only writes the space (`fill`), then never returns.
+            unsafe {
+                tx.send_in_place(VALID_LEN, |buf| {
+                    let half = buf.len() / 2;
+                    fill(&mut buf[..half], VALID_BEFORE);
+                    std::fs::write(&marker, b"half").unwrap();
+                    sleep_until_killed()
+                })
+            }
             .unwrap();
         }
         // Dies while writing a message larger than one frame (nothing is in the ring yet).
         "big_in_write" => {
-            tx.send_in_place(BIG_LEN, |buf| {
-                let half = buf.len() / 2;
-                fill(&mut buf[..half], VALID_BEFORE);
-                std::fs::write(&marker, b"half").unwrap();
-                sleep_until_killed()
-            })
+            // SAFETY: (test) the closure only writes the space (`fill`), then never returns.
+            unsafe {
+                tx.send_in_place(BIG_LEN, |buf| {
+                    let half = buf.len() / 2;
+                    fill(&mut buf[..half], VALID_BEFORE);
+                    std::fs::write(&marker, b"half").unwrap();
+                    sleep_until_killed()
+                })
+            }
             .unwrap();
         }
         // Dies after some fragments of a large message are in the ring: the parent does not
         // read, so the sender blocks on the full ring after a few fragments.
         "big_after_fragments" => {
-            tx.send_in_place(BIG_LEN, |buf| {
-                fill(buf, VALID_BEFORE);
-                std::fs::write(&marker, b"whole").unwrap();
-            })
+            // SAFETY: (test) the closure only writes the space (`fill`).
+            unsafe {
+                tx.send_in_place(BIG_LEN, |buf| {
+                    fill(buf, VALID_BEFORE);
+                    std::fs::write(&marker, b"whole").unwrap();
+                })
+            }
             .unwrap();
             panic!("the fragmented send should have blocked on the full ring");
         }

@@ -127,7 +127,8 @@ fn hostile_peer_rewrites_a_large_frame_while_it_is_read() {
             let m = big(i as usize, blob);
             let n = crate::codec::encoded_len(&m).unwrap();
             let off = loop {
-                if let Some(buf) = p.reserve(n).unwrap() {
+                // SAFETY: (test) only written (the encoder); this thread *is* the hostile peer.
+                if let Some(buf) = unsafe { p.reserve(n) }.unwrap() {
                     crate::codec::encode_into(&m, buf).unwrap();
                     break buf.as_ptr() as usize - data;
                 }

@@ -147,6 +147,26 @@ fn sum_of(name: &str, text: &str) -> u64 {
 /// valid UTF-8 and whose checksum is what it is (consistent within our copy).
 #[test]
 fn hostile_peer_flips_payload_bytes_during_decode() {
+    hostile_flips(Path::HeapCopy);
+}
+
+/// The same through the small-frame path `Receiver::recv_view` takes (`Reassembly::with_bytes`
+/// → `Consumer::with_small_payload`: every frame here is at most `SMALL_FRAME` bytes, copied
+/// to a stack buffer), which the test above, through `Reassembly::bytes`, never reached.
+#[test]
+fn hostile_peer_flips_payload_bytes_during_decode_of_a_small_frame() {
+    hostile_flips(Path::StackCopy);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// `Reassembly::bytes`: the reused heap copy buffer.
+    HeapCopy,
+    /// `Reassembly::with_bytes` on a frame of at most `SMALL_FRAME` bytes: a stack copy.
+    StackCopy,
+}
+
+fn hostile_flips(path: Path) {
     let cap = 4096u64;
     let (mut p, mut c, base) = heap_ring_raw(cap);
     let data = base.as_ptr() as usize
@@ -173,8 +193,13 @@ fn hostile_peer_flips_payload_bytes_during_decode() {
                 text,
             };
             let n = crate::codec::encoded_len(&m).unwrap();
+            assert!(
+                n <= crate::ring::SMALL_FRAME,
+                "every frame takes the small path"
+            );
             let off = loop {
-                if let Some(buf) = p.reserve(n).unwrap() {
+                // SAFETY: (test) only written (the encoder); this thread *is* the hostile peer.
+                if let Some(buf) = unsafe { p.reserve(n) }.unwrap() {
                     crate::codec::encode_into(&m, buf).unwrap();
                     break buf.as_ptr() as usize - data;
                 }
@@ -212,19 +237,27 @@ fn hostile_peer_flips_payload_bytes_during_decode() {
                 Err(e) => panic!("framing broke: {e}"),
             }
         };
-        let bytes = asm.bytes(&c, &r);
-        match crate::codec::decode_borrowed::<Borrowed<'_>>(bytes) {
+        let check = |bytes: &[u8]| match crate::codec::decode_borrowed::<Borrowed<'_>>(bytes) {
             Ok(v) => {
                 // Walk the strings as std would (the UB the issue describes was here).
                 let s = sum_of(v.name, v.text);
-                if s == v.sum {
-                    ok += 1;
-                } else {
-                    torn += 1;
-                }
                 assert!(std::str::from_utf8(v.name.as_bytes()).is_ok());
+                assert!(std::str::from_utf8(v.text.as_bytes()).is_ok());
+                Some(s == v.sum)
             }
-            Err(_) => bad += 1,
+            Err(_) => None,
+        };
+        let verdict = match path {
+            Path::HeapCopy => check(asm.bytes(&c, &r)),
+            Path::StackCopy => {
+                assert!(matches!(r, Ready::Whole(f) if f.len <= crate::ring::SMALL_FRAME));
+                asm.with_bytes(&c, &r, check)
+            }
+        };
+        match verdict {
+            Some(true) => ok += 1,
+            Some(false) => torn += 1,
+            None => bad += 1,
         }
         asm.finish(&mut c, r);
         consumed.fetch_add(1, Ordering::Release);
@@ -232,7 +265,12 @@ fn hostile_peer_flips_payload_bytes_during_decode() {
     stop.store(true, Ordering::Relaxed);
     hostile.join().unwrap();
     assert_eq!(ok + bad + torn, frames);
-    eprintln!("hostile flips: {ok} clean, {torn} consistent-but-changed, {bad} decode errors");
+    let how = if path == Path::HeapCopy {
+        "heap"
+    } else {
+        "stack"
+    };
+    eprintln!("hostile flips ({how} copy): {ok} clean, {torn} consistent-but-changed, {bad} decode errors");
 }
 
 /// A hostile producer fills the ring with valid `ABORT` headers (8-byte frames, each pointing

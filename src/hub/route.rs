@@ -489,10 +489,11 @@ impl Hub {
             }
         };
         if c.outbox.is_empty() {
-            match c
-                .tx
-                .try_write_frame(len, |buf| codec::encode_into(msg, buf))
-            {
+            // SAFETY: the closure only encodes into the space (bincode's slice writer only
+            // writes), never reads it back.
+            match unsafe {
+                c.tx.try_write_frame(len, |buf| codec::encode_into(msg, buf))
+            } {
                 Ok(true) => {
                     c.dirty = true;
                     c.msgs_out += 1;

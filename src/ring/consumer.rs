@@ -4,6 +4,9 @@
 //! kind, length, bounds); payload bytes are only ever read with atomic loads
 //! ([`Consumer::copy_payload`]) unless the caller vouches for the peer
 //! ([`Consumer::payload_in_place`], `unsafe`); `head` only grows and is published Release.
+//! A [`Frame`] is `Copy` and public, so safe code can hand one consumer a frame of another
+//! ring: every method that reads a frame checks that it lies inside *this* ring (one compare,
+//! `Consumer::check_frame`) and panics otherwise, as for an index out of bounds.
 
 use super::copy_out::{copy_out, copy_words, FrameReader};
 use super::layout::{self, frame_size, kind, parse_frame_word, FRAME_HEADER};
@@ -30,7 +33,8 @@ const PREFETCH_MAX: u64 = 4096;
 /// Frames up to this many payload bytes can be read with [`Consumer::with_small_payload`].
 pub const SMALL_FRAME: usize = 256;
 
-/// A validated frame at the consumer's head. Its payload is copied out with
+/// A validated frame at the consumer's head (of the consumer whose `peek` returned it; any
+/// other consumer panics when given it). Its payload is copied out with
 /// [`Consumer::copy_payload`] (or, from a trusted peer, borrowed with the unsafe
 /// [`Consumer::payload_in_place`]) and its space given back with [`Consumer::release`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +193,18 @@ impl Consumer {
         })
     }
 
+    /// Panics unless `frame` lies inside this consumer's ring. Every `Frame` comes from a
+    /// `peek` of *some* ring, which checked `pos + size <= cap` for that ring (so the sum never
+    /// overflows); a frame of a bigger ring handed to this consumer fails here instead of
+    /// being read past our data area. One compare on the receive path; a misused frame is a
+    /// bug in the caller, not something a peer can cause, hence a panic.
+    #[inline(always)]
+    fn check_frame(&self, frame: &Frame) {
+        if frame.pos + frame.size > self.ring.cap {
+            frame_of_another_ring(frame, self.ring.cap);
+        }
+    }
+
     /// Appends the payload of `frame` to `out`, skipping its first `skip` bytes (a multiple
     /// of 8), and returns how many bytes were appended.
     ///
@@ -199,9 +215,13 @@ impl Consumer {
     /// write by the peer is then a race on atomics, which yields some value per word and is
     /// not undefined behaviour. Everything after the copy (decoding, `&str` views) works on
     /// our private buffer, which nobody else can change.
+    ///
+    /// # Panics
+    /// If `frame` is not a frame of this consumer's ring, or `skip` is not a multiple of 8
+    /// (the loads would be unaligned). A `skip` past the payload copies nothing.
     pub fn copy_payload(&self, frame: &Frame, skip: usize, out: &mut Vec<u8>) -> usize {
-        debug_assert!(skip % 8 == 0 && skip <= frame.len);
-        debug_assert!(frame.pos + frame.size <= self.ring.cap);
+        self.check_frame(frame);
+        assert!(skip % 8 == 0, "copy_payload: skip must be a multiple of 8");
         let len = frame.len.saturating_sub(skip);
         if len == 0 {
             return 0;
@@ -210,9 +230,10 @@ impl Consumer {
         out.reserve(words * 8);
         let start = out.len();
         let src = self.ring.at(frame.pos + FRAME_HEADER + skip as u64);
-        // SAFETY: `peek` checked that the frame `[pos, pos + size)` lies inside the data area,
-        // and `size = 8 + len` rounded up to 8, so the `words` 8-byte words from `pos + 8 +
-        // skip` are inside it; they are 8-aligned (the data area and `pos` are). `out` has
+        // SAFETY: `check_frame` checked that the frame `[pos, pos + size)` lies inside our data
+        // area, and `size = 8 + len` rounded up to 8 (`peek` built it so), so the `words` 8-byte
+        // words from `pos + 8 + skip` are inside it; they are 8-aligned (the data area, `pos`
+        // and `skip` are). `out` has
         // room for `words * 8` bytes past `start` (reserved above); only `len` are exposed.
         // (Large frames take the vector loop of `copy_out`, small ones the atomic word loop.)
         unsafe {
@@ -225,18 +246,25 @@ impl Consumer {
     /// A sequential reader over `frame`'s payload that copies each read out of the ring
     /// (with the loads of `copy_payload`) straight into the caller's buffer: one copy from
     /// the ring into a decoded value's own memory.
+    ///
+    /// # Panics
+    /// If `frame` is not a frame of this consumer's ring.
     pub fn frame_reader<'a>(&'a self, frame: &Frame) -> FrameReader<'a> {
-        debug_assert!(frame.pos + frame.size <= self.ring.cap);
-        // SAFETY: `peek` checked that the frame lies in the data area, 8-aligned, with its
-        // payload padded to 8 bytes; `&self` keeps the ring mapped for `'a`.
+        self.check_frame(frame);
+        // SAFETY: `check_frame` checked that the frame lies in our data area; `peek` built it
+        // 8-aligned, with its payload padded to 8 bytes; `&self` keeps the ring mapped for `'a`.
         unsafe { FrameReader::new(self.ring.at(frame.pos + FRAME_HEADER), frame.len) }
     }
 
     /// Calls `f` with a private copy of the payload of a frame of at most
     /// [`SMALL_FRAME`] bytes, copied (as in [`copy_payload`](Consumer::copy_payload)) into a
     /// buffer on the stack: the hot path of small messages, with no buffer bookkeeping.
+    ///
+    /// # Panics
+    /// If `frame` is not a frame of this consumer's ring, or longer than [`SMALL_FRAME`].
     #[inline]
     pub fn with_small_payload<R>(&self, frame: &Frame, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.check_frame(frame);
         assert!(
             frame.len <= SMALL_FRAME,
             "with_small_payload: frame too large"
@@ -247,8 +275,8 @@ impl Consumer {
             return f(&[]);
         }
         let src = self.ring.at(frame.pos + FRAME_HEADER);
-        // SAFETY: as in `copy_payload`: the `words` words are inside the checked frame and
-        // 8-aligned; `buf` holds `SMALL_FRAME / 8 >= words` words, and the first `len` bytes
+        // SAFETY: as in `copy_payload`: the `words` words are inside the frame, which
+        // `check_frame` found inside our ring, and 8-aligned; `buf` holds `SMALL_FRAME / 8 >= words` words, and the first `len` bytes
         // are initialised by the copy before the slice over them is made.
         let bytes = unsafe {
             let dst = buf.as_mut_ptr().cast::<u8>();
@@ -260,12 +288,16 @@ impl Consumer {
 
     /// The first 8 payload bytes of `frame` as a little-endian `u64` (one atomic load, as in
     /// [`copy_payload`](Consumer::copy_payload)), or `None` if the payload is shorter.
+    ///
+    /// # Panics
+    /// If `frame` is not a frame of this consumer's ring.
     pub fn payload_word(&self, frame: &Frame) -> Option<u64> {
+        self.check_frame(frame);
         if frame.len < 8 {
             return None;
         }
         let p = self.ring.at(frame.pos + FRAME_HEADER);
-        // SAFETY: `peek` checked the frame lies in the data area and `len >= 8`, so the
+        // SAFETY: `check_frame` checked the frame lies in our data area and `len >= 8`, so the
         // 8-aligned word at `pos + 8` is inside it; read atomically (the peer may write it).
         let w = unsafe {
             (*p.cast::<std::sync::atomic::AtomicU64>()).load(std::sync::atomic::Ordering::Relaxed)
@@ -284,9 +316,12 @@ impl Consumer {
     /// from running). Against a hostile producer, a borrowed `&str` could change after it was
     /// checked as UTF-8, which is undefined behaviour; use
     /// [`copy_payload`](Consumer::copy_payload) then.
+    ///
+    /// # Panics
+    /// If `frame` is not a frame of this consumer's ring.
     pub unsafe fn payload_in_place(&self, frame: &Frame) -> &[u8] {
-        debug_assert!(frame.pos + frame.size <= self.ring.cap);
-        // SAFETY: `peek` checked `[pos + 8, pos + 8 + len)` lies inside the data area, which
+        self.check_frame(frame);
+        // SAFETY: `check_frame` checked `[pos + 8, pos + 8 + len)` lies inside our data area, which
         // `self.ring` keeps mapped while `&self` is borrowed; the producer committed it (its
         // header was stored) and the caller promises it is not written during the borrow.
         unsafe { std::slice::from_raw_parts(self.ring.at(frame.pos + FRAME_HEADER), frame.len) }
@@ -374,4 +409,15 @@ impl Consumer {
         // Acquire: pairs with the Release store in the peer's `close`.
         self.ring.hdr().producer.closed.load(Ordering::Acquire) != 0
     }
+}
+
+/// The panic of [`Consumer::check_frame`], out of line (the receive path keeps one compare).
+#[cold]
+#[inline(never)]
+fn frame_of_another_ring(frame: &Frame, cap: u64) -> ! {
+    panic!(
+        "not a frame of this consumer's ring: a frame of {} bytes at offset {} does not fit a \
+         {cap}-byte ring (a Frame must go back to the Consumer whose peek returned it)",
+        frame.size, frame.pos
+    )
 }

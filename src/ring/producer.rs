@@ -162,8 +162,19 @@ impl Producer {
     /// Reserves a contiguous payload slice of exactly `len` bytes. `Ok(None)` means the ring is
     /// full for now (backpressure). The slice holds stale bytes: write all of it that you
     /// commit.
+    ///
+    /// # Safety
+    ///
+    /// The slice is ring space that the consumer's process has mapped writable, so a hostile
+    /// peer can change it while it is borrowed — which a `&mut [u8]` says cannot happen. The
+    /// caller must only *write* it (copy or encode into it) and never rely on reading back what
+    /// it wrote (no `&str` over it, no check or decode of it whose result is used after the
+    /// peer could have changed it), or else trust the peer not to write space it has not been
+    /// given (a well-behaved one never does). What the peer writes there can then only change
+    /// the bytes the peer itself receives. See "Soundness under a hostile peer" in
+    /// docs/ARCHITECTURE.md.
     #[inline]
-    pub fn reserve(&mut self, len: usize) -> Result<Option<&mut [u8]>, RingError> {
+    pub unsafe fn reserve(&mut self, len: usize) -> Result<Option<&mut [u8]>, RingError> {
         if len > self.max_payload {
             return Err(RingError::FrameTooLarge {
                 len,
@@ -196,7 +207,8 @@ impl Producer {
         self.reserved = Some((pos, len));
         // SAFETY: `[pos + 8, pos + 8 + len)` lies inside the data area (checked just above) and
         // is free space that only this producer may touch until it publishes it; the returned
-        // borrow ties it to `&mut self`, so no second reservation can alias it.
+        // borrow ties it to `&mut self`, so no second reservation can alias it. That the peer
+        // may write it anyway is the caller's contract (write only, or a trusted peer).
         Ok(Some(unsafe {
             std::slice::from_raw_parts_mut(self.ring.at(pos + FRAME_HEADER), len)
         }))
@@ -206,8 +218,12 @@ impl Producer {
     /// end of the ring and in the space last seen free, else `None` — and then `reserve`, which
     /// also re-reads the consumer's index, pads at the end of the ring and reports a frame over
     /// the limit, decides. Small enough to inline into every send.
+    ///
+    /// # Safety
+    ///
+    /// As for [`reserve`](Producer::reserve): write the slice only, or trust the peer.
     #[inline(always)]
-    pub fn reserve_fast(&mut self, len: usize) -> Option<&mut [u8]> {
+    pub unsafe fn reserve_fast(&mut self, len: usize) -> Option<&mut [u8]> {
         let cap = self.ring.cap;
         let pos = self.tail & (cap - 1);
         if len > self.max_payload {
@@ -267,9 +283,11 @@ impl Producer {
 
     /// Reserves, fills and commits one frame from `bytes`. `Ok(false)` = full.
     pub fn push(&mut self, frame_kind: u8, bytes: &[u8]) -> Result<bool, RingError> {
-        let buf = match self.reserve_fast(bytes.len()) {
+        // SAFETY: the slice is only written (`copy_from_slice` below), never read.
+        let buf = match unsafe { self.reserve_fast(bytes.len()) } {
             Some(buf) => Some(buf),
-            None => self.reserve(bytes.len())?,
+            // SAFETY: as above.
+            None => unsafe { self.reserve(bytes.len()) }?,
         };
         match buf {
             Some(buf) => {

@@ -44,7 +44,8 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
     // max payload = 64 - 8 = 56
     assert_eq!(p.max_payload(), 56);
     assert!(matches!(
-        p.reserve(57),
+        // SAFETY: (test) refused before any slice exists.
+        unsafe { p.reserve(57) },
         Err(RingError::FrameTooLarge { len: 57, max: 56 })
     ));
     let a = [1u8; 40]; // frame size 48
@@ -83,7 +84,8 @@ fn full_ring_is_backpressure_and_padding_keeps_frames_contiguous() {
 #[test]
 fn reserve_then_shorter_commit() {
     let (mut p, mut c) = heap_ring(256);
-    let buf = p.reserve(50).unwrap().unwrap();
+    // SAFETY: (test) heap ring; the slice is only written.
+    let buf = unsafe { p.reserve(50) }.unwrap().unwrap();
     buf[..3].copy_from_slice(b"abc");
     p.commit(kind::MSG, 3);
     p.publish();
@@ -181,7 +183,8 @@ fn two_threads_stream_without_loss() {
         while i < n {
             let len = (i % 37) as usize * 8 + (i % 5) as usize; // 0..=292
             let seq = i.to_le_bytes();
-            match p.reserve(len + 8).unwrap() {
+            // SAFETY: (test) heap ring; the slice is only written.
+            match unsafe { p.reserve(len + 8) }.unwrap() {
                 Some(dst) => {
                     buf[..8].copy_from_slice(&seq);
                     for (j, b) in buf[8..8 + len].iter_mut().enumerate() {
@@ -285,4 +288,78 @@ fn copies_of_every_size_are_exact_and_peek_msg_agrees_with_peek() {
     p.publish();
     assert_eq!(c.peek_msg(), None);
     assert_eq!(c.peek().unwrap().map(|f| f.kind), Some(kind::FIRST));
+}
+
+/// A `Frame` is `Copy` and the consumer's methods are public, so safe code can hand a frame
+/// of one ring to the consumer of another. A frame of a bigger ring would then be read past
+/// the end of the smaller one (only a `debug_assert!` stood in the way in release builds):
+/// every method that reads a frame must refuse it instead.
+#[test]
+fn a_frame_of_another_ring_is_refused_not_read_out_of_bounds() {
+    let (mut bp, mut bc) = heap_ring(1024);
+    let (_sp, small) = heap_ring(64);
+    assert!(bp.push(kind::MSG, &[7u8; 200]).unwrap());
+    bp.publish();
+    let f = bc.peek().unwrap().expect("a frame");
+    assert_eq!(f.len, 200);
+    let refused_with = |what: &str, r: std::thread::Result<()>, why: &str| {
+        let e = r.expect_err(what);
+        let msg = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        assert!(msg.contains(why), "{what}: {msg}");
+    };
+    let refused = |what: &str, r| refused_with(what, r, "not a frame of this consumer's ring");
+    let run = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    refused(
+        "copy_payload",
+        run(&|| {
+            small.copy_payload(&f, 0, &mut Vec::new());
+        }),
+    );
+    refused(
+        "with_small_payload",
+        run(&|| {
+            small.with_small_payload(&f, |b| b.len());
+        }),
+    );
+    refused(
+        "frame_reader",
+        run(&|| {
+            small.frame_reader(&f);
+        }),
+    );
+    refused(
+        "payload_word",
+        run(&|| {
+            small.payload_word(&f);
+        }),
+    );
+    // The public reassembly entry points (`__fuzz::Reassembly`) go through the same checks.
+    use crate::channel::reassembly::{Ready, Reassembly};
+    refused(
+        "Reassembly::bytes",
+        run(&|| {
+            Reassembly::new(1 << 20).bytes(&small, &Ready::Whole(f));
+        }),
+    );
+    refused(
+        "Reassembly::with_bytes",
+        run(&|| {
+            Reassembly::new(1 << 20).with_bytes(&small, &Ready::Whole(f), |b| b.len());
+        }),
+    );
+    // A skip that is not a whole number of words would make the atomic loads unaligned.
+    refused_with(
+        "an unaligned skip",
+        run(&|| {
+            bc.copy_payload(&f, 3, &mut Vec::new());
+        }),
+        "multiple of 8",
+    );
+    // The frame's own consumer still reads it.
+    assert_eq!(pl(&bc, &f), vec![7u8; 200]);
+    bc.release(f);
 }

@@ -584,3 +584,6 @@ impl Poller {
         Ok(())
     }
 }
+
+#[cfg(all(test, not(shmbus_loom), not(miri)))]
+mod tests;

@@ -165,7 +165,29 @@ impl CacheReader {
 
     /// Checks the header of an existing mapping (used by tests and the fuzz target that build
     /// a hostile segment by hand).
-    pub fn from_mapping(map: Mapping, pins: PinWords) -> Result<CacheReader, CacheError> {
+    ///
+    /// Unlike [`open`](CacheReader::open) it cannot check who else may write the mapping, so
+    /// it is `unsafe`: a safe caller could otherwise hand it a mapping anyone writes and
+    /// `decode::<&str>()` a value that changes under the borrow.
+    ///
+    /// ```compile_fail,E0133
+    /// fn build(map: shmbus::sys::Mapping, pins: shmbus::PinWords) {
+    ///     // error[E0133]: call to unsafe function requires unsafe block
+    ///     let _ = shmbus::cache::CacheReader::from_mapping(map, pins);
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// While the reader (or any [`CacheRef`] from it) lives, nothing may write `map`'s bytes
+    /// except as the hub's writer does: a value block is never written while a reader can
+    /// reach it (between its publication and its reclamation, which waits for the pins), and
+    /// a slot only under its seqlock with atomic stores. Header and slot *contents* may be any
+    /// bytes (they are checked, as from a hostile hub); what must not happen is a write to
+    /// bytes a `CacheRef` borrows. `open` gets this from `F_SEAL_FUTURE_WRITE` (only the hub's
+    /// own mapping can write). A test that edits a private copy between reads, with no
+    /// `CacheRef` alive, meets it.
+    pub unsafe fn from_mapping(map: Mapping, pins: PinWords) -> Result<CacheReader, CacheError> {
         Ok(Self::with_seg(Seg::check(map)?, pins))
     }
 

@@ -71,7 +71,7 @@ pub(super) fn create_segment(
         std::ptr::addr_of_mut!((*hdr).generation).write(generation);
         std::ptr::addr_of_mut!((*hdr).hash_key).write(hash_key);
         (*hdr).epoch.store(epoch, Ordering::SeqCst);
-        // Release: pairs with the Acquire load in `CacheReader::from_mapping`.
+        // Release: pairs with the Acquire load in the reader's `Seg::check`.
         (*hdr)
             .version
             .store(layout::CACHE_VERSION, Ordering::Release);

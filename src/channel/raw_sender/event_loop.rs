@@ -17,7 +17,16 @@ impl RawSender {
     /// Non-blocking single-frame send for event loops (the hub): writes the message in place
     /// if it fits one frame and the ring has room now, without publishing. `Ok(false)` = no
     /// room, or too big for one frame (queue it and use [`push_bytes`](RawSender::push_bytes)).
-    pub fn try_write_frame(
+    ///
+    /// # Safety
+    ///
+    /// `write` gets ring space that the receiving process has mapped writable (a hostile
+    /// receiver can change it while `write` runs). `write` must only write it and never rely
+    /// on reading back what it wrote, or the caller must trust the peer — the contract of
+    /// [`Producer::reserve`](crate::ring::Producer::reserve). The typed
+    /// [`Sender`](crate::Sender) and [`send_bytes`](RawSender::send_bytes) are the safe ways
+    /// to send: they only ever copy or encode into the space.
+    pub unsafe fn try_write_frame(
         &mut self,
         len: usize,
         write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
@@ -31,9 +40,11 @@ impl RawSender {
         if self.prod.peer_closed() {
             return Err(Error::Disconnected);
         }
-        let buf = match self.prod.reserve_fast(len) {
+        // SAFETY: `write` only writes the slice (this function's contract).
+        let buf = match unsafe { self.prod.reserve_fast(len) } {
             Some(buf) => Ok(Some(buf)),
-            None => self.prod.reserve(len),
+            // SAFETY: as above.
+            None => unsafe { self.prod.reserve(len) },
         };
         match buf {
             Ok(Some(buf)) => {

@@ -63,6 +63,9 @@ impl RawSender {
     }
 
     /// Writes one frame of `len` bytes filled by `fill`, waiting per `deadline`. Not published.
+    /// `fill` gets ring space the peer can write: it must only write it (see
+    /// [`Producer::reserve`](crate::ring::Producer::reserve); every caller in the crate passes
+    /// a copy or an encoder, and the public in-place sends are `unsafe` with that contract).
     pub(super) fn put_frame(
         &mut self,
         frame_kind: u8,
@@ -70,13 +73,15 @@ impl RawSender {
         deadline: Deadline,
         fill: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
     ) -> Result<(), Fail> {
-        if let Some(buf) = self.prod.reserve_fast(len) {
+        // SAFETY: `fill` only writes the slice (this function's contract, above).
+        if let Some(buf) = unsafe { self.prod.reserve_fast(len) } {
             let n = fill(buf)?;
             self.prod.commit(frame_kind, n);
             return Ok(());
         }
         loop {
-            match self.prod.reserve(len) {
+            // SAFETY: as above.
+            match unsafe { self.prod.reserve(len) } {
                 Ok(Some(buf)) => {
                     let n = fill(buf)?;
                     self.prod.commit(frame_kind, n);
@@ -89,7 +94,8 @@ impl RawSender {
     }
 
     /// Sends one message of exactly `size` bytes, written by `write` into the space it is
-    /// given (which is `size` bytes long). `publish` = wake the consumer now.
+    /// given (which is `size` bytes long). `publish` = wake the consumer now. `write` must only
+    /// write the space (as for `put_frame`).
     pub(crate) fn send_with(
         &mut self,
         size: usize,
@@ -112,7 +118,8 @@ impl RawSender {
     /// bytes `encode` wrote lie in free space the consumer cannot see) and the message takes
     /// the exact path: `size`, then [`send_with`](RawSender::send_with)'s reservation of exactly
     /// that, so a message too large for one frame, too large for `max_message`, or a ring
-    /// too full for the guess behave as if no guess had been made.
+    /// too full for the guess behave as if no guess had been made. `encode` must only write the
+    /// space (as for `put_frame`).
     #[inline]
     pub(crate) fn send_encoded(
         &mut self,
@@ -125,7 +132,8 @@ impl RawSender {
         if self.guess != 0 && !self.mid_message && !self.abort_owed {
             // Only the fast reservation: a guess that needs padding or a re-read of the
             // consumer's index is not worth it (the exact path below does both).
-            if let Some(buf) = self.prod.reserve_fast(self.guess) {
+            // SAFETY: `encode` only writes the slice (this function's contract, above).
+            if let Some(buf) = unsafe { self.prod.reserve_fast(self.guess) } {
                 if let Ok(n) = encode(buf) {
                     if n <= self.max_message {
                         self.prod.commit(kind::MSG, n);
@@ -203,7 +211,16 @@ impl RawSender {
     /// ones are written into a scratch buffer and fragmented). Nothing is visible to the
     /// receiver until `write` returns, so a writer that dies inside `write` leaves no
     /// half-written frame behind.
-    pub fn send_in_place(
+    ///
+    /// # Safety
+    ///
+    /// `write` gets ring space that the receiving process has mapped writable (a hostile
+    /// receiver can change it while `write` runs). `write` must only write it and never rely
+    /// on reading back what it wrote, or the caller must trust the peer — the contract of
+    /// [`Producer::reserve`](crate::ring::Producer::reserve). The typed
+    /// [`Sender`](crate::Sender) and [`send_bytes`](RawSender::send_bytes) are the safe ways
+    /// to send: they only ever copy or encode into the space.
+    pub unsafe fn send_in_place(
         &mut self,
         len: usize,
         write: impl FnOnce(&mut [u8]),
