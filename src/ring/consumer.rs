@@ -198,9 +198,10 @@ impl Consumer {
     /// overflows); a frame of a bigger ring handed to this consumer fails here instead of
     /// being read past our data area. One compare on the receive path; a misused frame is a
     /// bug in the caller, not something a peer can cause, hence a panic.
+    /// `len` is a public field, so it is checked against the frame's own (private) size too.
     #[inline(always)]
     fn check_frame(&self, frame: &Frame) {
-        if frame.pos + frame.size > self.ring.cap {
+        if frame.pos + frame.size > self.ring.cap || frame.len as u64 > frame.size - FRAME_HEADER {
             frame_of_another_ring(frame, self.ring.cap);
         }
     }
@@ -416,8 +417,9 @@ impl Consumer {
 #[inline(never)]
 fn frame_of_another_ring(frame: &Frame, cap: u64) -> ! {
     panic!(
-        "not a frame of this consumer's ring: a frame of {} bytes at offset {} does not fit a \
-         {cap}-byte ring (a Frame must go back to the Consumer whose peek returned it)",
-        frame.size, frame.pos
+        "not a frame of this consumer's ring: a frame of {} bytes at offset {} with a payload \
+         of {} does not fit a {cap}-byte ring (a Frame must go back, unchanged, to the \
+         Consumer whose peek returned it)",
+        frame.size, frame.pos, frame.len
     )
 }

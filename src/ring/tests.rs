@@ -351,6 +351,16 @@ fn a_frame_of_another_ring_is_refused_not_read_out_of_bounds() {
             Reassembly::new(1 << 20).with_bytes(&small, &Ready::Whole(f), |b| b.len());
         }),
     );
+    // `len` is a public field: a frame of this very ring whose `len` was raised past its
+    // size would be read past the frame (and the ring) too.
+    let mut long = f;
+    long.len = 1 << 20;
+    refused(
+        "an enlarged len",
+        run(&|| {
+            bc.copy_payload(&long, 0, &mut Vec::new());
+        }),
+    );
     // A skip that is not a whole number of words would make the atomic loads unaligned.
     refused_with(
         "an unaligned skip",
