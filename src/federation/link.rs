@@ -155,7 +155,7 @@ pub struct Link {
     queued: usize,
     /// Records were queued since the hub last looked ([`Link::pass`]).
     fresh: bool,
-    /// Something was queued for NATS or taken from it since [`Link::take_touched`].
+    /// Something was queued for NATS since [`Link::take_touched`].
     touched: bool,
     out_bytes: usize,
     header: Vec<u8>,
@@ -352,15 +352,16 @@ impl Link {
         self.counters.queued_in.load(Ordering::Acquire) != 0
     }
 
-    /// Whether anything was queued for NATS or taken from it since the last call: the hub
-    /// then parks without spinning (what it waits for next comes over the network).
+    /// Whether anything was queued for NATS since the last call: the hub then parks without
+    /// spinning (what it waits for next comes over the network). Taking from NATS does not
+    /// count: what the hub delivered locally (a call to a local owner, an answer to a local
+    /// caller) is followed by local traffic, which the hub's spin catches.
     pub fn take_touched(&mut self) -> bool {
         std::mem::take(&mut self.touched)
     }
 
     fn took(&mut self, item: Option<Incoming>) -> Option<Incoming> {
         if item.is_some() {
-            self.touched = true;
             // Relaxed: only the hub decrements; the item itself came through the channel.
             self.counters.queued_in.fetch_sub(1, Ordering::Relaxed);
         }

@@ -89,7 +89,18 @@ pub(super) struct Fed {
     scratch: Vec<u8>,
     /// When the timers next run the link without a reason of their own.
     next_drive: Instant,
+    /// A call from another node was handed to a local owner since the hub last parked: the
+    /// hub spins up to [`ANSWER_SPIN`] for its answer (`Hub::fed_spin_budget`).
+    answer_owed: bool,
 }
+
+/// How long a spin-then-park hub spins after handing a remote caller's call to a local owner,
+/// instead of its own spin budget when that is shorter. The owner's answer is what the remote
+/// caller waits for; a hub that parks first adds a cold wake-up to a cross-host round trip
+/// (~40 µs on a 2-vCPU VM; measured in BENCHMARKS.md, "Federation"), and an owner answering
+/// a get takes longer than the default 20 µs budget to wake up and answer. Bounded: at most
+/// this much CPU per call handed over, and none while idle.
+pub(super) const ANSWER_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// What an emit does beyond this node.
 pub(super) enum Plan {
@@ -166,6 +177,7 @@ impl Fed {
             resync_out: 0,
             scratch: Vec::new(),
             next_drive: Instant::now(),
+            answer_owed: false,
         })
     }
 

@@ -388,8 +388,16 @@ impl Hub {
                 accept,
             };
             self.deliver(o, &msg);
+            self.fed_owe_answer();
         }
         Ok(())
+    }
+
+    /// A local owner now holds a remote caller's call: spin for its answer before parking.
+    fn fed_owe_answer(&mut self) {
+        if let Some(f) = self.fed.as_deref_mut() {
+            f.answer_owed = true;
+        }
     }
 
     /// A request from a remote caller for a local client (as
@@ -425,6 +433,7 @@ impl Hub {
                 accept,
             };
             self.deliver(o, &msg);
+            self.fed_owe_answer();
         }
         Ok(())
     }

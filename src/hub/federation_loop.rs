@@ -90,6 +90,16 @@ impl Hub {
             .is_some_and(|f| f.link.take_touched())
     }
 
+    /// How long the hub spins before it parks: its own `budget`, or at least
+    /// [`ANSWER_SPIN`](super::ANSWER_SPIN) while a local owner holds a call that
+    /// came from another node since the last park.
+    pub(in crate::hub) fn fed_spin_budget(&self, budget: Duration) -> Duration {
+        match self.fed.as_deref() {
+            Some(f) if f.answer_owed => budget.max(super::ANSWER_SPIN),
+            _ => budget,
+        }
+    }
+
     /// The hub's park: inside the federation's runtime (so NATS is served while the hub
     /// sleeps, on this thread), or a plain epoll wait without federation.
     pub(in crate::hub) fn park(
@@ -99,6 +109,7 @@ impl Hub {
     ) -> std::io::Result<()> {
         match self.fed.as_deref_mut() {
             Some(f) => {
+                f.answer_owed = false;
                 let r = f.link.park(&self.poller, events, timeout);
                 f.next_drive = Instant::now() + Duration::from_micros(50);
                 r

@@ -126,4 +126,7 @@ impl Hub {
     pub(super) fn fed_touched(&mut self) -> bool {
         false
     }
+    pub(super) fn fed_spin_budget(&self, budget: std::time::Duration) -> std::time::Duration {
+        budget
+    }
 }

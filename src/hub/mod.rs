@@ -258,8 +258,9 @@ impl Hub {
             WaitStrategy::Park => Some(Duration::ZERO),
         };
         let mut turns: u32 = 0;
-        // The last busy pass moved federation traffic: park without spinning (see
-        // `fed_touched`). Local traffic keeps the spin policy.
+        // The last busy pass queued traffic for NATS: park without spinning (see
+        // `fed_touched`). Local traffic keeps the spin policy; a call from another node
+        // handed to a local owner makes the spin at least `ANSWER_SPIN` (`fed_spin_budget`).
         let mut remote = false;
         loop {
             if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -299,7 +300,11 @@ impl Hub {
                     std::hint::spin_loop();
                     continue;
                 }
-                Some(budget) if now.duration_since(since) < budget && !remote => {
+                Some(budget)
+                    if budget != Duration::ZERO
+                        && now.duration_since(since) < self.fed_spin_budget(budget)
+                        && !remote =>
+                {
                     std::hint::spin_loop();
                     continue;
                 }
