@@ -7,7 +7,9 @@
 //!     target/release/examples/cost ring64 $n; done   # (total(300k) - total(100k)) / 200k
 //! ```
 //!
-//! Modes: `ring64` (a 64 B message sent with `send_bytes` and received with `recv_bytes`, the
+//! Modes: `echo8` / `echo64` / `echo1k` (one `bench ring` round trip: a bincode `Echo` of
+//! 8 B / 64 B / 1 KiB there and back, the sum checked), `bytes8` / `bytes64` / `bytes1k` (one
+//! `bench ring-bytes` round trip: the same through `send_bytes` / `recv_bytes`), `ring64` (a 64 B message sent with `send_bytes` and received with `recv_bytes`, the
 //! receiver summing it), `stream64` (the same one way in batches of 32: `try_write_frame` +
 //! `flush`, `recv_batch_bytes`), `view64` (a typed message with two `&str` fields, `recv_view`),
 //! `cache64` / `cache1m` (a cache hit of a 64 B / 1 MiB value: get, length check, first and
@@ -54,6 +56,16 @@ fn main() {
                     .recv_bytes(|b| b.iter().map(|&x| x as u64).sum::<u64>())
                     .unwrap();
             }
+        }
+        "echo8" | "echo64" | "echo1k" | "bytes8" | "bytes64" | "bytes1k" => {
+            // The `bench ring` (`echo*`) or `bench ring-bytes` (`bytes*`) round trip, in one
+            // thread: the instructions on a round trip's critical path.
+            let size = match &mode[mode.len() - 2..] {
+                "o8" | "s8" => 8,
+                "64" => 64,
+                _ => 1024,
+            };
+            acc += shmbus::bench::echo_cost(size, n, mode.starts_with("bytes")).unwrap();
         }
         "stream64" => {
             // One-way streaming as `bench ring --throughput` does it: 32 frames committed,

@@ -44,8 +44,11 @@ pub const PEER_ENV: &str = "SHMBUS_BENCH_PEER";
 /// What to measure over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// A shmbus link.
+    /// A shmbus link, carrying bincode-encoded typed messages (`BenchMsg`).
     Ring,
+    /// A shmbus link through its byte API (`send_bytes` / `recv_bytes`): the transport without
+    /// a codec, copying and summing the bytes as the floors do.
+    RingBytes,
     /// A Unix stream socket with the same bincode framing.
     Uds,
     /// Bare cache-line ping-pong through shared memory (the floor).
@@ -67,6 +70,7 @@ impl Transport {
     pub fn name(self) -> &'static str {
         match self {
             Transport::Ring => "ring",
+            Transport::RingBytes => "ring-bytes",
             Transport::Uds => "uds",
             Transport::Atomic => "atomic",
             Transport::Eventfd => "eventfd",
@@ -78,8 +82,9 @@ impl Transport {
     }
 
     /// All transports.
-    pub const ALL: [Transport; 8] = [
+    pub const ALL: [Transport; 9] = [
         Transport::Ring,
+        Transport::RingBytes,
         Transport::Uds,
         Transport::Atomic,
         Transport::Eventfd,
@@ -98,7 +103,7 @@ impl std::str::FromStr for Transport {
             .find(|t| t.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown transport {s:?} (ring, uds, atomic, eventfd, hub-get, hub-emit, tcp, cache)"
+                    "unknown transport {s:?} (ring, ring-bytes, uds, atomic, eventfd, hub-get, hub-emit, tcp, cache)"
                 )
             })
     }
@@ -178,7 +183,9 @@ impl Opts {
     /// Name of the wait mode for reports.
     pub fn wait_name(&self) -> &'static str {
         match self.transport {
-            Transport::Ring | Transport::HubGet | Transport::HubEmit => self.wait.name(),
+            Transport::Ring | Transport::RingBytes | Transport::HubGet | Transport::HubEmit => {
+                self.wait.name()
+            }
             Transport::Uds | Transport::Tcp => "block",
             Transport::Atomic => "spin",
             Transport::Eventfd => "park",
@@ -243,6 +250,7 @@ fn wait_spec(w: WaitStrategy) -> String {
 }
 
 pub use report::Report;
+pub use ring::echo_cost;
 pub use suite::{suite, SuiteRow};
 
 /// Sum of the payload as little-endian u64 words plus the tail bytes: cheap, vectorisable,
@@ -327,7 +335,7 @@ impl Session {
             crate::sys::pin_to_cpu(0)?;
         }
         let (inner, children) = match opts.transport {
-            Transport::Ring => {
+            Transport::Ring | Transport::RingBytes => {
                 let l = ring::listen(&socket, opts)?;
                 let child = spawn(opts)?;
                 (
@@ -528,7 +536,7 @@ fn run_peer(o: &Opts, socket: &std::path::Path, role: &str) -> Result<(), Error>
         crate::sys::pin_to_cpu(1)?;
     }
     match o.transport {
-        Transport::Ring => ring::peer(o, socket),
+        Transport::Ring | Transport::RingBytes => ring::peer(o, socket),
         Transport::Uds | Transport::Tcp => uds::peer(o, socket),
         Transport::Atomic | Transport::Eventfd => floor::peer(o, socket),
         Transport::HubGet | Transport::HubEmit | Transport::Cache => {

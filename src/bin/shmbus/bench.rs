@@ -8,7 +8,7 @@ use shmbus::WaitStrategy;
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
-    /// ring | uds | atomic | eventfd | hub-get | hub-emit | tcp | cache
+    /// ring | ring-bytes | uds | atomic | eventfd | hub-get | hub-emit | tcp | cache
     pub(crate) transport: Transport,
     /// Payload bytes per message.
     #[arg(long, default_value_t = 64)]
