@@ -43,6 +43,9 @@ pub enum Peer {
     RingSpin,
     /// shmbus link, both sides parked on the eventfd doorbell.
     RingPark,
+    /// shmbus link through its byte API (`send_bytes` / `recv_bytes`, no codec), spinning:
+    /// byte slices, as iceoryx2 and the floors move them.
+    RingBytes,
     /// iceoryx2 publish-subscribe with `[u8]` slices, spinning on `receive()`.
     Iox2Poll,
     /// iceoryx2 publish-subscribe, blocking on an iceoryx2 event service.
@@ -61,9 +64,10 @@ pub enum Peer {
 
 impl Peer {
     /// All of them, in table order.
-    pub const ALL: [Peer; 9] = [
+    pub const ALL: [Peer; 10] = [
         Peer::RingSpin,
         Peer::RingPark,
+        Peer::RingBytes,
         Peer::Iox2Poll,
         Peer::Iox2Event,
         Peer::IpcChannel,
@@ -78,6 +82,7 @@ impl Peer {
         match self {
             Peer::RingSpin => "shmbus-spin",
             Peer::RingPark => "shmbus-park",
+            Peer::RingBytes => "shmbus-bytes",
             Peer::Iox2Poll => "iceoryx2-poll",
             Peer::Iox2Event => "iceoryx2-event",
             Peer::IpcChannel => "ipc-channel",
@@ -90,7 +95,10 @@ impl Peer {
 
     /// Whether the receiver burns a core waiting (else it sleeps in the kernel).
     pub fn spins(self) -> bool {
-        matches!(self, Peer::RingSpin | Peer::Iox2Poll | Peer::Atomic)
+        matches!(
+            self,
+            Peer::RingSpin | Peer::RingBytes | Peer::Iox2Poll | Peer::Atomic
+        )
     }
 
     /// The shmbus row this one is compared with: ring spin for spinning peers, ring park for
@@ -113,6 +121,7 @@ impl Peer {
         let (transport, wait) = match self {
             Peer::RingSpin => (Transport::Ring, WaitStrategy::Spin),
             Peer::RingPark => (Transport::Ring, WaitStrategy::Park),
+            Peer::RingBytes => (Transport::RingBytes, WaitStrategy::Spin),
             Peer::Uds => (Transport::Uds, WaitStrategy::Park),
             Peer::Tcp => (Transport::Tcp, WaitStrategy::Park),
             Peer::Atomic => (Transport::Atomic, WaitStrategy::Spin),

@@ -72,7 +72,7 @@ impl<'a> Results<'a> {
 }
 
 fn is_shmbus(p: Peer) -> bool {
-    matches!(p, Peer::RingSpin | Peer::RingPark)
+    matches!(p, Peer::RingSpin | Peer::RingPark | Peer::RingBytes)
 }
 
 fn is_floor(p: Peer) -> bool {
@@ -174,6 +174,9 @@ pub fn markdown(rows: &[Row], header: &str) -> String {
          loopback (`TCP_NODELAY`; streams use 256 KiB `BufWriter`/`BufReader`s, the sockets' \
          best case); the floors move bare bytes through shared memory. Streams publish every \
          32 messages.\n\
+         - shmbus-bytes: the same ring through its byte API (`send_bytes` / `recv_bytes`, \
+         `shmbus bench ring-bytes`), spinning: no codec, the bytes copied and summed as the \
+         floors and iceoryx2 do; compared with shmbus-spin, it shows what bincode costs.\n\
          - iceoryx2-poll / iceoryx2-event: iceoryx2 0.10 publish-subscribe with `[u8]` \
          slices, one service per direction, a 16-byte header in the slice; \
          `loan_slice_uninit` + one copy + `send`, the receiver reads the sample in place. \
@@ -236,6 +239,19 @@ fn verdict(res: &Results<'_>) -> String {
         _ => {
             let _ = writeln!(s, "- shmbus spin ≤ 1/3 of iceoryx2 polling: {missing}.");
         }
+    }
+    if let (Some(a), Some(b)) = (g(Peer::RingBytes), iox) {
+        let _ = writeln!(
+            s,
+            "- Byte slices like for like (iceoryx2 moves `[u8]` slices with no codec; \
+             `shmbus-bytes` is the same ring through `send_bytes` / `recv_bytes`): {:.2} µs vs \
+             {:.2} µs, ratio {:.2} (target ≥ 3): {}. The difference to shmbus spin is the \
+             bincode encode and decode of the typed message.",
+            a / 1e3,
+            b / 1e3,
+            b / a,
+            yes(b / a >= 3.0)
+        );
     }
     match (park, iox_ev, uds) {
         (Some(a), Some(b), Some(c)) => {
