@@ -59,3 +59,49 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `shmbus bench ring-bytes` (the ring through the byte API) runs both of its modes end to end
+/// between two processes: round trips whose echoes are checked, and a stream whose count and
+/// checksum sum are checked (the run fails on a mismatch), at a size equal to its control
+/// messages' extra lengths (8 B) and at 64 B with a small ring that wraps many times.
+#[test]
+fn bench_ring_bytes_round_trips_and_streams_with_checked_payloads() {
+    let _w = util::watchdog(
+        "bench_ring_bytes_round_trips_and_streams_with_checked_payloads",
+        120,
+    );
+    for args in [
+        &["--size", "8", "--iters", "3000"][..],
+        &["--size", "64", "--iters", "3000", "--ring-bytes", "4096"][..],
+        &["--size", "8", "--iters", "200000", "--throughput"][..],
+        &[
+            "--size",
+            "64",
+            "--iters",
+            "200000",
+            "--throughput",
+            "--ring-bytes",
+            "4096",
+        ][..],
+        &["--size", "65536", "--iters", "500", "--throughput"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+            .args(["bench", "ring-bytes", "--wait", "spin-then-park", "--json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "bench ring-bytes {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let row: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(row["transport"], "ring-bytes", "{text}");
+        assert!(row["msgs_per_s"].as_f64().unwrap() > 0.0, "{text}");
+        if !args.contains(&"--throughput") {
+            assert!(row["p50_ns"].as_u64().unwrap() > 0, "{text}");
+        }
+    }
+}
