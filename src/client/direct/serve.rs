@@ -5,11 +5,17 @@
 //! Invariants: a link is served only once its introduction marker was handled in order with
 //! everything else that came through the hub, and a call only once every fence up to its
 //! own was handled (`Fences::done` is the contiguous prefix; at most [`MAX_AHEAD`] fences
-//! may wait out of order). A served call goes into the same queue as the hub's messages,
-//! under a number with [`DIRECT_BIT`] set, so the handlers run in one order and the answer
-//! is routed back here (`Inner::send_draining` hands it to [`Inner::direct_answer`]). At
-//! most [`MAX_INFLIGHT`] calls of one link wait for their answer: past that the thread stops
-//! reading and the requester's ring fills. Memory never grows with what the peer sends.
+//! may wait out of order). Handlers run in one order with the hub's messages, one at a
+//! time: a call whose handler is registered is run on the reading thread itself when it can
+//! take `running_handlers` and the handler queue is empty (nothing that arrived before it
+//! waits), and answered on the link from there (`serve_here`: no queue, no table, nothing
+//! allocated to read it); any other call goes into the same queue as the hub's messages,
+//! under a number with [`DIRECT_BIT`] set, and its answer is routed back here
+//! (`Inner::send_draining` hands it to [`Inner::direct_answer`]). Either way a panicking
+//! handler is contained (its answer is an error naming the panic). At most
+//! [`MAX_INFLIGHT`] queued calls of one link wait for their answer: past that the thread
+//! stops reading and the requester's ring fills. Memory never grows with what the peer
+//! sends (the reading thread's scratch holds one call).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
