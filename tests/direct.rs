@@ -41,6 +41,12 @@ fn run_owner() {
             let hit = me.direct_inject(&r.from, &[0xff; 40]).unwrap_or(false);
             Ok(hit)
         });
+        c.on_request("boom", |_| -> Result<(), String> {
+            panic!("boom on purpose")
+        });
+        c.on_get("boom", |_| -> Result<((), Ttl), String> {
+            panic!("get boom on purpose")
+        });
         let n = AtomicU64::new(0);
         c.on_get("val", move |_| {
             let v = n.fetch_add(1, Ordering::SeqCst);
@@ -149,6 +155,30 @@ fn direct_answers_are_right_and_skip_the_hub() {
         web.request("bot", "nope", &(), None),
         Err(CallError::NoHandler(_))
     ));
+    // A handler that panics answers with an error naming the panic, on the direct path
+    // too; the owner and the link go on.
+    let before = msgs_in(&dir, "web");
+    for _ in 0..3 {
+        match web.request("bot", "boom", &(), None) {
+            Err(CallError::Remote(m)) => assert!(m.contains("boom on purpose"), "{m}"),
+            other => panic!("a panicking request handler answered {other:?}"),
+        }
+        match web.get("bot", "boom").fresh(true).send() {
+            Err(CallError::Remote(m)) => assert!(m.contains("get boom on purpose"), "{m}"),
+            other => panic!("a panicking get handler answered {other:?}"),
+        }
+    }
+    let back: String = web
+        .request("bot", "echo", &"after".to_string(), None)
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(back, "after");
+    assert!(web.direct_peers().iter().any(|p| p == "bot"));
+    assert!(
+        msgs_in(&dir, "web") - before < 5,
+        "the calls after the panics went through the hub"
+    );
     // Per call, with direct off in the options.
     let plain = Client::connect(dir.path(), ClientOptions::new("plain")).unwrap();
     let _ = plain

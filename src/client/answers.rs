@@ -9,7 +9,7 @@
 
 use super::context::Ctx;
 use super::deferred::GetTicket;
-use super::handlers::Failure;
+use super::handlers::{Failure, GetFn, RequestFn};
 use super::{GetRequest, Inner, Request};
 use crate::proto::{Answer, ClientMsg, ErrorCode, Payload, PayloadBuf};
 
@@ -33,16 +33,30 @@ impl Inner {
     /// What `g`'s get handler answers (run contained: a panic becomes an error naming it), or
     /// "no handler".
     pub(super) fn get_answer(&self, g: &GetRequest) -> Result<(PayloadBuf, i64), Failure> {
-        let h = self
-            .handlers
-            .read()
-            .expect("lock")
-            .gets
-            .get(&g.kind)
-            .map(|(_, f)| f.clone());
-        let Some(f) = h else {
-            return Err(self.no_get_handler(&g.kind));
-        };
+        match self.get_handler(&g.kind) {
+            Some(f) => self.get_answer_with(&f, g),
+            None => Err(self.no_get_handler(&g.kind)),
+        }
+    }
+
+    /// The `on_get` handler for `kind`, cloned out of the registry (whose lock is dropped).
+    pub(super) fn get_handler(&self, kind: &str) -> Option<GetFn> {
+        let h = self.handlers.read().expect("lock");
+        h.gets.get(kind).map(|(_, f)| f.clone())
+    }
+
+    /// The `on_request` handler for `method`, cloned out of the registry.
+    pub(super) fn request_handler(&self, method: &str) -> Option<RequestFn> {
+        let h = self.handlers.read().expect("lock");
+        h.requests.get(method).map(|(_, f)| f.clone())
+    }
+
+    /// What the get handler `f` answers `g` (run contained, with no lock held).
+    pub(super) fn get_answer_with(
+        &self,
+        f: &GetFn,
+        g: &GetRequest,
+    ) -> Result<(PayloadBuf, i64), Failure> {
         let ctx = Ctx::new(self, &g.requester);
         self.contained(&format_args!("the get handler for {:?}", g.kind), || {
             f(&ctx, g)
@@ -58,16 +72,18 @@ impl Inner {
 
     /// What `r`'s request handler answers (run contained), or "no handler".
     pub(super) fn request_answer(&self, r: &Request) -> Result<(PayloadBuf, i64), Failure> {
-        let h = self
-            .handlers
-            .read()
-            .expect("lock")
-            .requests
-            .get(&r.method)
-            .map(|(_, f)| f.clone());
-        let Some(f) = h else {
-            return Err(self.no_request_handler(&r.method));
-        };
+        match self.request_handler(&r.method) {
+            Some(f) => self.request_answer_with(&f, r),
+            None => Err(self.no_request_handler(&r.method)),
+        }
+    }
+
+    /// What the request handler `f` answers `r` (run contained, with no lock held).
+    pub(super) fn request_answer_with(
+        &self,
+        f: &RequestFn,
+        r: &Request,
+    ) -> Result<(PayloadBuf, i64), Failure> {
         let ctx = Ctx::new(self, &r.from);
         self.contained(
             &format_args!("the request handler for {:?}", r.method),
@@ -100,23 +116,24 @@ impl Inner {
     }
 
     pub(super) fn answer(&self, hreq: u64, a: Result<(PayloadBuf, i64), Failure>) {
-        let msg = match &a {
-            Ok((p, ttl_ms)) => ClientMsg::Answer {
-                req: hreq,
-                answer: Answer::Ok {
-                    payload: Payload {
-                        enc: p.enc,
-                        bytes: &p.bytes,
-                    },
-                    ttl_ms: *ttl_ms,
-                },
+        let _ = self.send(&ClientMsg::Answer {
+            req: hreq,
+            answer: wire_answer(&a),
+        });
+    }
+}
+
+/// A handler's result as the answer on the wire.
+pub(super) fn wire_answer(a: &Result<(PayloadBuf, i64), Failure>) -> Answer<'_> {
+    match a {
+        Ok((p, ttl_ms)) => Answer::Ok {
+            payload: Payload {
+                enc: p.enc,
+                bytes: &p.bytes,
             },
-            Err((code, m)) => ClientMsg::Answer {
-                req: hreq,
-                answer: Answer::err(*code, m),
-            },
-        };
-        let _ = self.send(&msg);
+            ttl_ms: *ttl_ms,
+        },
+        Err((code, m)) => Answer::err(*code, m),
     }
 }
 

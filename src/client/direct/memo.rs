@@ -41,8 +41,13 @@ struct Entry {
 /// See the module doc.
 #[derive(Default)]
 pub(in crate::client) struct CacheMemo {
-    map: HashMap<(String, Option<String>), Entry, crate::hash::KeyedHash>,
+    /// The entry used last, out of the map: a run of answers for one kind and key (the
+    /// usual case) compares its strings instead of hashing them.
+    hot: Option<(Key, Entry)>,
+    map: HashMap<Key, Entry, crate::hash::KeyedHash>,
 }
+
+type Key = (String, Option<String>);
 
 impl CacheMemo {
     /// True if the hub's cache holds exactly this answer (do not send it); otherwise
@@ -53,11 +58,22 @@ impl CacheMemo {
         payload: &Payload<'_>,
         ttl_ms: i64,
         hub_seq: u64,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> bool {
-        if let Some(e) = self.map.get_mut(what) {
+        // Read from the clock only for a finite TTL (an entry that never expires needs no
+        // time: a later answer with another TTL differs in `ttl_ms` and restamps it).
+        let mut now = Some(now);
+        let mut clock = || now.take().map(|f| f());
+        if !matches!(&self.hot, Some((k, _)) if k == what) {
+            if let Some((k, e)) = self.hot.take() {
+                self.map.insert(k, e);
+            }
+            self.hot = self.map.remove_entry(what);
+        }
+        if let Some((_, e)) = &mut self.hot {
+            let t = if ttl_ms == 0 { None } else { clock() };
             let fresh =
-                ttl_ms == 0 || now.duration_since(e.at) < Duration::from_millis(ttl_ms as u64 / 2);
+                t.is_none_or(|t| t.duration_since(e.at) < Duration::from_millis(ttl_ms as u64 / 2));
             if e.seq == hub_seq
                 && e.ttl_ms == ttl_ms
                 && e.enc == payload.enc
@@ -72,31 +88,35 @@ impl CacheMemo {
                 e.bytes.extend_from_slice(payload.bytes);
                 e.ttl_ms = ttl_ms;
                 e.seq = hub_seq;
-                e.at = now;
+                if let Some(t) = t {
+                    e.at = t;
+                }
             } else {
-                self.map.remove(what);
+                self.hot = None;
             }
             return false;
         }
         if payload.bytes.len() <= MAX_BYTES {
-            if self.map.len() >= MAX_ENTRIES {
+            // With `hot`, at most MAX_ENTRIES in all.
+            if self.map.len() >= MAX_ENTRIES - 1 {
                 self.map.clear();
             }
-            self.map.insert(
+            self.hot = Some((
                 what.clone(),
                 Entry {
                     enc: payload.enc,
                     bytes: payload.bytes.to_vec(),
                     ttl_ms,
                     seq: hub_seq,
-                    at: now,
+                    at: clock().unwrap_or_else(Instant::now),
                 },
-            );
+            ));
         }
         false
     }
 
     pub(in crate::client) fn clear(&mut self) {
+        self.hot = None;
         self.map.clear();
     }
 }
@@ -117,30 +137,41 @@ mod tests {
         let mut m = CacheMemo::default();
         let k = ("kind".to_string(), None);
         let t = Instant::now();
-        assert!(!m.already_sent(&k, &p(b"a"), 0, 1, t), "first: sent");
-        assert!(m.already_sent(&k, &p(b"a"), 0, 1, t), "same: skipped");
-        assert!(!m.already_sent(&k, &p(b"b"), 0, 1, t), "new value: sent");
+        assert!(!m.already_sent(&k, &p(b"a"), 0, 1, || t), "first: sent");
+        assert!(m.already_sent(&k, &p(b"a"), 0, 1, || t), "same: skipped");
+        assert!(!m.already_sent(&k, &p(b"b"), 0, 1, || t), "new value: sent");
         assert!(
-            !m.already_sent(&k, &p(b"b"), 0, 2, t),
+            !m.already_sent(&k, &p(b"b"), 0, 2, || t),
             "hub frame between: sent"
         );
-        assert!(!m.already_sent(&k, &p(b"b"), 5, 2, t), "other TTL: sent");
-        assert!(m.already_sent(&k, &p(b"b"), 5, 2, t + Duration::from_millis(1)));
+        assert!(!m.already_sent(&k, &p(b"b"), 5, 2, || t), "other TTL: sent");
+        assert!(m.already_sent(&k, &p(b"b"), 5, 2, || t + Duration::from_millis(1)));
         assert!(
-            !m.already_sent(&k, &p(b"b"), 5, 2, t + Duration::from_millis(3)),
+            !m.already_sent(&k, &p(b"b"), 5, 2, || t + Duration::from_millis(3)),
             "past half the TTL: sent again"
         );
         let other = ("kind".to_string(), Some("k".to_string()));
         assert!(
-            !m.already_sent(&other, &p(b"b"), 0, 2, t),
+            !m.already_sent(&other, &p(b"b"), 0, 2, || t),
             "other key: sent"
         );
-        m.clear();
-        assert!(!m.already_sent(&k, &p(b"b"), 5, 2, t), "after clear: sent");
-        let big = vec![0u8; MAX_BYTES + 1];
-        assert!(!m.already_sent(&k, &p(&big), 0, 2, t));
         assert!(
-            !m.already_sent(&k, &p(&big), 0, 2, t),
+            m.already_sent(&k, &p(b"b"), 5, 2, || t + Duration::from_millis(3)),
+            "back to the first key: still remembered"
+        );
+        assert!(
+            m.already_sent(&other, &p(b"b"), 0, 2, || t),
+            "and the other one too"
+        );
+        m.clear();
+        assert!(
+            !m.already_sent(&k, &p(b"b"), 5, 2, || t),
+            "after clear: sent"
+        );
+        let big = vec![0u8; MAX_BYTES + 1];
+        assert!(!m.already_sent(&k, &p(&big), 0, 2, || t));
+        assert!(
+            !m.already_sent(&k, &p(&big), 0, 2, || t),
             "too big to remember"
         );
     }

@@ -5,11 +5,17 @@
 //! Invariants: a link is served only once its introduction marker was handled in order with
 //! everything else that came through the hub, and a call only once every fence up to its
 //! own was handled (`Fences::done` is the contiguous prefix; at most [`MAX_AHEAD`] fences
-//! may wait out of order). A served call goes into the same queue as the hub's messages,
-//! under a number with [`DIRECT_BIT`] set, so the handlers run in one order and the answer
-//! is routed back here (`Inner::send_draining` hands it to [`Inner::direct_answer`]). At
-//! most [`MAX_INFLIGHT`] calls of one link wait for their answer: past that the thread stops
-//! reading and the requester's ring fills. Memory never grows with what the peer sends.
+//! may wait out of order). Handlers run in one order with the hub's messages, one at a
+//! time: a call whose handler is registered is run on the reading thread itself when it can
+//! take `running_handlers` and the handler queue is empty (nothing that arrived before it
+//! waits), and answered on the link from there (`serve_here`: no queue, no table, nothing
+//! allocated to read it); any other call goes into the same queue as the hub's messages,
+//! under a number with [`DIRECT_BIT`] set, and its answer is routed back here
+//! (`Inner::send_draining` hands it to [`Inner::direct_answer`]). Either way a panicking
+//! handler is contained (its answer is an error naming the panic). At most
+//! [`MAX_INFLIGHT`] queued calls of one link wait for their answer: past that the thread
+//! stops reading and the requester's ring fills. Memory never grows with what the peer
+//! sends (the reading thread's scratch holds one call).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -17,10 +23,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{DLink, Down, Served, DIRECT_BIT};
+use crate::client::answers::wire_answer;
 use crate::client::handlers::Incoming;
 use crate::client::{GetRequest, Inner, Request};
 use crate::error::Fail;
-use crate::proto::{Answer, ClientMsg, DirectMsg, Encoding, ErrorCode, PayloadBuf};
+use crate::proto::{Answer, ClientMsg, DirectMsg, Encoding, ErrorCode, Payload, PayloadBuf};
 use crate::wait::Deadline;
 use crate::Error;
 
@@ -86,26 +93,50 @@ pub(in crate::client) enum Marker {
     Fence { link: u64, seq: u64 },
 }
 
-/// A call read from a link, owned.
-enum Call {
-    Get {
-        req: u64,
-        fence: u64,
-        kind: String,
-        key: Option<String>,
-        accept: Encoding,
-    },
-    Request {
-        req: u64,
-        fence: u64,
-        method: String,
-        payload: PayloadBuf,
-        accept: Encoding,
-    },
+/// A call read from a link: its numbers; the rest is in the link's [`Scratch`].
+#[derive(Clone, Copy)]
+enum Head {
+    Get { req: u64, fence: u64 },
+    Request { req: u64, fence: u64 },
 }
 
-impl Call {
-    fn decode(bytes: &[u8]) -> Result<Call, String> {
+impl Head {
+    fn fence(self) -> u64 {
+        match self {
+            Head::Get { fence, .. } | Head::Request { fence, .. } => fence,
+        }
+    }
+}
+
+/// The owner's reading thread's copy of the last call read (one per link): reused from
+/// call to call, so reading a call allocates nothing (the strings and the payload keep
+/// their capacity). `get.requester` and `request.from` are the link's peer, set once.
+struct Scratch {
+    get: GetRequest,
+    request: Request,
+}
+
+impl Scratch {
+    fn new(peer: &str) -> Scratch {
+        Scratch {
+            get: GetRequest {
+                requester: peer.to_string(),
+                kind: String::new(),
+                key: None,
+                fresh: true,
+                accept: Encoding::default(),
+            },
+            request: Request {
+                from: peer.to_string(),
+                method: String::new(),
+                payload: PayloadBuf::default(),
+                accept: Encoding::default(),
+            },
+        }
+    }
+
+    /// Decodes one call frame into `self` (copied out of the ring's bytes).
+    fn fill(&mut self, bytes: &[u8]) -> Result<Head, String> {
         match super::wire::decode(bytes) {
             Ok(DirectMsg::Get {
                 req,
@@ -113,34 +144,65 @@ impl Call {
                 kind,
                 key,
                 accept,
-            }) => Ok(Call::Get {
-                req,
-                fence,
-                kind: kind.into(),
-                key: key.map(Into::into),
-                accept,
-            }),
+            }) => {
+                let g = &mut self.get;
+                g.kind.clear();
+                g.kind.push_str(kind);
+                match key {
+                    Some(k) => {
+                        let s = g.key.get_or_insert_with(String::new);
+                        s.clear();
+                        s.push_str(k);
+                    }
+                    None => g.key = None,
+                }
+                g.accept = accept;
+                Ok(Head::Get { req, fence })
+            }
             Ok(DirectMsg::Request {
                 req,
                 fence,
                 method,
                 payload,
                 accept,
-            }) => Ok(Call::Request {
-                req,
-                fence,
-                method: method.into(),
-                payload: payload.to_owned(),
-                accept,
-            }),
+            }) => {
+                let r = &mut self.request;
+                r.method.clear();
+                r.method.push_str(method);
+                r.payload.enc = payload.enc;
+                r.payload.bytes.clear();
+                r.payload.bytes.extend_from_slice(payload.bytes);
+                r.accept = accept;
+                Ok(Head::Request { req, fence })
+            }
             Ok(DirectMsg::Reply { .. }) => Err("a reply frame from the requester".into()),
             Err(e) => Err(e.into()),
         }
     }
 
-    fn fence(&self) -> u64 {
-        match self {
-            Call::Get { fence, .. } | Call::Request { fence, .. } => *fence,
+    /// The call `head` as an owned message for the handler queue (the scratch keeps the
+    /// peer's name; its other buffers start empty again).
+    fn take(&mut self, head: Head, local: u64) -> Incoming {
+        match head {
+            Head::Get { .. } => Incoming::Get(
+                local,
+                GetRequest {
+                    requester: self.get.requester.clone(),
+                    kind: std::mem::take(&mut self.get.kind),
+                    key: self.get.key.take(),
+                    fresh: true,
+                    accept: self.get.accept,
+                },
+            ),
+            Head::Request { .. } => Incoming::Request(
+                local,
+                Request {
+                    from: self.request.from.clone(),
+                    method: std::mem::take(&mut self.request.method),
+                    payload: std::mem::take(&mut self.request.payload),
+                    accept: self.request.accept,
+                },
+            ),
         }
     }
 }
@@ -182,7 +244,9 @@ impl Inner {
     /// closed meanwhile, or the fence did not arrive within [`FENCE_DEADLINE`] (the link is
     /// then closed: the requester misbehaves).
     fn await_fence(&self, l: &DLink, fence: u64) -> bool {
-        let start = Instant::now();
+        // Read from the clock only once a fence is found missing (not for a call whose
+        // fences were handled, the usual case).
+        let mut start = None;
         loop {
             let arrived = {
                 let f = l.fences.lock().expect("lock");
@@ -202,7 +266,7 @@ impl Inner {
                 }
                 f.arrived.done
             };
-            if start.elapsed() >= FENCE_DEADLINE {
+            if start.get_or_insert_with(Instant::now).elapsed() >= FENCE_DEADLINE {
                 self.direct_down(
                     l,
                     Down::Misbehaved(format!(
@@ -227,51 +291,76 @@ impl Inner {
         }
     }
 
+    /// Serves a call read from `l` (its fences handled): on this thread when no other
+    /// message waits for the handlers and the call has a handler of its own (no queue, no
+    /// table of served calls), else queued for the handlers like a hub-routed message.
+    fn serve_call(&self, l: &Arc<DLink>, head: Head, s: &mut Scratch) {
+        if self.serve_here(l, head, s) {
+            // What arrived for the handlers while we held them: a thread that queued it
+            // found them busy and left it to us.
+            if !self.queue.lock().expect("lock").is_empty() {
+                self.run_handlers_soon();
+            }
+            return;
+        }
+        self.serve_queued(l, head, s);
+        self.run_handlers_soon();
+    }
+
+    /// The direct fast path: runs the call's handler here and answers on the link. False
+    /// (nothing done) if the handlers are busy on another thread, messages wait for them
+    /// (they run first, in order), or the call has no handler of its own (a deferred
+    /// handler or "no handler": the queued path answers those).
+    ///
+    /// Same promises as the queued path: one handler at a time (`running_handlers`), in
+    /// arrival order (the queue is empty while we hold it, so everything that arrived
+    /// before this call was handled), no lock held but `running_handlers` while the handler
+    /// runs, a panic contained (`get_answer_with` / `request_answer_with`), the reply
+    /// before the hub's cache copy.
+    fn serve_here(&self, l: &DLink, head: Head, s: &mut Scratch) -> bool {
+        let Ok(_running) = self.running_handlers.try_lock() else {
+            return false;
+        };
+        if !self.queue.lock().expect("lock").is_empty() {
+            return false;
+        }
+        match head {
+            Head::Get { req, .. } => {
+                let Some(f) = self.get_handler(&s.get.kind) else {
+                    return false;
+                };
+                let a = self.get_answer_with(&f, &s.get);
+                let answer = wire_answer(&a);
+                self.reply_on(l, req, &answer, true);
+                if let Answer::Ok { payload, ttl_ms } = &answer {
+                    let what = (std::mem::take(&mut s.get.kind), s.get.key.take());
+                    let _ = self.direct_cache(&what, payload, *ttl_ms);
+                    (s.get.kind, s.get.key) = what;
+                }
+            }
+            Head::Request { req, .. } => {
+                let Some(f) = self.request_handler(&s.request.method) else {
+                    return false;
+                };
+                let a = self.request_answer_with(&f, &s.request);
+                self.reply_on(l, req, &wire_answer(&a), true);
+            }
+        }
+        self.close_if_panicked();
+        true
+    }
+
     /// Queues a call for the handlers, under a direct number.
-    fn serve_call(&self, l: &Arc<DLink>, call: Call) {
+    fn serve_queued(&self, l: &Arc<DLink>, head: Head, s: &mut Scratch) {
         let local = self.direct.next_local.fetch_add(1, Ordering::Relaxed) | DIRECT_BIT;
         // Relaxed: a bound, checked by the one reading thread.
         l.inflight.fetch_add(1, Ordering::Relaxed);
-        let (req, cache, item) = match call {
-            Call::Get {
-                req,
-                kind,
-                key,
-                accept,
-                ..
-            } => (
-                req,
-                Some((kind.clone(), key.clone())),
-                Incoming::Get(
-                    local,
-                    GetRequest {
-                        requester: l.peer.clone(),
-                        kind,
-                        key,
-                        fresh: true,
-                        accept,
-                    },
-                ),
-            ),
-            Call::Request {
-                req,
-                method,
-                payload,
-                accept,
-                ..
-            } => (
-                req,
-                None,
-                Incoming::Request(
-                    local,
-                    Request {
-                        from: l.peer.clone(),
-                        method,
-                        payload,
-                        accept,
-                    },
-                ),
-            ),
+        let item = s.take(head, local);
+        let (req, cache) = match (head, &item) {
+            (Head::Get { req, .. }, Incoming::Get(_, g)) => {
+                (req, Some((g.kind.clone(), g.key.clone())))
+            }
+            (Head::Request { req, .. }, _) | (Head::Get { req, .. }, _) => (req, None),
         };
         self.direct.served.lock().expect("lock").insert(
             local,
@@ -313,28 +402,39 @@ impl Inner {
             self.reply_on(&l, s.req, answer, wait);
         }
         if let (Some(what), Answer::Ok { payload, ttl_ms }) = (&s.cache, answer) {
-            if *ttl_ms < 0 {
-                return Ok(());
-            }
-            // Acquire: pairs with the Release increment after each hub send (the memo must
-            // see every hub-routed frame sent before this answer).
-            let seq = self.direct.hub_seq.load(Ordering::Acquire);
-            // Held across the (never waiting) hand-over to the `owed` queue, so the hub
-            // receives these frames in the order the memo saw them: the last one it caches
-            // is the one the memo remembers. Lock order: memo, then `tx` / `owed` (leaves).
-            let mut memo = self.direct.memo.lock().expect("lock");
-            if memo.already_sent(what, payload, *ttl_ms, seq, Instant::now()) {
-                return Ok(());
-            }
-            let (kind, key) = what;
-            return self.send_or_owe(&ClientMsg::DirectCache {
-                kind,
-                key: key.as_deref(),
-                payload: *payload,
-                ttl_ms: *ttl_ms,
-            });
+            return self.direct_cache(what, payload, *ttl_ms);
         }
         Ok(())
+    }
+
+    /// After the reply to a direct get: its answer to the hub's cache (off the caller's
+    /// path), unless the TTL says not to cache it or the hub holds it already.
+    fn direct_cache(
+        &self,
+        what: &(String, Option<String>),
+        payload: &Payload<'_>,
+        ttl_ms: i64,
+    ) -> Result<(), Error> {
+        if ttl_ms < 0 {
+            return Ok(());
+        }
+        // Acquire: pairs with the Release increment after each hub send (the memo must
+        // see every hub-routed frame sent before this answer).
+        let seq = self.direct.hub_seq.load(Ordering::Acquire);
+        // Held across the (never waiting) hand-over to the `owed` queue, so the hub
+        // receives these frames in the order the memo saw them: the last one it caches
+        // is the one the memo remembers. Lock order: memo, then `tx` / `owed` (leaves).
+        let mut memo = self.direct.memo.lock().expect("lock");
+        if memo.already_sent(what, payload, ttl_ms, seq, Instant::now) {
+            return Ok(());
+        }
+        let (kind, key) = what;
+        self.send_or_owe(&ClientMsg::DirectCache {
+            kind,
+            key: key.as_deref(),
+            payload: *payload,
+            ttl_ms,
+        })
     }
 
     fn reply_on(&self, l: &DLink, req: u64, answer: &Answer<'_>, wait: bool) {
@@ -399,6 +499,12 @@ fn serve(weak: Weak<Inner>, l: Arc<DLink>) {
     let Some(mut rx) = l.rx.lock().expect("lock").take() else {
         return;
     };
+    let mut scratch = Scratch::new(&l.peer);
+    // Calls since `last_used` was stamped: the clock is read for the first call after a
+    // quiet spell and every `STAMP_EVERY` calls, not for each (an LRU hint; the idle check
+    // below stamps first when calls came since, so a link in use is never idle).
+    const STAMP_EVERY: u32 = 64;
+    let mut unstamped = 0u32;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.closing.load(Ordering::Acquire) || l.dead.load(Ordering::Acquire) {
@@ -409,21 +515,30 @@ fn serve(weak: Weak<Inner>, l: Arc<DLink>) {
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
-        let r = rx.recv_with(Deadline::Within(Duration::from_millis(100)), Call::decode);
+        let r = rx.recv_with(Deadline::Within(Duration::from_millis(100)), |b| {
+            scratch.fill(b)
+        });
         match r {
-            Ok(Ok(call)) => {
-                l.last_used.store(inner.direct.now_ms(), Ordering::Relaxed);
-                if !inner.await_fence(&l, call.fence()) {
+            Ok(Ok(head)) => {
+                if unstamped == 0 {
+                    l.last_used.store(inner.direct.now_ms(), Ordering::Relaxed);
+                }
+                unstamped = (unstamped + 1) % STAMP_EVERY;
+                if !inner.await_fence(&l, head.fence()) {
                     return;
                 }
-                inner.serve_call(&l, call);
-                inner.run_handlers_soon();
+                inner.serve_call(&l, head, &mut scratch);
             }
             Ok(Err(m)) => return inner.direct_down(&l, Down::Misbehaved(m)),
             Err(Fail::NotNow | Fail::Timeout) => {
+                let now = inner.direct.now_ms();
+                if unstamped != 0 {
+                    l.last_used.store(now, Ordering::Relaxed);
+                    unstamped = 0;
+                }
                 let idle = inner.opts.direct_idle.as_millis() as u64;
                 let last = l.last_used.load(Ordering::Relaxed);
-                if inner.direct.now_ms().saturating_sub(last) > idle {
+                if now.saturating_sub(last) > idle {
                     return inner.direct_down(&l, Down::Ours("idle"));
                 }
             }
