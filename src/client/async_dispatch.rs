@@ -31,7 +31,7 @@ use tokio::io::unix::AsyncFd;
 use super::async_send::{register, AsyncSide, Attempt, OwedAnswer};
 use super::{Incoming, Inner};
 use crate::error::Fail;
-use crate::proto::{Answer, ClientMsg, HubMsg, Payload};
+use crate::proto::{ClientMsg, HubMsg};
 use crate::wait::Deadline;
 use crate::{codec, Error};
 
@@ -205,16 +205,7 @@ fn answer_msg(a: &OwedAnswer) -> ClientMsg<'_> {
     let (req, r) = a;
     ClientMsg::Answer {
         req: *req,
-        answer: match r {
-            Ok((p, ttl_ms)) => Answer::Ok {
-                payload: Payload {
-                    enc: p.enc,
-                    bytes: &p.bytes,
-                },
-                ttl_ms: *ttl_ms,
-            },
-            Err((code, m)) => Answer::err(*code, m),
-        },
+        answer: super::answers::wire_answer(r),
     }
 }
 
