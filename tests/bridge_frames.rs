@@ -9,7 +9,7 @@
 use shmbus::__fuzz::nodeipc::{parse_fast, DataMsg, Fast, GetMsg, ResponseMsg};
 use shmbus::bridge::frame;
 
-fn raw(r: Option<&serde_json::value::RawValue>) -> String {
+fn raw(r: Option<frame::Raw<'_>>) -> String {
     r.map_or("-".into(), |r| r.get().to_string())
 }
 

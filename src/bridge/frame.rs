@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 /// The frame delimiter.
@@ -118,6 +118,44 @@ pub struct Envelope<'a> {
     /// Event data (absent or `null` → `None`).
     #[serde(borrow, default)]
     pub data: Option<&'a RawValue>,
+}
+
+/// A JSON value's text exactly as it appears in the frame (what a `&RawValue` holds),
+/// borrowed: serde_json fills it through `&RawValue`, the fast path ([`parse_fast`]) from its
+/// own scan, without a second pass over the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[doc(hidden)]
+pub struct Raw<'a>(pub(crate) &'a str);
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Raw<'a>, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|r| Raw(r.get()))
+    }
+}
+
+/// A raw JSON value's text: `&RawValue` (the envelope's `data`) or [`Raw`].
+#[doc(hidden)]
+pub trait RawText<'a>: Copy {
+    fn text(self) -> &'a str;
+}
+
+impl<'a> RawText<'a> for &'a RawValue {
+    fn text(self) -> &'a str {
+        self.get()
+    }
+}
+
+impl<'a> RawText<'a> for Raw<'a> {
+    fn text(self) -> &'a str {
+        self.0
+    }
 }
 
 /// Parses the envelope of one frame.
@@ -258,15 +296,20 @@ pub fn write_data(out: &mut Vec<u8>, kind: &str, key: Option<&str>, data: &[u8])
 /// are spliced into a frame, so a bad one cannot break a legacy client's parser). UTF-8 is
 /// checked first: serde_json skips the bytes inside a string it ignores without validating
 /// them, so `"\xff"` alone would pass and reach legacy clients as U+FFFD or a closed socket.
+///
+/// The hand-written scan ([`super::scan`]) answers the common payloads; where it gives up
+/// (or finds the value bad), serde_json decides.
 pub fn is_json(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes)
-        .is_ok_and(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok())
+    std::str::from_utf8(bytes).is_ok_and(|s| {
+        super::scan::is_one_value(s) == Some(true)
+            || serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+    })
 }
 
 /// A key (`id`) given as a JSON string or number; anything else is an error.
-pub fn key_text(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, String> {
+pub fn key_text<'a>(raw: Option<impl RawText<'a>>) -> Result<Option<Cow<'a, str>>, String> {
     let Some(raw) = raw else { return Ok(None) };
-    let t = raw.get();
+    let t = raw.text();
     match t.as_bytes().first() {
         Some(b'"') => serde_json::from_str::<Cow<'_, str>>(t)
             .map(Some)

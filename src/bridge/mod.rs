@@ -48,6 +48,7 @@ pub mod nap;
 pub(crate) mod nodeipc;
 mod outbox;
 mod prehello;
+mod scan;
 mod sockdiag;
 #[cfg(feature = "socketio")]
 mod socketio;

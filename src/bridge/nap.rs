@@ -37,8 +37,12 @@ pub const BUSY_PARK: Duration = Duration::from_millis(2);
 /// The longest nap accepted (`--nap-us`).
 pub const MAX_NAP: Duration = Duration::from_millis(5);
 
-/// The default nap of `shmbus bridge` and `shmbus up`.
-pub const DEFAULT_NAP: Duration = Duration::from_micros(100);
+/// The default nap of `shmbus bridge` and `shmbus up`. 250 µs, not 100: on the 2-vCPU AMD
+/// host (session 12, `bench_cpu.sh` with `--nap-us 250` as a variant in the same alternation,
+/// three sittings) bridge + hub CPU per Unix get was 18.4 / 22.0 / 17.3 µs against 22.5 / 20.9
+/// / 19.1 µs at 100, with throughput and p99 no worse; a client with one get in flight never
+/// naps (the pipelining rule above), so its latency does not change.
+pub const DEFAULT_NAP: Duration = Duration::from_micros(250);
 
 thread_local! {
     /// Socket reads on this (the runtime's) thread since its last park: (a pipelining Unix

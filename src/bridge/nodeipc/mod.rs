@@ -57,7 +57,7 @@ use owed::Owed;
 
 #[doc(hidden)]
 pub use messages::{
-    number_text, parse_fast, DataMsg, Fast, GetMsg, HelloMsg, RequestOnly, ResponseMsg,
+    number_text, parse_fast, DataMsg, Fast, GetMsg, HelloMsg, Raw, RequestOnly, ResponseMsg,
 };
 
 /// Queues the `response` frame for a get's answer (under the requester's own `request`).
@@ -283,7 +283,7 @@ impl Conn {
     }
 
     /// [`Conn::bad_get`] with the get's `request` field at hand.
-    fn bad_get_at(&self, request: Option<&RawValue>, message: &str) {
+    fn bad_get_at(&self, request: Option<Raw<'_>>, message: &str) {
         self.bad(message);
         let req = request.and_then(|r| number_text(r, "request").ok().map(str::to_string));
         if let Some(req) = req {
