@@ -105,3 +105,55 @@ fn bench_ring_bytes_round_trips_and_streams_with_checked_payloads() {
         }
     }
 }
+
+/// Ctrl-C in a terminal signals `shmbus up`'s whole process group, and the bridge may stop
+/// before `up`'s own signal thread runs. That is a stop, not a failure: `up` must stop the
+/// hub and exit 0. Played deterministically: SIGINT to the bridge alone (before the fix,
+/// `up` logged "the bridge exited" and exited 1), then SIGINT to the whole group.
+#[test]
+fn up_exits_cleanly_when_the_bridge_is_signalled_first() {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    let _w = util::watchdog("up_exits_cleanly_when_the_bridge_is_signalled_first", 60);
+    for whole_group in [false, true] {
+        let dir = util::TestDir::new("cli-up-sigint");
+        let sock = dir.path().join("app.sock");
+        let mut up = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+            .arg("up")
+            .arg("--dir")
+            .arg(dir.path().join("hub"))
+            .arg("--node-ipc-path")
+            .arg(&sock)
+            .args(["--node-ipc-tcp", "off", "--log", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert!(
+            util::eventually(10, || std::os::unix::net::UnixStream::connect(&sock).is_ok()),
+            "the bridge never listened"
+        );
+        let pid = Pid::from_raw(up.id() as i32);
+        if whole_group {
+            killpg(pid, Signal::SIGINT).unwrap();
+        } else {
+            let out = Command::new("pgrep")
+                .args(["-P", &up.id().to_string()])
+                .output()
+                .unwrap();
+            let bridge: i32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+            kill(Pid::from_raw(bridge), Signal::SIGINT).unwrap();
+        }
+        let out = up.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "`up` failed after SIGINT (whole group: {whole_group}): {:?}\n{err}",
+            out.status
+        );
+        assert!(!err.contains("the bridge exited"), "{err}");
+    }
+}

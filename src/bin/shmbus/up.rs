@@ -109,9 +109,17 @@ pub(crate) fn run_up(mut a: UpArgs) -> Result<(), shmbus::Error> {
     // `Child::wait` would close it).
     let stdin = child.stdin.take();
     let status = child.wait();
-    let unexpected = !stopping.load(std::sync::atomic::Ordering::SeqCst);
+    let stopping = stopping.load(std::sync::atomic::Ordering::SeqCst);
+    // The bridge exits with success only when a signal told it to stop. A Ctrl-C in a
+    // terminal signals the whole process group, and the bridge may finish before our own
+    // signal thread has run: that is a stop, not a failure.
+    let signalled = status.as_ref().is_ok_and(|s| s.success());
+    let unexpected = !stopping && !signalled;
     if unexpected {
         tracing::error!(status = ?status, "the bridge exited; stopping the hub");
+        handle.shutdown();
+    } else if !stopping {
+        tracing::info!("the bridge was signalled to stop; stopping the hub");
         handle.shutdown();
     }
     let hub_res = hub_thread.join().unwrap_or_else(|_| {
