@@ -133,7 +133,8 @@ fn up_exits_cleanly_when_the_bridge_is_signalled_first() {
             .spawn()
             .unwrap();
         assert!(
-            util::eventually(10, || std::os::unix::net::UnixStream::connect(&sock).is_ok()),
+            util::eventually(10, || std::os::unix::net::UnixStream::connect(&sock)
+                .is_ok()),
             "the bridge never listened"
         );
         let pid = Pid::from_raw(up.id() as i32);
@@ -144,7 +145,11 @@ fn up_exits_cleanly_when_the_bridge_is_signalled_first() {
                 .args(["-P", &up.id().to_string()])
                 .output()
                 .unwrap();
-            let bridge: i32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+            let bridge: i32 = String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
             kill(Pid::from_raw(bridge), Signal::SIGINT).unwrap();
         }
         let out = up.wait_with_output().unwrap();
