@@ -119,7 +119,7 @@ fn up_exits_cleanly_when_the_bridge_is_signalled_first() {
     for whole_group in [false, true] {
         let dir = util::TestDir::new("cli-up-sigint");
         let sock = dir.path().join("app.sock");
-        let mut up = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        let up = Command::new(env!("CARGO_BIN_EXE_shmbus"))
             .arg("up")
             .arg("--dir")
             .arg(dir.path().join("hub"))
