@@ -41,11 +41,8 @@ fn recv<R>(
     rx: &mut RawReceiver,
     f: impl FnOnce(BenchMsg<'_>) -> Result<R, Error>,
 ) -> Result<R, Error> {
-    match rx.recv_bytes(|b| codec::decode_borrowed::<BenchMsg<'_>>(b).and_then(f)) {
-        Ok(r) => r,
-        Err(crate::RecvError::Disconnected) => Err(Error::Disconnected),
-        Err(crate::RecvError::Failed(e)) => Err(e),
-    }
+    rx.recv_bytes(|b| codec::decode_borrowed::<BenchMsg<'_>>(b).and_then(f))
+        .map_err(recv_error)?
 }
 
 pub(super) struct RingSide {
@@ -163,10 +160,7 @@ impl RingSide {
                     }
                     !bad
                 })
-                .map_err(|e| match e {
-                    crate::RecvError::Disconnected => Error::Disconnected,
-                    crate::RecvError::Failed(e) => e,
-                })?;
+                .map_err(recv_error)?;
         }
         if bad {
             return Err(mismatch("ring stream payload"));
