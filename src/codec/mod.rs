@@ -17,12 +17,24 @@
 //! Sequences are preallocated by serde's own cautious size hint (at most 1 MiB); the
 //! protocol's sequences that a peer chooses use [`bounded_seq`], which preallocates a
 //! handful of elements.
+//!
+//! The common case skips bincode's own machinery: [`fast_ser`] and [`fast_de`] are a serde
+//! serializer and deserializer for exactly bincode's format, with a zero-sized error. When
+//! they succeed the bytes or the value are bincode's (their invariants say why, and tests and
+//! the `codec_diff` fuzz target compare the two); when they miss — an error, or a case they
+//! leave to bincode — bincode runs, and its result, error message included, is the answer.
+//! A miss on a hostile input therefore costs two decodes, never a different answer.
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::ring::FrameReader;
 use crate::Error;
+
+pub(crate) mod fast_de;
+pub(crate) mod fast_ser;
+#[cfg(all(test, not(shmbus_loom)))]
+mod fast_tests;
 
 /// Largest allocation one decode may claim, whatever the input says (1 GiB); the limit
 /// actually used is sized to the input ([`decode_limit_for`]).
@@ -101,7 +113,18 @@ macro_rules! with_limit_for_len {
 }
 
 /// Exact encoded size of `value`, computed without allocating.
+#[inline]
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
+    match fast_ser::encoded_len(value) {
+        Ok(n) => Ok(n),
+        Err(_) => bincode_encoded_len(value),
+    }
+}
+
+/// [`encoded_len`] by bincode itself: its answer when the fast encoder misses.
+#[cold]
+#[inline(never)]
+fn bincode_encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
     let mut w = bincode::enc::write::SizeWriter::default();
     bincode::serde::encode_into_writer(value, &mut w, CONFIG)
         .map_err(|e| Error::Encode(e.to_string()))?;
@@ -109,18 +132,32 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
 }
 
 /// Encodes `value` into the front of `dst`; returns the bytes written.
+#[inline]
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, dst: &mut [u8]) -> Result<usize, Error> {
+    match fast_ser::encode_into(value, dst) {
+        Ok(n) => Ok(n),
+        Err(_) => bincode_encode_into(value, dst),
+    }
+}
+
+/// [`encode_into`] by bincode itself: its answer when the fast encoder misses (a full
+/// destination, or what bincode refuses, with bincode's message).
+#[cold]
+#[inline(never)]
+pub(crate) fn bincode_encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    dst: &mut [u8],
+) -> Result<usize, Error> {
     bincode::serde::encode_into_slice(value, dst, CONFIG).map_err(|e| Error::Encode(e.to_string()))
 }
 
 /// Encodes `value` into a fresh `Vec`.
 pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
-    // Measured first, then written into a buffer of exactly that size: bincode's own
-    // `encode_to_vec` grows its `Vec` from empty (for a 64 B value, five reallocations,
-    // more instructions than the encoding).
-    let mut v = Vec::with_capacity(encoded_len(value)?);
-    bincode::serde::encode_into_std_write(value, &mut v, CONFIG)
-        .map_err(|e| Error::Encode(e.to_string()))?;
+    // Measured first, then written into a buffer of exactly that size: growing a `Vec` from
+    // empty (bincode's own `encode_to_vec`) reallocates five times for a 64 B value.
+    let mut v = vec![0u8; encoded_len(value)?];
+    let n = encode_into(value, &mut v)?;
+    debug_assert_eq!(n, v.len());
     Ok(v)
 }
 
@@ -137,6 +174,16 @@ pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 /// Decodes an owned `T` from exactly `bytes`.
 #[inline]
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if let Ok(v) = fast_de::decode::<T>(bytes) {
+        return Ok(v);
+    }
+    bincode_decode(bytes)
+}
+
+/// [`decode`] by bincode itself: its answer when the fast decoder misses.
+#[cold]
+#[inline(never)]
+pub(crate) fn bincode_decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.len() > SMALL_INPUT {
         return decode_large(bytes);
     }
@@ -191,6 +238,16 @@ impl bincode::de::read::Reader for FrameRead<'_, '_> {
 /// Decodes a `T` that may borrow (`&str`, `&[u8]`, `Cow`) from `bytes`, with no copy.
 #[inline]
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    if let Ok(v) = fast_de::decode::<T>(bytes) {
+        return Ok(v);
+    }
+    bincode_decode_borrowed(bytes)
+}
+
+/// [`decode_borrowed`] by bincode itself: its answer when the fast decoder misses.
+#[cold]
+#[inline(never)]
+pub(crate) fn bincode_decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
     if bytes.len() > SMALL_INPUT {
         return decode_borrowed_large(bytes);
     }
