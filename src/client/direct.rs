@@ -89,6 +89,10 @@ pub(super) struct DLink {
     pub(super) rx: Mutex<Option<RawReceiver>>,
     /// Requester: calls waiting for their reply on the shared path.
     waits: Mutex<HashMap<u64, Arc<Slot>, crate::hash::KeyedHash>>,
+    /// Requester: calls on the shared path, counted from before their slot is filed in
+    /// `waits` until they end (so `pass_on` looks at `waits` only when there may be one).
+    /// Only ever changed by read-modify-writes (see [`pass_on`]).
+    shared: AtomicUsize,
     pub(super) dead: AtomicBool,
     /// When it was last used, in ms since [`DirectState::epoch`].
     pub(super) last_used: AtomicU64,
@@ -114,6 +118,7 @@ impl DLink {
             tx: Mutex::new(Some(tx)),
             rx: Mutex::new(Some(rx)),
             waits: Mutex::new(HashMap::default()),
+            shared: AtomicUsize::new(0),
             dead: AtomicBool::new(false),
             last_used: AtomicU64::new(now_ms),
             clean_at: AtomicU64::new(clean),
@@ -341,6 +346,7 @@ impl Inner {
             pass_on(&l);
             return res;
         }
+        let _shared = SharedCall::new(&l);
         let slot = Slot::new();
         l.waits.lock().expect("lock").insert(req, slot.clone());
         match self.direct_send(&l, &msg, None, deadline) {
@@ -434,7 +440,7 @@ impl Inner {
                 let mut g = l.tx.lock().expect("lock");
                 match g.as_mut() {
                     None => Err(Fail::Disconnected),
-                    Some(tx) => tx.send_with(len, d, true, |buf| wire::encode_into(msg, buf)),
+                    Some(tx) => tx.send_with(len, d, true, |buf| wire::encode_into(msg, len, buf)),
                 }
             };
             match res {
@@ -471,16 +477,16 @@ impl Inner {
         let Some(rx) = g.as_mut() else {
             return Err(down_error(l, &Down::Gone));
         };
-        let res = rx.recv_with(d, |bytes| match wire::decode(bytes) {
-            Ok(DirectMsg::Reply { req, answer }) if req == mine => Got::Mine(reply_of(answer)),
-            Ok(DirectMsg::Reply { req, answer }) => {
+        let res = rx.recv_with(d, |bytes| match wire::decode_reply(bytes) {
+            Ok(Some((req, answer))) if req == mine => Got::Mine(reply_of(answer)),
+            Ok(Some((req, answer))) => {
                 let slot = l.waits.lock().expect("lock").remove(&req);
                 if let Some(s) = slot {
                     s.fill(reply_of(answer));
                 }
                 Got::Other
             }
-            Ok(_) => Got::Bad("a call frame from the owner".into()),
+            Ok(None) => Got::Bad("a call frame from the owner".into()),
             Err(e) => Got::Bad(e.into()),
         });
         let why = match res {
@@ -576,9 +582,38 @@ impl Inner {
     }
 }
 
+/// Counts a call on `l`'s shared path in [`DLink::shared`] for as long as it lives.
+struct SharedCall<'a>(&'a DLink);
+
+impl<'a> SharedCall<'a> {
+    fn new(l: &'a DLink) -> Self {
+        // AcqRel: pairs with the read-modify-write in `pass_on` (see there).
+        l.shared.fetch_add(1, Ordering::AcqRel);
+        SharedCall(l)
+    }
+}
+
+impl Drop for SharedCall<'_> {
+    fn drop(&mut self) {
+        // Release: a count that goes down only makes `pass_on` skip `waits`, which by then
+        // holds nothing of this call.
+        self.0.shared.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// The receiver's holder let go: wakes one caller still waiting for its reply, which then
 /// takes the receiver (without this it would sleep out its 5 ms before looking).
 fn pass_on(l: &DLink) {
+    // A read-modify-write, not a load: it reads the latest count, so either it sees a
+    // caller that counted itself (`SharedCall::new`, before filing its slot and before its
+    // first `try_lock` of `rx`), or that caller's increment comes after it in `shared`'s
+    // modification order and (AcqRel: every write to `shared` is a read-modify-write, so it
+    // is in this one's release sequence) synchronizes with it, and its `try_lock` then sees
+    // our unlock of `rx`, which came before. Either way no caller sleeps out its wait
+    // unseen; with nobody on the shared path, this skips the `waits` lock.
+    if l.shared.fetch_add(0, Ordering::AcqRel) == 0 {
+        return;
+    }
     let waiting: Vec<Arc<Slot>> = {
         let w = l.waits.lock().expect("lock");
         if w.is_empty() {
