@@ -377,7 +377,8 @@ impl Parker for BellParker<'_> {
                 }
             };
             events.clear();
-            ep.wait(&mut events, timeout)?;
+            // Two fds are watched (the doorbell and the control socket): room for both.
+            ep.wait_up_to::<2>(&mut events, timeout)?;
             if events.iter().any(|e| e.token == TOKEN_BELL) {
                 return Ok(Parked::Woken);
             }

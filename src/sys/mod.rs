@@ -557,8 +557,19 @@ impl Poller {
 
     /// Waits up to `timeout` (`None` = forever) and appends what is ready to `out`.
     pub fn wait(&self, out: &mut Vec<PollEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        self.wait_up_to::<64>(out, timeout)
+    }
+
+    /// [`wait`](Poller::wait), reporting at most `N` events per call (the rest stay ready
+    /// for the next call). For a poller that watches at most `N` fds, such as a park's two:
+    /// the event array is zeroed on every call, and 64 of them cost a `memset` per park.
+    pub fn wait_up_to<const N: usize>(
+        &self,
+        out: &mut Vec<PollEvent>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
-        let mut evs = [EpollEvent::empty(); 64];
+        let mut evs = [EpollEvent::empty(); N];
         let to = match timeout {
             None => EpollTimeout::NONE,
             Some(t) => {

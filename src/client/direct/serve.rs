@@ -452,7 +452,7 @@ impl Inner {
                 match g.as_mut() {
                     None => return,
                     Some(tx) => {
-                        tx.send_with(len, d, true, |buf| super::wire::encode_into(&msg, buf))
+                        tx.send_with(len, d, true, |buf| super::wire::encode_into(&msg, len, buf))
                     }
                 }
             };
