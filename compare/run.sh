@@ -62,26 +62,33 @@ json="${CARGO_TARGET_DIR:-target}/compare-last.jsonl"
 
 # Fresh gets through the hub and over the direct link, with the ring at the same waits as
 # the reference: `passes` interleaved passes, one markdown row each.
-if [ "$quick" -eq 1 ]; then passes=1; get_iters=2000; else passes=3; get_iters=20000; fi
+if [ "$quick" -eq 1 ]; then passes=1; get_iters=2000; else passes=8; get_iters=20000; fi
 gets_md="$tmp.gets"
+gr=""; qr=""
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 us() { awk -v n="$1" 'BEGIN { if (n == "") print "failed"; else if (n < 1000) printf "%d ns", n; else printf "%.2f µs", n / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "–"; else printf "%.1f", a / b }'; }
+ratio2() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "–"; else printf "%.2f", a / b }'; }
 {
-    echo "Fresh get, 64 B, default waits (\`$sbin bench T --wait spin-then-park --iters $get_iters --json\`, T = \`ring\`, \`hub-get\`, \`hub-get --direct\`, interleaved in each pass; direct target: p50 ≤ 1.5× the ring's):"
+    echo "Fresh get, 64 B, default waits (\`$sbin bench T --wait spin-then-park --iters $get_iters --json\`, interleaved in each pass). Unpinned: T = \`ring\`, \`hub-get\`, \`hub-get --direct\`; where the scheduler puts the processes decides these (both ends of a ring on one vCPU park on every message). Pinned (\`--pin\`: the two ends of the ring, or of the direct link, on CPUs 0 and 1; the hub, idle, beside the requester): T = \`ring\`, \`hub-get --direct\`, \`hub-get --direct --request\`. Direct target: p50 ≤ 1.5× the ring's:"
     echo
-    echo "| pass | ring p50 | hub-get p50 | hub-get --direct p50 | direct / ring | hub / direct | p99 ring / hub / direct |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| pass | ring p50 | hub-get p50 | hub-get --direct p50 | pinned: ring p50 | direct get p50 | direct request p50 | direct get / ring | direct request / ring |"
+    echo "|---|---|---|---|---|---|---|---|---|"
 } >"$gets_md"
-echo "== fresh gets: ring, hub-get, hub-get --direct ($passes pass(es), $get_iters each)"
+echo "== fresh gets: ring, hub-get, hub-get --direct, then pinned ring, direct get, direct request ($passes pass(es), $get_iters each)"
 for p in $(seq 1 "$passes"); do
-    r=$("$sbin" bench ring --wait spin-then-park --iters "$get_iters" --json 2>/dev/null | tail -n1) || r=""
-    h=$("$sbin" bench hub-get --wait spin-then-park --iters "$get_iters" --json 2>/dev/null | tail -n1) || h=""
-    d=$("$sbin" bench hub-get --direct --wait spin-then-park --iters "$get_iters" --json 2>/dev/null | tail -n1) || d=""
-    r50=$(echo "$r" | field p50_ns); h50=$(echo "$h" | field p50_ns); d50=$(echo "$d" | field p50_ns)
-    r99=$(echo "$r" | field p99_ns); h99=$(echo "$h" | field p99_ns); d99=$(echo "$d" | field p99_ns)
-    echo "| $p | $(us "$r50") | $(us "$h50") | $(us "$d50") | $(ratio "$d50" "$r50") | $(ratio "$h50" "$d50") | $(us "$r99") / $(us "$h99") / $(us "$d99") |" | tee -a "$gets_md"
+    g() { "$sbin" bench "$@" --wait spin-then-park --iters "$get_iters" --json 2>/dev/null | tail -n1 | field p50_ns; }
+    r50=$(g ring) || r50=""
+    h50=$(g hub-get) || h50=""
+    d50=$(g hub-get --direct) || d50=""
+    pr50=$(g ring --pin) || pr50=""
+    pg50=$(g hub-get --direct --pin) || pg50=""
+    pq50=$(g hub-get --direct --request --pin) || pq50=""
+    echo "| $p | $(us "$r50") | $(us "$h50") | $(us "$d50") | $(us "$pr50") | $(us "$pg50") | $(us "$pq50") | $(ratio2 "$pg50" "$pr50") | $(ratio2 "$pq50" "$pr50") |" | tee -a "$gets_md"
+    gr="$gr $(ratio2 "$pg50" "$pr50")"; qr="$qr $(ratio2 "$pq50" "$pr50")"
 done
+med() { echo "$1" | tr ' ' '\n' | grep -E '^[0-9.]+$' | sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "–"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+{ echo; echo "Pinned, medians of the per-pass ratios: direct get / ring **$(med "$gr")**, direct request / ring **$(med "$qr")**."; } | tee -a "$gets_md"
 # The ring against the floor in many short interleaved passes: the vCPUs' placement (and with
 # it the floor) moves between runs seconds apart, so one pair of runs compares little; the
 # medians of the per-pass ratios do. Real-time priority (`chrt -f 50`, as root) keeps builds

@@ -6,7 +6,10 @@
 //! * **hub-emit**: `clients` clients in this process, each emitting to the next through a hub
 //!   process; the rate is routed events per second, all clients together.
 //!
-//! Pinning (`--pin`): the hub on CPU 0, the requester and the owner on CPU 1.
+//! Pinning (`--pin`): the hub on CPU 0, the requester and the owner on CPU 1; with `--direct`
+//! the requester on CPU 0 instead, so that the two ends of the direct link are on different
+//! CPUs, as `bench ring --pin` places its two processes (the hub, idle while the calls go
+//! direct, parks beside the requester).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,7 +131,7 @@ pub(super) fn connect_requester(o: &Opts, dir: &Path) -> Result<GetSide, Error> 
         std::thread::sleep(Duration::from_millis(5));
     }
     if o.pin && crate::sys::cpus_online() > 1 {
-        crate::sys::pin_to_cpu(1)?;
+        crate::sys::pin_to_cpu(if o.direct { 0 } else { 1 })?;
     }
     Ok(GetSide {
         client,
