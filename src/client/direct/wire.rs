@@ -311,6 +311,22 @@ impl<'a> In<'a> {
         }
     }
 
+    /// A reply's [`Answer`] (inlined: the requester's hot path, through [`decode_reply`]).
+    #[inline(always)]
+    fn answer(&mut self) -> R<Answer<'a>> {
+        Ok(match self.variant()? {
+            0 => Answer::Ok {
+                payload: self.payload()?,
+                ttl_ms: self.i64()?,
+            },
+            1 => Answer::Err {
+                code: self.error_code()?,
+                message: self.str()?,
+            },
+            _ => return Err("direct frame: unknown answer variant"),
+        })
+    }
+
     #[inline(always)]
     fn payload(&mut self) -> R<Payload<'a>> {
         let enc = self.encoding()?;
@@ -360,17 +376,7 @@ pub(in crate::client) fn decode(bytes: &[u8]) -> Result<DirectMsg<'_>, &'static 
         },
         2 => DirectMsg::Reply {
             req: i.varint()?,
-            answer: match i.variant()? {
-                0 => Answer::Ok {
-                    payload: i.payload()?,
-                    ttl_ms: i.i64()?,
-                },
-                1 => Answer::Err {
-                    code: i.error_code()?,
-                    message: i.str()?,
-                },
-                _ => return Err("direct frame: unknown answer variant"),
-            },
+            answer: i.answer()?,
         },
         _ => return Err("direct frame: unknown variant"),
     };
@@ -396,17 +402,7 @@ pub(in crate::client) fn decode_reply(
     };
     let mut i = In { b: rest };
     let req = i.varint()?;
-    let answer = match i.variant()? {
-        0 => Answer::Ok {
-            payload: i.payload()?,
-            ttl_ms: i.i64()?,
-        },
-        1 => Answer::Err {
-            code: i.error_code()?,
-            message: i.str()?,
-        },
-        _ => return Err("direct frame: unknown answer variant"),
-    };
+    let answer = i.answer()?;
     if !i.b.is_empty() {
         return Err("direct frame: trailing bytes");
     }
