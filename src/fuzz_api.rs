@@ -40,17 +40,20 @@ pub mod codec_halves {
         crate::codec::bincode_decode_borrowed(b)
     }
 
-    /// The fast encoder alone, into a fresh buffer (`None`: it missed).
+    /// The fast encoder alone, into a fresh buffer (`None`: it missed). The length it
+    /// measures must be what it writes, into a slice and onto a `Vec`.
     pub fn fast_encode<T: serde::Serialize + ?Sized>(v: &T) -> Option<Vec<u8>> {
         let n = crate::codec::fast_ser::encoded_len(v).ok()?;
         let mut out = vec![0u8; n];
         let w = crate::codec::fast_ser::encode_into(v, &mut out).ok()?;
-        (w == n).then_some(out)
+        let mut appended = Vec::new();
+        crate::codec::fast_ser::encode_append(v, &mut appended).ok()?;
+        (w == n && appended == out).then_some(out)
     }
 
     /// bincode's encoder alone.
     pub fn bincode_encode<T: serde::Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, Error> {
-        let mut out = vec![0u8; 16 << 20];
+        let mut out = vec![0u8; crate::codec::bincode_encoded_len(v)?];
         let n = crate::codec::bincode_encode_into(v, &mut out)?;
         out.truncate(n);
         Ok(out)

@@ -395,6 +395,7 @@ impl RawReceiver {
     }
 
     /// Receives one message, waiting as the wait strategy says, and calls `f` with its bytes.
+    #[inline]
     pub fn recv_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         if let Some(r) = self.fast_whole() {
             return self.deliver(r, f).map_err(RecvError::Failed);

@@ -15,7 +15,8 @@ use serde::ser::{self, Serialize};
 
 use super::fast_de::Miss;
 
-/// Where the encoder's bytes go: a slice ([`Slice`]) or nowhere, counted ([`Count`]).
+/// Where the encoder's bytes go: a slice ([`Slice`]), the end of a `Vec`, or nowhere,
+/// counted ([`Count`]).
 pub(super) trait Out {
     fn bytes(&mut self, b: &[u8]) -> Result<(), Miss>;
     fn array<const N: usize>(&mut self, b: [u8; N]) -> Result<(), Miss>;
@@ -47,6 +48,21 @@ impl Out for Slice<'_> {
     }
 }
 
+/// Appends (the caller reserved the measured length: no reallocation, no zeroing first).
+impl Out for &mut Vec<u8> {
+    #[inline]
+    fn bytes(&mut self, b: &[u8]) -> Result<(), Miss> {
+        self.extend_from_slice(b);
+        Ok(())
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self, b: [u8; N]) -> Result<(), Miss> {
+        self.extend_from_slice(&b);
+        Ok(())
+    }
+}
+
 /// Counts the bytes the encoding would take.
 pub(super) struct Count(pub(super) usize);
 
@@ -70,6 +86,13 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(v: &T, dst: &mut [u8]) -> Resul
     let mut e = Enc(Slice { buf: dst, pos: 0 });
     v.serialize(&mut e)?;
     Ok(e.0.pos)
+}
+
+/// Appends `v`'s encoding to `out` (on a miss, `out` may hold part of it: the caller cuts it
+/// back).
+#[inline]
+pub(crate) fn encode_append<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> Result<(), Miss> {
+    v.serialize(&mut Enc(out))
 }
 
 /// The exact length of `v`'s encoding.

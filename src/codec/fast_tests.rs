@@ -382,6 +382,12 @@ fn what_bincode_refuses_keeps_bincodes_message() {
         bincode_bytes(&Collect)
     );
     assert!(super::encoded_len(&NoLen).is_err());
+    // A refused append leaves what was there.
+    let mut out = vec![7u8; 3];
+    assert!(super::encode_append(&(1u8, "x"), &mut out).is_ok());
+    assert_eq!(out, [7, 7, 7, 1, 1, b'x']);
+    assert!(super::encode_append(&NoLen, &mut out).is_err());
+    assert_eq!(out, [7, 7, 7, 1, 1, b'x']);
     let e = super::decode::<u32>(&[255]).unwrap_err().to_string();
     let want = bincode::serde::decode_from_slice::<u32, _>(&[255], CONFIG)
         .unwrap_err()

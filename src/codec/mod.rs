@@ -124,7 +124,7 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
 /// [`encoded_len`] by bincode itself: its answer when the fast encoder misses.
 #[cold]
 #[inline(never)]
-fn bincode_encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
+pub(crate) fn bincode_encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
     let mut w = bincode::enc::write::SizeWriter::default();
     bincode::serde::encode_into_writer(value, &mut w, CONFIG)
         .map_err(|e| Error::Encode(e.to_string()))?;
@@ -153,22 +153,43 @@ pub(crate) fn bincode_encode_into<T: Serialize + ?Sized>(
 
 /// Encodes `value` into a fresh `Vec`.
 pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
-    // Measured first, then written into a buffer of exactly that size: growing a `Vec` from
-    // empty (bincode's own `encode_to_vec`) reallocates five times for a 64 B value.
-    let mut v = vec![0u8; encoded_len(value)?];
-    let n = encode_into(value, &mut v)?;
-    debug_assert_eq!(n, v.len());
+    let mut v = Vec::new();
+    encode_append(value, &mut v)?;
     Ok(v)
 }
 
-/// Appends the encoding of `value` to `out`.
+/// Appends the encoding of `value` to `out`: measured first, the space reserved once, then
+/// appended (growing a `Vec` from empty reallocates five times for a 64 B value; resizing
+/// first would zero what is written next).
 pub fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
     let start = out.len();
     let len = encoded_len(value)?;
+    out.reserve(len);
+    if fast_ser::encode_append(value, out).is_ok() {
+        debug_assert_eq!(out.len() - start, len);
+        return Ok(());
+    }
+    out.truncate(start);
+    bincode_encode_append(value, len, out)
+}
+
+/// [`encode_append`] by bincode itself, when the fast encoder misses.
+#[cold]
+#[inline(never)]
+fn bincode_encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let start = out.len();
     out.resize(start + len, 0);
-    let n = encode_into(value, &mut out[start..])?;
-    debug_assert_eq!(n, len);
-    Ok(())
+    match bincode_encode_into(value, &mut out[start..]) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
 
 /// Decodes an owned `T` from exactly `bytes`.
