@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the cargo-fuzz targets (fuzz/, nightly), replays the committed corpus of each one
 # (every input must pass the target's invariants), then fuzzes each for FUZZ_SECS seconds
-# (default 30; 7 targets: ~3.5 min plus the build). One process, one job at a time.
+# (default 30; 8 targets: ~4 min plus the build). One process, one job at a time.
 # A crash, a broken invariant, a timeout or an out-of-memory input fails the script; the
 # reproducer is left in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECS="${FUZZ_SECS:-30}"
-TARGETS="proto_decode codec_diff nodeipc_frames ws_text ring_frames reassembly cache_reader"
+TARGETS="proto_decode codec_diff nodeipc_frames ws_text ring_frames reassembly cache_reader fed_wire"
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz: FAILED: the nightly toolchain is missing (rustup toolchain install nightly)"

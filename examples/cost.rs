@@ -10,7 +10,8 @@
 //! Modes: `echo8` / `echo64` / `echo1k` (one `bench ring` round trip: a bincode `Echo` of
 //! 8 B / 64 B / 1 KiB there and back, the sum checked), `bytes8` / `bytes64` / `bytes1k` (one
 //! `bench ring-bytes` round trip: the same through `send_bytes` / `recv_bytes`), `ring64` (a 64 B message sent with `send_bytes` and received with `recv_bytes`, the
-//! receiver summing it), `stream64` (the same one way in batches of 32: `try_write_frame` +
+//! receiver summing it), `tstream64` (`bench ring --throughput`'s typed 64 B stream: `Data` messages, 32 per
+//! publish, decoded from `recv_batch_bytes`), `stream64` (the same one way in batches of 32: `try_write_frame` +
 //! `flush`, `recv_batch_bytes`), `view64` (a typed message with two `&str` fields, `recv_view`),
 //! `cache64` / `cache1m` (a cache hit of a 64 B / 1 MiB value: get, length check, first and
 //! last byte, drop), `hubget` (the hub's own cache lookup of a cached get, `CacheWriter::get`).
@@ -66,6 +67,11 @@ fn main() {
                 _ => 1024,
             };
             acc += shmbus::bench::echo_cost(size, n, mode.starts_with("bytes")).unwrap();
+        }
+        "tstream64" => {
+            // `bench ring --throughput` at 64 B, both sides in one thread: typed `Data`
+            // messages, 32 per publish, taken with `recv_batch_bytes` and decoded in place.
+            acc += shmbus::bench::stream_cost(64, n).unwrap();
         }
         "stream64" => {
             // One-way streaming as `bench ring --throughput` does it: 32 frames committed,

@@ -111,7 +111,7 @@ impl std::str::FromStr for Transport {
 
 pub use opts::Opts;
 pub use report::Report;
-pub use ring::echo_cost;
+pub use ring::{echo_cost, stream_cost};
 pub use suite::{suite, SuiteRow};
 
 /// Sum of the payload as little-endian u64 words plus the tail bytes: cheap, vectorisable,

@@ -264,6 +264,41 @@ pub(super) fn peer(o: &Opts, socket: &Path) -> Result<(), Error> {
     }
 }
 
+/// The ring bench's typed stream (`bench ring --throughput`) without the second process, for
+/// instruction counts (`examples/cost.rs tstream64`): `n` `Data(size bytes)` messages in
+/// batches of 32, each sent as [`peer`] sends them (committed, the 32nd published) and taken
+/// as [`RingSide::stream`] takes them (`recv_batch_bytes`, decoded in place, the sum checked).
+/// Returns how many arrived intact.
+pub fn stream_cost(size: usize, n: u64) -> Result<u64, Error> {
+    let cfg = LinkConfig {
+        ring_capacity: crate::DEFAULT_RING_CAPACITY,
+        max_message: crate::DEFAULT_MAX_MESSAGE.max(size * 2 + 64),
+        wait: crate::WaitStrategy::Spin,
+    };
+    let (a, b) = Link::pair_with(&cfg)?;
+    let ((mut tx, _), (_, mut rx)) = (a.split(), b.split());
+    let p = payload(size);
+    let expect = checksum(&p);
+    let mut got = 0u64;
+    for _ in 0..n / 32 {
+        for i in 0..32 {
+            send(&mut tx, &BenchMsg::Data(&p), i == 31)?;
+        }
+        let mut left = 32;
+        while left > 0 {
+            left -= rx
+                .recv_batch_bytes(left, |b| {
+                    if let Ok(BenchMsg::Data(b)) = codec::decode_borrowed::<BenchMsg<'_>>(b) {
+                        got += u64::from(checksum(b) == expect);
+                    }
+                    true
+                })
+                .map_err(recv_error)?;
+        }
+    }
+    Ok(got)
+}
+
 /// The ring bench's round trip without the second process, for instruction counts
 /// (`examples/cost.rs echo64`): `n` times, `Echo(size bytes)` goes A → B, B decodes it and
 /// sends it back (as [`peer`] does), A decodes the echo and checks its sum (as
