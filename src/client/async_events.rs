@@ -139,7 +139,7 @@ impl futures_core::Stream for EventStream {
 impl Drop for EventStream {
     fn drop(&mut self) {
         if let Some(inner) = self.client.upgrade() {
-            inner.handlers.write().expect("lock").remove(self.id);
+            inner.handlers_mut().remove(self.id);
         }
     }
 }

@@ -34,7 +34,7 @@ impl Client {
         &self,
         f: impl Fn(GetRequest, GetTicket) + Send + Sync + 'static,
     ) -> HandlerId {
-        let mut h = self.inner.handlers.write().expect("lock");
+        let mut h = self.inner.handlers_mut();
         let id = h.id();
         h.deferred_get = Some((id, Arc::new(f)));
         id

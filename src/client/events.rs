@@ -148,7 +148,7 @@ impl EventReceiver {
 impl Drop for EventReceiver {
     fn drop(&mut self) {
         if let Some(inner) = self.client.upgrade() {
-            inner.handlers.write().expect("lock").remove(self.id);
+            inner.handlers_mut().remove(self.id);
         }
     }
 }

@@ -144,7 +144,7 @@ impl Client {
     where
         F: Fn(&Request) -> Result<PayloadBuf, String> + Send + Sync + 'static,
     {
-        let mut h = self.inner.handlers.write().expect("lock");
+        let mut h = self.inner.handlers_mut();
         let id = h.id();
         h.requests.insert(
             method.to_string(),
@@ -170,7 +170,7 @@ impl Client {
         F: Fn(&GetRequest) -> Result<(PayloadBuf, Ttl), String> + Send + Sync + 'static,
     {
         let g = move |_: &Ctx<'_>, r: &GetRequest| f(r).map(|(p, ttl)| (p, ttl.as_ms()));
-        let mut h = self.inner.handlers.write().expect("lock");
+        let mut h = self.inner.handlers_mut();
         let id = h.id();
         h.gets.insert(kind.to_string(), (id, Arc::new(g)));
         id
@@ -197,7 +197,7 @@ impl Client {
         &self,
         f: impl Fn(Request, RequestTicket) + Send + Sync + 'static,
     ) -> HandlerId {
-        let mut h = self.inner.handlers.write().expect("lock");
+        let mut h = self.inner.handlers_mut();
         let id = h.id();
         h.deferred_request = Some((id, Arc::new(f)));
         id

@@ -143,6 +143,8 @@ struct Inner {
     spare: Mutex<Option<Arc<Slot>>>,
     next_req: AtomicU64,
     handlers: RwLock<Handlers>,
+    /// Bumped on every change of `handlers` (`handlers::HandlersMut`).
+    handlers_gen: AtomicU64,
     queue: Mutex<VecDeque<Incoming>>,
     running_handlers: Mutex<()>,
     connected: AtomicBool,
@@ -262,6 +264,7 @@ impl Client {
             spare: Mutex::new(None),
             next_req: AtomicU64::new(1),
             handlers: RwLock::new(Handlers::default()),
+            handlers_gen: AtomicU64::new(0),
             queue: Mutex::new(VecDeque::new()),
             running_handlers: Mutex::new(()),
             connected: AtomicBool::new(false),

@@ -15,7 +15,9 @@
 //! handler is contained (its answer is an error naming the panic). At most
 //! [`MAX_INFLIGHT`] queued calls of one link wait for their answer: past that the thread
 //! stops reading and the requester's ring fills. Memory never grows with what the peer
-//! sends (the reading thread's scratch holds one call).
+//! sends (the reading thread's scratch holds one call). The reading thread keeps the
+//! handlers it used last (`HandlerMemo`: looked up again whenever the registry changed, so
+//! a handler registered or removed before a call was sent is the one that call sees).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::{DLink, Down, Served, DIRECT_BIT};
 use crate::client::answers::wire_answer;
-use crate::client::handlers::Incoming;
+use crate::client::handlers::{GetDyn, HandlerMemo, Incoming, RequestDyn};
 use crate::client::{GetRequest, Inner, Request};
 use crate::error::Fail;
 use crate::proto::{Answer, ClientMsg, DirectMsg, Encoding, ErrorCode, Payload, PayloadBuf};
@@ -114,6 +116,9 @@ impl Head {
 struct Scratch {
     get: GetRequest,
     request: Request,
+    /// The handlers last used, looked up again only when the registry changed.
+    get_fn: HandlerMemo<GetDyn>,
+    request_fn: HandlerMemo<RequestDyn>,
 }
 
 impl Scratch {
@@ -132,6 +137,8 @@ impl Scratch {
                 payload: PayloadBuf::default(),
                 accept: Encoding::default(),
             },
+            get_fn: HandlerMemo::default(),
+            request_fn: HandlerMemo::default(),
         }
     }
 
@@ -326,7 +333,8 @@ impl Inner {
         }
         match head {
             Head::Get { req, .. } => {
-                let Some(f) = self.get_handler(&s.get.kind) else {
+                let at = self.handlers_generation();
+                let Some(f) = s.get_fn.get(at, &s.get.kind, |k| self.get_handler(k)) else {
                     return false;
                 };
                 let a = self.get_answer_with(&f, &s.get);
@@ -339,7 +347,11 @@ impl Inner {
                 }
             }
             Head::Request { req, .. } => {
-                let Some(f) = self.request_handler(&s.request.method) else {
+                let at = self.handlers_generation();
+                let Some(f) = s
+                    .request_fn
+                    .get(at, &s.request.method, |m| self.request_handler(m))
+                else {
                     return false;
                 };
                 let a = self.request_answer_with(&f, &s.request);
