@@ -103,6 +103,7 @@ pub mod doctest;
 mod emit;
 mod events;
 mod get_builder;
+mod handler_memo;
 mod handlers;
 mod messages;
 mod options;
@@ -143,7 +144,7 @@ struct Inner {
     spare: Mutex<Option<Arc<Slot>>>,
     next_req: AtomicU64,
     handlers: RwLock<Handlers>,
-    /// Bumped on every change of `handlers` (`handlers::HandlersMut`).
+    /// Bumped on every change of `handlers` (`handler_memo::HandlersMut`).
     handlers_gen: AtomicU64,
     queue: Mutex<VecDeque<Incoming>>,
     running_handlers: Mutex<()>,

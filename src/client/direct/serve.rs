@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use super::{DLink, Down, Served, DIRECT_BIT};
 use crate::client::answers::wire_answer;
-use crate::client::handlers::{GetDyn, HandlerMemo, Incoming, RequestDyn};
+use crate::client::handler_memo::HandlerMemo;
+use crate::client::handlers::{GetDyn, Incoming, RequestDyn};
 use crate::client::{GetRequest, Inner, Request};
 use crate::error::Fail;
 use crate::proto::{Answer, ClientMsg, DirectMsg, Encoding, ErrorCode, Payload, PayloadBuf};
