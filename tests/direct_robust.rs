@@ -1,8 +1,8 @@
 //! Direct links under stress and abuse (issue 17 item 2, robustness), with a real hub process
 //! and the owner in its own process: a requester whose fence never arrives, messages larger
 //! than the link's ring (fragmented) and larger than any message may be, many concurrent
-//! callers on one link, a link whose owner takes no more calls (full ring), and a hub
-//! restart while links exist.
+//! callers on one link, a link whose owner takes no more calls (full ring), a requester
+//! that reads none of its replies (stopped), and a hub restart while links exist.
 
 mod util;
 
@@ -41,6 +41,12 @@ fn run_owner() {
             std::thread::sleep(Duration::from_secs(3));
         }
         Ok(s.len() as u64)
+    });
+    c.on_request("big", |r| {
+        r.payload
+            .decode::<u64>()
+            .map(|n| "b".repeat(n as usize))
+            .map_err(|e| e.to_string())
     });
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end {
@@ -418,4 +424,114 @@ fn an_owner_closing_while_its_requester_leaves_does_not_deadlock() {
         }
         drop(bot);
     }
+}
+
+/// The requester that stops reading: links to `bot`, makes one "hold" call (the owner's
+/// handler sleeps 3 s) and 20 calls for 8 KiB replies behind it, says so in `sent`, and
+/// (once the test has stopped and continued it) writes how many replies came back intact.
+fn run_stalled_requester() {
+    let dir = std::path::PathBuf::from(arg("DIR"));
+    let web = Client::connect(
+        &dir,
+        ClientOptions::new("slow")
+            .direct(true)
+            .timeout(Duration::from_secs(60)),
+    )
+    .expect("requester connects");
+    linked(&web);
+    let long = Some(Duration::from_secs(60));
+    let ok = std::thread::scope(|s| {
+        let web = &web;
+        let hold = s.spawn(move || web.request_direct("bot", "hold", &"hold".to_string(), long));
+        std::thread::sleep(Duration::from_millis(200));
+        let bigs: Vec<_> = (0..20)
+            .map(|_| s.spawn(move || web.request_direct("bot", "big", &8192u64, long)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.join("sent"), "").unwrap();
+        let mut ok = 0;
+        if hold
+            .join()
+            .unwrap()
+            .is_ok_and(|r| r.decode::<u64>().ok() == Some(4))
+        {
+            ok += 1;
+        }
+        for b in bigs {
+            match b.join().unwrap() {
+                Ok(r) if r.decode::<String>().is_ok_and(|s| s.len() == 8192) => ok += 1,
+                other => eprintln!("stalled requester: a call ended {other:?}"),
+            }
+        }
+        ok
+    });
+    std::fs::write(dir.join("done"), ok.to_string()).unwrap();
+}
+
+#[test]
+fn a_requester_that_reads_no_replies_stalls_nothing_else() {
+    match role().as_deref() {
+        Some("owner") => return run_owner(),
+        Some("stalled") => return run_stalled_requester(),
+        _ => {}
+    }
+    const TEST: &str = "a_requester_that_reads_no_replies_stalls_nothing_else";
+    let _w = watchdog("direct_stalled", 120);
+    let dir = TestDir::new("direct-stalled");
+    let _hub = Kids(vec![util::hub_process(
+        dir.path(),
+        &["--ring-bytes", "65536"],
+    )]);
+    let _o = Kids(vec![start_owner(TEST, &dir)]);
+    let mut slow = Kids(vec![spawn_child(
+        TEST,
+        "stalled",
+        &[("DIR", dir.path().display().to_string())],
+    )]);
+    assert!(
+        eventually(30, || dir.path().join("sent").exists()),
+        "the requester did not send its calls"
+    );
+    let pid = nix::unistd::Pid::from_raw(slow.0[0].id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The owner's "hold" ends ~2.5 s from now; then it answers 20 calls of 8 KiB into the
+    // stopped requester's 64 KiB ring, which holds a handful.
+    std::thread::sleep(Duration::from_secs(3));
+    let probe = Client::connect(dir.path(), ClientOptions::new("probe")).expect("probe connects");
+    for i in 0..3 {
+        let t = Instant::now();
+        let r = probe.request(
+            "bot",
+            "echo",
+            &format!("p{i}"),
+            Some(Duration::from_secs(2)),
+        );
+        assert!(
+            r.as_ref()
+                .is_ok_and(|v| v.decode::<String>().ok() == Some(format!("p{i}"))),
+            "a hub-routed call to the owner while its direct requester reads nothing: {r:?} \
+             after {:?}",
+            t.elapsed()
+        );
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while slow.0[0].try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < end,
+            "the requester did not finish after it was continued"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ok = std::fs::read_to_string(dir.path().join("done")).expect("the requester's count");
+    assert_eq!(
+        ok, "21",
+        "replies that came back intact once the requester read again"
+    );
+    assert!(
+        probe
+            .request("bot", "echo", &"after".to_string(), None)
+            .is_ok(),
+        "the owner serves after"
+    );
 }

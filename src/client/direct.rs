@@ -5,7 +5,8 @@
 //! and tells each side when the other leaves. This file holds the state ([`DirectState`],
 //! [`DLink`]) and closing links; `direct/request.rs` the requester's calls,
 //! `direct/intro.rs` the introductions,
-//! `direct/serve.rs` the owner's side, `direct/memo.rs` what the hub's cache holds,
+//! `direct/serve.rs` the owner's side, `direct/owed.rs` its replies that did not fit at once,
+//! `direct/memo.rs` what the hub's cache holds,
 //! `direct/wire.rs` the frames' encoding.
 //!
 //! # Ordering
@@ -41,13 +42,17 @@
 //!   sent, so safe to retry.
 //! * Frames are encoded and decoded by `direct/wire.rs` (bincode's bytes, by hand).
 //! * Locks: a link's `rx` is held across a receive (like the hub's `rx`); its `tx` for one
-//!   bounded send attempt (at most 1 ms); the rest are leaves. A thread holding a link's lock
+//!   bounded send attempt (a requester's call: at most 1 ms; the owner's reading thread
+//!   sending an owed reply: at most `owed::FLUSH_ATTEMPT`, and nothing that answers a call
+//!   waits for it: `direct/owed.rs`); the rest are leaves. A thread holding a link's lock
 //!   may take the hub's `tx` (to send a fence or a close), never the other way round.
 
 #[path = "direct/intro.rs"]
 mod intro;
 #[path = "direct/memo.rs"]
 mod memo;
+#[path = "direct/owed.rs"]
+mod owed;
 #[path = "direct/request.rs"]
 mod request;
 #[path = "direct/serve.rs"]
@@ -103,6 +108,10 @@ pub(super) struct DLink {
     pub(super) fences: Mutex<serve::Fences>,
     pub(super) fence_cv: Condvar,
     pub(super) inflight: AtomicUsize,
+    /// Owner: replies that did not fit at once, for the reading thread to send
+    /// (`direct/owed.rs`), and whether any are owed (changed only under `owed`'s lock).
+    pub(super) owed: Mutex<owed::Owed>,
+    pub(super) owing: AtomicBool,
     /// Our end of the link's socket, to hang up at once when we close it.
     ctrl: UnixStream,
 }
@@ -126,6 +135,8 @@ impl DLink {
             fences: Mutex::new(serve::Fences::default()),
             fence_cv: Condvar::new(),
             inflight: AtomicUsize::new(0),
+            owed: Mutex::new(owed::Owed::default()),
+            owing: AtomicBool::new(false),
             ctrl: ctrl.unwrap_or_else(|_| UnixStream::pair().expect("socket pair").0),
         }
     }

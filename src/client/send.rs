@@ -47,7 +47,7 @@ impl Inner {
     ) -> Result<(), Error> {
         if let ClientMsg::Answer { req, answer } = msg {
             if req & direct::DIRECT_BIT != 0 {
-                return self.direct_answer(*req, answer, true);
+                return self.direct_answer(*req, answer);
             }
         }
         let len = codec::encoded_len(msg)?;
@@ -143,7 +143,7 @@ impl Inner {
     pub(super) fn send_or_owe(&self, msg: &ClientMsg<'_>) -> Result<(), Error> {
         if let ClientMsg::Answer { req, answer } = msg {
             if req & direct::DIRECT_BIT != 0 {
-                return self.direct_answer(*req, answer, false);
+                return self.direct_answer(*req, answer);
             }
         }
         let frame = codec::encode_to_vec(msg)?;

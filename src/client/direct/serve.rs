@@ -30,7 +30,7 @@ use crate::client::handler_memo::HandlerMemo;
 use crate::client::handlers::{GetDyn, Incoming, RequestDyn};
 use crate::client::{GetRequest, Inner, Request};
 use crate::error::Fail;
-use crate::proto::{Answer, ClientMsg, DirectMsg, Encoding, ErrorCode, Payload, PayloadBuf};
+use crate::proto::{Answer, ClientMsg, DirectMsg, Encoding, Payload, PayloadBuf};
 use crate::wait::Deadline;
 use crate::Error;
 
@@ -340,7 +340,7 @@ impl Inner {
                 };
                 let a = self.get_answer_with(&f, &s.get);
                 let answer = wire_answer(&a);
-                self.reply_on(l, req, &answer, true);
+                self.reply_on(l, req, &answer);
                 if let Answer::Ok { payload, ttl_ms } = &answer {
                     let what = (std::mem::take(&mut s.get.kind), s.get.key.take());
                     let _ = self.direct_cache(&what, payload, *ttl_ms);
@@ -356,7 +356,7 @@ impl Inner {
                     return false;
                 };
                 let a = self.request_answer_with(&f, &s.request);
-                self.reply_on(l, req, &wire_answer(&a), true);
+                self.reply_on(l, req, &wire_answer(&a));
             }
         }
         self.close_if_panicked();
@@ -398,21 +398,20 @@ impl Inner {
         }
     }
 
-    /// The answer to a direct call we served (`hreq` has [`DIRECT_BIT`]): back on its link,
-    /// then, for a get with a TTL, to the hub's cache. `wait`: may wait up to 1 s for room
-    /// (false: a drop's answer, which never waits).
+    /// The answer to a direct call we served (`hreq` has [`DIRECT_BIT`]): back on its link
+    /// (never waiting: what does not fit is owed, `direct/owed.rs`), then, for a get with a
+    /// TTL, to the hub's cache.
     pub(in crate::client) fn direct_answer(
         &self,
         hreq: u64,
         answer: &Answer<'_>,
-        wait: bool,
     ) -> Result<(), Error> {
         let Some(s) = self.direct.served.lock().expect("lock").remove(&hreq) else {
             return Ok(()); // answered already, or not ours
         };
         if let Some(l) = s.link.upgrade() {
             l.inflight.fetch_sub(1, Ordering::Relaxed);
-            self.reply_on(&l, s.req, answer, wait);
+            self.reply_on(&l, s.req, answer);
         }
         if let (Some(what), Answer::Ok { payload, ttl_ms }) = (&s.cache, answer) {
             return self.direct_cache(what, payload, *ttl_ms);
@@ -449,62 +448,6 @@ impl Inner {
             ttl_ms,
         })
     }
-
-    fn reply_on(&self, l: &DLink, req: u64, answer: &Answer<'_>, wait: bool) {
-        let mut msg = DirectMsg::Reply {
-            req,
-            answer: *answer,
-        };
-        // Read from the clock only when the ring is full (one read per answer saved).
-        let mut until = None;
-        let mut d = Deadline::Now;
-        loop {
-            let len = super::wire::encoded_len(&msg);
-            let res = {
-                let mut g = l.tx.lock().expect("lock");
-                match g.as_mut() {
-                    None => return,
-                    Some(tx) => {
-                        tx.send_with(len, d, true, |buf| super::wire::encode_into(&msg, len, buf))
-                    }
-                }
-            };
-            match res {
-                Ok(()) => return,
-                Err(Fail::NotNow | Fail::Timeout)
-                    if wait
-                        && Instant::now()
-                            < *until
-                                .get_or_insert_with(|| Instant::now() + Duration::from_secs(1)) =>
-                {
-                    d = Deadline::Within(Duration::from_millis(1));
-                }
-                Err(Fail::NotNow | Fail::Timeout) => {
-                    tracing::warn!(peer = %l.peer, "direct reply dropped: the requester reads nothing");
-                    return;
-                }
-                Err(Fail::Error(Error::TooLarge { .. }))
-                    if matches!(
-                        msg,
-                        DirectMsg::Reply {
-                            answer: Answer::Ok { .. },
-                            ..
-                        }
-                    ) =>
-                {
-                    msg = DirectMsg::Reply {
-                        req,
-                        answer: Answer::err(
-                            ErrorCode::TooLarge,
-                            "the answer is too large for the direct link",
-                        ),
-                    };
-                }
-                Err(Fail::Disconnected) => return self.direct_down(l, Down::Gone),
-                Err(Fail::Error(e)) => return self.direct_down(l, Down::Misbehaved(e.to_string())),
-            }
-        }
-    }
 }
 
 /// The owner's reading thread of one link: calls in, in order, after their fences.
@@ -522,6 +465,12 @@ fn serve(weak: Weak<Inner>, l: Arc<DLink>) {
         let Some(inner) = weak.upgrade() else { return };
         if inner.closing.load(Ordering::Acquire) || l.dead.load(Ordering::Acquire) {
             return;
+        }
+        // Replies the requester had no room for go first; until they are out, no new call
+        // is read (each attempt waits up to `owed::FLUSH_ATTEMPT`, then the checks above
+        // run again).
+        if !inner.flush_replies(&l) {
+            continue;
         }
         if l.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT {
             drop(inner);
