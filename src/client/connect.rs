@@ -140,7 +140,14 @@ impl Inner {
             .store(cache_max_value, Ordering::Relaxed);
         let ctrl = Arc::new(link.control().try_clone()?);
         let (tx, rx) = link.split();
-        *self.tx.lock().expect("lock") = Some(tx);
+        {
+            // What was owed to the old link (answers, pongs, cache copies) belongs to that
+            // session: the hub it was for failed those calls, and a restarted hub may reuse
+            // their numbers. Cleared with `tx` held, so no flush sends one on the new link.
+            let mut g = self.tx.lock().expect("lock");
+            self.owed.lock().expect("lock").clear();
+            *g = Some(tx);
+        }
         *self.rx.lock().expect("lock") = Some(rx);
         *self.ctrl.lock().expect("lock") = Some(ctrl);
         self.connected.store(true, Ordering::Release);
