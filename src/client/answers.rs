@@ -11,7 +11,7 @@ use super::context::Ctx;
 use super::deferred::GetTicket;
 use super::handlers::{Failure, GetFn, RequestFn};
 use super::{GetRequest, Inner, Request};
-use crate::proto::{Answer, ClientMsg, ErrorCode, Payload, PayloadBuf};
+use crate::proto::{Answer, ClientMsg, Encoding, ErrorCode, PayloadBuf};
 
 impl Inner {
     /// Hands `g` to the deferred get handler when there is one and no `on_get` handler for its
@@ -33,8 +33,9 @@ impl Inner {
     /// What `g`'s get handler answers (run contained: a panic becomes an error naming it), or
     /// "no handler".
     pub(super) fn get_answer(&self, g: &GetRequest) -> Result<(PayloadBuf, i64), Failure> {
+        let mut out = PayloadBuf::default();
         match self.get_handler(&g.kind) {
-            Some(f) => self.get_answer_with(&f, g),
+            Some(f) => self.get_answer_with(&f, g, &mut out).map(|ttl| (out, ttl)),
             None => Err(self.no_get_handler(&g.kind)),
         }
     }
@@ -51,15 +52,18 @@ impl Inner {
         h.requests.get(method).map(|(_, f)| f.clone())
     }
 
-    /// What the get handler `f` answers `g` (run contained, with no lock held).
+    /// What the get handler `f` answers `g` (run contained, with no lock held): its TTL, the
+    /// value written into `out` (emptied first; its capacity is reused).
     pub(super) fn get_answer_with(
         &self,
         f: &GetFn,
         g: &GetRequest,
-    ) -> Result<(PayloadBuf, i64), Failure> {
+        out: &mut PayloadBuf,
+    ) -> Result<i64, Failure> {
+        out.bytes.clear();
         let ctx = Ctx::new(self, &g.requester);
         self.contained(&format_args!("the get handler for {:?}", g.kind), || {
-            f(&ctx, g)
+            f(&ctx, g, out)
         })
         .unwrap_or_else(|m| {
             Err(format!(
@@ -72,22 +76,29 @@ impl Inner {
 
     /// What `r`'s request handler answers (run contained), or "no handler".
     pub(super) fn request_answer(&self, r: &Request) -> Result<(PayloadBuf, i64), Failure> {
+        let mut out = PayloadBuf::default();
         match self.request_handler(&r.method) {
-            Some(f) => self.request_answer_with(&f, r),
+            Some(f) => self
+                .request_answer_with(&f, r, &mut out)
+                .map(|ttl| (out, ttl)),
             None => Err(self.no_request_handler(&r.method)),
         }
     }
 
-    /// What the request handler `f` answers `r` (run contained, with no lock held).
+    /// What the request handler `f` answers `r` (run contained, with no lock held), written
+    /// into `out` as for [`get_answer_with`](Inner::get_answer_with); the TTL is always -1
+    /// (a request's answer is never cached).
     pub(super) fn request_answer_with(
         &self,
         f: &RequestFn,
         r: &Request,
-    ) -> Result<(PayloadBuf, i64), Failure> {
+        out: &mut PayloadBuf,
+    ) -> Result<i64, Failure> {
+        out.bytes.clear();
         let ctx = Ctx::new(self, &r.from);
         self.contained(
             &format_args!("the request handler for {:?}", r.method),
-            || f(&ctx, r),
+            || f(&ctx, r, out),
         )
         .unwrap_or_else(|m| {
             Err(format!(
@@ -95,7 +106,7 @@ impl Inner {
                 self.opts.name, r.method
             ))
         })
-        .map(|p| (p, -1))
+        .map(|()| -1)
         .map_err(failed)
     }
 
@@ -126,15 +137,41 @@ impl Inner {
 /// A handler's result as the answer on the wire.
 pub(super) fn wire_answer(a: &Result<(PayloadBuf, i64), Failure>) -> Answer<'_> {
     match a {
-        Ok((p, ttl_ms)) => Answer::Ok {
-            payload: Payload {
-                enc: p.enc,
-                bytes: &p.bytes,
-            },
-            ttl_ms: *ttl_ms,
-        },
+        Ok((p, ttl_ms)) => ok_answer(p, *ttl_ms),
         Err((code, m)) => Answer::err(*code, m),
     }
+}
+
+fn ok_answer(p: &PayloadBuf, ttl_ms: i64) -> Answer<'_> {
+    Answer::Ok {
+        payload: p.as_payload(),
+        ttl_ms,
+    }
+}
+
+/// [`wire_answer`] for a handler that wrote its value into `p` (`get_answer_with`).
+pub(super) fn wire_answer_in<'a>(a: &'a Result<i64, Failure>, p: &'a PayloadBuf) -> Answer<'a> {
+    match a {
+        Ok(ttl_ms) => ok_answer(p, *ttl_ms),
+        Err((code, m)) => Answer::err(*code, m),
+    }
+}
+
+/// A handler's value of type `T`, encoded as `enc` into `out` (emptied first): the
+/// allocation-free form of [`PayloadBuf::encode`].
+pub(super) fn encode_answer<T: serde::Serialize + ?Sized>(
+    out: &mut PayloadBuf,
+    enc: Encoding,
+    v: &T,
+) -> Result<(), String> {
+    out.enc = enc;
+    out.bytes.clear();
+    let r = match enc {
+        Encoding::Bincode => crate::codec::encode_append(v, &mut out.bytes),
+        Encoding::Json => serde_json::to_writer(&mut out.bytes, v)
+            .map_err(|e| crate::Error::Encode(e.to_string())),
+    };
+    r.map_err(|e| e.to_string())
 }
 
 /// A handler's own error message, as the answer's failure.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::answers::encode_answer;
 use super::context::Ctx;
 use super::deferred::GetTicket;
 use super::{Client, DataPush, Event, GetRequest, Inner, Lifecycle, PanicPolicy, Request, Ttl};
@@ -31,10 +32,15 @@ use crate::Error;
 pub struct HandlerId(u64);
 
 type EventFn = Arc<dyn Fn(&Ctx<'_>, &Event) + Send + Sync>;
+/// A get handler as registered: writes its answer into `out` (empty, with the capacity the
+/// caller's buffer had: the direct owner reuses one per link, so answering allocates
+/// nothing) and returns its TTL in milliseconds.
 pub(super) type GetDyn =
-    dyn Fn(&Ctx<'_>, &GetRequest) -> Result<(PayloadBuf, i64), String> + Send + Sync;
+    dyn Fn(&Ctx<'_>, &GetRequest, &mut PayloadBuf) -> Result<i64, String> + Send + Sync;
 pub(super) type GetFn = Arc<GetDyn>;
-pub(super) type RequestDyn = dyn Fn(&Ctx<'_>, &Request) -> Result<PayloadBuf, String> + Send + Sync;
+/// A request handler as registered: writes its answer into `out`, as for [`GetDyn`].
+pub(super) type RequestDyn =
+    dyn Fn(&Ctx<'_>, &Request, &mut PayloadBuf) -> Result<(), String> + Send + Sync;
 pub(super) type RequestFn = Arc<RequestDyn>;
 type DataFn = Arc<dyn Fn(&Ctx<'_>, &DataPush) + Send + Sync>;
 /// Why a get or request handler did not produce a value: the wire code and the message.
@@ -220,10 +226,10 @@ impl Client {
         T: Serialize,
         F: Fn(&Ctx<'_>, &GetRequest) -> Result<(T, Ttl), String> + Send + Sync + 'static,
     {
-        let g: GetFn = Arc::new(move |c: &Ctx<'_>, r: &GetRequest| {
+        let g: GetFn = Arc::new(move |c: &Ctx<'_>, r: &GetRequest, out: &mut PayloadBuf| {
             let (v, ttl) = f(c, r)?;
-            let p = PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())?;
-            Ok((p, ttl.as_ms()))
+            encode_answer(out, r.accept, &v)?;
+            Ok(ttl.as_ms())
         });
         let mut h = self.inner.handlers_mut();
         let id = h.id();
@@ -271,9 +277,9 @@ impl Client {
         T: Serialize,
         F: Fn(&Ctx<'_>, &Request) -> Result<T, String> + Send + Sync + 'static,
     {
-        let g: RequestFn = Arc::new(move |c: &Ctx<'_>, r: &Request| {
+        let g: RequestFn = Arc::new(move |c: &Ctx<'_>, r: &Request, out: &mut PayloadBuf| {
             let v = f(c, r)?;
-            PayloadBuf::encode(r.accept, &v).map_err(|e| e.to_string())
+            encode_answer(out, r.accept, &v)
         });
         let mut h = self.inner.handlers_mut();
         let id = h.id();

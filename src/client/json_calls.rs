@@ -148,7 +148,13 @@ impl Client {
         let id = h.id();
         h.requests.insert(
             method.to_string(),
-            (id, Arc::new(move |_: &Ctx<'_>, r: &Request| f(r))),
+            (
+                id,
+                Arc::new(move |_: &Ctx<'_>, r: &Request, out: &mut PayloadBuf| {
+                    *out = f(r)?;
+                    Ok(())
+                }),
+            ),
         );
         id
     }
@@ -169,7 +175,11 @@ impl Client {
     where
         F: Fn(&GetRequest) -> Result<(PayloadBuf, Ttl), String> + Send + Sync + 'static,
     {
-        let g = move |_: &Ctx<'_>, r: &GetRequest| f(r).map(|(p, ttl)| (p, ttl.as_ms()));
+        let g = move |_: &Ctx<'_>, r: &GetRequest, out: &mut PayloadBuf| {
+            let (p, ttl) = f(r)?;
+            *out = p;
+            Ok(ttl.as_ms())
+        };
         let mut h = self.inner.handlers_mut();
         let id = h.id();
         h.gets.insert(kind.to_string(), (id, Arc::new(g)));

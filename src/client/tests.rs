@@ -263,14 +263,16 @@ fn the_registry_removes_every_kind_of_handler_once() {
         "k".into(),
         (
             ids[1],
-            Arc::new(|_: &Ctx<'_>, _: &GetRequest| Err::<(PayloadBuf, i64), _>("x".to_string())),
+            Arc::new(|_: &Ctx<'_>, _: &GetRequest, _: &mut PayloadBuf| {
+                Err::<i64, _>("x".to_string())
+            }),
         ),
     );
     h.requests.insert(
         "m".into(),
         (
             ids[2],
-            Arc::new(|_: &Ctx<'_>, _: &Request| Err::<PayloadBuf, _>("x".to_string())),
+            Arc::new(|_: &Ctx<'_>, _: &Request, _: &mut PayloadBuf| Err::<(), _>("x".to_string())),
         ),
     );
     h.data.push((ids[3], None, Arc::new(|_, _| {})));

@@ -25,7 +25,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{DLink, Down, Served, DIRECT_BIT};
-use crate::client::answers::wire_answer;
+use crate::client::answers::wire_answer_in;
 use crate::client::handler_memo::HandlerMemo;
 use crate::client::handlers::{GetDyn, Incoming, RequestDyn};
 use crate::client::{GetRequest, Inner, Request};
@@ -120,7 +120,14 @@ struct Scratch {
     /// The handlers last used, looked up again only when the registry changed.
     get_fn: HandlerMemo<GetDyn>,
     request_fn: HandlerMemo<RequestDyn>,
+    /// The answer of the call served here last (its capacity reused, up to
+    /// [`ANSWER_KEEP`] bytes).
+    answer: PayloadBuf,
 }
+
+/// The most capacity the answer buffer keeps from call to call (a larger answer's buffer is
+/// freed after it went out).
+const ANSWER_KEEP: usize = 64 << 10;
 
 impl Scratch {
     fn new(peer: &str) -> Scratch {
@@ -140,6 +147,7 @@ impl Scratch {
             },
             get_fn: HandlerMemo::default(),
             request_fn: HandlerMemo::default(),
+            answer: PayloadBuf::default(),
         }
     }
 
@@ -338,8 +346,8 @@ impl Inner {
                 let Some(f) = s.get_fn.get(at, &s.get.kind, |k| self.get_handler(k)) else {
                     return false;
                 };
-                let a = self.get_answer_with(&f, &s.get);
-                let answer = wire_answer(&a);
+                let a = self.get_answer_with(&f, &s.get, &mut s.answer);
+                let answer = wire_answer_in(&a, &s.answer);
                 self.reply_on(l, req, &answer);
                 if let Answer::Ok { payload, ttl_ms } = &answer {
                     let what = (std::mem::take(&mut s.get.kind), s.get.key.take());
@@ -355,9 +363,12 @@ impl Inner {
                 else {
                     return false;
                 };
-                let a = self.request_answer_with(&f, &s.request);
-                self.reply_on(l, req, &wire_answer(&a));
+                let a = self.request_answer_with(&f, &s.request, &mut s.answer);
+                self.reply_on(l, req, &wire_answer_in(&a, &s.answer));
             }
+        }
+        if s.answer.bytes.capacity() > ANSWER_KEEP {
+            s.answer = PayloadBuf::default();
         }
         self.close_if_panicked();
         true
