@@ -277,6 +277,7 @@ mod link;
 pub mod proto;
 #[doc(hidden)]
 pub mod ring;
+mod short;
 mod sync;
 #[doc(hidden)]
 pub mod sys;

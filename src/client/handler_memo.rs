@@ -42,7 +42,7 @@ impl<F: ?Sized> HandlerMemo<F> {
         look: impl FnOnce(&str) -> Option<Arc<F>>,
     ) -> Option<Arc<F>> {
         if let Some((g, n)) = &self.at {
-            if *g == generation && n == name {
+            if *g == generation && crate::short::eq(n.as_bytes(), name.as_bytes()) {
                 match &self.f {
                     None => return None,
                     // A failed upgrade (cannot happen at an unchanged generation) looks again.

@@ -157,7 +157,7 @@ impl<'de> De<'de> {
 
     #[inline]
     fn str(&mut self) -> Result<&'de str, Miss> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| Miss)
+        crate::short::str(self.bytes()?).ok_or(Miss)
     }
 
     fn char(&mut self) -> Result<char, Miss> {

@@ -64,7 +64,7 @@ impl CacheMemo {
         // time: a later answer with another TTL differs in `ttl_ms` and restamps it).
         let mut now = Some(now);
         let mut clock = || now.take().map(|f| f());
-        if !matches!(&self.hot, Some((k, _)) if k == what) {
+        if !matches!(&self.hot, Some((k, _)) if same_key(k, what)) {
             if let Some((k, e)) = self.hot.take() {
                 self.map.insert(k, e);
             }
@@ -119,6 +119,17 @@ impl CacheMemo {
         self.hot = None;
         self.map.clear();
     }
+}
+
+/// `a == b` for two keys, with short strings compared inline (`crate::short`).
+#[inline]
+fn same_key(a: &Key, b: &Key) -> bool {
+    crate::short::eq(a.0.as_bytes(), b.0.as_bytes())
+        && match (&a.1, &b.1) {
+            (None, None) => true,
+            (Some(x), Some(y)) => crate::short::eq(x.as_bytes(), y.as_bytes()),
+            _ => false,
+        }
 }
 
 #[cfg(test)]

@@ -299,7 +299,7 @@ impl<'a> In<'a> {
 
     #[inline(always)]
     fn str(&mut self) -> R<&'a str> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| "direct frame: a string is not UTF-8")
+        crate::short::str(self.bytes()?).ok_or("direct frame: a string is not UTF-8")
     }
 
     #[inline(always)]
