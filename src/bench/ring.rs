@@ -56,11 +56,8 @@ pub(super) struct RingSide {
 
 /// `ring-bytes`: copies `b` into the ring (publishing: the consumer may see it).
 fn send_raw(tx: &mut RawSender, b: &[u8], publish: bool) -> Result<(), Error> {
-    tx.send_with(b.len(), Deadline::Never, publish, |buf| {
-        buf.copy_from_slice(b);
-        Ok(b.len())
-    })
-    .map_err(fail_to_error)
+    tx.send_copy(b, Deadline::Never, publish)
+        .map_err(fail_to_error)
 }
 
 /// `ring-bytes`: a control message of `size + extra` bytes carrying `word` first.

@@ -414,3 +414,64 @@ fn a_batch_takes_whole_frames_and_fragments_in_order_counts_them_and_stops_when_
     assert_eq!(rx.stats().bytes, 1 + 1000 + 2 + 6 + 1 + 4 + 3);
     assert!(matches!(try_recv(&mut rx), Err(TryRecvError::Empty)));
 }
+
+/// Staged sends (`STAGE_MAX`): an encoder writes private memory, the ring gets exactly the
+/// bytes it wrote, on both sides of the staging bound; a panicking encoder leaves the sender
+/// usable; a short message over a small `max_message` is still refused before encoding.
+#[test]
+fn staged_sends_carry_exactly_what_the_encoder_wrote() {
+    use crate::channel::raw_sender::STAGE_MAX;
+    let (mut tx, mut c, _peer) = sender(1 << 16, 1 << 20);
+    let next = |c: &mut Consumer| {
+        let f = c.peek().unwrap().expect("a frame");
+        let mut p = Vec::new();
+        c.copy_payload(&f, 0, &mut p);
+        c.release(f);
+        (f.kind, p)
+    };
+    for size in [1, 63, 64, 65, STAGE_MAX - 1, STAGE_MAX, STAGE_MAX + 1, 4000] {
+        let want: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        // Reserves `size + 9`, writes `size`: only what was written is sent.
+        tx.send_with(size + 9, Deadline::Never, true, |b| {
+            assert!(b.len() >= size);
+            b[..size].copy_from_slice(&want);
+            Ok(size)
+        })
+        .unwrap();
+        assert_eq!(next(&mut c), (kind::MSG, want), "size {size}");
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = tx.send_with(10, Deadline::Never, true, |_| panic!("encoder panics"));
+    }));
+    assert!(r.is_err());
+    assert_eq!(
+        c.peek().unwrap(),
+        None,
+        "nothing was sent by the panicking encoder"
+    );
+    tx.send_with(3, Deadline::Never, true, |b| {
+        b[..3].copy_from_slice(b"abc");
+        Ok(3)
+    })
+    .unwrap();
+    assert_eq!(next(&mut c), (kind::MSG, b"abc".to_vec()));
+
+    let (mut small, mut c2, _p2) = sender(1 << 16, 100);
+    let mut ran = false;
+    let r = small.send_with(101, Deadline::Never, true, |_| {
+        ran = true;
+        Ok(1)
+    });
+    assert!(
+        matches!(
+            r,
+            Err(crate::error::Fail::Error(Error::TooLarge {
+                size: 101,
+                max: 100
+            }))
+        ),
+        "{r:?}"
+    );
+    assert!(!ran, "an oversized message is refused before it is encoded");
+    assert_eq!(c2.peek().unwrap(), None);
+}

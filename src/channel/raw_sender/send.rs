@@ -10,7 +10,7 @@
 
 use std::os::fd::AsFd;
 
-use super::{RawSender, GUESS_MAX};
+use super::{RawSender, GUESS_MAX, STAGE_MAX, STAGE_MIN};
 use crate::error::{fail_to_error, Fail};
 use crate::ring::layout::kind;
 use crate::sys;
@@ -96,6 +96,9 @@ impl RawSender {
     /// Sends one message of exactly `size` bytes, written by `write` into the space it is
     /// given (which is `size` bytes long). `publish` = wake the consumer now. `write` must only
     /// write the space (as for `put_frame`).
+    ///
+    /// A message of [`STAGE_MIN`] to [`STAGE_MAX`] bytes is written into private memory first and then
+    /// copied into the ring in one burst (see [`STAGE_MAX`]); `write` must still only write.
     pub(crate) fn send_with(
         &mut self,
         size: usize,
@@ -104,7 +107,68 @@ impl RawSender {
         write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
     ) -> Result<(), Fail> {
         self.check_alive()?;
-        self.send_checked(size, deadline, publish, write)
+        self.send_maybe_staged(size, deadline, publish, write)
+    }
+
+    /// [`send_checked`](RawSender::send_checked), staged for a message of [`STAGE_MIN`] to
+    /// [`STAGE_MAX`] bytes that may be sent now (within `max_message`, no message half in).
+    #[inline]
+    fn send_maybe_staged(
+        &mut self,
+        size: usize,
+        deadline: Deadline,
+        publish: bool,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        if !(STAGE_MIN..=STAGE_MAX).contains(&size) || size > self.max_message || self.mid_message {
+            return self.send_checked(size, deadline, publish, write);
+        }
+        self.send_staged(size, deadline, publish, write)
+    }
+
+    /// The staged half of [`send_maybe_staged`](RawSender::send_maybe_staged), out of line
+    /// (so that the small messages' path stays as short as it was).
+    #[inline(never)]
+    fn send_staged(
+        &mut self,
+        size: usize,
+        deadline: Deadline,
+        publish: bool,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+    ) -> Result<(), Fail> {
+        STAGE.with(|stage| {
+            // A sender's encoder never sends (it only writes bytes), so the stage is free;
+            // if it were not, the message is simply encoded in place.
+            let Ok(mut stage) = stage.try_borrow_mut() else {
+                return self.send_checked(size, deadline, publish, write);
+            };
+            let stage = stage_area(&mut stage);
+            match write(&mut stage[..size]) {
+                Ok(n) => {
+                    let bytes = &stage[..n];
+                    self.send_checked(n, deadline, publish, |buf| {
+                        buf.copy_from_slice(bytes);
+                        Ok(n)
+                    })
+                }
+                Err(e) => Err(Fail::Error(e)),
+            }
+        })
+    }
+
+    /// Sends `bytes` (already in private memory: copied into the ring as they are, not
+    /// staged). `publish` = wake the consumer now.
+    pub(crate) fn send_copy(
+        &mut self,
+        bytes: &[u8],
+        deadline: Deadline,
+        publish: bool,
+    ) -> Result<(), Fail> {
+        self.check_alive()?;
+        self.send_checked(bytes.len(), deadline, publish, |buf| {
+            buf.copy_from_slice(bytes);
+            Ok(bytes.len())
+        })
     }
 
     /// Sends one message that `encode` writes into the space it is given, returning how many
@@ -134,7 +198,10 @@ impl RawSender {
             // consumer's index is not worth it (the exact path below does both).
             // SAFETY: `encode` only writes the slice (this function's contract, above).
             if let Some(buf) = unsafe { self.prod.reserve_fast(self.guess) } {
-                if let Ok(n) = encode(buf) {
+                // Encoded in place, never staged: measured, staging the typed sends made the
+                // typed ring slower (see `STAGE_MAX`).
+                let r = encode(buf);
+                if let Ok(n) = r {
                     if n <= self.max_message {
                         self.prod.commit(kind::MSG, n);
                         self.stats.messages += 1;
@@ -225,7 +292,8 @@ impl RawSender {
         len: usize,
         write: impl FnOnce(&mut [u8]),
     ) -> Result<(), Error> {
-        self.send_with(len, Deadline::Never, true, |buf| {
+        self.check_alive().map_err(fail_to_error)?;
+        self.send_checked(len, Deadline::Never, true, |buf| {
             write(buf);
             Ok(len)
         })
@@ -234,22 +302,32 @@ impl RawSender {
 
     /// Sends `bytes` as one message, waiting for room as the wait strategy says.
     pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.send_with(bytes.len(), Deadline::Never, true, |buf| {
-            buf.copy_from_slice(bytes);
-            Ok(bytes.len())
-        })
-        .map_err(fail_to_error)
+        self.send_copy(bytes, Deadline::Never, true)
+            .map_err(fail_to_error)
     }
 
     /// Sends `bytes` if there is room now; `Ok(false)` if the ring is full.
     pub fn try_send_bytes(&mut self, bytes: &[u8]) -> Result<bool, Error> {
-        match self.send_with(bytes.len(), Deadline::Now, true, |buf| {
-            buf.copy_from_slice(bytes);
-            Ok(bytes.len())
-        }) {
+        match self.send_copy(bytes, Deadline::Now, true) {
             Ok(()) => Ok(true),
             Err(Fail::NotNow) => Ok(false),
             Err(f) => Err(fail_to_error(f)),
         }
     }
+}
+
+thread_local! {
+    /// Where a staged message is encoded (see `STAGE_MAX`): one per thread, not per sender
+    /// (a field of its own made `RawSender` larger, and the typed ring, which never stages,
+    /// measurably slower: 231 -> 281 ns p50 at 64 B).
+    static STAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The stage's `STAGE_MAX` bytes (allocated at the thread's first staged send).
+#[inline]
+fn stage_area(stage: &mut Vec<u8>) -> &mut [u8] {
+    if stage.len() < STAGE_MAX {
+        *stage = vec![0; STAGE_MAX];
+    }
+    &mut stage[..STAGE_MAX]
 }

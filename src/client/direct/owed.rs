@@ -176,12 +176,7 @@ impl Inner {
                 let mut g = l.tx.lock().expect("lock");
                 match g.as_mut() {
                     None => Err(Fail::Disconnected),
-                    Some(tx) => {
-                        tx.send_with(frame.len(), Deadline::Within(FLUSH_ATTEMPT), true, |buf| {
-                            buf.copy_from_slice(&frame);
-                            Ok(frame.len())
-                        })
-                    }
+                    Some(tx) => tx.send_copy(&frame, Deadline::Within(FLUSH_ATTEMPT), true),
                 }
             };
             let mut o = l.owed.lock().expect("lock");
