@@ -162,3 +162,113 @@ fn up_exits_cleanly_when_the_bridge_is_signalled_first() {
         assert!(!err.contains("the bridge exited"), "{err}");
     }
 }
+
+/// `shmbus bench hub-get` waits three processes (hub, requester, owner) at once. Its default
+/// used to be `--wait spin`: on two CPUs one spinner always waited for a time slice (p50
+/// ~8 ms), and under `chrt -f` the spinners never yielded and starved the machine. Now the
+/// hub benches default to spin-then-park, and `--wait spin` with more spinners than CPUs
+/// is refused under a real-time policy (warned about otherwise). Played on one CPU
+/// (`taskset -c 0`), so the check does not depend on the machine's size. Before the fix the
+/// default run reported `"wait":"spin"`, and the real-time run never ended (killed at its
+/// deadline here).
+#[test]
+fn bench_hub_get_does_not_spin_more_processes_than_cpus() {
+    let _w = util::watchdog("bench_hub_get_does_not_spin_more_processes_than_cpus", 120);
+    let bin = env!("CARGO_BIN_EXE_shmbus");
+    let taskset = |extra: &[&str], args: &[&str]| {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).args(extra).arg(bin).args(args);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    // Runs `c` to its end, or kills it at `secs`: (exit success, stdout, stderr), or None.
+    let run = |mut c: Command, secs: u64| {
+        let mut child = c
+            .spawn()
+            .expect("taskset (util-linux) runs: install util-linux");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                return Some((
+                    st.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
+            }
+            if std::time::Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    // The default, on one CPU: fresh gets that park, every answer checked.
+    let (ok, out, err) = run(
+        taskset(&[], &["bench", "hub-get", "--iters", "300", "--json"]),
+        60,
+    )
+    .expect("bench hub-get with its default waits did not finish in 60 s");
+    assert!(ok, "bench hub-get failed: {out}{err}");
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        row["wait"], "spin-then-park",
+        "the hub bench's default: {out}"
+    );
+    assert!(row["p50_ns"].as_u64().unwrap() > 0, "{out}");
+    // The two-process benches keep spinning by default.
+    let (ok, out, err) = run(
+        taskset(&[], &["bench", "ring", "--iters", "200", "--json"]),
+        60,
+    )
+    .expect("bench ring did not finish in 60 s");
+    assert!(ok, "bench ring failed: {out}{err}");
+    assert!(out.contains("\"wait\":\"spin\""), "ring's default: {out}");
+
+    // `--wait spin` with three spinners on one CPU, at normal priority: warned, and it runs.
+    let (ok, out, err) = run(
+        taskset(
+            &[],
+            &[
+                "bench", "hub-get", "--wait", "spin", "--iters", "20", "--json",
+            ],
+        ),
+        60,
+    )
+    .expect("bench hub-get --wait spin (20 gets) did not finish in 60 s");
+    assert!(ok, "bench hub-get --wait spin failed: {out}{err}");
+    assert!(
+        err.contains("warning") && err.contains("3 spinning"),
+        "warned about three spinners on one CPU: {err}"
+    );
+
+    // The same under SCHED_FIFO: refused at once, with what to use instead.
+    let can_rt = Command::new("chrt")
+        .args(["-f", "1", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can_rt {
+        eprintln!(
+            "bench_hub_get_does_not_spin_more_processes_than_cpus: `chrt -f` is not permitted \
+             (not root, no RLIMIT_RTPRIO), so the real-time refusal is not played"
+        );
+        return;
+    }
+    let (ok, out, err) = run(
+        taskset(
+            &["chrt", "-f", "1"],
+            &["bench", "hub-get", "--wait", "spin", "--iters", "20"],
+        ),
+        15,
+    )
+    .expect("bench hub-get --wait spin under chrt -f on one CPU did not end in 15 s");
+    assert!(!ok, "refused (non-zero exit): {out}{err}");
+    assert!(
+        err.contains("real-time") && err.contains("spin-then-park"),
+        "the refusal says why and what to use: {err}"
+    );
+}

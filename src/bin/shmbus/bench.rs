@@ -16,9 +16,11 @@ pub(crate) struct BenchArgs {
     /// Measured round trips (or messages with --throughput).
     #[arg(long, default_value_t = 200_000)]
     pub(crate) iters: u64,
-    /// How the ring waits: spin | spin-yield | park | spin-then-park[:MICROS].
-    #[arg(long, default_value = "spin")]
-    pub(crate) wait: WaitStrategy,
+    /// How the ring waits: spin | spin-yield | park | spin-then-park[:MICROS]. Default: spin
+    /// for the two-process benches, spin-then-park for hub-get and hub-emit (three or more
+    /// waiting processes or threads: more spinners than CPUs only take turns).
+    #[arg(long)]
+    pub(crate) wait: Option<WaitStrategy>,
     /// Pin the two processes to CPUs 0 and 1.
     #[arg(long)]
     pub(crate) pin: bool,
@@ -61,13 +63,75 @@ pub(crate) struct BenchArgs {
     pub(crate) updates: bool,
 }
 
+/// How many processes or threads of a hub bench wait at once: the hub, the requester and
+/// (for a fresh get) the owner; or the hub and every emitting client. `None` for the
+/// two-process benches.
+fn hub_waiters(a: &BenchArgs) -> Option<usize> {
+    match a.transport {
+        Transport::HubGet => Some(if a.cached { 2 } else { 3 }),
+        Transport::HubEmit => Some(1 + a.clients.max(1)),
+        _ => None,
+    }
+}
+
+/// Whether this process runs under a real-time scheduling policy (SCHED_FIFO / SCHED_RR, as
+/// `chrt` sets), read from `/proc/self/sched` (`policy : 1` or `2`); false if unknown.
+fn realtime() -> bool {
+    std::fs::read_to_string("/proc/self/sched")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("policy"))
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        })
+        .is_some_and(|p| p == 1 || p == 2)
+}
+
+/// The wait strategy: `--wait`, or the bench's default. More spinners than CPUs in a hub
+/// bench is refused under a real-time policy (the spinners never yield to each other, so the
+/// run stalls for seconds and starves everything else on the machine) and warned about
+/// otherwise (each spinner waits for a time slice: latencies of milliseconds).
+fn choose_wait(a: &BenchArgs) -> Result<WaitStrategy, String> {
+    let waiters = hub_waiters(a);
+    let Some(w) = a.wait else {
+        return Ok(if waiters.is_some() {
+            WaitStrategy::default()
+        } else {
+            WaitStrategy::Spin
+        });
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(n) = waiters.filter(|&n| w == WaitStrategy::Spin && n > cpus) {
+        let what = format!(
+            "--wait spin with {n} spinning processes/threads on {cpus} CPU(s): they take turns \
+             for the CPUs"
+        );
+        if realtime() {
+            return Err(format!(
+                "{what}, and under a real-time policy they never yield, which starves the \
+                 machine; use --wait spin-then-park (the default here) or spin-yield"
+            ));
+        }
+        eprintln!("shmbus bench: warning: {what} (expect millisecond latencies); --wait spin-then-park is the default here");
+    }
+    Ok(w)
+}
+
 /// `shmbus bench`: one transport, round trips or one-way.
 pub(crate) fn run(a: BenchArgs) -> ExitCode {
+    let wait = match choose_wait(&a) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("shmbus bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = Opts {
         transport: a.transport,
         size: a.size,
         iters: a.iters.max(1),
-        wait: a.wait,
+        wait,
         pin: a.pin,
         throughput: a.throughput,
         ring_capacity: a.ring_bytes,
