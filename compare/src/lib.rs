@@ -16,6 +16,7 @@
 
 mod iox;
 mod ipcc;
+mod plot;
 pub mod report;
 
 use std::process::{Child, Command, Stdio};
