@@ -53,6 +53,15 @@ fn run_owner() {
             Ok((format!("v{v}"), Ttl::Secs(60)))
         });
         clients.push(c);
+        // Only now may callers come: a request that reaches a client before its handler is
+        // registered is answered NoHandler (correctly), which is a race in the test, not the
+        // bus (seen once in CI: `direct_answers_are_right_and_skip_the_hub` got NoHandler for
+        // "echo" from an owner that `stat` already listed).
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("ready-{name}")),
+            b"",
+        )
+        .expect("owner writes its ready marker");
     }
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end && clients.iter().all(Client::is_connected) {
@@ -76,6 +85,10 @@ fn start(test: &str, dir: &TestDir, names: &str) -> (Kids, Child) {
             eventually(20, || shmbus::hub::stat(dir.path())
                 .is_ok_and(|s| s.clients.iter().any(|c| c.name == n))),
             "owner {n} did not connect"
+        );
+        assert!(
+            eventually(20, || dir.path().join(format!("ready-{n}")).exists()),
+            "owner {n} did not register its handlers"
         );
     }
     kids.0.push(owner);

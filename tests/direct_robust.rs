@@ -48,6 +48,9 @@ fn run_owner() {
             .map(|n| "b".repeat(n as usize))
             .map_err(|e| e.to_string())
     });
+    // Callers may come only now (a request before its handler exists is answered NoHandler).
+    std::fs::write(std::path::Path::new(&dir).join("ready-bot"), b"")
+        .expect("owner writes its ready marker");
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
@@ -60,6 +63,10 @@ fn start_owner(test: &str, dir: &TestDir) -> Child {
         eventually(20, || shmbus::hub::stat(dir.path())
             .is_ok_and(|s| s.clients.iter().any(|c| c.name == "bot"))),
         "owner bot did not connect"
+    );
+    assert!(
+        eventually(20, || dir.path().join("ready-bot").exists()),
+        "owner bot did not register its handlers"
     );
     owner
 }
