@@ -53,15 +53,9 @@ fn run_owner() {
             Ok((format!("v{v}"), Ttl::Secs(60)))
         });
         clients.push(c);
-        // Only now may callers come: a request that reaches a client before its handler is
-        // registered is answered NoHandler (correctly), which is a race in the test, not the
-        // bus (seen once in CI: `direct_answers_are_right_and_skip_the_hub` got NoHandler for
-        // "echo" from an owner that `stat` already listed).
-        std::fs::write(
-            std::path::Path::new(&dir).join(format!("ready-{name}")),
-            b"",
-        )
-        .expect("owner writes its ready marker");
+        // Callers may come only now (seen once in CI before this: NoHandler for "echo" from
+        // an owner that `stat` already listed).
+        util::mark_owner_ready(&dir, name);
     }
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end && clients.iter().all(Client::is_connected) {
@@ -87,7 +81,7 @@ fn start(test: &str, dir: &TestDir, names: &str) -> (Kids, Child) {
             "owner {n} did not connect"
         );
         assert!(
-            eventually(20, || dir.path().join(format!("ready-{n}")).exists()),
+            util::owner_ready(dir.path(), n),
             "owner {n} did not register its handlers"
         );
     }

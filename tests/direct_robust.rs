@@ -49,8 +49,7 @@ fn run_owner() {
             .map_err(|e| e.to_string())
     });
     // Callers may come only now (a request before its handler exists is answered NoHandler).
-    std::fs::write(std::path::Path::new(&dir).join("ready-bot"), b"")
-        .expect("owner writes its ready marker");
+    util::mark_owner_ready(&dir, "bot");
     let end = Instant::now() + Duration::from_secs(120);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
@@ -65,7 +64,7 @@ fn start_owner(test: &str, dir: &TestDir) -> Child {
         "owner bot did not connect"
     );
     assert!(
-        eventually(20, || dir.path().join("ready-bot").exists()),
+        util::owner_ready(dir.path(), "bot"),
         "owner bot did not register its handlers"
     );
     owner

@@ -115,6 +115,19 @@ pub fn wait_child(child: &mut Child, secs: u64) -> std::process::ExitStatus {
     }
 }
 
+/// Called by an owner child process once its handlers are registered: a request that
+/// reaches a client before its handler exists is (correctly) answered NoHandler, so a test
+/// must not call it before this marker is there (see [`owner_ready`]).
+pub fn mark_owner_ready(dir: &str, name: &str) {
+    std::fs::write(Path::new(dir).join(format!("ready-{name}")), b"")
+        .expect("owner writes its ready marker");
+}
+
+/// Waits (up to 20 s) for [`mark_owner_ready`]'s marker of `name` in `dir`.
+pub fn owner_ready(dir: &Path, name: &str) -> bool {
+    eventually(20, || dir.join(format!("ready-{name}")).exists())
+}
+
 /// Polls `f` until it returns true or `secs` pass.
 pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
