@@ -26,28 +26,6 @@ fn demote(p: *const u8) {
     let _ = p;
 }
 
-/// Whether this CPU executes CLDEMOTE (CPUID leaf 7, ECX bit 25), read once per process.
-/// Where it does not (AMD Zen 4 among them), the hint is a NOP and `publish` skips the loop
-/// that issues it (~18 instructions per lone frame, measured with callgrind).
-fn has_cldemote() -> bool {
-    #[cfg(all(target_arch = "x86_64", not(miri), not(shmbus_loom)))]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            // SAFETY: CPUID exists on every x86-64 CPU and only reads identification
-            // registers; leaf 7 is asked for only when leaf 0 says it exists. (The intrinsics
-            // are safe functions from Rust 1.87 on; the MSRV is older.)
-            #[allow(unused_unsafe)]
-            unsafe {
-                use std::arch::x86_64::{__cpuid, __cpuid_count};
-                __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).ecx >> 25) & 1 == 1
-            }
-        })
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri), not(shmbus_loom))))]
-    false
-}
-
 /// The producer half of an SPSC byte ring.
 ///
 /// Write path: [`reserve`](Producer::reserve) a payload slice in place, fill it,
@@ -80,8 +58,6 @@ pub struct Producer {
     /// `(position, len)` of the slice handed out by the last `reserve`.
     reserved: Option<(u64, usize)>,
     max_payload: usize,
-    /// The CPU has CLDEMOTE ([`has_cldemote`]): `publish` demotes a lone frame's lines.
-    demote: bool,
     /// Loom negative control only: commit with Relaxed instead of Release, which the model
     /// must catch (`loom_tests::loom_relaxed_commit_is_caught`).
     #[cfg(shmbus_loom)]
@@ -104,7 +80,6 @@ impl Producer {
             batched: false,
             reserved: None,
             max_payload,
-            demote: has_cldemote(),
             #[cfg(shmbus_loom)]
             weak_commit: false,
             #[cfg(shmbus_loom)]
@@ -362,9 +337,8 @@ impl Producer {
         // A lone frame (a request, a reply: someone probably waits on it) goes to the shared
         // cache now that its stores have drained (the fence above): its lines and the one
         // holding the zeroed next header. Not for batches: measured to slow the 64 B stream
-        // (18.4 -> 15.0 M msgs/s), whose consumer reads them later anyway. Skipped on CPUs
-        // without the instruction.
-        if self.demote && lone && self.tail - from <= DEMOTE_MAX_LINES * 64 {
+        // (18.4 -> 15.0 M msgs/s), whose consumer reads them later anyway.
+        if lone && self.tail - from <= DEMOTE_MAX_LINES * 64 {
             let cap = self.ring.cap;
             let mut line = from & !63;
             while line <= self.tail {
