@@ -26,7 +26,7 @@ fn cfg(o: &Opts) -> LinkConfig {
 }
 
 /// Encodes `m` straight into the ring (what `Sender<T>::send` does).
-fn send(tx: &mut RawSender, m: &BenchMsg<'_>, publish: bool) -> Result<(), Error> {
+pub(super) fn send(tx: &mut RawSender, m: &BenchMsg<'_>, publish: bool) -> Result<(), Error> {
     tx.send_encoded(
         Deadline::Never,
         publish,
@@ -37,7 +37,7 @@ fn send(tx: &mut RawSender, m: &BenchMsg<'_>, publish: bool) -> Result<(), Error
 }
 
 /// Receives one message, decodes it in place and hands it to `f`.
-fn recv<R>(
+pub(super) fn recv<R>(
     rx: &mut RawReceiver,
     f: impl FnOnce(BenchMsg<'_>) -> Result<R, Error>,
 ) -> Result<R, Error> {
@@ -55,7 +55,7 @@ pub(super) struct RingSide {
 }
 
 /// `ring-bytes`: copies `b` into the ring (publishing: the consumer may see it).
-fn send_raw(tx: &mut RawSender, b: &[u8], publish: bool) -> Result<(), Error> {
+pub(super) fn send_raw(tx: &mut RawSender, b: &[u8], publish: bool) -> Result<(), Error> {
     tx.send_copy(b, Deadline::Never, publish)
         .map_err(fail_to_error)
 }
@@ -71,7 +71,7 @@ fn word(b: &[u8]) -> u64 {
     u64::from_le_bytes(b[..8].try_into().expect("a control message holds 8 bytes"))
 }
 
-fn recv_error(e: crate::RecvError) -> Error {
+pub(super) fn recv_error(e: crate::RecvError) -> Error {
     match e {
         crate::RecvError::Disconnected => Error::Disconnected,
         crate::RecvError::Failed(e) => e,
