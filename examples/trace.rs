@@ -19,24 +19,29 @@ fn main() {
     let ghz = (c1 - c0) as f64 / t.elapsed().as_nanos() as f64;
     let rows = shmbus::bench::echo_trace(size, n, bytes, (0, 1)).unwrap();
     let rows = &rows[n / 10..];
-    let med = |f: &dyn Fn(&[u64; 7]) -> i64| {
-        let mut v: Vec<i64> = rows.iter().map(f).collect();
+    let med = |from: usize, to: usize| {
+        let mut v: Vec<i64> = rows.iter().map(|r| r[to] as i64 - r[from] as i64).collect();
         v.sort_unstable();
         v[v.len() / 2]
     };
-    println!("{} {size} B, TSC {ghz:.3} GHz, {} round trips", if bytes { "bytes" } else { "typed" }, rows.len());
-    let steps: [(&str, &dyn Fn(&[u64; 7]) -> i64); 8] = [
-        ("round trip a0→a3", &|r| (r[3] - r[0]) as i64),
-        ("A send a0→a1", &|r| (r[1] - r[0]) as i64),
-        ("ping trip a1→b0", &|r| r[4] as i64 - r[1] as i64),
-        ("B copy+decode b0→b1", &|r| (r[5] - r[4]) as i64),
-        ("B send b1→b2", &|r| (r[6] - r[5]) as i64),
-        ("echo trip b2→a2", &|r| r[2] as i64 - r[6] as i64),
-        ("A recv a2→a3", &|r| (r[3] - r[2]) as i64),
-        ("a0→a2 (to echo seen)", &|r| (r[2] - r[0]) as i64),
+    let kind = if bytes { "bytes" } else { "typed" };
+    println!(
+        "{kind} {size} B, TSC {ghz:.3} GHz, {} round trips",
+        rows.len()
+    );
+    // Stamp indices: a0..a3 = 0..3, b0..b2 = 4..6 (see `shmbus::bench::echo_trace`).
+    let steps = [
+        ("round trip a0→a3", 0, 3),
+        ("A send a0→a1", 0, 1),
+        ("ping trip a1→b0", 1, 4),
+        ("B copy+decode b0→b1", 4, 5),
+        ("B send b1→b2", 5, 6),
+        ("echo trip b2→a2", 6, 2),
+        ("A recv a2→a3", 2, 3),
+        ("a0→a2 (to echo seen)", 0, 2),
     ];
-    for (name, f) in steps {
-        let m = med(f);
+    for (name, from, to) in steps {
+        let m = med(from, to);
         println!("{name:24} {m:6} ticks {:7.1} ns", m as f64 / ghz);
     }
 }

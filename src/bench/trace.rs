@@ -99,9 +99,12 @@ pub fn echo_trace(
         spin_data(&mut arx)?;
         let a2 = tsc();
         let ok = if bytes {
-            arx.recv_bytes(|m| checksum(m) == expect).map_err(recv_error)?
+            arx.recv_bytes(|m| checksum(m) == expect)
+                .map_err(recv_error)?
         } else {
-            recv(&mut arx, |m| Ok(matches!(m, BenchMsg::Echo(m) if checksum(m) == expect)))?
+            recv(&mut arx, |m| {
+                Ok(matches!(m, BenchMsg::Echo(m) if checksum(m) == expect))
+            })?
         };
         if !ok {
             return Err(mismatch("trace echo"));
@@ -109,7 +112,9 @@ pub fn echo_trace(
         out.push([a0, a1, a2, tsc(), 0, 0, 0]);
     }
     peer.join().map_err(|_| mismatch("trace peer panicked"))??;
-    let st = srx.recv().map_err(|_| mismatch("trace peer sent no stamps"))?;
+    let st = srx
+        .recv()
+        .map_err(|_| mismatch("trace peer sent no stamps"))?;
     for (o, s) in out.iter_mut().zip(st) {
         o[4..].copy_from_slice(&s);
     }
