@@ -126,6 +126,7 @@ impl RawSender {
     /// (or ended otherwise than "full"), the announcement was withdrawn. `Ok(None)`: still
     /// full, the flag stays raised; park on the doorbell, then withdraw it. `Err`: the flag
     /// stays raised, and the caller withdraws it.
+    #[cfg(feature = "tokio")]
     pub(crate) fn prepare_park_retrying<R>(
         &mut self,
         retry: impl FnMut(&mut RawSender) -> Result<Option<R>, Error>,
@@ -172,12 +173,14 @@ impl Waitable for ParkingSender<'_> {
 
 /// A sender whose re-check is a send attempt: ready once `retry` returns `Some`, which is
 /// kept in `out`.
+#[cfg(feature = "tokio")]
 struct RetryingSender<'a, F, R> {
     tx: &'a mut RawSender,
     retry: F,
     out: Option<R>,
 }
 
+#[cfg(feature = "tokio")]
 impl<F, R> Waitable for RetryingSender<'_, F, R>
 where
     F: FnMut(&mut RawSender) -> Result<Option<R>, Error>,
