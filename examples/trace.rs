@@ -13,9 +13,9 @@ fn main() {
     let size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(64);
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let t = std::time::Instant::now();
-    let c0 = shmbus::bench::echo_trace(8, 1, true, (0, 1)).unwrap()[0][0];
+    let c0 = shmbus::bench::tsc();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let c1 = shmbus::bench::echo_trace(8, 1, true, (0, 1)).unwrap()[0][0];
+    let c1 = shmbus::bench::tsc();
     let ghz = (c1 - c0) as f64 / t.elapsed().as_nanos() as f64;
     let rows = shmbus::bench::echo_trace(size, n, bytes, (0, 1)).unwrap();
     let rows = &rows[n / 10..];

@@ -114,7 +114,7 @@ pub use opts::Opts;
 pub use report::Report;
 pub use ring::{echo_cost, stream_cost};
 pub use suite::{suite, SuiteRow};
-pub use trace::echo_trace;
+pub use trace::{echo_trace, tsc};
 
 /// Sum of the payload as little-endian u64 words plus the tail bytes: cheap, vectorisable,
 /// and it touches every byte.

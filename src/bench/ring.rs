@@ -261,18 +261,23 @@ pub(super) fn peer(o: &Opts, socket: &Path) -> Result<(), Error> {
     }
 }
 
+/// A link pair in one process for messages of `size` bytes, spinning: what the in-process
+/// measurements ([`stream_cost`], [`echo_cost`], `echo_trace`) run on.
+pub(super) fn spin_pair(size: usize) -> Result<(Link, Link), Error> {
+    Link::pair_with(&LinkConfig {
+        ring_capacity: crate::DEFAULT_RING_CAPACITY,
+        max_message: crate::DEFAULT_MAX_MESSAGE.max(size * 2 + 64),
+        wait: crate::WaitStrategy::Spin,
+    })
+}
+
 /// The ring bench's typed stream (`bench ring --throughput`) without the second process, for
 /// instruction counts (`examples/cost.rs tstream64`): `n` `Data(size bytes)` messages in
 /// batches of 32, each sent as [`peer`] sends them (committed, the 32nd published) and taken
 /// as [`RingSide::stream`] takes them (`recv_batch_bytes`, decoded in place, the sum checked).
 /// Returns how many arrived intact.
 pub fn stream_cost(size: usize, n: u64) -> Result<u64, Error> {
-    let cfg = LinkConfig {
-        ring_capacity: crate::DEFAULT_RING_CAPACITY,
-        max_message: crate::DEFAULT_MAX_MESSAGE.max(size * 2 + 64),
-        wait: crate::WaitStrategy::Spin,
-    };
-    let (a, b) = Link::pair_with(&cfg)?;
+    let (a, b) = spin_pair(size)?;
     let ((mut tx, _), (_, mut rx)) = (a.split(), b.split());
     let p = payload(size);
     let expect = checksum(&p);
@@ -303,12 +308,7 @@ pub fn stream_cost(size: usize, n: u64) -> Result<u64, Error> {
 /// counts exactly the work on a round trip's critical path. With `bytes`, the `ring-bytes`
 /// round trip instead (`send_bytes` / `recv_bytes`, no codec). Returns the sum of the checksums.
 pub fn echo_cost(size: usize, n: u64, bytes: bool) -> Result<u64, Error> {
-    let cfg = LinkConfig {
-        ring_capacity: crate::DEFAULT_RING_CAPACITY,
-        max_message: crate::DEFAULT_MAX_MESSAGE.max(size * 2 + 64),
-        wait: crate::WaitStrategy::Spin,
-    };
-    let (a, b) = Link::pair_with(&cfg)?;
+    let (a, b) = spin_pair(size)?;
     let ((mut atx, mut arx), (mut btx, mut brx)) = (a.split(), b.split());
     let p = payload(size);
     let expect = checksum(&p);

@@ -11,19 +11,27 @@
 
 use std::sync::mpsc;
 
-use super::ring::{recv, recv_error, send, send_raw};
+use super::ring::{recv, recv_error, send, send_raw, spin_pair};
 use super::{checksum, mismatch, payload, BenchMsg};
-use crate::{Error, Link, LinkConfig, WaitStrategy};
+use crate::Error;
 
+/// The time stamp counter (elsewhere than on x86-64: nanoseconds of the monotonic clock since
+/// the first call).
 #[inline(always)]
-fn tsc() -> u64 {
+pub fn tsc() -> u64 {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: RDTSC reads a counter; it has no memory effects and no preconditions.
     unsafe {
         std::arch::x86_64::_rdtsc()
     }
     #[cfg(not(target_arch = "x86_64"))]
-    0
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
 }
 
 fn spin_data(rx: &mut crate::RawReceiver) -> Result<(), Error> {
@@ -42,18 +50,11 @@ pub fn echo_trace(
     bytes: bool,
     cpus: (usize, usize),
 ) -> Result<Vec<[u64; 7]>, Error> {
-    let cfg = LinkConfig {
-        ring_capacity: crate::DEFAULT_RING_CAPACITY,
-        max_message: crate::DEFAULT_MAX_MESSAGE.max(size * 2 + 64),
-        wait: WaitStrategy::Spin,
-    };
-    let (a, b) = Link::pair_with(&cfg)?;
+    let (a, b) = spin_pair(size)?;
     let (mut atx, mut arx) = a.split();
-    let (btx_, brx_) = b.split();
-    let (stx, srx) = mpsc::channel::<Vec<[u64; 3]>>();
+    let (mut btx, mut brx) = b.split();
     let (rtx, rrx) = mpsc::channel::<()>();
-    let peer = std::thread::spawn(move || -> Result<(), Error> {
-        let (mut btx, mut brx) = (btx_, brx_);
+    let peer = std::thread::spawn(move || -> Result<Vec<[u64; 3]>, Error> {
         crate::sys::pin_to_cpu(cpus.1).map_err(Error::Io)?;
         let _ = rtx.send(());
         let mut st = Vec::with_capacity(n);
@@ -78,8 +79,7 @@ pub fn echo_trace(
             }
             st.push([b0, b1, tsc()]);
         }
-        let _ = stx.send(st);
-        Ok(())
+        Ok(st)
     });
     // Pinned only once B is: B inherits this thread's affinity, and under SCHED_FIFO a B stuck
     // on our CPU would never run while we spin. The blocking receive lets it.
@@ -111,10 +111,7 @@ pub fn echo_trace(
         }
         out.push([a0, a1, a2, tsc(), 0, 0, 0]);
     }
-    peer.join().map_err(|_| mismatch("trace peer panicked"))??;
-    let st = srx
-        .recv()
-        .map_err(|_| mismatch("trace peer sent no stamps"))?;
+    let st = peer.join().map_err(|_| mismatch("trace peer panicked"))??;
     for (o, s) in out.iter_mut().zip(st) {
         o[4..].copy_from_slice(&s);
     }
