@@ -42,18 +42,30 @@ const GUESS_MAX: usize = 1024;
 /// Messages of [`STAGE_MIN`] to this many bytes that `send_with` sends (the direct links'
 /// calls and replies, the client's hub frames) are encoded into private memory (a
 /// per-thread stage, `send.rs`) and then copied into the ring in one burst, instead of
-/// being encoded in place.
+/// being encoded in place. The typed `Sender` stages up to [`STAGE_GUESS_MAX`].
 ///
 /// Why: the consumer, spinning, reads the header word at the tail, which shares its cache
 /// line with the frame's first bytes. An encoder writes those lines in several small stores
 /// (a variant tag, a length, the payload), and a poll of the consumer's that lands between
 /// them pulls the line back across the cores. Measured on the project's AMD EPYC VM
 /// (BENCHMARKS.md, "Session 16"; medians of 20 alternations against the build before):
-/// a direct get 491 -> 460 ns p50, a direct request 521 -> 486 ns. The typed `Sender`
-/// (`send_encoded`) is not staged: there the extra copy cost as much as it saved (typed 8 B
-/// echo 230 -> 261 ns staged, 64 B unchanged when the VM's line transfers are fast, better
-/// only when they are slow).
+/// a direct get 491 -> 460 ns p50, a direct request 521 -> 486 ns.
 pub(crate) const STAGE_MAX: usize = GUESS_MAX;
+
+/// The largest message (as last measured) that the typed `Sender`'s guessed send
+/// (`send_encoded`) encodes into the stage rather than in place; from [`STAGE_MIN`] bytes.
+/// Measured (BENCHMARKS.md, "Session 20"; `chrt -f 50 … --pin`, interleaved passes against
+/// the in-place build): 64 B echo 0.90, 200 B 0.91, 56 B 0.94 of the in-place round trip;
+/// but 8 B 1.08 (a one-line frame gains nothing), 512 B 1.09 and 1 KiB 1.08 (the extra
+/// copy costs more than the burst saves). Session 16 staged every typed send, 8 B
+/// included, and found no gain.
+pub(crate) const STAGE_GUESS_MAX: usize = 256;
+
+/// Low bit of `RawSender::guess` (a multiple of 64 otherwise): the last measured message was
+/// [`STAGE_MIN`] to [`STAGE_GUESS_MAX`] bytes, so the next guessed send is staged. A flag
+/// in the guess, not a field: a larger `RawSender` measurably slowed the typed ring (see
+/// `STAGE` in `send.rs`).
+pub(crate) const GUESS_STAGED: usize = 1;
 
 /// Messages below this many bytes are encoded in place (see [`STAGE_MAX`]).
 pub(crate) const STAGE_MIN: usize = 32;
@@ -81,7 +93,7 @@ pub struct RawSender {
     mid_message: bool,
     until_probe: u32,
     /// Bytes [`send_encoded`](RawSender::send_encoded) reserves before encoding, from the
-    /// last measured message (0 = measure first).
+    /// last measured message (0 = measure first), with [`GUESS_STAGED`] in its low bit.
     guess: usize,
     scratch: Vec<u8>,
     stats: Stats,

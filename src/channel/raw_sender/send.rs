@@ -10,7 +10,7 @@
 
 use std::os::fd::AsFd;
 
-use super::{RawSender, GUESS_MAX, STAGE_MAX, STAGE_MIN};
+use super::{RawSender, GUESS_MAX, GUESS_STAGED, STAGE_GUESS_MAX, STAGE_MAX, STAGE_MIN};
 use crate::error::{fail_to_error, Fail};
 use crate::ring::layout::kind;
 use crate::sys;
@@ -194,12 +194,18 @@ impl RawSender {
     ) -> Result<(), Fail> {
         self.check_alive()?;
         if self.guess != 0 && !self.mid_message && !self.abort_owed {
+            let guess = self.guess & !GUESS_STAGED;
+            // Staged only when published at once: a fed (batched) frame is not visible until
+            // the batch is, so no poll can land between its stores.
+            if publish && self.guess & GUESS_STAGED != 0 {
+                if let Some(r) = self.send_guess_staged(guess, &encode) {
+                    return r;
+                }
             // Only the fast reservation: a guess that needs padding or a re-read of the
             // consumer's index is not worth it (the exact path below does both).
             // SAFETY: `encode` only writes the slice (this function's contract, above).
-            if let Some(buf) = unsafe { self.prod.reserve_fast(self.guess) } {
-                // Encoded in place, never staged: measured, staging the typed sends made the
-                // typed ring slower (see `STAGE_MAX`).
+            } else if let Some(buf) = unsafe { self.prod.reserve_fast(guess) } {
+                // Encoded in place (messages under `STAGE_MIN` or over `STAGE_GUESS_MAX`).
                 let r = encode(buf);
                 if let Ok(n) = r {
                     if n <= self.max_message {
@@ -219,22 +225,62 @@ impl RawSender {
         self.send_checked(n, deadline, publish, encode)
     }
 
+    /// [`send_encoded`](RawSender::send_encoded)'s staged guess (see [`STAGE_GUESS_MAX`]):
+    /// `encode` into `guess` bytes of the thread's stage, then one copy into a fast
+    /// reservation of exactly what it wrote, published. `None`: not sent, and nothing committed (the
+    /// stage is in use, the message outgrew the guess or `max_message`, or the fast
+    /// reservation failed): the caller takes the exact path. Out of line, as `send_staged`.
+    #[inline(never)]
+    fn send_guess_staged(
+        &mut self,
+        guess: usize,
+        encode: &impl Fn(&mut [u8]) -> Result<usize, Error>,
+    ) -> Option<Result<(), Fail>> {
+        STAGE.with(|stage| {
+            // Busy only if `encode` itself sends on another sender of this thread (a
+            // `Serialize` impl may): that inner send then encodes in place.
+            let mut stage = stage.try_borrow_mut().ok()?;
+            let stage = stage_area(&mut stage);
+            // `guess <= STAGE_GUESS_MAX <= STAGE_MAX`: inside the stage.
+            let n = encode(&mut stage[..guess]).ok()?;
+            if n > self.max_message {
+                return None;
+            }
+            // SAFETY: the slice is only written (`copy_from_slice`).
+            let buf = unsafe { self.prod.reserve_fast(n) }?;
+            buf.copy_from_slice(&stage[..n]);
+            self.prod.commit(kind::MSG, n);
+            self.stats.messages += 1;
+            self.stats.bytes += n as u64;
+            Some(self.publish())
+        })
+    }
+
     /// The reservation [`send_encoded`](RawSender::send_encoded) tries for a message that
     /// measured `n` bytes last time: `n` rounded up to 64 bytes, or 0 (always measure) above
-    /// [`GUESS_MAX`] or above one frame.
+    /// [`GUESS_MAX`] or above one frame; with [`GUESS_STAGED`] set for `n` of [`STAGE_MIN`]
+    /// to [`STAGE_GUESS_MAX`] bytes.
     fn guess_for(n: usize, max_payload: usize) -> usize {
         let g = (n.max(1) + 63) & !63;
         if g > GUESS_MAX || g > max_payload {
             0
+        } else if (STAGE_MIN..=STAGE_GUESS_MAX).contains(&n) {
+            g | GUESS_STAGED
         } else {
             g
         }
     }
 
+    /// Whether [`send_encoded`](RawSender::send_encoded)'s next guessed send is staged.
+    #[cfg(test)]
+    pub(crate) fn guess_staged(&self) -> bool {
+        self.guess & GUESS_STAGED != 0
+    }
+
     /// The bytes [`send_encoded`](RawSender::send_encoded) reserves before encoding (0 =
     /// measure first).
     pub fn guess(&self) -> usize {
-        self.guess
+        self.guess & !GUESS_STAGED
     }
 
     /// [`send_with`](RawSender::send_with) after its liveness check.
