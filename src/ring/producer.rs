@@ -247,7 +247,7 @@ impl Producer {
     ///
     /// # Panics
     /// If nothing is reserved or `len` exceeds the reservation (a bug in the caller).
-    #[inline]
+    #[inline(always)]
     pub fn commit(&mut self, frame_kind: u8, len: usize) {
         let (pos, rlen) = self.reserved.take().expect("commit without a reservation");
         assert!(len <= rlen, "commit longer than the reservation");
