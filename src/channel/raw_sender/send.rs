@@ -364,8 +364,8 @@ impl RawSender {
 
 thread_local! {
     /// Where a staged message is encoded (see `STAGE_MAX`): one per thread, not per sender
-    /// (a field of its own made `RawSender` larger, and the typed ring, which never stages,
-    /// measurably slower: 231 -> 281 ns p50 at 64 B).
+    /// (a field of its own made `RawSender` larger, and the typed ring, which did not stage
+    /// then, measurably slower: 231 -> 281 ns p50 at 64 B).
     static STAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
