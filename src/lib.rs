@@ -43,15 +43,16 @@
 //! # let dir = std::env::temp_dir().join(format!("shmbus-doc-bot-{}", std::process::id()));
 //! # let hub = shmbus::hub::Hub::bind(shmbus::hub::HubConfig { dir: dir.clone(), ..Default::default() })?;
 //! # let (stop, hub_thread) = (hub.handle(), std::thread::spawn(move || hub.run()));
-//! // The bot.
-//! let bot = Client::connect(&dir, ClientOptions::new("bot"))?;
-//! bot.on_get("stats", |_get| Ok((vec![1u32, 2, 3], Ttl::Secs(30)))); // answers, cached 30 s
-//! bot.on_request("health_check", |_req| Ok("OK"));
+//! // The bot: its handlers are in place before anything can reach it (`connect_with`).
 //! let (lines_tx, lines) = mpsc::channel();
-//! bot.on("bot:irc:message", move |ev| {
-//!     let text: String = ev.payload.decode().unwrap_or_default();
-//!     let _ = lines_tx.send(format!("{} said {text}", ev.from));
-//! });
+//! let bot = Client::connect_with(&dir, ClientOptions::new("bot"), |bot| {
+//!     bot.on_get("stats", |_get| Ok((vec![1u32, 2, 3], Ttl::Secs(30)))); // answers, cached 30 s
+//!     bot.on_request("health_check", |_req| Ok("OK"));
+//!     bot.on("bot:irc:message", move |ev| {
+//!         let text: String = ev.payload.decode().unwrap_or_default();
+//!         let _ = lines_tx.send(format!("{} said {text}", ev.from));
+//!     });
+//! })?;
 //!
 //! // The website.
 //! let web = Client::connect(&dir, ClientOptions::new("website"))?;

@@ -506,3 +506,67 @@ fn panicking_handlers_of_an_async_owner_are_contained() {
     stop_tx.send(()).unwrap();
     assert!(owner.join().unwrap(), "the async owner stayed connected");
 }
+
+/// `AsyncClient::connect_with`: a get sent while the owner is listed and still in its setup
+/// waits for the handler registered there (with `connect` and a late `on_get` it would be
+/// answered `NoHandler`; `tests/client_api.rs` shows both for the sync client).
+#[test]
+fn async_connect_with_registers_handlers_before_the_dispatcher_task_answers() {
+    let _w = util::watchdog("async_connect_with", 60);
+    let dir = util::TestDir::new("async_setup");
+    let hub = Hub::bind(HubConfig {
+        dir: dir.path().to_path_buf(),
+        get_timeout: Duration::from_secs(20),
+        ..HubConfig::default()
+    })
+    .unwrap();
+    let handle = hub.handle();
+    let hub_thread = std::thread::spawn(move || hub.run().unwrap());
+    let web = Client::connect(dir.path(), ClientOptions::new("web")).unwrap();
+    let (listed_tx, listed) = std::sync::mpsc::channel();
+    let gap = Duration::from_millis(500);
+    let d = dir.path().to_path_buf();
+    let owner = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let bot = AsyncClient::connect_with(&d, ClientOptions::new("abot"), move |bot| {
+                listed_tx.send(()).unwrap();
+                std::thread::sleep(gap);
+                bot.on_get("echo", |g| {
+                    Ok((g.key.clone().unwrap_or_default(), Ttl::NoCache))
+                });
+            })
+            .await
+            .unwrap();
+            // Serve until the test has its answer.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            bot.client().is_connected()
+        })
+    });
+    listed.recv_timeout(Duration::from_secs(20)).unwrap();
+    let listed_names: Vec<String> = shmbus::hub::stat(dir.path())
+        .unwrap()
+        .clients
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(
+        listed_names.contains(&"abot".to_string()),
+        "{listed_names:?}"
+    );
+    let t0 = Instant::now();
+    let r = web
+        .get("abot", "echo")
+        .key("k1")
+        .fresh(true)
+        .timeout(Duration::from_secs(20))
+        .send();
+    match r {
+        Ok(r) => assert_eq!(r.decode::<String>().unwrap(), "k1"),
+        Err(CallError::NoHandler(m)) => panic!("answered before the setup ran: {m}"),
+        Err(e) => panic!("{e:?}"),
+    }
+    assert!(t0.elapsed() >= gap / 2, "{:?}", t0.elapsed());
+    assert!(owner.join().unwrap());
+    handle.shutdown();
+    hub_thread.join().unwrap();
+}

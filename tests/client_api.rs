@@ -446,3 +446,83 @@ fn a_dropped_event_receiver_unregisters() {
     web.emit("bot", "b", &()).unwrap();
     assert!(util::eventually(10, || counted.load(Ordering::Relaxed) == 2));
 }
+
+/// A client that registers its handler just after `connect` is listed (and called) before
+/// it has it: a get in that gap is answered `NoHandler`. `connect_with` registers the
+/// handlers before the client answers anything: the same get, sent while the owner is
+/// listed and still in its setup, waits and gets the handler's answer.
+#[test]
+fn handlers_registered_in_connect_with_answer_calls_that_arrive_during_setup() {
+    let _w = util::watchdog(
+        "handlers_registered_in_connect_with_answer_calls_that_arrive_during_setup",
+        60,
+    );
+    let dir = util::TestDir::new("setup");
+    let _hub = HubProc::start(dir.path(), &[]);
+    let web = Client::connect(dir.path(), ClientOptions::new("web")).unwrap();
+    let gap = Duration::from_millis(500);
+
+    // `connect`, then `on_get` half a second later: the race.
+    let (listed_tx, listed) = std::sync::mpsc::channel();
+    let d = dir.path().to_path_buf();
+    let late = std::thread::spawn(move || {
+        let bot = Client::connect(&d, ClientOptions::new("late")).unwrap();
+        listed_tx.send(()).unwrap();
+        std::thread::sleep(gap);
+        bot.on_get("echo", |_| Ok((1u32, Ttl::NoCache)));
+        bot
+    });
+    listed.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(names(dir.path()).contains(&"late".to_string()));
+    match web.get("late", "echo").fresh(true).send() {
+        Err(CallError::NoHandler(_)) => {}
+        other => panic!("a get before the handler: {other:?}"),
+    }
+    let late = late.join().unwrap();
+    let got = web.get("late", "echo").fresh(true).send().unwrap();
+    assert_eq!(got.decode::<u32>().unwrap(), 1);
+
+    // `connect_with`: the same timing, the handlers registered in the setup.
+    let (listed_tx, listed) = std::sync::mpsc::channel();
+    let d = dir.path().to_path_buf();
+    let early = std::thread::spawn(move || {
+        Client::connect_with(&d, ClientOptions::new("early"), |bot| {
+            listed_tx.send(()).unwrap();
+            std::thread::sleep(gap);
+            bot.on_get("echo", |_| Ok((2u32, Ttl::NoCache)));
+            bot.on_request("add", |r| {
+                let (a, b) = r
+                    .payload
+                    .decode::<(u32, u32)>()
+                    .map_err(|e| e.to_string())?;
+                Ok(a + b)
+            });
+        })
+        .unwrap()
+    });
+    listed.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(names(dir.path()).contains(&"early".to_string()));
+    let t0 = Instant::now();
+    let web2 = web.clone();
+    let request = std::thread::spawn(move || {
+        web2.request(
+            "early",
+            "add",
+            &(20u32, 22u32),
+            Some(Duration::from_secs(20)),
+        )
+    });
+    let got = web
+        .get("early", "echo")
+        .fresh(true)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .unwrap();
+    assert_eq!(got.decode::<u32>().unwrap(), 2);
+    let sum = request.join().unwrap().unwrap();
+    assert_eq!(sum.decode::<u32>().unwrap(), 42);
+    // Both were sent during the setup and answered after it.
+    assert!(t0.elapsed() >= gap / 2, "{:?}", t0.elapsed());
+    let early = early.join().unwrap();
+    assert!(early.is_connected() && late.is_connected());
+}

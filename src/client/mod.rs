@@ -249,6 +249,38 @@ impl Client {
     /// # Ok::<(), shmbus::Error>(())
     /// ```
     pub fn connect(dir: impl AsRef<Path>, opts: ClientOptions) -> Result<Client, Error> {
+        Client::connect_with(dir, opts, |_| {})
+    }
+
+    /// Connects like [`connect`](Client::connect), then runs `setup` with the client
+    /// **before it starts answering**: handlers registered there already exist for the first
+    /// get, request or event that reaches it.
+    ///
+    /// With `connect`, the hub lists the client (`shmbus stat`, other clients' calls) as soon
+    /// as it has joined, and a get that arrives before the following `on_get` is answered
+    /// [`CallError::NoHandler`]. Here the dispatcher starts only once `setup` returns, so
+    /// whatever arrives meanwhile waits in the client's ring and is answered then (each
+    /// caller still has its own timeout; the hub's `--max-pending` still bounds what waits).
+    /// Keep `setup` short: register handlers, subscribe, set state. A call it makes to
+    /// another client works, but it also takes in what has arrived for this one (with no
+    /// handler yet for what it has not registered), as any call on a client without its
+    /// dispatcher does (`ClientOptions::dispatcher(false)`).
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// use shmbus::client::{Client, ClientOptions, Ttl};
+    /// let bot = Client::connect_with(hub.dir(), ClientOptions::new("bot"), |bot| {
+    ///     bot.on_get("uptime", |_| Ok((42u64, Ttl::NoCache)));
+    /// })?;
+    /// let web = Client::connect(hub.dir(), ClientOptions::new("web"))?;
+    /// assert_eq!(web.get("bot", "uptime").send()?.decode::<u64>()?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connect_with(
+        dir: impl AsRef<Path>,
+        opts: ClientOptions,
+        setup: impl FnOnce(&Client),
+    ) -> Result<Client, Error> {
         let d = dir.as_ref();
         let path = if d.is_dir() || d.extension().is_none() && !d.exists() {
             socket_path(d)
@@ -291,6 +323,7 @@ impl Client {
         });
         inner.first_connect()?;
         let client = Client { inner };
+        setup(&client);
         client.inner.ensure_dispatcher()?;
         Ok(client)
     }

@@ -75,9 +75,34 @@ impl AsyncClient {
     /// # }).unwrap();
     /// ```
     pub async fn connect(dir: impl AsRef<Path>, opts: ClientOptions) -> Result<AsyncClient, Error> {
+        AsyncClient::connect_with(dir, opts, |_| {}).await
+    }
+
+    /// [`connect`](AsyncClient::connect) with a `setup` that runs (on the blocking thread)
+    /// before the dispatcher task starts, as [`Client::connect_with`]: handlers registered
+    /// there exist for the first call that reaches this client.
+    ///
+    /// ```
+    /// # let hub = shmbus::client::doctest::DocHub::start();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use shmbus::client::{tokio_client::AsyncClient, ClientOptions, Ttl};
+    /// let bot = AsyncClient::connect_with(hub.dir(), ClientOptions::new("bot"), |bot| {
+    ///     bot.on_get("uptime", |_| Ok((42u64, Ttl::NoCache)));
+    /// })
+    /// .await?;
+    /// let web = AsyncClient::connect(hub.dir(), ClientOptions::new("web")).await?;
+    /// assert_eq!(web.get("bot", "uptime").await?.decode::<u64>()?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn connect_with(
+        dir: impl AsRef<Path>,
+        opts: ClientOptions,
+        setup: impl FnOnce(&Client) + Send + 'static,
+    ) -> Result<AsyncClient, Error> {
         let dir: PathBuf = dir.as_ref().to_path_buf();
         let opts = opts.dispatcher(false);
-        let client = tokio::task::spawn_blocking(move || Client::connect(dir, opts))
+        let client = tokio::task::spawn_blocking(move || Client::connect_with(dir, opts, setup))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         let side = Arc::new(AsyncSide::new(&client.inner)?);
