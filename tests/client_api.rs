@@ -106,10 +106,20 @@ fn every_call_error_kind_is_its_own_variant() {
             .iter()
             .any(|p| p.what.contains("slow"))
     }));
+    let busy_of = |name: &str| {
+        let st = shmbus::hub::stat(dir.path()).unwrap();
+        st.clients.iter().find(|c| c.name == name).map(|c| c.busy)
+    };
+    assert_eq!(busy_of("web"), Some(0));
     match web.get("bot", "fail").send() {
         Err(CallError::Busy(m)) => assert!(m.contains("pending"), "{m}"),
         other => panic!("{other:?}"),
     }
+    // `stat` counts the refusal against the caller (and shows it in its table).
+    assert_eq!(busy_of("web"), Some(1));
+    assert_eq!(busy_of("bot"), Some(0));
+    let table = shmbus::hub::stat(dir.path()).unwrap().to_table();
+    assert!(table.contains("BUSY"), "{table}");
     first.join().unwrap().unwrap();
     // The owner leaves while a call waits.
     let web3 = web.clone();

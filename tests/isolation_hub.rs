@@ -477,6 +477,7 @@ fn control_plane_carries_a_10000_client_stat() {
             msgs_out: 0,
             topics: Vec::new(),
             intervals: Vec::new(),
+            busy: 0,
         })
         .collect();
     let report = shmbus::hub::StatReport {

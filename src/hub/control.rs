@@ -187,6 +187,8 @@ pub struct ClientStat {
     pub topics: Vec<String>,
     /// Kinds pushed to it every interval.
     pub intervals: Vec<String>,
+    /// Its gets and requests the hub refused `Busy` (it already had `--max-pending` waiting).
+    pub busy: u64,
 }
 
 /// One pending get or request in a [`StatReport`].
@@ -237,13 +239,21 @@ impl StatReport {
         // The client table: its header right above its rows.
         let _ = writeln!(
             s,
-            "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10}",
-            "NAME", "PID", "UID", "STATE", "IN FILL/CAP", "OUT FILL/CAP", "MSGS IN", "MSGS OUT"
+            "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10} {:>8}",
+            "NAME",
+            "PID",
+            "UID",
+            "STATE",
+            "IN FILL/CAP",
+            "OUT FILL/CAP",
+            "MSGS IN",
+            "MSGS OUT",
+            "BUSY"
         );
         for c in &self.clients {
             let _ = writeln!(
                 s,
-                "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10}",
+                "{:<20} {:>8} {:>6} {:<10} {:>16} {:>16} {:>10} {:>10} {:>8}",
                 c.name,
                 c.pid,
                 c.uid,
@@ -251,7 +261,8 @@ impl StatReport {
                 format!("{}/{}", c.ring_in_fill, c.ring_in_capacity),
                 format!("{}/{}", c.ring_out_fill, c.ring_out_capacity),
                 c.msgs_in,
-                c.msgs_out
+                c.msgs_out,
+                c.busy
             );
         }
         if let Some(f) = &self.federation {
@@ -307,6 +318,7 @@ impl Hub {
                     msgs_out: c.msgs_out,
                     topics: c.topics.iter().cloned().collect(),
                     intervals: c.intervals.clone(),
+                    busy: c.busy,
                 })
             })
             .collect();

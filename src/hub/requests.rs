@@ -102,6 +102,9 @@ impl Hub {
         if n < max {
             return false;
         }
+        if let Some(c) = self.conns[slot].as_mut() {
+            c.busy += 1;
+        }
         let m = format!(
             "too many pending gets and requests: {n} are waiting, this hub allows {max} per \
              client (--max-pending)"

@@ -56,6 +56,8 @@ pub(super) struct Conn {
     pub(super) hung_up: bool,
     /// Its gets and requests waiting at the hub (bounded by `limits.max_pending`).
     pub(super) pending: usize,
+    /// Its gets and requests refused `Busy` because `pending` was at the limit, ever.
+    pub(super) busy: u64,
 }
 
 impl Conn {
@@ -90,6 +92,7 @@ impl Conn {
             doomed: None,
             hung_up: false,
             pending: 0,
+            busy: 0,
         }
     }
 }
