@@ -261,7 +261,9 @@ impl Client {
     /// [`CallError::NoHandler`]. Here the dispatcher starts only once `setup` returns, so
     /// whatever arrives meanwhile waits in the client's ring and is answered then (each
     /// caller still has its own timeout; the hub's `--max-pending` still bounds what waits).
-    /// Keep `setup` short: register handlers, subscribe, set state. A call it makes to
+    /// Keep `setup` short: register handlers, subscribe, set state. Nothing answers the hub's
+    /// heartbeat while it runs either, so a setup longer than the hub's `heartbeat` (30 s by
+    /// default) gets the client dropped as unresponsive. A call it makes to
     /// another client works, but it also takes in what has arrived for this one (with no
     /// handler yet for what it has not registered), as any call on a client without its
     /// dispatcher does (`ClientOptions::dispatcher(false)`).

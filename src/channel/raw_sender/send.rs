@@ -197,25 +197,19 @@ impl RawSender {
             let guess = self.guess & !GUESS_STAGED;
             // Staged only when published at once: a fed (batched) frame is not visible until
             // the batch is, so no poll can land between its stores.
-            if publish && self.guess & GUESS_STAGED != 0 {
+            let staged = publish && self.guess & GUESS_STAGED != 0;
+            if staged {
                 if let Some(r) = self.send_guess_staged(guess, &encode) {
                     return r;
                 }
-            // Only the fast reservation: a guess that needs padding or a re-read of the
-            // consumer's index is not worth it (the exact path below does both).
+            // In place (messages under `STAGE_MIN` or over `STAGE_GUESS_MAX`), and only the
+            // fast reservation: a guess that needs padding or a re-read of the consumer's index
+            // is not worth it (the exact path below does both).
             // SAFETY: `encode` only writes the slice (this function's contract, above).
             } else if let Some(buf) = unsafe { self.prod.reserve_fast(guess) } {
-                // Encoded in place (messages under `STAGE_MIN` or over `STAGE_GUESS_MAX`).
-                let r = encode(buf);
-                if let Ok(n) = r {
+                if let Ok(n) = encode(buf) {
                     if n <= self.max_message {
-                        self.prod.commit(kind::MSG, n);
-                        self.stats.messages += 1;
-                        self.stats.bytes += n as u64;
-                        if publish {
-                            self.publish()?;
-                        }
-                        return Ok(());
+                        return self.commit_message(n, publish);
                     }
                 }
             }
@@ -249,11 +243,21 @@ impl RawSender {
             // SAFETY: the slice is only written (`copy_from_slice`).
             let buf = unsafe { self.prod.reserve_fast(n) }?;
             buf.copy_from_slice(&stage[..n]);
-            self.prod.commit(kind::MSG, n);
-            self.stats.messages += 1;
-            self.stats.bytes += n as u64;
-            Some(self.publish())
+            Some(self.commit_message(n, true))
         })
+    }
+
+    /// Commits the reserved frame as a whole message of `n` bytes, counts it, and publishes
+    /// if asked: the end of both guessed sends.
+    #[inline(always)]
+    fn commit_message(&mut self, n: usize, publish: bool) -> Result<(), Fail> {
+        self.prod.commit(kind::MSG, n);
+        self.stats.messages += 1;
+        self.stats.bytes += n as u64;
+        if publish {
+            self.publish()?;
+        }
+        Ok(())
     }
 
     /// The reservation [`send_encoded`](RawSender::send_encoded) tries for a message that
