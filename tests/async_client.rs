@@ -514,14 +514,11 @@ fn panicking_handlers_of_an_async_owner_are_contained() {
 fn async_connect_with_registers_handlers_before_the_dispatcher_task_answers() {
     let _w = util::watchdog("async_connect_with", 60);
     let dir = util::TestDir::new("async_setup");
-    let hub = Hub::bind(HubConfig {
+    let _hub = util::ThreadHub::start(HubConfig {
         dir: dir.path().to_path_buf(),
         get_timeout: Duration::from_secs(20),
         ..HubConfig::default()
-    })
-    .unwrap();
-    let handle = hub.handle();
-    let hub_thread = std::thread::spawn(move || hub.run().unwrap());
+    });
     let web = Client::connect(dir.path(), ClientOptions::new("web")).unwrap();
     let (listed_tx, listed) = std::sync::mpsc::channel();
     let gap = Duration::from_millis(500);
@@ -567,6 +564,4 @@ fn async_connect_with_registers_handlers_before_the_dispatcher_task_answers() {
     }
     assert!(t0.elapsed() >= gap / 2, "{:?}", t0.elapsed());
     assert!(owner.join().unwrap());
-    handle.shutdown();
-    hub_thread.join().unwrap();
 }
